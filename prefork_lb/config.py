@@ -1,0 +1,305 @@
+"""Every setting, declared once.
+
+A :class:`Setting` names its type, default, command-line flags, environment variable and help.
+That one declaration drives the argparse CLI (``cli.py``), the ``PREFORK_LB_*`` environment
+variables, the Python config file (``-c``) and the generated ``docs/reference/settings.md``.
+
+Precedence, lowest first: defaults < config file < environment < command line.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "PREFORK_LB_"
+
+
+class ConfigError(Exception):
+    """A user error in a setting: reported as one line, exit code 2."""
+
+
+def _positive_int(value: Any) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
+def _non_negative_int(value: Any) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"must be 0 or more, got {n}")
+    return n
+
+
+def _non_negative_float(value: Any) -> float:
+    x = float(value)
+    if x < 0:
+        raise ValueError(f"must be 0 or more, got {x}")
+    return x
+
+
+def _bind_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    else:
+        items = [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    if not items:
+        raise ValueError("needs at least one address")
+    return items
+
+
+def _optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = str(value)
+    return s or None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    flags: tuple[str, ...] = ()
+    section: str = "Server"
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    append: bool = False          # flag may be repeated; values accumulate
+    store_true: bool = False      # flag without a value
+    extra_env: tuple[str, ...] = ()  # further env vars honoured (e.g. WEB_CONCURRENCY)
+    default_doc: str | None = None   # how the default reads in the docs when it is computed
+    cli: bool = True
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def resolve_default(self) -> Any:
+        return self.default() if callable(self.default) else self.default
+
+    def convert(self, value: Any, source: str) -> Any:
+        if self.choices is not None and str(value) not in self.choices:
+            raise ConfigError(
+                f"{source}: invalid value {value!r} for {self.name} (choose from {', '.join(self.choices)})"
+            )
+        try:
+            return self.type(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: invalid value {value!r} for {self.name}: {exc}") from None
+
+
+SETTINGS: list[Setting] = [
+    # --- server
+    Setting("bind", _bind_list, lambda: ["127.0.0.1:8000"], "Address to listen on: HOST:PORT, [IPV6]:PORT, "
+            "unix:PATH or fd://N. Repeat the flag to listen on several.", flags=("-b", "--bind"),
+            append=True, metavar="ADDRESS", default_doc="127.0.0.1:8000"),
+    Setting("workers", _positive_int, _default_workers, "Number of worker processes.",
+            flags=("-w", "--workers"), extra_env=("WEB_CONCURRENCY",), metavar="N",
+            default_doc="the number of CPUs"),
+    Setting("worker_connections", _positive_int, 1000,
+            "Most connections one worker serves at once; further ones wait in the listen backlog.",
+            flags=("--worker-connections",), metavar="N"),
+    Setting("backlog", _positive_int, 2048, "Listen backlog of each listening socket.",
+            flags=("--backlog",), metavar="N"),
+    Setting("root_path", str, "", "SCRIPT_NAME given to the app, for apps mounted below a path prefix.",
+            flags=("--root-path",), metavar="PATH"),
+    Setting("chdir", _optional_str, None, "Change to this directory before loading the app.",
+            flags=("--chdir",), metavar="DIR"),
+    Setting("server_header", _bool, True, "Send a 'Server: prefork_lb' header.",
+            flags=("--server-header",), metavar="BOOL"),
+    # --- timeouts
+    Setting("keepalive", _non_negative_float, 5.0,
+            "Seconds an idle keep-alive connection is kept open (0 disables keep-alive).",
+            flags=("--keep-alive",), section="Timeouts", metavar="SECONDS"),
+    Setting("header_timeout", _non_negative_float, 10.0,
+            "Seconds a client has to send a whole request head; past it: 408 and close (slowloris).",
+            flags=("--header-timeout",), section="Timeouts", metavar="SECONDS"),
+    Setting("graceful_timeout", _non_negative_float, 30.0,
+            "Seconds in-flight requests get to finish on a graceful stop.",
+            flags=("--graceful-timeout",), section="Timeouts", metavar="SECONDS"),
+    # --- limits (gunicorn's names and defaults)
+    Setting("limit_request_line", _non_negative_int, 4094,
+            "Longest request line in bytes; longer gets 414. 0 means unlimited.",
+            flags=("--limit-request-line",), section="Limits", metavar="BYTES"),
+    Setting("limit_request_fields", _positive_int, 100,
+            "Most header fields in a request; more gets 431.",
+            flags=("--limit-request-fields",), section="Limits", metavar="N"),
+    Setting("limit_request_field_size", _non_negative_int, 8190,
+            "Largest header field (name and value) in bytes; larger gets 431. 0 means unlimited.",
+            flags=("--limit-request-field-size",), section="Limits", metavar="BYTES"),
+    Setting("limit_request_body", _non_negative_int, 0,
+            "Largest request body in bytes; larger gets 413. 0 means unlimited.",
+            flags=("--limit-request-body",), section="Limits", metavar="BYTES"),
+    # --- logging
+    Setting("log_level", str, "info", "Error log level.", flags=("--log-level",), section="Logging",
+            choices=("debug", "info", "warning", "error", "critical")),
+    Setting("error_logfile", str, "-", "Error log file, '-' for stderr.",
+            flags=("--error-logfile", "--log-file"), section="Logging", metavar="FILE"),
+    Setting("access_logfile", _optional_str, None, "Access log file, '-' for stdout; off when unset.",
+            flags=("--access-logfile",), section="Logging", metavar="FILE"),
+    Setting("access_log_format", str,
+            '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"',
+            "Access log line, with gunicorn's format atoms (h, l, u, t, r, m, U, q, H, s, B, b, f, a, T, "
+            "D, M, L, p, {header}i, {header}o, {var}e).",
+            flags=("--access-logformat",), section="Logging", metavar="FORMAT"),
+    # --- config itself
+    Setting("config", _optional_str, None, "Python config file; its module-level names set settings.",
+            flags=("-c", "--config"), section="Config", metavar="FILE", cli=True),
+]
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass
+class Config:
+    """Resolved settings plus the app path. Attribute access: ``cfg.workers``."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+    app_uri: str | None = None
+    hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def set(self, name: str, value: Any, source: str) -> None:
+        setting = BY_NAME.get(name)
+        if setting is None:
+            raise ConfigError(f"{source}: unknown setting {name!r}")
+        self.values[name] = setting.convert(value, source)
+
+
+def defaults() -> Config:
+    cfg = Config()
+    for s in SETTINGS:
+        cfg.values[s.name] = s.resolve_default()
+    return cfg
+
+
+HOOK_NAMES = (
+    "on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init",
+    "worker_exit", "child_exit", "on_exit", "pre_request", "post_request",
+)
+
+
+def load_config_file(cfg: Config, path: str) -> None:
+    """Run a Python config file; its module-level names that are settings or hooks apply."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist")
+    try:
+        namespace = runpy.run_path(path)
+    except SyntaxError as exc:
+        raise ConfigError(f"config file {path!r}: syntax error at line {exc.lineno}: {exc.msg}") from None
+    except Exception as exc:  # the user's file raised: one line, not a traceback
+        raise ConfigError(f"config file {path!r} failed: {type(exc).__name__}: {exc}") from None
+    for name, value in namespace.items():
+        if name.startswith("_") or name == "config":
+            continue
+        if name in HOOK_NAMES:
+            if not callable(value):
+                raise ConfigError(f"config file {path!r}: hook {name} is not callable")
+            cfg.hooks[name] = value
+        elif name in BY_NAME:
+            cfg.set(name, value, f"config file {path!r}")
+        elif name == "wsgi_app":
+            cfg.app_uri = str(value)
+
+
+def apply_env(cfg: Config, environ: Mapping[str, str]) -> None:
+    for s in SETTINGS:
+        if s.name == "config":
+            continue
+        for var in (*s.extra_env, s.env):  # the prefixed name wins over a generic one
+            if var in environ and environ[var] != "":
+                cfg.set(s.name, environ[var], f"environment variable {var}")
+
+
+def build(cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+          app_uri: str | None = None) -> Config:
+    """Resolve defaults < config file < environment < command line."""
+    environ = os.environ if environ is None else environ
+    cfg = defaults()
+    config_path = cli_values.get("config") or environ.get(BY_NAME["config"].env) or None
+    if config_path:
+        load_config_file(cfg, config_path)
+        cfg.values["config"] = config_path
+    apply_env(cfg, environ)
+    for name, value in cli_values.items():
+        if value is not None and name != "config":
+            cfg.set(name, value, "command line")
+    if app_uri:
+        cfg.app_uri = app_uri
+    return cfg
+
+
+def _fmt_default(s: Setting) -> str:
+    if s.default_doc is not None:
+        return s.default_doc
+    d = s.resolve_default()
+    if d is None:
+        return "unset"
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    if isinstance(d, str):
+        return repr(d) if d else "''"
+    return str(d)
+
+
+def reference_markdown(settings: Iterable[Setting] = SETTINGS) -> str:
+    """The text of docs/reference/settings.md (a test keeps the file in step)."""
+    lines = [
+        "# Settings reference",
+        "",
+        "Generated from `prefork_lb/config.py` by `python -m prefork_lb.config > docs/reference/settings.md`;",
+        "do not edit by hand.",
+        "",
+        "Each setting can be given, lowest precedence first, as its default, in a Python config file",
+        "(`-c FILE`, a module-level name), as an environment variable, or on the command line.",
+        "",
+    ]
+    section = None
+    for s in settings:
+        if s.section != section:
+            section = s.section
+            lines += [f"## {section}", ""]
+        lines.append(f"### `{s.name}`")
+        lines.append("")
+        if s.flags and s.cli:
+            lines.append(f"- flag: `{', '.join(s.flags)}`" + (" (repeatable)" if s.append else ""))
+        envs = ", ".join(f"`{e}`" for e in (s.env, *s.extra_env))
+        lines.append(f"- environment: {envs}")
+        if s.choices:
+            lines.append(f"- choices: {', '.join(f'`{c}`' for c in s.choices)}")
+        lines.append(f"- default: {_fmt_default(s)}")
+        lines.append("")
+        lines.append(s.help)
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

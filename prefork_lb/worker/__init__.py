@@ -1,0 +1,1 @@
+"""The worker: a gevent server that feeds HTTP requests to a WSGI app."""
