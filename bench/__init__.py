@@ -1,0 +1,1 @@
+"""Benchmarks for prefork_lb (not part of the installed package)."""

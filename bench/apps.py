@@ -1,0 +1,28 @@
+"""Benchmark WSGI apps: the tiny hello-world apps every server under test serves.
+
+``hello`` sends a fixed body with Content-Length (the keep-alive fast path);
+``hello_nolen`` omits Content-Length, so HTTP/1.1 servers must fall back to
+chunked transfer encoding (or close the connection).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+BODY = b"Hello, World!"
+_HEADERS = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
+_HEADERS_NOLEN = [("Content-Type", "text/plain")]
+
+
+def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", list(_HEADERS))
+    return [BODY]
+
+
+def hello_nolen(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    start_response("200 OK", list(_HEADERS_NOLEN))
+    return [BODY]

@@ -1,0 +1,4 @@
+from prefork_lb.cli import main
+
+if __name__ == "__main__":
+    main()

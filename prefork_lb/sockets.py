@@ -1,0 +1,127 @@
+"""Listening sockets: TCP over IPv4/IPv6, unix sockets and inherited file descriptors.
+
+Address forms: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import stat
+from dataclasses import dataclass
+
+
+class BindError(Exception):
+    """An address that cannot be listened on: reported as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: str          # tcp | unix | fd
+    host: str = ""
+    port: int = 0
+    path: str = ""
+    fd: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        if self.kind == "fd":
+            return f"fd://{self.fd}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_address(text: str) -> Address:
+    text = text.strip()
+    if text.startswith("unix:"):
+        path = text[5:]
+        if not path:
+            raise BindError(f"invalid address {text!r}: empty unix socket path")
+        return Address("unix", path=path)
+    if text.startswith("fd://"):
+        try:
+            return Address("fd", fd=int(text[5:]))
+        except ValueError:
+            raise BindError(f"invalid address {text!r}: fd://N needs a number") from None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or not rest.startswith(":"):
+            raise BindError(f"invalid address {text!r}: expected [IPV6]:PORT")
+        port_s = rest[1:]
+    else:
+        host, sep, port_s = text.rpartition(":")
+        if not sep:
+            raise BindError(f"invalid address {text!r}: expected HOST:PORT")
+        if ":" in host:
+            raise BindError(f"invalid address {text!r}: write IPv6 addresses as [ADDR]:PORT")
+    try:
+        port = int(port_s)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except ValueError:
+        raise BindError(f"invalid port in {text!r}") from None
+    return Address("tcp", host=host or "0.0.0.0", port=port)
+
+
+def listen(addr: Address, backlog: int = 2048, reuseport: bool = False) -> socket.socket:
+    """Create, bind and listen. Errors a user can cause become BindError."""
+    if addr.kind == "fd":
+        try:
+            sock = socket.socket(fileno=addr.fd)
+        except OSError as exc:
+            raise BindError(f"fd://{addr.fd} is not a usable socket: {exc.strerror}") from None
+        sock.setblocking(False)
+        return sock
+    if addr.kind == "unix":
+        _remove_stale_unix_socket(addr.path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(addr.path)
+            sock.listen(backlog)
+        except OSError as exc:
+            sock.close()
+            raise BindError(f"cannot listen on unix:{addr.path}: {exc.strerror}") from None
+        sock.setblocking(False)
+        return sock
+    try:
+        infos = socket.getaddrinfo(addr.host, addr.port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BindError(f"cannot resolve {addr.host!r}: {exc.strerror}") from None
+    family, socktype, proto, _, sockaddr = infos[0]
+    sock = socket.socket(family, socktype, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuseport:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise BindError(f"address {addr} is already in use") from None
+        if exc.errno == errno.EACCES:
+            raise BindError(f"permission denied binding {addr}") from None
+        raise BindError(f"cannot listen on {addr}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+def _remove_stale_unix_socket(path: str) -> None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise BindError(f"unix:{path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except OSError:
+        os.unlink(path)   # nobody listens: a leftover from a previous run
+    else:
+        raise BindError(f"unix:{path} is in use by another process")
+    finally:
+        probe.close()

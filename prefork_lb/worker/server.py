@@ -1,0 +1,652 @@
+"""The worker's HTTP/1.1 server: a greenlet per connection, WSGI on each request.
+
+Invariants:
+
+* The server reads from a socket only when it needs bytes: a request head, or body bytes the
+  app asked for. So a pipelining or uploading client is held back by TCP, not by our memory.
+* Responses go out in request order; the next pipelined request is not touched before the
+  current response is complete.
+* Timeouts are deadlines checked by one watchdog greenlet twice a second, not a timer per
+  read: the keep-alive idle timeout while waiting for a request's first byte, the header
+  timeout from that byte until the head is complete (408), and the same for each body read.
+* A connection closes after any error it cannot recover from cleanly: a malformed request
+  (4xx, the app never called), an app exception (500 if nothing was sent yet), a body the
+  app did not read that is too big to skip, a response with fewer bytes than announced.
+* Graceful drain: stop accepting, close idle keep-alive connections at once, let in-flight
+  requests finish (their responses carry Connection: close) until the deadline.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import gevent
+import gevent.event
+import gevent.pool
+import gevent.socket
+
+from prefork_lb.http.errors import HTTPError, RequestTimeout
+from prefork_lb.http.parser import Limits, Request, RequestParser
+from prefork_lb.http.response import (
+    CONTINUE,
+    HOP_BY_HOP,
+    SERVER_LINE,
+    check_header_values,
+    date_line,
+    refresh_date,
+    header_lname,
+    simple_response,
+    status_line,
+)
+from prefork_lb.worker.wsgi import BodySource, ClientDisconnected, FileWrapper, Input, base_environ, environ_key
+
+log = logging.getLogger("prefork_lb.error")
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+RECV_SIZE = 65536
+# Unread request body we are willing to read and throw away to keep a connection alive.
+MAX_DRAIN = 1 << 20
+
+
+@dataclass
+class ServerOptions:
+    limits: Limits = field(default_factory=Limits)
+    keepalive: float = 5.0
+    header_timeout: float = 10.0
+    root_path: str = ""
+    worker_connections: int = 1000
+    server_header: bool = True
+    url_scheme: str = "http"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ServerOptions:
+        return cls(
+            limits=Limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size,
+                          cfg.limit_request_body, cfg.require_host),
+            keepalive=cfg.keepalive, header_timeout=cfg.header_timeout, root_path=cfg.root_path.rstrip("/"),
+            worker_connections=cfg.worker_connections, server_header=cfg.server_header,
+        )
+
+
+class _Deadline(Exception):
+    """Thrown into a connection greenlet by the watchdog (or by drain) while it waits to read."""
+
+
+class Server:
+    """Serves one WSGI app on listening sockets and/or connections handed to it."""
+
+    def __init__(self, app: WSGIApp, options: ServerOptions | None = None, access_log: Any = None,
+                 on_request: Callable[[int], None] | None = None) -> None:
+        self.app = app
+        self.options = options or ServerOptions()
+        self.access_log = access_log
+        self.on_request = on_request     # hook for the scoreboard: called with +1 / -1
+        self.pool = gevent.pool.Pool(self.options.worker_connections)
+        self.connections: set[Connection] = set()
+        self.listeners: list[gevent.socket.socket] = []
+        self._accepters: list[gevent.Greenlet] = []
+        self.draining = False
+        self.now = time.monotonic()
+        self._watchdog: gevent.Greenlet | None = None
+        self._stopped = gevent.event.Event()
+        self.requests_served = 0
+
+    # -- sockets in ----------------------------------------------------------------------------
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Take a listening socket (ownership passes to the server) and accept on it."""
+        gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
+            sock.family, sock.type, sock.proto, fileno=sock.detach())
+        gs.settimeout(None)   # gevent: None = cooperative blocking; 0 would make accept spin
+        self.listeners.append(gs)
+        self._accepters.append(gevent.spawn(self._accept_loop, gs))
+        self._ensure_watchdog()
+
+    def serve_connection(self, sock: socket.socket, addr: Any = None) -> gevent.Greenlet:
+        """Serve an already-accepted connection (handoff dispatch)."""
+        self._ensure_watchdog()
+        gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
+            sock.family, sock.type, sock.proto, fileno=sock.detach())
+        gs.settimeout(None)
+        if addr is None:
+            try:
+                addr = gs.getpeername()
+            except OSError:
+                addr = ""
+        return self.pool.spawn(self._handle, gs, addr)
+
+    def _accept_loop(self, lsock: gevent.socket.socket) -> None:
+        pool = self.pool
+        is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+        while not self.draining:
+            pool.wait_available()   # a full worker leaves connections in the backlog
+            try:
+                csock, addr = lsock.accept()
+            except OSError as exc:
+                if self.draining or exc.errno in (errno.EBADF, errno.EINVAL):
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept: %s; pausing accepts for 0.5 s", exc)
+                    gevent.sleep(0.5)
+                continue
+            if is_tcp:
+                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pool.spawn(self._handle, csock, addr)
+
+    def _handle(self, sock: gevent.socket.socket, addr: Any) -> None:
+        conn = Connection(self, sock, addr)
+        self.connections.add(conn)
+        try:
+            conn.serve()
+        finally:
+            self.connections.discard(conn)
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -- timeouts -----------------------------------------------------------------------------
+
+    def _ensure_watchdog(self) -> None:
+        if self._watchdog is None:
+            self._watchdog = gevent.spawn(self._watch)
+
+    def _watch(self) -> None:
+        while True:
+            gevent.sleep(0.25)
+            self.now = now = time.monotonic()
+            refresh_date()
+            for conn in list(self.connections):
+                if conn.wait_until and now >= conn.wait_until:
+                    self._interrupt(conn, idle_only=False)
+
+    def _interrupt(self, conn: Connection, idle_only: bool) -> None:
+        """Raise _Deadline in a connection that waits to read, from the hub's loop.
+
+        The check is repeated inside the callback: by then the connection may have received
+        its bytes and moved on into the app, where the exception must never land. Throwing
+        from the hub (as gevent.kill does) keeps the calling greenlet scheduled.
+        """
+        def fire() -> None:
+            g = conn.greenlet
+            if g is None or g.dead:
+                return
+            if idle_only:
+                if not conn.idle or conn.partial or not conn.wait_until:
+                    return
+            elif not conn.wait_until or self.now < conn.wait_until:
+                return
+            conn.wait_until = 0.0
+            g.throw(_Deadline())
+
+        gevent.get_hub().loop.run_callback(fire)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        self._stopped.wait()
+
+    def stop_accepting(self) -> None:
+        self.draining = True
+        for g in self._accepters:
+            g.kill(block=False)
+        for ls in self.listeners:
+            try:
+                ls.close()
+            except OSError:
+                pass
+
+    def drain(self, timeout: float) -> bool:
+        """Graceful stop: True when every connection finished within the timeout."""
+        self.stop_accepting()
+        deadline = time.monotonic() + timeout
+        while self.connections:
+            for conn in list(self.connections):
+                if conn.idle:
+                    self._interrupt(conn, idle_only=True)
+            if time.monotonic() >= deadline:
+                break
+            gevent.sleep(0.05)
+        clean = not self.connections
+        self.pool.kill(block=True, timeout=1)
+        if self._watchdog is not None:
+            self._watchdog.kill(block=False)
+        self._stopped.set()
+        return clean
+
+
+def _decode_path(path: bytes) -> str:
+    if b"%" in path:
+        path = unquote_to_bytes(path)
+    return path.decode("latin-1")
+
+
+class Connection(BodySource):
+    __slots__ = (
+        "server", "sock", "app", "parser", "base_env", "greenlet", "wait_until", "idle", "status",
+        "out_headers", "headers_sent", "chunked", "close_after", "bytes_sent", "req", "is_head",
+        "resp_length", "continue_sent", "partial", "raw", "read_event", "hub",
+    )
+
+    def __init__(self, server: Server, sock: gevent.socket.socket, addr: Any) -> None:
+        self.server = server
+        self.sock = sock
+        self.app = server.app
+        opts = server.options
+        self.parser = RequestParser(opts.limits)
+        self.greenlet = gevent.getcurrent()
+        self.wait_until = 0.0
+        self.idle = True
+        self.partial = False
+        # The per-request path calls the underlying socket directly and waits on gevent's own
+        # read watcher: one syscall fewer per request than gevent's recv (which tries first),
+        # and no Python-level wrappers around send.
+        self.raw = getattr(sock, "_sock", None)
+        self.read_event = getattr(sock, "_read_event", None)
+        self.hub = sock.hub
+        if self.raw is None or self.read_event is None:   # an unfamiliar gevent: stay generic
+            self.raw = None
+        if isinstance(addr, tuple):
+            remote_addr, remote_port = str(addr[0]), str(addr[1])
+        else:
+            remote_addr, remote_port = "", ""
+        try:
+            local = sock.getsockname()
+        except OSError:
+            local = ""
+        if isinstance(local, tuple):
+            server_name, server_port = str(local[0]), str(local[1])
+        else:
+            server_name, server_port = str(local or "localhost"), ""
+        self.base_env = base_environ(server_name, server_port, remote_addr, remote_port, opts.root_path,
+                                     opts.url_scheme, sys.stderr)
+        self._reset(None)
+
+    def _reset(self, req: Request | None) -> None:
+        self.req = req
+        self.status: str | None = None
+        self.out_headers: list[tuple[str, str]] | None = None
+        self.headers_sent = False
+        self.chunked = False
+        self.close_after = False
+        self.bytes_sent = 0
+        self.is_head = False
+        self.resp_length: int | None = None
+        self.continue_sent = False
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        parser = self.parser
+        requests = parser.requests
+        sock = self.sock
+        opts = self.server.options
+        try:
+            while True:
+                if not requests:
+                    # Wait for a complete head: idle timeout until the first byte, then the
+                    # header timeout for the whole head.
+                    self.idle = True
+                    self.partial = False
+                    if self.server.draining:
+                        return
+                    self.wait_until = self.server.now + (opts.keepalive or opts.header_timeout)
+                    while not requests:
+                        if parser.stopped:
+                            return
+                        try:
+                            data = self._recv()
+                        except _Deadline:
+                            if self.partial:
+                                self._send_error(RequestTimeout())
+                            return
+                        if not data:
+                            return
+                        if not self.partial:
+                            self.partial = True
+                            self.idle = False
+                            self.wait_until = self.server.now + opts.header_timeout
+                        parser.feed(data)
+                    self.wait_until = 0.0
+                    self.idle = False
+                req = requests[0]
+                if not self._handle_request(req):
+                    return
+                requests.popleft()
+                if not req.keep_alive or not opts.keepalive:
+                    return
+        except HTTPError as exc:
+            self.wait_until = 0.0
+            self._send_error(exc)
+        except (ClientDisconnected, ConnectionError, _Deadline):
+            pass
+        except OSError as exc:
+            if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
+                log.exception("connection error")
+
+    def _recv(self) -> bytes:
+        """Wait until the socket is readable, then read. Waiting first saves the recv that
+        would fail with EAGAIN: after a response, the next request is rarely there yet."""
+        raw = self.raw
+        if raw is None:
+            return self.sock.recv(RECV_SIZE)
+        while True:
+            self.hub.wait(self.read_event)
+            try:
+                return raw.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+
+    def _send(self, data: bytes) -> None:
+        raw = self.raw
+        if raw is None:
+            self.sock.sendall(data)
+            return
+        try:
+            n = raw.send(data)
+        except BlockingIOError:
+            n = 0
+        if n < len(data):
+            self.sock.sendall(memoryview(data)[n:])
+
+    def pull(self, req: Request) -> None:
+        """Read more of ``req``'s body from the socket (wsgi.input asked for it)."""
+        if req.expect_continue and not self.continue_sent and not self.headers_sent:
+            self.continue_sent = True
+            self._send(CONTINUE)
+        self.wait_until = self.server.now + self.server.options.header_timeout
+        try:
+            data = self._recv()
+        except _Deadline:
+            raise ClientDisconnected("timed out reading the request body") from None
+        finally:
+            self.wait_until = 0.0
+        if not data:
+            raise ClientDisconnected("client closed the connection during the body")
+        self.parser.feed(data)
+
+    def _skip_body(self, req: Request) -> bool:
+        """After the response: make sure the rest of the body is off the wire. False: close."""
+        if req.complete:
+            return True
+        if req.expect_continue and not self.continue_sent:
+            return False   # the client may or may not send it: the stream is ambiguous
+        req.discard = True
+        req.chunks.clear()
+        limit = req.body_size + MAX_DRAIN
+        try:
+            while not req.complete:
+                if req.body_size > limit:
+                    return False
+                self.pull(req)
+        except (ClientDisconnected, OSError, HTTPError):
+            return False
+        return True
+
+    # -- the request --------------------------------------------------------------------------
+
+    def _environ(self, req: Request) -> dict[str, Any]:
+        env = self.base_env.copy()
+        target = req.target
+        if target[:1] == b"/" and b"?" not in target and b"#" not in target and b"%" not in target:
+            path, query = target, b""
+        else:
+            path, query = req.split_target()
+        path_info = _decode_path(path)
+        script = env["SCRIPT_NAME"]
+        if script and (path_info == script or path_info.startswith(script + "/")):
+            path_info = path_info[len(script):]
+        env["REQUEST_METHOD"] = req.method
+        env["PATH_INFO"] = path_info
+        env["QUERY_STRING"] = query.decode("latin-1")
+        env["RAW_URI"] = target.decode("latin-1")
+        env["SERVER_PROTOCOL"] = req.version
+        for lname, _raw, value in req.headers:
+            key = environ_key(lname)
+            if key is None:
+                continue
+            v = value.decode("latin-1")
+            old = env.get(key)
+            if old is not None:
+                v = old + ("; " if key == "HTTP_COOKIE" else ",") + v
+            env[key] = v
+        env["wsgi.input"] = Input(self, req)
+        return env
+
+    def start_response(self, status: str, headers: list[tuple[str, str]],
+                       exc_info: Any = None) -> Callable[[bytes], None]:
+        if exc_info:
+            try:
+                if self.headers_sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response called twice without exc_info")
+        if type(headers) is not list:
+            raise TypeError("headers must be a list")
+        self.status = status
+        self.out_headers = headers
+        return self.write
+
+    def _head(self, known_length: int | None) -> bytes:
+        """Serialise the status line and headers; decide the framing of the body."""
+        status = self.status
+        if status is None:
+            raise AssertionError("the app returned without calling start_response")
+        line = status_line(status)
+        code = int(status[:3])
+        req = self.req
+        assert req is not None
+        lines = []
+        length: int | None = None
+        has_date = has_server = False
+        for name, value in self.out_headers or ():
+            lname = header_lname(name)
+            if lname in HOP_BY_HOP:
+                if lname == "connection" and "close" in value.lower():
+                    self.close_after = True
+                continue
+            if lname == "content-length":
+                length = int(value)
+            elif lname == "date":
+                has_date = True
+            elif lname == "server":
+                has_server = True
+            lines.append(f"{name}: {value}\r\n")
+        joined = "".join(lines)
+        check_header_values(joined, len(lines))
+        no_body = self.is_head or code < 200 or code == 204 or code == 304
+        if length is None and known_length is not None and not (code < 200 or code == 204 or code == 304):
+            length = known_length
+            joined += f"Content-Length: {known_length}\r\n"
+        self.resp_length = None if no_body else length
+        if length is None and not no_body:
+            if req.version == "HTTP/1.1":
+                self.chunked = True
+                joined += "Transfer-Encoding: chunked\r\n"
+            else:
+                self.close_after = True
+        if not has_date:
+            joined += date_line()
+        if not has_server and self.server.options.server_header:
+            joined += SERVER_LINE
+        if self.server.draining or not self.server.options.keepalive:
+            self.close_after = True
+        if self.close_after or not req.keep_alive:
+            joined += "Connection: close\r\n"
+        elif req.version == "HTTP/1.0":
+            joined += "Connection: keep-alive\r\n"
+        self.headers_sent = True
+        return (line + joined + "\r\n").encode("latin-1")
+
+    def write(self, data: bytes) -> None:
+        """The write() callable of start_response, and the path for iterated bodies."""
+        if not self.headers_sent:
+            head = self._head(None)
+            if self.is_head:
+                self._send(head)
+                return
+            if self.chunked:
+                self._send(head + b"%x\r\n" % len(data) + data + b"\r\n" if data else head)
+            else:
+                self._send(head + self._clip(data))
+            self.bytes_sent += len(data)
+            return
+        if not data or self.is_head:
+            return
+        if self.chunked:
+            self._send(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self._send(self._clip(data))
+        self.bytes_sent += len(data)
+
+    def _clip(self, data: bytes) -> bytes:
+        """Never send more than the announced Content-Length."""
+        n = self.resp_length
+        if n is not None and self.bytes_sent + len(data) > n:
+            self.close_after = True
+            return data[: max(0, n - self.bytes_sent)]
+        return data
+
+    def _finish(self) -> None:
+        if not self.headers_sent:
+            self._send(self._head(0))
+        elif self.chunked:
+            self._send(b"0\r\n\r\n")
+        if self.resp_length is not None and self.bytes_sent < self.resp_length:
+            self.close_after = True   # the app sent less than it announced: framing is broken
+
+    def _sendfile(self, wrapper: FileWrapper) -> bool:
+        """Serve a file_wrapper of a regular file with os.sendfile. False: not possible."""
+        f = wrapper.filelike
+        try:
+            fd = f.fileno()
+            st = os.fstat(fd)
+        except (AttributeError, OSError, ValueError):
+            return False
+        if not stat.S_ISREG(st.st_mode) or self.chunked:
+            return False
+        try:
+            offset = f.tell()
+        except (AttributeError, OSError):
+            offset = 0
+        size = max(0, st.st_size - offset)
+        head = self._head(size if not self.headers_sent else None)
+        self._send(head)
+        if self.is_head:
+            return True
+        count = size if self.resp_length is None else min(size, self.resp_length - self.bytes_sent)
+        sock = self.sock
+        out = sock.fileno()
+        while count > 0:
+            try:
+                sent = os.sendfile(out, fd, offset, min(count, 1 << 20))
+            except BlockingIOError:
+                gevent.socket.wait_write(out)
+                continue
+            if sent == 0:
+                break
+            offset += sent
+            count -= sent
+            self.bytes_sent += sent
+        return True
+
+    def _handle_request(self, req: Request) -> bool:
+        """Run the app for one request and send its response. False: close the connection."""
+        self._reset(req)
+        self.is_head = req.method == "HEAD"
+        env = self._environ(req)
+        server = self.server
+        access = server.access_log
+        t0 = time.time() if access is not None else 0.0
+        hook = server.on_request
+        if hook is not None:
+            hook(1)
+        result: Any = None
+        try:
+            result = self.app(env, self.start_response)
+            rtype = type(result)
+            if rtype is list or rtype is tuple:
+                if len(result) == 1:
+                    body = result[0]
+                else:
+                    body = b"".join(result)
+                if self.headers_sent:
+                    self.write(body)
+                    self._finish()
+                else:
+                    head = self._head(len(body))
+                    if self.is_head:
+                        self._send(head)
+                    else:
+                        self._send(head + self._clip(body))
+                        self.bytes_sent += len(body)
+                    if self.resp_length is not None and self.bytes_sent < self.resp_length:
+                        self.close_after = True
+            elif rtype is FileWrapper and self._sendfile(result):
+                self._finish_sendfile()
+            else:
+                for chunk in result:
+                    if chunk:
+                        self.write(chunk)
+                self._finish()
+        except HTTPError as exc:
+            # The body the app was reading turned out malformed or too large.
+            if not self.headers_sent:
+                self._send_error(exc)
+            return False
+        except (ClientDisconnected, ConnectionError, _Deadline):
+            return False
+        except Exception:
+            path = env.get("PATH_INFO", "")
+            log.exception("Error handling request %s %s", req.method, path)
+            if not self.headers_sent:
+                self.status = None
+                try:
+                    self._send(simple_response(500))
+                except OSError:
+                    pass
+                if access is not None:
+                    self.status = "500 Internal Server Error"
+                    self.out_headers = []
+                    access.log(env, self, time.time() - t0)
+            return False
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:
+                    log.exception("Error closing the response iterable")
+            if hook is not None:
+                hook(-1)
+        server.requests_served += 1
+        if access is not None:
+            access.log(env, self, time.time() - t0)
+        if self.close_after:
+            return False
+        if not req.complete:
+            return self._skip_body(req)
+        return True
+
+    def _finish_sendfile(self) -> None:
+        if self.resp_length is not None and self.bytes_sent < self.resp_length and not self.is_head:
+            self.close_after = True
+
+    def _send_error(self, exc: HTTPError) -> None:
+        try:
+            self._send(simple_response(exc.status, exc.detail))
+        except OSError:
+            pass
