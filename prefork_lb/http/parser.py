@@ -77,6 +77,8 @@ _ABSOLUTE = re.compile(
 )
 _AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+):[0-9]+")
 
+_METHODS: dict[bytes, str] = {}
+
 # Memoised lower-casing of header names: clients send the same few names over and over.
 _LOWER: dict[bytes, str] = {}
 _LOWER_MAX = 512
@@ -270,7 +272,10 @@ class RequestParser:
             cur.version = "HTTP/1.0"
         else:
             raise BadRequest(f"unsupported HTTP version {version}")
-        method = p.get_method().decode("ascii")
+        raw_method = p.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = _METHODS[raw_method] = raw_method.decode("ascii")   # llhttp knows ~46: bounded
         cur.method = method
         cur.keep_alive = p.should_keep_alive()
         lim = self.limits

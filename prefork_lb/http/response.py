@@ -56,23 +56,88 @@ def check_header_values(joined: str, count: int) -> None:
         raise ValueError("header value contains CR or LF")
 
 
+class AppHead:
+    """What the app's status and headers come to, validated and serialised once."""
+
+    __slots__ = ("prefix", "code", "length", "has_date", "has_server", "close")
+
+    def __init__(self, prefix: str, code: int, length: int | None, has_date: bool, has_server: bool,
+                 close: bool) -> None:
+        self.prefix = prefix          # status line + the app's end-to-end header lines
+        self.code = code
+        self.length = length          # the app's Content-Length, if it gave one
+        self.has_date = has_date
+        self.has_server = has_server
+        self.close = close            # the app asked for Connection: close
+
+
+_HEADS: dict[tuple[str, tuple[tuple[str, str], ...]], AppHead] = {}
+_HEADS_MAX = 512
+
+
+def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
+    """Validate and serialise an app's status and header list (memoised: most apps send the
+    same few heads again and again). Raises ValueError/TypeError for what PEP 3333 forbids."""
+    try:
+        key = (status, tuple(headers))
+        head = _HEADS.get(key)
+    except TypeError:   # an unhashable header entry: let the slow path say what is wrong
+        key = None
+        head = None
+    if head is not None:
+        return head
+    line = status_line(status)
+    lines = []
+    length: int | None = None
+    has_date = has_server = close = False
+    for name, value in headers:
+        if type(value) is not str:
+            raise TypeError(f"header value for {name!r} must be str, not {type(value).__name__}")
+        lname = header_lname(name)
+        if lname in HOP_BY_HOP:
+            # The server owns hop-by-hop headers (PEP 3333); honour the app's wish to close.
+            if lname == "connection" and "close" in value.lower():
+                close = True
+            continue
+        if lname == "content-length":
+            try:
+                length = int(value)
+            except ValueError:
+                raise ValueError(f"invalid Content-Length {value!r}") from None
+            if length < 0:
+                raise ValueError(f"invalid Content-Length {value!r}")
+        elif lname == "date":
+            has_date = True
+        elif lname == "server":
+            has_server = True
+        lines.append(f"{name}: {value}\r\n")
+    joined = "".join(lines)
+    check_header_values(joined, len(lines))
+    head = AppHead(line + joined, int(status[:3]), length, has_date, has_server, close)
+    if key is not None:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
 _date_second = -1
-_date_line = ""
+# The Date line of the current second. Per-request code reads this attribute of the module;
+# a server refreshes it from a timer a few times a second, so requests never read the clock.
+current_date_line = ""
 
 
 def refresh_date() -> str:
-    """Recompute the Date line if the second changed. A server calls this from a timer a few
-    times a second, so the per-request path reads a string instead of the clock."""
-    global _date_second, _date_line
+    global _date_second, current_date_line
     now = int(time.time())
     if now != _date_second:
         _date_second = now
-        _date_line = f"Date: {formatdate(now, usegmt=True)}\r\n"
-    return _date_line
+        current_date_line = f"Date: {formatdate(now, usegmt=True)}\r\n"
+    return current_date_line
 
 
 def date_line() -> str:
-    return _date_line or refresh_date()
+    return refresh_date()
 
 
 def reason(code: int) -> str:

@@ -37,18 +37,17 @@ import gevent.socket
 
 from prefork_lb.http.errors import HTTPError, RequestTimeout
 from prefork_lb.http.parser import Limits, Request, RequestParser
-from prefork_lb.http.response import (
-    CONTINUE,
-    HOP_BY_HOP,
-    SERVER_LINE,
-    check_header_values,
-    date_line,
-    refresh_date,
-    header_lname,
-    simple_response,
-    status_line,
+from prefork_lb.http import response as _resp
+from prefork_lb.http.response import CONTINUE, SERVER_LINE, app_head, refresh_date, simple_response
+from prefork_lb.worker.wsgi import (
+    ENV_KEYS,
+    BodySource,
+    ClientDisconnected,
+    FileWrapper,
+    Input,
+    base_environ,
+    environ_key,
 )
-from prefork_lb.worker.wsgi import BodySource, ClientDisconnected, FileWrapper, Input, base_environ, environ_key
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -399,28 +398,32 @@ class Connection(BodySource):
     def _environ(self, req: Request) -> dict[str, Any]:
         env = self.base_env.copy()
         target = req.target
-        if target[:1] == b"/" and b"?" not in target and b"#" not in target and b"%" not in target:
-            path, query = target, b""
-        else:
+        raw_uri = target.decode("latin-1")
+        if target[:1] != b"/" or b"?" in target or b"%" in target or b"#" in target:
             path, query = req.split_target()
-        path_info = _decode_path(path)
+            path_info = _decode_path(path)
+            env["QUERY_STRING"] = query.decode("latin-1")
+        else:
+            path_info = raw_uri
+            env["QUERY_STRING"] = ""
         script = env["SCRIPT_NAME"]
         if script and (path_info == script or path_info.startswith(script + "/")):
             path_info = path_info[len(script):]
         env["REQUEST_METHOD"] = req.method
         env["PATH_INFO"] = path_info
-        env["QUERY_STRING"] = query.decode("latin-1")
-        env["RAW_URI"] = target.decode("latin-1")
+        env["RAW_URI"] = raw_uri
         env["SERVER_PROTOCOL"] = req.version
+        keys = ENV_KEYS
         for lname, _raw, value in req.headers:
-            key = environ_key(lname)
+            key = keys.get(lname)
             if key is None:
-                continue
-            v = value.decode("latin-1")
-            old = env.get(key)
-            if old is not None:
-                v = old + ("; " if key == "HTTP_COOKIE" else ",") + v
-            env[key] = v
+                key = environ_key(lname)
+            if not key:
+                continue   # a name with '_': dropped
+            if key in env:
+                env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value.decode("latin-1")
+            else:
+                env[key] = value.decode("latin-1")
         env["wsgi.input"] = Input(self, req)
         return env
 
@@ -441,55 +444,42 @@ class Connection(BodySource):
         return self.write
 
     def _head(self, known_length: int | None) -> bytes:
-        """Serialise the status line and headers; decide the framing of the body."""
+        """Serialise the response head; decide the framing of the body."""
         status = self.status
         if status is None:
             raise AssertionError("the app returned without calling start_response")
-        line = status_line(status)
-        code = int(status[:3])
+        ah = app_head(status, self.out_headers)   # type: ignore[arg-type]
         req = self.req
-        assert req is not None
-        lines = []
-        length: int | None = None
-        has_date = has_server = False
-        for name, value in self.out_headers or ():
-            lname = header_lname(name)
-            if lname in HOP_BY_HOP:
-                if lname == "connection" and "close" in value.lower():
-                    self.close_after = True
-                continue
-            if lname == "content-length":
-                length = int(value)
-            elif lname == "date":
-                has_date = True
-            elif lname == "server":
-                has_server = True
-            lines.append(f"{name}: {value}\r\n")
-        joined = "".join(lines)
-        check_header_values(joined, len(lines))
-        no_body = self.is_head or code < 200 or code == 204 or code == 304
-        if length is None and known_length is not None and not (code < 200 or code == 204 or code == 304):
+        code = ah.code
+        bodiless_status = code < 200 or code == 204 or code == 304
+        no_body = self.is_head or bodiless_status
+        length = ah.length
+        out = ah.prefix
+        if length is None and known_length is not None and not bodiless_status:
             length = known_length
-            joined += f"Content-Length: {known_length}\r\n"
+            out += f"Content-Length: {known_length}\r\n"
         self.resp_length = None if no_body else length
         if length is None and not no_body:
-            if req.version == "HTTP/1.1":
+            if req.version == "HTTP/1.1":   # type: ignore[union-attr]
                 self.chunked = True
-                joined += "Transfer-Encoding: chunked\r\n"
+                out += "Transfer-Encoding: chunked\r\n"
             else:
                 self.close_after = True
-        if not has_date:
-            joined += date_line()
-        if not has_server and self.server.options.server_header:
-            joined += SERVER_LINE
-        if self.server.draining or not self.server.options.keepalive:
+        if not ah.has_date:
+            out += _resp.current_date_line or refresh_date()
+        server = self.server
+        if not ah.has_server and server.options.server_header:
+            out += SERVER_LINE
+        if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:  # type: ignore[union-attr]
             self.close_after = True
-        if self.close_after or not req.keep_alive:
-            joined += "Connection: close\r\n"
-        elif req.version == "HTTP/1.0":
-            joined += "Connection: keep-alive\r\n"
+        if self.close_after:
+            out += "Connection: close\r\n\r\n"
+        elif req.version == "HTTP/1.0":   # type: ignore[union-attr]
+            out += "Connection: keep-alive\r\n\r\n"
+        else:
+            out += "\r\n"
         self.headers_sent = True
-        return (line + joined + "\r\n").encode("latin-1")
+        return out.encode("latin-1")
 
     def write(self, data: bytes) -> None:
         """The write() callable of start_response, and the path for iterated bodies."""
@@ -566,7 +556,8 @@ class Connection(BodySource):
     def _handle_request(self, req: Request) -> bool:
         """Run the app for one request and send its response. False: close the connection."""
         self._reset(req)
-        self.is_head = req.method == "HEAD"
+        if req.method == "HEAD":
+            self.is_head = True
         env = self._environ(req)
         server = self.server
         access = server.access_log
@@ -624,7 +615,7 @@ class Connection(BodySource):
                     access.log(env, self, time.time() - t0)
             return False
         finally:
-            close = getattr(result, "close", None)
+            close = None if type(result) is list else getattr(result, "close", None)
             if close is not None:
                 try:
                     close()

@@ -131,17 +131,17 @@ class FileWrapper:
             yield data
 
 
-# Header name (lower-cased) -> environ key; None for names with '_' (dropped, as gunicorn does,
+# Header name (lower-cased) -> environ key; "" for names with '_' (dropped, as gunicorn does,
 # since HTTP_X_A would not tell 'X-A' from 'X_A' and an attacker could spoof a proxy header).
-_ENV_KEYS: dict[str, str | None] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
+ENV_KEYS: dict[str, str] = {"content-type": "CONTENT_TYPE", "content-length": "CONTENT_LENGTH"}
 
 
-def environ_key(lname: str) -> str | None:
-    key = _ENV_KEYS.get(lname, "")
-    if key == "":
-        key = None if "_" in lname else "HTTP_" + lname.upper().replace("-", "_")
-        if len(_ENV_KEYS) < 1024:
-            _ENV_KEYS[lname] = key
+def environ_key(lname: str) -> str:
+    key = ENV_KEYS.get(lname)
+    if key is None:
+        key = "" if "_" in lname else "HTTP_" + lname.upper().replace("-", "_")
+        if len(ENV_KEYS) < 1024:
+            ENV_KEYS[lname] = key
     return key
 
 
