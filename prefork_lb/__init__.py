@@ -1,3 +1,27 @@
 """prefork_lb: a prefork WSGI server and load balancer."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __version__ = "0.1.0"
+__all__ = ["__version__", "run"]
+
+
+def run(app: Any, **settings: Any) -> int:
+    """Serve a WSGI app object with a master and forked workers; returns the exit code.
+
+    Settings are the names in docs/reference/settings.md: ``run(app, bind=["127.0.0.1:8000"],
+    workers=4)``. The app is imported once here and inherited by every worker.
+    """
+    from prefork_lb.arbiter import Arbiter
+    from prefork_lb.config import build
+    from prefork_lb.logs import setup_error_log
+
+    cfg = build(settings, environ={})
+    cfg.app_uri = getattr(app, "__name__", "app")
+    cfg.app_object = app
+    setup_error_log(cfg.log_level, cfg.error_logfile)
+    arbiter = Arbiter(cfg)
+    arbiter.bind()
+    return arbiter.run()

@@ -60,30 +60,20 @@ def fail(message: str) -> NoReturn:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from prefork_lb.app import AppLoadError, load_app
+    from prefork_lb.arbiter import Arbiter
     from prefork_lb.logs import setup_error_log
-    from prefork_lb.sockets import BindError, listen, parse_address
-    from prefork_lb.worker import process
+    from prefork_lb.sockets import BindError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         cfg = parse(argv)
         setup_error_log(cfg.log_level, cfg.error_logfile)
-        addresses = [parse_address(b) for b in cfg.bind]
-        listeners = [listen(a, cfg.backlog) for a in addresses]
+        if cfg.chdir:
+            os.chdir(cfg.chdir)
+        arbiter = Arbiter(cfg, reload_config=lambda: parse(argv))
+        arbiter.bind()
     except (ConfigError, BindError) as exc:
         fail(str(exc))
-    except OSError as exc:   # e.g. an error log file that cannot be opened
+    except OSError as exc:   # e.g. an error log file or --chdir that cannot be used
         fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "))
-    process.patch()
-    try:
-        app = load_app(cfg.app_uri, cfg.chdir)
-    except AppLoadError as exc:
-        fail(str(exc))
-    import logging
-
-    log = logging.getLogger("prefork_lb.error")
-    if cfg.workers > 1:
-        log.warning("This build serves in one process; -w %d runs as -w 1", cfg.workers)
-    for a in addresses:
-        log.info("Listening at http://%s (pid %d)", a, os.getpid())
-    sys.exit(process.serve(app, cfg, listeners))
+    sys.exit(arbiter.run())

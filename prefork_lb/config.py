@@ -118,6 +118,21 @@ SETTINGS: list[Setting] = [
     Setting("workers", _positive_int, _default_workers, "Number of worker processes.",
             flags=("-w", "--workers"), extra_env=("WEB_CONCURRENCY",), metavar="N",
             default_doc="the number of CPUs"),
+    Setting("dispatch", str, "reuseport",
+            "How connections reach workers: reuseport (one SO_REUSEPORT listener per worker slot, "
+            "held by the master) or shared (one listener inherited by every worker).",
+            flags=("--dispatch",), choices=("reuseport", "shared")),
+    Setting("max_requests", _non_negative_int, 0,
+            "Recycle a worker after it served this many requests (0: never). Its replacement is "
+            "started and ready before it stops, so no request is refused.",
+            flags=("--max-requests",), metavar="N"),
+    Setting("max_requests_jitter", _non_negative_int, 0,
+            "Add a random 0..N to max_requests per worker, so workers do not recycle together.",
+            flags=("--max-requests-jitter",), metavar="N"),
+    Setting("pidfile", _optional_str, None, "Write the master's pid to this file.",
+            flags=("-p", "--pid"), metavar="FILE"),
+    Setting("proc_name", _optional_str, None, "Name shown in process titles (default: the app path).",
+            flags=("-n", "--name"), metavar="NAME"),
     Setting("worker_connections", _positive_int, 1000,
             "Most connections one worker serves at once; further ones wait in the listen backlog.",
             flags=("--worker-connections",), metavar="N"),
@@ -130,6 +145,10 @@ SETTINGS: list[Setting] = [
     Setting("server_header", _bool, True, "Send a 'Server: prefork_lb' header.",
             flags=("--server-header",), metavar="BOOL"),
     # --- timeouts
+    Setting("timeout", _non_negative_float, 30.0,
+            "Seconds without a heartbeat before the master aborts a worker (SIGABRT, then SIGKILL) "
+            "and logs the request it was stuck in. 0 disables.",
+            flags=("-t", "--timeout"), section="Timeouts", metavar="SECONDS"),
     Setting("keepalive", _non_negative_float, 5.0,
             "Seconds an idle keep-alive connection is kept open (0 disables keep-alive).",
             flags=("--keep-alive",), section="Timeouts", metavar="SECONDS"),
@@ -182,6 +201,7 @@ class Config:
     values: dict[str, Any] = field(default_factory=dict)
     app_uri: str | None = None
     hooks: dict[str, Callable[..., Any]] = field(default_factory=dict)
+    app_object: Any = None   # prefork_lb.run(app): an app given as an object, not a path
 
     def __getattr__(self, name: str) -> Any:
         try:

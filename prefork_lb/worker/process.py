@@ -39,7 +39,7 @@ def serve(app: Any, cfg: Any, listeners: list[socket.socket]) -> int:
 
     def stop(graceful: bool) -> None:
         state["graceful"] = graceful
-        gevent.spawn(_stop, server, graceful, cfg.graceful_timeout)
+        gevent.spawn(stop_server, server, graceful, cfg.graceful_timeout)
 
     gevent.signal_handler(signal.SIGTERM, stop, True)
     gevent.signal_handler(signal.SIGINT, stop, False)
@@ -50,7 +50,7 @@ def serve(app: Any, cfg: Any, listeners: list[socket.socket]) -> int:
     return 0
 
 
-def _stop(server: Any, graceful: bool, timeout: float) -> None:
+def stop_server(server: Any, graceful: bool, timeout: float) -> None:
     if graceful:
         log.info("Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout)
         if not server.drain(timeout):

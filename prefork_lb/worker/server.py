@@ -86,11 +86,11 @@ class Server:
     """Serves one WSGI app on listening sockets and/or connections handed to it."""
 
     def __init__(self, app: WSGIApp, options: ServerOptions | None = None, access_log: Any = None,
-                 on_request: Callable[[int], None] | None = None) -> None:
+                 board: Any = None) -> None:
         self.app = app
         self.options = options or ServerOptions()
         self.access_log = access_log
-        self.on_request = on_request     # hook for the scoreboard: called with +1 / -1
+        self.board = board   # the worker's scoreboard entry (request_started/finished), or None
         self.pool = gevent.pool.Pool(self.options.worker_connections)
         self.connections: set[Connection] = set()
         self.listeners: list[gevent.socket.socket] = []
@@ -562,9 +562,9 @@ class Connection(BodySource):
         server = self.server
         access = server.access_log
         t0 = time.time() if access is not None else 0.0
-        hook = server.on_request
-        if hook is not None:
-            hook(1)
+        board = server.board
+        if board is not None:
+            board.request_started(req.method, req.target)
         result: Any = None
         try:
             result = self.app(env, self.start_response)
@@ -621,8 +621,8 @@ class Connection(BodySource):
                     close()
                 except Exception:
                     log.exception("Error closing the response iterable")
-            if hook is not None:
-                hook(-1)
+            if board is not None:
+                board.request_finished()
         server.requests_served += 1
         if access is not None:
             access.log(env, self, time.time() - t0)

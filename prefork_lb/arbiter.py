@@ -1,0 +1,463 @@
+"""The master: binds every listener, forks the workers, then only supervises.
+
+Signal handlers only queue the signal and wake the loop (through ``signal.set_wakeup_fd``); the
+loop handles each as ``handle_<name>``. The master never serves a request, never imports the
+user's app (a worker does, after fork) and is never monkey-patched.
+
+Slots: a worker serves a *slot*, a position in the dispatch. In ``reuseport`` mode each slot
+has its own SO_REUSEPORT listener, created and kept open by the master: when a worker dies,
+the connections queued on its slot wait in the kernel for its replacement instead of being
+reset. A slot can briefly have two workers: the old one draining and its replacement (rolling
+reload, max-requests recycling).
+
+Signals, as gunicorn uses them: TERM graceful stop within --graceful-timeout; INT and QUIT fast
+stop; HUP reload (config and app code; new workers first, old ones drain once the new are
+ready); TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.sockets import Address, listen, parse_address
+from prefork_lb.worker import child
+
+log = logging.getLogger("prefork_lb.error")
+
+SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "CHLD")
+ABORT_GRACE = 2.0        # seconds between SIGABRT and SIGKILL for a stuck worker
+FAST_STOP_GRACE = 3.0    # seconds INT/QUIT gives workers before SIGKILL
+MAX_BACKOFF = 10.0
+
+
+@dataclass
+class WorkerProc:
+    pid: int
+    slot: int
+    entry: int
+    started: float
+    ready: bool = False
+    term_at: float = 0.0         # when we asked it to stop (0: never)
+    abort_at: float = 0.0        # when we sent SIGABRT for a missed heartbeat
+    replaced_by: int = 0         # pid of the worker taking over its slot
+    replaces: int = 0            # pid of the worker it takes over from
+    reload_gen: int = 0          # the reload generation it was started in
+
+
+class BootError(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Arbiter:
+    def __init__(self, cfg: Any, reload_config: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic,
+                 fork: Callable[[], int] = os.fork, kill: Callable[[int, int], None] = os.kill,
+                 waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid) -> None:
+        self.cfg = cfg
+        self.reload_config = reload_config
+        self.clock = clock
+        self.fork = fork
+        self.kill = kill
+        self.waitpid = waitpid
+        self.pid = os.getpid()
+        self.num_workers = cfg.workers
+        self.workers: dict[int, WorkerProc] = {}
+        self.board = sb.Scoreboard(max(16, 2 * self.num_workers + 8))
+        self.sig_queue: list[str] = []
+        self.stopping: str | None = None        # None | "graceful" | "fast"
+        self.stop_deadline = 0.0
+        self.exit_code = 0
+        self.boot_error: BootError | None = None
+        self.generation = 0
+        self.ready_announced = False
+        self.next_spawn: dict[int, float] = {}
+        self.backoff: dict[int, float] = {}
+        self.shared_sockets: list[socket.socket] = []
+        self.slot_sockets: dict[int, list[socket.socket]] = {}
+        self.addresses: list[Address] = []
+        self._wake_r = self._wake_w = -1
+        self._boot_r = self._boot_w = -1
+
+    # -- listeners ----------------------------------------------------------------------------
+
+    def bind(self) -> None:
+        """Bind every address (BindError for a user mistake). Idempotent for slots."""
+        cfg = self.cfg
+        self.addresses = [parse_address(b) for b in cfg.bind]
+        reuse = cfg.dispatch == "reuseport"
+        for addr in self.addresses:
+            if addr.kind != "tcp" or not reuse:
+                self.shared_sockets.append(listen(addr, cfg.backlog))
+        if reuse:
+            for slot in range(self.num_workers):
+                self.slot_listeners(slot)
+
+    def slot_listeners(self, slot: int) -> list[socket.socket]:
+        if self.cfg.dispatch != "reuseport":
+            return []
+        socks = self.slot_sockets.get(slot)
+        if socks is None:
+            socks = [listen(a, self.cfg.backlog, reuseport=True) for a in self.addresses if a.kind == "tcp"]
+            self.slot_sockets[slot] = socks
+        return socks
+
+    def close_slot(self, slot: int) -> None:
+        for s in self.slot_sockets.pop(slot, []):
+            s.close()
+
+    def all_sockets(self) -> list[socket.socket]:
+        return self.shared_sockets + [s for socks in self.slot_sockets.values() for s in socks]
+
+    # -- main loop ----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._wake_r, self._wake_w = os.pipe()
+        for fd in (self._wake_r, self._wake_w):
+            os.set_blocking(fd, False)
+            os.set_inheritable(fd, False)
+        self._boot_r, self._boot_w = os.pipe()
+        os.set_blocking(self._boot_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for name in SIGNALS:
+            signal.signal(getattr(signal, "SIG" + name), self._on_signal)
+        if self.cfg.pidfile:
+            with open(self.cfg.pidfile, "w") as f:
+                f.write(f"{self.pid}\n")
+        try:
+            from setproctitle import setproctitle
+
+            setproctitle(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri}]")
+        except ImportError:
+            pass
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # Only record it: the loop does the work (the wakeup fd has already woken it).
+        if len(self.sig_queue) < 16:
+            self.sig_queue.append(signal.Signals(signum).name[3:])
+
+    def run(self) -> int:
+        self.setup()
+        self.hook("on_starting", self)
+        for a in self.addresses:
+            log.info("Listening at %s (%s dispatch, %d worker%s, master pid %d)",
+                     f"unix:{a.path}" if a.kind == "unix" else f"http://{a}", self.cfg.dispatch,
+                     self.num_workers, "" if self.num_workers == 1 else "s", self.pid)
+        try:
+            self.manage()
+            while True:
+                self.sleep(0.5 if not self.stopping else 0.1)
+                while self.sig_queue:
+                    name = self.sig_queue.pop(0)
+                    getattr(self, "handle_" + name.lower())()
+                self.reap()
+                if self.stopping:
+                    if self.step_stop():
+                        break
+                    continue
+                self.check_timeouts()
+                self.manage()
+        finally:
+            self.cleanup()
+        if self.boot_error is not None:
+            sys.stderr.write(f"prefork_lb: error: {self.boot_error}\n")
+            return self.boot_error.code
+        self.hook("on_exit", self)
+        return self.exit_code
+
+    def sleep(self, timeout: float) -> None:
+        try:
+            ready, _, _ = select.select([self._wake_r], [], [], timeout)
+        except InterruptedError:
+            return
+        if ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+    def cleanup(self) -> None:
+        for s in self.all_sockets():
+            s.close()
+        for a in self.addresses:
+            if a.kind == "unix":
+                try:
+                    os.unlink(a.path)
+                except OSError:
+                    pass
+        if self.cfg.pidfile:
+            try:
+                os.unlink(self.cfg.pidfile)
+            except OSError:
+                pass
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
+        entry = self.board.allocate(0, slot)
+        mine = self.shared_sockets + self.slot_listeners(slot)
+        self.hook("pre_fork", self, slot)
+        pid = self.fork()
+        if pid == 0:   # the worker
+            keep = {s.fileno() for s in mine}
+            for s in self.all_sockets():
+                if s.fileno() not in keep:
+                    s.close()
+            os.close(self._boot_r)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self.hook("post_fork", self, slot)
+            child.run(slot, entry, self.cfg, mine, self.board, self.pid, self._boot_w)
+        self.board.q[entry * sb._WORDS + sb.PID] = pid
+        w = WorkerProc(pid, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
+        self.workers[pid] = w
+        log.debug("Booting worker %d (pid %d)", slot, pid)
+        return w
+
+    def live_for_slot(self, slot: int) -> list[WorkerProc]:
+        return [w for w in self.workers.values() if w.slot == slot and not w.term_at]
+
+    def manage(self) -> None:
+        now = self.clock()
+        for w in self.workers.values():
+            if not w.ready and self.board.get(w.entry, sb.STATE) in (sb.READY, sb.RETIRING):
+                w.ready = True
+        # Fill empty slots.
+        for slot in range(self.num_workers):
+            if not self.live_for_slot(slot) and now >= self.next_spawn.get(slot, 0.0):
+                self.spawn(slot)
+        # Replace workers that asked to retire (max-requests) or are older than a reload.
+        for w in list(self.workers.values()):
+            if w.term_at or w.replaced_by:
+                continue
+            wants_out = self.board.get(w.entry, sb.STATE) == sb.RETIRING or w.reload_gen < self.generation
+            if wants_out and w.slot < self.num_workers:
+                w.replaced_by = self.spawn(w.slot, replaces=w.pid).pid
+        # A replacement that is ready lets its predecessor drain.
+        for w in list(self.workers.values()):
+            if w.replaces and w.ready:
+                old = self.workers.get(w.replaces)
+                w.replaces = 0
+                if old is not None and not old.term_at:
+                    self.stop_worker(old, signal.SIGTERM)
+        # Slots beyond the worker count (TTOU): drain their workers, then close the slot.
+        for w in list(self.workers.values()):
+            if w.slot >= self.num_workers and not w.term_at:
+                self.stop_worker(w, signal.SIGTERM)
+        for slot in [s for s in self.slot_sockets if s >= self.num_workers]:
+            if not any(w.slot == slot for w in self.workers.values()):
+                self.close_slot(slot)
+        if not self.ready_announced and self.num_workers and all(
+                any(w.ready for w in self.live_for_slot(s)) for s in range(self.num_workers)):
+            self.ready_announced = True
+            log.info("Ready: %d worker%s serving", self.num_workers, "" if self.num_workers == 1 else "s")
+            self.hook("when_ready", self)
+            sd_notify("READY=1")
+
+    def stop_worker(self, w: WorkerProc, sig: int) -> None:
+        if not w.term_at:
+            w.term_at = self.clock()
+        try:
+            self.kill(w.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = self.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            if w is None:
+                continue
+            self.board.clear(w.entry)
+            code = os.waitstatus_to_exitcode(status)
+            self.hook("child_exit", self, w)
+            if w.term_at:
+                log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
+                continue
+            if code in (child.EXIT_APP_LOAD, child.EXIT_BOOT) and not w.ready:
+                message = self.read_boot_message() or f"worker failed to boot ({describe_exit(code)})"
+                old = self.workers.get(w.replaces) if w.replaces else None
+                if old is not None:
+                    # A reload or recycle whose new worker cannot boot: keep the old one serving.
+                    old.replaced_by = -1
+                    old.reload_gen = self.generation
+                    log.error("Replacement for worker %d failed to boot: %s; the old worker keeps serving",
+                              w.slot, message)
+                    return
+                self.boot_error = BootError(message, 2 if code == child.EXIT_APP_LOAD else 3)
+                log.error("Worker failed to boot: %s; stopping", message)
+                self.begin_stop("fast")
+                return
+            log.error("Worker %d (pid %d) died unexpectedly: %s; replacing it", w.slot, pid, describe_exit(code))
+            # Back off when a slot's workers keep dying young.
+            now = self.clock()
+            if now - w.started < 1.0:
+                delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(w.slot, 0.0) * 2))
+                self.backoff[w.slot] = delay
+                self.next_spawn[w.slot] = now + delay
+                log.warning("Worker %d crashed within a second of starting; next start in %.1f s", w.slot, delay)
+            else:
+                self.backoff.pop(w.slot, None)
+
+    def read_boot_message(self) -> str:
+        try:
+            data = os.read(self._boot_r, 65536)
+        except (BlockingIOError, OSError):
+            return ""
+        return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
+
+    def check_timeouts(self) -> None:
+        timeout = self.cfg.timeout
+        if not timeout:
+            return
+        now = self.clock()
+        for w in list(self.workers.values()):
+            if w.abort_at:
+                if now - w.abort_at > ABORT_GRACE:
+                    try:
+                        self.kill(w.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                continue
+            age = time.monotonic() - self.board.getf(w.entry, sb.HEARTBEAT)
+            if age <= timeout:
+                continue
+            req = self.board.current_request(w.entry) if self.board.get(w.entry, sb.IN_FLIGHT) else ""
+            started = self.board.getf(w.entry, sb.REQ_START)
+            where = f"while serving {req} (for {time.monotonic() - started:.1f} s)" if req else "outside any request"
+            log.critical("WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
+                         w.slot, w.pid, age, where)
+            w.abort_at = now
+            if not w.term_at:
+                w.term_at = now
+            try:
+                self.kill(w.pid, signal.SIGABRT)
+            except ProcessLookupError:
+                pass
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def begin_stop(self, how: str) -> None:
+        if self.stopping == "fast":
+            return
+        self.stopping = how
+        grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
+        self.stop_deadline = self.clock() + grace + 0.5
+        sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
+        for w in list(self.workers.values()):
+            w.term_at = 0.0
+            self.stop_worker(w, sig)
+
+    def step_stop(self) -> bool:
+        """True once every worker is gone."""
+        if not self.workers:
+            return True
+        if self.clock() >= self.stop_deadline:
+            for w in list(self.workers.values()):
+                log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
+                try:
+                    self.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.stop_deadline = self.clock() + 5
+        return False
+
+    # -- signal handlers ----------------------------------------------------------------------
+
+    def handle_chld(self) -> None:
+        pass   # reap() runs after every wake-up
+
+    def handle_term(self) -> None:
+        log.info("SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
+        self.begin_stop("graceful")
+
+    def handle_int(self) -> None:
+        log.info("SIGINT: fast stop")
+        self.begin_stop("fast")
+
+    handle_quit = handle_int
+
+    def handle_hup(self) -> None:
+        log.info("SIGHUP: reloading configuration and app")
+        if self.reload_config is not None:
+            try:
+                new = self.reload_config()
+            except Exception as exc:
+                log.error("Reload failed, keeping the running configuration: %s", exc)
+                return
+            new.values["workers"] = self.num_workers if new.workers == self.cfg.workers else new.workers
+            self.cfg = new
+            self.num_workers = new.workers
+        self.generation += 1
+
+    def handle_ttin(self) -> None:
+        self.num_workers += 1
+        log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def handle_ttou(self) -> None:
+        if self.num_workers > 1:
+            self.num_workers -= 1
+        log.info("SIGTTOU: %d workers", self.num_workers)
+
+    def handle_usr1(self) -> None:
+        from prefork_lb.logs import setup_error_log
+
+        setup_error_log(self.cfg.log_level, self.cfg.error_logfile)
+        for w in self.workers.values():
+            try:
+                self.kill(w.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def hook(self, name: str, *args: Any) -> None:
+        fn = self.cfg.hooks.get(name)
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("hook %s failed", name)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, when it asked through NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("sd_notify failed: %s", exc)

@@ -1,0 +1,124 @@
+"""The shared-memory scoreboard: one fixed-size entry per worker process.
+
+The master creates it (an anonymous shared mapping) before forking, so every worker writes
+its own entry and the master reads them all without a system call. Fields per entry:
+
+    pid, state, heartbeat (CLOCK_MONOTONIC, which is system-wide), requests in flight,
+    requests served, start time of the current request, its method and path, the slot
+    (dispatch position) it serves, and a latency EWMA in microseconds.
+
+Invariants: a worker writes only its own entry; the master clears an entry only after it has
+reaped that worker's pid. Values are machine words written in one store, so a reader sees
+either the old or the new value (the method and path strings may be torn: they are only
+for log messages).
+"""
+
+from __future__ import annotations
+
+import mmap
+import time
+
+ENTRY_SIZE = 256
+_WORDS = ENTRY_SIZE // 8
+# word offsets inside an entry
+PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY = range(8)
+_TEXT_OFFSET = 64          # byte offset of method (16 bytes) then path (176 bytes)
+_METHOD_LEN = 16
+_PATH_LEN = ENTRY_SIZE - _TEXT_OFFSET - _METHOD_LEN
+
+EMPTY, BOOTING, READY, RETIRING, DRAINING = 0, 1, 2, 3, 4
+STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", READY: "ready", RETIRING: "retiring", DRAINING: "draining"}
+
+
+class Scoreboard:
+    def __init__(self, entries: int) -> None:
+        self.entries = entries
+        self._map = mmap.mmap(-1, entries * ENTRY_SIZE, flags=mmap.MAP_SHARED)
+        self._mv = memoryview(self._map)
+        self.q = self._mv.cast("q")   # int64 view
+        self.d = self._mv.cast("d")   # float64 view over the same bytes
+
+    # -- master side ------------------------------------------------------------------------
+
+    def allocate(self, pid: int, slot: int) -> int:
+        """Take a free entry for a new worker (before fork: pid 0; set again after)."""
+        q = self.q
+        for i in range(self.entries):
+            base = i * _WORDS
+            if q[base + STATE] == EMPTY and q[base + PID] == 0:
+                self.clear(i)
+                q[base + PID] = pid or -1   # reserved
+                q[base + SLOT] = slot
+                q[base + STATE] = BOOTING
+                self.d[base + HEARTBEAT] = time.monotonic()
+                return i
+        raise RuntimeError("scoreboard full")
+
+    def clear(self, i: int) -> None:
+        start = i * ENTRY_SIZE
+        self._mv[start:start + ENTRY_SIZE] = bytes(ENTRY_SIZE)
+
+    def get(self, i: int, field: int) -> int:
+        return self.q[i * _WORDS + field]
+
+    def getf(self, i: int, field: int) -> float:
+        return self.d[i * _WORDS + field]
+
+    def current_request(self, i: int) -> str:
+        start = i * ENTRY_SIZE + _TEXT_OFFSET
+        raw = bytes(self._mv[start:start + ENTRY_SIZE - _TEXT_OFFSET])
+        method = raw[:_METHOD_LEN].rstrip(b"\0").decode("latin-1")
+        path = raw[_METHOD_LEN:].rstrip(b"\0").decode("latin-1")
+        return f"{method} {path}".strip()
+
+    def snapshot(self, i: int) -> dict[str, object]:
+        base = i * _WORDS
+        q, d = self.q, self.d
+        return {
+            "pid": q[base + PID], "state": STATE_NAMES.get(q[base + STATE], "?"), "slot": q[base + SLOT],
+            "heartbeat_age": round(time.monotonic() - d[base + HEARTBEAT], 3),
+            "in_flight": q[base + IN_FLIGHT], "served": q[base + SERVED],
+            "current_request": self.current_request(i) if q[base + IN_FLIGHT] else "",
+        }
+
+    # -- worker side -------------------------------------------------------------------------
+
+    def handle(self, i: int) -> WorkerEntry:
+        return WorkerEntry(self, i)
+
+
+class WorkerEntry:
+    """A worker's writer for its own entry. The per-request methods are on the hot path."""
+
+    __slots__ = ("q", "d", "base", "mv", "text", "in_flight")
+
+    def __init__(self, board: Scoreboard, i: int) -> None:
+        self.q = board.q
+        self.d = board.d
+        self.base = i * _WORDS
+        self.mv = board._mv
+        self.text = i * ENTRY_SIZE + _TEXT_OFFSET
+        self.in_flight = 0
+
+    def set_state(self, state: int) -> None:
+        self.q[self.base + STATE] = state
+
+    def beat(self) -> None:
+        self.d[self.base + HEARTBEAT] = time.monotonic()
+
+    def request_started(self, method: str, path: bytes) -> None:
+        base = self.base
+        self.in_flight += 1
+        self.q[base + IN_FLIGHT] = self.in_flight
+        self.d[base + REQ_START] = time.monotonic()
+        t = self.text
+        m = method.encode("latin-1")[:_METHOD_LEN].ljust(_METHOD_LEN, b"\0")
+        p = path[:_PATH_LEN].ljust(_PATH_LEN, b"\0")
+        self.mv[t:t + _METHOD_LEN + _PATH_LEN] = m + p
+
+    def request_finished(self) -> None:
+        base = self.base
+        self.in_flight -= 1
+        q = self.q
+        q[base + IN_FLIGHT] = self.in_flight
+        q[base + SERVED] += 1

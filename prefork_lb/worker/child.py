@@ -1,0 +1,151 @@
+"""A forked worker process: from fork to exit.
+
+Order matters: signals back to defaults, a death signal tied to the master, the process title,
+then gevent's monkey-patching (here, never in the master), then the app import (so a reload
+re-reads the code), then serving on the listeners the master handed down.
+
+Exit codes the master understands: 0 normal, EXIT_APP_LOAD (the app path is wrong: the message
+went through the boot pipe), EXIT_BOOT (the app raised on import).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import traceback
+from typing import Any
+
+EXIT_APP_LOAD = 2
+EXIT_BOOT = 3
+PR_SET_PDEATHSIG = 1
+
+log = logging.getLogger("prefork_lb.error")
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel for SIGTERM when the master dies, SIGKILL included (Linux)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], board: Any,
+        master_pid: int, boot_fd: int) -> None:
+    """Never returns: the worker process exits from here."""
+    code = 0
+    try:
+        code = _run(slot, entry_index, cfg, listeners, board, master_pid, boot_fd)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except Exception:
+            pass
+        os._exit(code)
+
+
+def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], board: Any,
+         master_pid: int, boot_fd: int) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    _die_with_parent()
+    if os.getppid() != master_pid:   # the master died between fork and prctl
+        return 0
+    faulthandler.enable(all_threads=True)   # SIGABRT from the master dumps the stack to stderr
+    name = cfg.proc_name or cfg.app_uri
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"prefork_lb: worker {slot} [{name}]")
+    except ImportError:
+        pass
+    entry = board.handle(entry_index)
+    entry.beat()
+
+    from prefork_lb.worker import process
+
+    process.patch()
+    from prefork_lb.app import AppLoadError, load_app
+
+    try:
+        app = cfg.app_object if cfg.app_object is not None else load_app(cfg.app_uri, cfg.chdir)
+    except AppLoadError as exc:
+        os.write(boot_fd, (str(exc) + "\n").encode())
+        return EXIT_APP_LOAD
+    except BaseException as exc:
+        traceback.print_exc()
+        os.write(boot_fd, f"the app failed to import: {type(exc).__name__}: {exc}\n".encode())
+        return EXIT_BOOT
+    os.close(boot_fd)
+    _hook(cfg, "post_worker_init", None)
+
+    import gevent
+
+    from prefork_lb.logs import AccessLog
+    from prefork_lb.scoreboard import DRAINING, READY, RETIRING
+    from prefork_lb.worker.server import Server, ServerOptions
+
+    access = AccessLog(cfg.access_log_format, cfg.access_logfile) if cfg.access_logfile else None
+    server = Server(app, ServerOptions.from_config(cfg), access_log=access, board=entry)
+    for sock in listeners:
+        server.add_listener(sock)
+
+    limit = cfg.max_requests
+    if limit:
+        limit += random.randint(0, cfg.max_requests_jitter) if cfg.max_requests_jitter else 0
+
+    def heartbeat() -> None:
+        interval = max(0.05, min(1.0, (cfg.timeout or 4.0) / 4))
+        retiring = False
+        while True:
+            entry.beat()
+            if os.getppid() != master_pid:
+                log.warning("Worker %d: master is gone; stopping", os.getpid())
+                stop(True)
+                return
+            if limit and not retiring and server.requests_served >= limit:
+                # Ask the master for a replacement; it sends TERM once that one is ready.
+                retiring = True
+                entry.set_state(RETIRING)
+                log.info("Worker %d served %d requests: asking to be replaced", os.getpid(),
+                         server.requests_served)
+            gevent.sleep(interval)
+
+    def stop(graceful: bool) -> None:
+        entry.set_state(DRAINING)
+        gevent.spawn(process.stop_server, server, graceful, cfg.graceful_timeout)
+
+    gevent.signal_handler(signal.SIGTERM, stop, True)
+    gevent.signal_handler(signal.SIGINT, stop, False)
+    gevent.signal_handler(signal.SIGQUIT, stop, False)
+    if access is not None:
+        gevent.signal_handler(signal.SIGUSR1, access.reopen)
+    gevent.spawn(heartbeat)
+    entry.set_state(READY)
+    server.serve_forever()
+    _hook(cfg, "worker_exit", None)
+    return 0
+
+
+def _hook(cfg: Any, name: str, *args: Any) -> None:
+    fn = cfg.hooks.get(name)
+    if fn is not None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("hook %s failed", name)
