@@ -109,7 +109,15 @@ class Arbiter:
             return []
         socks = self.slot_sockets.get(slot)
         if socks is None:
-            socks = [listen(a, self.cfg.backlog, reuseport=True) for a in self.addresses if a.kind == "tcp"]
+            socks = []
+            for i, a in enumerate(self.addresses):
+                if a.kind != "tcp":
+                    continue
+                sock = listen(a, self.cfg.backlog, reuseport=True)
+                if a.port == 0:
+                    # Port 0: every slot must join the group on the port the first one got.
+                    self.addresses[i] = Address("tcp", host=a.host, port=sock.getsockname()[1])
+                socks.append(sock)
             self.slot_sockets[slot] = socks
         return socks
 

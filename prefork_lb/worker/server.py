@@ -246,7 +246,7 @@ class Connection(BodySource):
         self.parser = RequestParser(opts.limits)
         self.greenlet = gevent.getcurrent()
         self.wait_until = 0.0
-        self.idle = True
+        self.idle = False   # True only between requests on a kept-alive connection
         self.partial = False
         # The per-request path calls the underlying socket directly and waits on gevent's own
         # read watcher: one syscall fewer per request than gevent's recv (which tries first),
@@ -291,16 +291,22 @@ class Connection(BodySource):
         requests = parser.requests
         sock = self.sock
         opts = self.server.options
+        fresh = True
         try:
             while True:
                 if not requests:
-                    # Wait for a complete head: idle timeout until the first byte, then the
-                    # header timeout for the whole head.
-                    self.idle = True
+                    # Wait for a complete head: the keep-alive timeout until the first byte
+                    # (the header timeout on a new connection), then the header timeout for
+                    # the whole head. Only a connection that has had a response counts as
+                    # idle: a new one has a request on its way, which a drain must serve.
                     self.partial = False
-                    if self.server.draining:
-                        return
-                    self.wait_until = self.server.now + (opts.keepalive or opts.header_timeout)
+                    if fresh:
+                        self.wait_until = self.server.now + opts.header_timeout
+                    else:
+                        if self.server.draining:
+                            return
+                        self.idle = True
+                        self.wait_until = self.server.now + (opts.keepalive or opts.header_timeout)
                     while not requests:
                         if parser.stopped:
                             return
@@ -320,6 +326,7 @@ class Connection(BodySource):
                     self.wait_until = 0.0
                     self.idle = False
                 req = requests[0]
+                fresh = False
                 if not self._handle_request(req):
                     return
                 requests.popleft()

@@ -1,0 +1,244 @@
+"""The master with real processes, in every dispatch mode: respawn, signals, no orphans,
+queued connections surviving a worker's death, zero failures across a reload."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODES = ["reuseport", "shared"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(port: int, path: str = "/json", timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Master:
+    def __init__(self, tmp: Path, *args: str, app: str = "prefork_lb.demo:app") -> None:
+        self.port = free_port()
+        self.log = tmp / "master.log"
+        self._log_f = open(self.log, "wb")
+        cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{self.port}", *args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.pid = self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: "Ready:" in self.text() or self.proc.poll() is not None, what="master ready")
+        assert self.proc.poll() is None, self.text()
+
+    def workers(self) -> list[int]:
+        try:
+            return sorted(c.pid for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return []
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.pid, signal.SIGTERM)
+                self.proc.wait(timeout=10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.pid, signal.SIGKILL)   # anything left in the group
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
+        self._log_f.close()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    started: list[Master] = []
+
+    def _start(*args: str, ready: bool = True, app: str = "prefork_lb.demo:app") -> Master:
+        m = Master(tmp_path, *args, app=app)
+        started.append(m)
+        if ready:
+            m.wait_ready()
+        return m
+
+    yield _start
+    for m in started:
+        m.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_killed_worker_is_replaced_and_serving_continues(start, mode: str) -> None:
+    m = start("-w", "2", "--dispatch", mode)
+    first = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    os.kill(first[0], signal.SIGKILL)
+    wait_for(lambda: len(m.workers()) == 2 and first[0] not in m.workers(), what="replacement")
+    statuses = {get(m.port)[0] for _ in range(20)}
+    assert statuses == {200}
+    assert "died unexpectedly: killed by SIGKILL" in m.text()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> None:
+    """A stopped worker accepts nothing; connections wait in the kernel. When it is killed,
+    its replacement (reuseport: same slot socket, kept by the master) or the other worker
+    (shared) serves them: no request is lost."""
+    m = start("-w", "2", "--dispatch", mode)
+    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    victim = workers[0]
+    os.kill(victim, signal.SIGSTOP)
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        try:
+            status, _ = get(m.port, timeout=20)
+        except OSError:
+            status = -1
+        with lock:
+            results.append(status)
+
+    threads = [threading.Thread(target=one) for _ in range(16)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)   # let the connections queue up behind the stopped worker (not a sync point)
+    os.kill(victim, signal.SIGKILL)
+    for t in threads:
+        t.join(timeout=30)
+    assert results.count(200) == 16, results
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_reload_under_load_fails_no_request(start, mode: str) -> None:
+    m = start("-w", "2", "--dispatch", mode, "--graceful-timeout", "10")
+    old = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    stop = threading.Event()
+    failures: list[str] = []
+    ok = [0]
+
+    def client() -> None:
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _ = get(m.port)
+                if status == 200:
+                    ok[0] += 1
+                else:
+                    failures.append(str(status))
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: ok[0] > 50, what="load")
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: len(set(m.workers()) - set(old)) == 2 and not set(m.workers()) & set(old),
+             what="old workers replaced")
+    seen = ok[0]
+    wait_for(lambda: ok[0] > seen + 50, what="load after reload")
+    stop.set()
+    for t in threads:
+        t.join(timeout=30)
+    assert failures == []
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ttin_ttou(start, mode: str) -> None:
+    m = start("-w", "1", "--dispatch", mode)
+    wait_for(lambda: len(m.workers()) == 1, what="1 worker")
+    m.signal(signal.SIGTTIN)
+    wait_for(lambda: len(m.workers()) == 2, what="2 workers after TTIN")
+    m.signal(signal.SIGTTOU)
+    wait_for(lambda: len(m.workers()) == 1, what="1 worker after TTOU")
+    assert {get(m.port)[0] for _ in range(10)} == {200}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_term_exits_zero_and_leaves_no_process(start, mode: str) -> None:
+    m = start("-w", "2", "--dispatch", mode)
+    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=15) == 0
+    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+                             for p in workers), what="workers gone")
+
+
+def test_sigkill_of_the_master_takes_the_workers_down(start) -> None:
+    m = start("-w", "2")
+    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    m.signal(signal.SIGKILL)
+    m.proc.wait(timeout=5)
+
+    def gone() -> bool:
+        for p in workers:
+            try:
+                if psutil.Process(p).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    wait_for(gone, timeout=5, what="workers exit after the master's SIGKILL")
+
+
+def test_boot_failure_exits_with_one_line(start) -> None:
+    m = start("-w", "2", ready=False, app="prefork_lb.demo:missing")
+    assert m.proc.wait(timeout=20) == 2
+    lines = [ln for ln in m.text().splitlines() if ln.startswith("prefork_lb: error:")]
+    assert lines == ["prefork_lb: error: module 'prefork_lb.demo' has no attribute 'missing'"]
+    assert "Traceback" not in m.text()
+
+
+def test_max_requests_recycles_without_failures(start) -> None:
+    m = start("-w", "1", "--max-requests", "20")
+    first = wait_for(lambda: m.workers(), what="worker")
+    statuses = [get(m.port)[0] for _ in range(60)]
+    assert statuses == [200] * 60
+    wait_for(lambda: m.workers() and m.workers()[0] not in first, what="recycled worker")
+    assert "asking to be replaced" in m.text()
+
+
+def test_process_titles(start) -> None:
+    m = start("-w", "1")
+    (w,) = wait_for(lambda: m.workers(), what="worker")
+    assert psutil.Process(m.pid).cmdline()[0].startswith("prefork_lb: master [prefork_lb.demo:app]")
+    assert psutil.Process(w).cmdline()[0].startswith("prefork_lb: worker 0 [prefork_lb.demo:app]")

@@ -1,0 +1,253 @@
+"""The master's handlers driven directly: fake fork/kill/waitpid and an injected clock."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.arbiter import ABORT_GRACE, Arbiter
+from prefork_lb.config import build
+from prefork_lb.worker import child
+
+
+class FakeOS:
+    def __init__(self) -> None:
+        self.next_pid = 1000
+        self.killed: list[tuple[int, int]] = []
+        self.exits: list[tuple[int, int]] = []   # (pid, wait status) for waitpid to return
+        self.now = 100.0
+
+    def fork(self) -> int:
+        self.next_pid += 1
+        return self.next_pid
+
+    def kill(self, pid: int, sig: int) -> None:
+        self.killed.append((pid, sig))
+
+    def waitpid(self, pid: int, options: int) -> tuple[int, int]:
+        if self.exits:
+            return self.exits.pop(0)
+        return 0, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    def exit(self, pid: int, code: int = 0, signum: int = 0) -> None:
+        status = signum if signum else (code << 8)
+        self.exits.append((pid, status))
+
+    def signals_to(self, pid: int) -> list[int]:
+        return [s for p, s in self.killed if p == pid]
+
+
+@pytest.fixture
+def fake() -> FakeOS:
+    return FakeOS()
+
+
+def make(fake: FakeOS, workers: int = 2, **settings) -> Arbiter:
+    cfg = build({"workers": workers, "dispatch": "shared", "timeout": 30, **settings}, environ={},
+                app_uri="x:app")
+    return Arbiter(cfg, clock=fake.clock, fork=fake.fork, kill=fake.kill, waitpid=fake.waitpid)
+
+
+def mark_ready(arb: Arbiter, pid: int) -> None:
+    w = arb.workers[pid]
+    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.READY
+
+
+def test_manage_fills_every_slot(fake: FakeOS) -> None:
+    arb = make(fake, workers=3)
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values()) == [0, 1, 2]
+    arb.manage()   # idempotent
+    assert len(arb.workers) == 3
+
+
+def test_dead_worker_is_replaced_in_its_slot(fake: FakeOS, caplog: pytest.LogCaptureFixture) -> None:
+    arb = make(fake)
+    arb.manage()
+    victim = next(w for w in arb.workers.values() if w.slot == 1)
+    mark_ready(arb, victim.pid)
+    fake.now += 5
+    fake.exit(victim.pid, signum=signal.SIGKILL)
+    with caplog.at_level(logging.ERROR, "prefork_lb.error"):
+        arb.reap()
+    assert victim.pid not in arb.workers
+    assert "died unexpectedly: killed by SIGKILL" in caplog.text
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values()) == [0, 1]
+    assert arb.board.get(victim.entry, sb.PID) != victim.pid   # its entry was cleared or reused
+
+
+def test_crash_loop_backs_off(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    delays = []
+    for _ in range(4):
+        arb.manage()
+        (w,) = arb.workers.values()
+        fake.exit(w.pid, code=1)   # dies at once
+        arb.reap()
+        delays.append(arb.next_spawn[0] - fake.now)
+        arb.manage()
+        assert not arb.workers, "no respawn before the back-off delay"
+        fake.now = arb.next_spawn[0]
+    assert delays == sorted(delays) and delays[-1] > delays[0]
+
+
+def test_boot_failure_stops_the_master_with_exit_code(fake: FakeOS) -> None:
+    arb = make(fake)
+    arb.manage()
+    first, second = list(arb.workers.values())
+    fake.exit(first.pid, code=child.EXIT_APP_LOAD)
+    arb.reap()
+    assert arb.boot_error is not None and arb.boot_error.code == 2
+    assert arb.stopping == "fast"
+    assert signal.SIGQUIT in fake.signals_to(second.pid)
+
+
+def test_ttin_adds_and_ttou_drains_the_highest_slot(fake: FakeOS) -> None:
+    arb = make(fake, workers=2)
+    arb.manage()
+    arb.handle_ttin()
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values()) == [0, 1, 2]
+    top = next(w for w in arb.workers.values() if w.slot == 2)
+    arb.handle_ttou()
+    arb.manage()
+    assert fake.signals_to(top.pid) == [signal.SIGTERM]
+    others = [w.pid for w in arb.workers.values() if w.slot < 2]
+    assert all(not fake.signals_to(p) for p in others)
+
+
+def test_ttou_never_goes_below_one(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.handle_ttou()
+    assert arb.num_workers == 1
+
+
+def test_hup_starts_new_workers_before_draining_old(fake: FakeOS) -> None:
+    arb = make(fake, workers=2)
+    arb.manage()
+    old = sorted(arb.workers)
+    for pid in old:
+        mark_ready(arb, pid)
+    arb.manage()
+    arb.handle_hup()
+    arb.manage()
+    new = sorted(set(arb.workers) - set(old))
+    assert len(new) == 2
+    assert all(not fake.signals_to(p) for p in old), "old workers keep serving until the new are ready"
+    mark_ready(arb, new[0])
+    arb.manage()
+    replaced = arb.workers[new[0]]
+    drained = [p for p in old if fake.signals_to(p) == [signal.SIGTERM]]
+    assert len(drained) == 1 and arb.workers[drained[0]].slot == replaced.slot
+    mark_ready(arb, new[1])
+    arb.manage()
+    assert all(fake.signals_to(p) == [signal.SIGTERM] for p in old)
+
+
+def test_failed_replacement_keeps_the_old_worker(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.manage()
+    (old,) = list(arb.workers)
+    mark_ready(arb, old)
+    arb.handle_hup()
+    arb.manage()
+    (new,) = set(arb.workers) - {old}
+    fake.exit(new, code=child.EXIT_BOOT)
+    arb.reap()
+    assert arb.boot_error is None and arb.stopping is None
+    arb.manage()
+    assert list(arb.workers) == [old] and not fake.signals_to(old)
+
+
+def test_retiring_worker_is_replaced_then_drained(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.manage()
+    (old,) = list(arb.workers)
+    w = arb.workers[old]
+    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.RETIRING   # max-requests reached
+    arb.manage()
+    (new,) = set(arb.workers) - {old}
+    assert not fake.signals_to(old)
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old) == [signal.SIGTERM]
+
+
+def test_missed_heartbeat_aborts_then_kills_and_names_the_request(fake: FakeOS, caplog) -> None:
+    arb = make(fake, workers=1, timeout=5)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    entry = arb.board.handle(arb.workers[pid].entry)
+    entry.request_started("POST", b"/slow/report")
+    arb.board.d[arb.workers[pid].entry * sb._WORDS + sb.HEARTBEAT] = time.monotonic() - 6
+    with caplog.at_level(logging.CRITICAL, "prefork_lb.error"):
+        arb.check_timeouts()
+    assert fake.signals_to(pid) == [signal.SIGABRT]
+    assert "WORKER TIMEOUT" in caplog.text and "POST /slow/report" in caplog.text
+    fake.now += ABORT_GRACE + 0.1
+    arb.check_timeouts()
+    assert fake.signals_to(pid) == [signal.SIGABRT, signal.SIGKILL]
+    fake.exit(pid, signum=signal.SIGKILL)
+    arb.reap()
+    arb.manage()
+    assert len(arb.workers) == 1 and pid not in arb.workers
+
+
+def test_graceful_stop_waits_then_kills_stragglers(fake: FakeOS) -> None:
+    arb = make(fake, workers=2, graceful_timeout=10)
+    arb.manage()
+    a, b = list(arb.workers)
+    arb.handle_term()
+    assert fake.signals_to(a) == [signal.SIGTERM] and fake.signals_to(b) == [signal.SIGTERM]
+    fake.exit(a)
+    arb.reap()
+    assert not arb.step_stop()
+    fake.now += 11
+    assert not arb.step_stop()
+    assert fake.signals_to(b)[-1] == signal.SIGKILL
+    fake.exit(b, signum=signal.SIGKILL)
+    arb.reap()
+    assert arb.step_stop()
+
+
+def test_fast_stop_sends_quit(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.handle_int()
+    assert fake.signals_to(pid) == [signal.SIGQUIT]
+
+
+def test_reuseport_gives_each_slot_its_own_listener() -> None:
+    cfg = build({"workers": 2, "dispatch": "reuseport", "bind": ["127.0.0.1:0"]}, environ={}, app_uri="x:app")
+    arb = Arbiter(cfg)
+    try:
+        arb.bind()
+        assert set(arb.slot_sockets) == {0, 1}
+        assert not arb.shared_sockets
+        s0, s1 = arb.slot_sockets[0][0], arb.slot_sockets[1][0]
+        assert s0.fileno() != s1.fileno()
+        # Port 0: both slots are in one SO_REUSEPORT group on the port the first one got.
+        assert s0.getsockname() == s1.getsockname()
+        assert s0.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
+    finally:
+        for s in arb.all_sockets():
+            s.close()
+
+
+def test_exit_statuses_are_described() -> None:
+    from prefork_lb.arbiter import describe_exit
+
+    assert describe_exit(-9) == "killed by SIGKILL"
+    assert describe_exit(3) == "exit code 3"
+    assert os.waitstatus_to_exitcode(3 << 8) == 3
