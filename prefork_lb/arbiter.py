@@ -18,6 +18,7 @@ ready); TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import select
@@ -35,7 +36,10 @@ from prefork_lb.worker import child
 
 log = logging.getLogger("prefork_lb.error")
 
-SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "CHLD")
+SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
+# USR2 hands the listeners to a new master through these environment variables.
+ENV_FDS = "PREFORK_LB_INHERITED_FDS"
+ENV_OLD_MASTER = "PREFORK_LB_OLD_MASTER"
 ABORT_GRACE = 2.0        # seconds between SIGABRT and SIGKILL for a stuck worker
 FAST_STOP_GRACE = 3.0    # seconds INT/QUIT gives workers before SIGKILL
 MAX_BACKOFF = 10.0
@@ -62,11 +66,16 @@ class BootError(Exception):
 
 
 class Arbiter:
-    def __init__(self, cfg: Any, reload_config: Callable[[], Any] | None = None, clock: Callable[[], float] = time.monotonic,
+    def __init__(self, cfg: Any, reload_config: Callable[[], Any] | None = None, argv: list[str] | None = None,
+                 clock: Callable[[], float] = time.monotonic,
                  fork: Callable[[], int] = os.fork, kill: Callable[[int, int], None] = os.kill,
                  waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid) -> None:
         self.cfg = cfg
         self.reload_config = reload_config
+        self.argv = argv            # for USR2: the new master runs the same command line
+        self.new_master = 0         # pid of the master started by USR2
+        self.old_master = 0         # pid of the master we replace (we were started by its USR2)
+        self.handed_over = False
         self.clock = clock
         self.fork = fork
         self.kill = kill
@@ -93,10 +102,33 @@ class Arbiter:
     # -- listeners ----------------------------------------------------------------------------
 
     def bind(self) -> None:
-        """Bind every address (BindError for a user mistake). Idempotent for slots."""
+        """Bind every address (BindError for a user mistake), or take the listeners handed
+        down by an old master (USR2) or by systemd (LISTEN_FDS)."""
         cfg = self.cfg
         self.addresses = [parse_address(b) for b in cfg.bind]
         reuse = cfg.dispatch == "reuseport"
+        inherited = os.environ.pop(ENV_FDS, None)
+        old = os.environ.pop(ENV_OLD_MASTER, None)
+        if inherited:
+            spec = json.loads(inherited)
+            self.shared_sockets = [_adopt(fd) for fd in spec["shared"]]
+            self.slot_sockets = {int(k): [_adopt(fd) for fd in v] for k, v in spec["slots"].items()}
+            self.old_master = int(old or 0)
+            if reuse:
+                for slot in range(self.num_workers):
+                    self.slot_listeners(slot)
+            return
+        if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
+            # systemd socket activation: its sockets replace --bind; every worker shares them.
+            n = int(os.environ["LISTEN_FDS"])
+            for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+                os.environ.pop(var, None)
+            self.shared_sockets = [_adopt(fd) for fd in range(3, 3 + n)]
+            self.addresses = [Address("fd", fd=fd) for fd in range(3, 3 + n)]
+            if reuse:
+                log.info("systemd socket activation: the inherited sockets are shared by all workers")
+                self.cfg.values["dispatch"] = "shared"
+            return
         for addr in self.addresses:
             if addr.kind != "tcp" or not reuse:
                 self.shared_sockets.append(listen(addr, cfg.backlog))
@@ -105,7 +137,7 @@ class Arbiter:
                 self.slot_listeners(slot)
 
     def slot_listeners(self, slot: int) -> list[socket.socket]:
-        if self.cfg.dispatch != "reuseport":
+        if self.cfg.dispatch != "reuseport" or not any(a.kind == "tcp" for a in self.addresses):
             return []
         socks = self.slot_sockets.get(slot)
         if socks is None:
@@ -199,6 +231,8 @@ class Arbiter:
     def cleanup(self) -> None:
         for s in self.all_sockets():
             s.close()
+        if self.handed_over:
+            return   # the new master owns the unix socket paths and the pidfile now
         for a in self.addresses:
             if a.kind == "unix":
                 try:
@@ -207,7 +241,10 @@ class Arbiter:
                     pass
         if self.cfg.pidfile:
             try:
-                os.unlink(self.cfg.pidfile)
+                with open(self.cfg.pidfile) as f:
+                    mine = f.read().strip() == str(self.pid)
+                if mine:
+                    os.unlink(self.cfg.pidfile)
             except OSError:
                 pass
 
@@ -272,7 +309,14 @@ class Arbiter:
             self.ready_announced = True
             log.info("Ready: %d worker%s serving", self.num_workers, "" if self.num_workers == 1 else "s")
             self.hook("when_ready", self)
-            sd_notify("READY=1")
+            sd_notify(f"READY=1\nMAINPID={self.pid}")
+            if self.old_master:
+                log.info("Binary upgrade: asking the old master (pid %d) to drain", self.old_master)
+                try:
+                    self.kill(self.old_master, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                self.old_master = 0
 
     def stop_worker(self, w: WorkerProc, sig: int) -> None:
         if not w.term_at:
@@ -292,6 +336,11 @@ class Arbiter:
                 return
             w = self.workers.pop(pid, None)
             if w is None:
+                if pid == self.new_master:
+                    log.error("The new master (pid %d) exited: %s; this master keeps serving",
+                              pid, describe_exit(os.waitstatus_to_exitcode(status)))
+                    self.new_master = 0
+                    self.handed_over = False
                 continue
             self.board.clear(w.entry)
             code = os.waitstatus_to_exitcode(status)
@@ -424,6 +473,33 @@ class Arbiter:
             self.num_workers -= 1
         log.info("SIGTTOU: %d workers", self.num_workers)
 
+    def handle_usr2(self) -> None:
+        """Binary upgrade: exec a new master that inherits every listener. It sends us TERM
+        once its workers are ready; until then both serve."""
+        if self.new_master:
+            log.warning("SIGUSR2 ignored: a new master (pid %d) is already starting", self.new_master)
+            return
+        if self.argv is None:
+            log.warning("SIGUSR2 ignored: an app passed as an object cannot be re-executed")
+            return
+        socks = self.all_sockets()
+        for sock in socks:
+            os.set_inheritable(sock.fileno(), True)
+        spec = {"shared": [s.fileno() for s in self.shared_sockets],
+                "slots": {str(k): [s.fileno() for s in v] for k, v in self.slot_sockets.items()}}
+        env = dict(os.environ, **{ENV_FDS: json.dumps(spec), ENV_OLD_MASTER: str(self.pid)})
+        pid = self.fork()
+        if pid == 0:
+            try:
+                os.execve(sys.executable, [sys.executable, "-m", "prefork_lb", *self.argv], env)
+            finally:
+                os._exit(127)
+        for sock in socks:
+            os.set_inheritable(sock.fileno(), False)
+        self.new_master = pid
+        self.handed_over = True
+        log.info("SIGUSR2: started a new master (pid %d); this one drains when it is ready", pid)
+
     def handle_usr1(self) -> None:
         from prefork_lb.logs import setup_error_log
 
@@ -444,6 +520,13 @@ class Arbiter:
             fn(*args)
         except Exception:
             log.exception("hook %s failed", name)
+
+
+def _adopt(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    os.set_inheritable(fd, False)
+    return sock
 
 
 def describe_exit(code: int) -> str:

@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         setup_error_log(cfg.log_level, cfg.error_logfile)
         if cfg.chdir:
             os.chdir(cfg.chdir)
-        arbiter = Arbiter(cfg, reload_config=lambda: parse(argv))
+        arbiter = Arbiter(cfg, reload_config=lambda: parse(argv), argv=argv)
         arbiter.bind()
     except (ConfigError, BindError) as exc:
         fail(str(exc))

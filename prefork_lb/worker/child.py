@@ -101,7 +101,8 @@ def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], 
     from prefork_lb.worker.server import Server, ServerOptions
 
     access = AccessLog(cfg.access_log_format, cfg.access_logfile) if cfg.access_logfile else None
-    server = Server(app, ServerOptions.from_config(cfg), access_log=access, board=entry)
+    server = Server(app, ServerOptions.from_config(cfg), access_log=access, board=entry,
+                    shared_accept=cfg.dispatch == "shared")
     for sock in listeners:
         server.add_listener(sock)
 

@@ -86,11 +86,14 @@ class Server:
     """Serves one WSGI app on listening sockets and/or connections handed to it."""
 
     def __init__(self, app: WSGIApp, options: ServerOptions | None = None, access_log: Any = None,
-                 board: Any = None) -> None:
+                 board: Any = None, shared_accept: bool = False) -> None:
         self.app = app
         self.options = options or ServerOptions()
         self.access_log = access_log
         self.board = board   # the worker's scoreboard entry (request_started/finished), or None
+        # A listener shared with other processes: yield after each accept, so a burst is
+        # spread over the workers instead of drained by whichever woke first.
+        self.shared_accept = shared_accept
         self.pool = gevent.pool.Pool(self.options.worker_connections)
         self.connections: set[Connection] = set()
         self.listeners: list[gevent.socket.socket] = []
@@ -142,6 +145,8 @@ class Server:
             if is_tcp:
                 csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pool.spawn(self._handle, csock, addr)
+            if self.shared_accept:
+                gevent.sleep(0)
 
     def _handle(self, sock: gevent.socket.socket, addr: Any) -> None:
         conn = Connection(self, sock, addr)

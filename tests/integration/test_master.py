@@ -242,3 +242,81 @@ def test_process_titles(start) -> None:
     (w,) = wait_for(lambda: m.workers(), what="worker")
     assert psutil.Process(m.pid).cmdline()[0].startswith("prefork_lb: master [prefork_lb.demo:app]")
     assert psutil.Process(w).cmdline()[0].startswith("prefork_lb: worker 0 [prefork_lb.demo:app]")
+
+
+def _load(port: int, stop: threading.Event, failures: list[str], ok: list[int]) -> None:
+    deadline = time.monotonic() + 30
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            status, _ = get(port)
+            if status == 200:
+                ok[0] += 1
+            else:
+                failures.append(str(status))
+        except OSError as exc:
+            failures.append(repr(exc))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> None:
+    pidfile = tmp_path / "master.pid"
+    m = start("-w", "2", "--dispatch", mode, "-p", str(pidfile))
+    old_workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    stop = threading.Event()
+    failures: list[str] = []
+    ok = [0]
+    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: ok[0] > 50, what="load")
+        m.signal(signal.SIGUSR2)
+        # The old master exits (0) once the new one is ready and has asked it to drain.
+        assert m.proc.wait(timeout=30) == 0
+        new_pid = int(pidfile.read_text())
+        assert new_pid != m.pid
+        new_workers = wait_for(lambda: len(psutil.Process(new_pid).children()) == 2
+                               and [c.pid for c in psutil.Process(new_pid).children()], what="new workers")
+        assert not set(new_workers) & set(old_workers)
+        seen = ok[0]
+        wait_for(lambda: ok[0] > seen + 50, what="load served by the new master")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert failures == []
+    assert "Binary upgrade: asking the old master" in m.text()
+
+
+def test_systemd_socket_activation_and_notify(tmp_path: Path) -> None:
+    port = free_port()
+    notify_path = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(20)
+    # Like systemd: the listener is fd 3, LISTEN_PID is the pid that execs the server.
+    launcher = (
+        "import os, socket, sys\n"
+        f"s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', {port})); s.listen(64)\n"
+        "os.dup2(s.fileno(), 3); os.set_inheritable(3, True)\n"
+        "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'prefork_lb', 'prefork_lb.demo:app', '-w', '2',"
+        " '-b', '127.0.0.1:1'])\n"
+    )
+    log = open(tmp_path / "log", "wb")
+    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, NOTIFY_SOCKET=notify_path), start_new_session=True)
+    try:
+        msg = notify.recv(1024).decode()
+        assert "READY=1" in msg
+        assert {get(port)[0] for _ in range(10)} == {200}
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        notify.close()
+        log.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
