@@ -253,9 +253,11 @@ class Arbiter:
     def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
         entry = self.board.allocate(0, slot)
         mine = self.shared_sockets + self.slot_listeners(slot)
-        self.hook("pre_fork", self, slot)
+        w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
+        self.hook("pre_fork", self, w)
         pid = self.fork()
         if pid == 0:   # the worker
+            w.pid = os.getpid()
             keep = {s.fileno() for s in mine}
             for s in self.all_sockets():
                 if s.fileno() not in keep:
@@ -263,10 +265,10 @@ class Arbiter:
             os.close(self._boot_r)
             os.close(self._wake_r)
             os.close(self._wake_w)
-            self.hook("post_fork", self, slot)
-            child.run(slot, entry, self.cfg, mine, self.board, self.pid, self._boot_w)
+            self.hook("post_fork", self, w)
+            child.run(w, self, mine)
         self.board.q[entry * sb._WORDS + sb.PID] = pid
-        w = WorkerProc(pid, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
+        w.pid = pid
         self.workers[pid] = w
         log.debug("Booting worker %d (pid %d)", slot, pid)
         return w

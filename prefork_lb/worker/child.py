@@ -37,12 +37,13 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], board: Any,
-        master_pid: int, boot_fd: int) -> None:
-    """Never returns: the worker process exits from here."""
+def run(worker: Any, master: Any, listeners: list[socket.socket]) -> None:
+    """Never returns: the worker process exits from here. ``worker`` is the master's record of
+    this process (pid, slot), ``master`` the Arbiter as it was at fork: both are what the
+    config file's hooks receive, as in gunicorn."""
     code = 0
     try:
-        code = _run(slot, entry_index, cfg, listeners, board, master_pid, boot_fd)
+        code = _run(worker, master, listeners)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -57,8 +58,8 @@ def run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], b
         os._exit(code)
 
 
-def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], board: Any,
-         master_pid: int, boot_fd: int) -> int:
+def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
+    slot, cfg, board, master_pid, boot_fd = worker.slot, master.cfg, master.board, master.pid, master._boot_w
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
                 signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
@@ -74,7 +75,7 @@ def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], 
         setproctitle(f"prefork_lb: worker {slot} [{name}]")
     except ImportError:
         pass
-    entry = board.handle(entry_index)
+    entry = board.handle(worker.entry)
     entry.beat()
 
     from prefork_lb.worker import process
@@ -92,7 +93,7 @@ def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], 
         os.write(boot_fd, f"the app failed to import: {type(exc).__name__}: {exc}\n".encode())
         return EXIT_BOOT
     os.close(boot_fd)
-    _hook(cfg, "post_worker_init", None)
+    _hook(cfg, "post_worker_init", worker)
 
     import gevent
 
@@ -134,12 +135,18 @@ def _run(slot: int, entry_index: int, cfg: Any, listeners: list[socket.socket], 
     gevent.signal_handler(signal.SIGTERM, stop, True)
     gevent.signal_handler(signal.SIGINT, stop, False)
     gevent.signal_handler(signal.SIGQUIT, stop, False)
-    if access is not None:
-        gevent.signal_handler(signal.SIGUSR1, access.reopen)
+    def reopen_logs() -> None:
+        from prefork_lb.logs import setup_error_log
+
+        setup_error_log(cfg.log_level, cfg.error_logfile)
+        if access is not None:
+            access.reopen()
+
+    gevent.signal_handler(signal.SIGUSR1, reopen_logs)
     gevent.spawn(heartbeat)
     entry.set_state(READY)
     server.serve_forever()
-    _hook(cfg, "worker_exit", None)
+    _hook(cfg, "worker_exit", master, worker)
     return 0
 
 

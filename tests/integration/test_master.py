@@ -320,3 +320,67 @@ def test_systemd_socket_activation_and_notify(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=5)
+
+
+def test_config_file_hooks_run_in_order(start, tmp_path: Path) -> None:
+    out = tmp_path / "hooks.log"
+    conf = tmp_path / "conf.py"
+    conf.write_text(
+        "import os\n"
+        f"OUT = {str(out)!r}\n"
+        "def _w(line):\n"
+        "    with open(OUT, 'a') as f:\n"
+        "        f.write(line + '\\n')\n"
+        "workers = 1\n"
+        "def on_starting(server): _w('on_starting')\n"
+        "def pre_fork(server, worker): _w(f'pre_fork {worker.slot}')\n"
+        "def post_fork(server, worker): _w(f'post_fork {worker.slot} {worker.pid == os.getpid()}')\n"
+        "def post_worker_init(worker): _w('post_worker_init')\n"
+        "def when_ready(server): _w('when_ready')\n"
+        "def worker_exit(server, worker): _w('worker_exit')\n"
+        "def child_exit(server, worker): _w('child_exit')\n"
+        "def on_exit(server): _w('on_exit')\n"
+    )
+    m = start("-c", str(conf))
+    wait_for(lambda: out.exists() and "when_ready" in out.read_text(), what="when_ready hook")
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=15) == 0
+    lines = out.read_text().splitlines()
+    assert lines[:2] == ["on_starting", "pre_fork 0"]
+    assert lines[-1] == "on_exit"
+    for expected in ("post_fork 0 True", "post_worker_init", "when_ready", "worker_exit", "child_exit"):
+        assert expected in lines, lines
+    assert lines.index("worker_exit") < lines.index("child_exit")
+
+
+def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
+    port = free_port()
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import prefork_lb\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [b'from run()']\n"
+        "if __name__ == '__main__':\n"
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{port}'], workers=2))\n"
+    )
+    log = open(tmp_path / "log", "wb")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                            env=env, start_new_session=True)
+    try:
+        def answer():
+            try:
+                return get(port, "/")
+            except OSError:
+                return None
+        assert wait_for(answer, what="run() serving") == (200, b"from run()")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        log.close()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=5)
