@@ -31,7 +31,7 @@ def load_app(uri: str, chdir: str | None = None) -> Any:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
+        if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise AppLoadError(f"cannot import module {module_name!r} (from app path {uri!r})") from None
         raise   # the app's own import failed: that traceback is the useful message
     obj: Any = module

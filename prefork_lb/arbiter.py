@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefork_lb import scoreboard as sb
-from prefork_lb.sockets import Address, listen, parse_address
+from prefork_lb.sockets import Address, listen, parse_address, steer_reuseport
 from prefork_lb.worker import child
 
 log = logging.getLogger("prefork_lb.error")
@@ -117,6 +117,7 @@ class Arbiter:
             if reuse:
                 for slot in range(self.num_workers):
                     self.slot_listeners(slot)
+                self.steer()
             return
         if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
             # systemd socket activation: its sockets replace --bind; every worker shares them.
@@ -135,6 +136,18 @@ class Arbiter:
         if reuse:
             for slot in range(self.num_workers):
                 self.slot_listeners(slot)
+            self.steer()
+
+    def steer(self) -> None:
+        """Keep new connections on the slots below the worker count (see sockets.steer_reuseport)."""
+        first = self.slot_sockets.get(0)
+        if not first:
+            return
+        for sock in first:   # one program per address group
+            if not steer_reuseport(sock, self.num_workers):
+                log.warning("Cannot steer SO_REUSEPORT (no classic BPF); connections queued on a "
+                            "removed worker slot may be reset unless net.ipv4.tcp_migrate_req=1")
+                return
 
     def slot_listeners(self, slot: int) -> list[socket.socket]:
         if self.cfg.dispatch != "reuseport" or not any(a.kind == "tcp" for a in self.addresses):
@@ -469,10 +482,13 @@ class Arbiter:
     def handle_ttin(self) -> None:
         self.num_workers += 1
         log.info("SIGTTIN: %d workers", self.num_workers)
+        self.slot_listeners(self.num_workers - 1)
+        self.steer()
 
     def handle_ttou(self) -> None:
         if self.num_workers > 1:
             self.num_workers -= 1
+            self.steer()   # before the slot's worker drains its queue: nothing new lands there
         log.info("SIGTTOU: %d workers", self.num_workers)
 
     def handle_usr2(self) -> None:

@@ -81,7 +81,7 @@ def listen(addr: Address, backlog: int = 2048, reuseport: bool = False) -> socke
             sock.listen(backlog)
         except OSError as exc:
             sock.close()
-            raise BindError(f"cannot listen on unix:{addr.path}: {exc.strerror}") from None
+            raise BindError(f"cannot listen on unix:{addr.path}: {exc.strerror or exc}") from None
         sock.setblocking(False)
         return sock
     try:
@@ -125,3 +125,38 @@ def _remove_stale_unix_socket(path: str) -> None:
         raise BindError(f"unix:{path} is in use by another process")
     finally:
         probe.close()
+
+
+# -- SO_REUSEPORT steering --------------------------------------------------------------------
+# A classic BPF program attached to a reuseport group picks the index of the socket that gets a
+# new connection. Sockets are indexed in the order they joined, and the master only ever adds
+# or removes the last slot, so index == slot. Steering with "random % active" keeps new
+# connections off a slot that is being removed while its queue is drained.
+
+SO_ATTACH_REUSEPORT_CBPF = 51
+_SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF   # SKF_AD_OFF + SKF_AD_RANDOM
+_BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
+
+
+def steer_reuseport(sock: socket.socket, active: int) -> bool:
+    """Send new connections to group indices 0..active-1 only. False where not supported."""
+    import ctypes
+
+    class SockFilter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]
+
+    program = (SockFilter * 3)(
+        SockFilter(_BPF_LD_W_ABS, 0, 0, _SKF_AD_RANDOM),
+        SockFilter(_BPF_ALU_MOD_K, 0, 0, max(1, active)),
+        SockFilter(_BPF_RET_A, 0, 0, 0),
+    )
+    fprog = SockFprog(3, ctypes.cast(program, ctypes.POINTER(SockFilter)))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, bytes(fprog))
+    except OSError:
+        return False
+    return True

@@ -125,9 +125,7 @@ class Request:
         if t[:1] != b"/":
             if t == b"*" or self.method == "CONNECT":
                 return b"", b""
-            KNOWN_CODINGS = frozenset({b"chunked", b"identity", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
-
-# absolute-form: drop scheme://authority
+            # absolute-form: drop scheme://authority
             rest = t.split(b"://", 1)[1]
             cut = len(rest)
             for sep in (b"/", b"?", b"#"):
@@ -228,6 +226,8 @@ class RequestParser:
     def on_header(self, name: bytes, value: bytes) -> None:
         cur = self._cur
         assert cur is not None
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")   # llhttp strips leading OWS only (RFC 9110 5.5)
         lname = _LOWER.get(name) or lower_name(name)
         lim = self.limits
         # Counted as "Name: value\r\n", as gunicorn counts a field line with its CRLF.
@@ -279,7 +279,8 @@ class RequestParser:
         cur.method = method
         cur.keep_alive = p.should_keep_alive()
         lim = self.limits
-        if self._url_len + len(method) + 11 > (lim.request_line or 1 << 62):
+        # The request line without its CRLF: METHOD SP target SP HTTP/x.y
+        if self._url_len + len(method) + 10 > (lim.request_line or 1 << 62):
             raise URITooLong("request line too long")
         target = cur.target
         if target[:1] != b"/" or method == "CONNECT":

@@ -6,7 +6,7 @@ Invariants:
   app asked for. So a pipelining or uploading client is held back by TCP, not by our memory.
 * Responses go out in request order; the next pipelined request is not touched before the
   current response is complete.
-* Timeouts are deadlines checked by one watchdog greenlet twice a second, not a timer per
+* Timeouts are deadlines checked by one watchdog greenlet four times a second, not a timer per
   read: the keep-alive idle timeout while waiting for a request's first byte, the header
   timeout from that byte until the head is complete (408), and the same for each body read.
 * A connection closes after any error it cannot recover from cleanly: a malformed request
@@ -35,9 +35,9 @@ import gevent.event
 import gevent.pool
 import gevent.socket
 
+from prefork_lb.http import response as _resp
 from prefork_lb.http.errors import HTTPError, RequestTimeout
 from prefork_lb.http.parser import Limits, Request, RequestParser
-from prefork_lb.http import response as _resp
 from prefork_lb.http.response import CONTINUE, SERVER_LINE, app_head, refresh_date, simple_response
 from prefork_lb.worker.wsgi import (
     ENV_KEYS,
@@ -202,10 +202,27 @@ class Server:
         self._stopped.wait()
 
     def stop_accepting(self) -> None:
+        """Stop taking connections. What is already queued on our listeners is accepted and
+        served first: a listener whose last descriptor closes resets its queue, and for a
+        reuseport slot being removed we may hold that last descriptor."""
+        if self.draining:
+            return
         self.draining = True
         for g in self._accepters:
             g.kill(block=False)
+        if self.listeners:
+            gevent.sleep(0.05)   # handshakes in flight reach the accept queue
         for ls in self.listeners:
+            ls.settimeout(0.0)
+            for _ in range(100_000):
+                try:
+                    csock, addr = ls.accept()
+                except OSError:
+                    break
+                csock.settimeout(None)
+                if ls.family in (socket.AF_INET, socket.AF_INET6):
+                    csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.pool.spawn(self._handle, csock, addr)
             try:
                 ls.close()
             except OSError:
@@ -215,14 +232,16 @@ class Server:
         """Graceful stop: True when every connection finished within the timeout."""
         self.stop_accepting()
         deadline = time.monotonic() + timeout
-        while self.connections:
+        # The pool, not self.connections: a connection accepted a moment ago may not have
+        # started running yet, and killing it unstarted would reset a client we accepted.
+        while len(self.pool):
             for conn in list(self.connections):
                 if conn.idle:
                     self._interrupt(conn, idle_only=True)
             if time.monotonic() >= deadline:
                 break
             gevent.sleep(0.05)
-        clean = not self.connections
+        clean = not len(self.pool)
         self.pool.kill(block=True, timeout=1)
         if self._watchdog is not None:
             self._watchdog.kill(block=False)
@@ -294,7 +313,6 @@ class Connection(BodySource):
     def serve(self) -> None:
         parser = self.parser
         requests = parser.requests
-        sock = self.sock
         opts = self.server.options
         fresh = True
         try:
