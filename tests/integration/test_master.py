@@ -384,3 +384,28 @@ def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
         except ProcessLookupError:
             pass
         proc.wait(timeout=5)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
+    """Removing a worker slot drains it: in reuseport mode the master steers new connections
+    away from the slot (BPF) and its worker accepts what was queued before closing."""
+    m = start("-w", "3", "--dispatch", mode)
+    wait_for(lambda: len(m.workers()) == 3, what="3 workers")
+    stop = threading.Event()
+    failures: list[str] = []
+    ok = [0]
+    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for n_after, sig in ((2, signal.SIGTTOU), (1, signal.SIGTTOU), (2, signal.SIGTTIN), (1, signal.SIGTTOU)):
+            seen = ok[0]
+            m.signal(sig)
+            wait_for(lambda n=n_after: len(m.workers()) == n, what=f"{n_after} workers")
+            wait_for(lambda s=seen: ok[0] > s + 30, what="load continues")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+    assert failures == []
