@@ -203,10 +203,6 @@ class Arbiter:
     def run(self) -> int:
         self.setup()
         self.hook("on_starting", self)
-        for a in self.addresses:
-            log.info("Listening at %s (%s dispatch, %d worker%s, master pid %d)",
-                     f"unix:{a.path}" if a.kind == "unix" else f"http://{a}", self.cfg.dispatch,
-                     self.num_workers, "" if self.num_workers == 1 else "s", self.pid)
         try:
             self.manage()
             while True:
@@ -322,6 +318,9 @@ class Arbiter:
         if not self.ready_announced and self.num_workers and all(
                 any(w.ready for w in self.live_for_slot(s)) for s in range(self.num_workers)):
             self.ready_announced = True
+            for a in self.addresses:
+                log.info("Listening at %s (%s dispatch, master pid %d)",
+                         f"unix:{a.path}" if a.kind == "unix" else f"http://{a}", self.cfg.dispatch, self.pid)
             log.info("Ready: %d worker%s serving", self.num_workers, "" if self.num_workers == 1 else "s")
             self.hook("when_ready", self)
             sd_notify(f"READY=1\nMAINPID={self.pid}")
@@ -374,7 +373,8 @@ class Arbiter:
                               w.slot, message)
                     return
                 self.boot_error = BootError(message, 2 if code == child.EXIT_APP_LOAD else 3)
-                log.error("Worker failed to boot: %s; stopping", message)
+                if self.ready_announced:   # at start-up, run() prints the one line alone
+                    log.error("Worker failed to boot: %s; stopping", message)
                 self.begin_stop("fast")
                 return
             log.error("Worker %d (pid %d) died unexpectedly: %s; replacing it", w.slot, pid, describe_exit(code))

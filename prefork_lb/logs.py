@@ -102,3 +102,5 @@ class AccessLog:
         except (ValueError, TypeError) as exc:
             line = f"access log format error: {exc}"
         self.stream.write(line + "\n")
+        if self.stream is sys.stdout:
+            self.stream.flush()   # a pipe or file (systemd, docker) would hold lines back

@@ -148,7 +148,7 @@ class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
     __slots__ = ("_p", "limits", "requests", "_cur", "_head_bytes", "_in_head", "_head_cap",
-                 "_nfields", "stopped", "_url_len", "_trailers")
+                 "_nfields", "stopped", "_url_len", "_trailers", "error")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -165,19 +165,23 @@ class RequestParser:
         self._url_len = 0
         self._trailers = False
         self.stopped = False   # no further requests will be parsed on this connection
+        self.error: HTTPError | None = None   # an error behind requests still to be served
 
     # -- feeding -------------------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        """Parse ``data``. Raises HTTPError for a malformed request, unless requests that came
+        before it are still queued: those are served first, and the error waits in
+        ``self.error`` for the caller to answer once the queue is empty."""
         if self.stopped:
             return
-        if self._in_head or self._cur is None:
-            # Bound the bytes an unfinished head may take (llhttp buffers nothing, but we
-            # would keep reading forever otherwise).
-            self._head_bytes += len(data)
-            if self._head_bytes > self._head_cap:
-                raise HeaderFieldsTooLarge("request head too large")
         try:
+            if self._in_head or self._cur is None:
+                # Bound the bytes an unfinished head may take (llhttp buffers nothing, but
+                # we would keep reading forever otherwise).
+                self._head_bytes += len(data)
+                if self._head_bytes > self._head_cap:
+                    raise HeaderFieldsTooLarge("request head too large")
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade request: llhttp stops after it. We serve it as an
@@ -189,21 +193,23 @@ class RequestParser:
                 if not cur.complete:
                     cur.complete = True
             self.stopped = True
-        except HTTPError:
-            self.stopped = True
-            raise
+        except HTTPError as exc:
+            self._fail(exc)
         except httptools.HttpParserCallbackError as exc:
             ctx = exc.__context__
-            self.stopped = True
-            if isinstance(ctx, (BadRequest, URITooLong, HeaderFieldsTooLarge, PayloadTooLarge,
-                                ExpectationFailed, NotImplementedCoding)):
-                raise ctx from None
-            raise BadRequest(str(exc)) from None
+            self._fail(ctx if isinstance(ctx, HTTPError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
             if self.stopped:   # data after a request that closes the connection: ignore
                 return
-            self.stopped = True
-            raise BadRequest(str(exc)) from None
+            self._fail(BadRequest(str(exc)))
+
+    def _fail(self, exc: HTTPError) -> None:
+        self.stopped = True
+        cur = self._cur
+        if any(r is not cur for r in self.requests):
+            self.error = exc
+            return
+        raise exc
 
     # -- llhttp callbacks ----------------------------------------------------------------------
 

@@ -332,6 +332,8 @@ class Connection(BodySource):
                         self.wait_until = self.server.now + (opts.keepalive or opts.header_timeout)
                     while not requests:
                         if parser.stopped:
+                            if parser.error is not None:
+                                raise parser.error
                             return
                         try:
                             data = self._recv()
@@ -391,6 +393,11 @@ class Connection(BodySource):
 
     def pull(self, req: Request) -> None:
         """Read more of ``req``'s body from the socket (wsgi.input asked for it)."""
+        parser = self.parser
+        if parser.stopped:   # the body will never complete
+            if parser.error is not None:
+                raise parser.error
+            raise ClientDisconnected("the request body ended early")
         if req.expect_continue and not self.continue_sent and not self.headers_sent:
             self.continue_sent = True
             self._send(CONTINUE)
@@ -404,6 +411,14 @@ class Connection(BodySource):
         if not data:
             raise ClientDisconnected("client closed the connection during the body")
         self.parser.feed(data)
+
+    def _will_drain(self, req: Request) -> bool:
+        """Will we read and discard the body the app left unread (True), or close (False)?"""
+        if req.expect_continue and not self.continue_sent:
+            return False   # the client may or may not send it: the stream is ambiguous
+        if req.content_length is None:
+            return False   # chunked, of unknown size
+        return req.content_length - req.body_size <= MAX_DRAIN
 
     def _skip_body(self, req: Request) -> bool:
         """After the response: make sure the rest of the body is off the wire. False: close."""
@@ -502,6 +517,8 @@ class Connection(BodySource):
             out += SERVER_LINE
         if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:  # type: ignore[union-attr]
             self.close_after = True
+        elif not req.complete and not self._will_drain(req):  # type: ignore[arg-type]
+            self.close_after = True   # say so now: a client must not reuse this connection
         if self.close_after:
             out += "Connection: close\r\n\r\n"
         elif req.version == "HTTP/1.0":   # type: ignore[union-attr]

@@ -32,6 +32,9 @@ def feed_all(case: Case, mode: str, limits: Limits) -> list[dict]:
             parser.feed(b"GET /extra HTTP/1.1\r\nHost: x\r\n\r\n")
         except HTTPError:
             pass
+    if mode != "trailing" and parser.error is not None:
+        # An error behind queued requests: the server answers it once those are served.
+        raise parser.error
     got = []
     for req in parser.requests:
         if not req.complete:
@@ -100,3 +103,10 @@ def test_invalid_case_is_refused(case: Case, mode: str) -> None:
         assert status == 431
     else:
         assert status in (400, 417, 501), status
+
+
+def test_error_behind_a_complete_request_waits_for_it() -> None:
+    parser = RequestParser()
+    parser.feed(b"GET /ok HTTP/1.1\r\nHost: a\r\n\r\nGET /bad HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert [r.target for r in parser.requests] == [b"/ok"]
+    assert parser.stopped and parser.error is not None and parser.error.status == 400

@@ -1,0 +1,54 @@
+"""Fixtures that run real servers (see tests/server.py).
+
+``shared_server(app, *flags)``: one server per (app, flags) for the whole session, for tests
+that only send requests. ``start_server(app, *flags)``: a fresh server owned by one test (for
+flags that change behaviour a test watches closely, its logs, or its process). Both stop every
+server they started, whatever happens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.server import ServerProcess
+
+StartServer = Callable[..., ServerProcess]
+
+
+@pytest.fixture(scope="session")
+def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    servers: dict[tuple[str, tuple[str, ...]], ServerProcess] = {}
+
+    def get(app: str, *flags: str) -> ServerProcess:
+        key = (app, flags)
+        srv = servers.get(key)
+        if srv is None:
+            srv = ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"))
+            servers[key] = srv
+            srv.start()
+        assert srv.alive, f"shared server {app} {flags} died:\n{srv.log_text()}"
+        return srv
+
+    try:
+        yield get
+    finally:
+        for srv in servers.values():
+            srv.stop()
+
+
+@pytest.fixture
+def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
+    started: list[ServerProcess] = []
+
+    def start(app: str, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+        srv = ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"), env=env)
+        started.append(srv)
+        return srv.start()
+
+    try:
+        yield start
+    finally:
+        for srv in started:
+            srv.stop()

@@ -1,0 +1,111 @@
+"""The command line as a user meets it: mistakes end with exit code 2 and one line on stderr,
+and SIGTERM stops gracefully."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.server import (
+    HOST,
+    ROOT,
+    HTTPStream,
+    build_request,
+    connect,
+    free_port,
+    server_env,
+)
+
+
+def run_cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
+    """Run the server with ``args`` in its own process group; (exit code, stdout, stderr).
+    Whatever is left of the group when it returns (or times out) is killed."""
+    proc = subprocess.Popen([sys.executable, "-m", "prefork_lb", *args], cwd=ROOT, env=server_env(),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=5)
+        pytest.fail(f"prefork_lb {args} still running after {timeout} s: {err.decode(errors='replace')}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+
+
+def bind_args() -> list[str]:
+    return ["-b", f"{HOST}:{free_port()}", "-w", "1"]
+
+
+# name -> (args before the bind flags, text the error line must contain, the app-path bug applies)
+CASES = {
+    "unknown_flag": (["tests.apps:echo", "--no-such-flag"], "--no-such-flag", False),
+    "missing_module": (["no_such_module_4c1d:app"], "no_such_module_4c1d", True),
+    "missing_attribute": (["tests.apps:no_such_app"], "no_such_app", True),
+    "not_callable": (["tests.apps:NOT_CALLABLE"], "not callable", True),
+}
+
+
+def _run_case(name: str, tmp_path: Path) -> tuple[int, str, str, str]:
+    if name == "port_in_use":
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((HOST, 0))
+            s.listen(1)
+            port = s.getsockname()[1]
+            code, out, err = run_cli("tests.apps:echo", "-b", f"{HOST}:{port}", "-w", "1")
+        return code, out, err, "in use"
+    if name == "config_syntax_error":
+        conf = tmp_path / "bad_conf.py"
+        conf.write_text("workers = (\n")
+        code, out, err = run_cli("tests.apps:echo", "-c", str(conf), *bind_args())
+        return code, out, err, "syntax error"
+    args, must, _ = CASES[name]
+    code, out, err = run_cli(*args, *bind_args())
+    return code, out, err, must
+
+
+ALL = [*CASES, "port_in_use", "config_syntax_error"]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_user_error_exits_2_with_an_error_line(name: str, tmp_path: Path) -> None:
+    code, out, err, must = _run_case(name, tmp_path)
+    assert code == 2, err
+    assert "Traceback" not in err and "Traceback" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("prefork_lb: error: ") and must in last, err
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_user_error_is_one_line(name: str, tmp_path: Path) -> None:
+    code, out, err, _ = _run_case(name, tmp_path)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    assert out == ""
+
+
+def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
+    srv = start_server("tests.apps:slow_stream")
+    with connect(srv.port, timeout=10) as sock:
+        sock.sendall(build_request("GET", "/?n=6&delay=0.15"))
+        s = HTTPStream(sock, timeout=10)
+        # The response has started: the request is in flight.
+        assert s.wait_bytes(b"chunk 0\n", timeout=5)
+        os.kill(srv.pid, signal.SIGTERM)
+        r = s.read_response()
+        assert r.status == 200 and r.complete
+        assert r.body == b"".join(b"chunk %d\n" % i for i in range(6))
+        assert s.closed_by_server(5)   # drained: the connection ends with the response
+    assert srv.proc is not None
+    assert srv.proc.wait(10) == 0
+    assert "Traceback" not in srv.log_text()
