@@ -316,3 +316,14 @@ def validated(environ: Environ, start_response: StartResponse) -> Iterable[bytes
                                                    ("Content-Length", str(len(body)))], sys.exc_info())
             return [body]
     return _Guard(result, label)
+
+
+def block_loop(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """/block spins the CPU without yielding (at most 30 s): the worker's event loop, and so
+    its heartbeat, stops. Anything else answers at once."""
+    if environ["PATH_INFO"] == "/block":
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pass
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"ok"]

@@ -24,6 +24,7 @@ from typing import Any
 EXIT_APP_LOAD = 2
 EXIT_BOOT = 3
 PR_SET_PDEATHSIG = 1
+_fault_file: Any = None
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -67,7 +68,13 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     _die_with_parent()
     if os.getppid() != master_pid:   # the master died between fork and prctl
         return 0
-    faulthandler.enable(all_threads=True)   # SIGABRT from the master dumps the stack to stderr
+    # SIGABRT from the master (missed heartbeat) dumps the stack into the error log.
+    global _fault_file
+    if cfg.error_logfile not in ("-", "", None):
+        _fault_file = open(cfg.error_logfile, "a")  # noqa: SIM115 - kept open for faulthandler
+        faulthandler.enable(file=_fault_file, all_threads=True)
+    else:
+        faulthandler.enable(all_threads=True)
     name = cfg.proc_name or cfg.app_uri
     try:
         from setproctitle import setproctitle

@@ -409,3 +409,17 @@ def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
         for t in threads:
             t.join(timeout=30)
     assert failures == []
+
+
+def test_blocked_worker_is_aborted_and_the_log_names_the_request(start) -> None:
+    m = start("-w", "1", "--timeout", "2", app="tests.apps:block_loop")
+    (victim,) = wait_for(lambda: m.workers(), what="worker")
+    try:
+        get(m.port, "/block?who=me", timeout=8)
+    except OSError:
+        pass   # the worker was killed under this request: the connection drops
+    wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
+    log = wait_for(lambda: "WORKER TIMEOUT" in m.text() and "in block_loop" in m.text() and m.text(),
+                   what="timeout log with the stack")
+    assert "while serving GET /block?who=me" in log
+    assert get(m.port, "/")[0] == 200
