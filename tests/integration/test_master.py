@@ -423,3 +423,35 @@ def test_blocked_worker_is_aborted_and_the_log_names_the_request(start) -> None:
                    what="timeout log with the stack")
     assert "while serving GET /block?who=me" in log
     assert get(m.port, "/")[0] == 200
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_several_binds_ipv4_ipv6_and_unix(start, tmp_path: Path, mode: str) -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback")
+    p6 = free_port()
+    path = str(tmp_path / "app.sock")
+    m = start("-w", "2", "--dispatch", mode, "-b", f"[::1]:{p6}", "-b", f"unix:{path}")
+    assert get(m.port)[0] == 200
+    conn = http.client.HTTPConnection("::1", p6, timeout=5)
+    try:
+        conn.request("GET", "/json")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(b"GET /json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    assert data.startswith(b"HTTP/1.1 200 OK")
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=15) == 0
+    assert not os.path.exists(path), "the unix socket file is removed on exit"
