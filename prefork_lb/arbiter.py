@@ -40,6 +40,7 @@ SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
 # USR2 hands the listeners to a new master through these environment variables.
 ENV_FDS = "PREFORK_LB_INHERITED_FDS"
 ENV_OLD_MASTER = "PREFORK_LB_OLD_MASTER"
+DISPATCHER_SLOT = -1     # the handoff dispatcher is supervised like a worker in this slot
 ABORT_GRACE = 2.0        # seconds between SIGABRT and SIGKILL for a stuck worker
 FAST_STOP_GRACE = 3.0    # seconds INT/QUIT gives workers before SIGKILL
 MAX_BACKOFF = 10.0
@@ -95,6 +96,7 @@ class Arbiter:
         self.backoff: dict[int, float] = {}
         self.shared_sockets: list[socket.socket] = []
         self.slot_sockets: dict[int, list[socket.socket]] = {}
+        self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}   # handoff: slot -> (send, recv)
         self.addresses: list[Address] = []
         self._wake_r = self._wake_w = -1
         self._boot_r = self._boot_w = -1
@@ -118,6 +120,7 @@ class Arbiter:
                 for slot in range(self.num_workers):
                     self.slot_listeners(slot)
                 self.steer()
+            self.open_channels()   # channels are per master: the new one makes its own
             return
         if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
             # systemd socket activation: its sockets replace --bind; every worker shares them.
@@ -129,6 +132,7 @@ class Arbiter:
             if reuse:
                 log.info("systemd socket activation: the inherited sockets are shared by all workers")
                 self.cfg.values["dispatch"] = "shared"
+            self.open_channels()
             return
         for addr in self.addresses:
             if addr.kind != "tcp" or not reuse:
@@ -137,6 +141,17 @@ class Arbiter:
             for slot in range(self.num_workers):
                 self.slot_listeners(slot)
             self.steer()
+        self.open_channels()
+
+    def open_channels(self) -> None:
+        """Handoff: a channel per slot, created before any process that uses it is forked."""
+        if self.cfg.dispatch != "handoff":
+            return
+        from prefork_lb.dispatch.handoff import open_channel
+
+        for slot in range(self.num_workers):
+            if slot not in self.channels:
+                self.channels[slot] = open_channel()
 
     def steer(self) -> None:
         """Keep new connections on the slots below the worker count (see sockets.steer_reuseport)."""
@@ -171,7 +186,8 @@ class Arbiter:
             s.close()
 
     def all_sockets(self) -> list[socket.socket]:
-        return self.shared_sockets + [s for socks in self.slot_sockets.values() for s in socks]
+        return (self.shared_sockets + [s for socks in self.slot_sockets.values() for s in socks]
+                + [s for pair in self.channels.values() for s in pair])
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -261,11 +277,18 @@ class Arbiter:
 
     def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
         entry = self.board.allocate(0, slot)
-        mine = self.shared_sockets + self.slot_listeners(slot)
+        handoff = self.cfg.dispatch == "handoff"
+        if slot == DISPATCHER_SLOT:
+            mine = self.shared_sockets + [send for send, _ in self.channels.values()]
+        elif handoff:
+            mine = [self.channels[slot][1]]
+        else:
+            mine = self.shared_sockets + self.slot_listeners(slot)
         w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
-        self.hook("pre_fork", self, w)
+        if slot != DISPATCHER_SLOT:
+            self.hook("pre_fork", self, w)
         pid = self.fork()
-        if pid == 0:   # the worker
+        if pid == 0:   # the worker (or the dispatcher)
             w.pid = os.getpid()
             keep = {s.fileno() for s in mine}
             for s in self.all_sockets():
@@ -274,12 +297,21 @@ class Arbiter:
             os.close(self._boot_r)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if slot == DISPATCHER_SLOT:
+                from prefork_lb.dispatch.handoff import run_dispatcher
+
+                channels = {k: send for k, (send, _) in self.channels.items()}
+                code = 1
+                try:
+                    code = run_dispatcher(w, self, self.shared_sockets, channels)
+                finally:
+                    os._exit(code)
             self.hook("post_fork", self, w)
             child.run(w, self, mine)
         self.board.q[entry * sb._WORDS + sb.PID] = pid
         w.pid = pid
         self.workers[pid] = w
-        log.debug("Booting worker %d (pid %d)", slot, pid)
+        log.debug("Booting %s (pid %d)", "dispatcher" if slot == DISPATCHER_SLOT else f"worker {slot}", pid)
         return w
 
     def live_for_slot(self, slot: int) -> list[WorkerProc]:
@@ -290,8 +322,11 @@ class Arbiter:
         for w in self.workers.values():
             if not w.ready and self.board.get(w.entry, sb.STATE) in (sb.READY, sb.RETIRING):
                 w.ready = True
-        # Fill empty slots.
-        for slot in range(self.num_workers):
+        # Fill empty slots (and the dispatcher's, in handoff mode).
+        slots = list(range(self.num_workers))
+        if self.cfg.dispatch == "handoff":
+            slots.append(DISPATCHER_SLOT)
+        for slot in slots:
             if not self.live_for_slot(slot) and now >= self.next_spawn.get(slot, 0.0):
                 self.spawn(slot)
         # Replace workers that asked to retire (max-requests) or are older than a reload.
@@ -316,7 +351,7 @@ class Arbiter:
             if not any(w.slot == slot for w in self.workers.values()):
                 self.close_slot(slot)
         if not self.ready_announced and self.num_workers and all(
-                any(w.ready for w in self.live_for_slot(s)) for s in range(self.num_workers)):
+                any(w.ready for w in self.live_for_slot(s)) for s in slots):
             self.ready_announced = True
             for a in self.addresses:
                 log.info("Listening at %s (%s dispatch, master pid %d)",
@@ -484,6 +519,12 @@ class Arbiter:
         log.info("SIGTTIN: %d workers", self.num_workers)
         self.slot_listeners(self.num_workers - 1)
         self.steer()
+        if self.cfg.dispatch == "handoff" and self.num_workers - 1 not in self.channels:
+            self.open_channels()
+            # The running dispatcher has no end of the new channel: replace it (the new one
+            # starts first; connections wait in the listen queue meanwhile).
+            for w in self.live_for_slot(DISPATCHER_SLOT):
+                w.reload_gen = -1
 
     def handle_ttou(self) -> None:
         if self.num_workers > 1:

@@ -120,8 +120,13 @@ SETTINGS: list[Setting] = [
             default_doc="the number of CPUs"),
     Setting("dispatch", str, "reuseport",
             "How connections reach workers: reuseport (one SO_REUSEPORT listener per worker slot, "
-            "held by the master) or shared (one listener inherited by every worker).",
-            flags=("--dispatch",), choices=("reuseport", "shared")),
+            "held by the master), shared (one listener inherited by every worker) or handoff (a "
+            "dispatcher process accepts and passes each connection to the worker --strategy picks).",
+            flags=("--dispatch",), choices=("reuseport", "shared", "handoff")),
+    Setting("strategy", str, "least_connections",
+            "Balancing strategy of --dispatch handoff: which worker gets the next connection.",
+            flags=("--strategy",), choices=("round_robin", "weighted_round_robin", "least_connections",
+                                            "random", "p2c", "least_latency")),
     Setting("max_requests", _non_negative_int, 0,
             "Recycle a worker after it served this many requests (0: never). Its replacement is "
             "started and ready before it stops, so no request is refused.",

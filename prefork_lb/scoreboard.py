@@ -21,8 +21,9 @@ import time
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
-PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY = range(8)
-_TEXT_OFFSET = 64          # byte offset of method (16 bytes) then path (176 bytes)
+PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS = range(10)
+_TEXT_OFFSET = 128         # byte offset of method (16 bytes) then path (112 bytes)
+LATENCY_ALPHA = 0.2        # weight of a new sample in the worker's latency EWMA
 _METHOD_LEN = 16
 _PATH_LEN = ENTRY_SIZE - _TEXT_OFFSET - _METHOD_LEN
 
@@ -78,6 +79,7 @@ class Scoreboard:
             "pid": q[base + PID], "state": STATE_NAMES.get(q[base + STATE], "?"), "slot": q[base + SLOT],
             "heartbeat_age": round(time.monotonic() - d[base + HEARTBEAT], 3),
             "in_flight": q[base + IN_FLIGHT], "served": q[base + SERVED],
+            "connections": q[base + CONNS], "latency_us": q[base + LATENCY],
             "current_request": self.current_request(i) if q[base + IN_FLIGHT] else "",
         }
 
@@ -90,7 +92,7 @@ class Scoreboard:
 class WorkerEntry:
     """A worker's writer for its own entry. The per-request methods are on the hot path."""
 
-    __slots__ = ("q", "d", "base", "mv", "text", "in_flight")
+    __slots__ = ("q", "d", "base", "mv", "text", "in_flight", "conns", "ewma")
 
     def __init__(self, board: Scoreboard, i: int) -> None:
         self.q = board.q
@@ -99,6 +101,8 @@ class WorkerEntry:
         self.mv = board._mv
         self.text = i * ENTRY_SIZE + _TEXT_OFFSET
         self.in_flight = 0
+        self.conns = 0
+        self.ewma = 0.0
 
     def set_state(self, state: int) -> None:
         self.q[self.base + STATE] = state
@@ -122,3 +126,19 @@ class WorkerEntry:
         q = self.q
         q[base + IN_FLIGHT] = self.in_flight
         q[base + SERVED] += 1
+        took = (time.monotonic() - self.d[base + REQ_START]) * 1e6
+        ewma = self.ewma
+        self.ewma = ewma = took if ewma == 0.0 else ewma + LATENCY_ALPHA * (took - ewma)
+        q[base + LATENCY] = int(ewma)
+
+    def connection_opened(self) -> None:
+        self.conns += 1
+        self.q[self.base + CONNS] = self.conns
+
+    def connection_closed(self) -> None:
+        self.conns -= 1
+        self.q[self.base + CONNS] = self.conns
+
+    def received(self, n: int) -> None:
+        """Connections taken from the handoff channel (the dispatcher counts what it sent)."""
+        self.q[self.base + RECEIVED] += n

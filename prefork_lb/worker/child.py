@@ -111,8 +111,12 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     access = AccessLog(cfg.access_log_format, cfg.access_logfile) if cfg.access_logfile else None
     server = Server(app, ServerOptions.from_config(cfg), access_log=access, board=entry,
                     shared_accept=cfg.dispatch == "shared")
-    for sock in listeners:
-        server.add_listener(sock)
+    if cfg.dispatch == "handoff":
+        for sock in listeners:
+            server.add_handoff_channel(sock)
+    else:
+        for sock in listeners:
+            server.add_listener(sock)
 
     limit = cfg.max_requests
     if limit:

@@ -54,6 +54,7 @@ log = logging.getLogger("prefork_lb.error")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 RECV_SIZE = 65536
+HANDOFF_BATCH = 64   # descriptors per handoff message
 # Unread request body we are willing to read and throw away to keep a connection alive.
 MAX_DRAIN = 1 << 20
 
@@ -97,6 +98,7 @@ class Server:
         self.pool = gevent.pool.Pool(self.options.worker_connections)
         self.connections: set[Connection] = set()
         self.listeners: list[gevent.socket.socket] = []
+        self.channels: list[gevent.socket.socket] = []   # handoff channels
         self._accepters: list[gevent.Greenlet] = []
         self.draining = False
         self.now = time.monotonic()
@@ -114,6 +116,35 @@ class Server:
         self.listeners.append(gs)
         self._accepters.append(gevent.spawn(self._accept_loop, gs))
         self._ensure_watchdog()
+
+    def add_handoff_channel(self, sock: socket.socket) -> None:
+        """Take connections a dispatcher passes over this channel (SCM_RIGHTS)."""
+        gs = gevent.socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        gs.settimeout(None)
+        self.channels.append(gs)
+        self._accepters.append(gevent.spawn(self._receive_loop, gs))
+        self._ensure_watchdog()
+
+    def _receive_loop(self, ch: gevent.socket.socket) -> None:
+        while not self.draining:
+            self.pool.wait_available()
+            try:
+                msg, fds, _, _ = socket.recv_fds(ch, 64, HANDOFF_BATCH)
+            except OSError as exc:
+                if self.draining:
+                    return
+                log.error("handoff channel: %s", exc)
+                gevent.sleep(0.1)
+                continue
+            if not msg and not fds:
+                return   # the channel was closed
+            self._take(fds)
+
+    def _take(self, fds: list[int]) -> None:
+        if self.board is not None:
+            self.board.received(len(fds))
+        for fd in fds:
+            self.serve_connection(socket.socket(fileno=fd))
 
     def serve_connection(self, sock: socket.socket, addr: Any = None) -> gevent.Greenlet:
         """Serve an already-accepted connection (handoff dispatch)."""
@@ -151,10 +182,15 @@ class Server:
     def _handle(self, sock: gevent.socket.socket, addr: Any) -> None:
         conn = Connection(self, sock, addr)
         self.connections.add(conn)
+        board = self.board
+        if board is not None:
+            board.connection_opened()
         try:
             conn.serve()
         finally:
             self.connections.discard(conn)
+            if board is not None:
+                board.connection_closed()
             try:
                 sock.close()
             except OSError:
@@ -210,8 +246,8 @@ class Server:
         self.draining = True
         for g in self._accepters:
             g.kill(block=False)
-        if self.listeners:
-            gevent.sleep(0.05)   # handshakes in flight reach the accept queue
+        if self.listeners or self.channels:
+            gevent.sleep(0.05)   # handshakes (and handoffs) in flight arrive
         for ls in self.listeners:
             ls.settimeout(0.0)
             for _ in range(100_000):
@@ -227,6 +263,18 @@ class Server:
                 ls.close()
             except OSError:
                 pass
+        for ch in self.channels:
+            # Connections already passed to this worker's slot: serve them rather than leave
+            # them to a replacement that may never come (a slot being removed).
+            ch.settimeout(0.0)
+            for _ in range(10_000):
+                try:
+                    _, fds, _, _ = socket.recv_fds(ch, 64, HANDOFF_BATCH)
+                except OSError:
+                    break
+                if not fds:
+                    break
+                self._take(fds)
 
     def drain(self, timeout: float) -> bool:
         """Graceful stop: True when every connection finished within the timeout."""

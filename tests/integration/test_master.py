@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ["reuseport", "shared"]
+MODES = ["reuseport", "shared", "handoff"]
 
 
 def free_port() -> int:
@@ -65,10 +65,27 @@ class Master:
         assert self.proc.poll() is None, self.text()
 
     def workers(self) -> list[int]:
+        """Worker pids (the handoff dispatcher, also a child, is not one)."""
+        pids = []
         try:
-            return sorted(c.pid for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE)
+            for c in psutil.Process(self.pid).children():
+                try:
+                    if c.status() != psutil.STATUS_ZOMBIE and "dispatcher" not in " ".join(c.cmdline()):
+                        pids.append(c.pid)
+                except psutil.NoSuchProcess:
+                    pass
         except psutil.NoSuchProcess:
             return []
+        return sorted(pids)
+
+    def dispatcher(self) -> int | None:
+        try:
+            for c in psutil.Process(self.pid).children():
+                if "prefork_lb: dispatcher" in " ".join(c.cmdline()):
+                    return c.pid
+        except psutil.NoSuchProcess:
+            pass
+        return None
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
@@ -275,8 +292,11 @@ def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> Non
         assert m.proc.wait(timeout=30) == 0
         new_pid = int(pidfile.read_text())
         assert new_pid != m.pid
-        new_workers = wait_for(lambda: len(psutil.Process(new_pid).children()) == 2
-                               and [c.pid for c in psutil.Process(new_pid).children()], what="new workers")
+        def new_children() -> list[int]:
+            return [c.pid for c in psutil.Process(new_pid).children()
+                    if "dispatcher" not in " ".join(c.cmdline())]
+
+        new_workers = wait_for(lambda: len(new_children()) == 2 and new_children(), what="new workers")
         assert not set(new_workers) & set(old_workers)
         seen = ok[0]
         wait_for(lambda: ok[0] > seen + 50, what="load served by the new master")
@@ -455,3 +475,14 @@ def test_several_binds_ipv4_ipv6_and_unix(start, tmp_path: Path, mode: str) -> N
     m.signal(signal.SIGTERM)
     assert m.proc.wait(timeout=15) == 0
     assert not os.path.exists(path), "the unix socket file is removed on exit"
+
+
+def test_killed_dispatcher_is_replaced(start) -> None:
+    m = start("-w", "2", "--dispatch", "handoff")
+    first = wait_for(m.dispatcher, what="dispatcher")
+    assert get(m.port)[0] == 200
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: m.dispatcher() not in (None, first), what="new dispatcher")
+    # Connections queued while no dispatcher ran wait in the listener, owned by the master.
+    assert {get(m.port, timeout=10)[0] for _ in range(20)} == {200}
+    assert "died unexpectedly" in m.text()

@@ -1,0 +1,260 @@
+"""Handoff dispatch: a dispatcher process accepts and passes each connection to a worker.
+
+Why a process of its own and not the master: the master stays a supervisor that does no I/O
+on requests, so a bug or a stall here cannot stop supervision; a crashed dispatcher is
+replaced like a worker while the listeners (owned by the master) keep queueing connections.
+
+Channels: one SOCK_SEQPACKET socketpair per worker slot, created and held by the master. The
+dispatcher writes to the sending end (SCM_RIGHTS, up to 64 descriptors a message); the slot's
+worker reads from the receiving end. Because the master keeps both ends open, descriptors sent
+to a worker that dies before reading them stay in the channel and are served by the worker
+that replaces it in that slot.
+
+Load: the dispatcher reads the scoreboard. A slot is eligible when its worker is ready and
+has fewer than --worker-connections connections; its load is its requests in flight plus the
+connections sent to it that it has not taken from the channel yet (sent - received), and
+least_latency also sees the worker's latency EWMA.
+"""
+
+from __future__ import annotations
+
+import array
+import logging
+import os
+import select
+import signal
+import socket
+import time
+from typing import Any
+
+from prefork_lb import scoreboard as sb
+
+log = logging.getLogger("prefork_lb.error")
+
+BATCH = 64             # connections accepted per listener per wake-up, and fds per message
+SYNC_INTERVAL = 0.02   # seconds between scoreboard reads when idle
+
+
+def open_channel() -> tuple[socket.socket, socket.socket]:
+    """(send end, receive end) of a slot's handoff channel."""
+    send, recv = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    send.setblocking(False)
+    return send, recv
+
+
+class Dispatcher:
+    def __init__(self, cfg: Any, board: sb.Scoreboard, entry: Any, listeners: list[socket.socket],
+                 channels: dict[int, socket.socket], master_pid: int) -> None:
+        self.cfg = cfg
+        self.board = board
+        self.entry = entry
+        self.listeners = {s.fileno(): s for s in listeners}
+        self.channels = channels
+        self.master_pid = master_pid
+        self.strategy = _make_strategy(cfg.strategy)
+        self.sent: dict[int, int] = {}
+        self.entries: dict[int, int] = {}     # slot -> scoreboard entry of its newest ready worker
+        self.pending: list[socket.socket] = []
+        self.stopping = False
+        self.last_sync = 0.0
+
+    def sync(self) -> None:
+        """Read every worker's state and load from the scoreboard into the strategy."""
+        board = self.board
+        q = board.q
+        words = sb.ENTRY_SIZE // 8
+        ready: dict[int, tuple[int, int, int, int]] = {}
+        for i in range(board.entries):
+            base = i * words
+            if q[base + sb.STATE] != sb.READY or q[base + sb.PID] <= 0:
+                continue
+            slot = q[base + sb.SLOT]
+            if slot < 0 or slot not in self.channels:
+                continue
+            # Two ready workers in one slot (a reload): both read the same channel; add up.
+            prev = ready.get(slot, (0, 0, 0, 0))
+            ready[slot] = (prev[0] + q[base + sb.IN_FLIGHT], prev[1] + q[base + sb.RECEIVED],
+                           max(prev[2], q[base + sb.LATENCY]), prev[3] + q[base + sb.CONNS])
+        strategy = self.strategy
+        limit = self.cfg.worker_connections
+        known = set(strategy.keys())
+        for slot in known - set(ready):
+            strategy.remove(slot)
+        for slot, (in_flight, received, latency, conns) in ready.items():
+            if slot not in known:
+                strategy.add(slot)
+                self.sent.setdefault(slot, received)
+            pending = max(0, self.sent.get(slot, 0) - received)
+            if conns + pending >= limit:
+                strategy.mark_down(slot)
+                continue
+            strategy.mark_up(slot)
+            strategy.set_load(slot, in_flight + pending, latency / 1e6 if latency else None)
+        self.last_sync = time.monotonic()
+
+    def dispatch(self) -> None:
+        """Pass every pending connection to a worker; keep those no worker can take yet."""
+        if not self.pending:
+            return
+        by_slot: dict[int, list[socket.socket]] = {}
+        left = []
+        for conn in self.pending:
+            slot = self.strategy.pick()
+            if slot is None:
+                left.append(conn)
+                continue
+            by_slot.setdefault(slot, []).append(conn)
+            self.strategy.on_start(slot)   # the next pick of this batch sees it
+        for slot, conns in by_slot.items():
+            for i in range(0, len(conns), BATCH):
+                part = conns[i:i + BATCH]
+                if self.send(slot, part):
+                    self.sent[slot] = self.sent.get(slot, 0) + len(part)
+                    for c in part:
+                        c.close()
+                else:
+                    left.extend(part)
+        self.pending = left
+
+    def send(self, slot: int, conns: list[socket.socket]) -> bool:
+        fds = array.array("i", [c.fileno() for c in conns])
+        try:
+            self.channels[slot].sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+        except (BlockingIOError, InterruptedError):
+            self.strategy.mark_down(slot)   # its channel is full: the worker is not reading
+            return False
+        except OSError as exc:
+            log.error("handoff to slot %d failed: %s", slot, exc)
+            self.strategy.mark_down(slot)
+            return False
+        return True
+
+    def accept(self, lsock: socket.socket) -> None:
+        is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+        for _ in range(BATCH):
+            try:
+                conn, _ = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.error("accept: %s", exc)
+                return
+            if is_tcp:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pending.append(conn)
+
+    def run(self) -> None:
+        ep = select.epoll()
+        for fd, s in self.listeners.items():
+            s.setblocking(False)
+            ep.register(fd, select.EPOLLIN)
+        self.sync()
+        self.entry.set_state(sb.READY)
+        try:
+            while not self.stopping:
+                # Waiting connections that no worker could take: retry soon, without
+                # accepting more (they stay in the kernel's queue meanwhile).
+                timeout = 0.005 if self.pending else 0.25
+                try:
+                    events = ep.poll(timeout) if not self.pending else []
+                    if self.pending:
+                        time.sleep(timeout)
+                except InterruptedError:
+                    events = []
+                self.entry.beat()
+                if os.getppid() != self.master_pid:
+                    break
+                now = time.monotonic()
+                if events or self.pending or now - self.last_sync > SYNC_INTERVAL:
+                    self.sync()
+                for fd, _ in events:
+                    self.accept(self.listeners[fd])
+                self.dispatch()
+        finally:
+            # Hand over what we hold; the kernel queue waits for the next dispatcher.
+            deadline = time.monotonic() + 5
+            while self.pending and time.monotonic() < deadline:
+                self.sync()
+                self.dispatch()
+                if self.pending:
+                    time.sleep(0.01)
+            for conn in self.pending:
+                conn.close()
+            ep.close()
+
+
+class _StandIn:
+    """Least-in-flight over eligible slots. TEMPORARY, until prefork_lb.balance lands."""
+
+    def __init__(self) -> None:
+        self.load: dict[int, int] = {}
+        self.down: set[int] = set()
+
+    def keys(self) -> list[int]:
+        return list(self.load)
+
+    def add(self, key: int) -> None:
+        self.load[key] = 0
+
+    def remove(self, key: int) -> None:
+        self.load.pop(key, None)
+        self.down.discard(key)
+
+    def mark_down(self, key: int) -> None:
+        self.down.add(key)
+
+    def mark_up(self, key: int) -> None:
+        self.down.discard(key)
+
+    def set_load(self, key: int, in_flight: int, latency: float | None) -> None:
+        self.load[key] = in_flight
+
+    def on_start(self, key: int) -> None:
+        self.load[key] += 1
+
+    def pick(self) -> int | None:
+        best = None
+        for k, v in self.load.items():
+            if k not in self.down and (best is None or v < self.load[best]):
+                best = k
+        return best
+
+
+def _make_strategy(name: str) -> Any:
+    try:
+        from prefork_lb.balance import make
+    except ImportError:
+        return _StandIn()
+    return make(name)
+
+
+def run_dispatcher(worker: Any, master: Any, listeners: list[socket.socket],
+                   channels: dict[int, socket.socket]) -> int:
+    """Body of the dispatcher process (forked by the master); returns the exit code."""
+    from prefork_lb.worker.child import _die_with_parent
+
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    _die_with_parent()
+    if os.getppid() != master.pid:
+        return 0
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"prefork_lb: dispatcher [{master.cfg.proc_name or master.cfg.app_uri}]")
+    except ImportError:
+        pass
+    entry = master.board.handle(worker.entry)
+    entry.beat()
+    d = Dispatcher(master.cfg, master.board, entry, listeners, channels, master.pid)
+
+    def stop(signum: int, frame: Any) -> None:
+        d.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGQUIT, stop)
+    d.run()
+    return 0
