@@ -26,3 +26,19 @@ def hello(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
 def hello_nolen(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
     start_response("200 OK", list(_HEADERS_NOLEN))
     return [BODY]
+
+
+def _spin(seconds: float) -> None:
+    """Burn CPU without yielding: a CPU-bound request holds its worker's event loop."""
+    import time
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def mixed(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """/slow: about 50 ms of CPU; anything else: about 1 ms (the mixed-workload benchmark)."""
+    _spin(0.050 if environ.get("PATH_INFO") == "/slow" else 0.001)
+    start_response("200 OK", list(_HEADERS))
+    return [BODY]

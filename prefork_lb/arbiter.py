@@ -222,7 +222,7 @@ class Arbiter:
         try:
             self.manage()
             while True:
-                self.sleep(0.5 if not self.stopping else 0.1)
+                self.sleep(self.sleep_time())
                 while self.sig_queue:
                     name = self.sig_queue.pop(0)
                     getattr(self, "handle_" + name.lower())()
@@ -240,6 +240,15 @@ class Arbiter:
             return self.boot_error.code
         self.hook("on_exit", self)
         return self.exit_code
+
+    def sleep_time(self) -> float:
+        """Until the next tick, or sooner when a backed-off respawn is due."""
+        if self.stopping:
+            return 0.1
+        due = [t for t in self.next_spawn.values() if t > 0]
+        if due:
+            return max(0.0, min(0.5, min(due) - self.clock()))
+        return 0.5
 
     def sleep(self, timeout: float) -> None:
         try:
@@ -413,9 +422,11 @@ class Arbiter:
                 self.begin_stop("fast")
                 return
             log.error("Worker %d (pid %d) died unexpectedly: %s; replacing it", w.slot, pid, describe_exit(code))
-            # Back off when a slot's workers keep dying young.
+            # Back off when a slot's workers keep failing on their own: dying while booting, or
+            # exiting soon after. A ready worker killed by a signal (the OOM killer, an operator)
+            # is replaced at once: its slot may have connections waiting.
             now = self.clock()
-            if now - w.started < 1.0:
+            if not w.ready or (code > 0 and now - w.started < 1.0):
                 delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(w.slot, 0.0) * 2))
                 self.backoff[w.slot] = delay
                 self.next_spawn[w.slot] = now + delay

@@ -251,3 +251,25 @@ def test_exit_statuses_are_described() -> None:
     assert describe_exit(-9) == "killed by SIGKILL"
     assert describe_exit(3) == "exit code 3"
     assert os.waitstatus_to_exitcode(3 << 8) == 3
+
+
+def test_ready_worker_killed_by_a_signal_is_replaced_without_back_off(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    mark_ready(arb, pid)
+    arb.manage()
+    fake.now += 0.3   # young, but it was serving
+    fake.exit(pid, signum=signal.SIGKILL)
+    arb.reap()
+    arb.manage()
+    assert len(arb.workers) == 1 and pid not in arb.workers
+
+
+def test_master_wakes_when_a_back_off_ends(fake: FakeOS) -> None:
+    arb = make(fake, workers=1)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    fake.exit(pid, code=1)
+    arb.reap()
+    assert 0 < arb.sleep_time() <= arb.next_spawn[0] - fake.now + 1e-9
