@@ -75,6 +75,7 @@ def test_dead_worker_is_replaced_in_its_slot(fake: FakeOS, caplog: pytest.LogCap
     arb.manage()
     victim = next(w for w in arb.workers.values() if w.slot == 1)
     mark_ready(arb, victim.pid)
+    arb.manage()   # the master sees it ready
     fake.now += 5
     fake.exit(victim.pid, signum=signal.SIGKILL)
     with caplog.at_level(logging.ERROR, "prefork_lb.error"):
