@@ -21,11 +21,11 @@ import time
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
-PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS = range(10)
-_TEXT_OFFSET = 128         # byte offset of method (16 bytes) then path (112 bytes)
+PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN = range(11)
+_TEXT_OFFSET = 128         # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
+_TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
 LATENCY_ALPHA = 0.2        # weight of a new sample in the worker's latency EWMA
-_METHOD_LEN = 16
-_PATH_LEN = ENTRY_SIZE - _TEXT_OFFSET - _METHOD_LEN
+_METHOD_BYTES: dict[str, bytes] = {}
 
 EMPTY, BOOTING, READY, RETIRING, DRAINING = 0, 1, 2, 3, 4
 STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", READY: "ready", RETIRING: "retiring", DRAINING: "draining"}
@@ -67,10 +67,8 @@ class Scoreboard:
 
     def current_request(self, i: int) -> str:
         start = i * ENTRY_SIZE + _TEXT_OFFSET
-        raw = bytes(self._mv[start:start + ENTRY_SIZE - _TEXT_OFFSET])
-        method = raw[:_METHOD_LEN].rstrip(b"\0").decode("latin-1")
-        path = raw[_METHOD_LEN:].rstrip(b"\0").decode("latin-1")
-        return f"{method} {path}".strip()
+        n = max(0, min(_TEXT_MAX, self.q[i * _WORDS + TEXT_LEN]))
+        return bytes(self._mv[start:start + n]).decode("latin-1")
 
     def snapshot(self, i: int) -> dict[str, object]:
         base = i * _WORDS
@@ -115,10 +113,16 @@ class WorkerEntry:
         self.in_flight += 1
         self.q[base + IN_FLIGHT] = self.in_flight
         self.d[base + REQ_START] = time.monotonic()
+        # The request line, for the log of a worker that stops answering (it cannot write
+        # anything once stuck, so it is written for every request; no padding, no copies).
+        mb = _METHOD_BYTES.get(method)
+        if mb is None:
+            mb = _METHOD_BYTES[method] = method.encode("latin-1")[:16] + b" "
+        line = mb + path if len(path) < _TEXT_MAX - len(mb) else (mb + path)[:_TEXT_MAX]
+        n = len(line)
         t = self.text
-        m = method.encode("latin-1")[:_METHOD_LEN].ljust(_METHOD_LEN, b"\0")
-        p = path[:_PATH_LEN].ljust(_PATH_LEN, b"\0")
-        self.mv[t:t + _METHOD_LEN + _PATH_LEN] = m + p
+        self.mv[t:t + n] = line
+        self.q[base + TEXT_LEN] = n
 
     def request_finished(self) -> None:
         base = self.base
