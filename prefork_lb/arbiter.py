@@ -87,6 +87,7 @@ class Arbiter:
         self.board = sb.Scoreboard(max(16, 2 * self.num_workers + 8))
         self.sig_queue: list[str] = []
         self.stopping: str | None = None        # None | "graceful" | "fast"
+        self.stop_signal = signal.SIGTERM
         self.stop_deadline = 0.0
         self.exit_code = 0
         self.boot_error: BootError | None = None
@@ -479,14 +480,23 @@ class Arbiter:
         grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
+        self.stop_signal = sig
+        # Handoff: the dispatcher stops first. Workers drain once it has exited, so nothing is
+        # passed to a worker after it has emptied its channel for the last time.
+        dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
         for w in list(self.workers.values()):
             w.term_at = 0.0
-            self.stop_worker(w, sig)
+            if w.slot == DISPATCHER_SLOT or not dispatchers or how == "fast":
+                self.stop_worker(w, sig)
 
     def step_stop(self) -> bool:
         """True once every worker is gone."""
         if not self.workers:
             return True
+        if not any(w.slot == DISPATCHER_SLOT for w in self.workers.values()):
+            for w in list(self.workers.values()):
+                if not w.term_at:
+                    self.stop_worker(w, self.stop_signal)
         if self.clock() >= self.stop_deadline:
             for w in list(self.workers.values()):
                 log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)

@@ -124,9 +124,10 @@ SETTINGS: list[Setting] = [
             "dispatcher process accepts and passes each connection to the worker --strategy picks).",
             flags=("--dispatch",), choices=("reuseport", "shared", "handoff")),
     Setting("strategy", str, "least_connections",
-            "Balancing strategy of --dispatch handoff: which worker gets the next connection.",
+            "Balancing strategy of --dispatch handoff: which worker gets the next connection "
+            "(load from the scoreboard; hash keys on the client address).",
             flags=("--strategy",), choices=("round_robin", "weighted_round_robin", "least_connections",
-                                            "random", "p2c", "least_latency")),
+                                            "random", "p2c", "least_latency", "hash")),
     Setting("max_requests", _non_negative_int, 0,
             "Recycle a worker after it served this many requests (0: never). Its replacement is "
             "started and ready before it stops, so no request is refused.",

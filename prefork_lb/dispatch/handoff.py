@@ -54,7 +54,7 @@ class Dispatcher:
         self.strategy = _make_strategy(cfg.strategy)
         self.sent: dict[int, int] = {}
         self.entries: dict[int, int] = {}     # slot -> scoreboard entry of its newest ready worker
-        self.pending: list[socket.socket] = []
+        self.pending: list[tuple[socket.socket, Any]] = []   # (connection, client address)
         self.stopping = False
         self.last_sync = 0.0
 
@@ -78,6 +78,10 @@ class Dispatcher:
         strategy = self.strategy
         limit = self.cfg.worker_connections
         known = set(strategy.keys())
+        # A worker with no latency sample yet (just started) counts as typical: the median of
+        # the others. Otherwise least_latency would never try it and it would never get one.
+        samples = sorted(v[2] for v in ready.values() if v[2])
+        typical = samples[len(samples) // 2] if samples else 0
         for slot in known - set(ready):
             strategy.remove(slot)
         for slot, (in_flight, received, latency, conns) in ready.items():
@@ -89,6 +93,7 @@ class Dispatcher:
                 strategy.mark_down(slot)
                 continue
             strategy.mark_up(slot)
+            latency = latency or typical
             strategy.set_load(slot, in_flight + pending, latency / 1e6 if latency else None)
         self.last_sync = time.monotonic()
 
@@ -96,21 +101,24 @@ class Dispatcher:
         """Pass every pending connection to a worker; keep those no worker can take yet."""
         if not self.pending:
             return
-        by_slot: dict[int, list[socket.socket]] = {}
+        by_slot: dict[int, list[tuple[socket.socket, Any]]] = {}
         left = []
-        for conn in self.pending:
-            slot = self.strategy.pick()
+        strategy = self.strategy
+        for item in self.pending:
+            # The client's address is the hint ``hash`` keys on (the others ignore it).
+            addr = item[1]
+            slot = strategy.pick(addr[0] if isinstance(addr, tuple) else None)
             if slot is None:
-                left.append(conn)
+                left.append(item)
                 continue
-            by_slot.setdefault(slot, []).append(conn)
-            self.strategy.on_start(slot)   # the next pick of this batch sees it
+            by_slot.setdefault(slot, []).append(item)
+            strategy.on_start(slot)   # the next pick of this batch sees it
         for slot, conns in by_slot.items():
             for i in range(0, len(conns), BATCH):
                 part = conns[i:i + BATCH]
-                if self.send(slot, part):
+                if self.send(slot, [c for c, _ in part]):
                     self.sent[slot] = self.sent.get(slot, 0) + len(part)
-                    for c in part:
+                    for c, _ in part:
                         c.close()
                 else:
                     left.extend(part)
@@ -133,7 +141,7 @@ class Dispatcher:
         is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
         for _ in range(BATCH):
             try:
-                conn, _ = lsock.accept()
+                conn, addr = lsock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -141,7 +149,7 @@ class Dispatcher:
                 return
             if is_tcp:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pending.append(conn)
+            self.pending.append((conn, addr))
 
     def run(self) -> None:
         ep = select.epoll()
@@ -178,53 +186,14 @@ class Dispatcher:
                 self.dispatch()
                 if self.pending:
                     time.sleep(0.01)
-            for conn in self.pending:
+            for conn, _ in self.pending:
                 conn.close()
             ep.close()
 
 
-class _StandIn:
-    """Least-in-flight over eligible slots. TEMPORARY, until prefork_lb.balance lands."""
-
-    def __init__(self) -> None:
-        self.load: dict[int, int] = {}
-        self.down: set[int] = set()
-
-    def keys(self) -> list[int]:
-        return list(self.load)
-
-    def add(self, key: int) -> None:
-        self.load[key] = 0
-
-    def remove(self, key: int) -> None:
-        self.load.pop(key, None)
-        self.down.discard(key)
-
-    def mark_down(self, key: int) -> None:
-        self.down.add(key)
-
-    def mark_up(self, key: int) -> None:
-        self.down.discard(key)
-
-    def set_load(self, key: int, in_flight: int, latency: float | None) -> None:
-        self.load[key] = in_flight
-
-    def on_start(self, key: int) -> None:
-        self.load[key] += 1
-
-    def pick(self) -> int | None:
-        best = None
-        for k, v in self.load.items():
-            if k not in self.down and (best is None or v < self.load[best]):
-                best = k
-        return best
-
-
 def _make_strategy(name: str) -> Any:
-    try:
-        from prefork_lb.balance import make
-    except ImportError:
-        return _StandIn()
+    from prefork_lb.balance import make
+
     return make(name)
 
 

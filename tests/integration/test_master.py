@@ -4,6 +4,7 @@ queued connections surviving a worker's death, zero failures across a reload."""
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -486,3 +487,20 @@ def test_killed_dispatcher_is_replaced(start) -> None:
     # Connections queued while no dispatcher ran wait in the listener, owned by the master.
     assert {get(m.port, timeout=10)[0] for _ in range(20)} == {200}
     assert "died unexpectedly" in m.text()
+
+
+@pytest.mark.parametrize("strategy", ["round_robin", "weighted_round_robin", "least_connections", "random",
+                                      "p2c", "least_latency", "hash"])
+def test_handoff_with_each_strategy(start, strategy: str) -> None:
+    m = start("-w", "2", "--dispatch", "handoff", "--strategy", strategy)
+    pids = set()
+    for _ in range(40):
+        status, body = get(m.port)
+        assert status == 200
+        pids.add(json.loads(body)["pid"])
+    workers = set(m.workers())
+    assert pids <= workers
+    if strategy != "hash":   # hash keeps one client (127.0.0.1) on one worker, by design
+        assert pids == workers, f"{strategy} used only {pids} of {workers}"
+    else:
+        assert len(pids) == 1

@@ -334,3 +334,12 @@ def test_settings_reference_is_fresh() -> None:
     assert path.is_file(), f"{path} is missing: {regenerate}"
     assert path.read_text() == config.reference_markdown(), (
         f"docs/reference/settings.md is out of date with prefork_lb/config.py: {regenerate}")
+
+
+def test_strategy_choices_are_balancing_strategies() -> None:
+    from prefork_lb.balance import STRATEGIES
+    from prefork_lb.config import BY_NAME
+
+    choices = BY_NAME["strategy"].choices
+    assert choices and set(choices) <= set(STRATEGIES)
+    assert "sticky" not in choices   # needs HTTP cookies: the proxy's, not handoff's
