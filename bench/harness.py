@@ -140,15 +140,18 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return res
 
 
-def wrk_command(url: str, connections: int, duration: int, threads: int = 1) -> list[str]:
-    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url]
+def wrk_command(url: str, connections: int, duration: int, threads: int = 1,
+                new_connection: bool = False) -> list[str]:
+    extra = ["-H", "Connection: close"] if new_connection else []
+    return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url]
 
 
-def run_wrk(url: str, connections: int = 64, duration: int = 10, threads: int = 1) -> dict[str, Any]:
+def run_wrk(url: str, connections: int = 64, duration: int = 10, threads: int = 1,
+            new_connection: bool = False) -> dict[str, Any]:
     """Run wrk (bounded: killed ``duration`` + 30 s in) and return parse_wrk's dict plus the command."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"refusing to load anything but {HOST}: {url}")
-    cmd = wrk_command(url, connections, duration, threads)
+    cmd = wrk_command(url, connections, duration, threads, new_connection)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")

@@ -26,8 +26,14 @@ from bench import harness  # noqa: E402
 APP = "bench.apps:hello"
 PY = sys.executable
 
+def _prefork_lb(dispatch: str) -> Callable[[int, int], list[str]]:
+    return lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w),
+                            "--dispatch", dispatch]
+
+
 SERVERS: dict[str, Callable[[int, int], list[str]]] = {
     "prefork_lb": lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w)],
+    **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in ("reuseport", "shared", "handoff")},
     "gunicorn-gevent": lambda port, w: [PY, "-m", "gunicorn", "-k", "gevent", "-w", str(w),
                                         "--worker-connections", "1000", "-b", f"127.0.0.1:{port}",
                                         "--log-level", "warning", APP],
@@ -64,8 +70,8 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
         harness.wait_http(port, deadline=20.0, proc=proc)
         url = f"http://127.0.0.1:{port}/"
         if args.warmup > 0:
-            harness.run_wrk(url, args.connections, args.warmup, args.threads)
-        res = harness.run_wrk(url, args.connections, args.duration, args.threads)
+            harness.run_wrk(url, args.connections, args.warmup, args.threads, args.new_connection)
+        res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
         if proc.poll() is not None:
             raise harness.ServerError(f"server exited with status {proc.returncode} during the run")
         row.update(rps=res["rps"], p50_ms=res["latency_ms"].get("p50"), p99_ms=res["latency_ms"].get("p99"),
@@ -95,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma-separated, first is the ratio baseline; known: {', '.join(SERVERS)}")
     ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
+    ap.add_argument("--new-connection", action="store_true",
+                    help="a new TCP connection per request (wrk -H 'Connection: close')")
+    ap.add_argument("--name", default="hello", help="result file name part (default: hello)")
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -103,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration < 1 or args.connections < 1 or args.workers < 1 or args.threads < 1:
         ap.error("--duration, --connections, --workers and --threads must be >= 1")
 
-    meta: dict[str, Any] = {"title": "Hello world, keep-alive (bench/run.py)", "machine": harness.machine_info()}
+    kind = "a new connection per request" if args.new_connection else "keep-alive"
+    meta: dict[str, Any] = {"title": f"Hello world, {kind} (bench/run.py)", "machine": harness.machine_info()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefork_lb-bench-") as logdir:
         for name in names:
@@ -123,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
                       "wrk_threads": args.threads, "workers": args.workers, "app": APP,
                       "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections,
-                                                          args.duration, args.threads))}
+                                                          args.duration, args.threads, args.new_connection))}
     meta["commands"] = {r["server"]: r["command"] for r in rows}
     meta["notes"] = NOTES
     if not args.no_save:
-        md, js = harness.write_results("hello", rows, meta, table)
+        md, js = harness.write_results(args.name, rows, meta, table)
         print(f"wrote {md.relative_to(REPO)} and {js.name}", file=sys.stderr)
     return 0 if base else 1
 

@@ -21,10 +21,13 @@ import time
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
-PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN = range(11)
+PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN, FRESH = range(12)
 _TEXT_OFFSET = 128         # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
-LATENCY_ALPHA = 0.2        # weight of a new sample in the worker's latency EWMA
+# Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
+# mix should show similar estimates, so that for least_latency the in-flight term decides; with
+# 0.2 one 50 ms request among 1 ms ones made a worker look ten times slower than its twin.
+LATENCY_ALPHA = 0.05
 _METHOD_BYTES: dict[str, bytes] = {}
 
 EMPTY, BOOTING, READY, RETIRING, DRAINING = 0, 1, 2, 3, 4
@@ -90,7 +93,7 @@ class Scoreboard:
 class WorkerEntry:
     """A worker's writer for its own entry. The per-request methods are on the hot path."""
 
-    __slots__ = ("q", "d", "base", "mv", "text", "in_flight", "conns", "ewma")
+    __slots__ = ("q", "d", "base", "mv", "text", "in_flight", "conns", "ewma", "fresh")
 
     def __init__(self, board: Scoreboard, i: int) -> None:
         self.q = board.q
@@ -100,6 +103,7 @@ class WorkerEntry:
         self.text = i * ENTRY_SIZE + _TEXT_OFFSET
         self.in_flight = 0
         self.conns = 0
+        self.fresh = 0   # connections with no request yet: load that in_flight cannot see
         self.ewma = 0.0
 
     def set_state(self, state: int) -> None:
@@ -137,11 +141,20 @@ class WorkerEntry:
 
     def connection_opened(self) -> None:
         self.conns += 1
+        self.fresh += 1
         self.q[self.base + CONNS] = self.conns
+        self.q[self.base + FRESH] = self.fresh
 
-    def connection_closed(self) -> None:
+    def first_request(self) -> None:
+        """A connection's first request has arrived: it stops counting as fresh."""
+        self.fresh -= 1
+        self.q[self.base + FRESH] = self.fresh
+
+    def connection_closed(self, had_request: bool = True) -> None:
         self.conns -= 1
         self.q[self.base + CONNS] = self.conns
+        if not had_request:
+            self.first_request()
 
     def received(self, n: int) -> None:
         """Connections taken from the handoff channel (the dispatcher counts what it sent)."""

@@ -110,17 +110,14 @@ class Server:
 
     def add_listener(self, sock: socket.socket) -> None:
         """Take a listening socket (ownership passes to the server) and accept on it."""
-        gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
-            sock.family, sock.type, sock.proto, fileno=sock.detach())
-        gs.settimeout(None)   # gevent: None = cooperative blocking; 0 would make accept spin
+        gs = _cooperative(sock)
         self.listeners.append(gs)
         self._accepters.append(gevent.spawn(self._accept_loop, gs))
         self._ensure_watchdog()
 
     def add_handoff_channel(self, sock: socket.socket) -> None:
         """Take connections a dispatcher passes over this channel (SCM_RIGHTS)."""
-        gs = gevent.socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        gs.settimeout(None)
+        gs = _cooperative(sock)
         self.channels.append(gs)
         self._accepters.append(gevent.spawn(self._receive_loop, gs))
         self._ensure_watchdog()
@@ -149,9 +146,7 @@ class Server:
     def serve_connection(self, sock: socket.socket, addr: Any = None) -> gevent.Greenlet:
         """Serve an already-accepted connection (handoff dispatch)."""
         self._ensure_watchdog()
-        gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
-            sock.family, sock.type, sock.proto, fileno=sock.detach())
-        gs.settimeout(None)
+        gs = _cooperative(sock)
         if addr is None:
             try:
                 addr = gs.getpeername()
@@ -190,7 +185,7 @@ class Server:
         finally:
             self.connections.discard(conn)
             if board is not None:
-                board.connection_closed()
+                board.connection_closed(conn.had_request)
             try:
                 sock.close()
             except OSError:
@@ -297,6 +292,15 @@ class Server:
         return clean
 
 
+def _cooperative(sock: socket.socket) -> gevent.socket.socket:
+    """A gevent socket owning ``sock``'s descriptor, in cooperative blocking mode (timeout None:
+    a timeout of 0 would make accept and recv fail at once instead of waiting)."""
+    gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
+        sock.family, sock.type, sock.proto, fileno=sock.detach())
+    gs.settimeout(None)
+    return gs
+
+
 def _decode_path(path: bytes) -> str:
     if b"%" in path:
         path = unquote_to_bytes(path)
@@ -307,7 +311,7 @@ class Connection(BodySource):
     __slots__ = (
         "server", "sock", "app", "parser", "base_env", "greenlet", "wait_until", "idle", "status",
         "out_headers", "headers_sent", "chunked", "close_after", "bytes_sent", "req", "is_head",
-        "resp_length", "continue_sent", "partial", "raw", "read_event", "hub",
+        "resp_length", "continue_sent", "partial", "raw", "read_event", "hub", "had_request",
     )
 
     def __init__(self, server: Server, sock: gevent.socket.socket, addr: Any) -> None:
@@ -319,6 +323,7 @@ class Connection(BodySource):
         self.greenlet = gevent.getcurrent()
         self.wait_until = 0.0
         self.idle = False   # True only between requests on a kept-alive connection
+        self.had_request = False
         self.partial = False
         # The per-request path calls the underlying socket directly and waits on gevent's own
         # read watcher: one syscall fewer per request than gevent's recv (which tries first),
@@ -399,7 +404,12 @@ class Connection(BodySource):
                     self.wait_until = 0.0
                     self.idle = False
                 req = requests[0]
-                fresh = False
+                if fresh:
+                    fresh = False
+                    self.had_request = True
+                    board = self.server.board
+                    if board is not None:
+                        board.first_request()
                 if not self._handle_request(req):
                     return
                 requests.popleft()

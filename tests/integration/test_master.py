@@ -171,20 +171,7 @@ def test_reload_under_load_fails_no_request(start, mode: str) -> None:
     stop = threading.Event()
     failures: list[str] = []
     ok = [0]
-
-    def client() -> None:
-        deadline = time.monotonic() + 20
-        while not stop.is_set() and time.monotonic() < deadline:
-            try:
-                status, _ = get(m.port)
-                if status == 200:
-                    ok[0] += 1
-                else:
-                    failures.append(str(status))
-            except OSError as exc:
-                failures.append(repr(exc))
-
-    threads = [threading.Thread(target=client) for _ in range(4)]
+    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
     for t in threads:
         t.start()
     wait_for(lambda: ok[0] > 50, what="load")
