@@ -40,6 +40,7 @@ from prefork_lb.http.errors import HTTPError, RequestTimeout
 from prefork_lb.http.parser import Limits, Request, RequestParser
 from prefork_lb.http.response import CONTINUE, SERVER_LINE, app_head, refresh_date, simple_response
 from prefork_lb.worker.wsgi import (
+    EMPTY_INPUT,
     ENV_KEYS,
     BodySource,
     ClientDisconnected,
@@ -527,7 +528,7 @@ class Connection(BodySource):
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value.decode("latin-1")
             else:
                 env[key] = value.decode("latin-1")
-        env["wsgi.input"] = Input(self, req)
+        env["wsgi.input"] = EMPTY_INPUT if req.complete and not req.chunks else Input(self, req)
         return env
 
     def start_response(self, status: str, headers: list[tuple[str, str]],
@@ -551,8 +552,9 @@ class Connection(BodySource):
         status = self.status
         if status is None:
             raise AssertionError("the app returned without calling start_response")
-        ah = app_head(status, self.out_headers)   # type: ignore[arg-type]
+        ah = app_head(status, self.out_headers or [])
         req = self.req
+        assert req is not None
         code = ah.code
         bodiless_status = code < 200 or code == 204 or code == 304
         no_body = self.is_head or bodiless_status
@@ -563,7 +565,7 @@ class Connection(BodySource):
             out += f"Content-Length: {known_length}\r\n"
         self.resp_length = None if no_body else length
         if length is None and not no_body:
-            if req.version == "HTTP/1.1":   # type: ignore[union-attr]
+            if req.version == "HTTP/1.1": 
                 self.chunked = True
                 out += "Transfer-Encoding: chunked\r\n"
             else:
@@ -573,13 +575,13 @@ class Connection(BodySource):
         server = self.server
         if not ah.has_server and server.options.server_header:
             out += SERVER_LINE
-        if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:  # type: ignore[union-attr]
+        if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:
             self.close_after = True
-        elif not req.complete and not self._will_drain(req):  # type: ignore[arg-type]
+        elif not req.complete and not self._will_drain(req):
             self.close_after = True   # say so now: a client must not reuse this connection
         if self.close_after:
             out += "Connection: close\r\n\r\n"
-        elif req.version == "HTTP/1.0":   # type: ignore[union-attr]
+        elif req.version == "HTTP/1.0": 
             out += "Connection: keep-alive\r\n\r\n"
         else:
             out += "\r\n"

@@ -113,6 +113,19 @@ class Input:
         self._req.discard = True
 
 
+def _empty_input() -> Input:
+    from prefork_lb.http.parser import Request
+
+    req = Request()
+    req.complete = True
+    return Input(BodySource(), req)
+
+
+# One shared, stateless wsgi.input for requests that have no body (most GETs): it reads as
+# empty and never pulls, so no per-request object is needed.
+EMPTY_INPUT = _empty_input()
+
+
 class FileWrapper:
     """wsgi.file_wrapper: served with os.sendfile when the file is a regular file."""
 

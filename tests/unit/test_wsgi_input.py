@@ -80,3 +80,12 @@ def test_client_disconnect_surfaces() -> None:
     inp, _ = make([b"abc"], eof_early=True)
     with pytest.raises(ClientDisconnected):
         inp.read()
+
+
+def test_the_shared_empty_input_stays_empty() -> None:
+    from prefork_lb.worker.wsgi import EMPTY_INPUT
+
+    assert EMPTY_INPUT.read() == b"" and EMPTY_INPUT.read(10) == b""
+    assert EMPTY_INPUT.readline() == b"" and EMPTY_INPUT.readlines() == [] and list(EMPTY_INPUT) == []
+    EMPTY_INPUT.drain()
+    assert EMPTY_INPUT.read() == b""
