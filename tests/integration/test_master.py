@@ -107,6 +107,47 @@ class Master:
         self._log_f.close()
 
 
+class Load:
+    """Four client threads, each sending GET /json in a loop (new connection each, at most
+    30 s), counting answers and failures, until the block ends."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.ok = [0]
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self._client) for _ in range(4)]
+
+    def _client(self) -> None:
+        deadline = time.monotonic() + 30
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            try:
+                status, _ = get(self.port)
+                if status == 200:
+                    self.ok[0] += 1
+                else:
+                    self.failures.append(str(status))
+            except OSError as exc:
+                self.failures.append(repr(exc))
+
+    def served(self) -> int:
+        return self.ok[0]
+
+    def wait_more(self, n: int = 50) -> None:
+        seen = self.served()
+        wait_for(lambda: self.served() > seen + n, what=f"{n} more requests served")
+
+    def __enter__(self) -> Load:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(timeout=30)
+
+
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:
     started: list[Master] = []
@@ -168,22 +209,13 @@ def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> No
 def test_reload_under_load_fails_no_request(start, mode: str) -> None:
     m = start("-w", "2", "--dispatch", mode, "--graceful-timeout", "10")
     old = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
-    stop = threading.Event()
-    failures: list[str] = []
-    ok = [0]
-    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    wait_for(lambda: ok[0] > 50, what="load")
-    m.signal(signal.SIGHUP)
-    wait_for(lambda: len(set(m.workers()) - set(old)) == 2 and not set(m.workers()) & set(old),
-             what="old workers replaced")
-    seen = ok[0]
-    wait_for(lambda: ok[0] > seen + 50, what="load after reload")
-    stop.set()
-    for t in threads:
-        t.join(timeout=30)
-    assert failures == []
+    with Load(m.port) as load:
+        load.wait_more()
+        m.signal(signal.SIGHUP)
+        wait_for(lambda: len(set(m.workers()) - set(old)) == 2 and not set(m.workers()) & set(old),
+                 what="old workers replaced")
+        load.wait_more()
+    assert load.failures == []
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -249,32 +281,13 @@ def test_process_titles(start) -> None:
     assert psutil.Process(w).cmdline()[0].startswith("prefork_lb: worker 0 [prefork_lb.demo:app]")
 
 
-def _load(port: int, stop: threading.Event, failures: list[str], ok: list[int]) -> None:
-    deadline = time.monotonic() + 30
-    while not stop.is_set() and time.monotonic() < deadline:
-        try:
-            status, _ = get(port)
-            if status == 200:
-                ok[0] += 1
-            else:
-                failures.append(str(status))
-        except OSError as exc:
-            failures.append(repr(exc))
-
-
 @pytest.mark.parametrize("mode", MODES)
 def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> None:
     pidfile = tmp_path / "master.pid"
     m = start("-w", "2", "--dispatch", mode, "-p", str(pidfile))
     old_workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
-    stop = threading.Event()
-    failures: list[str] = []
-    ok = [0]
-    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        wait_for(lambda: ok[0] > 50, what="load")
+    with Load(m.port) as load:
+        load.wait_more()
         m.signal(signal.SIGUSR2)
         # The old master exits (0) once the new one is ready and has asked it to drain.
         assert m.proc.wait(timeout=30) == 0
@@ -286,13 +299,8 @@ def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> Non
 
         new_workers = wait_for(lambda: len(new_children()) == 2 and new_children(), what="new workers")
         assert not set(new_workers) & set(old_workers)
-        seen = ok[0]
-        wait_for(lambda: ok[0] > seen + 50, what="load served by the new master")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-    assert failures == []
+        load.wait_more()   # served by the new master
+    assert load.failures == []
     assert "Binary upgrade: asking the old master" in m.text()
 
 
@@ -400,23 +408,12 @@ def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
     away from the slot (BPF) and its worker accepts what was queued before closing."""
     m = start("-w", "3", "--dispatch", mode)
     wait_for(lambda: len(m.workers()) == 3, what="3 workers")
-    stop = threading.Event()
-    failures: list[str] = []
-    ok = [0]
-    threads = [threading.Thread(target=_load, args=(m.port, stop, failures, ok)) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with Load(m.port) as load:
         for n_after, sig in ((2, signal.SIGTTOU), (1, signal.SIGTTOU), (2, signal.SIGTTIN), (1, signal.SIGTTOU)):
-            seen = ok[0]
             m.signal(sig)
             wait_for(lambda n=n_after: len(m.workers()) == n, what=f"{n_after} workers")
-            wait_for(lambda s=seen: ok[0] > s + 30, what="load continues")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
-    assert failures == []
+            load.wait_more(30)
+    assert load.failures == []
 
 
 def test_blocked_worker_is_aborted_and_the_log_names_the_request(start) -> None:
