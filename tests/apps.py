@@ -327,3 +327,10 @@ def block_loop(environ: Environ, start_response: StartResponse) -> Iterable[byte
             pass
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
     return [b"ok"]
+
+
+def scheme(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Answers with wsgi.url_scheme (for forwarded-header tests)."""
+    body = environ["wsgi.url_scheme"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -93,6 +93,9 @@ class Server:
         self.options = options or ServerOptions()
         self.access_log = access_log
         self.board = board   # the worker's scoreboard entry (request_started/finished), or None
+        # Called with (environ, request) before the app, or None (the gunicorn worker class
+        # uses it for pre_request and forwarded_allow_ips).
+        self.before_request: Callable[[dict[str, Any], Request], None] | None = None
         # A listener shared with other processes: yield after each accept, so a burst is
         # spread over the workers instead of drained by whichever woke first.
         self.shared_accept = shared_accept
@@ -207,7 +210,7 @@ class Server:
                 if conn.wait_until and now >= conn.wait_until:
                     self._interrupt(conn, idle_only=False)
 
-    def _interrupt(self, conn: Connection, idle_only: bool) -> None:
+    def _interrupt(self, conn: Connection, idle_only: bool, silent_too: bool = False) -> None:
         """Raise _Deadline in a connection that waits to read, from the hub's loop.
 
         The check is repeated inside the callback: by then the connection may have received
@@ -219,7 +222,9 @@ class Server:
             if g is None or g.dead:
                 return
             if idle_only:
-                if not conn.idle or conn.partial or not conn.wait_until:
+                # Idle keep-alive; with silent_too also a new connection that has sent nothing.
+                waiting = conn.idle or (silent_too and not conn.had_request)
+                if not waiting or conn.partial or not conn.wait_until:
                     return
             elif not conn.wait_until or self.now < conn.wait_until:
                 return
@@ -278,10 +283,14 @@ class Server:
         deadline = time.monotonic() + timeout
         # The pool, not self.connections: a connection accepted a moment ago may not have
         # started running yet, and killing it unstarted would reset a client we accepted.
+        silent_grace = time.monotonic() + 1.0
         while len(self.pool):
+            # A new connection gets a second to send its request; one that sends nothing
+            # (a port probe, a client gone quiet) must not hold the drain for header_timeout.
+            silent_too = time.monotonic() >= silent_grace
             for conn in list(self.connections):
-                if conn.idle:
-                    self._interrupt(conn, idle_only=True)
+                if conn.idle or silent_too:
+                    self._interrupt(conn, idle_only=True, silent_too=silent_too)
             if time.monotonic() >= deadline:
                 break
             gevent.sleep(0.05)
@@ -565,7 +574,7 @@ class Connection(BodySource):
             out += f"Content-Length: {known_length}\r\n"
         self.resp_length = None if no_body else length
         if length is None and not no_body:
-            if req.version == "HTTP/1.1": 
+            if req.version == "HTTP/1.1":
                 self.chunked = True
                 out += "Transfer-Encoding: chunked\r\n"
             else:
@@ -581,7 +590,7 @@ class Connection(BodySource):
             self.close_after = True   # say so now: a client must not reuse this connection
         if self.close_after:
             out += "Connection: close\r\n\r\n"
-        elif req.version == "HTTP/1.0": 
+        elif req.version == "HTTP/1.0":
             out += "Connection: keep-alive\r\n\r\n"
         else:
             out += "\r\n"
@@ -667,6 +676,8 @@ class Connection(BodySource):
             self.is_head = True
         env = self._environ(req)
         server = self.server
+        if server.before_request is not None:
+            server.before_request(env, req)
         access = server.access_log
         t0 = time.time() if access is not None else 0.0
         board = server.board

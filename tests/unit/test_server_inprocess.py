@@ -74,3 +74,13 @@ def test_bad_request_on_handed_connection_gets_400_and_close(pair) -> None:
     assert data.startswith(b"HTTP/1.1 400 ")
     assert server.requests_served == 0
     server.drain(timeout=1)
+
+
+def test_drain_closes_a_silent_new_connection_after_a_grace(pair) -> None:
+    server_side, client = pair
+    server = Server(app, ServerOptions(header_timeout=60))
+    server.serve_connection(server_side)
+    gevent.sleep(0.05)   # the connection is being served: fresh, nothing sent
+    with gevent.Timeout(10):
+        assert server.drain(timeout=30)   # well before the 60 s header timeout
+        assert client.recv(10) == b""

@@ -1,0 +1,168 @@
+"""Real gunicorn running our worker class: gunicorn -k prefork_lb.gunicorn.Worker."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+pytest.importorskip("gunicorn")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(pred, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Gunicorn:
+    def __init__(self, tmp: Path, app: str, *args: str) -> None:
+        self.port = free_port()
+        self.log = tmp / "gunicorn.log"
+        self._f = open(self.log, "wb")
+        cmd = [sys.executable, "-m", "gunicorn", "-k", "prefork_lb.gunicorn.Worker", "-b",
+               f"127.0.0.1:{self.port}", "--control-socket", str(tmp / "ctl.sock"), *args, app]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._f, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        def up() -> bool:
+            assert self.proc.poll() is None, self.text()
+            try:
+                return get(self.port)[0] > 0
+            except OSError:
+                return False
+        wait_for(up, what="gunicorn answering")
+
+    def workers(self) -> list[int]:
+        try:
+            return sorted(c.pid for c in psutil.Process(self.proc.pid).children()
+                          if c.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=15)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=5)
+        self._f.close()
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator:
+    started: list[Gunicorn] = []
+
+    def _start(app: str, *args: str) -> Gunicorn:
+        g = Gunicorn(tmp_path, app, *args)
+        started.append(g)
+        g.wait_ready()
+        return g
+
+    yield _start
+    for g in started:
+        g.stop()
+
+
+def test_serves_and_writes_gunicorns_access_log(gunicorn) -> None:
+    g = gunicorn("prefork_lb.demo:app", "-w", "2", "--access-logfile", "-",
+                 "--access-logformat", '%(m)s %(U)s %(s)s %({x-test}i)s')
+    status, body = get(g.port, "/json", {"X-Test": "abc"})
+    assert status == 200 and b'"pid"' in body
+    wait_for(lambda: "GET /json 200 abc" in g.text(), what="access log line")
+    g.proc.send_signal(signal.SIGTERM)
+    assert g.proc.wait(timeout=40) == 0
+
+
+def test_limits_and_strict_parsing_apply(gunicorn) -> None:
+    g = gunicorn("prefork_lb.demo:app", "-w", "1", "--limit-request-line", "100")
+    assert get(g.port, "/" + "a" * 200)[0] == 414
+    with socket.create_connection(("127.0.0.1", g.port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        assert s.recv(100).startswith(b"HTTP/1.1 400")
+
+
+def test_max_requests_restarts_the_worker(gunicorn) -> None:
+    g = gunicorn("prefork_lb.demo:app", "-w", "1", "--max-requests", "5")
+    (first,) = wait_for(lambda: g.workers(), what="worker")
+    for _ in range(8):
+        get(g.port)
+    wait_for(lambda: g.workers() and first not in g.workers(), what="worker restarted")
+    assert get(g.port)[0] == 200
+
+
+def test_forwarded_proto_trusted_only_from_allowed_ips(gunicorn) -> None:
+    g = gunicorn("tests.apps:scheme", "-w", "1", "--forwarded-allow-ips", "127.0.0.1")
+    assert get(g.port, headers={"X-Forwarded-Proto": "https"}) == (200, b"https")
+    assert get(g.port) == (200, b"http")
+    g2 = gunicorn("tests.apps:scheme", "-w", "1", "--forwarded-allow-ips", "10.9.9.9")
+    assert get(g2.port, headers={"X-Forwarded-Proto": "https"}) == (200, b"http")
+
+
+def test_request_hooks_and_timeout_with_worker_abort(gunicorn, tmp_path: Path) -> None:
+    out = tmp_path / "hooks.log"
+    conf = tmp_path / "gconf.py"
+    conf.write_text(
+        f"OUT = {str(out)!r}\n"
+        "def _w(line):\n"
+        "    with open(OUT, 'a') as f:\n"
+        "        f.write(line + '\\n')\n"
+        "def post_worker_init(worker): _w('post_worker_init')\n"
+        "def pre_request(worker, req): _w(f'pre {req.method} {req.path}')\n"
+        "def post_request(worker, req, environ, resp): _w(f'post {req.path} {resp.status_code}')\n"
+        "def worker_abort(worker): _w('worker_abort')\n"
+    )
+    g = gunicorn("tests.apps:block_loop", "-w", "1", "--timeout", "2", "-c", str(conf))
+    (first,) = wait_for(lambda: g.workers(), what="worker")
+    assert get(g.port, "/hello") == (200, b"ok")
+    text = out.read_text()
+    assert "post_worker_init" in text and "pre GET /hello" in text and "post /hello 200" in text
+    try:
+        get(g.port, "/block")
+    except OSError:
+        pass   # the blocked worker is killed under this request
+    wait_for(lambda: "WORKER TIMEOUT" in g.text(), what="gunicorn's timeout")
+    wait_for(lambda: "worker_abort" in out.read_text(), what="worker_abort hook")
+    wait_for(lambda: g.workers() and first not in g.workers(), what="replacement worker")
