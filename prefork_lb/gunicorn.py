@@ -100,6 +100,8 @@ class Worker(_BaseWorker):
     """gunicorn worker class: ``-k prefork_lb.gunicorn.Worker``."""
 
     server: Server | None = None
+    sockets: list[Any]   # gunicorn's, set in its __init__
+    alive: bool
 
     def patch(self) -> None:
         monkey.patch_all()
