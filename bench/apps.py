@@ -42,3 +42,26 @@ def mixed(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[b
     _spin(0.050 if environ.get("PATH_INFO") == "/slow" else 0.001)
     start_response("200 OK", list(_HEADERS))
     return [BODY]
+
+
+def _fib(n: int) -> int:
+    return n if n < 2 else _fib(n - 1) + _fib(n - 2)
+
+
+def compute_inline(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """/compute: fib(27) in the request's own worker; anything else: trivial."""
+    body = str(_fib(27)).encode() if environ.get("PATH_INFO") == "/compute" else BODY
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def compute_offload(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """/compute: fib(27) in the worker's offload pool; anything else: trivial."""
+    if environ.get("PATH_INFO") == "/compute":
+        from prefork_lb import offload
+
+        body = str(offload(_fib, 27)).encode()
+    else:
+        body = BODY
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

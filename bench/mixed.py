@@ -31,6 +31,18 @@ from bench import harness, openloop  # noqa: E402
 APP = "bench.apps:mixed"
 
 
+def offload_commands(port: int, workers: int) -> dict[str, list[str]]:
+    """The offload scenario: /compute is fib(27), inline or in the worker's offload pool."""
+    py = sys.executable
+    b = ["-b", f"127.0.0.1:{port}", "-w", str(workers), "--log-level", "warning"]
+    return {
+        "prefork_lb inline": [py, "-m", "prefork_lb", "bench.apps:compute_inline", *b],
+        "prefork_lb offload": [py, "-m", "prefork_lb", "bench.apps:compute_offload", *b],
+        "gunicorn -k gevent inline": [py, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
+                                      f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:compute_inline"],
+    }
+
+
 def commands(port: int, workers: int) -> dict[str, list[str]]:
     py = sys.executable
     base = [py, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--log-level", "warning"]
@@ -51,18 +63,25 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--slow-share", type=float, default=0.05)
     ap.add_argument("--servers", default="", help="comma-separated subset of the server names")
+    ap.add_argument("--scenario", choices=("dispatch", "offload"), default="dispatch",
+                    help="dispatch: 1 ms / 50 ms CPU per request, compared over dispatch modes; offload: "
+                    "trivial requests and fib(27) (/compute) inline vs in the offload pool")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
-    mix = [("/fast", 1 - args.slow_share), ("/slow", args.slow_share)]
+    offload = args.scenario == "offload"
+    fast, slow = ("/", "/compute") if offload else ("/fast", "/slow")
+    mix = [(fast, 1 - args.slow_share), (slow, args.slow_share)]
+    make_commands = offload_commands if offload else commands
+    base_name = "prefork_lb inline" if offload else "prefork_lb reuseport"
     rows = []
     base_p99 = None
-    names = list(commands(0, args.workers))
+    names = list(make_commands(0, args.workers))
     if args.servers:
         wanted = [s.strip() for s in args.servers.split(",")]
         names = [n for n in names if n in wanted]
     for name in names:
         port = harness.free_port()
-        cmd = commands(port, args.workers)[name]
+        cmd = make_commands(port, args.workers)[name]
         print(f"[{name}] {args.rate:g} req/s for {args.duration:g} s ...", file=sys.stderr)
         proc = harness.start_server(cmd, cwd=ROOT)
         try:
@@ -71,37 +90,41 @@ def main() -> None:
             res = openloop.run("127.0.0.1", port, args.rate, args.duration, mix, seed=11)
         finally:
             harness.stop(proc)
-        fast_p99 = res.pct("/fast", 0.99) * 1000
-        if name == "prefork_lb reuseport":
+        fast_p99 = res.pct(fast, 0.99) * 1000
+        if name == base_name:
             base_p99 = fast_p99
         lag = sorted(res.send_lag)
         rows.append({
             "server": name,
             "sent": res.sent,
-            "fast p50 ms": round(res.pct("/fast", 0.50) * 1000, 2),
+            "fast p50 ms": round(res.pct(fast, 0.50) * 1000, 2),
             "fast p99 ms": round(fast_p99, 2),
-            "fast p99.9 ms": round(res.pct("/fast", 0.999) * 1000, 2),
-            "slow p50 ms": round(res.pct("/slow", 0.50) * 1000, 2),
+            "fast p99.9 ms": round(res.pct(fast, 0.999) * 1000, 2),
+            "slow p50 ms": round(res.pct(slow, 0.50) * 1000, 2),
             "errors": sum(res.errors.values()),
-            "fast p99 vs reuseport": round(fast_p99 / base_p99, 2) if base_p99 else "",
+            "fast p99 vs base": round(fast_p99 / base_p99, 2) if base_p99 else "",
             "send lag p99 ms": round(lag[int(0.99 * (len(lag) - 1))] * 1000, 2) if lag else 0,
             "command": " ".join(cmd[1:]),
         })
     headers = ["server", "sent", "fast p50 ms", "fast p99 ms", "fast p99.9 ms", "slow p50 ms", "errors",
-               "fast p99 vs reuseport", "send lag p99 ms"]
+               "fast p99 vs base", "send lag p99 ms"]
     table = harness.markdown_table(headers, [[r[h] for h in headers] for r in rows])
     print(table)
     if not args.no_save:
-        meta = {"title": "Mixed workload (95% ~1 ms, 5% ~50 ms CPU), open loop",
+        title = ("Offload: trivial requests and fib(27), open loop" if offload
+                 else "Mixed workload (95% ~1 ms, 5% ~50 ms CPU), open loop")
+        meta = {"title": title,
                 "params": {"rate (req/s)": args.rate, "duration (s)": args.duration, "workers": args.workers,
                            "slow share": args.slow_share,
                            "load generator (this run)": "bench/openloop.py: asyncio, Poisson arrivals, a new "
                            "connection per request, latency from the intended send time"},
                 "commands": {r["server"]: r["command"] for r in rows},
                 "notes": ["wrk is only used for its version line in the machine summary; it does not run here.",
-                          "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's."],
+                          f"base: {base_name}",
+                          "Target: trivial-request p99 with offload <= 0.2x inline's." if offload
+                          else "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's."],
                 "machine": harness.machine_info()}
-        harness.write_results("mixed", rows, meta, table=table)
+        harness.write_results("offload" if offload else "mixed", rows, meta, table=table)
 
 
 if __name__ == "__main__":

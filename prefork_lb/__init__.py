@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "run"]
+__all__ = ["OffloadPool", "__version__", "offload", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: the offload module is not needed by a master or a proxy.
+    # ``prefork_lb.offload`` is a module that can be called like the function it exports.
+    if name in ("offload", "OffloadPool"):
+        import importlib
+
+        module = importlib.import_module("prefork_lb.offload")
+        return module if name == "offload" else module.OffloadPool
+    raise AttributeError(name)
 
 
 def run(app: Any, **settings: Any) -> int:

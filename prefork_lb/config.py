@@ -72,6 +72,13 @@ def _bool(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _offload_count(value: Any) -> int:
+    """'auto' (-1: CPUs divided among the workers) or a count (0: off)."""
+    if str(value).strip().lower() in ("auto", "-1"):
+        return -1
+    return _non_negative_int(value)
+
+
 def _default_workers() -> int:
     return os.cpu_count() or 1
 
@@ -139,6 +146,12 @@ SETTINGS: list[Setting] = [
             flags=("-p", "--pid"), metavar="FILE"),
     Setting("proc_name", _optional_str, None, "Name shown in process titles (default: the app path).",
             flags=("-n", "--name"), metavar="NAME"),
+    Setting("offload_processes", _offload_count, -1,
+            "Processes in each worker's CPU offload pool (prefork_lb.offload, also "
+            "environ['prefork_lb.offload']). auto: the CPUs divided among the workers, at least 1, so "
+            "all pools together fill the machine without oversubscribing it; they start on first "
+            "use. 0: no pool is offered in the environ.",
+            flags=("--offload-processes",), metavar="N|auto", default_doc="auto"),
     Setting("worker_connections", _positive_int, 1000,
             "Most connections one worker serves at once; further ones wait in the listen backlog.",
             flags=("--worker-connections",), metavar="N"),

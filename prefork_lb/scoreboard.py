@@ -21,7 +21,8 @@ import time
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
-PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN, FRESH = range(12)
+(PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN, FRESH,
+ OFFLOAD_BUSY, OFFLOAD_IDLE) = range(14)
 _TEXT_OFFSET = 128         # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
@@ -81,6 +82,7 @@ class Scoreboard:
             "heartbeat_age": round(time.monotonic() - d[base + HEARTBEAT], 3),
             "in_flight": q[base + IN_FLIGHT], "served": q[base + SERVED],
             "connections": q[base + CONNS], "latency_us": q[base + LATENCY],
+            "offload_busy": q[base + OFFLOAD_BUSY], "offload_idle": q[base + OFFLOAD_IDLE],
             "current_request": self.current_request(i) if q[base + IN_FLIGHT] else "",
         }
 
@@ -155,6 +157,11 @@ class WorkerEntry:
         self.q[self.base + CONNS] = self.conns
         if not had_request:
             self.first_request()
+
+    def offload(self, busy: int, idle: int) -> None:
+        """The worker's offload pool, as of its last heartbeat."""
+        self.q[self.base + OFFLOAD_BUSY] = busy
+        self.q[self.base + OFFLOAD_IDLE] = idle
 
     def received(self, n: int) -> None:
         """Connections taken from the handoff channel (the dispatcher counts what it sent)."""

@@ -334,3 +334,25 @@ def scheme(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     body = environ["wsgi.url_scheme"].encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def fib(n: int) -> int:
+    return n if n < 2 else fib(n - 1) + fib(n - 2)
+
+
+def compute(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """/offload/N: fib(N) in the worker's offload pool; /inline/N: in the worker; /pids: the
+    worker's pid and its pool processes; anything else: 'ok' at once."""
+    parts = environ["PATH_INFO"].strip("/").split("/")
+    if parts[0] == "offload":
+        body = str(environ["prefork_lb.offload"](fib, int(parts[1]))).encode()
+    elif parts[0] == "inline":
+        body = str(fib(int(parts[1]))).encode()
+    elif parts[0] == "pids":
+        from prefork_lb.offload import default_pool
+
+        body = json.dumps({"worker": os.getpid(), "pool": default_pool().pids()}).encode()
+    else:
+        body = b"ok"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -87,6 +87,14 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
 
     from prefork_lb.worker import process
 
+    # The offload pool (prefork_lb.offload) reads its size from the environment when the app
+    # first uses it; its processes are fresh interpreters, so they inherit neither the gevent
+    # hub nor any listener, and they exit with this worker (SIGKILL included).
+    n_offload = cfg.offload_processes
+    if n_offload < 0:
+        n_offload = max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+    if n_offload:
+        os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(n_offload)
     process.patch()
     from prefork_lb.app import AppLoadError, load_app
 
@@ -109,7 +117,12 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     from prefork_lb.worker.server import Server, ServerOptions
 
     access = AccessLog(cfg.access_log_format, cfg.access_logfile) if cfg.access_logfile else None
-    server = Server(app, ServerOptions.from_config(cfg), access_log=access, board=entry,
+    options = ServerOptions.from_config(cfg)
+    if n_offload:
+        from prefork_lb.offload import offload
+
+        options.extra_environ["prefork_lb.offload"] = offload
+    server = Server(app, options, access_log=access, board=entry,
                     shared_accept=cfg.dispatch == "shared")
     if cfg.dispatch == "handoff":
         for sock in listeners:
@@ -125,8 +138,14 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     def heartbeat() -> None:
         interval = max(0.05, min(1.0, (cfg.timeout or 4.0) / 4))
         retiring = False
+        from prefork_lb import offload as offload_mod
+
         while True:
             entry.beat()
+            pool = offload_mod._default_pool   # only if the app has started it
+            if pool is not None:
+                st = pool.stats()
+                entry.offload(st["busy"], st["idle"])
             if os.getppid() != master_pid:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 stop(True)

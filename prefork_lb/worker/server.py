@@ -69,6 +69,7 @@ class ServerOptions:
     worker_connections: int = 1000
     server_header: bool = True
     url_scheme: str = "http"
+    extra_environ: dict[str, Any] = field(default_factory=dict)   # added to every request's environ
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
@@ -357,6 +358,8 @@ class Connection(BodySource):
             server_name, server_port = str(local or "localhost"), ""
         self.base_env = base_environ(server_name, server_port, remote_addr, remote_port, opts.root_path,
                                      opts.url_scheme, sys.stderr)
+        if opts.extra_environ:
+            self.base_env.update(opts.extra_environ)
         self._reset(None)
 
     def _reset(self, req: Request | None) -> None:

@@ -488,3 +488,44 @@ def test_handoff_with_each_strategy(start, strategy: str) -> None:
         assert pids == workers, f"{strategy} used only {pids} of {workers}"
     else:
         assert len(pids) == 1
+
+
+# -- the offload pool inside real workers -------------------------------------------------
+
+
+def test_offloaded_computation_does_not_stall_other_requests(start) -> None:
+    m = start("-w", "1", "--offload-processes", "1", app="tests.apps:compute")
+    assert get(m.port, "/offload/20") == (200, b"6765")
+    done: list[tuple[int, bytes]] = []
+    t = threading.Thread(target=lambda: done.append(get(m.port, "/offload/31", timeout=60)))
+    t.start()
+    # While fib(31) runs in the pool, the worker keeps answering.
+    quick = 0
+    deadline = time.monotonic() + 30
+    while not done and time.monotonic() < deadline:
+        assert get(m.port, "/", timeout=5) == (200, b"ok")
+        quick += 1
+    t.join(timeout=60)
+    assert done == [(200, b"1346269")]
+    assert quick >= 3, "the worker answered nothing while the pool computed"
+
+
+def test_pool_processes_die_with_their_worker(start) -> None:
+    m = start("-w", "1", "--offload-processes", "2", app="tests.apps:compute")
+    assert get(m.port, "/offload/15")[0] == 200
+    info = json.loads(get(m.port, "/pids")[1])
+    pool = info["pool"]
+    assert pool, "the pool started"
+    os.kill(info["worker"], signal.SIGKILL)
+
+    def gone() -> bool:
+        for pid in pool:
+            try:
+                if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    return False
+            except psutil.NoSuchProcess:
+                pass
+        return True
+
+    wait_for(gone, timeout=10, what="pool processes exit after their worker's SIGKILL")
+    wait_for(lambda: get(m.port, "/offload/10") == (200, b"55"), what="the replacement worker's pool")

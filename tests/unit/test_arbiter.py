@@ -274,3 +274,10 @@ def test_master_wakes_when_a_back_off_ends(fake: FakeOS) -> None:
     fake.exit(pid, code=1)
     arb.reap()
     assert 0 < arb.sleep_time() <= arb.next_spawn[0] - fake.now + 1e-9
+
+
+def test_scoreboard_shows_offload_pool_use() -> None:
+    board = sb.Scoreboard(4)
+    board.handle(2).offload(busy=1, idle=3)
+    snap = board.snapshot(2)
+    assert (snap["offload_busy"], snap["offload_idle"]) == (1, 3)

@@ -343,3 +343,13 @@ def test_strategy_choices_are_balancing_strategies() -> None:
     choices = BY_NAME["strategy"].choices
     assert choices and set(choices) <= set(STRATEGIES)
     assert "sticky" not in choices   # needs HTTP cookies: the proxy's, not handoff's
+
+
+def test_offload_processes_auto_number_or_off() -> None:
+    from prefork_lb.config import build
+
+    assert build({}, environ={}).offload_processes == -1          # auto
+    assert build({"offload_processes": "3"}, environ={}).offload_processes == 3
+    assert build({"offload_processes": "0"}, environ={}).offload_processes == 0
+    with pytest.raises(ConfigError):
+        build({"offload_processes": "-2"}, environ={})
