@@ -53,6 +53,7 @@ _STATUS_OK = 0
 _STATUS_ERROR = 1
 PR_SET_PDEATHSIG = 1
 _ENV_PROCESSES = "PREFORK_LB_OFFLOAD_PROCESSES"
+_NICE = 10   # scheduling niceness added to pool processes
 _CLOSE_GRACE_S = 1.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -693,6 +694,12 @@ def _child_main() -> None:
     if os.getppid() != parent_pid:
         os._exit(0)  # the owner died before the death signal was armed
     os.set_blocking(fd, True)  # a socketpair made under gevent comes non-blocking
+    # CPU work yields the CPU to the event loops that serve requests: when cores are scarce, a
+    # computing pool process must not delay the quick requests its worker is answering.
+    try:
+        os.nice(_NICE)
+    except OSError:
+        pass
     threading.Thread(target=_watch_parent, args=(fd,), name="offload-parent-watch", daemon=True).start()
     sock = socket.socket(fileno=fd)
     try:

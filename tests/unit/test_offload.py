@@ -291,3 +291,14 @@ def test_gevent_hub_not_blocked_and_owner_sigkill_leaves_no_child(tmp_path: Path
             proc.wait(DEADLINE_S)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_pool_processes_run_at_lower_priority() -> None:
+    import psutil
+
+    from prefork_lb.offload import OffloadPool
+
+    with OffloadPool(size=1) as pool:
+        assert pool.submit(abs, -1) == 1
+        (pid,) = pool.pids()
+        assert psutil.Process(pid).nice() >= psutil.Process().nice() + 10
