@@ -7,7 +7,8 @@ greenlet, so a blocked event loop is noticed), graceful_timeout, keepalive, max_
 max_requests_jitter, limit_request_line / _fields / _field_size, worker_connections, the access
 log and access_log_format (gunicorn's own logger), forwarded_allow_ips with
 secure_scheme_headers, reuse_port (gunicorn binds), and the hooks pre_request, post_request,
-worker_int, worker_abort and post_worker_init.
+worker_int, worker_abort and post_worker_init. The CPU offload pool is there too
+(``from prefork_lb import offload``, or ``environ["prefork_lb.offload"]``).
 """
 
 from __future__ import annotations
@@ -109,6 +110,11 @@ class Worker(_BaseWorker):
                         for s in self.sockets]
 
     def init_process(self) -> None:
+        # The offload pool (prefork_lb.offload) is offered here as in our own workers: sized
+        # by PREFORK_LB_OFFLOAD_PROCESSES, else the CPUs divided among gunicorn's workers.
+        if "PREFORK_LB_OFFLOAD_PROCESSES" not in os.environ:
+            share = max(1, (os.cpu_count() or 1) // max(1, self.cfg.workers))
+            os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(share)
         self.patch()
         hub.reinit()
         super().init_process()   # load_wsgi, init_signals, post_worker_init, then run()
@@ -127,6 +133,9 @@ class Worker(_BaseWorker):
             keepalive=cfg.keepalive, header_timeout=max(float(cfg.keepalive), 10.0),
             worker_connections=cfg.worker_connections,
         )
+        from prefork_lb.offload import offload
+
+        options.extra_environ["prefork_lb.offload"] = offload
         hooks = _Hooks(self)
         server = self.server = Server(self.wsgi, options, access_log=hooks,
                                       shared_accept=not cfg.reuse_port and cfg.workers > 1)

@@ -166,3 +166,9 @@ def test_request_hooks_and_timeout_with_worker_abort(gunicorn, tmp_path: Path) -
     wait_for(lambda: "WORKER TIMEOUT" in g.text(), what="gunicorn's timeout")
     wait_for(lambda: "worker_abort" in out.read_text(), what="worker_abort hook")
     wait_for(lambda: g.workers() and first not in g.workers(), what="replacement worker")
+
+
+def test_offload_pool_in_gunicorn_workers(gunicorn) -> None:
+    g = gunicorn("tests.apps:compute", "-w", "1")
+    assert get(g.port, "/offload/20") == (200, b"6765")
+    assert get(g.port, "/") == (200, b"ok")
