@@ -172,3 +172,25 @@ def test_offload_pool_in_gunicorn_workers(gunicorn) -> None:
     g = gunicorn("tests.apps:compute", "-w", "1")
     assert get(g.port, "/offload/20") == (200, b"6765")
     assert get(g.port, "/") == (200, b"ok")
+
+
+def test_worker_int_hook_and_keepalive_timeout(gunicorn, tmp_path: Path) -> None:
+    out = tmp_path / "int.log"
+    conf = tmp_path / "gconf.py"
+    conf.write_text(
+        f"def worker_int(worker):\n    open({str(out)!r}, 'a').write('worker_int\\n')\n"
+    )
+    g = gunicorn("prefork_lb.demo:app", "-w", "1", "--keep-alive", "1", "-c", str(conf))
+    # keepalive: an idle kept-alive connection is closed after about a second.
+    with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = s.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        started = time.monotonic()
+        s.settimeout(10)
+        while s.recv(65536):
+            pass
+        assert time.monotonic() - started < 5
+    (worker,) = wait_for(lambda: g.workers(), what="worker")
+    os.kill(worker, signal.SIGINT)
+    wait_for(lambda: out.exists() and "worker_int" in out.read_text(), what="worker_int hook")

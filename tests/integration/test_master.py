@@ -529,3 +529,17 @@ def test_pool_processes_die_with_their_worker(start) -> None:
 
     wait_for(gone, timeout=10, what="pool processes exit after their worker's SIGKILL")
     wait_for(lambda: get(m.port, "/offload/10") == (200, b"55"), what="the replacement worker's pool")
+
+
+def test_graceful_stop_leaves_no_pool_process(start) -> None:
+    m = start("-w", "1", "--offload-processes", "2", app="tests.apps:compute")
+    assert get(m.port, "/offload/12")[0] == 200
+    pool = json.loads(get(m.port, "/pids")[1])["pool"]
+    assert pool
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=20) == 0
+
+    def gone() -> bool:
+        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pool)
+
+    wait_for(gone, timeout=10, what="pool processes gone after a graceful stop")
