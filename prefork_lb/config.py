@@ -152,6 +152,25 @@ SETTINGS: list[Setting] = [
             "all pools together fill the machine without oversubscribing it; they start on first "
             "use. 0: no pool is offered in the environ.",
             flags=("--offload-processes",), metavar="N|auto", default_doc="auto"),
+    Setting("max_concurrency", _non_negative_int, 0,
+            "Requests one worker processes at once (0: no limit). Past it requests wait in a queue "
+            "of --queue-size; past both they get 503 with Retry-After at once.",
+            flags=("--max-concurrency",), section="Overload", metavar="N"),
+    Setting("queue_size", _non_negative_int, 100,
+            "Requests that may wait for a free place when --max-concurrency is reached.",
+            flags=("--queue-size",), section="Overload", metavar="N"),
+    Setting("request_timeout", _non_negative_float, 0.0,
+            "Deadline of one request in seconds (0: none). A request past it gets 504 when nothing "
+            "was sent yet, else its connection is closed. A worker whose event loop is blocked "
+            "is the master's --timeout's business.",
+            flags=("--request-timeout",), section="Overload", metavar="SECONDS"),
+    Setting("max_rss", _non_negative_int, 0,
+            "Recycle a worker whose resident memory passes this many MiB (0: never), after a random "
+            "delay of up to --max-rss-jitter seconds; its replacement is ready before it drains.",
+            flags=("--max-rss",), section="Overload", metavar="MIB"),
+    Setting("max_rss_jitter", _non_negative_float, 5.0,
+            "Upper bound of the random delay before a worker over --max-rss asks to be replaced.",
+            flags=("--max-rss-jitter",), section="Overload", metavar="SECONDS"),
     Setting("worker_connections", _positive_int, 1000,
             "Most connections one worker serves at once; further ones wait in the listen backlog.",
             flags=("--worker-connections",), metavar="N"),

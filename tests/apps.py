@@ -356,3 +356,23 @@ def compute(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         body = b"ok"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+_HOARD: list[bytes] = []
+
+
+def overload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """/sleep/S: waits S seconds cooperatively; /leak/MB: keeps MB more MiB for good;
+    /pid: the worker's pid; anything else: 'ok'."""
+    import gevent
+
+    parts = environ["PATH_INFO"].strip("/").split("/")
+    body = b"ok"
+    if parts[0] == "sleep":
+        gevent.sleep(float(parts[1]))
+    elif parts[0] == "leak":
+        _HOARD.append(b"x" * (int(parts[1]) << 20))
+    elif parts[0] == "pid":
+        body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

@@ -38,3 +38,7 @@ class HeaderFieldsTooLarge(HTTPError):
 
 class NotImplementedCoding(HTTPError):
     status, reason = 501, "Not Implemented"
+
+
+class ServiceUnavailable(HTTPError):
+    status, reason = 503, "Service Unavailable"

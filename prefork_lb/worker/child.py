@@ -18,6 +18,7 @@ import random
 import signal
 import socket
 import sys
+import time
 import traceback
 from typing import Any
 
@@ -140,6 +141,12 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
         retiring = False
         from prefork_lb import offload as offload_mod
 
+        me = None
+        if cfg.max_rss:
+            import psutil
+
+            me = psutil.Process()
+        retire_at = 0.0   # --max-rss: when this worker asks to be replaced (jittered)
         while True:
             entry.beat()
             pool = offload_mod._default_pool   # only if the app has started it
@@ -150,6 +157,15 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 stop(True)
                 return
+            if me is not None and not retiring:
+                now = time.monotonic()
+                if not retire_at and me.memory_info().rss > cfg.max_rss * 1024 * 1024:
+                    retire_at = now + random.uniform(0, cfg.max_rss_jitter)
+                    log.warning("Worker %d uses %d MiB, over --max-rss %d MiB: recycling it",
+                                os.getpid(), me.memory_info().rss >> 20, cfg.max_rss)
+                if retire_at and now >= retire_at:
+                    retiring = True
+                    entry.set_state(RETIRING)
             if limit and not retiring and server.requests_served >= limit:
                 # Ask the master for a replacement; it sends TERM once that one is ready.
                 retiring = True

@@ -32,11 +32,12 @@ from urllib.parse import unquote_to_bytes
 
 import gevent
 import gevent.event
+import gevent.lock
 import gevent.pool
 import gevent.socket
 
 from prefork_lb.http import response as _resp
-from prefork_lb.http.errors import HTTPError, RequestTimeout
+from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.parser import Limits, Request, RequestParser
 from prefork_lb.http.response import CONTINUE, SERVER_LINE, app_head, refresh_date, simple_response
 from prefork_lb.worker.wsgi import (
@@ -70,6 +71,9 @@ class ServerOptions:
     server_header: bool = True
     url_scheme: str = "http"
     extra_environ: dict[str, Any] = field(default_factory=dict)   # added to every request's environ
+    max_concurrency: int = 0      # 0: unlimited
+    queue_size: int = 100
+    request_timeout: float = 0.0  # 0: none
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
@@ -78,7 +82,14 @@ class ServerOptions:
                           cfg.limit_request_body, cfg.require_host),
             keepalive=cfg.keepalive, header_timeout=cfg.header_timeout, root_path=cfg.root_path.rstrip("/"),
             worker_connections=cfg.worker_connections, server_header=cfg.server_header,
+            max_concurrency=cfg.max_concurrency, queue_size=cfg.queue_size,
+            request_timeout=cfg.request_timeout,
         )
+
+
+class _RequestDeadline(BaseException):
+    """Raised in a request's greenlet past --request-timeout (BaseException: an app's
+    ``except Exception`` must not swallow it)."""
 
 
 class _Deadline(Exception):
@@ -110,6 +121,10 @@ class Server:
         self._watchdog: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self.requests_served = 0
+        opts = self.options
+        # Admission control: at most max_concurrency requests in the app, queue_size waiting.
+        self.admission = gevent.lock.BoundedSemaphore(opts.max_concurrency) if opts.max_concurrency else None
+        self.waiting = 0
 
     # -- sockets in ----------------------------------------------------------------------------
 
@@ -683,10 +698,17 @@ class Connection(BodySource):
             server.before_request(env, req)
         access = server.access_log
         t0 = time.time() if access is not None else 0.0
+        admission = server.admission
+        if admission is not None and not self._admit(admission):
+            return False
         board = server.board
         if board is not None:
             board.request_started(req.method, req.target)
         result: Any = None
+        deadline = None
+        if server.options.request_timeout:
+            deadline = gevent.Timeout(server.options.request_timeout, _RequestDeadline())
+            deadline.start()
         try:
             result = self.app(env, self.start_response)
             rtype = type(result)
@@ -721,6 +743,14 @@ class Connection(BodySource):
             return False
         except (ClientDisconnected, ConnectionError, _Deadline):
             return False
+        except _RequestDeadline:
+            log.error("Request past --request-timeout: %s %s", req.method, env.get("PATH_INFO", ""))
+            if not self.headers_sent:
+                try:
+                    self._send(simple_response(504, "the request took too long"))
+                except OSError:
+                    pass
+            return False
         except Exception:
             path = env.get("PATH_INFO", "")
             log.exception("Error handling request %s %s", req.method, path)
@@ -742,6 +772,10 @@ class Connection(BodySource):
                     close()
                 except Exception:
                     log.exception("Error closing the response iterable")
+            if deadline is not None:
+                deadline.cancel()
+            if admission is not None:
+                admission.release()
             if board is not None:
                 board.request_finished()
         server.requests_served += 1
@@ -753,12 +787,28 @@ class Connection(BodySource):
             return self._skip_body(req)
         return True
 
+    def _admit(self, admission: gevent.lock.BoundedSemaphore) -> bool:
+        """Take a place in the app, waiting in the queue if there is room there; else 503."""
+        if admission.acquire(blocking=False):
+            return True
+        server = self.server
+        if server.waiting >= server.options.queue_size:
+            self._send_error(ServiceUnavailable("server busy, try again"), retry_after=1)
+            return False
+        server.waiting += 1
+        try:
+            admission.acquire()
+        finally:
+            server.waiting -= 1
+        return True
+
     def _finish_sendfile(self) -> None:
         if self.resp_length is not None and self.bytes_sent < self.resp_length and not self.is_head:
             self.close_after = True
 
-    def _send_error(self, exc: HTTPError) -> None:
+    def _send_error(self, exc: HTTPError, retry_after: int = 0) -> None:
+        extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
         try:
-            self._send(simple_response(exc.status, exc.detail))
+            self._send(simple_response(exc.status, exc.detail, extra=extra))
         except OSError:
             pass

@@ -543,3 +543,60 @@ def test_graceful_stop_leaves_no_pool_process(start) -> None:
         return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pool)
 
     wait_for(gone, timeout=10, what="pool processes gone after a graceful stop")
+
+
+# -- overload ---------------------------------------------------------------------------------
+
+
+def test_admission_control_answers_503_past_concurrency_and_queue(start) -> None:
+    """Three concurrent requests, one place and one queue slot: whichever comes third is
+    refused at once with 503 and Retry-After; the other two are served."""
+    m = start("-w", "1", "--max-concurrency", "1", "--queue-size", "1", app="tests.apps:overload")
+    results: list[tuple[int, str | None, float]] = []
+    lock = threading.Lock()
+
+    def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=20)
+        t0 = time.monotonic()
+        try:
+            conn.request("GET", "/sleep/2")
+            resp = conn.getresponse()
+            resp.read()
+            with lock:
+                results.append((resp.status, resp.getheader("Retry-After"), time.monotonic() - t0))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(r[0] for r in results) == [200, 200, 503]
+    (refused,) = [r for r in results if r[0] == 503]
+    assert refused[1] == "1" and refused[2] < 1.5, "refused at once, with Retry-After"
+
+
+def test_request_timeout_gives_504(start) -> None:
+    m = start("-w", "1", "--request-timeout", "0.5", app="tests.apps:overload")
+    t0 = time.monotonic()
+    status, body = get(m.port, "/sleep/5", timeout=10)
+    assert status == 504 and b"too long" in body
+    assert time.monotonic() - t0 < 3
+    assert get(m.port, "/")[0] == 200
+    assert "Request past --request-timeout: GET /sleep/5" in m.text()
+
+
+def test_max_rss_recycles_without_failures(start) -> None:
+    m = start("-w", "1", "--max-rss", "150", "--max-rss-jitter", "0.2", app="tests.apps:overload")
+    first = int(get(m.port, "/pid")[1])
+    assert get(m.port, "/leak/200")[0] == 200
+    statuses = []
+
+    def replaced() -> bool:
+        statuses.append(get(m.port, "/pid")[0])
+        return get(m.port, "/pid")[1] != str(first).encode()
+
+    wait_for(replaced, timeout=20, what="worker recycled for its memory")
+    assert set(statuses) == {200}
+    assert "over --max-rss 150 MiB" in m.text()
