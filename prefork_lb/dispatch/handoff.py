@@ -93,12 +93,16 @@ class Dispatcher:
         typical = samples[len(samples) // 2] if samples else 0
         for slot in known - set(ready):
             strategy.remove(slot)
+        # With admission control, a worker whose places and queue are taken would answer 503:
+        # skip it while another has room.
+        cfg = self.cfg
+        admit = cfg.max_concurrency + cfg.queue_size if cfg.max_concurrency else 0
         for slot, (in_flight, received, latency, conns) in ready.items():
             if slot not in known:
                 strategy.add(slot)
                 self.sent.setdefault(slot, received)
             pending = max(0, self.sent.get(slot, 0) - received)
-            if conns + pending >= limit:
+            if conns + pending >= limit or (admit and in_flight + pending >= admit):
                 strategy.mark_down(slot)
                 continue
             strategy.mark_up(slot)
