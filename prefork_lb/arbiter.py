@@ -84,7 +84,7 @@ class Arbiter:
         self.pid = os.getpid()
         self.num_workers = cfg.workers
         self.workers: dict[int, WorkerProc] = {}
-        self.board = sb.Scoreboard(max(16, 2 * self.num_workers + 8))
+        self.board = sb.Scoreboard(max(16, 2 * max(self.num_workers, cfg.max_workers) + 8))
         self.sig_queue: list[str] = []
         self.stopping: str | None = None        # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
@@ -99,6 +99,10 @@ class Arbiter:
         self.slot_sockets: dict[int, list[socket.socket]] = {}
         self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}   # handoff: slot -> (send, recv)
         self.addresses: list[Address] = []
+        self.min_workers = cfg.workers
+        self.busy_since = 0.0        # autoscaling: when every worker became busy (0: not now)
+        self.idle_since = 0.0        # when load fell to at most one busy worker (0: not now)
+        self.scaled_at = 0.0         # last autoscaling change (a cooldown against flapping)
         self._wake_r = self._wake_w = -1
         self._boot_r = self._boot_w = -1
 
@@ -233,6 +237,7 @@ class Arbiter:
                         break
                     continue
                 self.check_timeouts()
+                self.autoscale()
                 self.manage()
         finally:
             self.cleanup()
@@ -376,6 +381,41 @@ class Arbiter:
                 except ProcessLookupError:
                     pass
                 self.old_master = 0
+
+    def autoscale(self) -> None:
+        """Between --workers and --max-workers, from the scoreboard's requests in flight.
+
+        Hysteresis: up only after every worker has been busy for autoscale_up_after seconds,
+        down only after autoscale_down_after seconds with at most one busy worker, and never
+        twice within the shorter of the two delays."""
+        cfg = self.cfg
+        top = cfg.max_workers
+        if not top or top <= self.min_workers:
+            return
+        now = self.clock()
+        serving = [w for w in self.workers.values() if w.ready and not w.term_at and w.slot >= 0]
+        if not serving:
+            return
+        busy = sum(1 for w in serving
+                   if self.board.get(w.entry, sb.IN_FLIGHT) + self.board.get(w.entry, sb.FRESH) > 0)
+        all_busy = busy >= len(serving) and len(serving) >= self.num_workers
+        quiet = busy <= 1
+        self.busy_since = (self.busy_since or now) if all_busy else 0.0
+        self.idle_since = (self.idle_since or now) if quiet else 0.0
+        cooldown = min(cfg.autoscale_up_after, cfg.autoscale_down_after)
+        if now - self.scaled_at < cooldown:
+            return
+        if self.busy_since and now - self.busy_since >= cfg.autoscale_up_after and self.num_workers < top:
+            self.handle_ttin_quiet()
+            log.info("Autoscale: %d workers (all %d busy for %.0f s)", self.num_workers, len(serving),
+                     now - self.busy_since)
+            self.scaled_at, self.busy_since = now, 0.0
+        elif (self.idle_since and now - self.idle_since >= cfg.autoscale_down_after
+              and self.num_workers > self.min_workers):
+            self.num_workers -= 1
+            self.steer()
+            log.info("Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - self.idle_since)
+            self.scaled_at, self.idle_since = now, 0.0
 
     def stop_worker(self, w: WorkerProc, sig: int) -> None:
         if not w.term_at:
@@ -536,8 +576,12 @@ class Arbiter:
         self.generation += 1
 
     def handle_ttin(self) -> None:
-        self.num_workers += 1
+        self.handle_ttin_quiet()
         log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def handle_ttin_quiet(self) -> None:
+        """One worker slot more (TTIN and autoscaling)."""
+        self.num_workers += 1
         self.slot_listeners(self.num_workers - 1)
         self.steer()
         if self.cfg.dispatch == "handoff" and self.num_workers - 1 not in self.channels:

@@ -152,6 +152,17 @@ SETTINGS: list[Setting] = [
             "all pools together fill the machine without oversubscribing it; they start on first "
             "use. 0: no pool is offered in the environ.",
             flags=("--offload-processes",), metavar="N|auto", default_doc="auto"),
+    Setting("max_workers", _non_negative_int, 0,
+            "Autoscaling: up to this many workers (0: off). --workers is then the minimum: a worker "
+            "is added while every worker has requests in flight for --autoscale-up-after seconds, "
+            "and one removed after --autoscale-down-after seconds with at most one busy worker.",
+            flags=("--max-workers",), section="Overload", metavar="N"),
+    Setting("autoscale_up_after", _non_negative_float, 2.0,
+            "Seconds every worker must stay busy before autoscaling adds one.",
+            flags=("--autoscale-up-after",), section="Overload", metavar="SECONDS"),
+    Setting("autoscale_down_after", _non_negative_float, 30.0,
+            "Seconds of little load before autoscaling removes a worker (never below --workers).",
+            flags=("--autoscale-down-after",), section="Overload", metavar="SECONDS"),
     Setting("max_concurrency", _non_negative_int, 0,
             "Requests one worker processes at once (0: no limit). Past it requests wait in a queue "
             "of --queue-size; past both they get 503 with Retry-After at once.",

@@ -600,3 +600,28 @@ def test_max_rss_recycles_without_failures(start) -> None:
     wait_for(replaced, timeout=20, what="worker recycled for its memory")
     assert set(statuses) == {200}
     assert "over --max-rss 150 MiB" in m.text()
+
+
+def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
+    m = start("-w", "1", "--max-workers", "2", "--autoscale-up-after", "0.5", "--autoscale-down-after", "1",
+              app="tests.apps:overload")
+    wait_for(lambda: len(m.workers()) == 1, what="1 worker")
+    stop = threading.Event()
+
+    def client() -> None:
+        deadline = time.monotonic() + 20
+        while not stop.is_set() and time.monotonic() < deadline:
+            get(m.port, "/sleep/0.3", timeout=10)
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        wait_for(lambda: len(m.workers()) == 2, what="a second worker under load")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=20)
+    wait_for(lambda: len(m.workers()) == 1, what="back to the minimum when quiet")
+    log = m.text()
+    assert "Autoscale: 2 workers" in log and "Autoscale: 1 workers" in log

@@ -281,3 +281,72 @@ def test_scoreboard_shows_offload_pool_use() -> None:
     board.handle(2).offload(busy=1, idle=3)
     snap = board.snapshot(2)
     assert (snap["offload_busy"], snap["offload_idle"]) == (1, 3)
+
+
+def _set_busy(arb: Arbiter, n_busy: int) -> None:
+    for i, w in enumerate(sorted(arb.workers.values(), key=lambda w: w.slot)):
+        arb.board.q[w.entry * sb._WORDS + sb.IN_FLIGHT] = 1 if i < n_busy else 0
+
+
+def _ready_all(arb: Arbiter) -> None:
+    for pid in list(arb.workers):
+        mark_ready(arb, pid)
+    arb.manage()
+
+
+def test_autoscale_up_when_all_busy_long_enough_then_down_when_quiet(fake: FakeOS, caplog) -> None:
+    arb = make(fake, workers=2, max_workers=4, autoscale_up_after=2, autoscale_down_after=10)
+    arb.manage()
+    _ready_all(arb)
+    _set_busy(arb, 2)
+    arb.autoscale()
+    fake.now += 1.0
+    arb.autoscale()
+    assert arb.num_workers == 2, "not before autoscale_up_after"
+    fake.now += 1.5
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.autoscale()
+    assert arb.num_workers == 3 and "Autoscale: 3 workers" in caplog.text
+    arb.manage()
+    _ready_all(arb)
+    _set_busy(arb, 3)
+    fake.now += 1.0
+    arb.autoscale()
+    assert arb.num_workers == 3, "cooldown and a fresh busy period"
+    fake.now += 3.0
+    arb.autoscale()
+    fake.now += 2.5
+    arb.autoscale()
+    assert arb.num_workers == 4
+    arb.manage()
+    _ready_all(arb)
+    fake.now += 5
+    _set_busy(arb, 4)
+    arb.autoscale()
+    fake.now += 5
+    arb.autoscale()
+    assert arb.num_workers == 4, "never above --max-workers"
+    # Load drops: one busy worker at most.
+    _set_busy(arb, 1)
+    arb.autoscale()
+    fake.now += 9
+    arb.autoscale()
+    assert arb.num_workers == 4, "not before autoscale_down_after"
+    fake.now += 1.5
+    arb.autoscale()
+    assert arb.num_workers == 3
+    for _ in range(10):
+        fake.now += 11
+        arb.autoscale()
+    assert arb.num_workers == 2, "never below --workers"
+
+
+def test_autoscale_is_off_without_max_workers(fake: FakeOS) -> None:
+    arb = make(fake, workers=2)
+    arb.manage()
+    _ready_all(arb)
+    _set_busy(arb, 2)
+    for _ in range(5):
+        fake.now += 10
+        arb.autoscale()
+    assert arb.num_workers == 2
