@@ -40,7 +40,7 @@ SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
 # USR2 hands the listeners to a new master through these environment variables.
 ENV_FDS = "PREFORK_LB_INHERITED_FDS"
 ENV_OLD_MASTER = "PREFORK_LB_OLD_MASTER"
-DISPATCHER_SLOT = -1     # the handoff dispatcher is supervised like a worker in this slot
+DISPATCHER_SLOT = -1     # the handoff dispatcher or the proxy: supervised like a worker in this slot
 ABORT_GRACE = 2.0        # seconds between SIGABRT and SIGKILL for a stuck worker
 FAST_STOP_GRACE = 3.0    # seconds INT/QUIT gives workers before SIGKILL
 MAX_BACKOFF = 10.0
@@ -98,6 +98,9 @@ class Arbiter:
         self.shared_sockets: list[socket.socket] = []
         self.slot_sockets: dict[int, list[socket.socket]] = {}
         self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}   # handoff: slot -> (send, recv)
+        self.admin_sockets: list[socket.socket] = []    # proxy: the --stats-bind listener
+        # proxy: one secret for the sticky cookie, so a replaced proxy honours the old cookies
+        self.sticky_secret = os.urandom(32)
         self.addresses: list[Address] = []
         self.min_workers = cfg.workers
         self.busy_since = 0.0        # autoscaling: when every worker became busy (0: not now)
@@ -114,6 +117,7 @@ class Arbiter:
         cfg = self.cfg
         self.addresses = [parse_address(b) for b in cfg.bind]
         reuse = cfg.dispatch == "reuseport"
+        proxy = cfg.dispatch == "proxy"
         inherited = os.environ.pop(ENV_FDS, None)
         old = os.environ.pop(ENV_OLD_MASTER, None)
         if inherited:
@@ -121,6 +125,7 @@ class Arbiter:
             self.shared_sockets = [_adopt(fd) for fd in spec["shared"]]
             self.slot_sockets = {int(k): [_adopt(fd) for fd in v] for k, v in spec["slots"].items()}
             self.old_master = int(old or 0)
+            self.admin_sockets = [_adopt(fd) for fd in spec.get("admin", [])]
             if reuse:
                 for slot in range(self.num_workers):
                     self.slot_listeners(slot)
@@ -142,10 +147,13 @@ class Arbiter:
         for addr in self.addresses:
             if addr.kind != "tcp" or not reuse:
                 self.shared_sockets.append(listen(addr, cfg.backlog))
-        if reuse:
+        if reuse or proxy:
             for slot in range(self.num_workers):
                 self.slot_listeners(slot)
+        if reuse:
             self.steer()
+        if proxy and cfg.stats_bind not in ("off", "public", ""):
+            self.admin_sockets = [listen(parse_address(cfg.stats_bind), 64)]
         self.open_channels()
 
     def open_channels(self) -> None:
@@ -161,7 +169,7 @@ class Arbiter:
     def steer(self) -> None:
         """Keep new connections on the slots below the worker count (see sockets.steer_reuseport)."""
         first = self.slot_sockets.get(0)
-        if not first:
+        if not first or self.cfg.dispatch != "reuseport":
             return
         for sock in first:   # one program per address group
             if not steer_reuseport(sock, self.num_workers):
@@ -170,6 +178,15 @@ class Arbiter:
                 return
 
     def slot_listeners(self, slot: int) -> list[socket.socket]:
+        if self.cfg.dispatch == "proxy":
+            # The slot's own loopback port; the master keeps it, so connections the proxy
+            # makes to a worker being replaced wait in its backlog.
+            socks = self.slot_sockets.get(slot)
+            if socks is None:
+                base = self.cfg.worker_base_port
+                socks = self.slot_sockets[slot] = [
+                    listen(Address("tcp", host="127.0.0.1", port=base + slot if base else 0), self.cfg.backlog)]
+            return socks
         if self.cfg.dispatch != "reuseport" or not any(a.kind == "tcp" for a in self.addresses):
             return []
         socks = self.slot_sockets.get(slot)
@@ -192,7 +209,7 @@ class Arbiter:
 
     def all_sockets(self) -> list[socket.socket]:
         return (self.shared_sockets + [s for socks in self.slot_sockets.values() for s in socks]
-                + [s for pair in self.channels.values() for s in pair])
+                + [s for pair in self.channels.values() for s in pair] + self.admin_sockets)
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -212,7 +229,7 @@ class Arbiter:
         try:
             from setproctitle import setproctitle
 
-            setproctitle(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri}]")
+            setproctitle(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri or 'proxy'}]")
         except ImportError:
             pass
 
@@ -293,8 +310,14 @@ class Arbiter:
     def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
         entry = self.board.allocate(0, slot)
         handoff = self.cfg.dispatch == "handoff"
-        if slot == DISPATCHER_SLOT:
+        proxy = self.cfg.dispatch == "proxy"
+        if slot == DISPATCHER_SLOT and proxy:
+            mine = self.shared_sockets + self.admin_sockets
+        elif slot == DISPATCHER_SLOT:
             mine = self.shared_sockets + [send for send, _ in self.channels.values()]
+        elif proxy:
+            mine = self.slot_listeners(slot)
+            self.board.q[entry * sb._WORDS + sb.PORT] = mine[0].getsockname()[1]
         elif handoff:
             mine = [self.channels[slot][1]]
         else:
@@ -312,6 +335,14 @@ class Arbiter:
             os.close(self._boot_r)
             os.close(self._wake_r)
             os.close(self._wake_w)
+            if slot == DISPATCHER_SLOT and proxy:
+                from prefork_lb.proxy.process import run_proxy
+
+                code = 1
+                try:
+                    code = run_proxy(w, self, self.shared_sockets, self.admin_sockets)
+                finally:
+                    os._exit(code)
             if slot == DISPATCHER_SLOT:
                 from prefork_lb.dispatch.handoff import run_dispatcher
 
@@ -326,8 +357,13 @@ class Arbiter:
         self.board.q[entry * sb._WORDS + sb.PID] = pid
         w.pid = pid
         self.workers[pid] = w
-        log.debug("Booting %s (pid %d)", "dispatcher" if slot == DISPATCHER_SLOT else f"worker {slot}", pid)
+        log.debug("Booting %s (pid %d)", self.slot_name(slot), pid)
         return w
+
+    def slot_name(self, slot: int) -> str:
+        if slot != DISPATCHER_SLOT:
+            return f"worker {slot}"
+        return "proxy" if self.cfg.dispatch == "proxy" else "dispatcher"
 
     def live_for_slot(self, slot: int) -> list[WorkerProc]:
         return [w for w in self.workers.values() if w.slot == slot and not w.term_at]
@@ -337,9 +373,9 @@ class Arbiter:
         for w in self.workers.values():
             if not w.ready and self.board.get(w.entry, sb.STATE) in (sb.READY, sb.RETIRING):
                 w.ready = True
-        # Fill empty slots (and the dispatcher's, in handoff mode).
+        # Fill empty slots (and the dispatcher's or the proxy's).
         slots = list(range(self.num_workers))
-        if self.cfg.dispatch == "handoff":
+        if self.cfg.dispatch in ("handoff", "proxy"):
             slots.append(DISPATCHER_SLOT)
         for slot in slots:
             if not self.live_for_slot(slot) and now >= self.next_spawn.get(slot, 0.0):
@@ -365,13 +401,18 @@ class Arbiter:
         for slot in [s for s in self.slot_sockets if s >= self.num_workers]:
             if not any(w.slot == slot for w in self.workers.values()):
                 self.close_slot(slot)
-        if not self.ready_announced and self.num_workers and all(
+        if not self.ready_announced and slots and all(
                 any(w.ready for w in self.live_for_slot(s)) for s in slots):
             self.ready_announced = True
             for a in self.addresses:
                 log.info("Listening at %s (%s dispatch, master pid %d)",
                          f"unix:{a.path}" if a.kind == "unix" else f"http://{a}", self.cfg.dispatch, self.pid)
-            log.info("Ready: %d worker%s serving", self.num_workers, "" if self.num_workers == 1 else "s")
+            for s in self.admin_sockets:
+                log.info("Admin endpoints /lb-health and /lb-stats at http://%s:%d", *s.getsockname()[:2])
+            if self.cfg.dispatch == "proxy" and not self.num_workers:
+                log.info("Ready: proxy to %s", ", ".join(self.cfg.backends or []))
+            else:
+                log.info("Ready: %d worker%s serving", self.num_workers, "" if self.num_workers == 1 else "s")
             self.hook("when_ready", self)
             sd_notify(f"READY=1\nMAINPID={self.pid}")
             if self.old_master:
@@ -462,7 +503,8 @@ class Arbiter:
                     log.error("Worker failed to boot: %s; stopping", message)
                 self.begin_stop("fast")
                 return
-            log.error("Worker %d (pid %d) died unexpectedly: %s; replacing it", w.slot, pid, describe_exit(code))
+            log.error("%s (pid %d) died unexpectedly: %s; replacing it", self.slot_name(w.slot).capitalize(), pid,
+                      describe_exit(code))
             # Back off when a slot's workers keep failing on their own: dying while booting, or
             # exiting soon after. A ready worker killed by a signal (the OOM killer, an operator)
             # is replaced at once: its slot may have connections waiting.
@@ -610,7 +652,8 @@ class Arbiter:
         for sock in socks:
             os.set_inheritable(sock.fileno(), True)
         spec = {"shared": [s.fileno() for s in self.shared_sockets],
-                "slots": {str(k): [s.fileno() for s in v] for k, v in self.slot_sockets.items()}}
+                "slots": {str(k): [s.fileno() for s in v] for k, v in self.slot_sockets.items()},
+                "admin": [s.fileno() for s in self.admin_sockets]}
         env = dict(os.environ, **{ENV_FDS: json.dumps(spec), ENV_OLD_MASTER: str(self.pid)})
         pid = self.fork()
         if pid == 0:

@@ -46,12 +46,67 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: Sequence[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["proxy"]:
+        return parse_proxy(argv[1:], environ)
     args = make_parser().parse_args(argv)
     values = {k: v for k, v in vars(args).items() if k != "app"}
     cfg = build(values, os.environ if environ is None else environ, app_uri=args.app)
     if not cfg.app_uri:
         raise ConfigError("no app given: pass MODULE:APP (for example prefork_lb.demo:app)")
+    check(cfg)
     return cfg
+
+
+def parse_proxy(argv: Sequence[str], environ: dict[str, str] | None = None) -> Config:
+    """``python -m prefork_lb proxy --backends ...``: the standalone load balancer (no app)."""
+    parser = make_parser()
+    parser.prog = "prefork_lb proxy"
+    parser.description = "The standalone L7 load balancer in front of --backends."
+    args = parser.parse_args(argv)
+    if args.app:
+        raise ConfigError(f"the proxy takes no app (got {args.app!r}); use --backends")
+    values = {k: v for k, v in vars(args).items() if k != "app"}
+    cfg = build(values, os.environ if environ is None else environ)
+    if not cfg.backends:
+        raise ConfigError("the proxy needs --backends HOST:PORT[,HOST:PORT...]")
+    cfg.values["dispatch"] = "proxy"
+    cfg.values["workers"] = 0
+    cfg.values["max_workers"] = 0
+    check(cfg)
+    return cfg
+
+
+def check(cfg: Config) -> None:
+    """Settings that are only wrong together, or that name files: one line, exit code 2."""
+    if cfg.dispatch != "proxy":
+        if cfg.strategy == "sticky":
+            raise ConfigError("--strategy sticky needs --dispatch proxy (handoff sees no cookies)")
+        return
+    if cfg.backends:
+        from prefork_lb.proxy.health import parse_backends
+
+        try:
+            parse_backends(cfg.backends)
+        except ValueError as exc:
+            raise ConfigError(f"--backends: {exc}") from None
+    from prefork_lb.proxy.headers import TrustedPeers
+
+    try:
+        TrustedPeers(cfg.forwarded_allow_ips)
+    except ValueError as exc:
+        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+    if cfg.keyfile and not cfg.certfile:
+        raise ConfigError("--keyfile needs --certfile")
+    if cfg.certfile:
+        import ssl
+
+        from prefork_lb.proxy.process import tls_context
+
+        try:
+            tls_context(cfg.certfile, cfg.keyfile)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"cannot use --certfile {cfg.certfile!r}: {exc}") from None
 
 
 def fail(message: str) -> NoReturn:

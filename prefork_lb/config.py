@@ -54,6 +54,13 @@ def _bind_list(value: Any) -> list[str]:
     return items
 
 
+def _optional_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    return [v for v in items if v] or None
+
+
 def _optional_str(value: Any) -> str | None:
     if value is None:
         return None
@@ -128,13 +135,16 @@ SETTINGS: list[Setting] = [
     Setting("dispatch", str, "reuseport",
             "How connections reach workers: reuseport (one SO_REUSEPORT listener per worker slot, "
             "held by the master), shared (one listener inherited by every worker) or handoff (a "
-            "dispatcher process accepts and passes each connection to the worker --strategy picks).",
-            flags=("--dispatch",), choices=("reuseport", "shared", "handoff")),
+            "dispatcher process accepts and passes each connection to the worker --strategy picks) or "
+            "proxy (workers listen on their own loopback ports and a proxy process routes each request "
+            "to one; see the Proxy section).",
+            flags=("--dispatch",), choices=("reuseport", "shared", "handoff", "proxy")),
     Setting("strategy", str, "least_connections",
-            "Balancing strategy of --dispatch handoff: which worker gets the next connection "
-            "(load from the scoreboard; hash keys on the client address).",
+            "Balancing strategy of --dispatch handoff (which worker gets the next connection) and of "
+            "the proxy (which backend gets the next request). hash keys on the client address; "
+            "sticky (proxy only) pins a client to a backend with a cookie.",
             flags=("--strategy",), choices=("round_robin", "weighted_round_robin", "least_connections",
-                                            "random", "p2c", "least_latency", "hash")),
+                                            "random", "p2c", "least_latency", "hash", "sticky")),
     Setting("max_requests", _non_negative_int, 0,
             "Recycle a worker after it served this many requests (0: never). Its replacement is "
             "started and ready before it stops, so no request is refused.",
@@ -193,6 +203,85 @@ SETTINGS: list[Setting] = [
             flags=("--chdir",), metavar="DIR"),
     Setting("server_header", _bool, True, "Send a 'Server: prefork_lb' header.",
             flags=("--server-header",), metavar="BOOL"),
+    # --- the L7 proxy (--dispatch proxy, and `python -m prefork_lb proxy`)
+    Setting("backends", _optional_list, None,
+            "Backends of the proxy, comma-separated HOST:PORT or [IPV6]:PORT, each optionally =WEIGHT "
+            "(e.g. 10.0.0.5:8000=3,10.0.0.6:8000). Required by the standalone proxy; with --dispatch "
+            "proxy they are added to the local workers.",
+            flags=("--backends",), section="Proxy", metavar="LIST", default_doc="none"),
+    Setting("stats_bind", str, "127.0.0.1:9000",
+            "Admin address of the proxy, serving /lb-health and /lb-stats (JSON). 'off' disables it; "
+            "'public' serves them on the public listeners instead (otherwise those paths are "
+            "forwarded to backends like any other).",
+            flags=("--stats-bind",), section="Proxy", metavar="ADDRESS"),
+    Setting("worker_base_port", _non_negative_int, 0,
+            "--dispatch proxy: worker slot N listens on 127.0.0.1 at this port + N (0: ports chosen by "
+            "the kernel). The master holds these ports, so a request to a worker being replaced waits.",
+            flags=("--worker-base-port",), section="Proxy", metavar="PORT"),
+    Setting("sticky_cookie", str, "lb",
+            "Cookie name of --strategy sticky. Its value is an HMAC that reveals no address.",
+            flags=("--sticky-cookie",), section="Proxy", metavar="NAME"),
+    Setting("health_check_path", str, "/health",
+            "Active health check of remote backends: GET this path; 2xx and 3xx pass. Local workers "
+            "are watched through the scoreboard instead.",
+            flags=("--health-check-path",), section="Proxy", metavar="PATH"),
+    Setting("health_check_interval", _non_negative_float, 2.0,
+            "Seconds between active health checks of each remote backend (0: none).",
+            flags=("--health-check-interval",), section="Proxy", metavar="SECONDS"),
+    Setting("health_check_timeout", _non_negative_float, 1.0,
+            "Seconds a health check may take before it counts as failed.",
+            flags=("--health-check-timeout",), section="Proxy", metavar="SECONDS"),
+    Setting("health_check_rise", _positive_int, 2,
+            "Consecutive passed checks that bring a down backend back up (with --slow-start).",
+            flags=("--health-check-rise",), section="Proxy", metavar="N"),
+    Setting("health_check_fall", _positive_int, 3,
+            "Consecutive failed checks that take a backend down.",
+            flags=("--health-check-fall",), section="Proxy", metavar="N"),
+    Setting("slow_start", _non_negative_float, 0.0,
+            "Seconds over which a backend that comes (back) up ramps from a tenth of its weight to all of it.",
+            flags=("--slow-start",), section="Proxy", metavar="SECONDS"),
+    Setting("retries", _non_negative_int, 2,
+            "Further tries on other backends for a request that failed before any byte reached its "
+            "backend, or an idempotent one that failed on a connection error before a response byte "
+            "came back. A request whose body was sent is never retried unless it is idempotent.",
+            flags=("--retries",), section="Proxy", metavar="N"),
+    Setting("retry_budget", _non_negative_float, 0.2,
+            "Retries may add at most this fraction of requests (plus 10 a second), so retries cannot "
+            "multiply an outage.",
+            flags=("--retry-budget",), section="Proxy", metavar="RATIO"),
+    Setting("upstream_connect_timeout", _non_negative_float, 3.0,
+            "Seconds to connect to a backend; past it the backend counts as failed and the request is retried.",
+            flags=("--upstream-connect-timeout",), section="Proxy", metavar="SECONDS"),
+    Setting("upstream_timeout", _non_negative_float, 60.0,
+            "Seconds a backend has to start its response (and between response bytes); past it: 504.",
+            flags=("--upstream-timeout",), section="Proxy", metavar="SECONDS"),
+    Setting("upstream_keepalive", _non_negative_int, 256,
+            "Idle keep-alive connections kept open to each backend.",
+            flags=("--upstream-keepalive",), section="Proxy", metavar="N"),
+    Setting("forwarded_allow_ips", str, "127.0.0.1,::1",
+            "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
+            "headers the proxy keeps and appends to; from any other peer they are replaced.",
+            flags=("--forwarded-allow-ips",), section="Proxy", metavar="LIST"),
+    Setting("lb_headers", _bool, True,
+            "Add X-Forwarded-By to requests and X-Backend-Server (the backend's address) to responses.",
+            flags=("--lb-headers",), section="Proxy", metavar="BOOL"),
+    Setting("certfile", _optional_str, None, "TLS certificate (PEM) of the proxy's public listeners.",
+            flags=("--certfile",), section="Proxy", metavar="FILE"),
+    Setting("keyfile", _optional_str, None, "TLS private key (PEM) for --certfile.",
+            flags=("--keyfile",), section="Proxy", metavar="FILE"),
+    Setting("max_connections", _non_negative_int, 10000,
+            "Client connections the proxy serves at once (0: no limit). Further ones wait, unread, "
+            "for up to --queue-timeout, then get 503 with Retry-After.",
+            flags=("--max-connections",), section="Proxy", metavar="N"),
+    Setting("queue_timeout", _non_negative_float, 5.0,
+            "Seconds a connection waits for a place under --max-connections.",
+            flags=("--queue-timeout",), section="Proxy", metavar="SECONDS"),
+    Setting("client_body_timeout", _non_negative_float, 60.0,
+            "Seconds the proxy waits for the next bytes of a request body; past it: 408 and close.",
+            flags=("--client-body-timeout",), section="Proxy", metavar="SECONDS"),
+    Setting("proxy_loop", str, "auto",
+            "Event loop of the proxy: uvloop, asyncio, or auto (uvloop when installed).",
+            flags=("--proxy-loop",), section="Proxy", choices=("auto", "uvloop", "asyncio")),
     # --- timeouts
     Setting("timeout", _non_negative_float, 30.0,
             "Seconds without a heartbeat before the master aborts a worker (SIGABRT, then SIGKILL) "

@@ -22,7 +22,7 @@ ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
 (PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN, FRESH,
- OFFLOAD_BUSY, OFFLOAD_IDLE) = range(14)
+ OFFLOAD_BUSY, OFFLOAD_IDLE, PORT) = range(15)   # PORT: --dispatch proxy, the slot's loopback port
 _TEXT_OFFSET = 128         # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same

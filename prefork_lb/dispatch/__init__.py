@@ -5,4 +5,4 @@
 process accept and pass each connection to the worker a balancing strategy picks.
 """
 
-DISPATCH_MODES = ("reuseport", "shared", "handoff")
+DISPATCH_MODES = ("reuseport", "shared", "handoff", "proxy")

@@ -53,6 +53,15 @@ CASES = {
     "missing_module": (["no_such_module_4c1d:app"], "no_such_module_4c1d", True),
     "missing_attribute": (["tests.apps:no_such_app"], "no_such_app", True),
     "not_callable": (["tests.apps:NOT_CALLABLE"], "not callable", True),
+    "proxy_without_backends": (["proxy"], "needs --backends", False),
+    "proxy_bad_backend": (["proxy", "--backends", "127.0.0.1:80,nohost"], "nohost", False),
+    "proxy_bad_weight": (["proxy", "--backends", "127.0.0.1:80=0"], "127.0.0.1:80=0", False),
+    "proxy_with_app": (["proxy", "tests.apps:echo", "--backends", "127.0.0.1:80"], "takes no app", False),
+    "proxy_missing_certfile": (["proxy", "--backends", "127.0.0.1:80", "--certfile", "/nonexistent.pem"],
+                               "--certfile", False),
+    "proxy_bad_allow_ips": (["proxy", "--backends", "127.0.0.1:80", "--forwarded-allow-ips", "1.2.3.400"],
+                            "--forwarded-allow-ips", False),
+    "sticky_without_proxy": (["tests.apps:echo", "--strategy", "sticky"], "sticky", False),
 }
 
 

@@ -19,7 +19,8 @@ import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ["reuseport", "shared", "handoff"]
+MODES = ["reuseport", "shared", "handoff", "proxy"]
+HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")   # children that are not workers
 
 
 def free_port() -> int:
@@ -53,6 +54,8 @@ class Master:
         self.port = free_port()
         self.log = tmp / "master.log"
         self._log_f = open(self.log, "wb")
+        if "proxy" in args and "--stats-bind" not in args:
+            args = (*args, "--stats-bind", "off")   # the default admin port may be taken here
         cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{self.port}", *args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_f, stderr=subprocess.STDOUT,
                                      start_new_session=True)
@@ -66,12 +69,13 @@ class Master:
         assert self.proc.poll() is None, self.text()
 
     def workers(self) -> list[int]:
-        """Worker pids (the handoff dispatcher, also a child, is not one)."""
+        """Worker pids (the handoff dispatcher and the proxy, also children, are not)."""
         pids = []
         try:
             for c in psutil.Process(self.pid).children():
                 try:
-                    if c.status() != psutil.STATUS_ZOMBIE and "dispatcher" not in " ".join(c.cmdline()):
+                    title = " ".join(c.cmdline())
+                    if c.status() != psutil.STATUS_ZOMBIE and not any(h in title for h in HELPERS):
                         pids.append(c.pid)
                 except psutil.NoSuchProcess:
                     pass
@@ -295,7 +299,7 @@ def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> Non
         assert new_pid != m.pid
         def new_children() -> list[int]:
             return [c.pid for c in psutil.Process(new_pid).children()
-                    if "dispatcher" not in " ".join(c.cmdline())]
+                    if not any(h in " ".join(c.cmdline()) for h in HELPERS)]
 
         new_workers = wait_for(lambda: len(new_children()) == 2 and new_children(), what="new workers")
         assert not set(new_workers) & set(old_workers)

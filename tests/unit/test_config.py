@@ -341,8 +341,16 @@ def test_strategy_choices_are_balancing_strategies() -> None:
     from prefork_lb.config import BY_NAME
 
     choices = BY_NAME["strategy"].choices
-    assert choices and set(choices) <= set(STRATEGIES)
-    assert "sticky" not in choices   # needs HTTP cookies: the proxy's, not handoff's
+    assert choices and set(choices) == set(STRATEGIES)
+
+
+def test_sticky_needs_the_proxy() -> None:
+    from prefork_lb import cli
+
+    # sticky keys on a cookie: the proxy sees cookies, the handoff dispatcher does not
+    with pytest.raises(ConfigError, match="sticky needs --dispatch proxy"):
+        cli.parse(["prefork_lb.demo:app", "--strategy", "sticky"], environ={})
+    assert cli.parse(["prefork_lb.demo:app", "--strategy", "sticky", "--dispatch", "proxy"], environ={}).strategy == "sticky"
 
 
 def test_offload_processes_auto_number_or_off() -> None:

@@ -1,0 +1,344 @@
+"""The proxy process: event loop, backends (local worker slots and remote hosts), health
+checks, the admin endpoints, and a graceful stop.
+
+Forked by the master like the handoff dispatcher and supervised the same way (heartbeat on
+the scoreboard; a dead proxy is replaced while the master keeps the listeners). It never
+imports the user's app: it only knows addresses.
+
+Local workers (--dispatch proxy) are read from the scoreboard every :data:`SYNC` seconds: an
+entry's SLOT and PORT name the backend ``127.0.0.1:PORT``; a slot with no ready worker is
+marked down (yet still used when nothing else is up, since the master keeps its port
+queueing). Remote backends (--backends) get active health checks with rise/fall thresholds.
+Both get passive ejection (connect errors, timeouts, bursts of 5xx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import time
+from typing import Any
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.http.parser import RequestParser
+from prefork_lb.http.response import simple_response
+from prefork_lb.proxy.health import HealthState, parse_backends
+from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
+
+log = logging.getLogger("prefork_lb.error")
+
+SYNC = 0.1   # seconds between scoreboard reads and heartbeats
+
+
+def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
+    """The public listeners' TLS: 1.2 and up, the library's default ciphers, HTTP/1.1 by ALPN."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION
+    ctx.load_cert_chain(certfile, keyfile)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def make_strategy(cfg: Any, secret: bytes | None) -> Any:
+    from prefork_lb.balance import make
+
+    options: dict[str, Any] = {"slow_start": cfg.slow_start}
+    if cfg.strategy == "sticky" and secret:
+        options["secret"] = secret
+    return make(cfg.strategy, **options)
+
+
+class ProxyProcess:
+    def __init__(self, cfg: Any, listeners: list[socket.socket], admin: list[socket.socket],
+                 board: sb.Scoreboard | None, entry: Any, master_pid: int, secret: bytes | None,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.listeners = listeners
+        self.admin = admin
+        self.board = board
+        self.entry = entry
+        self.master_pid = master_pid
+        self.proxy = Proxy(cfg, make_strategy(cfg, secret), loop)
+        self.proxy.admin_response = self.admin_response
+        self.servers: list[Any] = []
+        self.stopped = asyncio.Event()
+        self.graceful = True
+        self.slot_seen: dict[int, float] = {}
+        self.tasks: list[asyncio.Task[Any]] = []
+        for host, port, weight in parse_backends(cfg.backends or []):
+            b = Backend(host, port, weight)
+            if cfg.health_check_interval > 0:
+                b.health = HealthState(cfg.health_check_rise, cfg.health_check_fall)
+            self.proxy.add_backend(b)
+
+    # -- local workers ----------------------------------------------------------------------------
+
+    def sync(self) -> None:
+        board = self.board
+        if board is None:
+            return
+        q = board.q
+        words = sb.ENTRY_SIZE // 8
+        ports: dict[int, tuple[int, bool]] = {}
+        for i in range(board.entries):
+            base = i * words
+            slot, port = q[base + sb.SLOT], q[base + sb.PORT]
+            if slot < 0 or port <= 0 or q[base + sb.PID] <= 0:
+                continue
+            ready = q[base + sb.STATE] in (sb.READY, sb.RETIRING)
+            prev = ports.get(slot)
+            ports[slot] = (port, ready or (prev is not None and prev[1]))
+        proxy = self.proxy
+        now = time.monotonic()
+        for slot, (port, ready) in ports.items():
+            self.slot_seen[slot] = now
+            key = f"127.0.0.1:{port}"
+            b = proxy.backends.get(key)
+            if b is None:
+                b = Backend("127.0.0.1", port, 1, slot=slot)
+                proxy.add_backend(b)
+                if not ready:
+                    proxy.strategy.mark_down(key)
+                continue
+            m = proxy.strategy.members[key]
+            if ready and not m.up:
+                proxy.set_up(b)
+            elif not ready and m.up:
+                proxy.strategy.mark_down(key)
+        # A slot with no worker for a while is gone (TTOU, autoscaling down).
+        for b in list(proxy.backends.values()):
+            if b.slot is not None and b.slot not in ports:
+                if now - self.slot_seen.get(b.slot, now) > 5.0:
+                    proxy.remove_backend(b.key)
+                elif proxy.strategy.members[b.key].up:
+                    proxy.strategy.mark_down(b.key)
+
+    async def ticker(self) -> None:
+        proxy = self.proxy
+        last_sync = 0.0
+        while True:
+            await asyncio.sleep(SWEEP)
+            proxy.sweep()
+            now = time.monotonic()
+            if now - last_sync >= SYNC:
+                last_sync = now
+                if self.entry is not None:
+                    self.entry.beat()
+                if self.master_pid and os.getppid() != self.master_pid:
+                    self.stop(False)
+                    return
+                self.sync()
+
+    # -- active health checks ---------------------------------------------------------------------
+
+    async def check_loop(self, b: Backend) -> None:
+        cfg = self.cfg
+        proxy = self.proxy
+        while b.key in proxy.backends:
+            ok = await self.probe(b)
+            health = b.health
+            if health.observe(ok):
+                if health.healthy:
+                    b.ejected_until = 0.0
+                    proxy.set_up(b)
+                else:
+                    log.warning("proxy: backend %s failed %d health checks", b.key, cfg.health_check_fall)
+                    b.down_reason = "health check"
+                    proxy.strategy.mark_down(b.key)
+            await asyncio.sleep(cfg.health_check_interval)
+
+    async def probe(self, b: Backend) -> bool:
+        cfg = self.cfg
+        writer = None
+        try:
+            async with asyncio.timeout(cfg.health_check_timeout or None):
+                reader, writer = await asyncio.open_connection(b.host, b.port)
+                writer.write(f"GET {cfg.health_check_path} HTTP/1.1\r\nHost: {b.key}\r\n"
+                             f"User-Agent: prefork_lb-health\r\nConnection: close\r\n\r\n".encode("latin-1"))
+                line = await reader.readline()
+            parts = line.split(None, 2)
+            return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and 200 <= int(parts[1]) < 400
+        except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
+            return False
+        finally:
+            if writer is not None:
+                writer.close()
+
+    # -- admin endpoints ----------------------------------------------------------------------------
+
+    def health_doc(self) -> dict[str, Any]:
+        proxy = self.proxy
+        snap = {m["key"]: m for m in proxy.strategy.snapshot()}
+        backends = []
+        healthy = 0
+        for b in proxy.backends.values():
+            m = snap.get(b.key)
+            up = bool(m and m["state"] == "up")
+            healthy += up
+            lat = m["latency"] if m else None
+            backends.append({"name": b.key, "healthy": up, "in_flight": m["in_flight"] if m else 0,
+                             "latency_ms": None if lat is None else round(lat * 1000, 3),
+                             **({"slot": b.slot} if b.slot is not None else {}),
+                             **({"reason": b.down_reason} if not up and b.down_reason else {})})
+        total = len(backends)
+        status = "down" if not healthy else ("ok" if healthy == total else "degraded")
+        return {"status": status, "healthy": healthy, "total": total, "backends": backends}
+
+    def stats_doc(self) -> dict[str, Any]:
+        proxy = self.proxy
+        return {"strategy": self.cfg.strategy, "requests": proxy.requests, "websockets": proxy.websockets,
+                "connections": proxy.connections, "active_connections": proxy.active,
+                "queued": len(proxy.waiting), "pid": os.getpid(),
+                "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()]}
+
+    def admin_response(self, req: Any) -> bytes:
+        path = req.split_target()[0]
+        if req.method not in ("GET", "HEAD"):
+            return simple_response(405, "use GET", close=not req.keep_alive, extra="Allow: GET, HEAD\r\n")
+        if path == b"/lb-health":
+            doc = self.health_doc()
+            code = 200 if doc["healthy"] else 503
+        elif path == b"/lb-stats":
+            doc, code = self.stats_doc(), 200
+        else:
+            return simple_response(404, "not found: try /lb-health or /lb-stats", close=not req.keep_alive)
+        body = json.dumps(doc, indent=1).encode() + b"\n"
+        reason = "OK" if code == 200 else "Service Unavailable"
+        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+                f"Content-Length: {len(body)}\r\n" + ("" if req.keep_alive else "Connection: close\r\n") + "\r\n")
+        return head.encode() + (b"" if req.method == "HEAD" else body)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        cfg = self.cfg
+        loop = self.loop
+        ctx = tls_context(cfg.certfile, cfg.keyfile) if cfg.certfile else None
+        scheme = "https" if ctx else "http"
+        proxy = self.proxy
+        for s in self.listeners:
+            s.setblocking(False)
+            self.servers.append(await loop.create_server(lambda: ClientConn(proxy, scheme), sock=s, ssl=ctx,
+                                                         backlog=cfg.backlog))
+        for s in self.admin:
+            s.setblocking(False)
+            self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
+        self.sync()
+        self.tasks.append(loop.create_task(self.ticker()))
+        for b in list(proxy.backends.values()):
+            if b.health is not None:
+                self.tasks.append(loop.create_task(self.check_loop(b)))
+        if self.entry is not None:
+            self.entry.set_state(sb.READY)
+        await self.stopped.wait()
+        # Stop accepting; let exchanges in flight finish (graceful) within the deadline.
+        proxy.stopping = True
+        for srv in self.servers:
+            srv.close()
+        deadline = time.monotonic() + (cfg.graceful_timeout if self.graceful else 0)
+        proxy.close_idle()
+        while proxy.busy() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            proxy.close_idle()
+        for t in self.tasks:
+            t.cancel()
+        for c in list(proxy.clients):
+            c.close()
+        for b in proxy.backends.values():
+            for up in list(b.idle):
+                up.close()
+
+    def stop(self, graceful: bool) -> None:
+        self.graceful = self.graceful and graceful
+        self.stopped.set()
+
+
+class AdminConn(asyncio.Protocol):
+    """The admin listener: /lb-health and /lb-stats, nothing else."""
+
+    def __init__(self, owner: ProxyProcess) -> None:
+        self.owner = owner
+        self.parser = RequestParser()
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        from prefork_lb.http.errors import HTTPError
+
+        try:
+            self.parser.feed(data)
+        except HTTPError as exc:
+            self.transport.write(simple_response(exc.status, exc.detail))
+            self.transport.close()
+            return
+        while self.parser.requests:
+            req = self.parser.requests.popleft()
+            self.transport.write(self.owner.admin_response(req))
+            if not req.keep_alive:
+                self.transport.close()
+                return
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            if kind == "uvloop":
+                log.warning("proxy: uvloop is not installed; using asyncio's loop")
+    return asyncio.new_event_loop()
+
+
+def reopen_logs(cfg: Any) -> None:
+    from prefork_lb.logs import setup_error_log
+
+    setup_error_log(cfg.log_level, cfg.error_logfile)
+
+
+def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: list[socket.socket]) -> int:
+    """Body of the proxy process (forked by the master); returns the exit code."""
+    from prefork_lb.worker.child import _die_with_parent
+
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
+                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    _die_with_parent()
+    if os.getppid() != master.pid:
+        return 0
+    cfg = master.cfg
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"prefork_lb: proxy [{cfg.proc_name or cfg.app_uri or 'standalone'}]")
+    except ImportError:
+        pass
+    entry = master.board.handle(worker.entry)
+    entry.beat()
+    loop = new_loop(cfg.proxy_loop)
+    asyncio.set_event_loop(loop)
+    proc = ProxyProcess(cfg, listeners, admin, master.board, entry, master.pid,
+                        getattr(master, "sticky_secret", None), loop)
+    loop.add_signal_handler(signal.SIGTERM, proc.stop, True)
+    loop.add_signal_handler(signal.SIGINT, proc.stop, False)
+    loop.add_signal_handler(signal.SIGQUIT, proc.stop, False)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs, cfg)
+    try:
+        loop.run_until_complete(proc.serve())
+    except Exception:
+        log.exception("proxy: crashed")
+        return 1
+    finally:
+        loop.close()
+    return 0
