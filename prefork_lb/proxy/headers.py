@@ -9,7 +9,9 @@ one ``b"".join``.
 Invariants of every head produced here:
 
 * framing is re-done by the proxy: at most one of ``Content-Length`` / ``Transfer-Encoding``,
-  never both, and it matches what the engine will send (the engine re-chunks chunked bodies);
+  never both, and it matches what the engine will send (the engine re-chunks chunked bodies;
+  codings before ``chunked``, such as gzip, describe the content and are kept); a POST, PUT or
+  PATCH without a body gets ``Content-Length: 0``;
 * no hop-by-hop field (RFC 9110 section 7.6.1: Connection, Keep-Alive, Proxy-Connection, TE,
   Transfer-Encoding, Upgrade, Trailer) and no field named in the sender's ``Connection`` header
   crosses, except the ones the proxy writes itself (framing, ``Connection: close`` /
@@ -19,7 +21,8 @@ Invariants of every head produced here:
   a backend only from a trusted peer (:class:`TrustedPeers`); from anyone else they are replaced,
   so a backend can rely on the last X-Forwarded-For entry being the real peer.
 
-``Expect: 100-continue`` is never forwarded: the proxy answers ``100 Continue`` to the client
+The request line goes upstream as ``METHOD target HTTP/1.1`` with the target as the client sent
+it (absolute-form included: servers must accept it). ``Expect: 100-continue`` is never forwarded: the proxy answers ``100 Continue`` to the client
 itself and streams the body, so the backend sees an ordinary request (and never a second,
 out-of-place 100 for us to filter).
 """

@@ -29,8 +29,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-import time
 from collections import deque
+from time import monotonic as _now
 from typing import Any
 
 import httptools
@@ -238,7 +238,7 @@ class Exchange:
         proxy = self.proxy
         client = self.client
         req = self.req
-        self.started = proxy.loop.time()
+        self.started = _now()
         if req.upgrade:
             self.websocket = any(n == "upgrade" and b"websocket" in v.lower() for n, _, v in req.headers)
         self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
@@ -301,7 +301,7 @@ class Exchange:
             up.paused = False
             up.transport.resume_reading()
         if client.deadline_kind in (D_CONNECT, D_NONE):
-            client.deadline_kind, client.deadline = D_UPSTREAM, self.proxy.loop.time() + self.proxy.upstream_timeout
+            client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
         self.sent = True
         out = [self.head]
         if self.replay:
@@ -338,7 +338,7 @@ class Exchange:
             self.body_done = True
             client = self.client
             if client.deadline_kind == D_BODY:
-                client.deadline_kind, client.deadline = D_UPSTREAM, self.proxy.loop.time() + self.proxy.upstream_timeout
+                client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
 
     # -- response side ----------------------------------------------------------------------------
 
@@ -382,7 +382,7 @@ class Exchange:
         self.framing = framing
         client.keep_alive = keep
         client.deadline_kind = D_UPSTREAM
-        client.deadline = proxy.loop.time() + proxy.upstream_timeout
+        client.deadline = _now() + proxy.upstream_timeout
         client.write(proxy.response_rewriter.head(
             status, up.reason, headers, framing=framing, content_length=length, keep_alive=keep,
             version=req.version, backend=self.backend.name if self.backend else None,
@@ -401,7 +401,7 @@ class Exchange:
             client.write(b"\r\n")
         else:
             client.write(body)
-        client.deadline = self.proxy.loop.time() + self.proxy.upstream_timeout
+        client.deadline = _now() + self.proxy.upstream_timeout
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
         if self.status < 200 or self.done:
@@ -415,7 +415,7 @@ class Exchange:
         proxy = self.proxy
         backend = self.backend
         assert backend is not None
-        now = proxy.loop.time()
+        now = _now()
         latency = now - self.started
         proxy.strategy.on_finish(backend.key, latency, self.status < 500)
         backend.stats.record_response(self.status, latency)
@@ -448,7 +448,7 @@ class Exchange:
             version=self.req.version, backend=self.backend.name, set_cookie=None, upgrade=True))
         if rest:
             client.write(rest)
-        proxy.strategy.on_finish(self.backend.key, proxy.loop.time() - self.started, True)
+        proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)
         self.backend.stats.websockets += 1
         proxy.websockets += 1
         client.start_tunnel(up)
@@ -486,8 +486,8 @@ class Exchange:
                 else:
                     self.framing = "closed"
                 self.done = True
-                proxy.strategy.on_finish(backend.key, proxy.loop.time() - self.started, True)
-                backend.stats.record_response(self.status, proxy.loop.time() - self.started)
+                proxy.strategy.on_finish(backend.key, _now() - self.started, True)
+                backend.stats.record_response(self.status, _now() - self.started)
                 self.client.exchange_done(self)
                 self.client.flush()
                 return
@@ -574,7 +574,7 @@ class Exchange:
         self.done = True
         client = self.client
         if self.backend is not None and status >= 500:
-            self.backend.stats.record_response(status, self.proxy.loop.time() - self.started)
+            self.backend.stats.record_response(status, _now() - self.started)
         extra = "Retry-After: 1\r\n" if retry_after else ""
         client.write(simple_response(status, why, close=True, extra=extra))
         client.keep_alive = False
@@ -619,16 +619,16 @@ class ClientConn(asyncio.Protocol):
             self.queued = True
             self.pause("queue")
             proxy.waiting.append(self)
-            self.deadline_kind, self.deadline = D_QUEUE, proxy.loop.time() + proxy.queue_timeout
+            self.deadline_kind, self.deadline = D_QUEUE, _now() + proxy.queue_timeout
             return
         proxy.active += 1
-        self.deadline_kind, self.deadline = D_HEAD, proxy.loop.time() + proxy.header_timeout
+        self.deadline_kind, self.deadline = D_HEAD, _now() + proxy.header_timeout
 
     def admitted(self) -> None:
         """A place under --max-connections came free for this queued connection."""
         self.queued = False
         self.proxy.active += 1
-        self.deadline_kind, self.deadline = D_HEAD, self.proxy.loop.time() + self.proxy.header_timeout
+        self.deadline_kind, self.deadline = D_HEAD, _now() + self.proxy.header_timeout
         self.resume("queue")
 
     def data_received(self, data: bytes) -> None:
@@ -651,13 +651,13 @@ class ClientConn(asyncio.Protocol):
             if parser.requests:
                 self.next_request()
             elif self.deadline_kind == D_IDLE:
-                self.deadline_kind, self.deadline = D_HEAD, self.proxy.loop.time() + self.proxy.header_timeout
+                self.deadline_kind, self.deadline = D_HEAD, _now() + self.proxy.header_timeout
         elif not ex.body_done:
             ex.pump_body()
             if ex.up is None and ex.req.body_size > HIGH_WATER:
                 self.pause("connect")   # the body waits for a backend connection: bounded
             if self.deadline_kind == D_BODY:
-                self.deadline = self.proxy.loop.time() + self.proxy.body_timeout
+                self.deadline = _now() + self.proxy.body_timeout
         if len(parser.requests) > 1:
             self.pause("pipeline")
         if self.wbuf:
@@ -681,7 +681,7 @@ class ClientConn(asyncio.Protocol):
             if req.complete:
                 self.deadline_kind = D_NONE
             else:
-                self.deadline_kind, self.deadline = D_BODY, proxy.loop.time() + proxy.body_timeout
+                self.deadline_kind, self.deadline = D_BODY, _now() + proxy.body_timeout
             ex = self.ex = Exchange(self, req)
             ex.start()
         if self.ex is None:
@@ -729,7 +729,7 @@ class ClientConn(asyncio.Protocol):
             self.flush()
             self.close_after_write()
             return
-        self.deadline_kind, self.deadline = D_IDLE, proxy.loop.time() + proxy.keepalive
+        self.deadline_kind, self.deadline = D_IDLE, _now() + proxy.keepalive
 
     def start_tunnel(self, up: Upstream) -> None:
         self.ex = None
@@ -955,7 +955,7 @@ class Proxy:
         client = ex.client
         if ex.done or ex.backend is not backend or client.closed or ex.up is not None:
             # The exchange went on without it (timed out, client gone): keep it for later.
-            up.last_used = self.loop.time()
+            up.last_used = _now()
             if len(backend.idle) < self.keepalive_max and not ex.websocket:
                 backend.idle.append(up)
             else:
@@ -977,12 +977,11 @@ class Proxy:
 
     def connect_failure(self, backend: Backend, why: str) -> None:
         """A refused or timed-out connect: take the backend out at once."""
-        backend.ejector.failure()
-        self.eject(backend, why, self.loop.time() + backend.ejector.eject_for)
+        self.eject(backend, why, _now() + backend.ejector.eject())
 
     def passive_failure(self, backend: Backend, why: str) -> None:
         if backend.ejector.failure():
-            self.eject(backend, why, self.loop.time() + backend.ejector.eject_for)
+            self.eject(backend, why, _now() + backend.ejector.eject_for)
 
     def eject(self, backend: Backend, why: str, until: float) -> None:
         if backend.key not in self.backends:
@@ -1017,7 +1016,7 @@ class Proxy:
     # -- the sweep ----------------------------------------------------------------------------------
 
     def sweep(self) -> None:
-        now = self.loop.time()
+        now = _now()
         for c in list(self.clients):
             if c.deadline_kind and now >= c.deadline and not c.closed:
                 c.expire(now)
@@ -1041,6 +1040,3 @@ class Proxy:
             if c.ex is None and c.tunnel is None and not c.parser.requests:
                 c.close()
 
-
-def now_wall() -> float:
-    return time.time()
