@@ -350,7 +350,9 @@ class RequestRewriter:
     def _forwarding(self, peer_ip: str, scheme: str, host: bytes | None, version: str, xff: list[bytes] | None,
                     fwd: list[bytes] | None, via: list[bytes] | None, has_xfp: bool, has_xfh: bool) -> bytes:
         """X-Forwarded-*, Forwarded, Via and X-Forwarded-By, given what the client sent of them."""
-        out: list[bytes] = []
+        # Upstream is HTTP/1.1, which needs a Host: an empty one when the client (HTTP/1.0, or
+        # --require-host false) named no authority (RFC 9112 section 3.2).
+        out: list[bytes] = [] if host is not None else [b"Host: \r\n"]
         add = out.extend
         xff_ip, for_value = peer_forms(peer_ip)
         if xff is not None:

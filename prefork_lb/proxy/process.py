@@ -196,6 +196,9 @@ class ProxyProcess:
         return {"strategy": self.cfg.strategy, "requests": proxy.requests, "websockets": proxy.websockets,
                 "connections": proxy.connections, "active_connections": proxy.active,
                 "queued": len(proxy.waiting), "pid": os.getpid(),
+                # --dispatch proxy: worker slots with a ready worker (autoscaling shows here)
+                "local_workers": sum(1 for b in proxy.backends.values()
+                                     if b.slot is not None and proxy.strategy.members[b.key].up),
                 "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()]}
 
     def admin_response(self, req: Any) -> bytes:
