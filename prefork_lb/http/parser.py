@@ -99,7 +99,7 @@ class Request:
     __slots__ = (
         "method", "target", "version", "headers", "keep_alive", "content_length", "chunked",
         "expect_continue", "upgrade", "chunks", "body_size", "complete", "discard", "host",
-        "content_type",
+        "content_type", "memo",
     )
 
     def __init__(self) -> None:
@@ -118,6 +118,7 @@ class Request:
         self.discard = False   # the app is done with it: drop further body bytes
         self.host: bytes | None = None
         self.content_type: bytes | None = None
+        self.memo: dict[object, bytes] | None = None   # a caller's cache for a request head seen before
 
     def split_target(self) -> tuple[bytes, bytes]:
         """(path, query) of the request-target, not percent-decoded; fragment dropped."""
@@ -166,6 +167,11 @@ class RequestParser:
         self._trailers = False
         self.stopped = False   # no further requests will be parsed on this connection
         self.error: HTTPError | None = None   # an error behind requests still to be served
+
+    @property
+    def between_requests(self) -> bool:
+        """No request is partly parsed: the next byte fed starts a new one."""
+        return self._cur is None and not self.stopped
 
     # -- feeding -------------------------------------------------------------------------------
 

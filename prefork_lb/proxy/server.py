@@ -49,8 +49,27 @@ REPLAY_MAX = 64 * 1024      # body bytes kept for a retry of an idempotent reque
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FRESH_FOR_UNSAFE = 1.0      # a non-idempotent request reuses only connections used this recently
 HIGH_WATER = 256 * 1024
+MEMO_MAX = 256              # request heads and response heads remembered (see Memo)
+MEMO_HEAD_MAX = 2048        # longest head worth remembering
 # deadline kinds of a client connection
 D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM, D_CONNECT = range(7)
+
+
+class ResponseMemo:
+    """What a response head seen before turned into: status, length, whether the backend keeps
+    the connection, and the rewritten head per (client version, keep-alive, backend).
+
+    Keyed on the raw head bytes, which fully determine the rewrite; the Date header changes
+    once a second, so a backend answering the same way hits the memo for all but one response
+    a second. Only simple responses are remembered: a final status, Content-Length framing."""
+
+    __slots__ = ("status", "length", "upstream_keep", "heads")
+
+    def __init__(self, status: int, length: int, upstream_keep: bool) -> None:
+        self.status = status
+        self.length = length
+        self.upstream_keep = upstream_keep
+        self.heads: dict[tuple[str, bool, bytes], bytes] = {}
 
 
 class Backend:
@@ -80,7 +99,7 @@ class Upstream(asyncio.Protocol):
     """A connection to a backend; parses responses with httptools."""
 
     __slots__ = ("proxy", "backend", "transport", "parser", "ex", "headers", "last_used", "closed",
-                 "paused", "is_head", "got_bytes", "tunnel_to", "reason")
+                 "paused", "is_head", "got_bytes", "tunnel_to", "reason", "midmsg", "raw_head")
 
     def __init__(self, proxy: Proxy, backend: Backend) -> None:
         self.proxy = proxy
@@ -96,6 +115,8 @@ class Upstream(asyncio.Protocol):
         self.got_bytes = False
         self.tunnel_to: ClientConn | None = None
         self.reason = b""
+        self.midmsg = False          # a response is partly parsed
+        self.raw_head: bytes | None = None   # the head of the response being parsed, when whole
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -117,6 +138,15 @@ class Upstream(asyncio.Protocol):
             self.close()
             return
         self.got_bytes = True
+        self.raw_head = None
+        if not self.midmsg:
+            end = data.find(b"\r\n\r\n")
+            if 0 < end < MEMO_HEAD_MAX:
+                raw = data[:end]
+                memo = self.proxy.response_memo.get(raw)
+                if memo is not None and len(data) == end + 4 + memo.length and ex.fast_response(self, memo, data, end):
+                    return
+                self.raw_head = raw
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -166,6 +196,7 @@ class Upstream(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.headers = []
         self.reason = b""
+        self.midmsg = True
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -184,6 +215,7 @@ class Upstream(asyncio.Protocol):
             ex.response_body(body)
 
     def on_message_complete(self) -> None:
+        self.midmsg = False
         ex = self.ex
         if ex is not None:
             ex.response_done(self, self.parser.should_keep_alive())
@@ -201,6 +233,7 @@ class Upstream(asyncio.Protocol):
 
     def reset_parser(self) -> None:
         self.parser = httptools.HttpResponseParser(self)
+        self.midmsg = False
 
 
 class Exchange:
@@ -241,7 +274,18 @@ class Exchange:
         self.started = _now()
         if req.upgrade:
             self.websocket = any(n == "upgrade" and b"websocket" in v.lower() for n, _, v in req.headers)
-        self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
+        memo = req.memo
+        if memo is not None:
+            # A request head seen before: its rewrite only depends on the peer and scheme.
+            key = (client.peer_ip, client.scheme)
+            head = memo.get(key)
+            if head is None:
+                head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, False)
+                if len(memo) < 64:
+                    memo[key] = head
+            self.head = head
+        else:
+            self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
         proxy.budget.on_request()
         if req.expect_continue and not req.complete:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -383,13 +427,48 @@ class Exchange:
         client.keep_alive = keep
         client.deadline_kind = D_UPSTREAM
         client.deadline = _now() + proxy.upstream_timeout
-        client.write(proxy.response_rewriter.head(
+        head = proxy.response_rewriter.head(
             status, up.reason, headers, framing=framing, content_length=length, keep_alive=keep,
             version=req.version, backend=self.backend.name if self.backend else None,
-            set_cookie=self.set_cookie))
+            set_cookie=self.set_cookie)
+        client.write(head)
         self.responded = True
+        raw = up.raw_head
+        if (raw is not None and framing == "length" and self.set_cookie is None and self.backend is not None
+                and not proxy.stopping and length is not None):
+            memos = proxy.response_memo
+            memo = memos.get(raw)
+            if memo is None:
+                if len(memos) >= MEMO_MAX:
+                    memos.clear()
+                memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
+            if len(memo.heads) < 64:
+                memo.heads[(req.version, keep, self.backend.name)] = head
         if req.method == "HEAD":
             self.response_done(up, reusable)
+
+    def fast_response(self, up: Upstream, memo: ResponseMemo, data: bytes, end: int) -> bool:
+        """A whole response whose head was seen before: relay it without parsing. False when
+        the memo does not fit this exchange (the caller parses instead)."""
+        req = self.req
+        if req.method == "HEAD" or self.set_cookie is not None or self.websocket or self.backend is None:
+            return False
+        keep = req.keep_alive and not self.proxy.stopping
+        head = memo.heads.get((req.version, keep, self.backend.name))
+        if head is None:
+            return False
+        client = self.client
+        self.status = memo.status
+        self.framing = "length"
+        self.responded = True
+        client.keep_alive = keep
+        client.write(head)
+        if memo.length:
+            client.write(data[end + 4:])
+        self.response_done(up, memo.upstream_keep)
+        if client.wbuf:
+            client.flush()
+        return True
 
     def response_body(self, body: bytes) -> None:
         if not self.responded:
@@ -641,11 +720,32 @@ class ClientConn(asyncio.Protocol):
             if self.ex is not None and self.ex.websocket:
                 self.early.append(data)   # sent before the 101: held for the tunnel
             return
+        memos = self.proxy.request_memo
+        fresh = self.ex is None and not parser.requests and parser.between_requests
+        if fresh:
+            # A whole bodiless request head that parsed before: the parser would give the
+            # same result again, so skip it (the memo only ever holds requests it accepted).
+            req = memos.get(data)
+            if req is not None:
+                parser.requests.append(req)
+                self.next_request()
+                if self.wbuf:
+                    self.flush()
+                return
         try:
             parser.feed(data)
         except HTTPError as exc:
             self.refuse(exc)
             return
+        if fresh and len(parser.requests) == 1 and len(data) < MEMO_HEAD_MAX and parser.between_requests:
+            req = parser.requests[0]
+            if (req.complete and not req.body_size and not req.chunked and not req.content_length
+                    and req.keep_alive and not req.upgrade and not req.expect_continue
+                    and data.find(b"\r\n\r\n") == len(data) - 4):
+                if len(memos) >= MEMO_MAX:
+                    memos.clear()
+                req.memo = {}
+                memos[data] = req
         ex = self.ex
         if ex is None:
             if parser.requests:
@@ -898,6 +998,8 @@ class Proxy:
         self.websockets = 0
         self.stopping = False
         self.admin_response: Any = None   # set by the process: (Request) -> bytes
+        self.request_memo: dict[bytes, Request] = {}
+        self.response_memo: dict[bytes, ResponseMemo] = {}
 
     # -- membership ---------------------------------------------------------------------------------
 

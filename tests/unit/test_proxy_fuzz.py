@@ -69,14 +69,21 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     lp.close()
 
 
-def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes]) -> tuple[bytes, list[bytes]]:
-    """Feed ``chunks`` to a proxy client connection; answer every forwarded request.
-    Returns (what the client got, what each upstream connection got)."""
+def new_proxy(loop: asyncio.AbstractEventLoop) -> Proxy:
     cfg = defaults()
     cfg.values["require_host"] = False
     proxy = Proxy(cfg, make("round_robin"), loop)
-    backend = Backend("127.0.0.1", 9)
-    proxy.add_backend(backend)
+    proxy.add_backend(Backend("127.0.0.1", 9))
+    return proxy
+
+
+def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes],
+               proxy: Proxy | None = None) -> tuple[bytes, list[bytes]]:
+    """Feed ``chunks`` to a proxy client connection; answer every forwarded request.
+    Returns (what the client got, what each upstream connection got)."""
+    proxy = proxy or new_proxy(loop)
+    for b in proxy.backends.values():
+        b.idle.clear()   # each run opens (and records) its own upstream connections
     upstreams: list[tuple[Upstream, FakeTransport]] = []
 
     def connect(b: Backend, ex: Any) -> None:
@@ -106,8 +113,18 @@ def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes]) -> tuple[by
     return b"".join(ct.data), [b"".join(t.data) for _, t in upstreams]
 
 
+def _undated(data: bytes) -> bytes:
+    return b"\r\n".join(line for line in data.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
 def check(loop: asyncio.AbstractEventLoop, chunks: list[bytes]) -> None:
-    got, sent = run_client(loop, chunks)
+    proxy = new_proxy(loop)
+    got, sent = run_client(loop, chunks, proxy)
+    # A second client sending the same bytes meets the proxy's memo of request and response
+    # heads: it must get exactly what the first got, and the backend exactly the same.
+    again, sent_again = run_client(loop, chunks, proxy)
+    assert _undated(again) == _undated(got)
+    assert sent_again == sent
     # Responses the proxy made itself: every status line without the backend's marker.
     for part in got.split(b"HTTP/1.1 ")[1:]:
         status = int(part[:3])
