@@ -528,7 +528,10 @@ class Exchange:
         if rest:
             client.write(rest)
         proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)
+        # A WebSocket counts as a connection, not a request.
         self.backend.stats.websockets += 1
+        self.backend.stats.requests -= 1
+        proxy.requests -= 1
         proxy.websockets += 1
         client.start_tunnel(up)
 

@@ -130,6 +130,7 @@ class BackendStats:
             "requests": self.requests,
             "errors": self.errors,
             "retries": self.retries,
+            "websockets": self.websockets,
             "responses": {cls: self.responses[i + 1] for i, cls in enumerate(_REPORTED)},
             "latency_ms": {
                 "p50": _ms(h.percentile(50)),
