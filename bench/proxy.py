@@ -1,0 +1,529 @@
+"""The L7 proxy benchmark: prefork_lb's proxy vs nginx and HAProxy in front of the same 2 workers.
+
+Usage: python bench/proxy.py [--duration 10] [--warmup 2] [--connections 64]
+                             [--fronts prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated]
+                             [--no-save]
+
+Two backends (``python -m prefork_lb bench.apps:hello --workers 1``, each on its own 127.0.0.1
+port) are started once for the whole run. Then each front end in turn is started on a free
+port in front of them, warmed up and measured with the same wrk load (keep-alive, 1 thread):
+
+- ``prefork_lb-proxy``: ``python -m prefork_lb proxy --backends B1,B2 --strategy least_connections``;
+- ``nginx``: 1 worker process, ``least_conn``, upstream ``keepalive`` >= the connection count;
+- ``haproxy``: 1 thread, ``balance leastconn``, ``http-reuse always``;
+- ``direct-worker``: no front end, wrk straight at one backend (the ceiling of one worker);
+- ``prefork_lb-integrated``: ``--dispatch proxy --workers 2``, which brings its own 2 workers
+  (not the shared backends; its row splits the proxy's CPU from its workers').
+
+Per front end: req/s, p50/p99, errors, and the front end's CPU seconds per 10k requests (user +
+sys of its process tree, read with psutil just before and after the measured wrk run, divided
+by the requests wrk completed); the backends' CPU likewise. ratio = req/s / nginx's req/s.
+
+Invariants: all traffic goes to 127.0.0.1; every process started here runs in its own session
+and is stopped (SIGTERM to the group, then SIGKILL) on every exit path, Ctrl-C and SIGTERM
+included; a front end that fails is reported with its log tail and the run goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(REPO))
+
+from bench import harness  # noqa: E402
+
+APP = "bench.apps:hello"
+PY = sys.executable
+BASELINE = "nginx"
+PROXY_TITLE = "prefork_lb: proxy"  # process title of prefork_lb's proxy process
+DEFAULT_FRONTS = "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated"
+
+NOTES = [
+    "Everything runs on one machine over 127.0.0.1 with no CPU pinning: wrk, the front end and the "
+    "2 backend workers compete for the same CPUs, so compare rows within this report only. "
+    "`other CPU %` is CPU time (% of one CPU) that the machine spent on processes other than "
+    "this benchmark, wrk, the front end and the backends during the measured run; a high value "
+    "means that row's numbers are depressed.",
+    "Backends: 2 separate prefork_lb servers (`--workers 1 --offload-processes 0`, dispatch "
+    "reuseport) serving bench.apps:hello (13-byte body with Content-Length), started once and "
+    "shared by prefork_lb-proxy, nginx, haproxy and direct-worker. prefork_lb-integrated runs its "
+    "own 2 workers under its own master, so its backends are comparable but not the same processes.",
+    "Load: wrk, 1 thread, HTTP/1.1 keep-alive, GET /, after an unmeasured warmup on the same "
+    "running front end. p50/p99 are wrk's (coordinated-omission corrected, see bench/README.md).",
+    "front CPU s/10k: user+sys CPU seconds of the front end's processes during the measured run "
+    "(psutil cpu_times of the started process and all its descendants, before and after) per "
+    "10,000 requests completed. nginx: master + worker; haproxy: its one process (-db, no master); "
+    "prefork_lb-proxy: the prefork_lb master + its proxy process; prefork_lb-integrated: master + "
+    "proxy process, with its worker processes counted as backends. backend CPU s/10k: the same "
+    "for the backends' process trees (master + worker each).",
+    "nginx: `worker_processes 1`, `least_conn`, `keepalive` (idle upstream connections) = "
+    "max(128, connections), `proxy_http_version 1.1` + `proxy_set_header Connection \"\"`, "
+    "`access_log off`, `keepalive_requests` raised on both sides so no connection is closed "
+    "for having served many requests (nginx's default is 1000). Like a production config it "
+    "passes Host and sets X-Forwarded-For/-Proto/-Host (prefork_lb's proxy adds those plus "
+    "Forwarded, Via and the lb headers, its contract; the backends pay for the extra headers).",
+    "haproxy: `nbthread 1`, `mode http`, `balance leastconn`, `http-reuse always`, "
+    "`option http-keep-alive`, `option forwardfor` and X-Forwarded-Proto/-Host set, no logging, "
+    "run in the foreground without a master (`-db`).",
+    "prefork_lb-proxy: `--upstream-keepalive` = max(128, connections) per backend; active health "
+    "checks at their defaults (GET /health every 2 s per backend; the benchmark waits until "
+    "/lb-health reports every backend healthy before the warmup). The .json holds /lb-stats "
+    "after the run (per-backend request split, latencies).",
+    "upstream_connections in the .json: established TCP connections from the front end's processes "
+    "to the backends right after the measured run (its pool of idle upstream connections).",
+]
+
+
+@dataclass
+class Front:
+    """One front end under test: how to start it and where wrk sends the load."""
+
+    name: str
+    cmd: list[str] | None          # None: nothing to start (direct-worker)
+    port: int
+    stats_port: int | None = None  # prefork_lb admin listener, for /lb-health and /lb-stats
+    owns_workers: bool = False     # prefork_lb-integrated: its non-proxy children are backends
+    files: dict[str, str] = field(default_factory=dict)  # generated config files, for the report
+    error_log: Path | None = None  # a log the front end writes itself (nginx), tailed on failure
+
+
+# -- front ends ---------------------------------------------------------------------------------
+
+def _tool(name: str) -> str:
+    """Path of nginx/haproxy: /usr/sbin is not on every user's PATH."""
+    found = shutil.which(name) or shutil.which(name, path="/usr/local/sbin:/usr/sbin:/sbin")
+    if not found:
+        raise FileNotFoundError(f"{name} not found; install it with: sudo sh bench/install-tools.sh")
+    return found
+
+
+def _keepalive(connections: int) -> int:
+    return max(128, connections)
+
+
+def front_prefork_proxy(backends: list[int], workdir: Path, connections: int) -> Front:
+    port, sport = harness.free_port(), harness.free_port()
+    cmd = [PY, "-m", "prefork_lb", "proxy", "--backends", ",".join(f"127.0.0.1:{p}" for p in backends),
+           "-b", f"127.0.0.1:{port}", "--strategy", "least_connections", "--stats-bind", f"127.0.0.1:{sport}",
+           "--upstream-keepalive", str(_keepalive(connections))]
+    return Front("prefork_lb-proxy", cmd, port, sport)
+
+
+def front_prefork_integrated(backends: list[int], workdir: Path, connections: int) -> Front:
+    port, sport = harness.free_port(), harness.free_port()
+    cmd = [PY, "-m", "prefork_lb", APP, "--dispatch", "proxy", "--workers", "2", "-b", f"127.0.0.1:{port}",
+           "--stats-bind", f"127.0.0.1:{sport}", "--offload-processes", "0",
+           "--upstream-keepalive", str(_keepalive(connections))]
+    return Front("prefork_lb-integrated", cmd, port, sport, owns_workers=True)
+
+
+def front_nginx(backends: list[int], workdir: Path, connections: int) -> Front:
+    d = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))  # one per start: --fronts may repeat
+    d.chmod(0o755)  # as root, nginx's worker runs as nobody and must reach its temp paths
+    port = harness.free_port()
+    servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
+    temps = "\n".join(f"    {kind}_temp_path {d}/{kind}_temp;" for kind in
+                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = f"""daemon off;
+master_process on;
+worker_processes 1;
+error_log {d}/error.log warn;
+pid {d}/nginx.pid;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+{temps}
+    upstream backends {{
+        least_conn;
+{servers}
+        keepalive {_keepalive(connections)};
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://backends;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+        }}
+    }}
+}}
+"""
+    (d / "nginx.conf").write_text(conf)
+    # -e: the error log before the config is read (else nginx tries its compiled-in /var/log path)
+    cmd = [_tool("nginx"), "-p", f"{d}/", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
+    return Front("nginx", cmd, port, files={"nginx.conf": conf}, error_log=d / "error.log")
+
+
+def front_haproxy(backends: list[int], workdir: Path, connections: int) -> Front:
+    d = Path(tempfile.mkdtemp(prefix="haproxy-", dir=workdir))
+    port = harness.free_port()
+    servers = "\n".join(f"    server w{i} 127.0.0.1:{p}" for i, p in enumerate(backends, 1))
+    conf = f"""global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 3s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+
+frontend fe
+    bind 127.0.0.1:{port}
+    default_backend be
+
+backend be
+    balance leastconn
+    option forwardfor
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header X-Forwarded-Host %[req.hdr(host)]
+{servers}
+"""
+    (d / "haproxy.cfg").write_text(conf)
+    return Front("haproxy", [_tool("haproxy"), "-db", "-f", str(d / "haproxy.cfg")], port,
+                 files={"haproxy.cfg": conf})
+
+
+def front_direct(backends: list[int], workdir: Path, connections: int) -> Front:
+    return Front("direct-worker", None, backends[0])
+
+
+FRONTS: dict[str, Callable[[list[int], Path, int], Front]] = {
+    "prefork_lb-proxy": front_prefork_proxy,
+    "nginx": front_nginx,
+    "haproxy": front_haproxy,
+    "direct-worker": front_direct,
+    "prefork_lb-integrated": front_prefork_integrated,
+}
+
+
+# -- measuring ----------------------------------------------------------------------------------
+
+CpuTree = dict[int, tuple[str, float]]  # pid -> (title, user+sys seconds)
+
+
+def tree_cpu(pid: int) -> CpuTree:
+    """{pid: (title, user+sys seconds)} of ``pid`` and all its descendants (the ones still alive)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return {}
+    out: CpuTree = {}
+    for p in procs:
+        try:
+            with p.oneshot():
+                t = p.cpu_times()
+                out[p.pid] = (" ".join(p.cmdline()) or p.name(), t.user + t.system)
+        except psutil.Error:
+            pass
+    return out
+
+
+def cpu_delta(before: CpuTree, after: CpuTree) -> CpuTree:
+    """Per-process CPU used between two tree_cpu() snapshots (a process new since ``before`` counts whole)."""
+    return {pid: (title, cpu - before.get(pid, ("", 0.0))[1]) for pid, (title, cpu) in after.items()}
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy since boot (/proc/stat: user, nice, system, irq, softirq)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:8]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s() -> float:
+    """This process plus its reaped children (wrk)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def upstream_connections(pids: list[int], own_ports: set[int]) -> int:
+    """Established TCP connections that ``pids`` opened as clients (local port not one of theirs).
+
+    Read right after a run, when wrk's connections are gone: the front end's pool of idle
+    upstream connections.
+    """
+    n = 0
+    for pid in pids:
+        try:
+            n += sum(1 for c in psutil.Process(pid).net_connections("tcp")
+                     if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.laddr.port not in own_ports)
+        except psutil.Error:
+            pass
+    return n
+
+
+def get_json(port: int, path: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2.0) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:  # 503 from /lb-health still carries the JSON
+        return exc.code, json.loads(exc.read() or b"null")
+
+
+def wait_all_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float = 20.0) -> None:
+    """Poll /lb-health until every backend is healthy, so the run starts with both in use."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise harness.ServerError(f"exited with status {proc.returncode} before it was healthy")
+        try:
+            _, last = get_json(port, "/lb-health")
+            if last and last.get("total") and last.get("healthy") == last.get("total"):
+                return
+        except (OSError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.1)
+    raise harness.ServerError(f"/lb-health on port {port} not all healthy within {deadline:g}s: {last}")
+
+
+def log_tail(path: Path, n: int = 12) -> list[str]:
+    return path.read_text(errors="replace").strip().splitlines()[-n:] if path.exists() else []
+
+
+# -- running ------------------------------------------------------------------------------------
+
+class Procs:
+    """Every process this benchmark started, stopped in reverse order on every exit path."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, cmd: list[str], log: Path) -> subprocess.Popen[bytes]:
+        proc = harness.start_server(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes]) -> int | None:
+        status = harness.stop(proc)
+        self.procs.remove(proc)  # only once stopped: an interrupted stop is retried by stop_all()
+        return status
+
+    def stop_all(self) -> None:
+        """Stop everything still running; a second Ctrl-C meanwhile must not cut the cleanup short."""
+        old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            while self.procs:
+                self.stop(self.procs[-1])
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process we started."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subprocess.Popen[bytes]], list[str]]:
+    ports, started, cmds = [], [], []
+    for i in (1, 2):
+        port = harness.free_port()
+        cmd = [PY, "-m", "prefork_lb", APP, "--workers", "1", "-b", f"127.0.0.1:{port}",
+               "--offload-processes", "0"]
+        proc = procs.start(cmd, logdir / f"backend{i}.log")
+        ports.append(port)
+        started.append(proc)
+        cmds.append(" ".join(cmd))
+    for port, proc, i in zip(ports, started, (1, 2), strict=True):
+        try:
+            harness.wait_http(port, deadline=20.0, proc=proc)
+        except harness.ServerError as exc:
+            tail = "\n    ".join(log_tail(logdir / f"backend{i}.log"))
+            raise harness.ServerError(f"backend {i} did not start: {exc}\n  log tail:\n    {tail}") from None
+    return ports, started, cmds
+
+
+def bench_front(name: str, args: argparse.Namespace, procs: Procs, backends: list[int],
+                backend_procs: list[subprocess.Popen[bytes]], workdir: Path) -> dict[str, Any]:
+    row: dict[str, Any] = {"front": name, "status": "ok", "rps": None, "p50_ms": None, "p99_ms": None,
+                           "errors_total": None, "front_cpu_per_10k": None, "backend_cpu_per_10k": None}
+    handle, logname = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=workdir)  # --fronts may repeat
+    os.close(handle)
+    log = Path(logname)
+    proc: subprocess.Popen[bytes] | None = None
+    front: Front | None = None
+    try:
+        front = FRONTS[name](backends, workdir, args.connections)
+        row["command"] = " ".join(front.cmd) if front.cmd else f"(none: wrk at 127.0.0.1:{front.port})"
+        row["config_files"] = front.files
+        if front.cmd:
+            proc = procs.start(front.cmd, log)
+            harness.wait_http(front.port, deadline=20.0, proc=proc)
+            if front.stats_port:
+                wait_all_healthy(front.stats_port, proc)
+        url = f"http://127.0.0.1:{front.port}/"
+        if args.warmup > 0:
+            harness.run_wrk(url, args.connections, args.warmup)
+        back_pids = [p.pid for p in backend_procs]
+
+        def snap() -> tuple[float, float, CpuTree, CpuTree]:
+            back: CpuTree = {}
+            for pid in back_pids:
+                back.update(tree_cpu(pid))
+            return machine_busy_s(), own_cpu_s(), tree_cpu(proc.pid) if proc else {}, back
+
+        t0, (busy0, own0, f0, b0) = time.monotonic(), snap()
+        res = harness.run_wrk(url, args.connections, args.duration)
+        busy1, own1, f1, b1 = snap()
+        wall = time.monotonic() - t0
+        if proc is not None and proc.poll() is not None:
+            raise harness.ServerError(f"exited with status {proc.returncode} during the run")
+
+        fd, bd = cpu_delta(f0, f1), cpu_delta(b0, b1)
+        accounted = sum(v[1] for v in fd.values()) + sum(v[1] for v in bd.values())
+        if front.owns_workers:  # integrated: the master and its proxy process are the front end
+            assert proc is not None
+            bd = {pid: v for pid, v in fd.items() if pid != proc.pid and not v[0].startswith(PROXY_TITLE)}
+            fd = {pid: v for pid, v in fd.items() if pid not in bd}
+        front_cpu, back_cpu = sum(v[1] for v in fd.values()), sum(v[1] for v in bd.values())
+        requests = res["requests"] or 0
+        other = (busy1 - busy0) - (own1 - own0) - accounted
+        row.update(
+            rps=res["rps"], p50_ms=res["latency_ms"].get("p50"), p99_ms=res["latency_ms"].get("p99"),
+            errors_total=res["errors_total"], errors=res["errors"], requests=requests,
+            latency_ms=res["latency_ms"], mean_ms_little=round(1000 * args.connections / res["rps"], 3),
+            front_cpu_s=round(front_cpu, 3), backend_cpu_s=round(back_cpu, 3),
+            front_cpu_per_10k=round(1e4 * front_cpu / requests, 4) if requests and fd else None,
+            backend_cpu_per_10k=round(1e4 * back_cpu / requests, 4) if requests else None,
+            other_cpu_pct=round(100 * max(0.0, other) / wall, 1),
+            front_procs=[{"pid": pid, "title": t, "cpu_s": round(c, 3)} for pid, (t, c) in fd.items()],
+            backend_procs=[{"pid": pid, "title": t, "cpu_s": round(c, 3)} for pid, (t, c) in bd.items()],
+            wrk_command=res["command"], wrk_output=res["raw"])
+        if proc is not None:
+            own = {front.port, front.stats_port or 0}
+            row["upstream_connections"] = upstream_connections(list(fd), own)
+        if front.stats_port:
+            try:
+                row["lb_stats"] = get_json(front.stats_port, "/lb-stats")[1]
+            except (OSError, ValueError) as exc:  # the measurement stands without it
+                row["lb_stats"] = f"unavailable: {type(exc).__name__}: {exc}"
+    except Exception as exc:  # report and go on with the next front end
+        row["status"] = f"failed: {exc}"
+        row["log_tail"] = log_tail(log) + (log_tail(front.error_log) if front and front.error_log else [])
+        print(f"[{name}] FAILED: {exc}\n  command: {row.get('command', '-')}\n  log tail:\n    "
+              + "\n    ".join(row["log_tail"] or ["(empty)"]), file=sys.stderr)
+    finally:
+        if proc is not None:
+            row["exit_status"] = procs.stop(proc)
+    return row
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for name, flag in (("nginx", "-v"), ("haproxy", "-v")):
+        try:
+            p = subprocess.run([_tool(name), flag], capture_output=True, text=True, timeout=10, check=False)
+            out[name] = ((p.stdout + p.stderr).strip().splitlines() or ["unknown"])[0]
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            out[name] = f"not available ({exc})"
+    return out
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per front end")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first (0: none)")
+    ap.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (wrk -c)")
+    ap.add_argument("--fronts", default=DEFAULT_FRONTS,
+                    help=f"comma-separated, in order; known: {', '.join(FRONTS)}")
+    ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
+    args = ap.parse_args(argv)
+    names = [s.strip() for s in args.fronts.split(",") if s.strip()]
+    if unknown := [n for n in names if n not in FRONTS]:
+        ap.error(f"unknown front end(s) {unknown}; known: {list(FRONTS)}")
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
+        ap.error("--duration and --connections must be >= 1, --warmup >= 0")
+
+    meta: dict[str, Any] = {"title": "L7 proxy in front of 2 workers (bench/proxy.py)",
+                            "machine": harness.machine_info()}
+    tools = versions()
+    rows: list[dict[str, Any]] = []
+    procs = Procs()
+    with sigterm_as_interrupt(), tempfile.TemporaryDirectory(prefix="prefork_lb-proxy-bench-") as tmp:
+        workdir = Path(tmp)
+        workdir.chmod(0o755)  # nginx workers (nobody, when run as root) must reach their temp paths
+        try:
+            backends, backend_procs, backend_cmds = start_backends(procs, workdir)
+            for name in names:
+                print(f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
+                      file=sys.stderr)
+                rows.append(bench_front(name, args, procs, backends, backend_procs, workdir))
+        except KeyboardInterrupt:
+            print("interrupted: stopping every process started", file=sys.stderr)
+            return 130
+        except harness.ServerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            procs.stop_all()
+
+    base = next((r for r in rows if r["front"] == BASELINE and r["rps"]), None)  # the first nginx row
+    for r in rows:
+        r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
+    table = harness.markdown_table(
+        ["front end", "req/s", "p50 ms", "p99 ms", "errors", "front CPU s/10k req", "backend CPU s/10k req",
+         f"ratio vs {BASELINE}", "other CPU %", "status"],
+        [[r["front"], fmt(r["rps"], ",.0f"), fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"),
+          "-" if r["errors_total"] is None else r["errors_total"], fmt(r["front_cpu_per_10k"], ".3f"),
+          fmt(r["backend_cpu_per_10k"], ".3f"), fmt(r["ratio"], ".2f"), fmt(r.get("other_cpu_pct"), ".0f"),
+          r["status"]] for r in rows])
+    print(table)
+    meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
+                      "app": APP, "backends": "2 x prefork_lb --workers 1",
+                      "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections, args.duration)),
+                      **tools}
+    meta["commands"] = {"backend 1": backend_cmds[0], "backend 2": backend_cmds[1],
+                        **{r["front"]: r.get("command", "-") for r in rows}}
+    meta["notes"] = NOTES
+    if not args.no_save:
+        md, js = harness.write_results("proxy", rows, meta, table)
+        print(f"wrote {md.relative_to(REPO)} and {js.name}", file=sys.stderr)
+    return 0 if any(r["rps"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
