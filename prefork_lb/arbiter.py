@@ -37,6 +37,7 @@ from prefork_lb.worker import child
 log = logging.getLogger("prefork_lb.error")
 
 SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
+_HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
 # USR2 hands the listeners to a new master through these environment variables.
 ENV_FDS = "PREFORK_LB_INHERITED_FDS"
 ENV_OLD_MASTER = "PREFORK_LB_OLD_MASTER"
@@ -325,7 +326,17 @@ class Arbiter:
         w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
         if slot != DISPATCHER_SLOT:
             self.hook("pre_fork", self, w)
-        pid = self.fork()
+        # Block the master's signals across the fork: the child must not run the master's
+        # handlers (which write to the master's wake-up pipe) nor die of a TERM before it has
+        # its own graceful handler. The child unblocks them once its handlers are set.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = self.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         if pid == 0:   # the worker (or the dispatcher)
             w.pid = os.getpid()
             keep = {s.fileno() for s in mine}
@@ -370,6 +381,17 @@ class Arbiter:
 
     def manage(self) -> None:
         now = self.clock()
+        # A worker asked to drain (reload, TTOU, recycling) gets --graceful-timeout, then SIGKILL.
+        grace = self.cfg.graceful_timeout + ABORT_GRACE
+        for w in list(self.workers.values()):
+            if w.term_at and not w.abort_at and now - w.term_at > grace:
+                log.warning("%s (pid %d) did not stop within %.0f s of being asked: SIGKILL",
+                            self.slot_name(w.slot).capitalize(), w.pid, grace)
+                w.abort_at = now
+                try:
+                    self.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         for w in self.workers.values():
             if not w.ready and self.board.get(w.entry, sb.STATE) in (sb.READY, sb.RETIRING):
                 w.ready = True

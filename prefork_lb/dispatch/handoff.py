@@ -238,5 +238,6 @@ def run_dispatcher(worker: Any, master: Any, listeners: list[socket.socket],
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGQUIT, stop)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # blocked since the fork (Arbiter.spawn)
     d.run()
     return 0

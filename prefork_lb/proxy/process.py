@@ -337,6 +337,7 @@ def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: l
     loop.add_signal_handler(signal.SIGINT, proc.stop, False)
     loop.add_signal_handler(signal.SIGQUIT, proc.stop, False)
     loop.add_signal_handler(signal.SIGUSR1, reopen_logs, cfg)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # blocked since the fork (Arbiter.spawn)
     try:
         loop.run_until_complete(proc.serve())
     except Exception:

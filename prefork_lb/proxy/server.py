@@ -498,7 +498,9 @@ class Exchange:
         latency = now - self.started
         proxy.strategy.on_finish(backend.key, latency, self.status < 500)
         backend.stats.record_response(self.status, latency)
-        if self.status >= 500:
+        if self.status >= 500 and self.status != 503 and backend.slot is None:
+            # 503 is a backend shedding load (admission control): ejecting it would only pile
+            # its share onto the others. Local workers are judged by the scoreboard instead.
             proxy.passive_failure(backend, f"HTTP {self.status}")
         else:
             backend.ejector.success()

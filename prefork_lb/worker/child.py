@@ -66,6 +66,10 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
                 signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
+    # The master forked us with its signals blocked (see Arbiter.spawn). All but TERM can come
+    # now; a TERM that arrived while booting waits until the graceful handler is in place,
+    # instead of killing the worker with connections queued on its slot.
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM})
     _die_with_parent()
     if os.getppid() != master_pid:   # the master died between fork and prctl
         return 0
@@ -181,6 +185,8 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     gevent.signal_handler(signal.SIGTERM, stop, True)
     gevent.signal_handler(signal.SIGINT, stop, False)
     gevent.signal_handler(signal.SIGQUIT, stop, False)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+
     def reopen_logs() -> None:
         from prefork_lb.logs import setup_error_log
 

@@ -98,7 +98,7 @@ class Master:
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
-                os.killpg(self.pid, signal.SIGTERM)
+                os.kill(self.pid, signal.SIGTERM)   # the master stops its children itself
                 self.proc.wait(timeout=10)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
