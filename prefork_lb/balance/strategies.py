@@ -185,7 +185,9 @@ class LeastLatency(Strategy[K]):
     The latency estimates (see :mod:`prefork_lb.balance.latency`) come from
     ``on_finish(key, latency)`` or ``set_load(key, n, latency)``; the cost multiplies by the
     work in flight, so the fastest member only takes more until it is no longer fastest.
-    ``decay`` (default 10 s) is how fast an estimate forgets a slow past.
+    ``decay`` (default 10 s) is how fast an estimate forgets a slow past. A member with no
+    sample yet is picked whenever it has nothing in flight: one probe at a time until it is
+    measured, so a new member is neither flooded nor left unmeasured behind a fast one.
     """
 
     name = "least_latency"
@@ -209,12 +211,18 @@ class LeastLatency(Strategy[K]):
         low = math.inf
         if self._uniform:   # equal weights: leave the division out
             for m in order:
+                if m.ewma is None and not m.in_flight:
+                    best = m   # never measured: probe it, one request at a time
+                    break
                 cost = m.estimate * (m.in_flight + 1)
                 if cost < low:
                     low = cost
                     best = m
         else:
             for m in order:
+                if m.ewma is None and not m.in_flight:
+                    best = m
+                    break
                 cost = m.estimate * (m.in_flight + 1) / m.eff
                 if cost < low:
                     low = cost

@@ -192,7 +192,9 @@ class RequestParser:
         except httptools.HttpParserUpgrade:
             # CONNECT or an Upgrade request: llhttp stops after it. We serve it as an
             # ordinary request and then close, since what follows is not HTTP/1.
-            cur = self._cur
+            # llhttp pauses after the upgrade request is complete (on_message_complete has run
+            # and cleared _cur): the request is then the last one queued.
+            cur = self._cur or (self.requests[-1] if self.requests else None)
             if cur is not None:
                 cur.keep_alive = False
                 cur.upgrade = True

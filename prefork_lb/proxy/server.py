@@ -52,7 +52,7 @@ HIGH_WATER = 256 * 1024
 MEMO_MAX = 256              # request heads and response heads remembered (see Memo)
 MEMO_HEAD_MAX = 2048        # longest head worth remembering
 # deadline kinds of a client connection
-D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM, D_CONNECT = range(7)
+D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
 
 
 class ResponseMemo:
@@ -330,7 +330,6 @@ class Exchange:
         if up is not None:
             self.attach(up)
         else:
-            client.deadline_kind, client.deadline = D_CONNECT, self.started + proxy.connect_timeout
             proxy.connect(backend, self)
 
     def attach(self, up: Upstream) -> None:
@@ -344,7 +343,7 @@ class Exchange:
         if up.paused:
             up.paused = False
             up.transport.resume_reading()
-        if client.deadline_kind in (D_CONNECT, D_NONE):
+        if client.deadline_kind == D_NONE:   # (D_BODY stays until the body is in)
             client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
         self.sent = True
         out = [self.head]
@@ -669,7 +668,7 @@ class ClientConn(asyncio.Protocol):
     """A client connection: strict parsing, one exchange at a time, pipelining in order."""
 
     __slots__ = ("proxy", "transport", "parser", "peer_ip", "scheme", "ex", "wbuf", "keep_alive",
-                 "deadline", "deadline_kind", "paused_by", "closed", "tunnel", "queued", "early")
+                 "deadline", "deadline_kind", "paused_by", "closed", "tunnel", "queued", "early", "eof")
 
     def __init__(self, proxy: Proxy, scheme: str) -> None:
         self.proxy = proxy
@@ -686,7 +685,8 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.tunnel: Upstream | None = None
         self.queued = False
-        self.early: list[bytes] = []
+        self.early: list[bytes] = []   # bytes that came before we read: a WebSocket's, a queued client's
+        self.eof = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -714,11 +714,19 @@ class ClientConn(asyncio.Protocol):
         self.proxy.active += 1
         self.deadline_kind, self.deadline = D_HEAD, _now() + self.proxy.header_timeout
         self.resume("queue")
+        held, self.early = self.early, []
+        for data in held:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         tunnel = self.tunnel
         if tunnel is not None:
             tunnel.transport.write(data)
+            return
+        if self.queued:
+            # Not admitted yet (uvloop may start reading despite the pause in connection_made).
+            self.early.append(data)
+            self.transport.pause_reading()
             return
         parser = self.parser
         if parser.stopped:
@@ -825,7 +833,7 @@ class ClientConn(asyncio.Protocol):
             exc, parser.error = parser.error, None
             self.refuse(exc)
             return
-        if parser.stopped or not self.keep_alive:
+        if parser.stopped or not self.keep_alive or self.eof:
             self.flush()
             self.close_after_write()
             return
@@ -908,8 +916,10 @@ class ClientConn(asyncio.Protocol):
             up.transport.resume_reading()
 
     def eof_received(self) -> bool:
-        # A half-closed client may still want its response (HTTP/1.0 style); keep writing.
-        return self.ex is not None
+        # A half-closed client may still want its response (HTTP/1.0 style): keep writing, and
+        # close once what it sent is answered.
+        self.eof = True
+        return self.ex is not None or bool(self.parser.requests)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -957,10 +967,6 @@ class ClientConn(asyncio.Protocol):
             self.write(simple_response(503, "too many connections", close=True, extra="Retry-After: 1\r\n"))
             self.flush()
             self.close_after_write()
-        elif kind == D_CONNECT:
-            ex = self.ex
-            if ex is not None and ex.backend is not None:
-                self.proxy.connect_timed_out(ex)
         elif kind == D_UPSTREAM:
             ex = self.ex
             if ex is not None:
@@ -1051,11 +1057,13 @@ class Proxy:
 
     async def _connect(self, backend: Backend, ex: Exchange) -> None:
         try:
-            _, up = await self.loop.create_connection(lambda: Upstream(self, backend), backend.host, backend.port)
-        except OSError as exc:
+            async with asyncio.timeout(self.connect_timeout):
+                _, up = await self.loop.create_connection(lambda: Upstream(self, backend), backend.host,
+                                                          backend.port)
+        except (OSError, TimeoutError) as exc:
             backend.connecting -= 1
             if ex.backend is backend and not ex.done and ex.up is None:
-                ex.connect_failed(backend, exc)
+                ex.connect_failed(backend, exc, timed_out=isinstance(exc, TimeoutError))
                 ex.client.flush()
             return
         backend.connecting -= 1
@@ -1070,15 +1078,6 @@ class Proxy:
             return
         ex.attach(up)
         client.flush()
-
-    def connect_timed_out(self, ex: Exchange) -> None:
-        backend = ex.backend
-        assert backend is not None
-        ex.backend = None   # a connection that still comes goes to the pool
-        ex.connect_failed(backend, None, timed_out=True)
-        if ex.backend is None:
-            ex.backend = backend
-        ex.client.flush()
 
     # -- health -----------------------------------------------------------------------------------
 

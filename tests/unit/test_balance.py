@@ -183,6 +183,9 @@ def test_drain(name: str) -> None:
     assert "b" not in set(picks(s, 50))
     s.undrain("b")
     assert s.members["b"].state == "up"
+    for k in "ac":   # least_latency probes members never measured first: measure them
+        s.on_start(k)
+        s.on_finish(k, 0.01)
     assert "b" in set(picks(s, 200))
     s.drain("a")
     s.drain("b")
@@ -666,3 +669,19 @@ def test_load_of_ineligible_members_is_kept_apart() -> None:
     s.mark_up("b")
     assert s._load == 6
     assert s.pick() == "a"
+
+
+def test_least_latency_probes_a_member_never_measured() -> None:
+    """A new member is tried (one request at a time) even while a measured one is faster than
+    the neutral estimate it would otherwise get, so it is never left unmeasured."""
+    for weights in ({"fast": 1, "new": 1}, {"fast": 2, "new": 1}):
+        s = make("least_latency", clock=lambda: 0.0)
+        for k, w in weights.items():
+            s.add(k, w)
+        s.on_start("fast")
+        s.on_finish("fast", 0.001)
+        assert s.pick() == "new"
+        s.on_start("new")
+        assert s.pick() == "fast"      # the probe is in flight: no second one
+        s.on_finish("new", 0.002)
+        assert s.members["new"].ewma == 0.002
