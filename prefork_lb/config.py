@@ -238,7 +238,8 @@ SETTINGS: list[Setting] = [
             "Consecutive failed checks that take a backend down.",
             flags=("--health-check-fall",), section="Proxy", metavar="N"),
     Setting("slow_start", _non_negative_float, 0.0,
-            "Seconds over which a backend that comes (back) up ramps from a tenth of its weight to all of it.",
+            "Seconds over which a backend that comes (back) up ramps from a tenth of its weight to all of "
+            "it (strategies that read weights: not round_robin, hash or sticky).",
             flags=("--slow-start",), section="Proxy", metavar="SECONDS"),
     Setting("retries", _non_negative_int, 2,
             "Further tries on other backends for a request that failed before any byte reached its "

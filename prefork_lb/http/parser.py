@@ -149,7 +149,7 @@ class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
     __slots__ = ("_p", "limits", "requests", "_cur", "_head_bytes", "_in_head", "_head_cap",
-                 "_nfields", "stopped", "_url_len", "_trailers", "error")
+                 "_nfields", "stopped", "_url_len", "_trailers", "error", "tail")
 
     def __init__(self, limits: Limits | None = None) -> None:
         self.limits = limits or Limits()
@@ -167,6 +167,7 @@ class RequestParser:
         self._trailers = False
         self.stopped = False   # no further requests will be parsed on this connection
         self.error: HTTPError | None = None   # an error behind requests still to be served
+        self.tail = b""   # bytes that came after an upgrade request (a tunnel's first bytes)
 
     @property
     def between_requests(self) -> bool:
@@ -189,7 +190,8 @@ class RequestParser:
                 if self._head_bytes > self._head_cap:
                     raise HeaderFieldsTooLarge("request head too large")
             self._p.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as exc:
+            self.tail = data[exc.args[0]:] if exc.args else b""
             # CONNECT or an Upgrade request: llhttp stops after it. We serve it as an
             # ordinary request and then close, since what follows is not HTTP/1.
             # llhttp pauses after the upgrade request is complete (on_message_complete has run

@@ -241,7 +241,7 @@ class Exchange:
 
     __slots__ = ("client", "req", "proxy", "backend", "up", "tries", "tried", "sent", "head",
                  "replay", "replay_size", "started", "status", "framing", "responded", "set_cookie",
-                 "done", "websocket", "body_done", "until_close")
+                 "done", "websocket", "body_done", "until_close", "head_at")
 
     def __init__(self, client: ClientConn, req: Request) -> None:
         self.client = client
@@ -264,6 +264,7 @@ class Exchange:
         self.websocket = False
         self.body_done = False
         self.until_close = False    # the response body ends when the backend closes
+        self.head_at: tuple[int, int] = (-1, 0)   # (client flushes, wbuf index) when the head was queued
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -287,6 +288,7 @@ class Exchange:
         else:
             self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
         proxy.budget.on_request()
+        proxy.requests += 1
         if req.expect_continue and not req.complete:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.route()
@@ -311,8 +313,7 @@ class Exchange:
         strategy.on_start(backend.key)
         if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
             self.set_cookie = proxy.cookie_header(backend.key)
-        backend.stats.requests += 1
-        proxy.requests += 1
+        backend.stats.requests += 1   # tries: a retried request counts at each backend it tried
         up = None
         if not self.websocket:
             idle = backend.idle
@@ -430,6 +431,7 @@ class Exchange:
             status, up.reason, headers, framing=framing, content_length=length, keep_alive=keep,
             version=req.version, backend=self.backend.name if self.backend else None,
             set_cookie=self.set_cookie)
+        self.head_at = (client.flushes, len(client.wbuf))
         client.write(head)
         self.responded = True
         raw = up.raw_head
@@ -609,9 +611,15 @@ class Exchange:
         if up is not None:
             up.ex = None
             up.close()
+        client = self.client
+        flushes, at = self.head_at
+        if self.responded and flushes == client.flushes:
+            # Nothing of the response has left yet: take it back and answer 502 instead.
+            del client.wbuf[at:]
+            self.responded = False
         if self.responded:
             self.done = True
-            self.client.close()
+            client.close()
         else:
             self.fail(502, "malformed response from the backend")
 
@@ -668,7 +676,8 @@ class ClientConn(asyncio.Protocol):
     """A client connection: strict parsing, one exchange at a time, pipelining in order."""
 
     __slots__ = ("proxy", "transport", "parser", "peer_ip", "scheme", "ex", "wbuf", "keep_alive",
-                 "deadline", "deadline_kind", "paused_by", "closed", "tunnel", "queued", "early", "eof")
+                 "deadline", "deadline_kind", "paused_by", "closed", "tunnel", "queued", "early", "eof",
+                 "flushes")
 
     def __init__(self, proxy: Proxy, scheme: str) -> None:
         self.proxy = proxy
@@ -687,6 +696,7 @@ class ClientConn(asyncio.Protocol):
         self.queued = False
         self.early: list[bytes] = []   # bytes that came before we read: a WebSocket's, a queued client's
         self.eof = False
+        self.flushes = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -750,6 +760,9 @@ class ClientConn(asyncio.Protocol):
         except HTTPError as exc:
             self.refuse(exc)
             return
+        if parser.tail:   # sent along with an Upgrade request: the tunnel's, if one is made
+            self.early.append(parser.tail)
+            parser.tail = b""
         if fresh and len(parser.requests) == 1 and len(data) < MEMO_HEAD_MAX and parser.between_requests:
             req = parser.requests[0]
             if (req.complete and not req.body_size and not req.chunked and not req.content_length
@@ -864,6 +877,7 @@ class ClientConn(asyncio.Protocol):
         buf = self.wbuf
         if buf and not self.closed:
             self.transport.write(b"".join(buf) if len(buf) > 1 else buf[0])
+            self.flushes += 1
         buf.clear()
 
     def refuse(self, exc: HTTPError) -> None:
