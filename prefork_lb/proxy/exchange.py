@@ -1,0 +1,466 @@
+"""One request on its way through the proxy: pick a backend, get a connection, send the head and
+stream the body, relay the response re-framed, and deal with every failure on the way
+(retries within the budget, 502/503/504, passive ejection).
+
+Invariants: an exchange ends exactly once (``done``), and ends by ``ClientConn.exchange_done``
+or by closing the client; the strategy hears ``on_start`` once per try and ``on_finish`` once
+per try; a try is repeated elsewhere only under the rules in prefork_lb.proxy.server.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic as _now
+from typing import TYPE_CHECKING, Any
+
+from prefork_lb.http.parser import Request
+from prefork_lb.http.response import simple_response
+from prefork_lb.proxy.headers import cookie_value
+from prefork_lb.proxy.upstream import MEMO_MAX, Backend, ResponseMemo, Upstream
+
+if TYPE_CHECKING:
+    from prefork_lb.proxy.server import ClientConn
+
+log = logging.getLogger("prefork_lb.error")
+
+REPLAY_MAX = 64 * 1024      # body bytes kept for a retry of an idempotent request
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+FRESH_FOR_UNSAFE = 1.0      # a non-idempotent request reuses only connections used this recently
+# deadline kinds of a client connection
+D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
+
+
+class Exchange:
+    """One request on its way through the proxy: pick, send, relay the response."""
+
+    __slots__ = ("client", "req", "proxy", "backend", "up", "tries", "tried", "sent", "head",
+                 "replay", "replay_size", "started", "status", "framing", "responded", "set_cookie",
+                 "done", "websocket", "body_done", "until_close", "head_at")
+
+    def __init__(self, client: ClientConn, req: Request) -> None:
+        self.client = client
+        self.req = req
+        self.proxy = client.proxy
+        self.backend: Backend | None = None
+        self.up: Upstream | None = None
+        self.tries = 0
+        self.tried: list[Backend] = []
+        self.sent = False           # a byte of this request reached a backend connection
+        self.head = b""
+        self.replay: list[bytes] | None = []
+        self.replay_size = 0
+        self.started = 0.0
+        self.status = 0
+        self.framing = ""
+        self.responded = False      # a byte of the response went to the client
+        self.set_cookie: bytes | None = None
+        self.done = False
+        self.websocket = False
+        self.body_done = False
+        self.until_close = False    # the response body ends when the backend closes
+        self.head_at: tuple[int, int] = (-1, 0)   # (client flushes, wbuf index) when the head was queued
+
+    # -- request side -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        proxy = self.proxy
+        client = self.client
+        req = self.req
+        self.started = _now()
+        if req.upgrade:
+            self.websocket = any(n == "upgrade" and b"websocket" in v.lower() for n, _, v in req.headers)
+        memo = req.memo
+        if memo is not None:
+            # A request head seen before: its rewrite only depends on the peer and scheme.
+            key = (client.peer_ip, client.scheme)
+            head = memo.get(key)
+            if head is None:
+                head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, False)
+                if len(memo) < 64:
+                    memo[key] = head
+            self.head = head
+        else:
+            self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
+        proxy.budget.on_request()
+        proxy.requests += 1
+        if req.expect_continue and not req.complete:
+            client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self.route()
+
+    def route(self) -> None:
+        """Pick a backend and get a connection to it."""
+        proxy = self.proxy
+        client = self.client
+        hint: Any = None
+        strategy = proxy.strategy
+        if proxy.sticky:
+            hint = cookie_value(self.req.headers, proxy.cookie_name)
+        elif proxy.hashing:
+            hint = client.peer_ip
+        backend = proxy.pick(hint, self.tried)
+        if backend is None:
+            self.fail(503, "no backend available", retry_after=True)
+            return
+        self.backend = backend
+        self.tries += 1
+        self.tried.append(backend)
+        strategy.on_start(backend.key)
+        if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
+            self.set_cookie = proxy.cookie_header(backend.key)
+        backend.stats.requests += 1   # tries: a retried request counts at each backend it tried
+        up = None
+        if not self.websocket:
+            idle = backend.idle
+            now = self.started
+            unsafe = self.req.method not in IDEMPOTENT
+            while idle:
+                cand = idle.pop()
+                if cand.closed:
+                    continue
+                if unsafe and now - cand.last_used > FRESH_FOR_UNSAFE:
+                    cand.close()   # may be closing on the backend's side: not for a POST
+                    continue
+                up = cand
+                break
+        if up is not None:
+            self.attach(up)
+        else:
+            proxy.connect(backend, self)
+
+    def attach(self, up: Upstream) -> None:
+        """``up`` is connected: send the head and what we have of the body."""
+        client = self.client
+        self.up = up
+        up.ex = self
+        client.resume("connect")
+        up.is_head = self.req.method == "HEAD"
+        up.got_bytes = False
+        if up.paused:
+            up.paused = False
+            up.transport.resume_reading()
+        if client.deadline_kind == D_NONE:   # (D_BODY stays until the body is in)
+            client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+        self.sent = True
+        out = [self.head]
+        if self.replay:
+            out.extend(self.replay)
+        up.transport.write(b"".join(out) if len(out) > 1 else out[0])
+        self.pump_body()
+
+    def pump_body(self) -> None:
+        """Send body bytes that arrived from the client."""
+        req = self.req
+        up = self.up
+        if up is None or self.body_done:
+            return
+        chunks = req.chunks
+        if chunks:
+            if req.chunked:
+                data = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c)
+            else:
+                data = b"".join(chunks) if len(chunks) > 1 else chunks[0]
+            chunks.clear()
+            if self.replay is not None:
+                self.replay_size += len(data)
+                if self.replay_size > REPLAY_MAX:
+                    self.replay = None
+                else:
+                    self.replay.append(data)
+            if data:
+                up.transport.write(data)
+        if req.complete:
+            if req.chunked:
+                up.transport.write(b"0\r\n\r\n")
+                if self.replay is not None:
+                    self.replay.append(b"0\r\n\r\n")
+            self.body_done = True
+            client = self.client
+            if client.deadline_kind == D_BODY:
+                client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+
+    # -- response side ----------------------------------------------------------------------------
+
+    def response_head(self, up: Upstream, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if status < 200 and status != 101:
+            return    # interim (100 Continue: we sent our own); the final response follows
+        client = self.client
+        req = self.req
+        proxy = self.proxy
+        self.status = status
+        if status == 101:
+            if not self.websocket:
+                self.bad_response("101 to a request that asked for no upgrade")
+                up.close()
+                return
+            return    # upgraded() follows with the tunnel
+        length: int | None = None
+        chunked = False
+        reusable = True
+        for name, value in headers:
+            if len(name) == 14 and name.lower() == b"content-length":
+                length = int(value)
+            elif len(name) == 17 and name.lower() == b"transfer-encoding":
+                chunked = True
+        keep = req.keep_alive and not proxy.stopping
+        if req.method == "HEAD" or status in (204, 304):
+            framing = "none"
+            if req.method == "HEAD":
+                # llhttp cannot know this response has no body: it ends here.
+                reusable = up.parser.should_keep_alive()
+                up.reset_parser()
+        elif chunked:
+            framing = "chunked" if req.version == "HTTP/1.1" else "close"
+        elif length is not None:
+            framing = "length"
+        else:
+            self.until_close = True
+            framing = "chunked" if req.version == "HTTP/1.1" else "close"
+        if framing == "close":
+            keep = False
+        self.framing = framing
+        client.keep_alive = keep
+        client.deadline_kind = D_UPSTREAM
+        client.deadline = _now() + proxy.upstream_timeout
+        head = proxy.response_rewriter.head(
+            status, up.reason, headers, framing=framing, content_length=length, keep_alive=keep,
+            version=req.version, backend=self.backend.name if self.backend else None,
+            set_cookie=self.set_cookie)
+        self.head_at = (client.flushes, len(client.wbuf))
+        client.write(head)
+        self.responded = True
+        raw = up.raw_head
+        if (raw is not None and framing == "length" and self.set_cookie is None and self.backend is not None
+                and not proxy.stopping and length is not None):
+            memos = proxy.response_memo
+            memo = memos.get(raw)
+            if memo is None:
+                if len(memos) >= MEMO_MAX:
+                    memos.clear()
+                memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
+            if len(memo.heads) < 64:
+                memo.heads[(req.version, keep, self.backend.name)] = head
+        if req.method == "HEAD":
+            self.response_done(up, reusable)
+
+    def fast_response(self, up: Upstream, memo: ResponseMemo, data: bytes, end: int) -> bool:
+        """A whole response whose head was seen before: relay it without parsing. False when
+        the memo does not fit this exchange (the caller parses instead)."""
+        req = self.req
+        if req.method == "HEAD" or self.set_cookie is not None or self.websocket or self.backend is None:
+            return False
+        keep = req.keep_alive and not self.proxy.stopping
+        head = memo.heads.get((req.version, keep, self.backend.name))
+        if head is None:
+            return False
+        client = self.client
+        self.status = memo.status
+        self.framing = "length"
+        self.responded = True
+        client.keep_alive = keep
+        client.write(head)
+        if memo.length:
+            client.write(data[end + 4:])
+        self.response_done(up, memo.upstream_keep)
+        if client.wbuf:
+            client.flush()
+        return True
+
+    def response_body(self, body: bytes) -> None:
+        if not self.responded:
+            return
+        client = self.client
+        if self.framing == "chunked":
+            client.write(b"%x\r\n" % len(body))
+            client.write(body)
+            client.write(b"\r\n")
+        else:
+            client.write(body)
+        client.deadline = _now() + self.proxy.upstream_timeout
+
+    def response_done(self, up: Upstream, reusable: bool) -> None:
+        if self.status < 200 or self.done:
+            return    # an interim response, or the 101 (upgraded() takes over)
+        self.done = True
+        client = self.client
+        if self.framing == "chunked":
+            client.write(b"0\r\n\r\n")
+        up.ex = None
+        self.up = None
+        proxy = self.proxy
+        backend = self.backend
+        assert backend is not None
+        now = _now()
+        latency = now - self.started
+        proxy.strategy.on_finish(backend.key, latency, self.status < 500)
+        backend.stats.record_response(self.status, latency)
+        if self.status >= 500 and self.status != 503 and backend.slot is None:
+            # 503 is a backend shedding load (admission control): ejecting it would only pile
+            # its share onto the others. Local workers are judged by the scoreboard instead.
+            proxy.passive_failure(backend, f"HTTP {self.status}")
+        else:
+            backend.ejector.success()
+        # Reuse the connection only when the exchange is clean at both ends.
+        if self.body_done and reusable and not up.closed and not proxy.stopping:
+            up.last_used = now
+            if len(backend.idle) < proxy.keepalive_max:
+                backend.idle.append(up)
+            else:
+                up.close()
+        else:
+            up.close()
+        client.exchange_done(self)
+
+    def upgraded(self, rest: bytes) -> None:
+        """The backend answered 101: from now on both connections are one byte tunnel."""
+        up = self.up
+        assert up is not None and self.backend is not None
+        client = self.client
+        proxy = self.proxy
+        self.done = True
+        up.ex = None
+        self.up = None
+        client.write(proxy.response_rewriter.head(
+            101, up.reason, up.headers, framing="none", content_length=None, keep_alive=True,
+            version=self.req.version, backend=self.backend.name, set_cookie=None, upgrade=True))
+        if rest:
+            client.write(rest)
+        proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)
+        # A WebSocket counts as a connection, not a request.
+        self.backend.stats.websockets += 1
+        self.backend.stats.requests -= 1
+        proxy.requests -= 1
+        proxy.websockets += 1
+        client.start_tunnel(up)
+
+    # -- failures ---------------------------------------------------------------------------------
+
+    def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
+        if self.done:
+            return
+        proxy = self.proxy
+        proxy.strategy.on_finish(backend.key, None, False)
+        backend.stats.errors += 1
+        proxy.connect_failure(backend, "connect timed out" if timed_out else f"connect failed: {exc}")
+        # Nothing reached the backend: retry anywhere, within the budget.
+        if self.tries <= proxy.retries and proxy.budget.try_spend():
+            backend.stats.retries += 1
+            self.client.deadline_kind = D_NONE
+            self.route()
+            return
+        self.fail(504 if timed_out else 502, "backend unreachable")
+
+    def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
+        """The backend closed before the response was complete."""
+        if self.done:
+            return
+        proxy = self.proxy
+        backend = self.backend
+        assert backend is not None
+        self.up = None
+        if self.responded:
+            if self.until_close and not exc:
+                # Close-delimited response: the end of the connection is the end of the body.
+                if self.framing == "chunked":
+                    self.client.write(b"0\r\n\r\n")
+                else:
+                    self.framing = "closed"
+                self.done = True
+                proxy.strategy.on_finish(backend.key, _now() - self.started, True)
+                backend.stats.record_response(self.status, _now() - self.started)
+                self.client.exchange_done(self)
+                self.client.flush()
+                return
+            # Part of the response is out: all we can do is cut the client off too.
+            proxy.strategy.on_finish(backend.key, None, False)
+            backend.stats.errors += 1
+            self.done = True
+            self.client.close()
+            return
+        proxy.strategy.on_finish(backend.key, None, False)
+        backend.stats.errors += 1
+        req = self.req
+        replayable = (req.method in IDEMPOTENT and self.replay is not None and not up.got_bytes
+                      and (req.complete or not req.body_size))
+        if replayable and self.tries <= proxy.retries and proxy.budget.try_spend():
+            backend.stats.retries += 1
+            self.client.deadline_kind = D_NONE
+            self.route()
+            return
+        proxy.passive_failure(backend, "connection closed before a response")
+        self.fail(502, "backend closed the connection")
+        self.client.flush()
+
+    def bad_response(self, why: str) -> None:
+        if self.done:
+            return
+        proxy = self.proxy
+        backend = self.backend
+        assert backend is not None
+        log.warning("proxy: malformed response from %s: %s", backend.key, why)
+        proxy.strategy.on_finish(backend.key, None, False)
+        backend.stats.errors += 1
+        proxy.passive_failure(backend, "malformed response")
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.ex = None
+            up.close()
+        client = self.client
+        flushes, at = self.head_at
+        if self.responded and flushes == client.flushes:
+            # Nothing of the response has left yet: take it back and answer 502 instead.
+            del client.wbuf[at:]
+            self.responded = False
+        if self.responded:
+            self.done = True
+            client.close()
+        else:
+            self.fail(502, "malformed response from the backend")
+
+    def timed_out(self) -> None:
+        """No response (or no further response bytes) within --upstream-timeout."""
+        if self.done:
+            return
+        backend = self.backend
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.ex = None
+            up.close()
+        if backend is not None:
+            self.proxy.strategy.on_finish(backend.key, None, False)
+            backend.stats.errors += 1
+            self.proxy.passive_failure(backend, "response timed out")
+        if self.responded:
+            self.done = True
+            self.client.close()
+        else:
+            self.fail(504, "the backend did not answer in time")
+
+    def timed_out_client(self) -> None:
+        """The client stopped sending its body: 408, and the backend connection is dropped."""
+        up = self.up
+        self.up = None
+        if up is not None:
+            up.ex = None
+            up.close()
+        if self.backend is not None:
+            self.proxy.strategy.on_finish(self.backend.key, None, True)
+        self.done = True
+        client = self.client
+        client.write(simple_response(408, "request body not received in time", close=True))
+        client.keep_alive = False
+        client.ex = None
+        client.flush()
+        client.close_after_write()
+
+    def fail(self, status: int, why: str, retry_after: bool = False) -> None:
+        """Answer the client with an error of our own; the connection closes after it."""
+        self.done = True
+        client = self.client
+        if self.backend is not None and status >= 500:
+            self.backend.stats.record_response(status, _now() - self.started)
+        extra = "Retry-After: 1\r\n" if retry_after else ""
+        client.write(simple_response(status, why, close=True, extra=extra))
+        client.keep_alive = False
+        client.exchange_done(self)
