@@ -112,6 +112,10 @@ class ProxyProcess:
                 proxy.set_up(b)
             elif not ready and m.up:
                 proxy.strategy.mark_down(key)
+                # Its worker drains: close our idle connections to it, so it can finish (it
+                # serves what we sent before this, and closes the rest itself).
+                for up in list(b.idle):
+                    up.close()
         # A slot with no worker for a while is gone (TTOU, autoscaling down).
         for b in list(proxy.backends.values()):
             if b.slot is not None and b.slot not in ports:

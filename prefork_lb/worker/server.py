@@ -74,6 +74,10 @@ class ServerOptions:
     max_concurrency: int = 0      # 0: unlimited
     queue_size: int = 100
     request_timeout: float = 0.0  # 0: none
+    # Seconds a drain first goes on serving as usual, accepting included. Behind our own proxy
+    # (--dispatch proxy) requests keep coming until the proxy reads on the scoreboard that we
+    # drain (every 0.1 s): they must find a worker, not a closed connection or a dead backlog.
+    idle_grace: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
@@ -84,6 +88,7 @@ class ServerOptions:
             worker_connections=cfg.worker_connections, server_header=cfg.server_header,
             max_concurrency=cfg.max_concurrency, queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
+            idle_grace=1.0 if getattr(cfg, "dispatch", "") == "proxy" else 0.0,
         )
 
 
@@ -295,6 +300,8 @@ class Server:
 
     def drain(self, timeout: float) -> bool:
         """Graceful stop: True when every connection finished within the timeout."""
+        if self.options.idle_grace and timeout:
+            gevent.sleep(min(self.options.idle_grace, timeout))
         self.stop_accepting()
         deadline = time.monotonic() + timeout
         # The pool, not self.connections: a connection accepted a moment ago may not have
