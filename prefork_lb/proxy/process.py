@@ -33,6 +33,7 @@ from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 log = logging.getLogger("prefork_lb.error")
 
 SYNC = 0.1   # seconds between scoreboard reads and heartbeats
+IDLE_BEFORE_CLOSE = 0.5   # a draining proxy closes keep-alive connections idle this long
 
 
 def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -250,10 +251,9 @@ class ProxyProcess:
         for srv in self.servers:
             srv.close()
         deadline = time.monotonic() + (cfg.graceful_timeout if self.graceful else 0)
-        proxy.close_idle()
-        while proxy.busy() and time.monotonic() < deadline:
+        while proxy.clients and time.monotonic() < deadline:
+            proxy.close_idle(IDLE_BEFORE_CLOSE)
             await asyncio.sleep(0.05)
-            proxy.close_idle()
         for t in self.tasks:
             t.cancel()
         for c in list(proxy.clients):

@@ -536,7 +536,13 @@ class Proxy:
         """Exchanges in progress (for a graceful stop)."""
         return sum(1 for c in self.clients if c.ex is not None or c.tunnel is not None)
 
-    def close_idle(self) -> None:
+    def close_idle(self, min_idle: float = 0.0) -> None:
+        """Close keep-alive connections idle for at least ``min_idle`` seconds. A client that
+        just got a response may have its next request on the wire: closing under it would fail
+        that request, so a graceful stop leaves recently used connections to the
+        ``Connection: close`` of their next response."""
+        now = _now()
         for c in list(self.clients):
-            if c.ex is None and c.tunnel is None and not c.parser.requests:
+            if (c.ex is None and c.tunnel is None and not c.parser.requests and c.deadline_kind == D_IDLE
+                    and now - (c.deadline - self.keepalive) >= min_idle):
                 c.close()
