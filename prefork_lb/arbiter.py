@@ -101,7 +101,8 @@ class Arbiter:
         self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}   # handoff: slot -> (send, recv)
         self.admin_sockets: list[socket.socket] = []    # proxy: the --stats-bind listener
         # proxy: one secret for the sticky cookie, so a replaced proxy honours the old cookies
-        self.sticky_secret = os.urandom(32)
+        secret = getattr(cfg, "sticky_secret", None)
+        self.sticky_secret = secret.encode("utf-8") if secret else os.urandom(32)
         self.addresses: list[Address] = []
         self.min_workers = cfg.workers
         self.busy_since = 0.0        # autoscaling: when every worker became busy (0: not now)

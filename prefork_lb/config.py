@@ -221,6 +221,11 @@ SETTINGS: list[Setting] = [
     Setting("sticky_cookie", str, "lb",
             "Cookie name of --strategy sticky. Its value is an HMAC that reveals no address.",
             flags=("--sticky-cookie",), section="Proxy", metavar="NAME"),
+    Setting("sticky_secret", _optional_str, None,
+            "Secret of the sticky cookie's HMAC. Unset: random bytes drawn when the master starts, so "
+            "a replaced proxy keeps the cookies but a restarted master does not. Set it (for example "
+            "from PREFORK_LB_STICKY_SECRET) to keep them across restarts and between proxies.",
+            flags=("--sticky-secret",), section="Proxy", metavar="SECRET", default_doc="random per master"),
     Setting("health_check_path", str, "/health",
             "Active health check of remote backends: GET this path; 2xx and 3xx pass. Local workers "
             "are watched through the scoreboard instead.",
