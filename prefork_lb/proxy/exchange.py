@@ -457,6 +457,7 @@ class Exchange:
     def fail(self, status: int, why: str, retry_after: bool = False) -> None:
         """Answer the client with an error of our own; the connection closes after it."""
         self.done = True
+        self.status = status
         client = self.client
         if self.backend is not None and status >= 500:
             self.backend.stats.record_response(status, _now() - self.started)

@@ -307,10 +307,12 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def reopen_logs(cfg: Any) -> None:
+def reopen_logs(proc: ProxyProcess) -> None:
     from prefork_lb.logs import setup_error_log
 
-    setup_error_log(cfg.log_level, cfg.error_logfile)
+    setup_error_log(proc.cfg.log_level, proc.cfg.error_logfile)
+    if proc.proxy.access is not None:
+        proc.proxy.access.reopen()
 
 
 def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: list[socket.socket]) -> int:
@@ -340,7 +342,7 @@ def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: l
     loop.add_signal_handler(signal.SIGTERM, proc.stop, True)
     loop.add_signal_handler(signal.SIGINT, proc.stop, False)
     loop.add_signal_handler(signal.SIGQUIT, proc.stop, False)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_logs, cfg)
+    loop.add_signal_handler(signal.SIGUSR1, reopen_logs, proc)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())   # blocked since the fork (Arbiter.spawn)
     try:
         loop.run_until_complete(proc.serve())

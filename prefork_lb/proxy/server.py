@@ -36,11 +36,13 @@ import logging
 import socket
 from collections import deque
 from time import monotonic as _now
+from types import SimpleNamespace
 from typing import Any
 
 from prefork_lb.http.errors import HTTPError
 from prefork_lb.http.parser import Limits, Request, RequestParser
 from prefork_lb.http.response import simple_response
+from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.exchange import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM, Exchange
 from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
 from prefork_lb.proxy.health import RetryBudget
@@ -198,6 +200,8 @@ class ClientConn(asyncio.Protocol):
         if self.ex is not ex:
             return
         self.ex = None
+        if self.proxy.access is not None:
+            self.proxy.log_access(self, ex)
         parser = self.parser
         if parser.requests and parser.requests[0] is ex.req:
             parser.requests.popleft()
@@ -405,7 +409,28 @@ class Proxy:
         self.stopping = False
         self.admin_response: Any = None   # set by the process: (Request) -> bytes
         self.request_memo: dict[bytes, Request] = {}
+        self.access: AccessLog | None = None
+        if cfg.access_logfile:
+            self.access = AccessLog(cfg.access_log_format, cfg.access_logfile)
         self.response_memo: dict[bytes, ResponseMemo] = {}
+
+    def log_access(self, client: ClientConn, ex: Exchange) -> None:
+        """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``
+        names the backend, ``%(s)s`` is what the client got (502/503/504 included)."""
+        assert self.access is not None
+        req = ex.req
+        path, query = req.split_target()
+        env: dict[str, Any] = {
+            "REMOTE_ADDR": client.peer_ip, "REQUEST_METHOD": req.method,
+            "RAW_URI": req.target.decode("latin-1"), "PATH_INFO": path.decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"), "SERVER_PROTOCOL": req.version,
+        }
+        for lname, _, value in req.headers:
+            env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
+        backend = ex.backend.key if ex.backend is not None else "-"
+        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0,
+                               out_headers=[("X-Backend-Server", backend)])
+        self.access.log(env, line, _now() - ex.started)
 
     # -- membership ---------------------------------------------------------------------------------
 

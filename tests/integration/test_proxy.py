@@ -1810,3 +1810,14 @@ def test_integrated_with_a_remote_backend(start_proxy, backends) -> None:
     wait_for(lambda: p.health()[1]["healthy"] == 3, 10, "2 workers and the remote backend healthy")
     servers = Counter(http_request(p.port, "GET", "/json").header("x-backend-server") for _ in range(9))
     assert servers[remote.addr] == 3 and len(servers) == 3, servers
+
+
+def test_access_log_names_the_backend_and_the_status(start_proxy, backends, tmp_path) -> None:
+    b = backends(1)[0]
+    log = tmp_path / "access.log"
+    p = start_proxy([b], "--health-check-interval", "0", "--access-logfile", str(log),
+                    "--access-logformat", '%(h)s "%(r)s" %(s)s %({x-backend-server}o)s %({user-agent}i)s')
+    assert http_request(p.port, target="/logged?q=1", headers=[("User-Agent", "probe/1")]).status == 200
+    wait_for(lambda: log.exists() and "/logged" in log.read_text(), 5.0, "access log line")
+    line = [ln for ln in log.read_text().splitlines() if "/logged" in ln][0]
+    assert line == f'127.0.0.1 "GET /logged?q=1 HTTP/1.1" 200 {b.addr} probe/1', line
