@@ -213,21 +213,10 @@ def _make_strategy(name: str) -> Any:
 def run_dispatcher(worker: Any, master: Any, listeners: list[socket.socket],
                    channels: dict[int, socket.socket]) -> int:
     """Body of the dispatcher process (forked by the master); returns the exit code."""
-    from prefork_lb.worker.child import _die_with_parent
+    from prefork_lb.worker.child import begin_helper
 
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    _die_with_parent()
-    if os.getppid() != master.pid:
+    if not begin_helper(master, "dispatcher"):
         return 0
-    try:
-        from setproctitle import setproctitle
-
-        setproctitle(f"prefork_lb: dispatcher [{master.cfg.proc_name or master.cfg.app_uri}]")
-    except ImportError:
-        pass
     entry = master.board.handle(worker.entry)
     entry.beat()
     d = Dispatcher(master.cfg, master.board, entry, listeners, channels, master.pid)

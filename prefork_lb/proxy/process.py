@@ -317,22 +317,11 @@ def reopen_logs(proc: ProxyProcess) -> None:
 
 def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: list[socket.socket]) -> int:
     """Body of the proxy process (forked by the master); returns the exit code."""
-    from prefork_lb.worker.child import _die_with_parent
+    from prefork_lb.worker.child import begin_helper
 
-    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2,
-                signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    _die_with_parent()
-    if os.getppid() != master.pid:
+    if not begin_helper(master, "proxy"):
         return 0
     cfg = master.cfg
-    try:
-        from setproctitle import setproctitle
-
-        setproctitle(f"prefork_lb: proxy [{cfg.proc_name or cfg.app_uri or 'standalone'}]")
-    except ImportError:
-        pass
     entry = master.board.handle(worker.entry)
     entry.beat()
     loop = new_loop(cfg.proxy_loop)

@@ -39,6 +39,31 @@ def _die_with_parent() -> None:
         pass
 
 
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
+                  signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+
+
+def begin_helper(master: Any, role: str) -> bool:
+    """First steps of a helper process forked by the master (the handoff dispatcher, the
+    proxy): the master's signal handlers off, death with the master, the process title. False
+    when the master died before the death signal was armed. The caller installs its own
+    handlers, then unblocks the signals the master blocked across the fork (Arbiter.spawn)."""
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+    _die_with_parent()
+    if os.getppid() != master.pid:
+        return False
+    cfg = master.cfg
+    try:
+        from setproctitle import setproctitle
+
+        setproctitle(f"prefork_lb: {role} [{cfg.proc_name or cfg.app_uri or 'standalone'}]")
+    except ImportError:
+        pass
+    return True
+
+
 def run(worker: Any, master: Any, listeners: list[socket.socket]) -> None:
     """Never returns: the worker process exits from here. ``worker`` is the master's record of
     this process (pid, slot), ``master`` the Arbiter as it was at fork: both are what the
@@ -62,8 +87,7 @@ def run(worker: Any, master: Any, listeners: list[socket.socket]) -> None:
 
 def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     slot, cfg, board, master_pid, boot_fd = worker.slot, master.cfg, master.board, master.pid, master._boot_w
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-                signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD):
+    for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     # The master forked us with its signals blocked (see Arbiter.spawn). All but TERM can come
