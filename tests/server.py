@@ -52,6 +52,29 @@ def wait_for(pred: Callable[[], T], timeout: float = 5.0, what: str = "a conditi
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0, group: bool = True) -> int | None:
+    """SIGTERM the process group (``group=False``: its leader only, which stops its children
+    itself), wait up to ``timeout``, then SIGKILL whatever is left in the group. Returns the
+    leader's exit code."""
+    if proc.poll() is None:
+        try:
+            (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Workers die with their master (PDEATHSIG); anything left in the group goes now.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    if proc.poll() is None:
+        proc.wait(5)
+    return proc.returncode
+
+
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without settings that would change its behaviour."""
     env = {k: v for k, v in os.environ.items()
@@ -146,28 +169,7 @@ class ServerProcess:
 
     def stop(self, timeout: float = 10.0) -> int | None:
         """SIGTERM the process group, wait, then SIGKILL. Returns the master's exit code."""
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait(5)
-        # Workers die with their master (PDEATHSIG); anything left in the group goes now.
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout)
 
     def __enter__(self) -> ServerProcess:
         return self
@@ -310,17 +312,10 @@ def exchange(port: int, data: bytes, timeout: float = 5.0, *, bytewise: bool = F
 # -- responses -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    version: str
-    status: int
-    reason: str
+class HeaderLookup:
+    """Case-insensitive reads of a ``headers`` list of (name, value) pairs."""
+
     headers: list[tuple[str, str]]
-    body: bytes = b""
-    framing: str = "none"       # none | length | chunked | close
-    complete: bool = True       # False: the stream ended inside the body
-    raw_head: bytes = b""
-    trailers: list[tuple[str, str]] = field(default_factory=list)
 
     def header(self, name: str) -> str | None:
         """The value of header ``name`` (several: joined with ', '), or None."""
@@ -330,6 +325,19 @@ class Response:
     def header_list(self, name: str) -> list[str]:
         lname = name.lower()
         return [v for n, v in self.headers if n.lower() == lname]
+
+
+@dataclass
+class Response(HeaderLookup):
+    version: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes = b""
+    framing: str = "none"       # none | length | chunked | close
+    complete: bool = True       # False: the stream ended inside the body
+    raw_head: bytes = b""
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -26,6 +26,8 @@ import psutil
 import pytest
 
 from bench import harness
+from tests.server import stop_process
+from tests.server import wait_for as server_wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.chaos.apps:app"
@@ -37,14 +39,8 @@ T = TypeVar("T")
 
 
 def wait_for(pred: Callable[[], T], timeout: float = 20.0, what: str = "a condition") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
+    """tests.server.wait_for with the chaos suite's longer default and slower polling."""
+    return server_wait_for(pred, timeout, what, interval=0.05)
 
 
 class Server:
@@ -102,20 +98,11 @@ class Server:
         try:
             # A worker left stopped by a failed test must be able to act on its TERM.
             os.killpg(self.pid, signal.SIGCONT)
-            # TERM to the master only: it stops its workers in the order the mode needs
-            # (handoff: the dispatcher first); a TERM to the whole group would race with it.
-            os.kill(self.pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)   # whatever is left in the group
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=5)
+        # TERM to the master only: it stops its workers in the order the mode needs (handoff:
+        # the dispatcher first); a TERM to the whole group would race with it.
+        stop_process(self.proc, 15, group=False)
 
 
 @pytest.fixture(params=MODES)

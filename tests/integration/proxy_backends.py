@@ -42,6 +42,8 @@ import time
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
+from tests.server import HeaderLookup
+
 HOST = "127.0.0.1"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 MAX_HEAD = 64 * 1024
@@ -59,7 +61,7 @@ RAW_RESPONSES = {
 
 
 @dataclass
-class Recorded:
+class Recorded(HeaderLookup):
     """One request as the backend received it (after the proxy rewrote it)."""
 
     method: str
@@ -69,14 +71,6 @@ class Recorded:
     body: bytes
     peer: str
     chunked: bool = False
-
-    def header(self, name: str) -> str | None:
-        values = self.header_list(name)
-        return ", ".join(values) if values else None
-
-    def header_list(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [v for n, v in self.headers if n.lower() == lname]
 
     def has(self, name: str) -> bool:
         return bool(self.header_list(name))

@@ -18,6 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.server import stop_process
+
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["reuseport", "shared", "handoff", "proxy"]
 HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")   # children that are not workers
@@ -96,18 +98,7 @@ class Master:
         os.kill(self.pid, sig)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.kill(self.pid, signal.SIGTERM)   # the master stops its children itself
-                self.proc.wait(timeout=10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:
-            os.killpg(self.pid, signal.SIGKILL)   # anything left in the group
-        except ProcessLookupError:
-            pass
-        if self.proc.poll() is None:
-            self.proc.wait(timeout=5)
+        stop_process(self.proc, 10, group=False)   # the master stops its children itself
         self._log_f.close()
 
 

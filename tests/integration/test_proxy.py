@@ -22,6 +22,7 @@ settings; integrated mode. About 80 s on 2 cores:
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import os
 import signal
@@ -50,6 +51,7 @@ from tests.server import (
     free_port,
     parse_responses,
     server_env,
+    stop_process,
     wait_for,
 )
 
@@ -179,25 +181,7 @@ class ProxyProcess:
         wait_for(lambda: self.health()[1]["healthy"] == n, timeout, f"{n} healthy backends")
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        proc = self.proc
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if proc.poll() is None:
-            proc.wait(5)
-        return proc.returncode
+        return None if self.proc is None else stop_process(self.proc, timeout)
 
 
 @pytest.fixture
@@ -1035,18 +1019,23 @@ def test_tls_large_bodies_both_ways(start_proxy, backends, tls_files) -> None:
 INVALID = [c for c in load("invalid") if c.name not in {"invalid/001", "invalid/rfc9112_chunked_missing_final_crlf_01"}]
 
 
-@pytest.fixture(scope="module")
-def strict_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, Backend]]:
-    b = Backend(name="victim").start()
-    p = ProxyProcess(tmp_path_factory.mktemp("strict"),
-                     ["proxy", "--backends", b.addr, "--health-check-interval", "0", "--header-timeout", "1"],
-                     admin=False)
+@contextlib.contextmanager
+def proxy_with_backend(workdir: Path, name: str, *flags: str) -> Iterator[tuple[ProxyProcess, Backend]]:
+    """A recording backend and a standalone proxy in front of it, both stopped at the end."""
+    b = Backend(name=name).start()
+    p = ProxyProcess(workdir, ["proxy", "--backends", b.addr, "--health-check-interval", "0", *flags], admin=False)
     try:
         p.start()
         yield p, b
     finally:
         p.stop()
         b.stop()
+
+
+@pytest.fixture(scope="module")
+def strict_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, Backend]]:
+    with proxy_with_backend(tmp_path_factory.mktemp("strict"), "victim", "--header-timeout", "1") as pb:
+        yield pb
 
 
 def expected_statuses(error: str) -> set[int]:
@@ -1154,16 +1143,8 @@ def test_client_body_timeout(start_proxy, backends, pooled: bool) -> None:
 
 @pytest.fixture(scope="module")
 def lenient_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ProxyProcess, Backend]]:
-    b = Backend(name="echo").start()
-    p = ProxyProcess(tmp_path_factory.mktemp("lenient"),
-                     ["proxy", "--backends", b.addr, "--health-check-interval", "0", "--require-host", "false"],
-                     admin=False)
-    try:
-        p.start()
-        yield p, b
-    finally:
-        p.stop()
-        b.stop()
+    with proxy_with_backend(tmp_path_factory.mktemp("lenient"), "echo", "--require-host", "false") as pb:
+        yield pb
 
 
 # CONNECT is not proxied (405 by design): the corpus' authority-form cases are left out.
