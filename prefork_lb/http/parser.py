@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
@@ -42,6 +43,9 @@ from prefork_lb.http.errors import (
     PayloadTooLarge,
     URITooLong,
 )
+
+MEMO_MAX = 256          # request (and response) heads a memo keeps before it starts over
+MEMO_HEAD_MAX = 2048    # the longest head worth keeping
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ class Request:
         self.discard = False   # the app is done with it: drop further body bytes
         self.host: bytes | None = None
         self.content_type: bytes | None = None
-        self.memo: dict[object, bytes] | None = None   # a caller's cache for a request head seen before
+        # Set on a request kept in a parser memo: the callers' cache of what they derive from
+        # it (the proxy's rewritten head, the worker's environ), since the same object comes back.
+        self.memo: dict[object, Any] | None = None
 
     def split_target(self) -> tuple[bytes, bytes]:
         """(path, query) of the request-target, not percent-decoded; fragment dropped."""
@@ -149,10 +155,13 @@ class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
     __slots__ = ("_p", "limits", "requests", "_cur", "_head_bytes", "_in_head", "_head_cap",
-                 "_nfields", "stopped", "_url_len", "_trailers", "error", "tail")
+                 "_nfields", "stopped", "_url_len", "_trailers", "error", "tail", "memos")
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, memos: dict[bytes, Request] | None = None) -> None:
         self.limits = limits or Limits()
+        # Requests seen before, by their exact bytes, shared by every parser with these limits
+        # (see feed). None: no memo.
+        self.memos = memos
         self._p = httptools.HttpRequestParser(self)
         self.requests: deque[Request] = deque()
         self._cur: Request | None = None
@@ -182,6 +191,15 @@ class RequestParser:
         ``self.error`` for the caller to answer once the queue is empty."""
         if self.stopped:
             return
+        memos = self.memos
+        fresh = memos is not None and self._cur is None and not self.requests
+        if fresh:
+            # The bytes of a whole bodiless request accepted before: parsing them again would
+            # give the same request, so hand out that one (memos only ever hold accepted ones).
+            known = memos.get(data)   # type: ignore[union-attr]
+            if known is not None:
+                self.requests.append(known)
+                return
         try:
             if self._in_head or self._cur is None:
                 # Bound the bytes an unfinished head may take (llhttp buffers nothing, but
@@ -212,6 +230,22 @@ class RequestParser:
             if self.stopped:   # data after a request that closes the connection: ignore
                 return
             self._fail(BadRequest(str(exc)))
+        if fresh and len(self.requests) == 1 and len(data) <= MEMO_HEAD_MAX and self._cur is None:
+            self._remember(data)
+
+    def _remember(self, data: bytes) -> None:
+        """Keep the request ``data`` was, if it was exactly one whole request with no body that
+        leaves the connection open."""
+        req = self.requests[0]
+        if (req.complete and not self.stopped and not req.body_size and not req.chunked
+                and not req.content_length and req.keep_alive and not req.upgrade
+                and not req.expect_continue and data.find(b"\r\n\r\n") == len(data) - 4):
+            memos = self.memos
+            assert memos is not None
+            if len(memos) >= MEMO_MAX:
+                memos.clear()
+            req.memo = {}
+            memos[data] = req
 
     def _fail(self, exc: HTTPError) -> None:
         self.stopped = True

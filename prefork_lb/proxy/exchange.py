@@ -13,10 +13,10 @@ import logging
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
-from prefork_lb.http.parser import Request
+from prefork_lb.http.parser import MEMO_MAX, Request
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.headers import cookie_value
-from prefork_lb.proxy.upstream import MEMO_MAX, Backend, ResponseMemo, Upstream
+from prefork_lb.proxy.upstream import Backend, ResponseMemo, Upstream
 
 if TYPE_CHECKING:
     from prefork_lb.proxy.server import ClientConn

@@ -46,7 +46,7 @@ from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.exchange import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM, Exchange
 from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
 from prefork_lb.proxy.health import RetryBudget
-from prefork_lb.proxy.upstream import HIGH_WATER, MEMO_HEAD_MAX, MEMO_MAX, Backend, ResponseMemo, Upstream
+from prefork_lb.proxy.upstream import HIGH_WATER, Backend, ResponseMemo, Upstream
 
 __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 
@@ -65,7 +65,7 @@ class ClientConn(asyncio.Protocol):
     def __init__(self, proxy: Proxy, scheme: str) -> None:
         self.proxy = proxy
         self.transport: Any = None
-        self.parser = RequestParser(proxy.limits)
+        self.parser = RequestParser(proxy.limits, proxy.request_memo)
         self.peer_ip = ""
         self.scheme = scheme
         self.ex: Exchange | None = None
@@ -126,18 +126,6 @@ class ClientConn(asyncio.Protocol):
             if self.ex is not None and self.ex.websocket:
                 self.early.append(data)   # sent before the 101: held for the tunnel
             return
-        memos = self.proxy.request_memo
-        fresh = self.ex is None and not parser.requests and parser.between_requests
-        if fresh:
-            # A whole bodiless request head that parsed before: the parser would give the
-            # same result again, so skip it (the memo only ever holds requests it accepted).
-            req = memos.get(data)
-            if req is not None:
-                parser.requests.append(req)
-                self.next_request()
-                if self.wbuf:
-                    self.flush()
-                return
         try:
             parser.feed(data)
         except HTTPError as exc:
@@ -146,15 +134,6 @@ class ClientConn(asyncio.Protocol):
         if parser.tail:   # sent along with an Upgrade request: the tunnel's, if one is made
             self.early.append(parser.tail)
             parser.tail = b""
-        if fresh and len(parser.requests) == 1 and len(data) < MEMO_HEAD_MAX and parser.between_requests:
-            req = parser.requests[0]
-            if (req.complete and not req.body_size and not req.chunked and not req.content_length
-                    and req.keep_alive and not req.upgrade and not req.expect_continue
-                    and data.find(b"\r\n\r\n") == len(data) - 4):
-                if len(memos) >= MEMO_MAX:
-                    memos.clear()
-                req.memo = {}
-                memos[data] = req
         ex = self.ex
         if ex is None:
             if parser.requests:

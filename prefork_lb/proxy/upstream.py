@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
+from prefork_lb.http.parser import MEMO_HEAD_MAX
 from prefork_lb.proxy.health import PassiveEjector
 from prefork_lb.proxy.stats import BackendStats
 
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 HIGH_WATER = 256 * 1024     # write buffer of a transport before its peer is paused
-MEMO_MAX = 256              # request heads and response heads remembered
-MEMO_HEAD_MAX = 2048        # longest head worth remembering
 
 
 class ResponseMemo:

@@ -126,6 +126,9 @@ class Server:
         self._watchdog: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self.requests_served = 0
+        # Bodiless request heads seen before, shared by this worker's connections (their
+        # parsers have the same limits); each keeps the environ entries it gives.
+        self.request_memo: dict[bytes, Request] = {}
         opts = self.options
         # Admission control: at most max_concurrency requests in the app, queue_size waiting.
         self.admission = gevent.lock.BoundedSemaphore(opts.max_concurrency) if opts.max_concurrency else None
@@ -334,6 +337,9 @@ def _cooperative(sock: socket.socket) -> gevent.socket.socket:
     return gs
 
 
+ENVIRON = "environ"   # the key of a memoised request's environ entries in Request.memo
+
+
 def _decode_path(path: bytes) -> str:
     if b"%" in path:
         path = unquote_to_bytes(path)
@@ -352,7 +358,7 @@ class Connection(BodySource):
         self.sock = sock
         self.app = server.app
         opts = server.options
-        self.parser = RequestParser(opts.limits)
+        self.parser = RequestParser(opts.limits, server.request_memo)
         self.greenlet = gevent.getcurrent()
         self.wait_until = 0.0
         self.idle = False   # True only between requests on a kept-alive connection
@@ -534,6 +540,15 @@ class Connection(BodySource):
     # -- the request --------------------------------------------------------------------------
 
     def _environ(self, req: Request) -> dict[str, Any]:
+        memo = req.memo
+        if memo is not None:
+            # A request the parser has seen before (no body): what it adds to the connection's
+            # keys was worked out the first time.
+            part = memo.get(ENVIRON)
+            if part is not None:
+                env = self.base_env.copy()
+                env.update(part)
+                return env
         env = self.base_env.copy()
         target = req.target
         raw_uri = target.decode("latin-1")
@@ -563,6 +578,10 @@ class Connection(BodySource):
             else:
                 env[key] = value.decode("latin-1")
         env["wsgi.input"] = EMPTY_INPUT if req.complete and not req.chunks else Input(self, req)
+        if memo is not None:
+            base = self.base_env
+            if all(env[k] is v for k, v in base.items()):   # no header merged into a connection key
+                memo[ENVIRON] = {k: v for k, v in env.items() if k not in base}
         return env
 
     def start_response(self, status: str, headers: list[tuple[str, str]],

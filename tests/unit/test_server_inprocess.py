@@ -84,3 +84,52 @@ def test_drain_closes_a_silent_new_connection_after_a_grace(pair) -> None:
     with gevent.Timeout(10):
         assert server.drain(timeout=30)   # well before the 60 s header timeout
         assert client.recv(10) == b""
+
+
+def environ_app(environ, start_response):
+    keys = sorted(k for k in environ if k.isupper())
+    body = "\n".join(f"{k}={environ[k]}" for k in keys).encode()
+    environ["HTTP_HOST"] = "changed by the app"   # must not leak into the next request
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body]
+
+
+def _environ_of(client) -> dict[str, str]:
+    body = _read_response(client).partition(b"\r\n\r\n")[2].decode()
+    return dict(line.split("=", 1) for line in body.splitlines())
+
+
+def test_a_repeated_request_gets_the_same_environ_with_its_own_connection_keys() -> None:
+    server = Server(environ_app, ServerOptions(keepalive=30))
+    request = b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.0.0.1\r\nAccept: a\r\nAccept: b\r\n\r\n"
+    seen = []
+    for port in (1111, 2222):
+        a, b = socket.socketpair()
+        client = gevent.socket.socket(fileno=b.detach())
+        server.serve_connection(a, ("127.0.0.1", port))
+        for _ in range(3):   # the first parses, the others come from the memo
+            client.sendall(request)
+            seen.append(_environ_of(client))
+        client.close()
+    assert len(server.request_memo) == 1
+    first = seen[0]
+    assert first["PATH_INFO"] == "/p" and first["QUERY_STRING"] == "q=1" and first["HTTP_HOST"] == "h"
+    assert first["HTTP_ACCEPT"] == "a,b" and first["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
+    for env in seen:
+        assert {k: v for k, v in env.items() if k != "REMOTE_PORT"} == \
+            {k: v for k, v in first.items() if k != "REMOTE_PORT"}
+    assert [env["REMOTE_PORT"] for env in seen] == ["1111"] * 3 + ["2222"] * 3
+    server.drain(timeout=1)
+
+
+def test_a_header_merged_into_a_connection_key_is_not_cached() -> None:
+    opts = ServerOptions(keepalive=30, extra_environ={"HTTP_X_EXTRA": "base"})
+    server = Server(environ_app, opts)
+    a, b = socket.socketpair()
+    client = gevent.socket.socket(fileno=b.detach())
+    server.serve_connection(a, ("127.0.0.1", 1))
+    for _ in range(2):
+        client.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nX-Extra: sent\r\n\r\n")
+        assert _environ_of(client)["HTTP_X_EXTRA"] == "base,sent"
+    client.close()
+    server.drain(timeout=1)

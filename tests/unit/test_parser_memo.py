@@ -1,0 +1,74 @@
+"""The parser's memo of whole bodiless requests (shared by the connections of one process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from prefork_lb.http.errors import HTTPError
+from prefork_lb.http.parser import MEMO_MAX, Limits, Request, RequestParser
+
+GET = b"GET /a?b=1 HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+
+
+def parse_one(data: bytes, memos: dict[bytes, Request]) -> tuple[RequestParser, Request]:
+    p = RequestParser(Limits(), memos)
+    p.feed(data)
+    assert len(p.requests) == 1
+    return p, p.requests[0]
+
+
+def test_a_repeated_request_is_the_remembered_one() -> None:
+    memos: dict[bytes, Request] = {}
+    _, first = parse_one(GET, memos)
+    assert memos == {GET: first} and first.memo == {}
+    p, again = parse_one(GET, memos)
+    assert again is first
+    assert (again.method, again.target, again.host, again.keep_alive) == ("GET", b"/a?b=1", b"x", True)
+    # The parser stays usable after a hit: the next request is parsed as usual.
+    p.requests.popleft()
+    p.feed(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert p.requests[0].target == b"/next" and p.requests[0] is not first
+
+
+@pytest.mark.parametrize("data", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",          # a body
+    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",               # ends the connection
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+    GET + GET,                                                                 # two requests
+    GET[:-2],                                                                  # half a head
+])
+def test_only_whole_plain_bodiless_requests_are_remembered(data: bytes) -> None:
+    memos: dict[bytes, Request] = {}
+    p = RequestParser(Limits(), memos)
+    p.feed(data)
+    assert memos == {}
+
+
+def test_a_refused_request_is_never_remembered_and_is_refused_again() -> None:
+    memos: dict[bytes, Request] = {}
+    bad = b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+    for _ in range(2):
+        with pytest.raises(HTTPError) as err:
+            RequestParser(Limits(), memos).feed(bad)
+        assert err.value.status == 400
+    assert memos == {}
+
+
+def test_no_memo_hit_in_the_middle_of_a_request() -> None:
+    memos: dict[bytes, Request] = {}
+    parse_one(GET, memos)
+    p = RequestParser(Limits(), memos)
+    p.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(GET)).encode() + b"\r\n\r\n")
+    p.feed(GET)   # the body of the POST, not a request
+    assert len(p.requests) == 1 and p.requests[0].method == "POST"
+    assert b"".join(p.requests[0].chunks) == GET
+
+
+def test_the_memo_is_bounded() -> None:
+    memos: dict[bytes, Request] = {}
+    for i in range(MEMO_MAX + 5):
+        parse_one(b"GET /%d HTTP/1.1\r\nHost: x\r\n\r\n" % i, memos)
+    assert 0 < len(memos) <= MEMO_MAX
