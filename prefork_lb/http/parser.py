@@ -192,14 +192,26 @@ class RequestParser:
         if self.stopped:
             return
         memos = self.memos
-        fresh = memos is not None and self._cur is None and not self.requests
+        fresh = memos is not None and self._cur is None
+        before = 0
         if fresh:
-            # The bytes of a whole bodiless request accepted before: parsing them again would
-            # give the same request, so hand out that one (memos only ever hold accepted ones).
-            known = memos.get(data)   # type: ignore[union-attr]
-            if known is not None:
-                self.requests.append(known)
-                return
+            # Whole bodiless requests accepted before, one after another (pipelined): parsing
+            # them again would give the same requests, so hand out those (memos only ever hold
+            # accepted ones). llhttp parses from the first one that is not known.
+            requests = self.requests
+            pos = 0
+            while True:
+                end = data.find(b"\r\n\r\n", pos) + 4
+                known = memos.get(data[pos:end]) if 4 <= end - pos <= MEMO_HEAD_MAX else None   # type: ignore[union-attr]
+                if known is None:
+                    break
+                requests.append(known)
+                if end == len(data):
+                    return
+                pos = end
+            if pos:
+                data = data[pos:]
+            before = len(requests)
         try:
             if self._in_head or self._cur is None:
                 # Bound the bytes an unfinished head may take (llhttp buffers nothing, but
@@ -230,22 +242,29 @@ class RequestParser:
             if self.stopped:   # data after a request that closes the connection: ignore
                 return
             self._fail(BadRequest(str(exc)))
-        if fresh and len(self.requests) == 1 and len(data) <= MEMO_HEAD_MAX and self._cur is None:
-            self._remember(data)
+        if fresh and len(self.requests) > before and self._cur is None and not self.stopped:
+            self._remember(data, before)
 
-    def _remember(self, data: bytes) -> None:
-        """Keep the request ``data`` was, if it was exactly one whole request with no body that
-        leaves the connection open."""
-        req = self.requests[0]
-        if (req.complete and not self.stopped and not req.body_size and not req.chunked
-                and not req.content_length and req.keep_alive and not req.upgrade
-                and not req.expect_continue and data.find(b"\r\n\r\n") == len(data) - 4):
-            memos = self.memos
-            assert memos is not None
-            if len(memos) >= MEMO_MAX:
-                memos.clear()
-            req.memo = {}
-            memos[data] = req
+    def _remember(self, data: bytes, first: int) -> None:
+        """Keep the requests from ``first`` on, which ``data`` was exactly, if each is whole, has
+        no body and leaves the connection open. With no body bytes among them, the requests'
+        bytes are cut apart at each blank line."""
+        found = list(self.requests)[first:]
+        for req in found:
+            if (not req.complete or req.body_size or req.chunked or req.content_length or not req.keep_alive
+                    or req.upgrade or req.expect_continue or req.memo is not None):
+                return
+        pieces = data.split(b"\r\n\r\n")
+        if len(pieces) != len(found) + 1 or pieces[-1]:
+            return
+        memos = self.memos
+        assert memos is not None
+        for req, piece in zip(found, pieces, strict=False):
+            if len(piece) + 4 <= MEMO_HEAD_MAX:
+                if len(memos) >= MEMO_MAX:
+                    memos.clear()
+                req.memo = {}
+                memos[piece + b"\r\n\r\n"] = req
 
     def _fail(self, exc: HTTPError) -> None:
         self.stopped = True

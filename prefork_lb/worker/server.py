@@ -337,6 +337,7 @@ def _cooperative(sock: socket.socket) -> gevent.socket.socket:
     return gs
 
 
+CORK_MAX = 16         # responses held at most for one write (_reply)
 ENVIRON = "environ"   # the key of a memoised request's environ entries in Request.memo
 
 
@@ -351,6 +352,7 @@ class Connection(BodySource):
         "server", "sock", "app", "parser", "base_env", "greenlet", "wait_until", "idle", "status",
         "out_headers", "headers_sent", "chunked", "close_after", "bytes_sent", "req", "is_head",
         "resp_length", "continue_sent", "partial", "raw", "read_event", "hub", "had_request",
+        "cork",
     )
 
     def __init__(self, server: Server, sock: gevent.socket.socket, addr: Any) -> None:
@@ -364,6 +366,7 @@ class Connection(BodySource):
         self.idle = False   # True only between requests on a kept-alive connection
         self.had_request = False
         self.partial = False
+        self.cork: list[bytes] = []   # whole responses held to go out with the next one (_reply)
         # The per-request path calls the underlying socket directly and waits on gevent's own
         # read watcher: one syscall fewer per request than gevent's recv (which tries first),
         # and no Python-level wrappers around send.
@@ -464,6 +467,12 @@ class Connection(BodySource):
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN):
                 log.exception("connection error")
+        finally:
+            if self.cork:
+                try:
+                    self._send(b"")
+                except OSError:
+                    pass
 
     def _recv(self) -> bytes:
         """Wait until the socket is readable, then read. Waiting first saves the recv that
@@ -471,6 +480,8 @@ class Connection(BodySource):
         raw = self.raw
         if raw is None:
             return self.sock.recv(RECV_SIZE)
+        if self.cork:
+            self._send(b"")   # never wait for a request with responses held back
         while True:
             self.hub.wait(self.read_event)
             try:
@@ -478,7 +489,41 @@ class Connection(BodySource):
             except BlockingIOError:
                 continue
 
+    def _reply(self, data: bytes) -> None:
+        """Send a whole response. When the next pipelined request is already here, hold it to
+        go in one write with the next one's (a proxy pipelining GETs gets them in one read);
+        held bytes go out at the latest when this greenlet next waits (the hub runs _uncork)."""
+        requests = self.parser.requests
+        if self.raw is not None and len(requests) > 1 and requests[1].complete and len(self.cork) < CORK_MAX:
+            if not self.cork:
+                self.hub.loop.run_callback(self._uncork)
+            self.cork.append(data)
+            return
+        self._send(data)
+
+    def _uncork(self) -> None:
+        """In the hub: this connection's greenlet waits (the app yielded); send what it holds
+        without blocking. What the socket does not take now goes ahead of its next send."""
+        cork = self.cork
+        if not cork or self.raw is None:
+            return
+        data = b"".join(cork)
+        cork.clear()
+        try:
+            n = self.raw.send(data)
+        except BlockingIOError:
+            n = 0
+        except OSError:
+            return   # the connection is gone: its greenlet finds out on its next call
+        if n < len(data):
+            cork.append(data[n:])
+
     def _send(self, data: bytes) -> None:
+        cork = self.cork
+        if cork:
+            cork.append(data)
+            data = b"".join(cork)
+            cork.clear()
         raw = self.raw
         if raw is None:
             self.sock.sendall(data)
@@ -749,9 +794,9 @@ class Connection(BodySource):
                 else:
                     head = self._head(len(body))
                     if self.is_head:
-                        self._send(head)
+                        self._reply(head)
                     else:
-                        self._send(head + self._clip(body))
+                        self._reply(head + self._clip(body))
                         self.bytes_sent += len(body)
                     if self.resp_length is not None and self.bytes_sent < self.resp_length:
                         self.close_after = True

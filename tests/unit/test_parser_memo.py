@@ -30,6 +30,23 @@ def test_a_repeated_request_is_the_remembered_one() -> None:
     assert p.requests[0].target == b"/next" and p.requests[0] is not first
 
 
+def test_pipelined_requests_are_remembered_and_come_back_one_by_one() -> None:
+    memos: dict[bytes, Request] = {}
+    other = b"GET /other HTTP/1.1\r\nHost: x\r\n\r\n"
+    p = RequestParser(Limits(), memos)
+    p.feed(GET + other + GET)
+    assert [r.target for r in p.requests] == [b"/a?b=1", b"/other", b"/a?b=1"]
+    assert set(memos) == {GET, other}
+    again = RequestParser(Limits(), memos)
+    again.feed(other + GET + b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")   # two known, then one to parse
+    assert again.requests[0] is memos[other] and again.requests[1] is memos[GET]
+    assert again.requests[2].target == b"/new"
+    # A known request followed by a malformed one: the known one is served, the error waits.
+    bad = RequestParser(Limits(), memos)
+    bad.feed(GET + b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert len(bad.requests) == 1 and bad.error is not None and bad.error.status == 400
+
+
 @pytest.mark.parametrize("data", [
     b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",          # a body
     b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -37,7 +54,7 @@ def test_a_repeated_request_is_the_remembered_one() -> None:
     b"GET / HTTP/1.0\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
     b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
-    GET + GET,                                                                 # two requests
+    GET + b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",             # one with a body
     GET[:-2],                                                                  # half a head
 ])
 def test_only_whole_plain_bodiless_requests_are_remembered(data: bytes) -> None:
