@@ -264,6 +264,12 @@ SETTINGS: list[Setting] = [
     Setting("upstream_keepalive", _non_negative_int, 256,
             "Idle keep-alive connections kept open to each backend.",
             flags=("--upstream-keepalive",), section="Proxy", metavar="N"),
+    Setting("upstream_pipeline", _positive_int, 8,
+            "The most requests sent at once on one backend connection (HTTP/1.1 pipelining). Only "
+            "GETs without a body whose exact head was answered in under 10 ms before, and that "
+            "arrive in the same pass of the event loop, share a connection: one write and one "
+            "read for all of them. 1: one request per connection at a time.",
+            flags=("--upstream-pipeline",), section="Proxy", metavar="N"),
     Setting("forwarded_allow_ips", str, "127.0.0.1,::1",
             "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
             "headers the proxy keeps and appends to; from any other peer they are replaced.",

@@ -26,6 +26,8 @@ log = logging.getLogger("prefork_lb.error")
 REPLAY_MAX = 64 * 1024      # body bytes kept for a retry of an idempotent request
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FRESH_FOR_UNSAFE = 1.0      # a non-idempotent request reuses only connections used this recently
+PIPELINE_FAST = 0.010       # a GET whose head was last answered this fast may be pipelined
+FAST = "fast"               # key in Request.memo: the last exchange with this head was that fast
 # deadline kinds of a client connection
 D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
 
@@ -35,7 +37,7 @@ class Exchange:
 
     __slots__ = ("client", "req", "proxy", "backend", "up", "tries", "tried", "sent", "head",
                  "replay", "replay_size", "started", "status", "framing", "responded", "set_cookie",
-                 "done", "websocket", "body_done", "until_close", "head_at")
+                 "done", "websocket", "body_done", "until_close", "head_at", "pipelined")
 
     def __init__(self, client: ClientConn, req: Request) -> None:
         self.client = client
@@ -59,6 +61,7 @@ class Exchange:
         self.body_done = False
         self.until_close = False    # the response body ends when the backend closes
         self.head_at: tuple[int, int] = (-1, 0)   # (client flushes, wbuf index) when the head was queued
+        self.pipelined = False      # may share a backend connection with others sent in the same pass
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -108,6 +111,17 @@ class Exchange:
         if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
             self.set_cookie = proxy.cookie_header(backend.key)
         backend.stats.requests += 1   # tries: a retried request counts at each backend it tried
+        req = self.req
+        memo = req.memo
+        self.pipelined = (memo is not None and proxy.pipeline > 1 and req.method == "GET"
+                          and memo.get(FAST, False))
+        if self.pipelined:
+            # Another GET for this backend went on a connection in this pass of the loop: go
+            # behind it, in the same write; the worker reads them in one go too.
+            batch = backend.batch
+            if batch is not None and not batch.closed and len(batch.queue) < proxy.pipeline - 1:
+                self.attach(batch)
+                return
         up = None
         if not self.websocket:
             idle = backend.idle
@@ -131,16 +145,31 @@ class Exchange:
         """``up`` is connected: send the head and what we have of the body."""
         client = self.client
         self.up = up
-        up.ex = self
+        if up.ex is None:
+            up.ex = self
+            up.is_head = self.req.method == "HEAD"
+            up.got_bytes = False
+            if up.paused:
+                up.paused = False
+                up.transport.resume_reading()
+        else:
+            up.queue.append(self)   # pipelined: answered after those before it
+            up.backend.stats.pipelined += 1
         client.resume("connect")
-        up.is_head = self.req.method == "HEAD"
-        up.got_bytes = False
-        if up.paused:
-            up.paused = False
-            up.transport.resume_reading()
         if client.deadline_kind == D_NONE:   # (D_BODY stays until the body is in)
             client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
         self.sent = True
+        if self.req.memo is not None:
+            # A whole request with no body: written at the end of this pass of the loop, in one
+            # write with whatever else goes to this connection (see Proxy.end_of_pass).
+            self.body_done = True
+            out = up.out
+            if not out:
+                self.proxy.at_end_of_pass(up)
+            out.append(self.head)
+            if self.pipelined and self.backend is not None:
+                self.backend.batch = up
+            return
         out = [self.head]
         if self.replay:
             out.extend(self.replay)
@@ -242,7 +271,7 @@ class Exchange:
         if req.method == "HEAD":
             self.response_done(up, reusable)
 
-    def fast_response(self, up: Upstream, memo: ResponseMemo, data: bytes, end: int) -> bool:
+    def fast_response(self, up: Upstream, memo: ResponseMemo, body: bytes) -> bool:
         """A whole response whose head was seen before: relay it without parsing. False when
         the memo does not fit this exchange (the caller parses instead)."""
         req = self.req
@@ -259,10 +288,8 @@ class Exchange:
         client.keep_alive = keep
         client.write(head)
         if memo.length:
-            client.write(data[end + 4:])
+            client.write(body)
         self.response_done(up, memo.upstream_keep)
-        if client.wbuf:
-            client.flush()
         return True
 
     def response_body(self, body: bytes) -> None:
@@ -291,6 +318,10 @@ class Exchange:
         assert backend is not None
         now = _now()
         latency = now - self.started
+        memo = self.req.memo
+        if memo is not None:
+            # Pipelining needs answers that are quick and leave the connection open.
+            memo[FAST] = latency < PIPELINE_FAST and self.status < 500 and reusable
         proxy.strategy.on_finish(backend.key, latency, self.status < 500)
         backend.stats.record_response(self.status, latency)
         if self.status >= 500 and self.status != 503 and backend.slot is None:
@@ -300,15 +331,21 @@ class Exchange:
         else:
             backend.ejector.success()
         # Reuse the connection only when the exchange is clean at both ends.
-        if self.body_done and reusable and not up.closed and not proxy.stopping:
+        if self.body_done and reusable and not up.closed and up.queue:
+            up.ex = up.queue.popleft()   # the next response on it is the next pipelined one's
+            up.is_head = False
+            up.got_bytes = False
+        elif self.body_done and reusable and not up.closed and not proxy.stopping:
             up.last_used = now
             if len(backend.idle) < proxy.keepalive_max:
                 backend.idle.append(up)
             else:
                 up.close()
         else:
-            up.close()
+            up.close()   # (what was queued on it is retried: Upstream.connection_lost)
         client.exchange_done(self)
+        if client.wbuf:
+            proxy.at_end_of_pass(client)
 
     def upgraded(self, rest: bytes) -> None:
         """The backend answered 101: from now on both connections are one byte tunnel."""
@@ -333,6 +370,18 @@ class Exchange:
         client.start_tunnel(up)
 
     # -- failures ---------------------------------------------------------------------------------
+
+    def drop_upstream(self) -> None:
+        """Give up the backend connection: closed, since what is still due on it can no longer
+        be told apart. Exchanges pipelined on it with this one are retried elsewhere."""
+        up = self.up
+        self.up = None
+        if up is not None:
+            if up.ex is self:
+                up.ex = None
+            elif self in up.queue:
+                up.queue.remove(self)
+            up.close()
 
     def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
         if self.done:
@@ -400,11 +449,7 @@ class Exchange:
         proxy.strategy.on_finish(backend.key, None, False)
         backend.stats.errors += 1
         proxy.passive_failure(backend, "malformed response")
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.ex = None
-            up.close()
+        self.drop_upstream()
         client = self.client
         flushes, at = self.head_at
         if self.responded and flushes == client.flushes:
@@ -422,11 +467,7 @@ class Exchange:
         if self.done:
             return
         backend = self.backend
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.ex = None
-            up.close()
+        self.drop_upstream()
         if backend is not None:
             self.proxy.strategy.on_finish(backend.key, None, False)
             backend.stats.errors += 1
@@ -439,11 +480,7 @@ class Exchange:
 
     def timed_out_client(self) -> None:
         """The client stopped sending its body: 408, and the backend connection is dropped."""
-        up = self.up
-        self.up = None
-        if up is not None:
-            up.ex = None
-            up.close()
+        self.drop_upstream()
         if self.backend is not None:
             self.proxy.strategy.on_finish(self.backend.key, None, True)
         self.done = True

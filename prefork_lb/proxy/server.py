@@ -314,12 +314,9 @@ class ClientConn(asyncio.Protocol):
         ex = self.ex
         if ex is not None and not ex.done:
             ex.done = True
-            up = ex.up
             if ex.backend is not None:
                 proxy.strategy.on_finish(ex.backend.key, None, True)
-            if up is not None:
-                up.ex = None
-                up.close()   # its response has no reader; the connection cannot be reused
+            ex.drop_upstream()   # its response has no reader; the connection cannot be reused
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -376,6 +373,8 @@ class Proxy:
         self.body_timeout = cfg.client_body_timeout or 86400.0
         self.keepalive = cfg.keepalive
         self.keepalive_max = cfg.upstream_keepalive
+        self.pipeline = cfg.upstream_pipeline
+        self.pass_end: list[ClientConn | Upstream] = []   # connections with writes for the end of this pass
         self.max_connections = cfg.max_connections
         self.queue_timeout = cfg.queue_timeout
         self.admin_public = cfg.stats_bind == "public"
@@ -410,6 +409,22 @@ class Proxy:
         line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0,
                                out_headers=[("X-Backend-Server", backend)])
         self.access.log(env, line, _now() - ex.started)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def at_end_of_pass(self, conn: ClientConn | Upstream) -> None:
+        """Flush ``conn`` once this pass of the event loop has handled all its ready sockets.
+        Writes to backends then go out together (a worker wakes once for all of them, and the
+        pipelined GETs for one connection take one write), and so do responses to clients."""
+        pending = self.pass_end
+        if not pending:
+            self.loop.call_soon(self.end_of_pass)
+        pending.append(conn)
+
+    def end_of_pass(self) -> None:
+        pending, self.pass_end = self.pass_end, []
+        for conn in pending:
+            conn.flush()
 
     # -- membership ---------------------------------------------------------------------------------
 

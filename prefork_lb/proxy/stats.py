@@ -97,16 +97,17 @@ _REPORTED = CLASSES[1:]   # /lb-stats shows 2xx..5xx (a 101 becomes a websocket,
 
 class BackendStats:
     """Counters for one backend. The engine bumps ``requests`` (on each try sent), ``errors``,
-    ``retries`` and ``websockets`` directly; :meth:`record_response` counts a final response by
+    ``retries``, ``websockets`` and ``pipelined`` directly; :meth:`record_response` counts a final response by
     class and records its latency, without touching ``requests``."""
 
-    __slots__ = ("requests", "errors", "retries", "websockets", "responses", "histogram")
+    __slots__ = ("requests", "errors", "retries", "websockets", "pipelined", "responses", "histogram")
 
     def __init__(self) -> None:
         self.requests = 0
         self.errors = 0
         self.retries = 0
         self.websockets = 0
+        self.pipelined = 0   # requests sent behind another on the same connection
         self.responses = [0, 0, 0, 0, 0]
         self.histogram = LatencyHistogram()
 
@@ -131,6 +132,7 @@ class BackendStats:
             "errors": self.errors,
             "retries": self.retries,
             "websockets": self.websockets,
+            "pipelined": self.pipelined,
             "responses": {cls: self.responses[i + 1] for i, cls in enumerate(_REPORTED)},
             "latency_ms": {
                 "p50": _ms(h.percentile(50)),

@@ -1,10 +1,14 @@
 """The upstream side of the proxy: a backend (address, pool, health, stats) and the protocol of
 one connection to it, which parses responses with httptools and hands them to its exchange.
 
-Invariants: an :class:`Upstream` serves at most one exchange at a time and sits in its backend's
-``idle`` pool only between exchanges; a connection that misbehaves (bytes while idle, a parse
-error) is closed, never reused. Responses whose raw head was seen before are relayed from a
-:class:`ResponseMemo` without parsing (see prefork_lb.proxy.server for the whole picture).
+Invariants: an :class:`Upstream` answers one exchange at a time (``ex``); others may wait
+behind it in ``queue``, already sent (pipelined GETs, see Exchange.route), and get the responses
+that follow in order. It sits in its backend's ``idle`` pool only when both are empty; a
+connection that misbehaves (bytes while idle, a parse error) is closed, never reused, and the
+exchanges queued on it are retried elsewhere. Requests for it in one pass of the event loop
+collect in ``out`` and go in one write at the end of the pass. Responses whose raw head was seen
+before are relayed from a :class:`ResponseMemo` without parsing, several per read if they came
+together (see prefork_lb.proxy.server for the whole picture).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -50,7 +55,7 @@ class Backend:
     """One upstream address: its pool of idle connections, health and statistics."""
 
     __slots__ = ("key", "host", "port", "name", "weight", "idle", "stats", "health", "ejector",
-                 "slot", "ejected_until", "checking", "connecting", "down_reason")
+                 "slot", "ejected_until", "checking", "connecting", "down_reason", "batch")
 
     def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
         self.host = host
@@ -67,13 +72,15 @@ class Backend:
         self.checking = False
         self.connecting = 0
         self.down_reason = ""
+        self.batch: Upstream | None = None   # a connection whose pipelined GETs go out at the end of this pass
 
 
 class Upstream(asyncio.Protocol):
     """A connection to a backend; parses responses with httptools."""
 
     __slots__ = ("proxy", "backend", "transport", "parser", "ex", "headers", "last_used", "closed",
-                 "paused", "is_head", "got_bytes", "tunnel_to", "reason", "midmsg", "raw_head")
+                 "paused", "is_head", "got_bytes", "tunnel_to", "reason", "midmsg", "raw_head",
+                 "queue", "out")
 
     def __init__(self, proxy: Proxy, backend: Backend) -> None:
         self.proxy = proxy
@@ -91,6 +98,8 @@ class Upstream(asyncio.Protocol):
         self.reason = b""
         self.midmsg = False          # a response is partly parsed
         self.raw_head: bytes | None = None   # the head of the response being parsed, when whole
+        self.queue: deque[Exchange] = deque()   # sent after ``ex``, answered after it
+        self.out: list[bytes] = []   # to write at the end of this pass of the loop
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -114,13 +123,34 @@ class Upstream(asyncio.Protocol):
         self.got_bytes = True
         self.raw_head = None
         if not self.midmsg:
-            end = data.find(b"\r\n\r\n")
-            if 0 < end < MEMO_HEAD_MAX:
-                raw = data[:end]
-                memo = self.proxy.response_memo.get(raw)
-                if memo is not None and len(data) == end + 4 + memo.length and ex.fast_response(self, memo, data, end):
-                    return
+            # Whole responses whose head was seen before, one after another (pipelined): relay
+            # each without parsing; parse from the first one that is not.
+            memos = self.proxy.response_memo
+            pos = 0
+            size = len(data)
+            while True:
+                end = data.find(b"\r\n\r\n", pos)
+                if not 0 < end - pos < MEMO_HEAD_MAX:
+                    break
+                raw = data[pos:end]
+                memo = memos.get(raw)
+                if memo is not None:
+                    stop = end + 4 + memo.length
+                    if stop <= size and ex.fast_response(self, memo, data[end + 4:stop]):
+                        if stop == size:
+                            return
+                        pos = stop
+                        nxt = self.ex
+                        if nxt is None:   # more than was asked for: never reuse this connection
+                            self.close()
+                            return
+                        ex = nxt
+                        self.got_bytes = True
+                        continue
                 self.raw_head = raw
+                break
+            if pos:
+                data = data[pos:]
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -138,9 +168,12 @@ class Upstream(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        idle = self.backend.idle
+        backend = self.backend
+        idle = backend.idle
         if self in idle:
             idle.remove(self)
+        if backend.batch is self:
+            backend.batch = None
         tunnel = self.tunnel_to
         if tunnel is not None:
             self.tunnel_to = None
@@ -150,6 +183,11 @@ class Upstream(asyncio.Protocol):
         if ex is not None:
             self.ex = None
             ex.upstream_lost(self, exc)
+        queue = self.queue
+        while queue:
+            # Pipelined behind it: not a byte of their responses came.
+            self.got_bytes = False
+            queue.popleft().upstream_lost(self, exc)
 
     def pause_writing(self) -> None:
         ex = self.ex
@@ -195,6 +233,16 @@ class Upstream(asyncio.Protocol):
             ex.response_done(self, self.parser.should_keep_alive())
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Write what collected in this pass of the loop; the batch is closed to newcomers."""
+        out = self.out
+        if out:
+            if not self.closed:
+                self.transport.write(b"".join(out) if len(out) > 1 else out[0])
+            out.clear()
+        if self.backend.batch is self:
+            self.backend.batch = None
 
     def close(self) -> None:
         if not self.closed:

@@ -12,7 +12,8 @@ did *not* send. Its ``mode`` says how it answers:
                 Content-Length (the body ends at the close); ``/chunked`` is chunked with a
                 trailer; ``/status/N`` answers status N with no body; ``/hop`` carries
                 hop-by-hop response headers. ``delay`` seconds are added before each answer
-                (not to /health); an idle connection is closed after ``idle_timeout``.
+                (not to /health); an idle connection is closed after ``idle_timeout``, and
+                after ``answers_per_connection`` answers (if set) without answering the rest.
 * ``drop``      reads the whole request, records it, and closes without answering;
 * ``malformed`` reads the whole request and answers bytes that are not HTTP;
 * ``hang``      accepts, reads, and never answers (records nothing: no request is parsed).
@@ -205,6 +206,7 @@ class Backend:
     websocket: bool = False
     health_status: int = 200
     idle_timeout: float = 30.0
+    answers_per_connection: int = 0   # then the connection closes with what follows unanswered (0: no limit)
     host: str = HOST
     requests: list[Recorded] = field(default_factory=list)
     health_checks: int = 0
@@ -305,6 +307,7 @@ class Backend:
     def _serve(self, conn: socket.socket, peer: str) -> None:
         conn.settimeout(self.idle_timeout)
         reader = _Reader(conn)
+        answered = 0
         try:
             if self.mode == "hang":
                 for _ in range(1_000_000):
@@ -357,6 +360,14 @@ class Backend:
                     with self.lock:
                         self.in_flight -= 1
                 if not keep:
+                    return
+                answered += 1
+                if answered == self.answers_per_connection:
+                    # A lingering close (see /early): the requests already sent get no answer.
+                    conn.shutdown(socket.SHUT_WR)
+                    conn.settimeout(2)
+                    while conn.recv(262144):
+                        pass
                     return
         except (ClosedEarly, OSError, ValueError):
             return

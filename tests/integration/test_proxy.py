@@ -1507,6 +1507,92 @@ def test_term_closes_idle_keepalive_connections_and_exits(start_proxy, backends)
         assert time.monotonic() - t0 < 5
 
 
+def burst_rounds(port: int, target: str, clients: int = 16, rounds: int = 40,
+                 until: Callable[[], bool] = lambda: False) -> list[Response]:
+    """Rounds of ``clients`` connections that each send one GET at the same moment (so the
+    proxy reads them in one pass of its loop) and then read their responses; stops early once
+    ``until()`` holds. Returns every response."""
+    got: list[Response] = []
+    socks = [connect(port) for _ in range(clients)]
+    try:
+        streams = [HTTPStream(s) for s in socks]
+        request = build_request("GET", target)
+        for _ in range(rounds):
+            for s in socks:
+                s.sendall(request)
+            got.extend(st.read_response() for st in streams)
+            if until():
+                break
+    finally:
+        for s in socks:
+            s.close()
+    return got
+
+
+@pytest.mark.parametrize("target", ["/const", "/"])
+def test_simultaneous_gets_share_a_backend_connection_and_each_gets_one_answer(start_proxy, backends,
+                                                                              target: str) -> None:
+    # /const: the same response head every time (relayed from the proxy's memo); /: a head with
+    # a sequence number (parsed each time).
+    [b] = backends(1)
+    p = start_proxy([b], "--health-check-interval", "0")
+    assert http_request(p.port, "GET", target).status == 200   # the head becomes known, and fast
+    got = burst_rounds(p.port, target, until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 5)
+    s = stats_for(p.stats(), b.addr)
+    assert s["pipelined"] >= 5, s
+    assert [r.status for r in got] == [200] * len(got)
+    assert {r.body for r in got} == {b"b0"}
+    # Each request reached the backend exactly once, and nothing was retried.
+    assert len([r for r in b.requests if r.target == target]) == len(got) + 1
+    assert s["errors"] == 0 and s["retries"] == 0 and s["requests"] == len(got) + 1
+    if target == "/":
+        seqs = sorted(int(r.header("x-request-seq") or "0") for r in got)
+        assert len(set(seqs)) == len(got), "a response was delivered twice"
+
+
+def test_upstream_pipeline_1_sends_one_request_per_connection_at_a_time(start_proxy, backends) -> None:
+    [b] = backends(1)
+    p = start_proxy([b], "--health-check-interval", "0", "--upstream-pipeline", "1")
+    http_request(p.port, "GET", "/const")
+    got = burst_rounds(p.port, "/const", rounds=10)
+    assert [r.status for r in got] == [200] * len(got)
+    assert stats_for(p.stats(), b.addr)["pipelined"] == 0
+
+
+def test_slow_answers_are_never_pipelined(start_proxy, backends) -> None:
+    # Answered in 30 ms (over the 10 ms bound): a request is never made to wait behind one.
+    [b] = backends(1, delay=0.03)
+    p = start_proxy([b], "--health-check-interval", "0")
+    http_request(p.port, "GET", "/const")
+    got = burst_rounds(p.port, "/const", clients=8, rounds=5)
+    assert [r.status for r in got] == [200] * len(got)
+    assert stats_for(p.stats(), b.addr)["pipelined"] == 0
+
+
+def test_answers_that_close_the_connection_are_never_pipelined(start_proxy, backends) -> None:
+    [b] = backends(1)
+    p = start_proxy([b], "--health-check-interval", "0")
+    http_request(p.port, "GET", "/close")
+    got = burst_rounds(p.port, "/close", clients=8, rounds=5)
+    assert [r.status for r in got] == [200] * len(got)
+    s = stats_for(p.stats(), b.addr)
+    assert s["pipelined"] == 0 and s["errors"] == 0, s
+
+
+def test_pipelined_gets_behind_a_dying_connection_are_sent_again(start_proxy, backends) -> None:
+    # The backend answers the first request of each connection and then drops the connection
+    # without answering the rest: the GETs queued behind it never got a byte, so they go
+    # again (on connections of their own) and every client still gets a 200.
+    [b] = backends(1, answers_per_connection=1)
+    p = start_proxy([b], "--health-check-interval", "0", "--retries", "3", "--retry-budget", "1")
+    http_request(p.port, "GET", "/const")
+    got = burst_rounds(p.port, "/const", clients=8, rounds=20,
+                       until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 3)
+    s = stats_for(p.stats(), b.addr)
+    assert [r.status for r in got] == [200] * len(got)
+    assert s["pipelined"] >= 3 and s["retries"] >= 1, s
+
+
 # -- admin endpoints and settings ----------------------------------------------------------------------------
 
 

@@ -102,12 +102,14 @@ def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes],
         if ct.closed:
             break
         client.data_received(chunk)
+        proxy.end_of_pass()   # what the running loop would do once the pass is over
         # Answer whatever is waiting for a backend, as often as it takes (bounded).
         for _ in range(64):
             ex = client.ex
             if ex is None or ex.up is None or ct.closed:
                 break
             ex.up.data_received(RESPONSE)
+            proxy.end_of_pass()
             answered += 1
     assert answered <= 64 * len(chunks)
     return b"".join(ct.data), [b"".join(t.data) for _, t in upstreams]

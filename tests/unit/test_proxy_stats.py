@@ -87,7 +87,7 @@ def test_reset() -> None:
 def test_backend_stats_as_dict() -> None:
     b = BackendStats()
     assert b.as_dict("127.0.0.1:9001") == {
-        "name": "127.0.0.1:9001", "requests": 0, "errors": 0, "retries": 0, "websockets": 0,
+        "name": "127.0.0.1:9001", "requests": 0, "errors": 0, "retries": 0, "websockets": 0, "pipelined": 0,
         "responses": {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
         "latency_ms": {"p50": None, "p90": None, "p99": None, "max": None},
     }
