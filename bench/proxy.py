@@ -1,7 +1,8 @@
 """The L7 proxy benchmark: prefork_lb's proxy vs nginx and HAProxy in front of the same 2 workers.
 
 Usage: python bench/proxy.py [--duration 10] [--warmup 2] [--connections 64]
-                             [--fronts prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated]
+                             [--fronts prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,
+                                       prefork_lb-proxy-pipeline-1]
                              [--no-save]
 
 Two backends (``python -m prefork_lb bench.apps:hello --workers 1``, each on its own 127.0.0.1
@@ -11,6 +12,8 @@ port in front of them, warmed up and measured with the same wrk load (keep-alive
 - ``prefork_lb-proxy``: ``python -m prefork_lb proxy --backends B1,B2 --strategy least_connections``;
 - ``nginx``: 1 worker process, ``least_conn``, upstream ``keepalive`` >= the connection count;
 - ``haproxy``: 1 thread, ``balance leastconn``, ``http-reuse always``;
+- ``prefork_lb-proxy-pipeline-1``: the same with ``--upstream-pipeline 1`` (no pipelining to the
+  backends: one request per backend connection at a time, as nginx and HAProxy do);
 - ``direct-worker``: no front end, wrk straight at one backend (the ceiling of one worker);
 - ``prefork_lb-integrated``: ``--dispatch proxy --workers 2``, which brings its own 2 workers
   (not the shared backends; its row splits the proxy's CPU from its workers').
@@ -55,7 +58,7 @@ APP = "bench.apps:hello"
 PY = sys.executable
 BASELINE = "nginx"
 PROXY_TITLE = "prefork_lb: proxy"  # process title of prefork_lb's proxy process
-DEFAULT_FRONTS = "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated"
+DEFAULT_FRONTS = "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,prefork_lb-proxy-pipeline-1"
 
 NOTES = [
     "Everything runs on one machine over 127.0.0.1 with no CPU pinning: wrk, the front end and the "
@@ -126,6 +129,13 @@ def front_prefork_proxy(backends: list[int], workdir: Path, connections: int) ->
            "-b", f"127.0.0.1:{port}", "--strategy", "least_connections", "--stats-bind", f"127.0.0.1:{sport}",
            "--upstream-keepalive", str(_keepalive(connections))]
     return Front("prefork_lb-proxy", cmd, port, sport)
+
+
+def front_prefork_proxy_unpipelined(backends: list[int], workdir: Path, connections: int) -> Front:
+    front = front_prefork_proxy(backends, workdir, connections)
+    assert front.cmd is not None
+    return Front("prefork_lb-proxy-pipeline-1", [*front.cmd, "--upstream-pipeline", "1"], front.port,
+                 front.stats_port)
 
 
 def front_prefork_integrated(backends: list[int], workdir: Path, connections: int) -> Front:
@@ -220,6 +230,7 @@ def front_direct(backends: list[int], workdir: Path, connections: int) -> Front:
 
 FRONTS: dict[str, Callable[[list[int], Path, int], Front]] = {
     "prefork_lb-proxy": front_prefork_proxy,
+    "prefork_lb-proxy-pipeline-1": front_prefork_proxy_unpipelined,
     "nginx": front_nginx,
     "haproxy": front_haproxy,
     "direct-worker": front_direct,
