@@ -26,7 +26,8 @@ log = logging.getLogger("prefork_lb.error")
 REPLAY_MAX = 64 * 1024      # body bytes kept for a retry of an idempotent request
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FRESH_FOR_UNSAFE = 1.0      # a non-idempotent request reuses only connections used this recently
-PIPELINE_FAST = 0.010       # a GET whose head was last answered this fast may be pipelined
+PIPELINE_FAST = 0.010       # a GET whose head was last answered this fast may be pipelined,
+PIPELINE_BODY_MAX = 64 * 1024   # with a body this small at most (with Content-Length)
 FAST = "fast"               # key in Request.memo: the last exchange with this head was that fast
 # deadline kinds of a client connection
 D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
@@ -37,7 +38,7 @@ class Exchange:
 
     __slots__ = ("client", "req", "proxy", "backend", "up", "tries", "tried", "sent", "head",
                  "replay", "replay_size", "started", "status", "framing", "responded", "set_cookie",
-                 "done", "websocket", "body_done", "until_close", "head_at", "pipelined")
+                 "done", "websocket", "body_done", "until_close", "head_at", "pipelined", "length")
 
     def __init__(self, client: ClientConn, req: Request) -> None:
         self.client = client
@@ -62,6 +63,7 @@ class Exchange:
         self.until_close = False    # the response body ends when the backend closes
         self.head_at: tuple[int, int] = (-1, 0)   # (client flushes, wbuf index) when the head was queued
         self.pipelined = False      # may share a backend connection with others sent in the same pass
+        self.length: int | None = None   # the response's Content-Length
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -247,6 +249,7 @@ class Exchange:
         if framing == "close":
             keep = False
         self.framing = framing
+        self.length = length if framing == "length" else None
         client.keep_alive = keep
         client.deadline_kind = D_UPSTREAM
         client.deadline = _now() + proxy.upstream_timeout
@@ -284,6 +287,7 @@ class Exchange:
         client = self.client
         self.status = memo.status
         self.framing = "length"
+        self.length = memo.length
         self.responded = True
         client.keep_alive = keep
         client.write(head)
@@ -320,8 +324,11 @@ class Exchange:
         latency = now - self.started
         memo = self.req.memo
         if memo is not None:
-            # Pipelining needs answers that are quick and leave the connection open.
-            memo[FAST] = latency < PIPELINE_FAST and self.status < 500 and reusable
+            # Pipelining needs answers that are quick, small (a client that does not read one
+            # cannot hold up those behind it for long) and leave the connection open.
+            length = self.length
+            memo[FAST] = (latency < PIPELINE_FAST and self.status < 500 and reusable and length is not None
+                          and length <= PIPELINE_BODY_MAX)
         proxy.strategy.on_finish(backend.key, latency, self.status < 500)
         backend.stats.record_response(self.status, latency)
         if self.status >= 500 and self.status != 503 and backend.slot is None:

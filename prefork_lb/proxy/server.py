@@ -15,12 +15,17 @@ Invariants:
 
 * a client connection has at most one exchange at a time; pipelined requests wait in the
   parser's queue, and reading from the client pauses while more than one is queued;
-* an upstream connection serves at most one exchange, and goes back to its pool only after a
-  complete response to a completely sent request, with both sides willing to keep it alive;
-* every write of an event handler is gathered and sent with one ``transport.write`` at its end
-  (``ClientConn.flush``), so a small response costs one system call;
-* backpressure both ways: a client that does not read pauses its upstream's reading, and an
-  upstream that does not read pauses the client's; nothing is buffered without bound;
+* an upstream connection answers one exchange at a time; up to ``--upstream-pipeline`` GETs
+  may be queued on it behind that one (only bodiless GETs whose head was answered before,
+  quickly, small and keeping the connection; see Exchange.route). It goes back to its pool
+  only after complete responses to completely sent requests, with both sides willing to keep
+  it alive;
+* writes are gathered: a client's per event handler (``ClientConn.flush``), and every bodiless
+  request and fast-path response until the end of the current pass of the event loop
+  (``Proxy.at_end_of_pass``), so each connection gets one ``transport.write`` per pass;
+* backpressure both ways: a client that does not read pauses its upstream's reading (or, when
+  that connection carries other clients' pipelined answers, its own reading), and an upstream
+  that does not read pauses the client's; nothing is buffered without bound;
 * a request is retried on another backend only while no byte of it reached a backend, or when
   it is idempotent, its body is still held, and the failure came before any response byte.
 
@@ -282,11 +287,17 @@ class ClientConn(asyncio.Protocol):
         # The client does not read fast enough: stop reading from its backend.
         ex = self.ex
         up = ex.up if ex is not None else self.tunnel
+        if up is not None and not up.closed and (up.queue or (ex is not None and up.ex is not ex)):
+            # That connection carries other clients' pipelined answers too (small ones): take
+            # this one's answer in full and read no further request from this client instead.
+            self.pause("writing")
+            return
         if up is not None and not up.closed and not up.paused:
             up.paused = True
             up.transport.pause_reading()
 
     def resume_writing(self) -> None:
+        self.resume("writing")
         ex = self.ex
         up = ex.up if ex is not None else self.tunnel
         if up is not None and up.paused and not up.closed:
