@@ -266,9 +266,10 @@ SETTINGS: list[Setting] = [
             flags=("--upstream-keepalive",), section="Proxy", metavar="N"),
     Setting("upstream_pipeline", _positive_int, 8,
             "The most requests sent at once on one backend connection (HTTP/1.1 pipelining). Only "
-            "GETs without a body whose exact head was answered in under 10 ms before, and that "
-            "arrive in the same pass of the event loop, share a connection: one write and one "
-            "read for all of them. 1: one request per connection at a time.",
+            "GETs without a body whose exact head was answered before in under 10 ms, with at most "
+            "64 KiB of body and the connection kept open, and that arrive in the same pass of the "
+            "event loop, share a connection: one write and one read for all of them. 1: one "
+            "request per connection at a time.",
             flags=("--upstream-pipeline",), section="Proxy", metavar="N"),
     Setting("forwarded_allow_ips", str, "127.0.0.1,::1",
             "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
