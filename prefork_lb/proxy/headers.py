@@ -429,7 +429,7 @@ class ResponseRewriter:
     def __init__(self, *, lb_headers: bool = True, via: bytes = b"1.1 prefork_lb") -> None:
         self.lb_headers = lb_headers
         self.via = via
-        self._status: dict[tuple[str, int, bytes], bytes] = {}
+        self._status: dict[tuple[int, bytes], bytes] = {}
 
     def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, framing: str,
              content_length: int | None, keep_alive: bool, version: str = "HTTP/1.1",
@@ -440,10 +440,12 @@ class ResponseRewriter:
     def _head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str,
               content_length: int | None, keep_alive: bool, version: str, backend: bytes | None,
               set_cookie: bytes | None, upgrade: bool, check_conn: bool) -> bytes:
-        key = (version, status, reason)
+        # Always HTTP/1.1, the highest version we speak, as RFC 9110 section 2.5 asks (and as
+        # the workers answer); ``version`` (the client's) only decides framing and keep-alive.
+        key = (status, reason)
         line = self._status.get(key)
         if line is None:
-            line = b"%s %d %s\r\n" % (version.encode("ascii"), status, reason or _reason(status))
+            line = b"HTTP/1.1 %d %s\r\n" % (status, reason or _reason(status))
             if len(self._status) < _CACHE_MAX:
                 self._status[key] = line
         out = [line]

@@ -1365,6 +1365,8 @@ def test_http_1_0_client_keep_alive(start_proxy, backends) -> None:
         sock.sendall(build_request(version="HTTP/1.0", headers=[("Connection", "keep-alive")]))
         r = stream.read_response()
         assert r.status == 200 and r.body == b"b0", r
+        assert r.version == "HTTP/1.1", r   # our version, as the workers answer (RFC 9110 2.5)
+        assert (r.header("connection") or "").lower() == "keep-alive", r
         if (r.header("connection") or "").lower() == "keep-alive":
             sock.sendall(build_request(version="HTTP/1.0"))
             assert stream.read_response().body == b"b0"

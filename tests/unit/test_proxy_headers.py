@@ -392,7 +392,10 @@ def test_response_reason_phrase() -> None:
     assert resp(299).startswith(b"HTTP/1.1 299 \r\n")
     head = ResponseRewriter().head(200, b"Fine", [], framing="close", content_length=None, keep_alive=False)
     assert head.startswith(b"HTTP/1.1 200 Fine\r\n")
-    assert resp(200, version="HTTP/1.0").startswith(b"HTTP/1.0 200 OK\r\n")
+    # An HTTP/1.0 client gets our version in the status line (RFC 9110 section 2.5), and
+    # keep-alive spelled out.
+    head = resp(200, version="HTTP/1.0")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: keep-alive\r\n" in head
 
 
 def test_response_status_line_cache_bounded() -> None:
