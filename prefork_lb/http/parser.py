@@ -44,6 +44,10 @@ from prefork_lb.http.errors import (
     URITooLong,
 )
 
+_UNSEEN = object()   # markers of RequestParser.feed
+_NOT_ONE = object()
+MISS_RUN = 256       # lookups in a row that find nothing before a RequestMemo rests,
+MISS_REST = 4096     # for this many requests (traffic whose heads do not repeat pays nothing)
 MEMO_MAX = 256          # request (and response) heads a memo keeps before it starts over
 MEMO_HEAD_MAX = 2048    # the longest head worth keeping
 
@@ -151,16 +155,30 @@ class Request:
         return t[:q], t[q + 1:]
 
 
+class RequestMemo(dict):
+    """Whole bodiless requests by their exact bytes: the Request once they came twice, None
+    after the first time. Shared by the parsers of one process that have the same limits.
+    While lookups keep finding nothing it rests, so heads that never repeat cost next to
+    nothing."""
+
+    __slots__ = ("misses", "rest")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.misses = 0
+        self.rest = 0
+
+
 class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
     __slots__ = ("_p", "limits", "requests", "_cur", "_head_bytes", "_in_head", "_head_cap",
                  "_nfields", "stopped", "_url_len", "_trailers", "error", "tail", "memos")
 
-    def __init__(self, limits: Limits | None = None, memos: dict[bytes, Request] | None = None) -> None:
+    def __init__(self, limits: Limits | None = None, memos: RequestMemo | None = None) -> None:
         self.limits = limits or Limits()
-        # Requests seen before, by their exact bytes, shared by every parser with these limits
-        # (see feed). None: no memo.
+        # Requests seen at least twice, by their exact bytes (None: seen once), shared by every
+        # parser with these limits (see feed). None: no memo.
         self.memos = memos
         self._p = httptools.HttpRequestParser(self)
         self.requests: deque[Request] = deque()
@@ -193,24 +211,44 @@ class RequestParser:
             return
         memos = self.memos
         fresh = memos is not None and self._cur is None
+        if fresh and memos.rest:   # type: ignore[union-attr]
+            memos.rest -= 1   # type: ignore[union-attr]
+            fresh = False
         before = 0
+        single: Any = _NOT_ONE   # data as one whole head: what memos held for it (None: seen once)
         if fresh:
             # Whole bodiless requests accepted before, one after another (pipelined): parsing
             # them again would give the same requests, so hand out those (memos only ever hold
             # accepted ones). llhttp parses from the first one that is not known.
             requests = self.requests
             pos = 0
+            size = len(data)
+            known: Any
             while True:
                 end = data.find(b"\r\n\r\n", pos) + 4
-                known = memos.get(data[pos:end]) if 4 <= end - pos <= MEMO_HEAD_MAX else None   # type: ignore[union-attr]
-                if known is None:
+                if end - pos < 4 or end - pos > MEMO_HEAD_MAX:
                     break
+                if end == size and not pos:
+                    known = memos.get(data, _UNSEEN)   # type: ignore[union-attr]
+                    if known is _UNSEEN or known is None:
+                        single = known
+                        break
+                else:
+                    known = memos.get(data[pos:end])   # type: ignore[union-attr]
+                    if known is None:
+                        break
+                memos.misses = 0   # type: ignore[union-attr]
                 requests.append(known)
-                if end == len(data):
+                if end == size:
                     return
                 pos = end
             if pos:
                 data = data[pos:]
+            else:
+                memos.misses += 1   # type: ignore[union-attr]
+                if memos.misses >= MISS_RUN:   # type: ignore[union-attr]
+                    memos.misses = 0   # type: ignore[union-attr]
+                    memos.rest = MISS_REST   # type: ignore[union-attr]
             before = len(requests)
         try:
             if self._in_head or self._cur is None:
@@ -242,8 +280,26 @@ class RequestParser:
             if self.stopped:   # data after a request that closes the connection: ignore
                 return
             self._fail(BadRequest(str(exc)))
-        if fresh and len(self.requests) > before and self._cur is None and not self.stopped:
-            self._remember(data, before)
+        if fresh and self._cur is None and not self.stopped:
+            requests = self.requests
+            found = len(requests) - before
+            if found == 1 and single is not _NOT_ONE:
+                # The usual case, inline: one request, and data is exactly its head.
+                req = requests[-1]
+                if (req.complete and not req.body_size and not req.chunked and not req.content_length
+                        and req.keep_alive and not req.upgrade and not req.expect_continue):
+                    if len(memos) >= MEMO_MAX:   # type: ignore[arg-type]
+                        memos.clear()   # type: ignore[union-attr]
+                        single = _UNSEEN
+                    if single is None:   # the second time: worth keeping
+                        req.memo = {}
+                        memos[data] = req   # type: ignore[index]
+                    else:
+                        # The first time, only the bytes: a head that never comes back (a
+                        # unique query string, a session cookie) must cost next to nothing.
+                        memos[data] = None   # type: ignore[index]
+            elif found > 1:
+                self._remember(data, before)
 
     def _remember(self, data: bytes, first: int) -> None:
         """Keep the requests from ``first`` on, which ``data`` was exactly, if each is whole, has
@@ -257,14 +313,21 @@ class RequestParser:
         pieces = data.split(b"\r\n\r\n")
         if len(pieces) != len(found) + 1 or pieces[-1]:
             return
-        memos = self.memos
-        assert memos is not None
         for req, piece in zip(found, pieces, strict=False):
             if len(piece) + 4 <= MEMO_HEAD_MAX:
-                if len(memos) >= MEMO_MAX:
-                    memos.clear()
-                req.memo = {}
-                memos[piece + b"\r\n\r\n"] = req
+                self._keep(piece + b"\r\n\r\n", req)
+
+    def _keep(self, key: bytes, req: Request) -> None:
+        """Keep ``req`` under ``key`` the second time its bytes come (the first time, only them)."""
+        memos = self.memos
+        assert memos is not None
+        if len(memos) >= MEMO_MAX:
+            memos.clear()
+        if key in memos:
+            req.memo = {}
+            memos[key] = req
+        else:
+            memos[key] = None
 
     def _fail(self, exc: HTTPError) -> None:
         self.stopped = True

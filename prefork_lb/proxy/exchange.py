@@ -115,7 +115,8 @@ class Exchange:
         backend.stats.requests += 1   # tries: a retried request counts at each backend it tried
         req = self.req
         memo = req.memo
-        self.pipelined = (memo is not None and proxy.pipeline > 1 and req.method == "GET"
+        # A retry goes on its own: it may be here because a pipeline it was in broke.
+        self.pipelined = (memo is not None and proxy.pipeline > 1 and req.method == "GET" and self.tries == 1
                           and memo.get(FAST, False))
         if self.pipelined:
             # Another GET for this backend went on a connection in this pass of the loop: go
@@ -268,8 +269,11 @@ class Exchange:
             if memo is None:
                 if len(memos) >= MEMO_MAX:
                     memos.clear()
-                memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
-            if len(memo.heads) < 64:
+                if raw in memos:   # seen once before: worth keeping now (see RequestParser._remember)
+                    memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
+                else:
+                    memos[raw] = None
+            if memo is not None and len(memo.heads) < 64:
                 memo.heads[(req.version, keep, self.backend.name)] = head
         if req.method == "HEAD":
             self.response_done(up, reusable)

@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from prefork_lb.http.errors import HTTPError
-from prefork_lb.http.parser import Limits, Request, RequestParser
+from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.exchange import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM, Exchange
@@ -397,11 +397,11 @@ class Proxy:
         self.websockets = 0
         self.stopping = False
         self.admin_response: Any = None   # set by the process: (Request) -> bytes
-        self.request_memo: dict[bytes, Request] = {}
+        self.request_memo = RequestMemo()
         self.access: AccessLog | None = None
         if cfg.access_logfile:
             self.access = AccessLog(cfg.access_log_format, cfg.access_logfile)
-        self.response_memo: dict[bytes, ResponseMemo] = {}
+        self.response_memo: dict[bytes, ResponseMemo | None] = {}   # None: seen once
 
     def log_access(self, client: ClientConn, ex: Exchange) -> None:
         """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``

@@ -38,7 +38,7 @@ import gevent.socket
 
 from prefork_lb.http import response as _resp
 from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
-from prefork_lb.http.parser import Limits, Request, RequestParser
+from prefork_lb.http.parser import Limits, Request, RequestMemo, RequestParser
 from prefork_lb.http.response import CONTINUE, SERVER_LINE, app_head, refresh_date, simple_response
 from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
@@ -128,7 +128,7 @@ class Server:
         self.requests_served = 0
         # Bodiless request heads seen before, shared by this worker's connections (their
         # parsers have the same limits); each keeps the environ entries it gives.
-        self.request_memo: dict[bytes, Request] = {}
+        self.request_memo = RequestMemo()
         opts = self.options
         # Admission control: at most max_concurrency requests in the app, queue_size waiting.
         self.admission = gevent.lock.BoundedSemaphore(opts.max_concurrency) if opts.max_concurrency else None
