@@ -44,8 +44,6 @@ from prefork_lb.http.errors import (
     URITooLong,
 )
 
-_UNSEEN = object()   # markers of RequestParser.feed
-_NOT_ONE = object()
 MISS_RUN = 256       # lookups in a row that find nothing before a RequestMemo rests,
 MISS_REST = 4096     # for this many requests (traffic whose heads do not repeat pays nothing)
 MEMO_MAX = 256          # request (and response) heads a memo keeps before it starts over
@@ -169,6 +167,24 @@ class RequestMemo(dict):
         self.rest = 0
 
 
+def seen_before(memos: dict[bytes, Any], key: bytes) -> bool:
+    """The rule of the head memos (requests here, responses in the proxy): a head is kept the
+    second time it comes. True: ``key`` came once before, and the caller stores its value now;
+    False: only the bytes are noted. A memo full at MEMO_MAX starts over."""
+    if len(memos) >= MEMO_MAX:
+        memos.clear()
+    if key in memos:
+        return True
+    memos[key] = None
+    return False
+
+
+def _plain(req: Request) -> bool:
+    """A whole request with no body that leaves the connection open: one a memo may keep."""
+    return (req.complete and not req.body_size and not req.chunked and not req.content_length
+            and req.keep_alive and not req.upgrade and not req.expect_continue)
+
+
 class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
@@ -210,34 +226,29 @@ class RequestParser:
         if self.stopped:
             return
         memos = self.memos
-        fresh = memos is not None and self._cur is None
-        if fresh and memos.rest:   # type: ignore[union-attr]
-            memos.rest -= 1   # type: ignore[union-attr]
-            fresh = False
+        if memos is not None and (self._cur is not None or memos.rest):
+            if self._cur is None:
+                memos.rest -= 1
+            memos = None   # in the middle of a request, or the memo rests: parse as usual
         before = 0
-        single: Any = _NOT_ONE   # data as one whole head: what memos held for it (None: seen once)
-        if fresh:
+        whole = False   # data is exactly one head, not found in the memo
+        if memos is not None:
             # Whole bodiless requests accepted before, one after another (pipelined): parsing
             # them again would give the same requests, so hand out those (memos only ever hold
             # accepted ones). llhttp parses from the first one that is not known.
             requests = self.requests
             pos = 0
             size = len(data)
-            known: Any
             while True:
                 end = data.find(b"\r\n\r\n", pos) + 4
-                if end - pos < 4 or end - pos > MEMO_HEAD_MAX:
+                if not 4 <= end - pos <= MEMO_HEAD_MAX:
                     break
-                if end == size and not pos:
-                    known = memos.get(data, _UNSEEN)   # type: ignore[union-attr]
-                    if known is _UNSEEN or known is None:
-                        single = known
-                        break
-                else:
-                    known = memos.get(data[pos:end])   # type: ignore[union-attr]
-                    if known is None:
-                        break
-                memos.misses = 0   # type: ignore[union-attr]
+                whole = end == size and not pos
+                known = memos.get(data if whole else data[pos:end])
+                if known is None:
+                    break
+                whole = False
+                memos.misses = 0
                 requests.append(known)
                 if end == size:
                     return
@@ -245,10 +256,10 @@ class RequestParser:
             if pos:
                 data = data[pos:]
             else:
-                memos.misses += 1   # type: ignore[union-attr]
-                if memos.misses >= MISS_RUN:   # type: ignore[union-attr]
-                    memos.misses = 0   # type: ignore[union-attr]
-                    memos.rest = MISS_REST   # type: ignore[union-attr]
+                memos.misses += 1
+                if memos.misses >= MISS_RUN:
+                    memos.misses = 0
+                    memos.rest = MISS_REST
             before = len(requests)
         try:
             if self._in_head or self._cur is None:
@@ -280,24 +291,12 @@ class RequestParser:
             if self.stopped:   # data after a request that closes the connection: ignore
                 return
             self._fail(BadRequest(str(exc)))
-        if fresh and self._cur is None and not self.stopped:
-            requests = self.requests
-            found = len(requests) - before
-            if found == 1 and single is not _NOT_ONE:
-                # The usual case, inline: one request, and data is exactly its head.
-                req = requests[-1]
-                if (req.complete and not req.body_size and not req.chunked and not req.content_length
-                        and req.keep_alive and not req.upgrade and not req.expect_continue):
-                    if len(memos) >= MEMO_MAX:   # type: ignore[arg-type]
-                        memos.clear()   # type: ignore[union-attr]
-                        single = _UNSEEN
-                    if single is None:   # the second time: worth keeping
-                        req.memo = {}
-                        memos[data] = req   # type: ignore[index]
-                    else:
-                        # The first time, only the bytes: a head that never comes back (a
-                        # unique query string, a session cookie) must cost next to nothing.
-                        memos[data] = None   # type: ignore[index]
+        if memos is not None and self._cur is None and not self.stopped:
+            found = len(self.requests) - before
+            if found == 1 and whole:   # the usual case: no list, no split
+                req = self.requests[-1]
+                if _plain(req):
+                    self._keep(data, req)
             elif found > 1:
                 self._remember(data, before)
 
@@ -306,10 +305,8 @@ class RequestParser:
         no body and leaves the connection open. With no body bytes among them, the requests'
         bytes are cut apart at each blank line."""
         found = list(self.requests)[first:]
-        for req in found:
-            if (not req.complete or req.body_size or req.chunked or req.content_length or not req.keep_alive
-                    or req.upgrade or req.expect_continue or req.memo is not None):
-                return
+        if not all(map(_plain, found)):
+            return
         pieces = data.split(b"\r\n\r\n")
         if len(pieces) != len(found) + 1 or pieces[-1]:
             return
@@ -318,16 +315,11 @@ class RequestParser:
                 self._keep(piece + b"\r\n\r\n", req)
 
     def _keep(self, key: bytes, req: Request) -> None:
-        """Keep ``req`` under ``key`` the second time its bytes come (the first time, only them)."""
         memos = self.memos
         assert memos is not None
-        if len(memos) >= MEMO_MAX:
-            memos.clear()
-        if key in memos:
+        if seen_before(memos, key):
             req.memo = {}
             memos[key] = req
-        else:
-            memos[key] = None
 
     def _fail(self, exc: HTTPError) -> None:
         self.stopped = True

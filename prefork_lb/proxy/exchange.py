@@ -13,7 +13,7 @@ import logging
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
-from prefork_lb.http.parser import MEMO_MAX, Request
+from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.headers import cookie_value
 from prefork_lb.proxy.upstream import Backend, ResponseMemo, Upstream
@@ -266,13 +266,8 @@ class Exchange:
                 and not proxy.stopping and length is not None):
             memos = proxy.response_memo
             memo = memos.get(raw)
-            if memo is None:
-                if len(memos) >= MEMO_MAX:
-                    memos.clear()
-                if raw in memos:   # seen once before: worth keeping now (see RequestParser._remember)
-                    memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
-                else:
-                    memos[raw] = None
+            if memo is None and seen_before(memos, raw):
+                memo = memos[raw] = ResponseMemo(status, length, up.parser.should_keep_alive())
             if memo is not None and len(memo.heads) < 64:
                 memo.heads[(req.version, keep, self.backend.name)] = head
         if req.method == "HEAD":
@@ -341,19 +336,19 @@ class Exchange:
             proxy.passive_failure(backend, f"HTTP {self.status}")
         else:
             backend.ejector.success()
-        # Reuse the connection only when the exchange is clean at both ends.
-        if self.body_done and reusable and not up.closed and up.queue:
+        # Reuse the connection only when the exchange is clean at both ends (when it is not,
+        # what was queued on it is retried: Upstream.connection_lost).
+        if not (self.body_done and reusable) or up.closed:
+            up.close()
+        elif up.queue:
             up.ex = up.queue.popleft()   # the next response on it is the next pipelined one's
             up.is_head = False
             up.got_bytes = False
-        elif self.body_done and reusable and not up.closed and not proxy.stopping:
+        elif not proxy.stopping and len(backend.idle) < proxy.keepalive_max:
             up.last_used = now
-            if len(backend.idle) < proxy.keepalive_max:
-                backend.idle.append(up)
-            else:
-                up.close()
+            backend.idle.append(up)
         else:
-            up.close()   # (what was queued on it is retried: Upstream.connection_lost)
+            up.close()
         client.exchange_done(self)
         if client.wbuf:
             proxy.at_end_of_pass(client)
