@@ -43,16 +43,22 @@ MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, 
                   signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
 
 
-def begin_helper(master: Any, role: str) -> bool:
-    """First steps of a helper process forked by the master (the handoff dispatcher, the
-    proxy): the master's signal handlers off, death with the master, the process title. False
-    when the master died before the death signal was armed. The caller installs its own
-    handlers, then unblocks the signals the master blocked across the fork (Arbiter.spawn)."""
+def _leave_master(master_pid: int) -> bool:
+    """First steps of any child of the master: its signal handlers off (the signals stay
+    blocked, as the master forked with them blocked: see Arbiter.spawn), death with the master.
+    False when the master died before the death signal was armed."""
     for sig in MASTER_SIGNALS:
         signal.signal(sig, signal.SIG_DFL)
     signal.set_wakeup_fd(-1)
     _die_with_parent()
-    if os.getppid() != master.pid:
+    return os.getppid() == master_pid
+
+
+def begin_helper(master: Any, role: str) -> bool:
+    """First steps of a helper process forked by the master (the handoff dispatcher, the
+    proxy): _leave_master, then the process title. False when the master is already gone. The
+    caller installs its own handlers, then unblocks the signals."""
+    if not _leave_master(master.pid):
         return False
     cfg = master.cfg
     try:
@@ -87,16 +93,12 @@ def run(worker: Any, master: Any, listeners: list[socket.socket]) -> None:
 
 def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     slot, cfg, board, master_pid, boot_fd = worker.slot, master.cfg, master.board, master.pid, master._boot_w
-    for sig in MASTER_SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
-    # The master forked us with its signals blocked (see Arbiter.spawn). All but TERM can come
-    # now; a TERM that arrived while booting waits until the graceful handler is in place,
-    # instead of killing the worker with connections queued on its slot.
-    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM})
-    _die_with_parent()
-    if os.getppid() != master_pid:   # the master died between fork and prctl
+    if not _leave_master(master_pid):   # the master died between fork and prctl
         return 0
+    # All signals but TERM can come now; a TERM that arrived while booting waits until the
+    # graceful handler is in place, instead of killing the worker with connections queued on
+    # its slot.
+    signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGTERM})
     # SIGABRT from the master (missed heartbeat) dumps the stack into the error log.
     global _fault_file
     if cfg.error_logfile not in ("-", "", None):
