@@ -217,6 +217,16 @@ def machine_slug(info: Mapping[str, Any]) -> str:
     return f"{info['cpus_usable']}cpu-{model or 'unknown'}"
 
 
+def fmt(value: float | None, spec: str) -> str:
+    """A table cell: ``value`` formatted, or "-" when there is none."""
+    return "-" if value is None else format(value, spec)
+
+
+def log_tail(path: Path, n: int = 12) -> list[str]:
+    """The last ``n`` lines of a log file (none if it does not exist)."""
+    return path.read_text(errors="replace").strip().splitlines()[-n:] if path.exists() else []
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]

@@ -580,7 +580,7 @@ def bench_one(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random
             row["server_alive_after_kills"] = proc.poll() is None
     except Exception as exc:  # report and go on with the next server
         row["status"] = f"failed: {exc}"
-        tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log.exists() else []
+        tail = harness.log_tail(log, 8)
         print(f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
               + "\n    ".join(tail or ["(empty)"]), file=sys.stderr)
     finally:
@@ -592,10 +592,6 @@ def bench_one(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random
             if row["server_log_tracebacks"] and row["status"] == "ok":
                 row["status"] = f"ok, {row['server_log_tracebacks']} tracebacks in the server log"
     return row
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def _kinds(counter: dict[str, int]) -> str:
@@ -610,9 +606,9 @@ def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, s
     thr = harness.markdown_table(
         ["server", "workers", "req/s", "p50 ms", "p99 ms", "errors", f"ratio vs {base['server'] if base else '-'}",
          "other CPU %", "status"],
-        [[r["server"], r["workers"], fmt(r["rps"], ",.0f"), fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], fmt(r["ratio"], ".2f"),
-          fmt(r.get("cpu", {}).get("other_cpu_pct"), ".0f"), r["status"]]
+        [[r["server"], r["workers"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
+          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["ratio"], ".2f"),
+          harness.fmt(r.get("cpu", {}).get("other_cpu_pct"), ".0f"), r["status"]]
          for r in rows])
     krows = []
     for r in rows:
@@ -621,11 +617,11 @@ def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, s
             krows.append([r["server"]] + ["-"] * 12 + [r["status"]])
             continue
         lost = str(k["lost"]) if k["server_exit_t"] is None else f"{k['lost']} ({k['lost_before_server_exit']} before exit)"
-        krows.append([r["server"], k["kills"], f"{k['ok']:,}", fmt(k["ok_rps"], ",.0f"), k["failed"],
-                      k["in_flight_at_kill"], k["failed_in_flight"], lost, fmt(k["failed_per_kill"], ".2f"),
+        krows.append([r["server"], k["kills"], f"{k['ok']:,}", harness.fmt(k["ok_rps"], ",.0f"), k["failed"],
+                      k["in_flight_at_kill"], k["failed_in_flight"], lost, harness.fmt(k["failed_per_kill"], ".2f"),
                       _kinds(k["kinds_in_flight"]), _kinds(k["kinds_lost"]),
-                      f"{fmt(k['latency_ms']['p99'], '.1f')} / {fmt(k['latency_ms']['max'], '.0f')}",
-                      fmt(k.get("cpu", {}).get("other_cpu_pct"), ".0f"),
+                      f"{harness.fmt(k['latency_ms']['p99'], '.1f')} / {harness.fmt(k['latency_ms']['max'], '.0f')}",
+                      harness.fmt(k.get("cpu", {}).get("other_cpu_pct"), ".0f"),
                       ("yes" if k["lost"] == 0 else "NO")
                       + ("" if k["server_exit_t"] is None else f" (server exited at {k['server_exit_t']:g} s)")])
     kill = harness.markdown_table(

@@ -319,10 +319,6 @@ def wait_all_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float =
     raise harness.ServerError(f"/lb-health on port {port} not all healthy within {deadline:g}s: {last}")
 
 
-def log_tail(path: Path, n: int = 12) -> list[str]:
-    return path.read_text(errors="replace").strip().splitlines()[-n:] if path.exists() else []
-
-
 # -- running ------------------------------------------------------------------------------------
 
 class Procs:
@@ -379,7 +375,7 @@ def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subproce
         try:
             harness.wait_http(port, deadline=20.0, proc=proc)
         except harness.ServerError as exc:
-            tail = "\n    ".join(log_tail(logdir / f"backend{i}.log"))
+            tail = "\n    ".join(harness.log_tail(logdir / f"backend{i}.log"))
             raise harness.ServerError(f"backend {i} did not start: {exc}\n  log tail:\n    {tail}") from None
     return ports, started, cmds
 
@@ -450,7 +446,7 @@ def bench_front(name: str, args: argparse.Namespace, procs: Procs, backends: lis
                 row["lb_stats"] = f"unavailable: {type(exc).__name__}: {exc}"
     except Exception as exc:  # report and go on with the next front end
         row["status"] = f"failed: {exc}"
-        row["log_tail"] = log_tail(log) + (log_tail(front.error_log) if front and front.error_log else [])
+        row["log_tail"] = harness.log_tail(log) + (harness.log_tail(front.error_log) if front and front.error_log else [])
         print(f"[{name}] FAILED: {exc}\n  command: {row.get('command', '-')}\n  log tail:\n    "
               + "\n    ".join(row["log_tail"] or ["(empty)"]), file=sys.stderr)
     finally:
@@ -468,10 +464,6 @@ def versions() -> dict[str, str]:
         except (OSError, subprocess.TimeoutExpired) as exc:
             out[name] = f"not available ({exc})"
     return out
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,9 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     table = harness.markdown_table(
         ["front end", "req/s", "p50 ms", "p99 ms", "errors", "front CPU s/10k req", "backend CPU s/10k req",
          f"ratio vs {BASELINE}", "other CPU %", "status"],
-        [[r["front"], fmt(r["rps"], ",.0f"), fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], fmt(r["front_cpu_per_10k"], ".3f"),
-          fmt(r["backend_cpu_per_10k"], ".3f"), fmt(r["ratio"], ".2f"), fmt(r.get("other_cpu_pct"), ".0f"),
+        [[r["front"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
+          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["front_cpu_per_10k"], ".3f"),
+          harness.fmt(r["backend_cpu_per_10k"], ".3f"), harness.fmt(r["ratio"], ".2f"), harness.fmt(r.get("other_cpu_pct"), ".0f"),
           r["status"]] for r in rows])
     print(table)
     meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,

@@ -82,17 +82,13 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
                    latency_ms=res["latency_ms"], requests=res["requests"], errors=res["errors"],
                    errors_total=res["errors_total"], wrk_command=res["command"], wrk_output=res["raw"])
     except Exception as exc:  # report and go on with the next server
-        tail = log.read_text(errors="replace").strip().splitlines()[-8:] if log.exists() else []
+        tail = harness.log_tail(log, 8)
         row["status"] = f"failed: {exc}"
         print(f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
               + "\n    ".join(tail or ["(empty)"]), file=sys.stderr)
     finally:
         row["exit_status"] = harness.stop(proc)
     return row
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     table = harness.markdown_table(
         ["server", "workers", "req/s", "p50 ms", "p99 ms", "errors", f"ratio vs {base['server'] if base else '-'}",
          "status"],
-        [[r["server"], r["workers"], fmt(r["rps"], ",.0f"), fmt(r["p50_ms"], ".2f"), fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], fmt(r["ratio"], ".2f"), r["status"]]
+        [[r["server"], r["workers"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
+          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["ratio"], ".2f"), r["status"]]
          for r in rows])
     print(table)
     meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
