@@ -83,6 +83,20 @@ def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def start_on_free_port(launch: Callable[[int], bool], log_text: Callable[[], str], stop: Callable[[], object],
+                       what: str) -> None:
+    """Start a server with ``launch(port)`` (True once it is ready) on a port from free_port().
+    The port may be taken between free_port() and the server's bind: then stop it and try
+    another, three times at most. Any other failure raises with the server's log."""
+    for attempt in range(3):
+        if launch(free_port()):
+            return
+        text = log_text()
+        stop()
+        if "already in use" not in text or attempt == 2:
+            raise AssertionError(f"{what} did not start:\n{text}")
+
+
 class ServerProcess:
     """One server (master and its worker) started for a test."""
 
@@ -102,17 +116,13 @@ class ServerProcess:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, ready_timeout: float = 15.0) -> ServerProcess:
-        # The port may be taken between free_port() and the server's bind: try a few.
-        for attempt in range(3):
-            self.port = free_port()
+        def launch(port: int) -> bool:
+            self.port = port
             self._spawn()
-            if self._wait_ready(ready_timeout):
-                return self
-            text = self.log_text()
-            self.stop()
-            if "already in use" not in text or attempt == 2:
-                raise AssertionError(f"server {self.app} {self.flags} did not start:\n{text}")
-        raise AssertionError("unreachable")
+            return self._wait_ready(ready_timeout)
+
+        start_on_free_port(launch, self.log_text, self.stop, f"server {self.app} {self.flags}")
+        return self
 
     def _spawn(self) -> None:
         cmd = [sys.executable, "-m", "prefork_lb", self.app, "-b", f"{HOST}:{self.port}", "-w", "1", *self.flags]

@@ -51,6 +51,7 @@ from tests.server import (
     free_port,
     parse_responses,
     server_env,
+    start_on_free_port,
     stop_process,
     wait_for,
 )
@@ -80,8 +81,8 @@ class ProxyProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 15.0) -> ProxyProcess:
-        for attempt in range(3):
-            self.port = free_port()
+        def launch(port: int) -> bool:
+            self.port = port
             self.admin_port = free_port() if self.admin else 0
             if "--stats-bind" in self.args:
                 stats = []
@@ -91,13 +92,10 @@ class ProxyProcess:
             with open(self.log_path, "wb") as log:
                 self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env(self.env), stdin=subprocess.DEVNULL,
                                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-            if self._wait_ready(timeout):
-                return self
-            text = self.text()
-            self.stop()
-            if "already in use" not in text or attempt == 2:
-                raise AssertionError(f"proxy {self.args} did not start:\n{text}")
-        raise AssertionError("unreachable")
+            return self._wait_ready(timeout)
+
+        start_on_free_port(launch, self.text, self.stop, f"proxy {self.args}")
+        return self
 
     def _wait_ready(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
