@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
 
@@ -135,9 +136,12 @@ def test_a_header_merged_into_a_connection_key_is_not_cached() -> None:
     server.drain(timeout=1)
 
 
+SLOW_MAY_FINISH = gevent.event.Event()
+
+
 def sleepy_app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        gevent.sleep(2.0)
+        SLOW_MAY_FINISH.wait()   # yields to the hub until the test lets it finish
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [environ["PATH_INFO"].encode()]
 
@@ -146,16 +150,20 @@ def test_pipelined_responses_are_held_only_while_the_worker_runs(pair) -> None:
     server_side, client = pair
     server = Server(sleepy_app, ServerOptions(keepalive=30))
     server.serve_connection(server_side, ("127.0.0.1", 1))
-    # Four requests in one write: the answers to /a and /b may travel together, but /b's must
-    # not wait for /slow, which yields to the hub for 2 s; /c comes after /slow.
+    SLOW_MAY_FINISH.clear()
+    # Four requests in one write: the answers to /a and /b may travel together, but they must
+    # not wait for /slow, which waits (in the hub) until both have arrived; /c comes after it.
     client.sendall(b"".join(b"GET /%s HTTP/1.1\r\nHost: x\r\n\r\n" % p for p in (b"a", b"b", b"slow", b"c")))
     data = b""
-    with gevent.Timeout(1.5, AssertionError("the answers before /slow waited for it")):
-        while data.count(b"HTTP/1.1 200") < 2:
-            chunk = client.recv(65536)
-            assert chunk
-            data += chunk
-    assert b"/slow" not in data
+    try:
+        with gevent.Timeout(10, AssertionError("the answers before /slow waited for it")):
+            while data.count(b"HTTP/1.1 200") < 2:
+                chunk = client.recv(65536)
+                assert chunk
+                data += chunk
+        assert b"/slow" not in data
+    finally:
+        SLOW_MAY_FINISH.set()
     with gevent.Timeout(5):
         while data.count(b"HTTP/1.1 200") < 4:
             chunk = client.recv(65536)
