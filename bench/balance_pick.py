@@ -29,7 +29,7 @@ from bench import harness  # noqa: E402
 from prefork_lb.balance import STRATEGIES, Strategy, make  # noqa: E402
 
 SIZES = (8, 64)
-NHINTS = 1024   # a power of two: the hint index wraps with a mask
+NHINTS = 1024  # a power of two: the hint index wraps with a mask
 NOTES = [
     "cycle = pick(hint) + on_start(key) + on_finish(oldest key, latency): the per-connection cost "
     "for the dispatcher, per-request for the proxy.",
@@ -50,7 +50,7 @@ def build(name: str, n: int, weighted: bool) -> Strategy[Any]:
     for i in range(n):
         s.add(f"10.0.{i // 250}.{i % 250}:8000", 1 + i % 3 if weighted else 1)
     for i, key in enumerate(s.keys()):
-        s.on_finish(key, 0.005 + 0.045 * i / n)   # a latency estimate for every member
+        s.on_finish(key, 0.005 + 0.045 * i / n)  # a latency estimate for every member
     return s
 
 
@@ -68,7 +68,8 @@ def cycle_runner(s: Strategy[Any] | None, hints: list[Any], cycles: int, depth: 
     """A function doing ``cycles`` cycles with ``depth`` requests in flight."""
     mask = NHINTS - 1
     lat = [0.005 + 0.045 * (i % 7) / 7 for i in range(NHINTS)]
-    if s is None:   # the harness alone
+    if s is None:  # the harness alone
+
         def run_empty() -> None:
             q: deque[Any] = deque([None] * depth)
             for i in range(cycles):
@@ -76,11 +77,12 @@ def cycle_runner(s: Strategy[Any] | None, hints: list[Any], cycles: int, depth: 
                 k = hints[j]
                 q.append(k)
                 _ = q.popleft(), lat[j]
+
         return run_empty
 
     pick, start, finish = s.pick, s.on_start, s.on_finish
     q: deque[Any] = deque()
-    for i in range(depth):     # fill the pipeline before timing
+    for i in range(depth):  # fill the pipeline before timing
         k = pick(hints[i & mask])
         start(k)
         q.append(k)
@@ -92,6 +94,7 @@ def cycle_runner(s: Strategy[Any] | None, hints: list[Any], cycles: int, depth: 
             start(k)
             q.append(k)
             finish(q.popleft(), lat[j])
+
     return run
 
 
@@ -116,10 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     for name in [None, *STRATEGIES]:
         row: dict[str, Any] = {"strategy": name or "(harness loop only)"}
         for n, w in columns:
-            row[f"us_{n}_{'weighted' if w else 'equal'}"] = round(measure(name, n, w, args.cycles, args.repeat), 2)
+            row[f"us_{n}_{'weighted' if w else 'equal'}"] = round(
+                measure(name, n, w, args.cycles, args.repeat), 2
+            )
         rows.append(row)
-        print(f"{row['strategy']:>22}: " + "  ".join(f"{v:6.2f}" for k, v in row.items() if k != "strategy"),
-              flush=True)
+        print(
+            f"{row['strategy']:>22}: " + "  ".join(f"{v:6.2f}" for k, v in row.items() if k != "strategy"),
+            flush=True,
+        )
     table = harness.markdown_table(headers, [list(r.values()) for r in rows])
     print()
     print(table)
@@ -127,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "title": "prefork_lb.balance: microseconds per pick + on_start + on_finish",
             "machine": harness.machine_info(),
-            "params": {"cycles per run": args.cycles, "runs (best counts)": args.repeat,
-                       "members": ", ".join(map(str, SIZES)), "in flight": "2 x members"},
+            "params": {
+                "cycles per run": args.cycles,
+                "runs (best counts)": args.repeat,
+                "members": ", ".join(map(str, SIZES)),
+                "in flight": "2 x members",
+            },
             "commands": {"benchmark": " ".join(["python bench/balance_pick.py", *(argv or sys.argv[1:])])},
             "notes": NOTES,
         }

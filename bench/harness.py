@@ -39,21 +39,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(cmd: Sequence[str], cwd: str | Path, env: Mapping[str, str] | None = None,
-                 log_path: str | Path | None = None) -> subprocess.Popen[bytes]:
+def start_server(
+    cmd: Sequence[str],
+    cwd: str | Path,
+    env: Mapping[str, str] | None = None,
+    log_path: str | Path | None = None,
+) -> subprocess.Popen[bytes]:
     """Start ``cmd`` in a new session; stdout+stderr go to ``log_path`` (or are discarded)."""
     out: Any = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(list(cmd), cwd=cwd, env=dict(env) if env is not None else None,
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            list(cmd),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     finally:
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own copy of the descriptor
 
 
-def wait_http(port: int, deadline: float = 20.0, proc: subprocess.Popen[bytes] | None = None,
-              path: str = "/") -> None:
+def wait_http(
+    port: int, deadline: float = 20.0, proc: subprocess.Popen[bytes] | None = None, path: str = "/"
+) -> None:
     """Poll ``GET path`` until the server answers 200 or ``deadline`` seconds pass.
 
     Raises ServerError on timeout, or early if ``proc`` exits meanwhile.
@@ -122,8 +133,12 @@ def _ms(text: str) -> float:
 
 def parse_wrk(output: str) -> dict[str, Any]:
     """Requests/sec, latency percentiles (ms) and error counts from wrk's text output."""
-    res: dict[str, Any] = {"rps": None, "requests": None, "latency_ms": {},
-                           "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non_2xx_3xx": 0}}
+    res: dict[str, Any] = {
+        "rps": None,
+        "requests": None,
+        "latency_ms": {},
+        "errors": {"connect": 0, "read": 0, "write": 0, "timeout": 0, "non_2xx_3xx": 0},
+    }
     if m := re.search(r"Requests/sec:\s+([\d.]+)", output):
         res["rps"] = float(m.group(1))
     if m := re.search(r"(\d+) requests in ([\d.]+\w+)", output):
@@ -140,14 +155,16 @@ def parse_wrk(output: str) -> dict[str, Any]:
     return res
 
 
-def wrk_command(url: str, connections: int, duration: int, threads: int = 1,
-                new_connection: bool = False) -> list[str]:
+def wrk_command(
+    url: str, connections: int, duration: int, threads: int = 1, new_connection: bool = False
+) -> list[str]:
     extra = ["-H", "Connection: close"] if new_connection else []
     return ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", *extra, url]
 
 
-def run_wrk(url: str, connections: int = 64, duration: int = 10, threads: int = 1,
-            new_connection: bool = False) -> dict[str, Any]:
+def run_wrk(
+    url: str, connections: int = 64, duration: int = 10, threads: int = 1, new_connection: bool = False
+) -> dict[str, Any]:
     """Run wrk (bounded: killed ``duration`` + 30 s in) and return parse_wrk's dict plus the command."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"refusing to load anything but {HOST}: {url}")
@@ -238,12 +255,17 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str
 def report_markdown(meta: Mapping[str, Any], table: str) -> str:
     """The shared report layout: title, machine, parameters, commands, notes, then ``table``."""
     m = meta["machine"]
-    lines = [f"# {meta.get('title', 'Benchmark')}", "", f"- date (UTC): {m['date_utc']}",
-             f"- machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} online), "
-             f"{m['kernel']}, host `{m['hostname']}`",
-             f"- python: {m['python']}",
-             "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
-             f"- load generator: {m['wrk']}", f"- git commit: {m['git_commit']}"]
+    lines = [
+        f"# {meta.get('title', 'Benchmark')}",
+        "",
+        f"- date (UTC): {m['date_utc']}",
+        f"- machine: {m['cpu_model']}, {m['cpus_usable']} usable CPUs ({m['cpu_count']} online), "
+        f"{m['kernel']}, host `{m['hostname']}`",
+        f"- python: {m['python']}",
+        "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"- load generator: {m['wrk']}",
+        f"- git commit: {m['git_commit']}",
+    ]
     lines += [f"- {k}: {v}" for k, v in meta.get("params", {}).items()]
     if meta.get("commands"):
         lines += ["", "## Commands", ""] + [f"- {k}: `{v}`" for k, v in meta["commands"].items()]
@@ -252,8 +274,13 @@ def report_markdown(meta: Mapping[str, Any], table: str) -> str:
     return "\n".join([*lines, "", "## Results", "", table, ""])
 
 
-def write_results(name: str, rows: Sequence[Mapping[str, Any]], meta: Mapping[str, Any],
-                  table: str | None = None, results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
+def write_results(
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    meta: Mapping[str, Any],
+    table: str | None = None,
+    results_dir: Path = RESULTS_DIR,
+) -> tuple[Path, Path]:
     """Write ``<UTC date>-<name>-<machine>.md`` and a .json holding ``meta`` and ``rows``.
 
     ``meta`` needs ``machine`` (machine_info()); ``title``, ``params``, ``commands`` and

@@ -49,29 +49,74 @@ from bench import harness  # noqa: E402
 APP = "bench.apps:hello"
 PY = sys.executable
 WORKERS = 2
-CONNECTIONS = 64      # wrk -c for the throughput part
+CONNECTIONS = 64  # wrk -c for the throughput part
 BASELINE = "gunicorn-gevent"
 
 ServerCmd = Callable[[int, str], list[str]]
 
 
 def _prefork(dispatch: str) -> ServerCmd:
-    return lambda port, pidfile: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(WORKERS),
-                                  "--dispatch", dispatch, "-p", pidfile]
+    return lambda port, pidfile: [
+        PY,
+        "-m",
+        "prefork_lb",
+        APP,
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(WORKERS),
+        "--dispatch",
+        dispatch,
+        "-p",
+        pidfile,
+    ]
 
 
 def _granian(*extra: str) -> ServerCmd:
-    return lambda port, pidfile: [PY, "-m", "granian", "--interface", "wsgi", "--http", "1",
-                                  "--workers", str(WORKERS), "--host", "127.0.0.1", "--port", str(port),
-                                  "--log-level", "warning", *extra, "--pid-file", pidfile, APP]
+    return lambda port, pidfile: [
+        PY,
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        "--http",
+        "1",
+        "--workers",
+        str(WORKERS),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra,
+        "--pid-file",
+        pidfile,
+        APP,
+    ]
 
 
 SERVERS: dict[str, ServerCmd] = {
     "prefork_lb-reuseport": _prefork("reuseport"),
     "prefork_lb-shared": _prefork("shared"),
-    "gunicorn-gevent": lambda port, pidfile: [PY, "-m", "gunicorn", "-k", "gevent", "-w", str(WORKERS),
-                                              "--worker-connections", "1000", "-b", f"127.0.0.1:{port}",
-                                              "--log-level", "warning", "-p", pidfile, APP],
+    "gunicorn-gevent": lambda port, pidfile: [
+        PY,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "-w",
+        str(WORKERS),
+        "--worker-connections",
+        "1000",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        "-p",
+        pidfile,
+        APP,
+    ],
     # granian stops altogether when a worker dies unless told to respawn it (see NOTES).
     "granian": _granian("--respawn-failed-workers"),
     "granian-norespawn": _granian(),
@@ -129,9 +174,22 @@ NOTES = [
 # -- the connection-per-request load generator (runs in a child process) ---------------------------
 
 REQUEST = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-KINDS = ("ok", "bad_status", "connect_refused", "connect_timeout", "connect_error", "send_reset", "send_error",
-         "reset_before_response", "reset_mid_response", "eof_before_response", "eof_mid_response",
-         "timeout_before_response", "timeout_mid_response", "recv_error")
+KINDS = (
+    "ok",
+    "bad_status",
+    "connect_refused",
+    "connect_timeout",
+    "connect_error",
+    "send_reset",
+    "send_error",
+    "reset_before_response",
+    "reset_mid_response",
+    "eof_before_response",
+    "eof_mid_response",
+    "timeout_before_response",
+    "timeout_mid_response",
+    "recv_error",
+)
 KIND = {k: i for i, k in enumerate(KINDS)}
 LINGER0 = struct.pack("ii", 1, 0)
 
@@ -154,7 +212,7 @@ def _content_end(buf: bytearray) -> int | None:
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             return idx + 4 + int(value.strip())
-    return -1   # no Content-Length: read to EOF
+    return -1  # no Content-Length: read to EOF
 
 
 async def _request(loop: asyncio.AbstractEventLoop, addr: tuple[str, int], st: _State) -> str:
@@ -189,7 +247,7 @@ async def _request(loop: asyncio.AbstractEventLoop, addr: tuple[str, int], st: _
             if not chunk:
                 if not buf:
                     return "eof_before_response"
-                if end is None or end >= 0:   # head incomplete, or fewer bytes than announced
+                if end is None or end >= 0:  # head incomplete, or fewer bytes than announced
                     return "eof_mid_response"
                 break
             buf += chunk
@@ -203,7 +261,9 @@ async def _request(loop: asyncio.AbstractEventLoop, addr: tuple[str, int], st: _
         sock.close()
 
 
-async def _client(addr: tuple[str, int], t_end: float, timeout: float, out: list[tuple[float, float, int, int]]) -> None:
+async def _client(
+    addr: tuple[str, int], t_end: float, timeout: float, out: list[tuple[float, float, int, int]]
+) -> None:
     loop = asyncio.get_running_loop()
     while time.monotonic() < t_end:
         st = _State()
@@ -211,18 +271,25 @@ async def _client(addr: tuple[str, int], t_end: float, timeout: float, out: list
         try:
             kind = await asyncio.wait_for(_request(loop, addr, st), timeout)
         except asyncio.TimeoutError:
-            kind = ("connect_timeout" if st.phase == "connect"
-                    else "timeout_mid_response" if st.got else "timeout_before_response")
+            kind = (
+                "connect_timeout"
+                if st.phase == "connect"
+                else "timeout_mid_response"
+                if st.got
+                else "timeout_before_response"
+            )
         out.append((t0, time.monotonic(), KIND[kind], st.lport))
 
 
 def _loadgen(conn: Any, port: int, clients: int, t_start: float, duration: float, timeout: float) -> None:
     """Child process: wait for t_start, run the clients until t_start + duration, send the records."""
+
     async def main() -> list[tuple[float, float, int, int]]:
         out: list[tuple[float, float, int, int]] = []
         await asyncio.sleep(max(0.0, t_start - time.monotonic()))
-        await asyncio.gather(*(_client(("127.0.0.1", port), t_start + duration, timeout, out)
-                               for _ in range(clients)))
+        await asyncio.gather(
+            *(_client(("127.0.0.1", port), t_start + duration, timeout, out) for _ in range(clients))
+        )
         return out
 
     cpu0 = sum(os.times()[:2])
@@ -232,6 +299,7 @@ def _loadgen(conn: Any, port: int, clients: int, t_start: float, duration: float
 
 
 # -- the killer ------------------------------------------------------------------------------------
+
 
 def _workers(master: int) -> list[psutil.Process]:
     try:
@@ -251,7 +319,7 @@ def _workers(master: int) -> list[psutil.Process]:
 # Netlink sock_diag (what `ss` uses): a dump of the TCP sockets in some states, without the
 # (possibly tens of thousands of) TIME_WAIT entries a full /proc/net/tcp read would parse.
 _NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLMSG_ERROR, _NLMSG_DONE = 4, 20, 2, 3
-_TCP_STATES = 0xFFF & ~(1 << 6) & ~(1 << 10)   # every TCP state but TIME_WAIT and LISTEN
+_TCP_STATES = 0xFFF & ~(1 << 6) & ~(1 << 10)  # every TCP state but TIME_WAIT and LISTEN
 
 
 def _tcp_peers_by_inode(port: int) -> dict[int, int]:
@@ -344,8 +412,13 @@ def kill_one(master: int, port: int, rng: random.Random, t0: float) -> dict[str,
         except ProcessLookupError:
             rec["skipped"] = "victim already gone"
     t_kill = time.monotonic()
-    rec.update(t_stop_abs=t_stop, t_kill_abs=t_kill, snapshot_ms=round(1000 * (t_kill - t_stop), 2),
-               in_flight=len(ports), ports=sorted(ports))
+    rec.update(
+        t_stop_abs=t_stop,
+        t_kill_abs=t_kill,
+        snapshot_ms=round(1000 * (t_kill - t_stop), 2),
+        in_flight=len(ports),
+        ports=sorted(ports),
+    )
     return rec
 
 
@@ -355,12 +428,15 @@ def _pct(sorted_vals: list[float], q: float) -> float | None:
     return sorted_vals[min(len(sorted_vals) - 1, int(q * len(sorted_vals)))]
 
 
-def kill_run(master: int, port: int, proc: Any, args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
+def kill_run(
+    master: int, port: int, proc: Any, args: argparse.Namespace, rng: random.Random
+) -> dict[str, Any]:
     ctx = multiprocessing.get_context("fork")
     rx, tx = ctx.Pipe(duplex=False)
     t_start = time.monotonic() + 0.5
-    gen = ctx.Process(target=_loadgen, args=(tx, port, args.clients, t_start, args.kill_duration, args.timeout),
-                      daemon=True)
+    gen = ctx.Process(
+        target=_loadgen, args=(tx, port, args.clients, t_start, args.kill_duration, args.timeout), daemon=True
+    )
     gen.start()
     tx.close()
     kills: list[dict[str, Any]] = []
@@ -369,9 +445,9 @@ def kill_run(master: int, port: int, proc: Any, args: argparse.Namespace, rng: r
         n = 1
         while True:
             at = t_start + n * args.kill_interval
-            if at > t_start + args.kill_duration - 0.5:   # leave the last half second without kills
+            if at > t_start + args.kill_duration - 0.5:  # leave the last half second without kills
                 break
-            while time.monotonic() < at:   # poll the server meanwhile, to note when it exits
+            while time.monotonic() < at:  # poll the server meanwhile, to note when it exits
                 time.sleep(min(0.05, max(0.0, at - time.monotonic())))
                 if server_exit is None and proc.poll() is not None:
                     server_exit = time.monotonic() - t_start
@@ -395,8 +471,9 @@ def kill_run(master: int, port: int, proc: Any, args: argparse.Namespace, rng: r
     return analyse(data, kills, t_start, args)
 
 
-def analyse(data: dict[str, Any], kills: list[dict[str, Any]], t_start: float,
-            args: argparse.Namespace) -> dict[str, Any]:
+def analyse(
+    data: dict[str, Any], kills: list[dict[str, Any]], t_start: float, args: argparse.Namespace
+) -> dict[str, Any]:
     records: list[tuple[float, float, int, int]] = data["records"]
     done = [k for k in kills if "t_kill_abs" in k and k.get("skipped") is None]
     by_port: dict[int, list[dict[str, Any]]] = {}
@@ -414,8 +491,11 @@ def analyse(data: dict[str, Any], kills: list[dict[str, Any]], t_start: float,
         kind = KINDS[kind_i]
         kinds[kind] += 1
         sec = per_second.setdefault(int(t0 - t_start), [0, 0])
-        victim = next((k for k in by_port.get(lport, ()) if t0 <= k["t_kill_abs"] and t1 >= k["t_stop_abs"]),
-                      None) if lport else None
+        victim = (
+            next((k for k in by_port.get(lport, ()) if t0 <= k["t_kill_abs"] and t1 >= k["t_stop_abs"]), None)
+            if lport
+            else None
+        )
         if kind == "ok":
             sec[0] += 1
             latencies.append(t1 - t0)
@@ -429,10 +509,17 @@ def analyse(data: dict[str, Any], kills: list[dict[str, Any]], t_start: float,
         else:
             kinds_lost[kind] += 1
         before = [k["t_kill_abs"] for k in done if k["t_kill_abs"] <= t1]
-        failures.append({"t_start": round(t0 - t_start, 4), "t_end": round(t1 - t_start, 4), "kind": kind,
-                         "client_port": lport, "in_flight": victim is not None,
-                         "victim_pid": victim["pid"] if victim else None,
-                         "since_last_kill_s": round(t1 - max(before), 4) if before else None})
+        failures.append(
+            {
+                "t_start": round(t0 - t_start, 4),
+                "t_end": round(t1 - t_start, 4),
+                "kind": kind,
+                "client_port": lport,
+                "in_flight": victim is not None,
+                "victim_pid": victim["pid"] if victim else None,
+                "since_last_kill_s": round(t1 - max(before), 4) if before else None,
+            }
+        )
     for k in kills:
         k.pop("t_stop_abs", None)
         k.pop("t_kill_abs", None)
@@ -441,23 +528,34 @@ def analyse(data: dict[str, Any], kills: list[dict[str, Any]], t_start: float,
     failed = sum(kinds.values()) - ok
     n_kills = len(done)
     return {
-        "kills": n_kills, "kills_skipped": len(kills) - n_kills,
-        "requests": len(records), "ok": ok, "failed": failed,
+        "kills": n_kills,
+        "kills_skipped": len(kills) - n_kills,
+        "requests": len(records),
+        "ok": ok,
+        "failed": failed,
         "ok_rps": round(ok / args.kill_duration, 1),
         "in_flight_at_kill": sum(k["in_flight"] for k in done),
-        "failed_in_flight": sum(kinds_in_flight.values()), "lost": sum(kinds_lost.values()),
+        "failed_in_flight": sum(kinds_in_flight.values()),
+        "lost": sum(kinds_lost.values()),
         "failed_per_kill": round(failed / n_kills, 3) if n_kills else None,
         "lost_per_kill": round(sum(kinds_lost.values()) / n_kills, 3) if n_kills else None,
-        "latency_ms": {"p50": _ms(_pct(latencies, 0.50)), "p99": _ms(_pct(latencies, 0.99)),
-                       "max": _ms(latencies[-1] if latencies else None)},
-        "kinds": dict(kinds), "kinds_in_flight": dict(kinds_in_flight), "kinds_lost": dict(kinds_lost),
+        "latency_ms": {
+            "p50": _ms(_pct(latencies, 0.50)),
+            "p99": _ms(_pct(latencies, 0.99)),
+            "max": _ms(latencies[-1] if latencies else None),
+        },
+        "kinds": dict(kinds),
+        "kinds_in_flight": dict(kinds_in_flight),
+        "kinds_lost": dict(kinds_lost),
         "server_exit_t": data["server_exit_t"],
-        "lost_before_server_exit": None if data["server_exit_t"] is None else sum(
-            1 for f in failures if not f["in_flight"] and f["t_end"] < data["server_exit_t"]),
+        "lost_before_server_exit": None
+        if data["server_exit_t"] is None
+        else sum(1 for f in failures if not f["in_flight"] and f["t_end"] < data["server_exit_t"]),
         "loadgen_cpu_s": round(data["cpu_s"], 2),
         "loadgen_cpu_pct": round(100 * data["cpu_s"] / args.kill_duration, 1),
         "kill_log": kills,
-        "failures": failures[:2000], "failures_truncated": len(failures) > 2000,
+        "failures": failures[:2000],
+        "failures_truncated": len(failures) > 2000,
         "per_second_ok_failed": [per_second.get(s, [0, 0]) for s in range(int(args.kill_duration) + 1)],
     }
 
@@ -468,6 +566,7 @@ def _ms(seconds: float | None) -> float | None:
 
 # -- per server ------------------------------------------------------------------------------------
 
+
 def _master_pid(pidfile: Path, proc: Any) -> int:
     end = time.monotonic() + 5
     while time.monotonic() < end:
@@ -475,7 +574,7 @@ def _master_pid(pidfile: Path, proc: Any) -> int:
             return int(pidfile.read_text().strip())
         except (OSError, ValueError):
             time.sleep(0.05)
-    return int(proc.pid)   # every server here runs its master as the process we started
+    return int(proc.pid)  # every server here runs its master as the process we started
 
 
 def _wait_workers(master: int, n: int, deadline: float) -> None:
@@ -504,7 +603,7 @@ class CpuMeter:
     def _busy() -> tuple[float, float]:
         f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         hz = os.sysconf("SC_CLK_TCK")
-        return (f[0] + f[1] + f[2] + f[5] + f[6]) / hz, f[7] / hz   # busy, steal
+        return (f[0] + f[1] + f[2] + f[5] + f[6]) / hz, f[7] / hz  # busy, steal
 
     def _ours(self) -> float:
         t = os.times()
@@ -530,9 +629,11 @@ class CpuMeter:
         t1, busy1, steal1, ours1 = self._read()
         t0, busy0, steal0, ours0 = self.start
         wall = max(1e-6, t1 - t0)
-        return {"other_cpu_pct": round(100 * max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall, 1),
-                "ours_cpu_pct": round(100 * (ours1 - ours0) / wall, 1),
-                "steal_pct": round(100 * (steal1 - steal0) / wall, 1)}
+        return {
+            "other_cpu_pct": round(100 * max(0.0, (busy1 - busy0) - (ours1 - ours0)) / wall, 1),
+            "ours_cpu_pct": round(100 * (ours1 - ours0) / wall, 1),
+            "steal_pct": round(100 * (steal1 - steal0) / wall, 1),
+        }
 
 
 def source_digest() -> str:
@@ -548,8 +649,17 @@ def bench_one(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random
     port = harness.free_port()
     pidfile = tmp / f"{name}.pid"
     cmd = SERVERS[name](port, str(pidfile))
-    row: dict[str, Any] = {"server": name, "workers": WORKERS, "command": " ".join(cmd), "status": "ok",
-                           "rps": None, "p50_ms": None, "p99_ms": None, "errors_total": None, "kill": None}
+    row: dict[str, Any] = {
+        "server": name,
+        "workers": WORKERS,
+        "command": " ".join(cmd),
+        "status": "ok",
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "errors_total": None,
+        "kill": None,
+    }
     log = tmp / f"{name}.log"
     proc = harness.start_server(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log)
     try:
@@ -567,13 +677,24 @@ def bench_one(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random
             row["cpu"] = meter.stop()
             if proc.poll() is not None:
                 raise harness.ServerError(f"server exited with status {proc.returncode} during wrk")
-            row.update(rps=res["rps"], p50_ms=res["latency_ms"].get("p50"), p99_ms=res["latency_ms"].get("p99"),
-                       mean_ms_little=round(1000 * CONNECTIONS / res["rps"], 3), latency_ms=res["latency_ms"],
-                       requests=res["requests"], errors=res["errors"], errors_total=res["errors_total"],
-                       wrk_command=res["command"], wrk_output=res["raw"])
+            row.update(
+                rps=res["rps"],
+                p50_ms=res["latency_ms"].get("p50"),
+                p99_ms=res["latency_ms"].get("p99"),
+                mean_ms_little=round(1000 * CONNECTIONS / res["rps"], 3),
+                latency_ms=res["latency_ms"],
+                requests=res["requests"],
+                errors=res["errors"],
+                errors_total=res["errors_total"],
+                wrk_command=res["command"],
+                wrk_output=res["raw"],
+            )
         if "kill" in args.parts:
-            print(f"[{name}] {args.kill_duration:g}s of connection-per-request load with {args.clients} clients, "
-                  f"a worker SIGKILLed every {args.kill_interval:g}s ...", file=sys.stderr)
+            print(
+                f"[{name}] {args.kill_duration:g}s of connection-per-request load with {args.clients} clients, "
+                f"a worker SIGKILLed every {args.kill_interval:g}s ...",
+                file=sys.stderr,
+            )
             meter = CpuMeter(master)
             row["kill"] = kill_run(master, port, proc, args, rng)
             row["kill"]["cpu"] = meter.stop()
@@ -581,8 +702,11 @@ def bench_one(name: str, args: argparse.Namespace, tmp: Path, rng: random.Random
     except Exception as exc:  # report and go on with the next server
         row["status"] = f"failed: {exc}"
         tail = harness.log_tail(log, 8)
-        print(f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
-              + "\n    ".join(tail or ["(empty)"]), file=sys.stderr)
+        print(
+            f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
+            + "\n    ".join(tail or ["(empty)"]),
+            file=sys.stderr,
+        )
     finally:
         row["exit_status"] = harness.stop(proc)
         if log.exists():
@@ -599,34 +723,87 @@ def _kinds(counter: dict[str, int]) -> str:
 
 
 def tables(rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[str, str]:
-    base = next((r for r in rows if r["server"] == BASELINE and r["rps"]), None) or \
-        next((r for r in rows if r["rps"]), None)
+    base = next((r for r in rows if r["server"] == BASELINE and r["rps"]), None) or next(
+        (r for r in rows if r["rps"]), None
+    )
     for r in rows:
         r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
     thr = harness.markdown_table(
-        ["server", "workers", "req/s", "p50 ms", "p99 ms", "errors", f"ratio vs {base['server'] if base else '-'}",
-         "other CPU %", "status"],
-        [[r["server"], r["workers"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["ratio"], ".2f"),
-          harness.fmt(r.get("cpu", {}).get("other_cpu_pct"), ".0f"), r["status"]]
-         for r in rows])
+        [
+            "server",
+            "workers",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            f"ratio vs {base['server'] if base else '-'}",
+            "other CPU %",
+            "status",
+        ],
+        [
+            [
+                r["server"],
+                r["workers"],
+                harness.fmt(r["rps"], ",.0f"),
+                harness.fmt(r["p50_ms"], ".2f"),
+                harness.fmt(r["p99_ms"], ".2f"),
+                "-" if r["errors_total"] is None else r["errors_total"],
+                harness.fmt(r["ratio"], ".2f"),
+                harness.fmt(r.get("cpu", {}).get("other_cpu_pct"), ".0f"),
+                r["status"],
+            ]
+            for r in rows
+        ],
+    )
     krows = []
     for r in rows:
         k = r.get("kill")
         if not k:
             krows.append([r["server"]] + ["-"] * 12 + [r["status"]])
             continue
-        lost = str(k["lost"]) if k["server_exit_t"] is None else f"{k['lost']} ({k['lost_before_server_exit']} before exit)"
-        krows.append([r["server"], k["kills"], f"{k['ok']:,}", harness.fmt(k["ok_rps"], ",.0f"), k["failed"],
-                      k["in_flight_at_kill"], k["failed_in_flight"], lost, harness.fmt(k["failed_per_kill"], ".2f"),
-                      _kinds(k["kinds_in_flight"]), _kinds(k["kinds_lost"]),
-                      f"{harness.fmt(k['latency_ms']['p99'], '.1f')} / {harness.fmt(k['latency_ms']['max'], '.0f')}",
-                      harness.fmt(k.get("cpu", {}).get("other_cpu_pct"), ".0f"),
-                      ("yes" if k["lost"] == 0 else "NO")
-                      + ("" if k["server_exit_t"] is None else f" (server exited at {k['server_exit_t']:g} s)")])
+        lost = (
+            str(k["lost"])
+            if k["server_exit_t"] is None
+            else f"{k['lost']} ({k['lost_before_server_exit']} before exit)"
+        )
+        krows.append(
+            [
+                r["server"],
+                k["kills"],
+                f"{k['ok']:,}",
+                harness.fmt(k["ok_rps"], ",.0f"),
+                k["failed"],
+                k["in_flight_at_kill"],
+                k["failed_in_flight"],
+                lost,
+                harness.fmt(k["failed_per_kill"], ".2f"),
+                _kinds(k["kinds_in_flight"]),
+                _kinds(k["kinds_lost"]),
+                f"{harness.fmt(k['latency_ms']['p99'], '.1f')} / {harness.fmt(k['latency_ms']['max'], '.0f')}",
+                harness.fmt(k.get("cpu", {}).get("other_cpu_pct"), ".0f"),
+                ("yes" if k["lost"] == 0 else "NO")
+                + ("" if k["server_exit_t"] is None else f" (server exited at {k['server_exit_t']:g} s)"),
+            ]
+        )
     kill = harness.markdown_table(
-        ["server", "kills", "ok", "ok req/s", "failed", "in flight at kill", "failed: in flight", "failed: lost",
-         "failed/kill", "in-flight kinds", "lost kinds", "p99 / max ms", "other CPU %", "lost = 0"], krows)
+        [
+            "server",
+            "kills",
+            "ok",
+            "ok req/s",
+            "failed",
+            "in flight at kill",
+            "failed: in flight",
+            "failed: lost",
+            "failed/kill",
+            "in-flight kinds",
+            "lost kinds",
+            "p99 / max ms",
+            "other CPU %",
+            "lost = 0",
+        ],
+        krows,
+    )
     return thr, kill
 
 
@@ -634,12 +811,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--duration", type=int, default=10, help="seconds of measured wrk load per server")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured wrk load first (0: none)")
-    ap.add_argument("--kill-duration", type=float, default=10.0,
-                    help="seconds of connection-per-request load while workers are killed")
+    ap.add_argument(
+        "--kill-duration",
+        type=float,
+        default=10.0,
+        help="seconds of connection-per-request load while workers are killed",
+    )
     ap.add_argument("--kill-interval", type=float, default=1.0, help="seconds between two SIGKILLs")
     ap.add_argument("--clients", type=int, default=32, help="concurrent connection-per-request clients")
-    ap.add_argument("--timeout", type=float, default=5.0, help="per-request timeout of those clients, seconds")
-    ap.add_argument("--servers", default=DEFAULT_SERVERS, help=f"comma-separated; known: {', '.join(SERVERS)}")
+    ap.add_argument(
+        "--timeout", type=float, default=5.0, help="per-request timeout of those clients, seconds"
+    )
+    ap.add_argument(
+        "--servers", default=DEFAULT_SERVERS, help=f"comma-separated; known: {', '.join(SERVERS)}"
+    )
     ap.add_argument("--parts", default="throughput,kill", help="throughput, kill, or both (default)")
     ap.add_argument("--seed", type=int, default=1, help="seed for picking the worker to kill")
     ap.add_argument("--no-save", action="store_true", help="print the tables only, write no result files")
@@ -650,13 +835,23 @@ def main(argv: list[str] | None = None) -> int:
     args.parts = {p.strip() for p in args.parts.split(",") if p.strip()}
     if not args.parts or args.parts - {"throughput", "kill"}:
         ap.error("--parts takes throughput, kill or throughput,kill")
-    if args.duration < 1 or args.clients < 1 or args.clients > 512 or args.kill_duration < 2 \
-            or not 0.1 <= args.kill_interval <= args.kill_duration or args.timeout <= 0:
-        ap.error("need --duration >= 1, 1 <= --clients <= 512, --kill-duration >= 2, "
-                 "0.1 <= --kill-interval <= --kill-duration, --timeout > 0")
+    if (
+        args.duration < 1
+        or args.clients < 1
+        or args.clients > 512
+        or args.kill_duration < 2
+        or not 0.1 <= args.kill_interval <= args.kill_duration
+        or args.timeout <= 0
+    ):
+        ap.error(
+            "need --duration >= 1, 1 <= --clients <= 512, --kill-duration >= 2, "
+            "0.1 <= --kill-interval <= --kill-duration, --timeout > 0"
+        )
 
-    meta: dict[str, Any] = {"title": "Throughput and survival under worker kills (bench/kill.py)",
-                            "machine": harness.machine_info()}
+    meta: dict[str, Any] = {
+        "title": "Throughput and survival under worker kills (bench/kill.py)",
+        "machine": harness.machine_info(),
+    }
     rng = random.Random(args.seed)
     digest = source_digest()
     loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -664,40 +859,56 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="prefork_lb-kill-") as tmp:
         for name in names:
             if "throughput" in args.parts:
-                print(f"[{name}] {args.warmup}s warmup + {args.duration}s wrk with {CONNECTIONS} connections ...",
-                      file=sys.stderr)
+                print(
+                    f"[{name}] {args.warmup}s warmup + {args.duration}s wrk with {CONNECTIONS} connections ...",
+                    file=sys.stderr,
+                )
             rows.append(bench_one(name, args, Path(tmp), rng))
     thr, kill = tables(rows, args)
     out = []
     if "throughput" in args.parts:
         out += ["### Throughput (wrk, keep-alive)", "", thr, ""]
     if "kill" in args.parts:
-        out += [f"### Under load with a worker SIGKILLed every {args.kill_interval:g} s "
-                f"(new connection per request)", "", kill, ""]
+        out += [
+            f"### Under load with a worker SIGKILLed every {args.kill_interval:g} s "
+            f"(new connection per request)",
+            "",
+            kill,
+            "",
+        ]
         cpu = ", ".join(f"{r['server']} {r['kill']['loadgen_cpu_pct']:.0f}%" for r in rows if r.get("kill"))
         out += [f"Load generator CPU (one process, % of one core): {cpu}.", ""]
     table = "\n".join(out).rstrip()
     print(table)
     meta["params"] = {
-        "workers": WORKERS, "app": APP, "parts": ",".join(sorted(args.parts)),
+        "workers": WORKERS,
+        "app": APP,
+        "parts": ",".join(sorted(args.parts)),
         "throughput": f"wrk -t1 -c{CONNECTIONS} -d{args.duration}s --latency after {args.warmup}s warmup",
         "kill_load": f"{args.clients} asyncio clients, new connection per request, {args.kill_duration:g}s, "
-                     f"per-request timeout {args.timeout:g}s",
+        f"per-request timeout {args.timeout:g}s",
         "kills": f"SIGSTOP + snapshot + SIGKILL of a random worker every {args.kill_interval:g}s "
-                 f"(none in the last 0.5 s), seed {args.seed}",
+        f"(none in the last 0.5 s), seed {args.seed}",
     }
     meta["params"]["prefork_lb_source_sha256"] = digest
     if source_digest() != digest:
         meta["params"]["prefork_lb_source_sha256"] += f" at start, {source_digest()} at the end"
-        print("WARNING: prefork_lb/ changed during the run; the prefork_lb rows may mix code versions",
-              file=sys.stderr)
-        NOTES.insert(0, "WARNING: prefork_lb/ source files changed during this run (another edit in the "
-                     "working tree); workers respawned after a kill load the code on disk, so the "
-                     "prefork_lb rows may mix code versions. Rerun.")
+        print(
+            "WARNING: prefork_lb/ changed during the run; the prefork_lb rows may mix code versions",
+            file=sys.stderr,
+        )
+        NOTES.insert(
+            0,
+            "WARNING: prefork_lb/ source files changed during this run (another edit in the "
+            "working tree); workers respawned after a kill load the code on disk, so the "
+            "prefork_lb rows may mix code versions. Rerun.",
+        )
     meta["params"]["loadavg_at_start"] = loadavg
     meta["params"]["loadavg_at_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["commands"] = {r["server"]: r["command"] for r in rows}
-    meta["commands"]["this benchmark"] = " ".join(["python bench/kill.py", *(sys.argv[1:] if argv is None else argv)])
+    meta["commands"]["this benchmark"] = " ".join(
+        ["python bench/kill.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     meta["notes"] = NOTES
     if not args.no_save:
         md, js = harness.write_results("kill", rows, meta, table)

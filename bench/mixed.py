@@ -38,21 +38,62 @@ def offload_commands(port: int, workers: int) -> dict[str, list[str]]:
     return {
         "prefork_lb inline": [py, "-m", "prefork_lb", "bench.apps:compute_inline", *b],
         "prefork_lb offload": [py, "-m", "prefork_lb", "bench.apps:compute_offload", *b],
-        "gunicorn -k gevent inline": [py, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
-                                      f"127.0.0.1:{port}", "--log-level", "warning", "bench.apps:compute_inline"],
+        "gunicorn -k gevent inline": [
+            py,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            "bench.apps:compute_inline",
+        ],
     }
 
 
 def commands(port: int, workers: int) -> dict[str, list[str]]:
     py = sys.executable
-    base = [py, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(workers), "--log-level", "warning"]
+    base = [
+        py,
+        "-m",
+        "prefork_lb",
+        APP,
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
     return {
         "prefork_lb reuseport": [*base, "--dispatch", "reuseport"],
         "prefork_lb shared": [*base, "--dispatch", "shared"],
-        "prefork_lb handoff least_connections": [*base, "--dispatch", "handoff", "--strategy", "least_connections"],
+        "prefork_lb handoff least_connections": [
+            *base,
+            "--dispatch",
+            "handoff",
+            "--strategy",
+            "least_connections",
+        ],
         "prefork_lb handoff least_latency": [*base, "--dispatch", "handoff", "--strategy", "least_latency"],
-        "gunicorn -k gevent": [py, "-m", "gunicorn", "-k", "gevent", "-w", str(workers), "-b",
-                               f"127.0.0.1:{port}", "--log-level", "warning", APP],
+        "gunicorn -k gevent": [
+            py,
+            "-m",
+            "gunicorn",
+            "-k",
+            "gevent",
+            "-w",
+            str(workers),
+            "-b",
+            f"127.0.0.1:{port}",
+            "--log-level",
+            "warning",
+            APP,
+        ],
     }
 
 
@@ -63,9 +104,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--slow-share", type=float, default=0.05)
     ap.add_argument("--servers", default="", help="comma-separated subset of the server names")
-    ap.add_argument("--scenario", choices=("dispatch", "offload"), default="dispatch",
-                    help="dispatch: 1 ms / 50 ms CPU per request, compared over dispatch modes; offload: "
-                    "trivial requests and fib(27) (/compute) inline vs in the offload pool")
+    ap.add_argument(
+        "--scenario",
+        choices=("dispatch", "offload"),
+        default="dispatch",
+        help="dispatch: 1 ms / 50 ms CPU per request, compared over dispatch modes; offload: "
+        "trivial requests and fib(27) (/compute) inline vs in the offload pool",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     offload = args.scenario == "offload"
@@ -86,7 +131,7 @@ def main() -> None:
         proc = harness.start_server(cmd, cwd=ROOT)
         try:
             harness.wait_http(port, proc=proc)
-            openloop.run("127.0.0.1", port, args.rate, 2.0, mix, seed=7)   # warm-up
+            openloop.run("127.0.0.1", port, args.rate, 2.0, mix, seed=7)  # warm-up
             res = openloop.run("127.0.0.1", port, args.rate, args.duration, mix, seed=11)
         finally:
             harness.stop(proc)
@@ -94,36 +139,59 @@ def main() -> None:
         if name == base_name:
             base_p99 = fast_p99
         lag = sorted(res.send_lag)
-        rows.append({
-            "server": name,
-            "sent": res.sent,
-            "fast p50 ms": round(res.pct(fast, 0.50) * 1000, 2),
-            "fast p99 ms": round(fast_p99, 2),
-            "fast p99.9 ms": round(res.pct(fast, 0.999) * 1000, 2),
-            "slow p50 ms": round(res.pct(slow, 0.50) * 1000, 2),
-            "errors": sum(res.errors.values()),
-            "fast p99 vs base": round(fast_p99 / base_p99, 2) if base_p99 else "",
-            "send lag p99 ms": round(lag[int(0.99 * (len(lag) - 1))] * 1000, 2) if lag else 0,
-            "command": " ".join(cmd[1:]),
-        })
-    headers = ["server", "sent", "fast p50 ms", "fast p99 ms", "fast p99.9 ms", "slow p50 ms", "errors",
-               "fast p99 vs base", "send lag p99 ms"]
+        rows.append(
+            {
+                "server": name,
+                "sent": res.sent,
+                "fast p50 ms": round(res.pct(fast, 0.50) * 1000, 2),
+                "fast p99 ms": round(fast_p99, 2),
+                "fast p99.9 ms": round(res.pct(fast, 0.999) * 1000, 2),
+                "slow p50 ms": round(res.pct(slow, 0.50) * 1000, 2),
+                "errors": sum(res.errors.values()),
+                "fast p99 vs base": round(fast_p99 / base_p99, 2) if base_p99 else "",
+                "send lag p99 ms": round(lag[int(0.99 * (len(lag) - 1))] * 1000, 2) if lag else 0,
+                "command": " ".join(cmd[1:]),
+            }
+        )
+    headers = [
+        "server",
+        "sent",
+        "fast p50 ms",
+        "fast p99 ms",
+        "fast p99.9 ms",
+        "slow p50 ms",
+        "errors",
+        "fast p99 vs base",
+        "send lag p99 ms",
+    ]
     table = harness.markdown_table(headers, [[r[h] for h in headers] for r in rows])
     print(table)
     if not args.no_save:
-        title = ("Offload: trivial requests and fib(27), open loop" if offload
-                 else "Mixed workload (95% ~1 ms, 5% ~50 ms CPU), open loop")
-        meta = {"title": title,
-                "params": {"rate (req/s)": args.rate, "duration (s)": args.duration, "workers": args.workers,
-                           "slow share": args.slow_share,
-                           "load generator (this run)": "bench/openloop.py: asyncio, Poisson arrivals, a new "
-                           "connection per request, latency from the intended send time"},
-                "commands": {r["server"]: r["command"] for r in rows},
-                "notes": ["wrk is only used for its version line in the machine summary; it does not run here.",
-                          f"base: {base_name}",
-                          "Target: trivial-request p99 with offload <= 0.2x inline's." if offload
-                          else "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's."],
-                "machine": harness.machine_info()}
+        title = (
+            "Offload: trivial requests and fib(27), open loop"
+            if offload
+            else "Mixed workload (95% ~1 ms, 5% ~50 ms CPU), open loop"
+        )
+        meta = {
+            "title": title,
+            "params": {
+                "rate (req/s)": args.rate,
+                "duration (s)": args.duration,
+                "workers": args.workers,
+                "slow share": args.slow_share,
+                "load generator (this run)": "bench/openloop.py: asyncio, Poisson arrivals, a new "
+                "connection per request, latency from the intended send time",
+            },
+            "commands": {r["server"]: r["command"] for r in rows},
+            "notes": [
+                "wrk is only used for its version line in the machine summary; it does not run here.",
+                f"base: {base_name}",
+                "Target: trivial-request p99 with offload <= 0.2x inline's."
+                if offload
+                else "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's.",
+            ],
+            "machine": harness.machine_info(),
+        }
         harness.write_results("offload" if offload else "mixed", rows, meta, table=table)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 @dataclass
 class Result:
-    latencies: dict[str, list[float]] = field(default_factory=dict)   # path -> seconds
+    latencies: dict[str, list[float]] = field(default_factory=dict)  # path -> seconds
     errors: dict[str, int] = field(default_factory=dict)
     send_lag: list[float] = field(default_factory=list)
     sent: int = 0
@@ -47,8 +47,15 @@ async def _one(host: str, port: int, path: str, intended: float, res: Result, ti
     res.latencies.setdefault(path, []).append(time.perf_counter() - intended)
 
 
-async def _run(host: str, port: int, rate: float, duration: float, mix: list[tuple[str, float]],
-               seed: int, timeout: float) -> Result:
+async def _run(
+    host: str,
+    port: int,
+    rate: float,
+    duration: float,
+    mix: list[tuple[str, float]],
+    seed: int,
+    timeout: float,
+) -> Result:
     rng = random.Random(seed)
     res = Result()
     paths = [p for p, _ in mix]
@@ -72,7 +79,14 @@ async def _run(host: str, port: int, rate: float, duration: float, mix: list[tup
     return res
 
 
-def run(host: str, port: int, rate: float, duration: float, mix: list[tuple[str, float]],
-        seed: int = 1, timeout: float = 10.0) -> Result:
+def run(
+    host: str,
+    port: int,
+    rate: float,
+    duration: float,
+    mix: list[tuple[str, float]],
+    seed: int = 1,
+    timeout: float = 10.0,
+) -> Result:
     """Send about rate x duration requests (bounded) and collect latencies by path."""
     return asyncio.run(_run(host, port, rate, duration, mix, seed, timeout))

@@ -58,7 +58,9 @@ APP = "bench.apps:hello"
 PY = sys.executable
 BASELINE = "nginx"
 PROXY_TITLE = "prefork_lb: proxy"  # process title of prefork_lb's proxy process
-DEFAULT_FRONTS = "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,prefork_lb-proxy-pipeline-1"
+DEFAULT_FRONTS = (
+    "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,prefork_lb-proxy-pipeline-1"
+)
 
 NOTES = [
     "Everything runs on one machine over 127.0.0.1 with no CPU pinning: wrk, the front end and the "
@@ -79,7 +81,7 @@ NOTES = [
     "proxy process, with its worker processes counted as backends. backend CPU s/10k: the same "
     "for the backends' process trees (master + worker each).",
     "nginx: `worker_processes 1`, `least_conn`, `keepalive` (idle upstream connections) = "
-    "max(128, connections), `proxy_http_version 1.1` + `proxy_set_header Connection \"\"`, "
+    'max(128, connections), `proxy_http_version 1.1` + `proxy_set_header Connection ""`, '
     "`access_log off`, `keepalive_requests` raised on both sides so no connection is closed "
     "for having served many requests (nginx's default is 1000). Like a production config it "
     "passes Host and sets X-Forwarded-For/-Proto/-Host (prefork_lb's proxy adds those plus "
@@ -101,15 +103,16 @@ class Front:
     """One front end under test: how to start it and where wrk sends the load."""
 
     name: str
-    cmd: list[str] | None          # None: nothing to start (direct-worker)
+    cmd: list[str] | None  # None: nothing to start (direct-worker)
     port: int
     stats_port: int | None = None  # prefork_lb admin listener, for /lb-health and /lb-stats
-    owns_workers: bool = False     # prefork_lb-integrated: its non-proxy children are backends
+    owns_workers: bool = False  # prefork_lb-integrated: its non-proxy children are backends
     files: dict[str, str] = field(default_factory=dict)  # generated config files, for the report
     error_log: Path | None = None  # a log the front end writes itself (nginx), tailed on failure
 
 
 # -- front ends ---------------------------------------------------------------------------------
+
 
 def _tool(name: str) -> str:
     """Path of nginx/haproxy: /usr/sbin is not on every user's PATH."""
@@ -125,24 +128,53 @@ def _keepalive(connections: int) -> int:
 
 def front_prefork_proxy(backends: list[int], workdir: Path, connections: int) -> Front:
     port, sport = harness.free_port(), harness.free_port()
-    cmd = [PY, "-m", "prefork_lb", "proxy", "--backends", ",".join(f"127.0.0.1:{p}" for p in backends),
-           "-b", f"127.0.0.1:{port}", "--strategy", "least_connections", "--stats-bind", f"127.0.0.1:{sport}",
-           "--upstream-keepalive", str(_keepalive(connections))]
+    cmd = [
+        PY,
+        "-m",
+        "prefork_lb",
+        "proxy",
+        "--backends",
+        ",".join(f"127.0.0.1:{p}" for p in backends),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--strategy",
+        "least_connections",
+        "--stats-bind",
+        f"127.0.0.1:{sport}",
+        "--upstream-keepalive",
+        str(_keepalive(connections)),
+    ]
     return Front("prefork_lb-proxy", cmd, port, sport)
 
 
 def front_prefork_proxy_unpipelined(backends: list[int], workdir: Path, connections: int) -> Front:
     front = front_prefork_proxy(backends, workdir, connections)
     assert front.cmd is not None
-    return Front("prefork_lb-proxy-pipeline-1", [*front.cmd, "--upstream-pipeline", "1"], front.port,
-                 front.stats_port)
+    return Front(
+        "prefork_lb-proxy-pipeline-1", [*front.cmd, "--upstream-pipeline", "1"], front.port, front.stats_port
+    )
 
 
 def front_prefork_integrated(backends: list[int], workdir: Path, connections: int) -> Front:
     port, sport = harness.free_port(), harness.free_port()
-    cmd = [PY, "-m", "prefork_lb", APP, "--dispatch", "proxy", "--workers", "2", "-b", f"127.0.0.1:{port}",
-           "--stats-bind", f"127.0.0.1:{sport}", "--offload-processes", "0",
-           "--upstream-keepalive", str(_keepalive(connections))]
+    cmd = [
+        PY,
+        "-m",
+        "prefork_lb",
+        APP,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--stats-bind",
+        f"127.0.0.1:{sport}",
+        "--offload-processes",
+        "0",
+        "--upstream-keepalive",
+        str(_keepalive(connections)),
+    ]
     return Front("prefork_lb-integrated", cmd, port, sport, owns_workers=True)
 
 
@@ -151,8 +183,10 @@ def front_nginx(backends: list[int], workdir: Path, connections: int) -> Front:
     d.chmod(0o755)  # as root, nginx's worker runs as nobody and must reach its temp paths
     port = harness.free_port()
     servers = "\n".join(f"        server 127.0.0.1:{p};" for p in backends)
-    temps = "\n".join(f"    {kind}_temp_path {d}/{kind}_temp;" for kind in
-                      ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temps = "\n".join(
+        f"    {kind}_temp_path {d}/{kind}_temp;"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     conf = f"""daemon off;
 master_process on;
 worker_processes 1;
@@ -220,8 +254,9 @@ backend be
 {servers}
 """
     (d / "haproxy.cfg").write_text(conf)
-    return Front("haproxy", [_tool("haproxy"), "-db", "-f", str(d / "haproxy.cfg")], port,
-                 files={"haproxy.cfg": conf})
+    return Front(
+        "haproxy", [_tool("haproxy"), "-db", "-f", str(d / "haproxy.cfg")], port, files={"haproxy.cfg": conf}
+    )
 
 
 def front_direct(backends: list[int], workdir: Path, connections: int) -> Front:
@@ -287,8 +322,11 @@ def upstream_connections(pids: list[int], own_ports: set[int]) -> int:
     n = 0
     for pid in pids:
         try:
-            n += sum(1 for c in psutil.Process(pid).net_connections("tcp")
-                     if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.laddr.port not in own_ports)
+            n += sum(
+                1
+                for c in psutil.Process(pid).net_connections("tcp")
+                if c.status == psutil.CONN_ESTABLISHED and c.raddr and c.laddr.port not in own_ports
+            )
         except psutil.Error:
             pass
     return n
@@ -321,6 +359,7 @@ def wait_all_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float =
 
 # -- running ------------------------------------------------------------------------------------
 
+
 class Procs:
     """Every process this benchmark started, stopped in reverse order on every exit path."""
 
@@ -351,6 +390,7 @@ class Procs:
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so the finally blocks stop every process we started."""
+
     def handler(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
@@ -365,8 +405,18 @@ def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subproce
     ports, started, cmds = [], [], []
     for i in (1, 2):
         port = harness.free_port()
-        cmd = [PY, "-m", "prefork_lb", APP, "--workers", "1", "-b", f"127.0.0.1:{port}",
-               "--offload-processes", "0"]
+        cmd = [
+            PY,
+            "-m",
+            "prefork_lb",
+            APP,
+            "--workers",
+            "1",
+            "-b",
+            f"127.0.0.1:{port}",
+            "--offload-processes",
+            "0",
+        ]
         proc = procs.start(cmd, logdir / f"backend{i}.log")
         ports.append(port)
         started.append(proc)
@@ -380,10 +430,24 @@ def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subproce
     return ports, started, cmds
 
 
-def bench_front(name: str, args: argparse.Namespace, procs: Procs, backends: list[int],
-                backend_procs: list[subprocess.Popen[bytes]], workdir: Path) -> dict[str, Any]:
-    row: dict[str, Any] = {"front": name, "status": "ok", "rps": None, "p50_ms": None, "p99_ms": None,
-                           "errors_total": None, "front_cpu_per_10k": None, "backend_cpu_per_10k": None}
+def bench_front(
+    name: str,
+    args: argparse.Namespace,
+    procs: Procs,
+    backends: list[int],
+    backend_procs: list[subprocess.Popen[bytes]],
+    workdir: Path,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "front": name,
+        "status": "ok",
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "errors_total": None,
+        "front_cpu_per_10k": None,
+        "backend_cpu_per_10k": None,
+    }
     handle, logname = tempfile.mkstemp(prefix=f"{name}-", suffix=".log", dir=workdir)  # --fronts may repeat
     os.close(handle)
     log = Path(logname)
@@ -426,16 +490,24 @@ def bench_front(name: str, args: argparse.Namespace, procs: Procs, backends: lis
         requests = res["requests"] or 0
         other = (busy1 - busy0) - (own1 - own0) - accounted
         row.update(
-            rps=res["rps"], p50_ms=res["latency_ms"].get("p50"), p99_ms=res["latency_ms"].get("p99"),
-            errors_total=res["errors_total"], errors=res["errors"], requests=requests,
-            latency_ms=res["latency_ms"], mean_ms_little=round(1000 * args.connections / res["rps"], 3),
-            front_cpu_s=round(front_cpu, 3), backend_cpu_s=round(back_cpu, 3),
+            rps=res["rps"],
+            p50_ms=res["latency_ms"].get("p50"),
+            p99_ms=res["latency_ms"].get("p99"),
+            errors_total=res["errors_total"],
+            errors=res["errors"],
+            requests=requests,
+            latency_ms=res["latency_ms"],
+            mean_ms_little=round(1000 * args.connections / res["rps"], 3),
+            front_cpu_s=round(front_cpu, 3),
+            backend_cpu_s=round(back_cpu, 3),
             front_cpu_per_10k=round(1e4 * front_cpu / requests, 4) if requests and fd else None,
             backend_cpu_per_10k=round(1e4 * back_cpu / requests, 4) if requests else None,
             other_cpu_pct=round(100 * max(0.0, other) / wall, 1),
             front_procs=[{"pid": pid, "title": t, "cpu_s": round(c, 3)} for pid, (t, c) in fd.items()],
             backend_procs=[{"pid": pid, "title": t, "cpu_s": round(c, 3)} for pid, (t, c) in bd.items()],
-            wrk_command=res["command"], wrk_output=res["raw"])
+            wrk_command=res["command"],
+            wrk_output=res["raw"],
+        )
         if proc is not None:
             own = {front.port, front.stats_port or 0}
             row["upstream_connections"] = upstream_connections(list(fd), own)
@@ -446,9 +518,14 @@ def bench_front(name: str, args: argparse.Namespace, procs: Procs, backends: lis
                 row["lb_stats"] = f"unavailable: {type(exc).__name__}: {exc}"
     except Exception as exc:  # report and go on with the next front end
         row["status"] = f"failed: {exc}"
-        row["log_tail"] = harness.log_tail(log) + (harness.log_tail(front.error_log) if front and front.error_log else [])
-        print(f"[{name}] FAILED: {exc}\n  command: {row.get('command', '-')}\n  log tail:\n    "
-              + "\n    ".join(row["log_tail"] or ["(empty)"]), file=sys.stderr)
+        row["log_tail"] = harness.log_tail(log) + (
+            harness.log_tail(front.error_log) if front and front.error_log else []
+        )
+        print(
+            f"[{name}] FAILED: {exc}\n  command: {row.get('command', '-')}\n  log tail:\n    "
+            + "\n    ".join(row["log_tail"] or ["(empty)"]),
+            file=sys.stderr,
+        )
     finally:
         if proc is not None:
             row["exit_status"] = procs.stop(proc)
@@ -471,8 +548,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per front end")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first (0: none)")
     ap.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (wrk -c)")
-    ap.add_argument("--fronts", default=DEFAULT_FRONTS,
-                    help=f"comma-separated, in order; known: {', '.join(FRONTS)}")
+    ap.add_argument(
+        "--fronts", default=DEFAULT_FRONTS, help=f"comma-separated, in order; known: {', '.join(FRONTS)}"
+    )
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.fronts.split(",") if s.strip()]
@@ -481,8 +559,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration < 1 or args.connections < 1 or args.warmup < 0:
         ap.error("--duration and --connections must be >= 1, --warmup >= 0")
 
-    meta: dict[str, Any] = {"title": "L7 proxy in front of 2 workers (bench/proxy.py)",
-                            "machine": harness.machine_info()}
+    meta: dict[str, Any] = {
+        "title": "L7 proxy in front of 2 workers (bench/proxy.py)",
+        "machine": harness.machine_info(),
+    }
     tools = versions()
     rows: list[dict[str, Any]] = []
     procs = Procs()
@@ -492,8 +572,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             backends, backend_procs, backend_cmds = start_backends(procs, workdir)
             for name in names:
-                print(f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
-                      file=sys.stderr)
+                print(
+                    f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
+                    file=sys.stderr,
+                )
                 rows.append(bench_front(name, args, procs, backends, backend_procs, workdir))
         except KeyboardInterrupt:
             print("interrupted: stopping every process started", file=sys.stderr)
@@ -508,19 +590,49 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
     table = harness.markdown_table(
-        ["front end", "req/s", "p50 ms", "p99 ms", "errors", "front CPU s/10k req", "backend CPU s/10k req",
-         f"ratio vs {BASELINE}", "other CPU %", "status"],
-        [[r["front"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["front_cpu_per_10k"], ".3f"),
-          harness.fmt(r["backend_cpu_per_10k"], ".3f"), harness.fmt(r["ratio"], ".2f"), harness.fmt(r.get("other_cpu_pct"), ".0f"),
-          r["status"]] for r in rows])
+        [
+            "front end",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            "front CPU s/10k req",
+            "backend CPU s/10k req",
+            f"ratio vs {BASELINE}",
+            "other CPU %",
+            "status",
+        ],
+        [
+            [
+                r["front"],
+                harness.fmt(r["rps"], ",.0f"),
+                harness.fmt(r["p50_ms"], ".2f"),
+                harness.fmt(r["p99_ms"], ".2f"),
+                "-" if r["errors_total"] is None else r["errors_total"],
+                harness.fmt(r["front_cpu_per_10k"], ".3f"),
+                harness.fmt(r["backend_cpu_per_10k"], ".3f"),
+                harness.fmt(r["ratio"], ".2f"),
+                harness.fmt(r.get("other_cpu_pct"), ".0f"),
+                r["status"],
+            ]
+            for r in rows
+        ],
+    )
     print(table)
-    meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
-                      "app": APP, "backends": "2 x prefork_lb --workers 1",
-                      "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections, args.duration)),
-                      **tools}
-    meta["commands"] = {"backend 1": backend_cmds[0], "backend 2": backend_cmds[1],
-                        **{r["front"]: r.get("command", "-") for r in rows}}
+    meta["params"] = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "app": APP,
+        "backends": "2 x prefork_lb --workers 1",
+        "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections, args.duration)),
+        **tools,
+    }
+    meta["commands"] = {
+        "backend 1": backend_cmds[0],
+        "backend 2": backend_cmds[1],
+        **{r["front"]: r.get("command", "-") for r in rows},
+    }
     meta["notes"] = NOTES
     if not args.no_save:
         md, js = harness.write_results("proxy", rows, meta, table)

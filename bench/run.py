@@ -26,25 +26,89 @@ from bench import harness  # noqa: E402
 APP = "bench.apps:hello"
 PY = sys.executable
 
+
 def _prefork_lb(dispatch: str) -> Callable[[int, int], list[str]]:
-    return lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w),
-                            "--dispatch", dispatch]
+    return lambda port, w: [
+        PY,
+        "-m",
+        "prefork_lb",
+        APP,
+        "-b",
+        f"127.0.0.1:{port}",
+        "-w",
+        str(w),
+        "--dispatch",
+        dispatch,
+    ]
 
 
 SERVERS: dict[str, Callable[[int, int], list[str]]] = {
     "prefork_lb": lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w)],
     **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in ("reuseport", "shared", "handoff")},
-    "gunicorn-gevent": lambda port, w: [PY, "-m", "gunicorn", "-k", "gevent", "-w", str(w),
-                                        "--worker-connections", "1000", "-b", f"127.0.0.1:{port}",
-                                        "--log-level", "warning", APP],
-    "gunicorn-prefork_lb": lambda port, w: [PY, "-m", "gunicorn", "-k", "prefork_lb.gunicorn.Worker", "-w", str(w),
-                                            "--worker-connections", "1000", "-b", f"127.0.0.1:{port}",
-                                            "--log-level", "warning", APP],
-    "gunicorn-sync": lambda port, w: [PY, "-m", "gunicorn", "-k", "sync", "-w", str(w),
-                                      "-b", f"127.0.0.1:{port}", "--log-level", "warning", APP],
-    "granian": lambda port, w: [PY, "-m", "granian", "--interface", "wsgi", "--http", "1",
-                                "--workers", str(w), "--host", "127.0.0.1", "--port", str(port),
-                                "--log-level", "warning", APP],
+    "gunicorn-gevent": lambda port, w: [
+        PY,
+        "-m",
+        "gunicorn",
+        "-k",
+        "gevent",
+        "-w",
+        str(w),
+        "--worker-connections",
+        "1000",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        APP,
+    ],
+    "gunicorn-prefork_lb": lambda port, w: [
+        PY,
+        "-m",
+        "gunicorn",
+        "-k",
+        "prefork_lb.gunicorn.Worker",
+        "-w",
+        str(w),
+        "--worker-connections",
+        "1000",
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        APP,
+    ],
+    "gunicorn-sync": lambda port, w: [
+        PY,
+        "-m",
+        "gunicorn",
+        "-k",
+        "sync",
+        "-w",
+        str(w),
+        "-b",
+        f"127.0.0.1:{port}",
+        "--log-level",
+        "warning",
+        APP,
+    ],
+    "granian": lambda port, w: [
+        PY,
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        "--http",
+        "1",
+        "--workers",
+        str(w),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        APP,
+    ],
 }
 NOTES = [
     "wrk runs on the same machine as the server and competes with it for CPU (no pinning).",
@@ -63,9 +127,16 @@ NOTES = [
 def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     port = harness.free_port()
     cmd = SERVERS[name](port, args.workers)
-    row: dict[str, Any] = {"server": name, "workers": args.workers, "command": " ".join(cmd),
-                           "status": "ok", "rps": None, "p50_ms": None, "p99_ms": None,
-                           "errors_total": None}
+    row: dict[str, Any] = {
+        "server": name,
+        "workers": args.workers,
+        "command": " ".join(cmd),
+        "status": "ok",
+        "rps": None,
+        "p50_ms": None,
+        "p99_ms": None,
+        "errors_total": None,
+    }
     log = logdir / f"{name}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = harness.start_server(cmd, cwd=REPO, env=env, log_path=log)
@@ -77,15 +148,26 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
         res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
         if proc.poll() is not None:
             raise harness.ServerError(f"server exited with status {proc.returncode} during the run")
-        row.update(rps=res["rps"], p50_ms=res["latency_ms"].get("p50"), p99_ms=res["latency_ms"].get("p99"),
-                   mean_ms_little=round(1000 * args.connections / res["rps"], 3),
-                   latency_ms=res["latency_ms"], requests=res["requests"], errors=res["errors"],
-                   errors_total=res["errors_total"], wrk_command=res["command"], wrk_output=res["raw"])
+        row.update(
+            rps=res["rps"],
+            p50_ms=res["latency_ms"].get("p50"),
+            p99_ms=res["latency_ms"].get("p99"),
+            mean_ms_little=round(1000 * args.connections / res["rps"], 3),
+            latency_ms=res["latency_ms"],
+            requests=res["requests"],
+            errors=res["errors"],
+            errors_total=res["errors_total"],
+            wrk_command=res["command"],
+            wrk_output=res["raw"],
+        )
     except Exception as exc:  # report and go on with the next server
         tail = harness.log_tail(log, 8)
         row["status"] = f"failed: {exc}"
-        print(f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
-              + "\n    ".join(tail or ["(empty)"]), file=sys.stderr)
+        print(
+            f"[{name}] FAILED: {exc}\n  command: {row['command']}\n  server log tail:\n    "
+            + "\n    ".join(tail or ["(empty)"]),
+            file=sys.stderr,
+        )
     finally:
         row["exit_status"] = harness.stop(proc)
     return row
@@ -96,12 +178,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per server")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first (0: none)")
     ap.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections")
-    ap.add_argument("--servers", default="prefork_lb,gunicorn-gevent,granian",
-                    help=f"comma-separated, first is the ratio baseline; known: {', '.join(SERVERS)}")
+    ap.add_argument(
+        "--servers",
+        default="prefork_lb,gunicorn-gevent,granian",
+        help=f"comma-separated, first is the ratio baseline; known: {', '.join(SERVERS)}",
+    )
     ap.add_argument("--workers", type=int, default=1, help="server worker processes")
     ap.add_argument("--threads", type=int, default=1, help="wrk threads (-t)")
-    ap.add_argument("--new-connection", action="store_true",
-                    help="a new TCP connection per request (wrk -H 'Connection: close')")
+    ap.add_argument(
+        "--new-connection",
+        action="store_true",
+        help="a new TCP connection per request (wrk -H 'Connection: close')",
+    )
     ap.add_argument("--name", default="hello", help="result file name part (default: hello)")
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
@@ -116,23 +204,53 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefork_lb-bench-") as logdir:
         for name in names:
-            print(f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
-                  file=sys.stderr)
+            print(
+                f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
+                file=sys.stderr,
+            )
             rows.append(bench_one(name, args, Path(logdir)))
     base = next((r for r in rows if r["rps"]), None)
     for r in rows:
         r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
     table = harness.markdown_table(
-        ["server", "workers", "req/s", "p50 ms", "p99 ms", "errors", f"ratio vs {base['server'] if base else '-'}",
-         "status"],
-        [[r["server"], r["workers"], harness.fmt(r["rps"], ",.0f"), harness.fmt(r["p50_ms"], ".2f"), harness.fmt(r["p99_ms"], ".2f"),
-          "-" if r["errors_total"] is None else r["errors_total"], harness.fmt(r["ratio"], ".2f"), r["status"]]
-         for r in rows])
+        [
+            "server",
+            "workers",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "errors",
+            f"ratio vs {base['server'] if base else '-'}",
+            "status",
+        ],
+        [
+            [
+                r["server"],
+                r["workers"],
+                harness.fmt(r["rps"], ",.0f"),
+                harness.fmt(r["p50_ms"], ".2f"),
+                harness.fmt(r["p99_ms"], ".2f"),
+                "-" if r["errors_total"] is None else r["errors_total"],
+                harness.fmt(r["ratio"], ".2f"),
+                r["status"],
+            ]
+            for r in rows
+        ],
+    )
     print(table)
-    meta["params"] = {"duration_s": args.duration, "warmup_s": args.warmup, "connections": args.connections,
-                      "wrk_threads": args.threads, "workers": args.workers, "app": APP,
-                      "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections,
-                                                          args.duration, args.threads, args.new_connection))}
+    meta["params"] = {
+        "duration_s": args.duration,
+        "warmup_s": args.warmup,
+        "connections": args.connections,
+        "wrk_threads": args.threads,
+        "workers": args.workers,
+        "app": APP,
+        "wrk": " ".join(
+            harness.wrk_command(
+                "http://127.0.0.1:PORT/", args.connections, args.duration, args.threads, args.new_connection
+            )
+        ),
+    }
     meta["commands"] = {r["server"]: r["command"] for r in rows}
     meta["notes"] = NOTES
     if not args.no_save:

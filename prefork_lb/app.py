@@ -33,7 +33,7 @@ def load_app(uri: str, chdir: str | None = None) -> Any:
     except ModuleNotFoundError as exc:
         if exc.name and (exc.name == module_name or module_name.startswith(exc.name + ".")):
             raise AppLoadError(f"cannot import module {module_name!r} (from app path {uri!r})") from None
-        raise   # the app's own import failed: that traceback is the useful message
+        raise  # the app's own import failed: that traceback is the useful message
     obj: Any = module
     for part in attr.split("."):
         try:

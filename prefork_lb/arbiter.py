@@ -41,9 +41,9 @@ _HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
 # USR2 hands the listeners to a new master through these environment variables.
 ENV_FDS = "PREFORK_LB_INHERITED_FDS"
 ENV_OLD_MASTER = "PREFORK_LB_OLD_MASTER"
-DISPATCHER_SLOT = -1     # the handoff dispatcher or the proxy: supervised like a worker in this slot
-ABORT_GRACE = 2.0        # seconds between SIGABRT and SIGKILL for a stuck worker
-FAST_STOP_GRACE = 3.0    # seconds INT/QUIT gives workers before SIGKILL
+DISPATCHER_SLOT = -1  # the handoff dispatcher or the proxy: supervised like a worker in this slot
+ABORT_GRACE = 2.0  # seconds between SIGABRT and SIGKILL for a stuck worker
+FAST_STOP_GRACE = 3.0  # seconds INT/QUIT gives workers before SIGKILL
 MAX_BACKOFF = 10.0
 
 
@@ -54,11 +54,11 @@ class WorkerProc:
     entry: int
     started: float
     ready: bool = False
-    term_at: float = 0.0         # when we asked it to stop (0: never)
-    abort_at: float = 0.0        # when we sent SIGABRT for a missed heartbeat
-    replaced_by: int = 0         # pid of the worker taking over its slot
-    replaces: int = 0            # pid of the worker it takes over from
-    reload_gen: int = 0          # the reload generation it was started in
+    term_at: float = 0.0  # when we asked it to stop (0: never)
+    abort_at: float = 0.0  # when we sent SIGABRT for a missed heartbeat
+    replaced_by: int = 0  # pid of the worker taking over its slot
+    replaces: int = 0  # pid of the worker it takes over from
+    reload_gen: int = 0  # the reload generation it was started in
 
 
 class BootError(Exception):
@@ -68,15 +68,21 @@ class BootError(Exception):
 
 
 class Arbiter:
-    def __init__(self, cfg: Any, reload_config: Callable[[], Any] | None = None, argv: list[str] | None = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 fork: Callable[[], int] = os.fork, kill: Callable[[int, int], None] = os.kill,
-                 waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        reload_config: Callable[[], Any] | None = None,
+        argv: list[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        fork: Callable[[], int] = os.fork,
+        kill: Callable[[int, int], None] = os.kill,
+        waitpid: Callable[[int, int], tuple[int, int]] = os.waitpid,
+    ) -> None:
         self.cfg = cfg
         self.reload_config = reload_config
-        self.argv = argv            # for USR2: the new master runs the same command line
-        self.new_master = 0         # pid of the master started by USR2
-        self.old_master = 0         # pid of the master we replace (we were started by its USR2)
+        self.argv = argv  # for USR2: the new master runs the same command line
+        self.new_master = 0  # pid of the master started by USR2
+        self.old_master = 0  # pid of the master we replace (we were started by its USR2)
         self.handed_over = False
         self.clock = clock
         self.fork = fork
@@ -87,7 +93,7 @@ class Arbiter:
         self.workers: dict[int, WorkerProc] = {}
         self.board = sb.Scoreboard(max(16, 2 * max(self.num_workers, cfg.max_workers) + 8))
         self.sig_queue: list[str] = []
-        self.stopping: str | None = None        # None | "graceful" | "fast"
+        self.stopping: str | None = None  # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
         self.stop_deadline = 0.0
         self.exit_code = 0
@@ -98,16 +104,16 @@ class Arbiter:
         self.backoff: dict[int, float] = {}
         self.shared_sockets: list[socket.socket] = []
         self.slot_sockets: dict[int, list[socket.socket]] = {}
-        self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}   # handoff: slot -> (send, recv)
-        self.admin_sockets: list[socket.socket] = []    # proxy: the --stats-bind listener
+        self.channels: dict[int, tuple[socket.socket, socket.socket]] = {}  # handoff: slot -> (send, recv)
+        self.admin_sockets: list[socket.socket] = []  # proxy: the --stats-bind listener
         # proxy: one secret for the sticky cookie, so a replaced proxy honours the old cookies
         secret = getattr(cfg, "sticky_secret", None)
         self.sticky_secret = secret.encode("utf-8") if secret else os.urandom(32)
         self.addresses: list[Address] = []
         self.min_workers = cfg.workers
-        self.busy_since = 0.0        # autoscaling: when every worker became busy (0: not now)
-        self.idle_since = 0.0        # when load fell to at most one busy worker (0: not now)
-        self.scaled_at = 0.0         # last autoscaling change (a cooldown against flapping)
+        self.busy_since = 0.0  # autoscaling: when every worker became busy (0: not now)
+        self.idle_since = 0.0  # when load fell to at most one busy worker (0: not now)
+        self.scaled_at = 0.0  # last autoscaling change (a cooldown against flapping)
         self._wake_r = self._wake_w = -1
         self._boot_r = self._boot_w = -1
 
@@ -132,7 +138,7 @@ class Arbiter:
                 for slot in range(self.num_workers):
                     self.slot_listeners(slot)
                 self.steer()
-            self.open_channels()   # channels are per master: the new one makes its own
+            self.open_channels()  # channels are per master: the new one makes its own
             return
         if os.environ.get("LISTEN_PID") == str(os.getpid()) and os.environ.get("LISTEN_FDS"):
             # systemd socket activation: its sockets replace --bind; every worker shares them.
@@ -173,10 +179,12 @@ class Arbiter:
         first = self.slot_sockets.get(0)
         if not first or self.cfg.dispatch != "reuseport":
             return
-        for sock in first:   # one program per address group
+        for sock in first:  # one program per address group
             if not steer_reuseport(sock, self.num_workers):
-                log.warning("Cannot steer SO_REUSEPORT (no classic BPF); connections queued on a "
-                            "removed worker slot may be reset unless net.ipv4.tcp_migrate_req=1")
+                log.warning(
+                    "Cannot steer SO_REUSEPORT (no classic BPF); connections queued on a "
+                    "removed worker slot may be reset unless net.ipv4.tcp_migrate_req=1"
+                )
                 return
 
     def slot_listeners(self, slot: int) -> list[socket.socket]:
@@ -187,7 +195,10 @@ class Arbiter:
             if socks is None:
                 base = self.cfg.worker_base_port
                 socks = self.slot_sockets[slot] = [
-                    listen(Address("tcp", host="127.0.0.1", port=base + slot if base else 0), self.cfg.backlog)]
+                    listen(
+                        Address("tcp", host="127.0.0.1", port=base + slot if base else 0), self.cfg.backlog
+                    )
+                ]
             return socks
         if self.cfg.dispatch != "reuseport" or not any(a.kind == "tcp" for a in self.addresses):
             return []
@@ -210,8 +221,12 @@ class Arbiter:
             s.close()
 
     def all_sockets(self) -> list[socket.socket]:
-        return (self.shared_sockets + [s for socks in self.slot_sockets.values() for s in socks]
-                + [s for pair in self.channels.values() for s in pair] + self.admin_sockets)
+        return (
+            self.shared_sockets
+            + [s for socks in self.slot_sockets.values() for s in socks]
+            + [s for pair in self.channels.values() for s in pair]
+            + self.admin_sockets
+        )
 
     # -- main loop ----------------------------------------------------------------------------
 
@@ -291,7 +306,7 @@ class Arbiter:
         for s in self.all_sockets():
             s.close()
         if self.handed_over:
-            return   # the new master owns the unix socket paths and the pidfile now
+            return  # the new master owns the unix socket paths and the pidfile now
         for a in self.addresses:
             if a.kind == "unix":
                 try:
@@ -338,7 +353,7 @@ class Arbiter:
             raise
         if pid != 0:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-        if pid == 0:   # the worker (or the dispatcher)
+        if pid == 0:  # the worker (or the dispatcher)
             w.pid = os.getpid()
             keep = {s.fileno() for s in mine}
             for s in self.all_sockets():
@@ -386,8 +401,12 @@ class Arbiter:
         grace = self.cfg.graceful_timeout + ABORT_GRACE
         for w in list(self.workers.values()):
             if w.term_at and not w.abort_at and now - w.term_at > grace:
-                log.warning("%s (pid %d) did not stop within %.0f s of being asked: SIGKILL",
-                            self.slot_name(w.slot).capitalize(), w.pid, grace)
+                log.warning(
+                    "%s (pid %d) did not stop within %.0f s of being asked: SIGKILL",
+                    self.slot_name(w.slot).capitalize(),
+                    w.pid,
+                    grace,
+                )
                 w.abort_at = now
                 try:
                     self.kill(w.pid, signal.SIGKILL)
@@ -424,12 +443,19 @@ class Arbiter:
         for slot in [s for s in self.slot_sockets if s >= self.num_workers]:
             if not any(w.slot == slot for w in self.workers.values()):
                 self.close_slot(slot)
-        if not self.ready_announced and slots and all(
-                any(w.ready for w in self.live_for_slot(s)) for s in slots):
+        if (
+            not self.ready_announced
+            and slots
+            and all(any(w.ready for w in self.live_for_slot(s)) for s in slots)
+        ):
             self.ready_announced = True
             for a in self.addresses:
-                log.info("Listening at %s (%s dispatch, master pid %d)",
-                         f"unix:{a.path}" if a.kind == "unix" else f"http://{a}", self.cfg.dispatch, self.pid)
+                log.info(
+                    "Listening at %s (%s dispatch, master pid %d)",
+                    f"unix:{a.path}" if a.kind == "unix" else f"http://{a}",
+                    self.cfg.dispatch,
+                    self.pid,
+                )
             for s in self.admin_sockets:
                 log.info("Admin endpoints /lb-health and /lb-stats at http://%s:%d", *s.getsockname()[:2])
             if self.cfg.dispatch == "proxy" and not self.num_workers:
@@ -460,8 +486,11 @@ class Arbiter:
         serving = [w for w in self.workers.values() if w.ready and not w.term_at and w.slot >= 0]
         if not serving:
             return
-        busy = sum(1 for w in serving
-                   if self.board.get(w.entry, sb.IN_FLIGHT) + self.board.get(w.entry, sb.FRESH) > 0)
+        busy = sum(
+            1
+            for w in serving
+            if self.board.get(w.entry, sb.IN_FLIGHT) + self.board.get(w.entry, sb.FRESH) > 0
+        )
         all_busy = busy >= len(serving) and len(serving) >= self.num_workers
         quiet = busy <= 1
         self.busy_since = (self.busy_since or now) if all_busy else 0.0
@@ -471,14 +500,23 @@ class Arbiter:
             return
         if self.busy_since and now - self.busy_since >= cfg.autoscale_up_after and self.num_workers < top:
             self.handle_ttin_quiet()
-            log.info("Autoscale: %d workers (all %d busy for %.0f s)", self.num_workers, len(serving),
-                     now - self.busy_since)
+            log.info(
+                "Autoscale: %d workers (all %d busy for %.0f s)",
+                self.num_workers,
+                len(serving),
+                now - self.busy_since,
+            )
             self.scaled_at, self.busy_since = now, 0.0
-        elif (self.idle_since and now - self.idle_since >= cfg.autoscale_down_after
-              and self.num_workers > self.min_workers):
+        elif (
+            self.idle_since
+            and now - self.idle_since >= cfg.autoscale_down_after
+            and self.num_workers > self.min_workers
+        ):
             self.num_workers -= 1
             self.steer()
-            log.info("Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - self.idle_since)
+            log.info(
+                "Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - self.idle_since
+            )
             self.scaled_at, self.idle_since = now, 0.0
 
     def stop_worker(self, w: WorkerProc, sig: int) -> None:
@@ -500,8 +538,11 @@ class Arbiter:
             w = self.workers.pop(pid, None)
             if w is None:
                 if pid == self.new_master:
-                    log.error("The new master (pid %d) exited: %s; this master keeps serving",
-                              pid, describe_exit(os.waitstatus_to_exitcode(status)))
+                    log.error(
+                        "The new master (pid %d) exited: %s; this master keeps serving",
+                        pid,
+                        describe_exit(os.waitstatus_to_exitcode(status)),
+                    )
                     self.new_master = 0
                     self.handed_over = False
                 continue
@@ -518,16 +559,23 @@ class Arbiter:
                     # A reload or recycle whose new worker cannot boot: keep the old one serving.
                     old.replaced_by = -1
                     old.reload_gen = self.generation
-                    log.error("Replacement for worker %d failed to boot: %s; the old worker keeps serving",
-                              w.slot, message)
+                    log.error(
+                        "Replacement for worker %d failed to boot: %s; the old worker keeps serving",
+                        w.slot,
+                        message,
+                    )
                     return
                 self.boot_error = BootError(message, 2 if code == child.EXIT_APP_LOAD else 3)
-                if self.ready_announced:   # at start-up, run() prints the one line alone
+                if self.ready_announced:  # at start-up, run() prints the one line alone
                     log.error("Worker failed to boot: %s; stopping", message)
                 self.begin_stop("fast")
                 return
-            log.error("%s (pid %d) died unexpectedly: %s; replacing it", self.slot_name(w.slot).capitalize(), pid,
-                      describe_exit(code))
+            log.error(
+                "%s (pid %d) died unexpectedly: %s; replacing it",
+                self.slot_name(w.slot).capitalize(),
+                pid,
+                describe_exit(code),
+            )
             # Back off when a slot's workers keep failing on their own: dying while booting, or
             # exiting soon after. A ready worker killed by a signal (the OOM killer, an operator)
             # is replaced at once: its slot may have connections waiting.
@@ -536,7 +584,9 @@ class Arbiter:
                 delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(w.slot, 0.0) * 2))
                 self.backoff[w.slot] = delay
                 self.next_spawn[w.slot] = now + delay
-                log.warning("Worker %d crashed within a second of starting; next start in %.1f s", w.slot, delay)
+                log.warning(
+                    "Worker %d crashed within a second of starting; next start in %.1f s", w.slot, delay
+                )
             else:
                 self.backoff.pop(w.slot, None)
 
@@ -565,9 +615,18 @@ class Arbiter:
                 continue
             req = self.board.current_request(w.entry) if self.board.get(w.entry, sb.IN_FLIGHT) else ""
             started = self.board.getf(w.entry, sb.REQ_START)
-            where = f"while serving {req} (for {time.monotonic() - started:.1f} s)" if req else "outside any request"
-            log.critical("WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
-                         w.slot, w.pid, age, where)
+            where = (
+                f"while serving {req} (for {time.monotonic() - started:.1f} s)"
+                if req
+                else "outside any request"
+            )
+            log.critical(
+                "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
+                w.slot,
+                w.pid,
+                age,
+                where,
+            )
             w.abort_at = now
             if not w.term_at:
                 w.term_at = now
@@ -615,7 +674,7 @@ class Arbiter:
     # -- signal handlers ----------------------------------------------------------------------
 
     def handle_chld(self) -> None:
-        pass   # reap() runs after every wake-up
+        pass  # reap() runs after every wake-up
 
     def handle_term(self) -> None:
         log.info("SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
@@ -659,7 +718,7 @@ class Arbiter:
     def handle_ttou(self) -> None:
         if self.num_workers > 1:
             self.num_workers -= 1
-            self.steer()   # before the slot's worker drains its queue: nothing new lands there
+            self.steer()  # before the slot's worker drains its queue: nothing new lands there
         log.info("SIGTTOU: %d workers", self.num_workers)
 
     def handle_usr2(self) -> None:
@@ -674,9 +733,11 @@ class Arbiter:
         socks = self.all_sockets()
         for sock in socks:
             os.set_inheritable(sock.fileno(), True)
-        spec = {"shared": [s.fileno() for s in self.shared_sockets],
-                "slots": {str(k): [s.fileno() for s in v] for k, v in self.slot_sockets.items()},
-                "admin": [s.fileno() for s in self.admin_sockets]}
+        spec = {
+            "shared": [s.fileno() for s in self.shared_sockets],
+            "slots": {str(k): [s.fileno() for s in v] for k, v in self.slot_sockets.items()},
+            "admin": [s.fileno() for s in self.admin_sockets],
+        }
         env = dict(os.environ, **{ENV_FDS: json.dumps(spec), ENV_OLD_MASTER: str(self.pid)})
         pid = self.fork()
         if pid == 0:

@@ -129,6 +129,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         arbiter.bind()
     except (ConfigError, BindError) as exc:
         fail(str(exc))
-    except OSError as exc:   # e.g. an error log file or --chdir that cannot be used
+    except OSError as exc:  # e.g. an error log file or --chdir that cannot be used
         fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "))
     sys.exit(arbiter.run())

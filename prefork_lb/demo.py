@@ -26,8 +26,9 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         return [body]
     if path == "/echo":
         data = environ["wsgi.input"].read()
-        start_response("200 OK", [("Content-Type", "application/octet-stream"),
-                                  ("Content-Length", str(len(data)))])
+        start_response(
+            "200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(len(data)))]
+        )
         return [data]
     page = (
         "<!doctype html><title>prefork_lb demo</title>"
@@ -35,5 +36,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
         f"<p>Served by worker pid <b>{os.getpid()}</b>, request number {_served} of this worker.</p>"
         f"<p>You asked for <code>{html.escape(path)}</code>. Try <a href=/json>/json</a>.</p>"
     ).encode()
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))])
+    start_response(
+        "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(page)))]
+    )
     return [page]

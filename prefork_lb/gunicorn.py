@@ -37,7 +37,9 @@ class GunicornRequest:
         self.path = env.get("PATH_INFO", "")
         self.query = env.get("QUERY_STRING", "")
         self.version = (1, 1) if req.version == "HTTP/1.1" else (1, 0)
-        self.headers = [(raw.decode("latin-1").upper(), value.decode("latin-1")) for _, raw, value in req.headers]
+        self.headers = [
+            (raw.decode("latin-1").upper(), value.decode("latin-1")) for _, raw, value in req.headers
+        ]
         self.scheme = env.get("wsgi.url_scheme", "http")
 
 
@@ -58,11 +60,12 @@ class _Hooks:
     def __init__(self, worker: Worker) -> None:
         cfg = worker.cfg
         self.worker = worker
-        self.glog = worker.log   # gunicorn's logger
+        self.glog = worker.log  # gunicorn's logger
         self.pre = cfg.pre_request if cfg.pre_request is not PreRequest.default else None
         self.post = cfg.post_request if cfg.post_request is not PostRequest.default else None
-        self.secure_headers = {"HTTP_" + k.upper().replace("-", "_"): v
-                               for k, v in (cfg.secure_scheme_headers or {}).items()}
+        self.secure_headers = {
+            "HTTP_" + k.upper().replace("-", "_"): v for k, v in (cfg.secure_scheme_headers or {}).items()
+        }
         allow = cfg.forwarded_allow_ips
         allow = [a.strip() for a in allow.split(",")] if isinstance(allow, str) else list(allow or [])
         self.allow_all = "*" in allow
@@ -92,8 +95,11 @@ class _Hooks:
 
     def log_access(self, resp: GunicornResponse, greq: Any, env: dict[str, Any], duration: float) -> None:
         if self.glog.access_log_enabled:
-            headers = greq.headers if greq is not None else [
-                (k[5:].replace("_", "-"), v) for k, v in env.items() if k.startswith("HTTP_")]
+            headers = (
+                greq.headers
+                if greq is not None
+                else [(k[5:].replace("_", "-"), v) for k, v in env.items() if k.startswith("HTTP_")]
+            )
             self.glog.access(resp, headers, env, timedelta(seconds=duration))
 
 
@@ -101,13 +107,14 @@ class Worker(_BaseWorker):
     """gunicorn worker class: ``-k prefork_lb.gunicorn.Worker``."""
 
     server: Server | None = None
-    sockets: list[Any]   # gunicorn's, set in its __init__
+    sockets: list[Any]  # gunicorn's, set in its __init__
     alive: bool
 
     def patch(self) -> None:
         monkey.patch_all()
-        self.sockets = [gsocket.socket(s.FAMILY, gsocket.SOCK_STREAM, fileno=s.sock.detach())
-                        for s in self.sockets]
+        self.sockets = [
+            gsocket.socket(s.FAMILY, gsocket.SOCK_STREAM, fileno=s.sock.detach()) for s in self.sockets
+        ]
 
     def init_process(self) -> None:
         # The offload pool (prefork_lb.offload) is offered here as in our own workers: sized
@@ -117,7 +124,7 @@ class Worker(_BaseWorker):
             os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(share)
         self.patch()
         hub.reinit()
-        super().init_process()   # load_wsgi, init_signals, post_worker_init, then run()
+        super().init_process()  # load_wsgi, init_signals, post_worker_init, then run()
 
     def notify(self) -> None:
         super().notify()
@@ -128,17 +135,24 @@ class Worker(_BaseWorker):
     def run(self) -> None:
         cfg = self.cfg
         options = ServerOptions(
-            limits=Limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size,
-                          0, require_host=False),   # gunicorn does not require Host
-            keepalive=cfg.keepalive, header_timeout=max(float(cfg.keepalive), 10.0),
+            limits=Limits(
+                cfg.limit_request_line,
+                cfg.limit_request_fields,
+                cfg.limit_request_field_size,
+                0,
+                require_host=False,
+            ),  # gunicorn does not require Host
+            keepalive=cfg.keepalive,
+            header_timeout=max(float(cfg.keepalive), 10.0),
             worker_connections=cfg.worker_connections,
         )
         from prefork_lb.offload import offload
 
         options.extra_environ["prefork_lb.offload"] = offload
         hooks = _Hooks(self)
-        server = self.server = Server(self.wsgi, options, access_log=hooks,
-                                      shared_accept=not cfg.reuse_port and cfg.workers > 1)
+        server = self.server = Server(
+            self.wsgi, options, access_log=hooks, shared_accept=not cfg.reuse_port and cfg.workers > 1
+        )
         server.before_request = hooks.before_request
         for sock in self.sockets:
             server.add_listener(sock)

@@ -75,7 +75,9 @@ class AccessLog:
         headers = conn.out_headers or []
         qs = env.get("QUERY_STRING", "")
         uri = env.get("PATH_INFO", "") + ("?" + qs if qs else "")
-        request_line = f"{env.get('REQUEST_METHOD', '-')} {env.get('RAW_URI', uri)} {env.get('SERVER_PROTOCOL', '-')}"
+        request_line = (
+            f"{env.get('REQUEST_METHOD', '-')} {env.get('RAW_URI', uri)} {env.get('SERVER_PROTOCOL', '-')}"
+        )
         base = {
             "h": env.get("REMOTE_ADDR") or "-",
             "l": "-",
@@ -103,4 +105,4 @@ class AccessLog:
             line = f"access log format error: {exc}"
         self.stream.write(line + "\n")
         if self.stream is sys.stdout:
-            self.stream.flush()   # a pipe or file (systemd, docker) would hold lines back
+            self.stream.flush()  # a pipe or file (systemd, docker) would hold lines back

@@ -53,7 +53,7 @@ _STATUS_OK = 0
 _STATUS_ERROR = 1
 PR_SET_PDEATHSIG = 1
 _ENV_PROCESSES = "PREFORK_LB_OFFLOAD_PROCESSES"
-_NICE = 10   # scheduling niceness added to pool processes
+_NICE = 10  # scheduling niceness added to pool processes
 _CLOSE_GRACE_S = 1.0
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,7 +186,9 @@ class OffloadPool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def submit(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         """Run ``fn(*args, **kwargs)`` in a child and return its result (or raise its exception,
         with the remote traceback attached as a note). ``timeout`` counts from the moment the
         task is handed to a child; past it the child is killed and TimeoutError raised."""
@@ -241,8 +243,12 @@ class OffloadPool:
 
     # -- scheduling ---------------------------------------------------------------------------
 
-    def _run(self, fn: Callable[..., Any], calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
-             timeout: float | None) -> list[Any]:
+    def _run(
+        self,
+        fn: Callable[..., Any],
+        calls: list[tuple[tuple[Any, ...], dict[str, Any]]],
+        timeout: float | None,
+    ) -> list[Any]:
         self._check_usable()
         fn_name = _describe(fn)
         payloads = [self._dumps_task(fn, fn_name, args, kwargs) for args, kwargs in calls]
@@ -288,8 +294,10 @@ class OffloadPool:
                 child, job = expired[0]
                 del running[child]
                 self._discard(child)
-                raise TimeoutError(f"offload: {job.fn_name} did not finish within {job.timeout} s "
-                                   f"(worker pid {child.pid} killed and replaced)")
+                raise TimeoutError(
+                    f"offload: {job.fn_name} did not finish within {job.timeout} s "
+                    f"(worker pid {child.pid} killed and replaced)"
+                )
             deadlines = [j.deadline for j in running.values() if j.deadline is not None]
             wait = None if not deadlines else max(0.0, min(deadlines) - now)
             for child in self._wait_readable(running, wait):
@@ -307,8 +315,10 @@ class OffloadPool:
             child.buffer += data
             return
         self._discard(child, kill=False)
-        raise OffloadError(f"offload: worker process died running {job.fn_name}: "
-                           f"{_describe_status(child.status)} (pid {child.pid}; replaced)")
+        raise OffloadError(
+            f"offload: worker process died running {job.fn_name}: "
+            f"{_describe_status(child.status)} (pid {child.pid}; replaced)"
+        )
 
     @staticmethod
     def _frame_ready(child: _Child) -> bool:
@@ -319,8 +329,8 @@ class OffloadPool:
 
     def _finish(self, child: _Child, job: _Job) -> Any:
         length, task_id, status = _HEADER.unpack_from(child.buffer)
-        payload = bytes(child.buffer[_HEADER.size:_HEADER.size + length])
-        del child.buffer[:_HEADER.size + length]
+        payload = bytes(child.buffer[_HEADER.size : _HEADER.size + length])
+        del child.buffer[: _HEADER.size + length]
         if task_id != job.task_id or child.buffer:
             self._discard(child)
             raise OffloadError(f"offload: protocol error from worker pid {child.pid} (replaced)")
@@ -329,15 +339,18 @@ class OffloadPool:
             try:
                 return pickle.loads(payload)
             except Exception as exc:
-                raise TypeError(f"offload: the result of {job.fn_name} could not be unpickled: {exc}") from exc
+                raise TypeError(
+                    f"offload: the result of {job.fn_name} could not be unpickled: {exc}"
+                ) from exc
         tb_text, exc_bytes = pickle.loads(payload)
         try:
             error = pickle.loads(exc_bytes) if exc_bytes is not None else None
         except Exception:
             error = None
         if not isinstance(error, BaseException):
-            error = OffloadError(f"offload: {job.fn_name} raised an exception that could not be sent back:\n"
-                                 f"{tb_text}")
+            error = OffloadError(
+                f"offload: {job.fn_name} raised an exception that could not be sent back:\n{tb_text}"
+            )
         note = f"\nRemote traceback (offload worker pid {child.pid}):\n{tb_text.rstrip()}"
         if hasattr(error, "add_note"):
             error.add_note(note)
@@ -349,8 +362,10 @@ class OffloadPool:
 
     def _check_usable(self) -> None:
         if os.getpid() != self._owner_pid:
-            raise OffloadError("offload: this pool belongs to the process that created it "
-                               f"(pid {self._owner_pid}); create a new pool after fork()")
+            raise OffloadError(
+                "offload: this pool belongs to the process that created it "
+                f"(pid {self._owner_pid}); create a new pool after fork()"
+            )
         if self._closed:
             raise OffloadError("offload: the pool is closed")
 
@@ -411,8 +426,10 @@ class OffloadPool:
         parent_sock, child_sock = socket.socketpair()
         parent_fd, child_fd = parent_sock.detach(), child_sock.detach()
         deathsig = _on_main_thread(self._gevent)
-        code = (f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-                "from prefork_lb.offload import _child_main; _child_main()")
+        code = (
+            f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
+            "from prefork_lb.offload import _child_main; _child_main()"
+        )
         argv = [sys.executable, "-c", code, str(child_fd), str(os.getpid()), "1" if deathsig else "0"]
         try:
             pid = multiprocessing.util.spawnv_passfds(os.fsencode(sys.executable), argv, [child_fd])
@@ -432,7 +449,9 @@ class OffloadPool:
 
     def _send(self, child: _Child, job: _Job, payload: bytes) -> None:
         try:
-            self._write_all(child, _HEADER.pack(len(payload), job.task_id, _KIND_TASK) + payload, job.deadline)
+            self._write_all(
+                child, _HEADER.pack(len(payload), job.task_id, _KIND_TASK) + payload, job.deadline
+            )
         except _WaitTimeout:
             self._discard(child)
             raise TimeoutError(f"offload: {job.fn_name} did not finish within {job.timeout} s") from None
@@ -443,7 +462,7 @@ class OffloadPool:
         view = memoryview(data)
         while view:
             try:
-                view = view[os.write(child.fd, view):]
+                view = view[os.write(child.fd, view) :]
             except BlockingIOError:
                 self._wait_writable(child.fd, deadline)
 
@@ -532,7 +551,9 @@ class OffloadPool:
     # -- pickling -----------------------------------------------------------------------------
 
     @staticmethod
-    def _dumps_task(fn: Callable[..., Any], fn_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+    def _dumps_task(
+        fn: Callable[..., Any], fn_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> bytes:
         try:
             return pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:
@@ -620,7 +641,9 @@ class _Offload:
     """``offload(fn, *args, timeout=None, **kwargs)`` and ``offload.map(fn, items)`` on the
     per-process default pool."""
 
-    def __call__(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         return default_pool().submit(fn, *args, timeout=timeout, **kwargs)
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
@@ -641,7 +664,9 @@ class _CallableModule(types.ModuleType):
     """``from prefork_lb import offload`` gives this module: calling it, or its ``map``,
     ``stats`` and ``close``, acts on the per-process default pool like ``offload`` does."""
 
-    def __call__(self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
         return offload(fn, *args, timeout=timeout, **kwargs)
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
@@ -658,6 +683,7 @@ sys.modules[__name__].__class__ = _CallableModule
 
 
 # -- the child side ----------------------------------------------------------------------------
+
 
 def _watch_parent(fd: int) -> None:
     """Exit as soon as the parent's end of the socket closes, even in the middle of a task."""
@@ -727,8 +753,11 @@ def _prepare(payload: bytes) -> None:
 
         spawn.prepare(pickle.loads(payload))
     except BaseException:
-        print("offload worker: could not import the parent's __main__; functions defined there "
-              "will fail to unpickle:", file=sys.stderr)
+        print(
+            "offload worker: could not import the parent's __main__; functions defined there "
+            "will fail to unpickle:",
+            file=sys.stderr,
+        )
         traceback.print_exc()
 
 
@@ -744,8 +773,9 @@ def _run_task(task_id: int, payload: bytes) -> bytes:
         data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         try:
-            raise TypeError(f"offload: cannot pickle the result of {fn_name} "
-                            f"({type(result).__qualname__}): {exc}") from exc
+            raise TypeError(
+                f"offload: cannot pickle the result of {fn_name} ({type(result).__qualname__}): {exc}"
+            ) from exc
         except TypeError as type_error:
             return _error_frame(task_id, type_error)
     return _HEADER.pack(len(data), task_id, _STATUS_OK) + data

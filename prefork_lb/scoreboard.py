@@ -21,9 +21,24 @@ import time
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
 # word offsets inside an entry
-(PID, STATE, HEARTBEAT, IN_FLIGHT, SERVED, REQ_START, SLOT, LATENCY, RECEIVED, CONNS, TEXT_LEN, FRESH,
- OFFLOAD_BUSY, OFFLOAD_IDLE, PORT) = range(15)   # PORT: --dispatch proxy, the slot's loopback port
-_TEXT_OFFSET = 128         # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
+(
+    PID,
+    STATE,
+    HEARTBEAT,
+    IN_FLIGHT,
+    SERVED,
+    REQ_START,
+    SLOT,
+    LATENCY,
+    RECEIVED,
+    CONNS,
+    TEXT_LEN,
+    FRESH,
+    OFFLOAD_BUSY,
+    OFFLOAD_IDLE,
+    PORT,
+) = range(15)  # PORT: --dispatch proxy, the slot's loopback port
+_TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
@@ -40,8 +55,8 @@ class Scoreboard:
         self.entries = entries
         self._map = mmap.mmap(-1, entries * ENTRY_SIZE, flags=mmap.MAP_SHARED)
         self._mv = memoryview(self._map)
-        self.q = self._mv.cast("q")   # int64 view
-        self.d = self._mv.cast("d")   # float64 view over the same bytes
+        self.q = self._mv.cast("q")  # int64 view
+        self.d = self._mv.cast("d")  # float64 view over the same bytes
 
     # -- master side ------------------------------------------------------------------------
 
@@ -52,7 +67,7 @@ class Scoreboard:
             base = i * _WORDS
             if q[base + STATE] == EMPTY and q[base + PID] == 0:
                 self.clear(i)
-                q[base + PID] = pid or -1   # reserved
+                q[base + PID] = pid or -1  # reserved
                 q[base + SLOT] = slot
                 q[base + STATE] = BOOTING
                 self.d[base + HEARTBEAT] = time.monotonic()
@@ -61,7 +76,7 @@ class Scoreboard:
 
     def clear(self, i: int) -> None:
         start = i * ENTRY_SIZE
-        self._mv[start:start + ENTRY_SIZE] = bytes(ENTRY_SIZE)
+        self._mv[start : start + ENTRY_SIZE] = bytes(ENTRY_SIZE)
 
     def get(self, i: int, field: int) -> int:
         return self.q[i * _WORDS + field]
@@ -72,17 +87,22 @@ class Scoreboard:
     def current_request(self, i: int) -> str:
         start = i * ENTRY_SIZE + _TEXT_OFFSET
         n = max(0, min(_TEXT_MAX, self.q[i * _WORDS + TEXT_LEN]))
-        return bytes(self._mv[start:start + n]).decode("latin-1")
+        return bytes(self._mv[start : start + n]).decode("latin-1")
 
     def snapshot(self, i: int) -> dict[str, object]:
         base = i * _WORDS
         q, d = self.q, self.d
         return {
-            "pid": q[base + PID], "state": STATE_NAMES.get(q[base + STATE], "?"), "slot": q[base + SLOT],
+            "pid": q[base + PID],
+            "state": STATE_NAMES.get(q[base + STATE], "?"),
+            "slot": q[base + SLOT],
             "heartbeat_age": round(time.monotonic() - d[base + HEARTBEAT], 3),
-            "in_flight": q[base + IN_FLIGHT], "served": q[base + SERVED],
-            "connections": q[base + CONNS], "latency_us": q[base + LATENCY],
-            "offload_busy": q[base + OFFLOAD_BUSY], "offload_idle": q[base + OFFLOAD_IDLE],
+            "in_flight": q[base + IN_FLIGHT],
+            "served": q[base + SERVED],
+            "connections": q[base + CONNS],
+            "latency_us": q[base + LATENCY],
+            "offload_busy": q[base + OFFLOAD_BUSY],
+            "offload_idle": q[base + OFFLOAD_IDLE],
             "current_request": self.current_request(i) if q[base + IN_FLIGHT] else "",
         }
 
@@ -105,7 +125,7 @@ class WorkerEntry:
         self.text = i * ENTRY_SIZE + _TEXT_OFFSET
         self.in_flight = 0
         self.conns = 0
-        self.fresh = 0   # connections with no request yet: load that in_flight cannot see
+        self.fresh = 0  # connections with no request yet: load that in_flight cannot see
         self.ewma = 0.0
 
     def set_state(self, state: int) -> None:
@@ -127,7 +147,7 @@ class WorkerEntry:
         line = mb + path if len(path) < _TEXT_MAX - len(mb) else (mb + path)[:_TEXT_MAX]
         n = len(line)
         t = self.text
-        self.mv[t:t + n] = line
+        self.mv[t : t + n] = line
         self.q[base + TEXT_LEN] = n
 
     def request_finished(self) -> None:

@@ -18,7 +18,7 @@ class BindError(Exception):
 
 @dataclass(frozen=True)
 class Address:
-    kind: str          # tcp | unix | fd
+    kind: str  # tcp | unix | fd
     host: str = ""
     port: int = 0
     path: str = ""
@@ -120,7 +120,7 @@ def _remove_stale_unix_socket(path: str) -> None:
     try:
         probe.connect(path)
     except OSError:
-        os.unlink(path)   # nobody listens: a leftover from a previous run
+        os.unlink(path)  # nobody listens: a leftover from a previous run
     else:
         raise BindError(f"unix:{path} is in use by another process")
     finally:
@@ -134,7 +134,7 @@ def _remove_stale_unix_socket(path: str) -> None:
 # connections off a slot that is being removed while its queue is drained.
 
 SO_ATTACH_REUSEPORT_CBPF = 51
-_SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF   # SKF_AD_OFF + SKF_AD_RANDOM
+_SKF_AD_RANDOM = (-0x1000 + 56) & 0xFFFFFFFF  # SKF_AD_OFF + SKF_AD_RANDOM
 _BPF_LD_W_ABS, _BPF_ALU_MOD_K, _BPF_RET_A = 0x20, 0x94, 0x16
 
 
@@ -143,8 +143,12 @@ def steer_reuseport(sock: socket.socket, active: int) -> bool:
     import ctypes
 
     class SockFilter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
 
     class SockFprog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(SockFilter))]

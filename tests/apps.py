@@ -125,7 +125,7 @@ def count(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     inp = environ["wsgi.input"]
     total = 0
     largest = 0
-    for _ in range(1 << 20):   # bounded: 64 GiB at most
+    for _ in range(1 << 20):  # bounded: 64 GiB at most
         data = inp.read(65536)
         if not data:
             break
@@ -139,13 +139,30 @@ def environ_keys(environ: Environ, start_response: StartResponse) -> Iterable[by
     inp = environ.get("wsgi.input")
     err = environ.get("wsgi.errors")
     data: dict[str, Any] = {}
-    for k in ("REQUEST_METHOD", "SCRIPT_NAME", "PATH_INFO", "QUERY_STRING", "CONTENT_TYPE", "CONTENT_LENGTH",
-              "SERVER_NAME", "SERVER_PORT", "SERVER_PROTOCOL", "REMOTE_ADDR", "REMOTE_PORT", "RAW_URI",
-              "wsgi.url_scheme", "wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once",
-              "wsgi.input_terminated"):
+    for k in (
+        "REQUEST_METHOD",
+        "SCRIPT_NAME",
+        "PATH_INFO",
+        "QUERY_STRING",
+        "CONTENT_TYPE",
+        "CONTENT_LENGTH",
+        "SERVER_NAME",
+        "SERVER_PORT",
+        "SERVER_PROTOCOL",
+        "REMOTE_ADDR",
+        "REMOTE_PORT",
+        "RAW_URI",
+        "wsgi.url_scheme",
+        "wsgi.multithread",
+        "wsgi.multiprocess",
+        "wsgi.run_once",
+        "wsgi.input_terminated",
+    ):
         data[k] = environ.get(k, "<missing>")
     data["wsgi.version"] = list(environ["wsgi.version"]) if "wsgi.version" in environ else "<missing>"
-    data["wsgi.input"] = {m: callable(getattr(inp, m, None)) for m in ("read", "readline", "readlines", "__iter__")}
+    data["wsgi.input"] = {
+        m: callable(getattr(inp, m, None)) for m in ("read", "readline", "readlines", "__iter__")
+    }
     data["wsgi.errors"] = {m: callable(getattr(err, m, None)) for m in ("write", "writelines", "flush")}
     data["wsgi.file_wrapper"] = callable(environ.get("wsgi.file_wrapper"))
     data["types"] = {k: type(v).__name__ for k, v in environ.items() if isinstance(k, str) and k.isupper()}
@@ -197,11 +214,11 @@ def _inner(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         start_response("200 OK", text + [("Content-Length", str(len(body)))])
         return [body]
     if path.startswith("/post/"):
-        how = path[len("/post/"):]
+        how = path[len("/post/") :]
         if how == "read":
             parts = []
             for _ in range(100000):
-                data = inp.read(7)   # the validator only allows read(size)
+                data = inp.read(7)  # the validator only allows read(size)
                 if not data:
                     break
                 parts.append(data)
@@ -241,10 +258,10 @@ def _inner(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         fd, name = tempfile.mkstemp(prefix="prefork_lb_test_")
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(b"0123456789" * 10000)   # 100000 bytes
+                f.write(b"0123456789" * 10000)  # 100000 bytes
             fh = open(name, "rb")  # noqa: SIM115 - closed by the server through the wrapper's close()
         finally:
-            os.unlink(name)   # the open handle keeps the data
+            os.unlink(name)  # the open handle keeps the data
         start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", "100000")])
         return environ["wsgi.file_wrapper"](fh, 8192)
     if path == "/selftest-bad-header":
@@ -312,8 +329,11 @@ def validated(environ: Environ, start_response: StartResponse) -> Iterable[bytes
             result = _linted(environ, sr)
         except AssertionError as exc:
             body = f"VALIDATOR ERROR: {exc}\n".encode("utf-8", "replace")
-            start_response("500 Validator Error", [("Content-Type", "text/plain"),
-                                                   ("Content-Length", str(len(body)))], sys.exc_info())
+            start_response(
+                "500 Validator Error",
+                [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))],
+                sys.exc_info(),
+            )
             return [body]
     return _Guard(result, label)
 

@@ -33,16 +33,18 @@ DEVIATIONS = {
 
 @dataclass
 class Case:
-    name: str          # e.g. "valid/018"
-    kind: str          # valid | invalid
+    name: str  # e.g. "valid/018"
+    kind: str  # valid | invalid
     raw: bytes
     expect: dict[str, Any]
 
     @property
     def needs_host(self) -> bool:
         """An HTTP/1.1 request without Host: we refuse it by default (RFC 9112 section 3.2)."""
-        return any(r["version"] == "HTTP/1.1" and not any(h[0] == "HOST" for h in r["headers"])
-                   for r in self.expect.get("requests", []))
+        return any(
+            r["version"] == "HTTP/1.1" and not any(h[0] == "HOST" for h in r["headers"])
+            for r in self.expect.get("requests", [])
+        )
 
 
 def load(kind: str) -> list[Case]:

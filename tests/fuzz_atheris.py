@@ -32,7 +32,7 @@ def one_input(data: bytes) -> None:
     if not data:
         return
     cut = data[0] % len(data)
-    chunks = [data[1:cut + 1], data[cut + 1:]]
+    chunks = [data[1 : cut + 1], data[cut + 1 :]]
     parser = RequestParser(Limits(require_host=False))
     try:
         for chunk in chunks:

@@ -39,7 +39,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(pred: Callable[[], T], timeout: float = 5.0, what: str = "a condition", interval: float = 0.02) -> T:
+def wait_for(
+    pred: Callable[[], T], timeout: float = 5.0, what: str = "a condition", interval: float = 0.02
+) -> T:
     """Poll ``pred`` until it returns something truthy; AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     for _ in range(int(timeout / interval) + 2):
@@ -77,14 +79,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0, group: bo
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without settings that would change its behaviour."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
+    }
     env.update(extra or {})
     return env
 
 
-def start_on_free_port(launch: Callable[[int], bool], log_text: Callable[[], str], stop: Callable[[], object],
-                       what: str) -> None:
+def start_on_free_port(
+    launch: Callable[[int], bool], log_text: Callable[[], str], stop: Callable[[], object], what: str
+) -> None:
     """Start a server with ``launch(port)`` (True once it is ready) on a port from free_port().
     The port may be taken between free_port() and the server's bind: then stop it and try
     another, three times at most. Any other failure raises with the server's log."""
@@ -100,8 +106,9 @@ def start_on_free_port(launch: Callable[[int], bool], log_text: Callable[[], str
 class ServerProcess:
     """One server (master and its worker) started for a test."""
 
-    def __init__(self, app: str, flags: Iterable[str] = (), *, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app: str, flags: Iterable[str] = (), *, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.app = app
         self.flags = list(flags)
         self.workdir = Path(workdir)
@@ -125,12 +132,29 @@ class ServerProcess:
         return self
 
     def _spawn(self) -> None:
-        cmd = [sys.executable, "-m", "prefork_lb", self.app, "-b", f"{HOST}:{self.port}", "-w", "1", *self.flags]
+        cmd = [
+            sys.executable,
+            "-m",
+            "prefork_lb",
+            self.app,
+            "-b",
+            f"{HOST}:{self.port}",
+            "-w",
+            "1",
+            *self.flags,
+        ]
         env = server_env({"PREFORK_LB_TEST_CALLS": str(self.calls_path), **self.extra_env})
         self.calls_path.write_text("")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=err, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
+                start_new_session=True,
+            )
 
     def _wait_ready(self, timeout: float) -> bool:
         """Ready when a worker answers: a connection we half-close gets closed by the server.
@@ -216,14 +240,16 @@ class ServerProcess:
 
     def wait_log(self, text: str, timeout: float = 5.0, stdout: bool = False) -> str:
         read = self.out_text if stdout else self.log_text
-        return wait_for(lambda: read() if text in read() else "", timeout, f"{text!r} in the server's "
-                        + ("stdout" if stdout else "stderr"))
+        return wait_for(
+            lambda: read() if text in read() else "",
+            timeout,
+            f"{text!r} in the server's " + ("stdout" if stdout else "stderr"),
+        )
 
     def worker_pids(self) -> list[int]:
         """The processes that serve: the master's children, or the master itself without any."""
         try:
-            kids = [c.pid for c in psutil.Process(self.pid).children()
-                    if c.status() != psutil.STATUS_ZOMBIE]
+            kids = [c.pid for c in psutil.Process(self.pid).children() if c.status() != psutil.STATUS_ZOMBIE]
         except psutil.NoSuchProcess:
             return []
         return kids or [self.pid]
@@ -239,9 +265,15 @@ def connect(port: int, timeout: float = 5.0) -> socket.socket:
     return sock
 
 
-def build_request(method: str = "GET", target: str = "/", headers: Iterable[tuple[str, str]] = (),
-                  body: bytes = b"", version: str = "HTTP/1.1", host: str | None = "127.0.0.1",
-                  content_length: bool = True) -> bytes:
+def build_request(
+    method: str = "GET",
+    target: str = "/",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+    host: str | None = "127.0.0.1",
+    content_length: bool = True,
+) -> bytes:
     hdrs = list(headers)
     names = {n.lower() for n, _ in hdrs}
     if host is not None and "host" not in names:
@@ -260,10 +292,10 @@ def chunked(*parts: bytes) -> bytes:
 class Received(bytes):
     """Bytes from :func:`exchange`, plus how the exchange ended."""
 
-    closed: bool        # the server closed (EOF or reset) before the deadline
-    reset: bool         # ... with a reset
-    elapsed: float      # seconds from the first byte sent to the end
-    send_error: str     # why sending stopped early ("" when everything went out)
+    closed: bool  # the server closed (EOF or reset) before the deadline
+    reset: bool  # ... with a reset
+    elapsed: float  # seconds from the first byte sent to the end
+    send_error: str  # why sending stopped early ("" when everything went out)
 
     def __new__(cls, data: bytes, closed: bool, reset: bool, elapsed: float, send_error: str) -> Received:
         self = super().__new__(cls, data)
@@ -271,8 +303,9 @@ class Received(bytes):
         return self
 
 
-def exchange(port: int, data: bytes, timeout: float = 5.0, *, bytewise: bool = False,
-             half_close: bool = True) -> Received:
+def exchange(
+    port: int, data: bytes, timeout: float = 5.0, *, bytewise: bool = False, half_close: bool = True
+) -> Received:
     """Send ``data`` on a new connection, then read until the server closes or ``timeout``.
 
     ``bytewise``: one byte per send (TCP_NODELAY), so the server sees the bytes trickle in.
@@ -290,7 +323,7 @@ def exchange(port: int, data: bytes, timeout: float = 5.0, *, bytewise: bool = F
             if bytewise:
                 view = memoryview(data)
                 for i in range(len(data)):
-                    sock.sendall(view[i:i + 1])
+                    sock.sendall(view[i : i + 1])
                     if time.monotonic() >= deadline:
                         send_error = "deadline"
                         break
@@ -344,8 +377,8 @@ class Response(HeaderLookup):
     reason: str
     headers: list[tuple[str, str]]
     body: bytes = b""
-    framing: str = "none"       # none | length | chunked | close
-    complete: bool = True       # False: the stream ended inside the body
+    framing: str = "none"  # none | length | chunked | close
+    complete: bool = True  # False: the stream ended inside the body
     raw_head: bytes = b""
     trailers: list[tuple[str, str]] = field(default_factory=list)
 
@@ -354,8 +387,10 @@ class Response(HeaderLookup):
 
     def __repr__(self) -> str:
         body = self.body if len(self.body) <= 300 else self.body[:300] + b"..."
-        return (f"<Response {self.status} {self.reason!r} {self.framing} complete={self.complete} "
-                f"headers={self.headers!r} body={body!r}>")
+        return (
+            f"<Response {self.status} {self.reason!r} {self.framing} complete={self.complete} "
+            f"headers={self.headers!r} body={body!r}>"
+        )
 
 
 class Incomplete(Exception):
@@ -373,7 +408,7 @@ def parse_response(buf: bytes, pos: int = 0, *, head: bool = False, eof: bool = 
     end = buf.find(b"\r\n\r\n", pos)
     if end < 0:
         raise Incomplete("no complete response head")
-    raw_head = buf[pos:end + 4]
+    raw_head = buf[pos : end + 4]
     lines = raw_head[:-4].decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code, _, reason = rest.partition(" ")
@@ -406,7 +441,7 @@ def parse_response(buf: bytes, pos: int = 0, *, head: bool = False, eof: bool = 
                 trailers = []
                 p = j + 2
                 k = buf.find(b"\r\n", p)
-                for _ in range(1000):   # trailer lines until the empty one
+                for _ in range(1000):  # trailer lines until the empty one
                     if k < 0 or k == p:
                         break
                     n, _, v = buf[p:k].decode("latin-1").partition(":")
@@ -420,11 +455,11 @@ def parse_response(buf: bytes, pos: int = 0, *, head: bool = False, eof: bool = 
             start = j + 2
             if len(buf) < start + size + 2:
                 if eof:
-                    body += buf[start:start + size]
+                    body += buf[start : start + size]
                 break
-            if buf[start + size:start + size + 2] != b"\r\n":
+            if buf[start + size : start + size + 2] != b"\r\n":
                 raise ValueError("chunk data not followed by CRLF")
-            body += buf[start:start + size]
+            body += buf[start : start + size]
             i = start + size + 2
         if not eof:
             raise Incomplete("chunked body not complete")
@@ -439,7 +474,7 @@ def parse_response(buf: bytes, pos: int = 0, *, head: bool = False, eof: bool = 
                 raise Incomplete("body shorter than Content-Length")
             r.body, r.complete = buf[i:], False
             return r, len(buf)
-        r.body = buf[i:i + n]
+        r.body = buf[i : i + n]
         return r, i + n
     r.framing = "close"
     if not eof:
@@ -513,7 +548,9 @@ class HTTPStream:
                 r, pos = parse_response(self.buf, head=head, eof=self.eof)
             except Incomplete:
                 if self.eof:
-                    raise AssertionError(f"connection closed before a whole response; got {self.buf!r}") from None
+                    raise AssertionError(
+                        f"connection closed before a whole response; got {self.buf!r}"
+                    ) from None
                 self._recv(deadline)
                 continue
             self.buf = self.buf[pos:]
@@ -555,8 +592,16 @@ class HTTPStream:
         return data
 
 
-def request(port: int, method: str = "GET", target: str = "/", headers: Iterable[tuple[str, str]] = (),
-            body: bytes = b"", version: str = "HTTP/1.1", timeout: float = 5.0, **kw: Any) -> Response:
+def request(
+    port: int,
+    method: str = "GET",
+    target: str = "/",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    version: str = "HTTP/1.1",
+    timeout: float = 5.0,
+    **kw: Any,
+) -> Response:
     """One request on a new connection; the final response to it."""
     with connect(port, timeout) as sock:
         sock.sendall(build_request(method, target, headers, body, version, **kw))

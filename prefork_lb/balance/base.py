@@ -38,7 +38,7 @@ from prefork_lb.balance.latency import PeakEwma
 
 K = TypeVar("K", bound=Hashable)
 
-RAMP_FLOOR = 0.1   # a member starting slow start gets this fraction of its weight
+RAMP_FLOOR = 0.1  # a member starting slow start gets this fraction of its weight
 
 
 class MemberStats(TypedDict):
@@ -56,25 +56,40 @@ class Member(Generic[K]):
     """One target: a worker slot or a backend address. Read its fields; change them through
     the strategy, which keeps its totals in step."""
 
-    __slots__ = ("key", "weight", "eff", "up", "draining", "eligible", "pos", "in_flight", "picks",
-                 "failures", "ewma", "ewma_at", "estimate", "up_since", "current")
+    __slots__ = (
+        "key",
+        "weight",
+        "eff",
+        "up",
+        "draining",
+        "eligible",
+        "pos",
+        "in_flight",
+        "picks",
+        "failures",
+        "ewma",
+        "ewma_at",
+        "estimate",
+        "up_since",
+        "current",
+    )
 
     def __init__(self, key: K, weight: int = 1) -> None:
         self.key = key
         self.weight = weight
-        self.eff: float = weight        # effective weight: weight scaled by the slow-start ramp
+        self.eff: float = weight  # effective weight: weight scaled by the slow-start ramp
         self.up = True
         self.draining = False
         self.eligible = True
-        self.pos = 0                    # index in the strategy's eligible list
+        self.pos = 0  # index in the strategy's eligible list
         self.in_flight = 0
         self.picks = 0
         self.failures = 0
         self.ewma: float | None = None  # latency estimate right after the last sample (seconds)
         self.ewma_at = 0.0
-        self.estimate = 0.0             # latency estimate as of the strategy's last refresh
+        self.estimate = 0.0  # latency estimate as of the strategy's last refresh
         self.up_since = 0.0
-        self.current: float = 0         # smooth weighted round robin's running weight
+        self.current: float = 0  # smooth weighted round robin's running weight
 
     @property
     def state(self) -> str:
@@ -84,8 +99,10 @@ class Member(Generic[K]):
         return "draining" if self.draining else "up"
 
     def __repr__(self) -> str:
-        return (f"<Member {self.key!r} weight={self.weight} {self.state} in_flight={self.in_flight} "
-                f"picks={self.picks}>")
+        return (
+            f"<Member {self.key!r} weight={self.weight} {self.state} in_flight={self.in_flight} "
+            f"picks={self.picks}>"
+        )
 
 
 def check_weight(weight: int) -> int:
@@ -105,8 +122,14 @@ class Strategy(Generic[K]):
 
     name = ""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic, slow_start: float = 0.0,
-                 decay: float = 10.0, default_latency: float = 0.1) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        slow_start: float = 0.0,
+        decay: float = 10.0,
+        default_latency: float = 0.1,
+    ) -> None:
         if not slow_start >= 0:
             raise ValueError(f"slow_start must be >= 0 seconds, not {slow_start!r}")
         self._clock = clock
@@ -256,13 +279,24 @@ class Strategy(Generic[K]):
         ewma = self._ewma
         if now >= ewma.next_refresh:
             ewma.refresh(self._members.values(), now)
-        return [MemberStats(key=m.key, weight=m.weight, effective_weight=m.eff, state=m.state,
-                            in_flight=m.in_flight, picks=m.picks, failures=m.failures,
-                            latency=None if m.ewma is None else m.estimate)
-                for m in self._members.values()]
+        return [
+            MemberStats(
+                key=m.key,
+                weight=m.weight,
+                effective_weight=m.eff,
+                state=m.state,
+                in_flight=m.in_flight,
+                picks=m.picks,
+                failures=m.failures,
+                latency=None if m.ewma is None else m.estimate,
+            )
+            for m in self._members.values()
+        ]
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {len(self._eligible)}/{len(self._members)} eligible load={self._load}>"
+        return (
+            f"<{type(self).__name__} {len(self._eligible)}/{len(self._members)} eligible load={self._load}>"
+        )
 
     # -- internals --------------------------------------------------------------------------------
 

@@ -66,7 +66,7 @@ class ConsistentHash(Strategy[K]):
         self._points_of: dict[Any, list[int]] = {}
         self._points: list[int] = []
         self._owners: list[Member[K]] = []
-        self._stale = False   # members or weights changed: rebuild the ring at the next pick
+        self._stale = False  # members or weights changed: rebuild the ring at the next pick
         self._seq = 0
         super().__init__(**options)
 
@@ -78,12 +78,13 @@ class ConsistentHash(Strategy[K]):
         if len(pts) > want:
             del pts[want:]
         prefix = str(m.key)
-        pts.extend(ring_point(f"{prefix}#{i}".encode("utf-8", "surrogatepass")) for i in range(len(pts), want))
+        pts.extend(
+            ring_point(f"{prefix}#{i}".encode("utf-8", "surrogatepass")) for i in range(len(pts), want)
+        )
 
     def _build(self) -> None:
         members = self._members
-        ring = sorted(((p, members[k]) for k, pts in self._points_of.items() for p in pts),
-                      key=itemgetter(0))
+        ring = sorted(((p, members[k]) for k, pts in self._points_of.items() for p in pts), key=itemgetter(0))
         self._points = [p for p, _ in ring]
         self._owners = [m for _, m in ring]
         self._stale = False

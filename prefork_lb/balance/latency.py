@@ -99,8 +99,7 @@ class PeakEwma:
         """Decay every member's estimate toward its neutral value, as of ``now``."""
         self.next_refresh = now + self.every
         members = list(members)
-        ranked = sorted((m for m in members if m.eligible and m.ewma is not None),
-                        key=lambda m: m.estimate)
+        ranked = sorted((m for m in members if m.eligible and m.ewma is not None), key=lambda m: m.estimate)
         values = [m.estimate for m in ranked]
         self.neutral = median(values) if values else self.default
         # Each sampled eligible member decays toward the median of the *others*: with two

@@ -24,8 +24,15 @@ from prefork_lb.balance.strategies import (
 
 CLASSES: dict[str, type[Strategy[Any]]] = {
     cls.name: cls
-    for cls in (RoundRobin, WeightedRoundRobin, LeastConnections, WeightedRandom, PowerOfTwoChoices,
-                LeastLatency, ConsistentHash)
+    for cls in (
+        RoundRobin,
+        WeightedRoundRobin,
+        LeastConnections,
+        WeightedRandom,
+        PowerOfTwoChoices,
+        LeastLatency,
+        ConsistentHash,
+    )
 }
 
 
@@ -34,7 +41,9 @@ def sticky(inner: str | type[Strategy[Any]] = "least_connections", **options: An
     ``secret``, ``cookie_length`` and the inner strategy's own."""
     if isinstance(inner, str):
         if inner not in CLASSES:
-            raise ValueError(f"unknown inner strategy for sticky: {inner!r} (choose from {', '.join(CLASSES)})")
+            raise ValueError(
+                f"unknown inner strategy for sticky: {inner!r} (choose from {', '.join(CLASSES)})"
+            )
         inner = CLASSES[inner]
     return sticky_class(inner)(**options)
 

@@ -37,7 +37,11 @@ class Sticky(Strategy[K]):
             secret = secrets.token_bytes(32)
         if not isinstance(secret, bytes) or not secret:
             raise ValueError("the cookie secret must be non-empty bytes")
-        if isinstance(cookie_length, bool) or not isinstance(cookie_length, int) or not 16 <= cookie_length <= 64:
+        if (
+            isinstance(cookie_length, bool)
+            or not isinstance(cookie_length, int)
+            or not 16 <= cookie_length <= 64
+        ):
             raise ValueError(f"cookie_length must be an integer from 16 to 64, not {cookie_length!r}")
         self._secret = secret
         self.cookie_length = cookie_length
@@ -47,7 +51,7 @@ class Sticky(Strategy[K]):
     def cookie_for(self, key: K) -> str:
         """The cookie value that names ``key``."""
         mac = hmac.new(self._secret, str(key).encode("utf-8", "surrogatepass"), hashlib.sha256)
-        return mac.hexdigest()[:self.cookie_length]
+        return mac.hexdigest()[: self.cookie_length]
 
     def key_for(self, cookie: str | bytes) -> K | None:
         """The member ``cookie`` names, or ``None`` when it names none."""

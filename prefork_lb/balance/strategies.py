@@ -96,7 +96,7 @@ class LeastConnections(Strategy[K]):
                     low_n = m.in_flight
                     best = m
                     if not low_n:
-                        break   # idle: nothing beats it
+                        break  # idle: nothing beats it
         else:
             low = math.inf
             for m in order:
@@ -209,10 +209,10 @@ class LeastLatency(Strategy[K]):
         order = elig[i:] + elig[:i] if 0 < i < len(elig) else elig
         best: Member[K] = order[0]
         low = math.inf
-        if self._uniform:   # equal weights: leave the division out
+        if self._uniform:  # equal weights: leave the division out
             for m in order:
                 if m.ewma is None and not m.in_flight:
-                    best = m   # never measured: probe it, one request at a time
+                    best = m  # never measured: probe it, one request at a time
                     break
                 cost = m.estimate * (m.in_flight + 1)
                 if cost < low:

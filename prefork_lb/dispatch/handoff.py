@@ -31,8 +31,8 @@ from prefork_lb import scoreboard as sb
 
 log = logging.getLogger("prefork_lb.error")
 
-BATCH = 64             # connections accepted per listener per wake-up, and fds per message
-SYNC_INTERVAL = 0.02   # seconds between scoreboard reads when idle
+BATCH = 64  # connections accepted per listener per wake-up, and fds per message
+SYNC_INTERVAL = 0.02  # seconds between scoreboard reads when idle
 
 
 def open_channel() -> tuple[socket.socket, socket.socket]:
@@ -43,8 +43,15 @@ def open_channel() -> tuple[socket.socket, socket.socket]:
 
 
 class Dispatcher:
-    def __init__(self, cfg: Any, board: sb.Scoreboard, entry: Any, listeners: list[socket.socket],
-                 channels: dict[int, socket.socket], master_pid: int) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        board: sb.Scoreboard,
+        entry: Any,
+        listeners: list[socket.socket],
+        channels: dict[int, socket.socket],
+        master_pid: int,
+    ) -> None:
         self.cfg = cfg
         self.board = board
         self.entry = entry
@@ -53,8 +60,8 @@ class Dispatcher:
         self.master_pid = master_pid
         self.strategy = _make_strategy(cfg.strategy)
         self.sent: dict[int, int] = {}
-        self.entries: dict[int, int] = {}     # slot -> scoreboard entry of its newest ready worker
-        self.pending: list[tuple[socket.socket, Any]] = []   # (connection, client address)
+        self.entries: dict[int, int] = {}  # slot -> scoreboard entry of its newest ready worker
+        self.pending: list[tuple[socket.socket, Any]] = []  # (connection, client address)
         self.stopping = False
         self.last_sync = 0.0
 
@@ -82,8 +89,12 @@ class Dispatcher:
                 latency = max(latency, int((now - d[base + sb.REQ_START]) * 1e6))
             # Two ready workers in one slot (a reload): both read the same channel; add up.
             prev = ready.get(slot, (0, 0, 0, 0))
-            ready[slot] = (prev[0] + in_flight, prev[1] + q[base + sb.RECEIVED],
-                           max(prev[2], latency), prev[3] + q[base + sb.CONNS])
+            ready[slot] = (
+                prev[0] + in_flight,
+                prev[1] + q[base + sb.RECEIVED],
+                max(prev[2], latency),
+                prev[3] + q[base + sb.CONNS],
+            )
         strategy = self.strategy
         limit = self.cfg.worker_connections
         known = set(strategy.keys())
@@ -125,10 +136,10 @@ class Dispatcher:
                 left.append(item)
                 continue
             by_slot.setdefault(slot, []).append(item)
-            strategy.on_start(slot)   # the next pick of this batch sees it
+            strategy.on_start(slot)  # the next pick of this batch sees it
         for slot, conns in by_slot.items():
             for i in range(0, len(conns), BATCH):
-                part = conns[i:i + BATCH]
+                part = conns[i : i + BATCH]
                 if self.send(slot, [c for c, _ in part]):
                     self.sent[slot] = self.sent.get(slot, 0) + len(part)
                     for c, _ in part:
@@ -142,7 +153,7 @@ class Dispatcher:
         try:
             self.channels[slot].sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         except (BlockingIOError, InterruptedError):
-            self.strategy.mark_down(slot)   # its channel is full: the worker is not reading
+            self.strategy.mark_down(slot)  # its channel is full: the worker is not reading
             return False
         except OSError as exc:
             log.error("handoff to slot %d failed: %s", slot, exc)
@@ -210,8 +221,9 @@ def _make_strategy(name: str) -> Any:
     return make(name)
 
 
-def run_dispatcher(worker: Any, master: Any, listeners: list[socket.socket],
-                   channels: dict[int, socket.socket]) -> int:
+def run_dispatcher(
+    worker: Any, master: Any, listeners: list[socket.socket], channels: dict[int, socket.socket]
+) -> int:
     """Body of the dispatcher process (forked by the master); returns the exit code."""
     from prefork_lb.worker.child import begin_helper
 
@@ -227,6 +239,6 @@ def run_dispatcher(worker: Any, master: Any, listeners: list[socket.socket],
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGQUIT, stop)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # blocked since the fork (Arbiter.spawn)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork (Arbiter.spawn)
     d.run()
     return 0

@@ -44,32 +44,49 @@ from prefork_lb.http.errors import (
     URITooLong,
 )
 
-MISS_RUN = 256       # lookups in a row that find nothing before a RequestMemo rests,
-MISS_REST = 4096     # for this many requests (traffic whose heads do not repeat pays nothing)
-MEMO_MAX = 256          # request (and response) heads a memo keeps before it starts over
-MEMO_HEAD_MAX = 2048    # the longest head worth keeping
+MISS_RUN = 256  # lookups in a row that find nothing before a RequestMemo rests,
+MISS_REST = 4096  # for this many requests (traffic whose heads do not repeat pays nothing)
+MEMO_MAX = 256  # request (and response) heads a memo keeps before it starts over
+MEMO_HEAD_MAX = 2048  # the longest head worth keeping
 
 
 @dataclass(frozen=True)
 class Limits:
     """gunicorn's names and defaults; 0 means unlimited where noted."""
 
-    request_line: int = 4094          # 0: unlimited
+    request_line: int = 4094  # 0: unlimited
     request_fields: int = 100
-    request_field_size: int = 8190    # 0: unlimited
-    request_body: int = 0             # 0: unlimited
+    request_field_size: int = 8190  # 0: unlimited
+    request_body: int = 0  # 0: unlimited
     require_host: bool = True
 
 
 # Lower-cased names of fields with framing, routing or authentication meaning: never allowed in
 # a trailer section (RFC 9110 section 6.5.1).
-FORBIDDEN_TRAILERS = frozenset({
-    "host", "content-length", "transfer-encoding", "trailer", "connection", "keep-alive", "te",
-    "upgrade", "expect", "authorization", "proxy-authorization", "cookie", "set-cookie",
-    "content-encoding", "content-range", "max-forwards",
-})
+FORBIDDEN_TRAILERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "trailer",
+        "connection",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "expect",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "set-cookie",
+        "content-encoding",
+        "content-range",
+        "max-forwards",
+    }
+)
 
-KNOWN_CODINGS = frozenset({b"chunked", b"identity", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"})
+KNOWN_CODINGS = frozenset(
+    {b"chunked", b"identity", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"}
+)
 
 # absolute-form: scheme "://" authority [ path-abempty [ "?" query ] ]; the authority is a
 # reg-name / IPv4 or an IP-literal, optional userinfo and port. llhttp has checked the rest.
@@ -103,9 +120,22 @@ class Request:
     """One request: its head, and its body as it arrives."""
 
     __slots__ = (
-        "method", "target", "version", "headers", "keep_alive", "content_length", "chunked",
-        "expect_continue", "upgrade", "chunks", "body_size", "complete", "discard", "host",
-        "content_type", "memo",
+        "method",
+        "target",
+        "version",
+        "headers",
+        "keep_alive",
+        "content_length",
+        "chunked",
+        "expect_continue",
+        "upgrade",
+        "chunks",
+        "body_size",
+        "complete",
+        "discard",
+        "host",
+        "content_type",
+        "memo",
     )
 
     def __init__(self) -> None:
@@ -121,7 +151,7 @@ class Request:
         self.chunks: list[bytes] = []
         self.body_size = 0
         self.complete = False
-        self.discard = False   # the app is done with it: drop further body bytes
+        self.discard = False  # the app is done with it: drop further body bytes
         self.host: bytes | None = None
         self.content_type: bytes | None = None
         # Set on a request kept in a parser memo: the callers' cache of what they derive from
@@ -150,7 +180,7 @@ class Request:
         q = t.find(b"?")
         if q == -1:
             return t, b""
-        return t[:q], t[q + 1:]
+        return t[:q], t[q + 1 :]
 
 
 class RequestMemo(dict):
@@ -181,15 +211,36 @@ def seen_before(memos: dict[bytes, Any], key: bytes) -> bool:
 
 def _plain(req: Request) -> bool:
     """A whole request with no body that leaves the connection open: one a memo may keep."""
-    return (req.complete and not req.body_size and not req.chunked and not req.content_length
-            and req.keep_alive and not req.upgrade and not req.expect_continue)
+    return (
+        req.complete
+        and not req.body_size
+        and not req.chunked
+        and not req.content_length
+        and req.keep_alive
+        and not req.upgrade
+        and not req.expect_continue
+    )
 
 
 class RequestParser:
     """Feeds bytes to llhttp and queues validated :class:`Request` objects."""
 
-    __slots__ = ("_p", "limits", "requests", "_cur", "_head_bytes", "_in_head", "_head_cap",
-                 "_nfields", "stopped", "_url_len", "_trailers", "error", "tail", "memos")
+    __slots__ = (
+        "_p",
+        "limits",
+        "requests",
+        "_cur",
+        "_head_bytes",
+        "_in_head",
+        "_head_cap",
+        "_nfields",
+        "stopped",
+        "_url_len",
+        "_trailers",
+        "error",
+        "tail",
+        "memos",
+    )
 
     def __init__(self, limits: Limits | None = None, memos: RequestMemo | None = None) -> None:
         self.limits = limits or Limits()
@@ -208,9 +259,9 @@ class RequestParser:
         self._nfields = 0
         self._url_len = 0
         self._trailers = False
-        self.stopped = False   # no further requests will be parsed on this connection
-        self.error: HTTPError | None = None   # an error behind requests still to be served
-        self.tail = b""   # bytes that came after an upgrade request (a tunnel's first bytes)
+        self.stopped = False  # no further requests will be parsed on this connection
+        self.error: HTTPError | None = None  # an error behind requests still to be served
+        self.tail = b""  # bytes that came after an upgrade request (a tunnel's first bytes)
 
     @property
     def between_requests(self) -> bool:
@@ -229,9 +280,9 @@ class RequestParser:
         if memos is not None and (self._cur is not None or memos.rest):
             if self._cur is None:
                 memos.rest -= 1
-            memos = None   # in the middle of a request, or the memo rests: parse as usual
+            memos = None  # in the middle of a request, or the memo rests: parse as usual
         before = 0
-        whole = False   # data is exactly one head, not found in the memo
+        whole = False  # data is exactly one head, not found in the memo
         if memos is not None:
             # Whole bodiless requests accepted before, one after another (pipelined): parsing
             # them again would give the same requests, so hand out those (memos only ever hold
@@ -270,7 +321,7 @@ class RequestParser:
                     raise HeaderFieldsTooLarge("request head too large")
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.tail = data[exc.args[0]:] if exc.args else b""
+            self.tail = data[exc.args[0] :] if exc.args else b""
             # CONNECT or an Upgrade request: llhttp stops after it. We serve it as an
             # ordinary request and then close, since what follows is not HTTP/1.
             # llhttp pauses after the upgrade request is complete (on_message_complete has run
@@ -288,12 +339,12 @@ class RequestParser:
             ctx = exc.__context__
             self._fail(ctx if isinstance(ctx, HTTPError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
-            if self.stopped:   # data after a request that closes the connection: ignore
+            if self.stopped:  # data after a request that closes the connection: ignore
                 return
             self._fail(BadRequest(str(exc)))
         if memos is not None and self._cur is None and not self.stopped:
             found = len(self.requests) - before
-            if found == 1 and whole:   # the usual case: no list, no split
+            if found == 1 and whole:  # the usual case: no list, no split
                 req = self.requests[-1]
                 if _plain(req):
                     self._keep(data, req)
@@ -351,7 +402,7 @@ class RequestParser:
         cur = self._cur
         assert cur is not None
         if value[-1:] in (b" ", b"\t"):
-            value = value.rstrip(b" \t")   # llhttp strips leading OWS only (RFC 9110 5.5)
+            value = value.rstrip(b" \t")  # llhttp strips leading OWS only (RFC 9110 5.5)
         lname = _LOWER.get(name) or lower_name(name)
         lim = self.limits
         # Counted as "Name: value\r\n", as gunicorn counts a field line with its CRLF.
@@ -360,7 +411,7 @@ class RequestParser:
         if self._trailers:
             if lname in FORBIDDEN_TRAILERS:
                 raise BadRequest(f"{lname} is not allowed in a trailer")
-            return   # trailers are validated, then dropped: WSGI has no place for them
+            return  # trailers are validated, then dropped: WSGI has no place for them
         self._nfields += 1
         if self._nfields > lim.request_fields:
             raise HeaderFieldsTooLarge("too many header fields")
@@ -373,7 +424,7 @@ class RequestParser:
                 raise BadRequest("more than one Content-Type header")
             cur.content_type = value
         elif lname == "transfer-encoding":
-            cur.chunked = True   # checked in on_headers_complete
+            cur.chunked = True  # checked in on_headers_complete
         elif lname == "content-length":
             cur.content_length = int(value)  # llhttp accepted only digits, once
         elif lname == "expect":
@@ -387,7 +438,7 @@ class RequestParser:
         assert cur is not None
         p = self._p
         self._in_head = False
-        self._trailers = True   # any on_header from now on belongs to a trailer section
+        self._trailers = True  # any on_header from now on belongs to a trailer section
         self._head_bytes = 0
         version = p.get_http_version()
         if version == "1.1":
@@ -399,7 +450,7 @@ class RequestParser:
         raw_method = p.get_method()
         method = _METHODS.get(raw_method)
         if method is None:
-            method = _METHODS[raw_method] = raw_method.decode("ascii")   # llhttp knows ~46: bounded
+            method = _METHODS[raw_method] = raw_method.decode("ascii")  # llhttp knows ~46: bounded
         cur.method = method
         cur.keep_alive = p.should_keep_alive()
         lim = self.limits

@@ -35,8 +35,18 @@ _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _LNAMES: dict[str, str] = {}
 
 # Hop-by-hop headers are the server's business (PEP 3333); we drop them from the app's list.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
-                        "te", "trailers", "transfer-encoding", "upgrade"})
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
 
 
 def header_lname(name: str) -> str:
@@ -61,14 +71,15 @@ class AppHead:
 
     __slots__ = ("prefix", "code", "length", "has_date", "has_server", "close")
 
-    def __init__(self, prefix: str, code: int, length: int | None, has_date: bool, has_server: bool,
-                 close: bool) -> None:
-        self.prefix = prefix          # status line + the app's end-to-end header lines
+    def __init__(
+        self, prefix: str, code: int, length: int | None, has_date: bool, has_server: bool, close: bool
+    ) -> None:
+        self.prefix = prefix  # status line + the app's end-to-end header lines
         self.code = code
-        self.length = length          # the app's Content-Length, if it gave one
+        self.length = length  # the app's Content-Length, if it gave one
         self.has_date = has_date
         self.has_server = has_server
-        self.close = close            # the app asked for Connection: close
+        self.close = close  # the app asked for Connection: close
 
 
 _HEADS: dict[tuple[str, tuple[tuple[str, str], ...]], AppHead] = {}
@@ -81,7 +92,7 @@ def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
     try:
         key = (status, tuple(headers))
         head = _HEADS.get(key)
-    except TypeError:   # an unhashable header entry: let the slow path say what is wrong
+    except TypeError:  # an unhashable header entry: let the slow path say what is wrong
         key = None
         head = None
     if head is not None:
@@ -150,9 +161,12 @@ def reason(code: int) -> str:
 def simple_response(code: int, body: str = "", close: bool = True, extra: str = "") -> bytes:
     """A complete small response: error pages, 100 Continue aside."""
     data = (body or reason(code)).encode("utf-8") + b"\n"
-    head = (f"HTTP/1.1 {code} {reason(code)}\r\n{date_line()}{SERVER_LINE}"
-            f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(data)}\r\n{extra}"
-            + ("Connection: close\r\n" if close else "") + "\r\n")
+    head = (
+        f"HTTP/1.1 {code} {reason(code)}\r\n{date_line()}{SERVER_LINE}"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Length: {len(data)}\r\n{extra}"
+        + ("Connection: close\r\n" if close else "")
+        + "\r\n"
+    )
     return head.encode("latin-1") + data
 
 

@@ -23,12 +23,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork_lb.error")
 
-REPLAY_MAX = 64 * 1024      # body bytes kept for a retry of an idempotent request
+REPLAY_MAX = 64 * 1024  # body bytes kept for a retry of an idempotent request
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-FRESH_FOR_UNSAFE = 1.0      # a non-idempotent request reuses only connections used this recently
-PIPELINE_FAST = 0.010       # a GET whose head was last answered this fast may be pipelined,
-PIPELINE_BODY_MAX = 64 * 1024   # with a body this small at most (with Content-Length)
-FAST = "fast"               # key in Request.memo: the last exchange with this head was that fast
+FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used this recently
+PIPELINE_FAST = 0.010  # a GET whose head was last answered this fast may be pipelined,
+PIPELINE_BODY_MAX = 64 * 1024  # with a body this small at most (with Content-Length)
+FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
 # deadline kinds of a client connection
 D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
 
@@ -36,9 +36,31 @@ D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
 class Exchange:
     """One request on its way through the proxy: pick, send, relay the response."""
 
-    __slots__ = ("client", "req", "proxy", "backend", "up", "tries", "tried", "sent", "head",
-                 "replay", "replay_size", "started", "status", "framing", "responded", "set_cookie",
-                 "done", "websocket", "body_done", "until_close", "head_at", "pipelined", "length")
+    __slots__ = (
+        "client",
+        "req",
+        "proxy",
+        "backend",
+        "up",
+        "tries",
+        "tried",
+        "sent",
+        "head",
+        "replay",
+        "replay_size",
+        "started",
+        "status",
+        "framing",
+        "responded",
+        "set_cookie",
+        "done",
+        "websocket",
+        "body_done",
+        "until_close",
+        "head_at",
+        "pipelined",
+        "length",
+    )
 
     def __init__(self, client: ClientConn, req: Request) -> None:
         self.client = client
@@ -48,22 +70,22 @@ class Exchange:
         self.up: Upstream | None = None
         self.tries = 0
         self.tried: list[Backend] = []
-        self.sent = False           # a byte of this request reached a backend connection
+        self.sent = False  # a byte of this request reached a backend connection
         self.head = b""
         self.replay: list[bytes] | None = []
         self.replay_size = 0
         self.started = 0.0
         self.status = 0
         self.framing = ""
-        self.responded = False      # a byte of the response went to the client
+        self.responded = False  # a byte of the response went to the client
         self.set_cookie: bytes | None = None
         self.done = False
         self.websocket = False
         self.body_done = False
-        self.until_close = False    # the response body ends when the backend closes
-        self.head_at: tuple[int, int] = (-1, 0)   # (client flushes, wbuf index) when the head was queued
-        self.pipelined = False      # may share a backend connection with others sent in the same pass
-        self.length: int | None = None   # the response's Content-Length
+        self.until_close = False  # the response body ends when the backend closes
+        self.head_at: tuple[int, int] = (-1, 0)  # (client flushes, wbuf index) when the head was queued
+        self.pipelined = False  # may share a backend connection with others sent in the same pass
+        self.length: int | None = None  # the response's Content-Length
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -112,12 +134,17 @@ class Exchange:
         strategy.on_start(backend.key)
         if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
             self.set_cookie = proxy.cookie_header(backend.key)
-        backend.stats.requests += 1   # tries: a retried request counts at each backend it tried
+        backend.stats.requests += 1  # tries: a retried request counts at each backend it tried
         req = self.req
         memo = req.memo
         # A retry goes on its own: it may be here because a pipeline it was in broke.
-        self.pipelined = (memo is not None and proxy.pipeline > 1 and req.method == "GET" and self.tries == 1
-                          and memo.get(FAST, False))
+        self.pipelined = (
+            memo is not None
+            and proxy.pipeline > 1
+            and req.method == "GET"
+            and self.tries == 1
+            and memo.get(FAST, False)
+        )
         if self.pipelined:
             # Another GET for this backend went on a connection in this pass of the loop: go
             # behind it, in the same write; the worker reads them in one go too.
@@ -135,7 +162,7 @@ class Exchange:
                 if cand.closed:
                     continue
                 if unsafe and now - cand.last_used > FRESH_FOR_UNSAFE:
-                    cand.close()   # may be closing on the backend's side: not for a POST
+                    cand.close()  # may be closing on the backend's side: not for a POST
                     continue
                 up = cand
                 break
@@ -156,10 +183,10 @@ class Exchange:
                 up.paused = False
                 up.transport.resume_reading()
         else:
-            up.queue.append(self)   # pipelined: answered after those before it
+            up.queue.append(self)  # pipelined: answered after those before it
             up.backend.stats.pipelined += 1
         client.resume("connect")
-        if client.deadline_kind == D_NONE:   # (D_BODY stays until the body is in)
+        if client.deadline_kind == D_NONE:  # (D_BODY stays until the body is in)
             client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
         self.sent = True
         if self.req.memo is not None:
@@ -214,7 +241,7 @@ class Exchange:
 
     def response_head(self, up: Upstream, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if status < 200 and status != 101:
-            return    # interim (100 Continue: we sent our own); the final response follows
+            return  # interim (100 Continue: we sent our own); the final response follows
         client = self.client
         req = self.req
         proxy = self.proxy
@@ -224,7 +251,7 @@ class Exchange:
                 self.bad_response("101 to a request that asked for no upgrade")
                 up.close()
                 return
-            return    # upgraded() follows with the tunnel
+            return  # upgraded() follows with the tunnel
         length: int | None = None
         chunked = False
         reusable = True
@@ -255,15 +282,28 @@ class Exchange:
         client.deadline_kind = D_UPSTREAM
         client.deadline = _now() + proxy.upstream_timeout
         head = proxy.response_rewriter.head(
-            status, up.reason, headers, framing=framing, content_length=length, keep_alive=keep,
-            version=req.version, backend=self.backend.name if self.backend else None,
-            set_cookie=self.set_cookie)
+            status,
+            up.reason,
+            headers,
+            framing=framing,
+            content_length=length,
+            keep_alive=keep,
+            version=req.version,
+            backend=self.backend.name if self.backend else None,
+            set_cookie=self.set_cookie,
+        )
         self.head_at = (client.flushes, len(client.wbuf))
         client.write(head)
         self.responded = True
         raw = up.raw_head
-        if (raw is not None and framing == "length" and self.set_cookie is None and self.backend is not None
-                and not proxy.stopping and length is not None):
+        if (
+            raw is not None
+            and framing == "length"
+            and self.set_cookie is None
+            and self.backend is not None
+            and not proxy.stopping
+            and length is not None
+        ):
             memos = proxy.response_memo
             memo = memos.get(raw)
             if memo is None and seen_before(memos, raw):
@@ -309,7 +349,7 @@ class Exchange:
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
         if self.status < 200 or self.done:
-            return    # an interim response, or the 101 (upgraded() takes over)
+            return  # an interim response, or the 101 (upgraded() takes over)
         self.done = True
         client = self.client
         if self.framing == "chunked":
@@ -326,8 +366,13 @@ class Exchange:
             # Pipelining needs answers that are quick, small (a client that does not read one
             # cannot hold up those behind it for long) and leave the connection open.
             length = self.length
-            memo[FAST] = (latency < PIPELINE_FAST and self.status < 500 and reusable and length is not None
-                          and length <= PIPELINE_BODY_MAX)
+            memo[FAST] = (
+                latency < PIPELINE_FAST
+                and self.status < 500
+                and reusable
+                and length is not None
+                and length <= PIPELINE_BODY_MAX
+            )
         proxy.strategy.on_finish(backend.key, latency, self.status < 500)
         backend.stats.record_response(self.status, latency)
         if self.status >= 500 and self.status != 503 and backend.slot is None:
@@ -341,7 +386,7 @@ class Exchange:
         if not (self.body_done and reusable) or up.closed:
             up.close()
         elif up.queue:
-            up.ex = up.queue.popleft()   # the next response on it is the next pipelined one's
+            up.ex = up.queue.popleft()  # the next response on it is the next pipelined one's
             up.is_head = False
             up.got_bytes = False
         elif not proxy.stopping and len(backend.idle) < proxy.keepalive_max:
@@ -362,9 +407,20 @@ class Exchange:
         self.done = True
         up.ex = None
         self.up = None
-        client.write(proxy.response_rewriter.head(
-            101, up.reason, up.headers, framing="none", content_length=None, keep_alive=True,
-            version=self.req.version, backend=self.backend.name, set_cookie=None, upgrade=True))
+        client.write(
+            proxy.response_rewriter.head(
+                101,
+                up.reason,
+                up.headers,
+                framing="none",
+                content_length=None,
+                keep_alive=True,
+                version=self.req.version,
+                backend=self.backend.name,
+                set_cookie=None,
+                upgrade=True,
+            )
+        )
         if rest:
             client.write(rest)
         proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)
@@ -434,8 +490,12 @@ class Exchange:
         proxy.strategy.on_finish(backend.key, None, False)
         backend.stats.errors += 1
         req = self.req
-        replayable = (req.method in IDEMPOTENT and self.replay is not None and not up.got_bytes
-                      and (req.complete or not req.body_size))
+        replayable = (
+            req.method in IDEMPOTENT
+            and self.replay is not None
+            and not up.got_bytes
+            and (req.complete or not req.body_size)
+        )
         if replayable and self.tries <= proxy.retries and proxy.budget.try_spend():
             backend.stats.retries += 1
             self.client.deadline_kind = D_NONE

@@ -35,21 +35,36 @@ from typing import Protocol
 
 # Lower-case names of hop-by-hop fields (RFC 9110 section 7.6.1, plus the non-standard
 # Proxy-Connection that old clients still send).
-HOP_BY_HOP: frozenset[str] = frozenset({
-    "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer",
-})
+HOP_BY_HOP: frozenset[str] = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "trailer",
+    }
+)
 
 # Fields a client must not be able to strip by listing them in Connection: the forwarding
 # headers (otherwise `Connection: X-Forwarded-For` from a trusted hop would erase the chain) and
 # Host (the backend routes on it).
-PROTECTED: frozenset[str] = frozenset({
-    "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", "host",
-})
+PROTECTED: frozenset[str] = frozenset(
+    {
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "forwarded",
+        "x-real-ip",
+        "host",
+    }
+)
 
 # Connection tokens that never name an end-to-end field: nothing more to strip for them.
 _PLAIN_TOKENS = HOP_BY_HOP | PROTECTED | {"close"}
 
-_CACHE_MAX = 1024   # bound of the small memo dicts below (peers, Connection values, names)
+_CACHE_MAX = 1024  # bound of the small memo dicts below (peers, Connection values, names)
 
 # Methods whose requests carry content: one without framing still gets `Content-Length: 0`, as
 # RFC 9110 section 8.6 asks of a sender (some servers answer 411 otherwise).
@@ -77,7 +92,8 @@ def _tokens(value: bytes) -> frozenset[str]:
     toks = _TOKENS.get(value)
     if toks is None:
         toks = frozenset(
-            t for t in (p.strip(b" \t").decode("latin-1").lower() for p in value.split(b",")) if t)
+            t for t in (p.strip(b" \t").decode("latin-1").lower() for p in value.split(b",")) if t
+        )
         if len(_TOKENS) < _CACHE_MAX:
             _TOKENS[value] = toks
     return toks
@@ -94,6 +110,7 @@ def split_connection_tokens(values: list[bytes]) -> frozenset[str]:
 
 
 # -- trusted peers ----------------------------------------------------------------------------
+
 
 class TrustedPeers:
     """The peers whose forwarding headers are believed: IPs, CIDR networks, or ``*``.
@@ -119,7 +136,8 @@ class TrustedPeers:
                 nets.append(ipaddress.ip_network(item))
             except ValueError as exc:
                 raise ValueError(
-                    f"invalid trusted peer {item!r}: want an IP address, a CIDR network or * ({exc})") from None
+                    f"invalid trusted peer {item!r}: want an IP address, a CIDR network or * ({exc})"
+                ) from None
         self.networks = tuple(nets)
         self._cache: dict[str, bool] = {}
 
@@ -130,7 +148,7 @@ class TrustedPeers:
         if hit is None:
             hit = self._lookup(ip)
             if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()   # a scan from many addresses must not grow this without bound
+                self._cache.clear()  # a scan from many addresses must not grow this without bound
             self._cache[ip] = hit
         return hit
 
@@ -198,18 +216,31 @@ def peer_forms(peer_ip: str) -> tuple[bytes, bytes]:
 _DROP, _CONN, _UPGRADE, _TE, _XFF, _FWD, _XFP, _XFH, _VIA = range(9)
 
 _REQ_COMMON = {
-    "connection": _CONN, "upgrade": _UPGRADE, "transfer-encoding": _TE,
-    "keep-alive": _DROP, "proxy-connection": _DROP, "te": _DROP, "trailer": _DROP,
-    "content-length": _DROP, "expect": _DROP, "via": _VIA,
+    "connection": _CONN,
+    "upgrade": _UPGRADE,
+    "transfer-encoding": _TE,
+    "keep-alive": _DROP,
+    "proxy-connection": _DROP,
+    "te": _DROP,
+    "trailer": _DROP,
+    "content-length": _DROP,
+    "expect": _DROP,
+    "via": _VIA,
 }
 _REQ_UNTRUSTED = {
     **_REQ_COMMON,
-    "x-forwarded-for": _DROP, "x-forwarded-proto": _DROP, "x-forwarded-host": _DROP,
-    "forwarded": _DROP, "x-real-ip": _DROP,
+    "x-forwarded-for": _DROP,
+    "x-forwarded-proto": _DROP,
+    "x-forwarded-host": _DROP,
+    "forwarded": _DROP,
+    "x-real-ip": _DROP,
 }
 _REQ_TRUSTED = {
     **_REQ_COMMON,
-    "x-forwarded-for": _XFF, "x-forwarded-proto": _XFP, "x-forwarded-host": _XFH, "forwarded": _FWD,
+    "x-forwarded-for": _XFF,
+    "x-forwarded-proto": _XFP,
+    "x-forwarded-host": _XFH,
+    "forwarded": _FWD,
 }
 
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
@@ -235,11 +266,16 @@ def _te_line(values: list[bytes]) -> bytes:
 class RequestRewriter:
     """Builds the upstream request head (see the module docstring for the rules)."""
 
-    __slots__ = ("trusted", "lb_headers", "via", "via10", "name", "_by_line", "_lines", "_codes",
-                 "_tails")
+    __slots__ = ("trusted", "lb_headers", "via", "via10", "name", "_by_line", "_lines", "_codes", "_tails")
 
-    def __init__(self, *, trusted: TrustedPeers, lb_headers: bool = True, via: bytes = b"1.1 prefork_lb",
-                 name: bytes = b"prefork_lb") -> None:
+    def __init__(
+        self,
+        *,
+        trusted: TrustedPeers,
+        lb_headers: bool = True,
+        via: bytes = b"1.1 prefork_lb",
+        name: bytes = b"prefork_lb",
+    ) -> None:
         self.trusted = trusted
         self.lb_headers = lb_headers
         self.via = via
@@ -247,22 +283,29 @@ class RequestRewriter:
         self.via10 = b"1.0 " + via[4:] if via.startswith(b"1.1 ") else via
         self.name = name
         self._by_line = b"X-Forwarded-By: " + name + b"\r\n"
-        self._lines: dict[str, bytes] = {}   # method -> b"METHOD "
+        self._lines: dict[str, bytes] = {}  # method -> b"METHOD "
         self._tails: dict[tuple[str, str, bytes | None, str], bytes] = {}
         # A client's X-Forwarded-By is replaced by ours when we add one.
         by = {"x-forwarded-by": _DROP} if lb_headers else {}
-        self._codes = ({**_REQ_UNTRUSTED, **by}, {**_REQ_TRUSTED, **by})   # indexed by trust
+        self._codes = ({**_REQ_UNTRUSTED, **by}, {**_REQ_TRUSTED, **by})  # indexed by trust
 
     def head(self, req: ParsedRequest, peer_ip: str, scheme: str, websocket: bool = False) -> bytes:
         """The complete upstream request head, request line to the blank line."""
         return self._head(req, req.headers, peer_ip, scheme, websocket, True)
 
-    def _head(self, req: ParsedRequest, headers: list[tuple[str, bytes, bytes]], peer_ip: str, scheme: str,
-              websocket: bool, check_conn: bool) -> bytes:
+    def _head(
+        self,
+        req: ParsedRequest,
+        headers: list[tuple[str, bytes, bytes]],
+        peer_ip: str,
+        scheme: str,
+        websocket: bool,
+        check_conn: bool,
+    ) -> bytes:
         codes = self._codes[peer_ip in self.trusted]
         start = self._lines.get(req.method)
         if start is None:
-            start = self._lines[req.method] = req.method.encode("ascii") + b" "   # llhttp: ~46 methods
+            start = self._lines[req.method] = req.method.encode("ascii") + b" "  # llhttp: ~46 methods
         out = [start, req.target, b" HTTP/1.1\r\n"]
         add = out.extend
         conn: list[bytes] | None = None
@@ -347,8 +390,18 @@ class RequestRewriter:
         out.append(b"\r\n")
         return b"".join(out)
 
-    def _forwarding(self, peer_ip: str, scheme: str, host: bytes | None, version: str, xff: list[bytes] | None,
-                    fwd: list[bytes] | None, via: list[bytes] | None, has_xfp: bool, has_xfh: bool) -> bytes:
+    def _forwarding(
+        self,
+        peer_ip: str,
+        scheme: str,
+        host: bytes | None,
+        version: str,
+        xff: list[bytes] | None,
+        fwd: list[bytes] | None,
+        via: list[bytes] | None,
+        has_xfp: bool,
+        has_xfh: bool,
+    ) -> bytes:
         """X-Forwarded-*, Forwarded, Via and X-Forwarded-By, given what the client sent of them."""
         # Upstream is HTTP/1.1, which needs a Host: an empty one when the client (HTTP/1.0, or
         # --require-host false) named no authority (RFC 9112 section 3.2).
@@ -390,9 +443,16 @@ class RequestRewriter:
 _R_KEEP, _R_DROP, _R_CONN, _R_VIA, _R_UPGRADE, _R_BACKEND = range(6)
 
 _RESP_CODES = {
-    "connection": _R_CONN, "keep-alive": _R_DROP, "proxy-connection": _R_DROP, "te": _R_DROP,
-    "transfer-encoding": _R_DROP, "upgrade": _R_UPGRADE, "trailer": _R_DROP,
-    "content-length": _R_DROP, "via": _R_VIA, "x-backend-server": _R_BACKEND,
+    "connection": _R_CONN,
+    "keep-alive": _R_DROP,
+    "proxy-connection": _R_DROP,
+    "te": _R_DROP,
+    "transfer-encoding": _R_DROP,
+    "upgrade": _R_UPGRADE,
+    "trailer": _R_DROP,
+    "content-length": _R_DROP,
+    "via": _R_VIA,
+    "x-backend-server": _R_BACKEND,
 }
 
 # Raw response header name -> what to do; memoised because backends repeat the same names.
@@ -431,15 +491,48 @@ class ResponseRewriter:
         self.via = via
         self._status: dict[tuple[int, bytes], bytes] = {}
 
-    def head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], *, framing: str,
-             content_length: int | None, keep_alive: bool, version: str = "HTTP/1.1",
-             backend: bytes | None = None, set_cookie: bytes | None = None, upgrade: bool = False) -> bytes:
-        return self._head(status, reason, headers, framing, content_length, keep_alive, version, backend,
-                          set_cookie, upgrade, True)
+    def head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        framing: str,
+        content_length: int | None,
+        keep_alive: bool,
+        version: str = "HTTP/1.1",
+        backend: bytes | None = None,
+        set_cookie: bytes | None = None,
+        upgrade: bool = False,
+    ) -> bytes:
+        return self._head(
+            status,
+            reason,
+            headers,
+            framing,
+            content_length,
+            keep_alive,
+            version,
+            backend,
+            set_cookie,
+            upgrade,
+            True,
+        )
 
-    def _head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], framing: str,
-              content_length: int | None, keep_alive: bool, version: str, backend: bytes | None,
-              set_cookie: bytes | None, upgrade: bool, check_conn: bool) -> bytes:
+    def _head(
+        self,
+        status: int,
+        reason: bytes,
+        headers: list[tuple[bytes, bytes]],
+        framing: str,
+        content_length: int | None,
+        keep_alive: bool,
+        version: str,
+        backend: bytes | None,
+        set_cookie: bytes | None,
+        upgrade: bool,
+        check_conn: bool,
+    ) -> bytes:
         # Always HTTP/1.1, the highest version we speak, as RFC 9110 section 2.5 asks (and as
         # the workers answer); ``version`` (the client's) only decides framing and keep-alive.
         key = (status, reason)
@@ -475,14 +568,25 @@ class ResponseRewriter:
                     via.append(value)
             elif code == _R_UPGRADE:
                 up_value = value if up_value is None else up_value + b", " + value
-            elif not lb:   # _R_BACKEND: a backend's own X-Backend-Server is replaced by ours
+            elif not lb:  # _R_BACKEND: a backend's own X-Backend-Server is replaced by ours
                 add((raw, b": ", value, b"\r\n"))
         if conn is not None and check_conn:
             extra = split_connection_tokens(conn) - _PLAIN_TOKENS
             if extra:
                 kept = [h for h in headers if h[0].decode("latin-1").lower() not in extra]
-                return self._head(status, reason, kept, framing, content_length, keep_alive, version, backend,
-                                  set_cookie, upgrade, False)
+                return self._head(
+                    status,
+                    reason,
+                    kept,
+                    framing,
+                    content_length,
+                    keep_alive,
+                    version,
+                    backend,
+                    set_cookie,
+                    upgrade,
+                    False,
+                )
         if via is not None:
             via.append(self.via)
             add((b"Via: ", b", ".join(via), b"\r\n"))
@@ -516,6 +620,7 @@ class ResponseRewriter:
 
 
 # -- cookies ----------------------------------------------------------------------------------
+
 
 def cookie_value(headers: list[tuple[str, bytes, bytes]], name: str) -> str | None:
     """The value of cookie ``name`` in the request's Cookie header(s), or None.

@@ -23,7 +23,7 @@ Clock = Callable[[], float]
 
 # A DNS name or IPv4 address: letters, digits, dots, hyphens (underscores are seen in the wild).
 _HOSTNAME = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
-_DIGITS = re.compile(r"[0-9]{1,9}")   # ASCII only: str.isdigit() also accepts "²"
+_DIGITS = re.compile(r"[0-9]{1,9}")  # ASCII only: str.isdigit() also accepts "²"
 
 
 def parse_backends(spec: str | list[str]) -> list[tuple[str, int, int]]:
@@ -49,7 +49,9 @@ def parse_backends(spec: str | list[str]) -> list[tuple[str, int, int]]:
 
 def _parse_backend(item: str) -> tuple[str, int, int]:
     def bad(why: str) -> ValueError:
-        return ValueError(f"invalid backend {item!r}: {why} (want HOST:PORT, [IPV6]:PORT, optionally =WEIGHT)")
+        return ValueError(
+            f"invalid backend {item!r}: {why} (want HOST:PORT, [IPV6]:PORT, optionally =WEIGHT)"
+        )
 
     addr, eq, w = item.partition("=")
     weight = 1
@@ -67,7 +69,7 @@ def _parse_backend(item: str) -> tuple[str, int, int]:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise bad(f"{host!r} is not an IPv6 address") from None
-        rest = addr[close + 1:]
+        rest = addr[close + 1 :]
         if not rest.startswith(":"):
             raise bad("missing :PORT")
         port_s = rest[1:]
@@ -97,7 +99,7 @@ class HealthState:
         self.rise = rise
         self.fall = fall
         self.healthy = healthy
-        self.streak = 0   # consecutive results contradicting ``healthy``
+        self.streak = 0  # consecutive results contradicting ``healthy``
 
     def observe(self, ok: bool) -> bool:
         """Record one check result; True when ``healthy`` changed."""
@@ -112,7 +114,7 @@ class HealthState:
         return True
 
 
-MAX_BACKOFF = 8   # an ejection lasts at most 8 x eject_for
+MAX_BACKOFF = 8  # an ejection lasts at most 8 x eject_for
 
 
 class PassiveEjector:
@@ -131,18 +133,19 @@ class PassiveEjector:
 
     __slots__ = ("errors", "window", "base", "clock", "failures", "until", "ejections", "successes")
 
-    def __init__(self, *, errors: int = 5, window: float = 10.0, eject_for: float = 10.0,
-                 clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, *, errors: int = 5, window: float = 10.0, eject_for: float = 10.0, clock: Clock = time.monotonic
+    ) -> None:
         if errors < 1:
             raise ValueError("errors must be >= 1")
         self.errors = errors
         self.window = window
         self.base = eject_for
         self.clock = clock
-        self.failures: deque[float] = deque(maxlen=errors)   # times of the recent consecutive failures
-        self.until = 0.0          # ejected while clock() < until
-        self.ejections = 0        # since the last success streak: sets the backoff
-        self.successes = 0        # consecutive successes
+        self.failures: deque[float] = deque(maxlen=errors)  # times of the recent consecutive failures
+        self.until = 0.0  # ejected while clock() < until
+        self.ejections = 0  # since the last success streak: sets the backoff
+        self.successes = 0  # consecutive successes
 
     @property
     def eject_for(self) -> float:
@@ -153,10 +156,10 @@ class PassiveEjector:
         """Record a failure; True when it ejects the backend (it was not ejected before)."""
         now = self.clock()
         if now < self.until:
-            return False   # already out: late answers from before the ejection do not extend it
+            return False  # already out: late answers from before the ejection do not extend it
         self.successes = 0
         if self.ejections:
-            return self._eject(now)   # on trial
+            return self._eject(now)  # on trial
         failures = self.failures
         failures.append(now)
         if len(failures) == self.errors and now - failures[0] <= self.window:
@@ -192,17 +195,22 @@ class RetryBudget:
 
     __slots__ = ("ratio", "floor", "clock", "slots", "nslots", "second", "balance")
 
-    def __init__(self, ratio: float = 0.2, min_per_second: float = 10.0, clock: Clock = time.monotonic,
-                 window: float = 10.0) -> None:
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        min_per_second: float = 10.0,
+        clock: Clock = time.monotonic,
+        window: float = 10.0,
+    ) -> None:
         if ratio < 0 or min_per_second < 0:
             raise ValueError("ratio and min_per_second must be >= 0")
         self.ratio = ratio
         self.nslots = max(1, int(window))
-        self.floor = min_per_second * self.nslots   # the reserve every window starts with
+        self.floor = min_per_second * self.nslots  # the reserve every window starts with
         self.clock = clock
         self.slots = [0.0] * self.nslots
         self.second = int(clock())
-        self.balance = 0.0        # sum(slots)
+        self.balance = 0.0  # sum(slots)
 
     def _advance(self) -> int:
         sec = int(self.clock())
@@ -213,7 +221,7 @@ class RetryBudget:
             for s in range(self.second + 1, self.second + 1 + min(gone, n)):
                 slots[s % n] = 0.0
             self.second = sec
-            self.balance = sum(slots)   # re-summed: no float drift from += and -=
+            self.balance = sum(slots)  # re-summed: no float drift from += and -=
         return sec % self.nslots
 
     def on_request(self) -> None:
@@ -224,7 +232,7 @@ class RetryBudget:
     def try_spend(self) -> bool:
         """Take one retry from the budget; False when it is spent."""
         i = self._advance()
-        if self.floor + self.balance < 1.0 - 1e-9:   # 5 x 0.2 must make a whole retry
+        if self.floor + self.balance < 1.0 - 1e-9:  # 5 x 0.2 must make a whole retry
             return False
         self.slots[i] -= 1.0
         self.balance -= 1.0

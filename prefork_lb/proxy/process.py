@@ -32,8 +32,8 @@ from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
 log = logging.getLogger("prefork_lb.error")
 
-SYNC = 0.1   # seconds between scoreboard reads and heartbeats
-IDLE_BEFORE_CLOSE = 0.5   # a draining proxy closes keep-alive connections idle this long
+SYNC = 0.1  # seconds between scoreboard reads and heartbeats
+IDLE_BEFORE_CLOSE = 0.5  # a draining proxy closes keep-alive connections idle this long
 
 
 def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
@@ -56,9 +56,17 @@ def make_strategy(cfg: Any, secret: bytes | None) -> Any:
 
 
 class ProxyProcess:
-    def __init__(self, cfg: Any, listeners: list[socket.socket], admin: list[socket.socket],
-                 board: sb.Scoreboard | None, entry: Any, master_pid: int, secret: bytes | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        cfg: Any,
+        listeners: list[socket.socket],
+        admin: list[socket.socket],
+        board: sb.Scoreboard | None,
+        entry: Any,
+        master_pid: int,
+        secret: bytes | None,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
         self.cfg = cfg
         self.loop = loop
         self.listeners = listeners
@@ -165,8 +173,10 @@ class ProxyProcess:
         try:
             async with asyncio.timeout(cfg.health_check_timeout or None):
                 reader, writer = await asyncio.open_connection(b.host, b.port)
-                writer.write(f"GET {cfg.health_check_path} HTTP/1.1\r\nHost: {b.key}\r\n"
-                             f"User-Agent: prefork_lb-health\r\nConnection: close\r\n\r\n".encode("latin-1"))
+                writer.write(
+                    f"GET {cfg.health_check_path} HTTP/1.1\r\nHost: {b.key}\r\n"
+                    f"User-Agent: prefork_lb-health\r\nConnection: close\r\n\r\n".encode("latin-1")
+                )
                 line = await reader.readline()
             parts = line.split(None, 2)
             return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and 200 <= int(parts[1]) < 400
@@ -188,23 +198,36 @@ class ProxyProcess:
             up = bool(m and m["state"] == "up")
             healthy += up
             lat = m["latency"] if m else None
-            backends.append({"name": b.key, "healthy": up, "in_flight": m["in_flight"] if m else 0,
-                             "latency_ms": None if lat is None else round(lat * 1000, 3),
-                             **({"slot": b.slot} if b.slot is not None else {}),
-                             **({"reason": b.down_reason} if not up and b.down_reason else {})})
+            backends.append(
+                {
+                    "name": b.key,
+                    "healthy": up,
+                    "in_flight": m["in_flight"] if m else 0,
+                    "latency_ms": None if lat is None else round(lat * 1000, 3),
+                    **({"slot": b.slot} if b.slot is not None else {}),
+                    **({"reason": b.down_reason} if not up and b.down_reason else {}),
+                }
+            )
         total = len(backends)
         status = "down" if not healthy else ("ok" if healthy == total else "degraded")
         return {"status": status, "healthy": healthy, "total": total, "backends": backends}
 
     def stats_doc(self) -> dict[str, Any]:
         proxy = self.proxy
-        return {"strategy": self.cfg.strategy, "requests": proxy.requests, "websockets": proxy.websockets,
-                "connections": proxy.connections, "active_connections": proxy.active,
-                "queued": len(proxy.waiting), "pid": os.getpid(),
-                # --dispatch proxy: worker slots with a ready worker (autoscaling shows here)
-                "local_workers": sum(1 for b in proxy.backends.values()
-                                     if b.slot is not None and proxy.strategy.members[b.key].up),
-                "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()]}
+        return {
+            "strategy": self.cfg.strategy,
+            "requests": proxy.requests,
+            "websockets": proxy.websockets,
+            "connections": proxy.connections,
+            "active_connections": proxy.active,
+            "queued": len(proxy.waiting),
+            "pid": os.getpid(),
+            # --dispatch proxy: worker slots with a ready worker (autoscaling shows here)
+            "local_workers": sum(
+                1 for b in proxy.backends.values() if b.slot is not None and proxy.strategy.members[b.key].up
+            ),
+            "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()],
+        }
 
     def admin_response(self, req: Any) -> bytes:
         path = req.split_target()[0]
@@ -219,8 +242,10 @@ class ProxyProcess:
             return simple_response(404, "not found: try /lb-health or /lb-stats", close=not req.keep_alive)
         body = json.dumps(doc, indent=1).encode() + b"\n"
         reason = "OK" if code == 200 else "Service Unavailable"
-        head = (f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
-                f"Content-Length: {len(body)}\r\n" + ("" if req.keep_alive else "Connection: close\r\n") + "\r\n")
+        head = (
+            f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n"
+            f"Content-Length: {len(body)}\r\n" + ("" if req.keep_alive else "Connection: close\r\n") + "\r\n"
+        )
         return head.encode() + (b"" if req.method == "HEAD" else body)
 
     # -- running ------------------------------------------------------------------------------------
@@ -233,8 +258,11 @@ class ProxyProcess:
         proxy = self.proxy
         for s in self.listeners:
             s.setblocking(False)
-            self.servers.append(await loop.create_server(lambda: ClientConn(proxy, scheme), sock=s, ssl=ctx,
-                                                         backlog=cfg.backlog))
+            self.servers.append(
+                await loop.create_server(
+                    lambda: ClientConn(proxy, scheme), sock=s, ssl=ctx, backlog=cfg.backlog
+                )
+            )
         for s in self.admin:
             s.setblocking(False)
             self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
@@ -326,13 +354,14 @@ def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: l
     entry.beat()
     loop = new_loop(cfg.proxy_loop)
     asyncio.set_event_loop(loop)
-    proc = ProxyProcess(cfg, listeners, admin, master.board, entry, master.pid,
-                        getattr(master, "sticky_secret", None), loop)
+    proc = ProxyProcess(
+        cfg, listeners, admin, master.board, entry, master.pid, getattr(master, "sticky_secret", None), loop
+    )
     loop.add_signal_handler(signal.SIGTERM, proc.stop, True)
     loop.add_signal_handler(signal.SIGINT, proc.stop, False)
     loop.add_signal_handler(signal.SIGQUIT, proc.stop, False)
     loop.add_signal_handler(signal.SIGUSR1, reopen_logs, proc)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())   # blocked since the fork (Arbiter.spawn)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork (Arbiter.spawn)
     try:
         loop.run_until_complete(proc.serve())
     except Exception:

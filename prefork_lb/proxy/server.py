@@ -33,7 +33,6 @@ Time: no timer per request. One sweep every :data:`SWEEP` seconds checks every c
 single deadline (head, body, idle, queue, upstream), so the hot path only stores a float.
 """
 
-
 from __future__ import annotations
 
 import asyncio
@@ -57,15 +56,31 @@ __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 
 log = logging.getLogger("prefork_lb.error")
 
-SWEEP = 0.1                 # seconds between deadline sweeps
+SWEEP = 0.1  # seconds between deadline sweeps
 
 
 class ClientConn(asyncio.Protocol):
     """A client connection: strict parsing, one exchange at a time, pipelining in order."""
 
-    __slots__ = ("proxy", "transport", "parser", "peer_ip", "scheme", "ex", "wbuf", "keep_alive",
-                 "deadline", "deadline_kind", "paused_by", "closed", "tunnel", "queued", "early", "eof",
-                 "flushes")
+    __slots__ = (
+        "proxy",
+        "transport",
+        "parser",
+        "peer_ip",
+        "scheme",
+        "ex",
+        "wbuf",
+        "keep_alive",
+        "deadline",
+        "deadline_kind",
+        "paused_by",
+        "closed",
+        "tunnel",
+        "queued",
+        "early",
+        "eof",
+        "flushes",
+    )
 
     def __init__(self, proxy: Proxy, scheme: str) -> None:
         self.proxy = proxy
@@ -82,7 +97,7 @@ class ClientConn(asyncio.Protocol):
         self.closed = False
         self.tunnel: Upstream | None = None
         self.queued = False
-        self.early: list[bytes] = []   # bytes that came before we read: a WebSocket's, a queued client's
+        self.early: list[bytes] = []  # bytes that came before we read: a WebSocket's, a queued client's
         self.eof = False
         self.flushes = 0
 
@@ -129,14 +144,14 @@ class ClientConn(asyncio.Protocol):
         parser = self.parser
         if parser.stopped:
             if self.ex is not None and self.ex.websocket:
-                self.early.append(data)   # sent before the 101: held for the tunnel
+                self.early.append(data)  # sent before the 101: held for the tunnel
             return
         try:
             parser.feed(data)
         except HTTPError as exc:
             self.refuse(exc)
             return
-        if parser.tail:   # sent along with an Upgrade request: the tunnel's, if one is made
+        if parser.tail:  # sent along with an Upgrade request: the tunnel's, if one is made
             self.early.append(parser.tail)
             parser.tail = b""
         ex = self.ex
@@ -148,7 +163,7 @@ class ClientConn(asyncio.Protocol):
         elif not ex.body_done:
             ex.pump_body()
             if ex.up is None and ex.req.body_size > HIGH_WATER:
-                self.pause("connect")   # the body waits for a backend connection: bounded
+                self.pause("connect")  # the body waits for a backend connection: bounded
             if self.deadline_kind == D_BODY:
                 self.deadline = _now() + self.proxy.body_timeout
         if len(parser.requests) > 1:
@@ -263,7 +278,7 @@ class ClientConn(asyncio.Protocol):
     def close_after_write(self) -> None:
         if not self.closed:
             self.closed = True
-            self.transport.close()   # asyncio sends what is buffered first
+            self.transport.close()  # asyncio sends what is buffered first
 
     def close(self) -> None:
         if not self.closed:
@@ -327,7 +342,7 @@ class ClientConn(asyncio.Protocol):
             ex.done = True
             if ex.backend is not None:
                 proxy.strategy.on_finish(ex.backend.key, None, True)
-            ex.drop_upstream()   # its response has no reader; the connection cannot be reused
+            ex.drop_upstream()  # its response has no reader; the connection cannot be reused
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -371,10 +386,16 @@ class Proxy:
         self.hashing = getattr(strategy, "name", "") == "hash"
         self.cookie_name = cfg.sticky_cookie
         self.backends: dict[str, Backend] = {}
-        self.limits = Limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size,
-                             cfg.limit_request_body, cfg.require_host)
-        self.request_rewriter = RequestRewriter(trusted=TrustedPeers(cfg.forwarded_allow_ips),
-                                                lb_headers=cfg.lb_headers)
+        self.limits = Limits(
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+            cfg.limit_request_body,
+            cfg.require_host,
+        )
+        self.request_rewriter = RequestRewriter(
+            trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers
+        )
         self.response_rewriter = ResponseRewriter(lb_headers=cfg.lb_headers)
         self.budget = RetryBudget(ratio=cfg.retry_budget)
         self.retries = cfg.retries
@@ -385,23 +406,23 @@ class Proxy:
         self.keepalive = cfg.keepalive
         self.keepalive_max = cfg.upstream_keepalive
         self.pipeline = cfg.upstream_pipeline
-        self.pass_end: list[ClientConn | Upstream] = []   # connections with writes for the end of this pass
+        self.pass_end: list[ClientConn | Upstream] = []  # connections with writes for the end of this pass
         self.max_connections = cfg.max_connections
         self.queue_timeout = cfg.queue_timeout
         self.admin_public = cfg.stats_bind == "public"
         self.clients: set[ClientConn] = set()
         self.waiting: deque[ClientConn] = deque()
         self.active = 0
-        self.connections = 0      # accepted, in total
+        self.connections = 0  # accepted, in total
         self.requests = 0
         self.websockets = 0
         self.stopping = False
-        self.admin_response: Any = None   # set by the process: (Request) -> bytes
+        self.admin_response: Any = None  # set by the process: (Request) -> bytes
         self.request_memo = RequestMemo()
         self.access: AccessLog | None = None
         if cfg.access_logfile:
             self.access = AccessLog(cfg.access_log_format, cfg.access_logfile)
-        self.response_memo: dict[bytes, ResponseMemo | None] = {}   # None: seen once
+        self.response_memo: dict[bytes, ResponseMemo | None] = {}  # None: seen once
 
     def log_access(self, client: ClientConn, ex: Exchange) -> None:
         """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``
@@ -410,15 +431,19 @@ class Proxy:
         req = ex.req
         path, query = req.split_target()
         env: dict[str, Any] = {
-            "REMOTE_ADDR": client.peer_ip, "REQUEST_METHOD": req.method,
-            "RAW_URI": req.target.decode("latin-1"), "PATH_INFO": path.decode("latin-1"),
-            "QUERY_STRING": query.decode("latin-1"), "SERVER_PROTOCOL": req.version,
+            "REMOTE_ADDR": client.peer_ip,
+            "REQUEST_METHOD": req.method,
+            "RAW_URI": req.target.decode("latin-1"),
+            "PATH_INFO": path.decode("latin-1"),
+            "QUERY_STRING": query.decode("latin-1"),
+            "SERVER_PROTOCOL": req.version,
         }
         for lname, _, value in req.headers:
             env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
         backend = ex.backend.key if ex.backend is not None else "-"
-        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0,
-                               out_headers=[("X-Backend-Server", backend)])
+        line = SimpleNamespace(
+            status=str(ex.status or "-"), bytes_sent=0, out_headers=[("X-Backend-Server", backend)]
+        )
         self.access.log(env, line, _now() - ex.started)
 
     # -- writing ------------------------------------------------------------------------------------
@@ -483,8 +508,9 @@ class Proxy:
     async def _connect(self, backend: Backend, ex: Exchange) -> None:
         try:
             async with asyncio.timeout(self.connect_timeout):
-                _, up = await self.loop.create_connection(lambda: Upstream(self, backend), backend.host,
-                                                          backend.port)
+                _, up = await self.loop.create_connection(
+                    lambda: Upstream(self, backend), backend.host, backend.port
+                )
         except (OSError, TimeoutError) as exc:
             backend.connecting -= 1
             if ex.backend is backend and not ex.done and ex.up is None:
@@ -573,6 +599,11 @@ class Proxy:
         ``Connection: close`` of their next response."""
         now = _now()
         for c in list(self.clients):
-            if (c.ex is None and c.tunnel is None and not c.parser.requests and c.deadline_kind == D_IDLE
-                    and now - (c.deadline - self.keepalive) >= min_idle):
+            if (
+                c.ex is None
+                and c.tunnel is None
+                and not c.parser.requests
+                and c.deadline_kind == D_IDLE
+                and now - (c.deadline - self.keepalive) >= min_idle
+            ):
                 c.close()

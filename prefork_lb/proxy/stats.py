@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-UNIT = 1e-5            # seconds: the lower end of the range, 10 us
-TOP = 100.0            # seconds: the upper end of the range
-SUB_BUCKETS = 16       # linear buckets per power of two: 1/16 wide -> <= 3.2% error at the midpoint
+UNIT = 1e-5  # seconds: the lower end of the range, 10 us
+TOP = 100.0  # seconds: the upper end of the range
+SUB_BUCKETS = 16  # linear buckets per power of two: 1/16 wide -> <= 3.2% error at the midpoint
 # Powers of two needed to reach TOP / UNIT = 1e7: 24 (2**24 > 1e7, so the range ends at 167 s).
 _POWERS = math.frexp(TOP / UNIT)[1]
-NBUCKETS = 1 + _POWERS * SUB_BUCKETS + 1    # [0]: below 10 us; [-1]: past the range
+NBUCKETS = 1 + _POWERS * SUB_BUCKETS + 1  # [0]: below 10 us; [-1]: past the range
 
 _frexp = math.frexp
 
@@ -39,7 +39,7 @@ class LatencyHistogram:
         if v < 1.0:
             i = 0
         else:
-            m, e = _frexp(v)    # v = m * 2**e, 0.5 <= m < 1, e >= 1
+            m, e = _frexp(v)  # v = m * 2**e, 0.5 <= m < 1, e >= 1
             i = 1 + (e - 1) * SUB_BUCKETS + int((m - 0.5) * (2 * SUB_BUCKETS))
             if i >= NBUCKETS:
                 i = NBUCKETS - 1
@@ -61,17 +61,17 @@ class LatencyHistogram:
         # Nearest-rank: the smallest sample with at least p% of the samples at or below it.
         rank = max(1, math.ceil(p / 100.0 * self.count))
         if rank == 1:
-            return self.min       # the extremes are known exactly
+            return self.min  # the extremes are known exactly
         if rank == self.count:
             return self.max
         buckets = self.buckets
         i = 0
         seen = buckets[0]
-        while seen < rank:     # ends: rank <= count == sum(buckets)
+        while seen < rank:  # ends: rank <= count == sum(buckets)
             i += 1
             seen += buckets[i]
         if i == NBUCKETS - 1:
-            return self.max    # past the range: the largest samples, of which max is one
+            return self.max  # past the range: the largest samples, of which max is one
         return min(max(_midpoint(i), self.min), self.max)
 
     def reset(self) -> None:
@@ -86,13 +86,13 @@ def _midpoint(i: int) -> float:
     if i == 0:
         return UNIT / 2
     e, k = divmod(i - 1, SUB_BUCKETS)
-    low = 2.0 ** e * (1.0 + k / SUB_BUCKETS)
-    return (low + 2.0 ** e / SUB_BUCKETS / 2) * UNIT
+    low = 2.0**e * (1.0 + k / SUB_BUCKETS)
+    return (low + 2.0**e / SUB_BUCKETS / 2) * UNIT
 
 
 # Index of a status code's class in BackendStats.responses: 1xx -> 0 ... 5xx -> 4.
 CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-_REPORTED = CLASSES[1:]   # /lb-stats shows 2xx..5xx (a 101 becomes a websocket, not a response)
+_REPORTED = CLASSES[1:]  # /lb-stats shows 2xx..5xx (a 101 becomes a websocket, not a response)
 
 
 class BackendStats:
@@ -107,7 +107,7 @@ class BackendStats:
         self.errors = 0
         self.retries = 0
         self.websockets = 0
-        self.pipelined = 0   # requests sent behind another on the same connection
+        self.pipelined = 0  # requests sent behind another on the same connection
         self.responses = [0, 0, 0, 0, 0]
         self.histogram = LatencyHistogram()
 

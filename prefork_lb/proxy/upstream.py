@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("prefork_lb.error")
 
-HIGH_WATER = 256 * 1024     # write buffer of a transport before its peer is paused
+HIGH_WATER = 256 * 1024  # write buffer of a transport before its peer is paused
 
 
 class ResponseMemo:
@@ -54,8 +54,23 @@ class ResponseMemo:
 class Backend:
     """One upstream address: its pool of idle connections, health and statistics."""
 
-    __slots__ = ("key", "host", "port", "name", "weight", "idle", "stats", "health", "ejector",
-                 "slot", "ejected_until", "checking", "connecting", "down_reason", "batch")
+    __slots__ = (
+        "key",
+        "host",
+        "port",
+        "name",
+        "weight",
+        "idle",
+        "stats",
+        "health",
+        "ejector",
+        "slot",
+        "ejected_until",
+        "checking",
+        "connecting",
+        "down_reason",
+        "batch",
+    )
 
     def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
         self.host = host
@@ -65,22 +80,38 @@ class Backend:
         self.weight = weight
         self.idle: list[Upstream] = []
         self.stats = BackendStats()
-        self.health: Any = None          # HealthState for remote backends with active checks
+        self.health: Any = None  # HealthState for remote backends with active checks
         self.ejector = PassiveEjector()
-        self.slot = slot                 # a local worker slot, or None for a remote backend
+        self.slot = slot  # a local worker slot, or None for a remote backend
         self.ejected_until = 0.0
         self.checking = False
         self.connecting = 0
         self.down_reason = ""
-        self.batch: Upstream | None = None   # a connection whose pipelined GETs go out at the end of this pass
+        self.batch: Upstream | None = None  # a connection whose pipelined GETs go out at the end of this pass
 
 
 class Upstream(asyncio.Protocol):
     """A connection to a backend; parses responses with httptools."""
 
-    __slots__ = ("proxy", "backend", "transport", "parser", "ex", "headers", "last_used", "closed",
-                 "paused", "is_head", "got_bytes", "tunnel_to", "reason", "midmsg", "raw_head",
-                 "queue", "out")
+    __slots__ = (
+        "proxy",
+        "backend",
+        "transport",
+        "parser",
+        "ex",
+        "headers",
+        "last_used",
+        "closed",
+        "paused",
+        "is_head",
+        "got_bytes",
+        "tunnel_to",
+        "reason",
+        "midmsg",
+        "raw_head",
+        "queue",
+        "out",
+    )
 
     def __init__(self, proxy: Proxy, backend: Backend) -> None:
         self.proxy = proxy
@@ -96,10 +127,10 @@ class Upstream(asyncio.Protocol):
         self.got_bytes = False
         self.tunnel_to: ClientConn | None = None
         self.reason = b""
-        self.midmsg = False          # a response is partly parsed
-        self.raw_head: bytes | None = None   # the head of the response being parsed, when whole
-        self.queue: deque[Exchange] = deque()   # sent after ``ex``, answered after it
-        self.out: list[bytes] = []   # to write at the end of this pass of the loop
+        self.midmsg = False  # a response is partly parsed
+        self.raw_head: bytes | None = None  # the head of the response being parsed, when whole
+        self.queue: deque[Exchange] = deque()  # sent after ``ex``, answered after it
+        self.out: list[bytes] = []  # to write at the end of this pass of the loop
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
@@ -136,12 +167,12 @@ class Upstream(asyncio.Protocol):
                 memo = memos.get(raw)
                 if memo is not None:
                     stop = end + 4 + memo.length
-                    if stop <= size and ex.fast_response(self, memo, data[end + 4:stop]):
+                    if stop <= size and ex.fast_response(self, memo, data[end + 4 : stop]):
                         if stop == size:
                             return
                         pos = stop
                         nxt = self.ex
-                        if nxt is None:   # more than was asked for: never reuse this connection
+                        if nxt is None:  # more than was asked for: never reuse this connection
                             self.close()
                             return
                         ex = nxt
@@ -154,7 +185,7 @@ class Upstream(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            ex.upgraded(data[exc.args[0]:])
+            ex.upgraded(data[exc.args[0] :])
         except httptools.HttpParserError as exc:
             if self.ex is not None:
                 self.ex.bad_response(str(exc))

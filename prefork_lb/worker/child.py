@@ -39,8 +39,17 @@ def _die_with_parent() -> None:
         pass
 
 
-MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGUSR1,
-                  signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU, signal.SIGCHLD)
+MASTER_SIGNALS = (
+    signal.SIGTERM,
+    signal.SIGINT,
+    signal.SIGQUIT,
+    signal.SIGHUP,
+    signal.SIGUSR1,
+    signal.SIGUSR2,
+    signal.SIGTTIN,
+    signal.SIGTTOU,
+    signal.SIGCHLD,
+)
 
 
 def _leave_master(master_pid: int) -> bool:
@@ -93,7 +102,7 @@ def run(worker: Any, master: Any, listeners: list[socket.socket]) -> None:
 
 def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
     slot, cfg, board, master_pid, boot_fd = worker.slot, master.cfg, master.board, master.pid, master._boot_w
-    if not _leave_master(master_pid):   # the master died between fork and prctl
+    if not _leave_master(master_pid):  # the master died between fork and prctl
         return 0
     # All signals but TERM can come now; a TERM that arrived while booting waits until the
     # graceful handler is in place, instead of killing the worker with connections queued on
@@ -153,8 +162,7 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
         from prefork_lb.offload import offload
 
         options.extra_environ["prefork_lb.offload"] = offload
-    server = Server(app, options, access_log=access, board=entry,
-                    shared_accept=cfg.dispatch == "shared")
+    server = Server(app, options, access_log=access, board=entry, shared_accept=cfg.dispatch == "shared")
     if cfg.dispatch == "handoff":
         for sock in listeners:
             server.add_handoff_channel(sock)
@@ -176,10 +184,10 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
             import psutil
 
             me = psutil.Process()
-        retire_at = 0.0   # --max-rss: when this worker asks to be replaced (jittered)
+        retire_at = 0.0  # --max-rss: when this worker asks to be replaced (jittered)
         while True:
             entry.beat()
-            pool = offload_mod._default_pool   # only if the app has started it
+            pool = offload_mod._default_pool  # only if the app has started it
             if pool is not None:
                 st = pool.stats()
                 entry.offload(st["busy"], st["idle"])
@@ -191,8 +199,12 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
                 now = time.monotonic()
                 if not retire_at and me.memory_info().rss > cfg.max_rss * 1024 * 1024:
                     retire_at = now + random.uniform(0, cfg.max_rss_jitter)
-                    log.warning("Worker %d uses %d MiB, over --max-rss %d MiB: recycling it",
-                                os.getpid(), me.memory_info().rss >> 20, cfg.max_rss)
+                    log.warning(
+                        "Worker %d uses %d MiB, over --max-rss %d MiB: recycling it",
+                        os.getpid(),
+                        me.memory_info().rss >> 20,
+                        cfg.max_rss,
+                    )
                 if retire_at and now >= retire_at:
                     retiring = True
                     entry.set_state(RETIRING)
@@ -200,8 +212,9 @@ def _run(worker: Any, master: Any, listeners: list[socket.socket]) -> int:
                 # Ask the master for a replacement; it sends TERM once that one is ready.
                 retiring = True
                 entry.set_state(RETIRING)
-                log.info("Worker %d served %d requests: asking to be replaced", os.getpid(),
-                         server.requests_served)
+                log.info(
+                    "Worker %d served %d requests: asking to be replaced", os.getpid(), server.requests_served
+                )
             gevent.sleep(interval)
 
     def stop(graceful: bool) -> None:

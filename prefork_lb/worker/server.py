@@ -56,7 +56,7 @@ log = logging.getLogger("prefork_lb.error")
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 RECV_SIZE = 65536
-HANDOFF_BATCH = 64   # descriptors per handoff message
+HANDOFF_BATCH = 64  # descriptors per handoff message
 # Unread request body we are willing to read and throw away to keep a connection alive.
 MAX_DRAIN = 1 << 20
 
@@ -70,8 +70,8 @@ class ServerOptions:
     worker_connections: int = 1000
     server_header: bool = True
     url_scheme: str = "http"
-    extra_environ: dict[str, Any] = field(default_factory=dict)   # added to every request's environ
-    max_concurrency: int = 0      # 0: unlimited
+    extra_environ: dict[str, Any] = field(default_factory=dict)  # added to every request's environ
+    max_concurrency: int = 0  # 0: unlimited
     queue_size: int = 100
     request_timeout: float = 0.0  # 0: none
     # Seconds a drain first goes on serving as usual, accepting included. Behind our own proxy
@@ -82,11 +82,20 @@ class ServerOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
         return cls(
-            limits=Limits(cfg.limit_request_line, cfg.limit_request_fields, cfg.limit_request_field_size,
-                          cfg.limit_request_body, cfg.require_host),
-            keepalive=cfg.keepalive, header_timeout=cfg.header_timeout, root_path=cfg.root_path.rstrip("/"),
-            worker_connections=cfg.worker_connections, server_header=cfg.server_header,
-            max_concurrency=cfg.max_concurrency, queue_size=cfg.queue_size,
+            limits=Limits(
+                cfg.limit_request_line,
+                cfg.limit_request_fields,
+                cfg.limit_request_field_size,
+                cfg.limit_request_body,
+                cfg.require_host,
+            ),
+            keepalive=cfg.keepalive,
+            header_timeout=cfg.header_timeout,
+            root_path=cfg.root_path.rstrip("/"),
+            worker_connections=cfg.worker_connections,
+            server_header=cfg.server_header,
+            max_concurrency=cfg.max_concurrency,
+            queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
             idle_grace=1.0 if getattr(cfg, "dispatch", "") == "proxy" else 0.0,
         )
@@ -104,12 +113,18 @@ class _Deadline(Exception):
 class Server:
     """Serves one WSGI app on listening sockets and/or connections handed to it."""
 
-    def __init__(self, app: WSGIApp, options: ServerOptions | None = None, access_log: Any = None,
-                 board: Any = None, shared_accept: bool = False) -> None:
+    def __init__(
+        self,
+        app: WSGIApp,
+        options: ServerOptions | None = None,
+        access_log: Any = None,
+        board: Any = None,
+        shared_accept: bool = False,
+    ) -> None:
         self.app = app
         self.options = options or ServerOptions()
         self.access_log = access_log
-        self.board = board   # the worker's scoreboard entry (request_started/finished), or None
+        self.board = board  # the worker's scoreboard entry (request_started/finished), or None
         # Called with (environ, request) before the app, or None (the gunicorn worker class
         # uses it for pre_request and forwarded_allow_ips).
         self.before_request: Callable[[dict[str, Any], Request], None] | None = None
@@ -119,7 +134,7 @@ class Server:
         self.pool = gevent.pool.Pool(self.options.worker_connections)
         self.connections: set[Connection] = set()
         self.listeners: list[gevent.socket.socket] = []
-        self.channels: list[gevent.socket.socket] = []   # handoff channels
+        self.channels: list[gevent.socket.socket] = []  # handoff channels
         self._accepters: list[gevent.Greenlet] = []
         self.draining = False
         self.now = time.monotonic()
@@ -162,7 +177,7 @@ class Server:
                 gevent.sleep(0.1)
                 continue
             if not msg and not fds:
-                return   # the channel was closed
+                return  # the channel was closed
             self._take(fds)
 
     def _take(self, fds: list[int]) -> None:
@@ -186,7 +201,7 @@ class Server:
         pool = self.pool
         is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
         while not self.draining:
-            pool.wait_available()   # a full worker leaves connections in the backlog
+            pool.wait_available()  # a full worker leaves connections in the backlog
             try:
                 csock, addr = lsock.accept()
             except OSError as exc:
@@ -241,6 +256,7 @@ class Server:
         its bytes and moved on into the app, where the exception must never land. Throwing
         from the hub (as gevent.kill does) keeps the calling greenlet scheduled.
         """
+
         def fire() -> None:
             g = conn.greenlet
             if g is None or g.dead:
@@ -272,7 +288,7 @@ class Server:
         for g in self._accepters:
             g.kill(block=False)
         if self.listeners or self.channels:
-            gevent.sleep(0.05)   # handshakes (and handoffs) in flight arrive
+            gevent.sleep(0.05)  # handshakes (and handoffs) in flight arrive
         for ls in self.listeners:
             ls.settimeout(0.0)
             for _ in range(100_000):
@@ -331,14 +347,17 @@ class Server:
 def _cooperative(sock: socket.socket) -> gevent.socket.socket:
     """A gevent socket owning ``sock``'s descriptor, in cooperative blocking mode (timeout None:
     a timeout of 0 would make accept and recv fail at once instead of waiting)."""
-    gs = sock if isinstance(sock, gevent.socket.socket) else gevent.socket.socket(
-        sock.family, sock.type, sock.proto, fileno=sock.detach())
+    gs = (
+        sock
+        if isinstance(sock, gevent.socket.socket)
+        else gevent.socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+    )
     gs.settimeout(None)
     return gs
 
 
-CORK_MAX = 16         # responses held at most for one write (_reply)
-ENVIRON = "environ"   # the key of a memoised request's environ entries in Request.memo
+CORK_MAX = 16  # responses held at most for one write (_reply)
+ENVIRON = "environ"  # the key of a memoised request's environ entries in Request.memo
 
 
 def _decode_path(path: bytes) -> str:
@@ -349,9 +368,29 @@ def _decode_path(path: bytes) -> str:
 
 class Connection(BodySource):
     __slots__ = (
-        "server", "sock", "app", "parser", "base_env", "greenlet", "wait_until", "idle", "status",
-        "out_headers", "headers_sent", "chunked", "close_after", "bytes_sent", "req", "is_head",
-        "resp_length", "continue_sent", "partial", "raw", "read_event", "hub", "had_request",
+        "server",
+        "sock",
+        "app",
+        "parser",
+        "base_env",
+        "greenlet",
+        "wait_until",
+        "idle",
+        "status",
+        "out_headers",
+        "headers_sent",
+        "chunked",
+        "close_after",
+        "bytes_sent",
+        "req",
+        "is_head",
+        "resp_length",
+        "continue_sent",
+        "partial",
+        "raw",
+        "read_event",
+        "hub",
+        "had_request",
         "cork",
     )
 
@@ -363,17 +402,17 @@ class Connection(BodySource):
         self.parser = RequestParser(opts.limits, server.request_memo)
         self.greenlet = gevent.getcurrent()
         self.wait_until = 0.0
-        self.idle = False   # True only between requests on a kept-alive connection
+        self.idle = False  # True only between requests on a kept-alive connection
         self.had_request = False
         self.partial = False
-        self.cork: list[bytes] = []   # whole responses held to go out with the next one (_reply)
+        self.cork: list[bytes] = []  # whole responses held to go out with the next one (_reply)
         # The per-request path calls the underlying socket directly and waits on gevent's own
         # read watcher: one syscall fewer per request than gevent's recv (which tries first),
         # and no Python-level wrappers around send.
         self.raw = getattr(sock, "_sock", None)
         self.read_event = getattr(sock, "_read_event", None)
         self.hub = sock.hub
-        if self.raw is None or self.read_event is None:   # an unfamiliar gevent: stay generic
+        if self.raw is None or self.read_event is None:  # an unfamiliar gevent: stay generic
             self.raw = None
         if isinstance(addr, tuple):
             remote_addr, remote_port = str(addr[0]), str(addr[1])
@@ -387,8 +426,9 @@ class Connection(BodySource):
             server_name, server_port = str(local[0]), str(local[1])
         else:
             server_name, server_port = str(local or "localhost"), ""
-        self.base_env = base_environ(server_name, server_port, remote_addr, remote_port, opts.root_path,
-                                     opts.url_scheme, sys.stderr)
+        self.base_env = base_environ(
+            server_name, server_port, remote_addr, remote_port, opts.root_path, opts.url_scheme, sys.stderr
+        )
         if opts.extra_environ:
             self.base_env.update(opts.extra_environ)
         self._reset(None)
@@ -481,7 +521,7 @@ class Connection(BodySource):
         if raw is None:
             return self.sock.recv(RECV_SIZE)
         if self.cork:
-            self._send(b"")   # never wait for a request with responses held back
+            self._send(b"")  # never wait for a request with responses held back
         while True:
             self.hub.wait(self.read_event)
             try:
@@ -514,7 +554,7 @@ class Connection(BodySource):
         except BlockingIOError:
             n = 0
         except OSError:
-            return   # the connection is gone: its greenlet finds out on its next call
+            return  # the connection is gone: its greenlet finds out on its next call
         if n < len(data):
             cork.append(data[n:])
 
@@ -538,7 +578,7 @@ class Connection(BodySource):
     def pull(self, req: Request) -> None:
         """Read more of ``req``'s body from the socket (wsgi.input asked for it)."""
         parser = self.parser
-        if parser.stopped:   # the body will never complete
+        if parser.stopped:  # the body will never complete
             if parser.error is not None:
                 raise parser.error
             raise ClientDisconnected("the request body ended early")
@@ -559,9 +599,9 @@ class Connection(BodySource):
     def _will_drain(self, req: Request) -> bool:
         """Will we read and discard the body the app left unread (True), or close (False)?"""
         if req.expect_continue and not self.continue_sent:
-            return False   # the client may or may not send it: the stream is ambiguous
+            return False  # the client may or may not send it: the stream is ambiguous
         if req.content_length is None:
-            return False   # chunked, of unknown size
+            return False  # chunked, of unknown size
         return req.content_length - req.body_size <= MAX_DRAIN
 
     def _skip_body(self, req: Request) -> bool:
@@ -569,7 +609,7 @@ class Connection(BodySource):
         if req.complete:
             return True
         if req.expect_continue and not self.continue_sent:
-            return False   # the client may or may not send it: the stream is ambiguous
+            return False  # the client may or may not send it: the stream is ambiguous
         req.discard = True
         req.chunks.clear()
         limit = req.body_size + MAX_DRAIN
@@ -606,7 +646,7 @@ class Connection(BodySource):
             env["QUERY_STRING"] = ""
         script = env["SCRIPT_NAME"]
         if script and (path_info == script or path_info.startswith(script + "/")):
-            path_info = path_info[len(script):]
+            path_info = path_info[len(script) :]
         env["REQUEST_METHOD"] = req.method
         env["PATH_INFO"] = path_info
         env["RAW_URI"] = raw_uri
@@ -617,7 +657,7 @@ class Connection(BodySource):
             if key is None:
                 key = environ_key(lname)
             if not key:
-                continue   # a name with '_': dropped
+                continue  # a name with '_': dropped
             if key in env:
                 env[key] += ("; " if key == "HTTP_COOKIE" else ",") + value.decode("latin-1")
             else:
@@ -625,12 +665,13 @@ class Connection(BodySource):
         env["wsgi.input"] = EMPTY_INPUT if req.complete and not req.chunks else Input(self, req)
         if memo is not None:
             base = self.base_env
-            if all(env[k] is v for k, v in base.items()):   # no header merged into a connection key
+            if all(env[k] is v for k, v in base.items()):  # no header merged into a connection key
                 memo[ENVIRON] = {k: v for k, v in env.items() if k not in base}
         return env
 
-    def start_response(self, status: str, headers: list[tuple[str, str]],
-                       exc_info: Any = None) -> Callable[[bytes], None]:
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], None]:
         if exc_info:
             try:
                 if self.headers_sent:
@@ -676,7 +717,7 @@ class Connection(BodySource):
         if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:
             self.close_after = True
         elif not req.complete and not self._will_drain(req):
-            self.close_after = True   # say so now: a client must not reuse this connection
+            self.close_after = True  # say so now: a client must not reuse this connection
         if self.close_after:
             out += "Connection: close\r\n\r\n"
         elif req.version == "HTTP/1.0":
@@ -721,7 +762,7 @@ class Connection(BodySource):
         elif self.chunked:
             self._send(b"0\r\n\r\n")
         if self.resp_length is not None and self.bytes_sent < self.resp_length:
-            self.close_after = True   # the app sent less than it announced: framing is broken
+            self.close_after = True  # the app sent less than it announced: framing is broken
 
     def _sendfile(self, wrapper: FileWrapper) -> bool:
         """Serve a file_wrapper of a regular file with os.sendfile. False: not possible."""

@@ -158,8 +158,15 @@ def environ_key(lname: str) -> str:
     return key
 
 
-def base_environ(server_name: str, server_port: str, remote_addr: str, remote_port: str,
-                 script_name: str, url_scheme: str, errors: Any) -> dict[str, Any]:
+def base_environ(
+    server_name: str,
+    server_port: str,
+    remote_addr: str,
+    remote_port: str,
+    script_name: str,
+    url_scheme: str,
+    errors: Any,
+) -> dict[str, Any]:
     """The keys that stay the same for every request on one connection."""
     return {
         "SERVER_NAME": server_name,
@@ -171,7 +178,7 @@ def base_environ(server_name: str, server_port: str, remote_addr: str, remote_po
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": url_scheme,
         "wsgi.errors": errors,
-        "wsgi.multithread": True,   # greenlets interleave like threads
+        "wsgi.multithread": True,  # greenlets interleave like threads
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
         "wsgi.file_wrapper": FileWrapper,

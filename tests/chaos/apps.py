@@ -35,7 +35,7 @@ def _record(rid: str) -> None:
     path = os.environ.get("CHAOS_LEDGER")
     if not path:
         return
-    if _ledger_fd is None:   # opened lazily: after fork, once per worker
+    if _ledger_fd is None:  # opened lazily: after fork, once per worker
         _ledger_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     os.write(_ledger_fd, f"{rid} {os.getpid()}\n".encode("ascii", "replace"))
 
@@ -46,7 +46,7 @@ def _blocking_sleep(seconds: float) -> None:
         from gevent import monkey
 
         sleep = monkey.get_original("time", "sleep")
-    except ImportError:   # not under gevent: the plain sleep blocks anyway
+    except ImportError:  # not under gevent: the plain sleep blocks anyway
         sleep = time.sleep
     sleep(seconds)
 

@@ -37,7 +37,7 @@ class Result:
     path: str
     start: float
     end: float
-    kind: str            # "ok" (any complete response), else the failure kind
+    kind: str  # "ok" (any complete response), else the failure kind
     status: int = 0
     lport: int = 0
     retry_after: str | None = None
@@ -103,8 +103,9 @@ def _failure_kind(exc: BaseException, phase: str, got_bytes: bool) -> str:
     return f"{phase}_{type(exc).__name__}"
 
 
-def one_request(port: int, method: str = "GET", path: str = "/work?ms=2", rid: str = "",
-                timeout: float = 30.0) -> Result:
+def one_request(
+    port: int, method: str = "GET", path: str = "/work?ms=2", rid: str = "", timeout: float = 30.0
+) -> Result:
     """One request on a new connection (``Connection: close``); never raises."""
     res = Result(rid, method, path, time.monotonic(), 0.0, "ok")
     phase = "connect"
@@ -172,9 +173,19 @@ class Load:
     """``threads`` client threads sending ``rate`` requests/s in all, paced (a late request is
     sent at once, missed ones are not made up), until :meth:`stop` or ``max_seconds``."""
 
-    def __init__(self, port: int, *, tag: str, rate: float = 100.0, threads: int = 8, method: str = "POST",
-                 path: str = "/work?ms=3", keepalive: bool = False, timeout: float = 30.0,
-                 max_seconds: float = 110.0) -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        tag: str,
+        rate: float = 100.0,
+        threads: int = 8,
+        method: str = "POST",
+        path: str = "/work?ms=3",
+        keepalive: bool = False,
+        timeout: float = 30.0,
+        max_seconds: float = 110.0,
+    ) -> None:
         self.port = port
         self.tag = tag
         self.interval = threads / rate
@@ -297,7 +308,7 @@ class Slowloris:
                         self._drop(sel, alive, s)
             # Anything readable is the server answering (408) or closing: the connection is done.
             for key, _ in sel.select(timeout=max(0.0, min(0.2, next_tick - time.monotonic()))):
-                self._drop(sel, alive, key.fileobj)   # type: ignore[arg-type]
+                self._drop(sel, alive, key.fileobj)  # type: ignore[arg-type]
         sel.close()
 
     def _drop(self, sel: selectors.BaseSelector, alive: set[socket.socket], s: socket.socket) -> None:

@@ -53,15 +53,25 @@ class Server:
         self.ledger = workdir / "ledger"
         self.ledger.touch()
         args = ["--dispatch", mode, "--graceful-timeout", "5", *flags]
-        if mode == "proxy":   # the proxy's admin listener defaults to a fixed port
+        if mode == "proxy":  # the proxy's admin listener defaults to a fixed port
             args += ["--stats-bind", f"127.0.0.1:{harness.free_port()}"]
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
+        }
         env["CHAOS_LEDGER"] = str(self.ledger)
         self.cmd = [sys.executable, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{self.port}", *args]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                self.cmd,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.pid = self.proc.pid
 
     def text(self) -> str:
@@ -137,8 +147,11 @@ def chaos_results() -> Iterator[list[dict[str, Any]]]:
     meta = {
         "title": "Chaos suite (tests/chaos)",
         "machine": harness.machine_info(),
-        "params": {"CHAOS_DURATION (s)": DURATION, "modes": ", ".join(MODES),
-                   "session wall time (s)": round(time.monotonic() - started, 1)},
+        "params": {
+            "CHAOS_DURATION (s)": DURATION,
+            "modes": ", ".join(MODES),
+            "session wall time (s)": round(time.monotonic() - started, 1),
+        },
         "commands": {"suite": "python -m pytest -m slow tests/chaos"},
         "notes": [
             "Load: paced client threads on 127.0.0.1 in the test process (see tests/chaos/client.py); "

@@ -98,7 +98,7 @@ class _Reader:
         for _ in range(1_000_000):
             i = self.buf.find(marker)
             if i >= 0:
-                out, self.buf = self.buf[:i + len(marker)], self.buf[i + len(marker):]
+                out, self.buf = self.buf[: i + len(marker)], self.buf[i + len(marker) :]
                 return out
             if len(self.buf) > limit:
                 raise ClosedEarly()
@@ -148,7 +148,7 @@ def read_body(reader: _Reader, rec: Recorded) -> None:
             size_line = reader.until(b"\r\n")
             size = int(size_line.split(b";", 1)[0].strip(), 16)
             if size == 0:
-                while reader.until(b"\r\n") != b"\r\n":   # trailers
+                while reader.until(b"\r\n") != b"\r\n":  # trailers
                     pass
                 break
             parts.append(reader.exactly(size))
@@ -206,7 +206,7 @@ class Backend:
     websocket: bool = False
     health_status: int = 200
     idle_timeout: float = 30.0
-    answers_per_connection: int = 0   # then the connection closes with what follows unanswered (0: no limit)
+    answers_per_connection: int = 0  # then the connection closes with what follows unanswered (0: no limit)
     host: str = HOST
     requests: list[Recorded] = field(default_factory=list)
     health_checks: int = 0
@@ -243,7 +243,7 @@ class Backend:
         lst, self.listener = self.listener, None
         if lst is not None:
             try:
-                lst.shutdown(socket.SHUT_RDWR)   # wakes the accept() of the accept thread
+                lst.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accept thread
             except OSError:
                 pass
             lst.close()
@@ -324,7 +324,9 @@ class Backend:
                     # answers before reading the body, then closes (an upload refused early)
                     with self.lock:
                         self.requests.append(rec)
-                    conn.sendall(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope")
+                    conn.sendall(
+                        b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+                    )
                     # A lingering close, as real servers do: closing with unread bytes would
                     # send a reset, which may destroy the response before the proxy reads it.
                     conn.shutdown(socket.SHUT_WR)
@@ -383,12 +385,23 @@ class Backend:
     def _is_ws(rec: Recorded) -> bool:
         return "websocket" in (rec.header("upgrade") or "").lower()
 
-    def _head(self, status: int, length: int, rec: Recorded, extra: list[tuple[str, str]] | None = None) -> bytes:
-        reason = {200: "OK", 204: "No Content", 304: "Not Modified", 500: "Internal Server Error",
-                  503: "Service Unavailable"}.get(status, "Status")
-        hdrs = [("Content-Length", str(length)), ("Content-Type", "text/plain"),
-                ("X-Backend-Name", self.name), ("X-Request-Target", rec.target),
-                ("X-Request-Seq", str(len(self.requests)))]
+    def _head(
+        self, status: int, length: int, rec: Recorded, extra: list[tuple[str, str]] | None = None
+    ) -> bytes:
+        reason = {
+            200: "OK",
+            204: "No Content",
+            304: "Not Modified",
+            500: "Internal Server Error",
+            503: "Service Unavailable",
+        }.get(status, "Status")
+        hdrs = [
+            ("Content-Length", str(length)),
+            ("Content-Type", "text/plain"),
+            ("X-Backend-Name", self.name),
+            ("X-Request-Target", rec.target),
+            ("X-Request-Seq", str(len(self.requests))),
+        ]
         hdrs += extra or []
         head = f"HTTP/1.1 {status} {reason}\r\n" + "".join(f"{n}: {v}\r\n" for n, v in hdrs) + "\r\n"
         return head.encode("latin-1")
@@ -411,19 +424,21 @@ class Backend:
             body = hashlib.sha256(rec.body).hexdigest().encode()
             conn.sendall(self._head(200, len(body), rec) + body)
             return keep
-        if url.path == "/const":   # the same response head every time (no sequence number)
+        if url.path == "/const":  # the same response head every time (no sequence number)
             body = self.name.encode()
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend-Name: %s\r\n\r\n%s"
-                         % (len(body), body, body))
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nX-Backend-Name: %s\r\n\r\n%s"
+                % (len(body), body, body)
+            )
             return keep
-        if url.path in RAW_RESPONSES:   # framing a proxy must not pass on as it is
+        if url.path in RAW_RESPONSES:  # framing a proxy must not pass on as it is
             conn.sendall(RAW_RESPONSES[url.path])
             return False
-        if url.path == "/close":   # the backend ends the connection after this response
+        if url.path == "/close":  # the backend ends the connection after this response
             body = self.name.encode()
             conn.sendall(self._head(200, len(body), rec, [("Connection", "close")]) + body)
             return False
-        if url.path == "/eof-body":   # no Content-Length: the body ends when we close
+        if url.path == "/eof-body":  # no Content-Length: the body ends when we close
             body = (self.name + ":" + "y" * 5000).encode()
             head = self._head(200, 0, rec, [("Connection", "close")]).replace(b"Content-Length: 0\r\n", b"")
             conn.sendall(head + body)
@@ -443,8 +458,12 @@ class Backend:
         extra = [("Connection", "close")] if not keep else []
         if url.path == "/hop":
             # hop-by-hop headers in the response that the proxy must not pass on
-            extra += [("Keep-Alive", "timeout=5"), ("X-Private", "secret"), ("Connection", "X-Private"),
-                      ("Upgrade", "h2c")]
+            extra += [
+                ("Keep-Alive", "timeout=5"),
+                ("X-Private", "secret"),
+                ("Connection", "X-Private"),
+                ("Upgrade", "h2c"),
+            ]
         body = self.name.encode()
         conn.sendall(self._head(200, len(body), rec, extra) + (b"" if rec.method == "HEAD" else body))
         return keep
@@ -453,7 +472,8 @@ class Backend:
         key = rec.header("sec-websocket-key") or ""
         conn.sendall(
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            + f"Sec-WebSocket-Accept: {ws_accept(key)}\r\nX-Backend-Name: {self.name}\r\n\r\n".encode())
+            + f"Sec-WebSocket-Accept: {ws_accept(key)}\r\nX-Backend-Name: {self.name}\r\n\r\n".encode()
+        )
         for _ in range(100_000):
             opcode, _masked, payload = ws_read_frame(reader.exactly)
             if opcode == 8:

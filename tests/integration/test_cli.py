@@ -26,9 +26,15 @@ from tests.server import (
 def run_cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
     """Run the server with ``args`` in its own process group; (exit code, stdout, stderr).
     Whatever is left of the group when it returns (or times out) is killed."""
-    proc = subprocess.Popen([sys.executable, "-m", "prefork_lb", *args], cwd=ROOT, env=server_env(),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "prefork_lb", *args],
+        cwd=ROOT,
+        env=server_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -57,10 +63,16 @@ CASES = {
     "proxy_bad_backend": (["proxy", "--backends", "127.0.0.1:80,nohost"], "nohost", False),
     "proxy_bad_weight": (["proxy", "--backends", "127.0.0.1:80=0"], "127.0.0.1:80=0", False),
     "proxy_with_app": (["proxy", "tests.apps:echo", "--backends", "127.0.0.1:80"], "takes no app", False),
-    "proxy_missing_certfile": (["proxy", "--backends", "127.0.0.1:80", "--certfile", "/nonexistent.pem"],
-                               "--certfile", False),
-    "proxy_bad_allow_ips": (["proxy", "--backends", "127.0.0.1:80", "--forwarded-allow-ips", "1.2.3.400"],
-                            "--forwarded-allow-ips", False),
+    "proxy_missing_certfile": (
+        ["proxy", "--backends", "127.0.0.1:80", "--certfile", "/nonexistent.pem"],
+        "--certfile",
+        False,
+    ),
+    "proxy_bad_allow_ips": (
+        ["proxy", "--backends", "127.0.0.1:80", "--forwarded-allow-ips", "1.2.3.400"],
+        "--forwarded-allow-ips",
+        False,
+    ),
     "sticky_without_proxy": (["tests.apps:echo", "--strategy", "sticky"], "sticky", False),
 }
 
@@ -114,7 +126,7 @@ def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
         r = s.read_response()
         assert r.status == 200 and r.complete
         assert r.body == b"".join(b"chunk %d\n" % i for i in range(6))
-        assert s.closed_by_server(5)   # drained: the connection ends with the response
+        assert s.closed_by_server(5)  # drained: the connection ends with the response
     assert srv.proc is not None
     assert srv.proc.wait(10) == 0
     assert "Traceback" not in srv.log_text()

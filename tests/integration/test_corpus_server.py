@@ -48,7 +48,7 @@ def expected_env(r: dict[str, Any]) -> dict[str, Any]:
     for name, value in r["headers"]:
         key = {"CONTENT-TYPE": "CONTENT_TYPE", "CONTENT-LENGTH": "CONTENT_LENGTH"}.get(name)
         key = key or "HTTP_" + name.replace("-", "_")
-        if key in headers:   # repeated fields: joined as PEP 3333 / RFC 9110 section 5.3 say
+        if key in headers:  # repeated fields: joined as PEP 3333 / RFC 9110 section 5.3 say
             headers[key] += ("; " if key == "HTTP_COOKIE" else ",") + value
         else:
             headers[key] = value
@@ -68,7 +68,9 @@ def needs_host(r: dict[str, Any]) -> bool:
     return r["version"] == "HTTP/1.1" and not any(h[0] == "HOST" for h in r["headers"])
 
 
-def send(srv: ServerProcess, case: Case, mode: str, timeout: float = 5.0, half_close: bool = True) -> Received:
+def send(
+    srv: ServerProcess, case: Case, mode: str, timeout: float = 5.0, half_close: bool = True
+) -> Received:
     return exchange(srv.port, case.raw, timeout, bytewise=mode == "bytewise", half_close=half_close)
 
 
@@ -82,13 +84,13 @@ def check_valid(srv: ServerProcess, case: Case, mode: str, require_host: bool) -
     statuses = []
     for r in case.expect["requests"]:
         if require_host and needs_host(r):
-            statuses.append(400)   # refused, and the connection ends there
+            statuses.append(400)  # refused, and the connection ends there
             break
         statuses.append(200)
         expected_calls.append(f"{r['method']} {r['uri']}")
     assert [r.status for r in responses] == statuses, responses
     reached = [r.json() for r in responses if r.status == 200]
-    assert reached == [expected_env(r) for r in case.expect["requests"][:len(reached)]]
+    assert reached == [expected_env(r) for r in case.expect["requests"][: len(reached)]]
     assert srv.calls()[before:] == expected_calls
 
 

@@ -51,10 +51,22 @@ class Gunicorn:
         self.port = free_port()
         self.log = tmp / "gunicorn.log"
         self._f = open(self.log, "wb")
-        cmd = [sys.executable, "-m", "gunicorn", "-k", "prefork_lb.gunicorn.Worker", "-b",
-               f"127.0.0.1:{self.port}", "--control-socket", str(tmp / "ctl.sock"), *args, app]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._f, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-k",
+            "prefork_lb.gunicorn.Worker",
+            "-b",
+            f"127.0.0.1:{self.port}",
+            "--control-socket",
+            str(tmp / "ctl.sock"),
+            *args,
+            app,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._f, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -66,12 +78,14 @@ class Gunicorn:
                 return get(self.port)[0] > 0
             except OSError:
                 return False
+
         wait_for(up, what="gunicorn answering")
 
     def workers(self) -> list[int]:
         try:
-            return sorted(c.pid for c in psutil.Process(self.proc.pid).children()
-                          if c.status() != psutil.STATUS_ZOMBIE)
+            return sorted(
+                c.pid for c in psutil.Process(self.proc.pid).children() if c.status() != psutil.STATUS_ZOMBIE
+            )
         except psutil.NoSuchProcess:
             return []
 
@@ -107,8 +121,15 @@ def gunicorn(tmp_path: Path) -> Iterator:
 
 
 def test_serves_and_writes_gunicorns_access_log(gunicorn) -> None:
-    g = gunicorn("prefork_lb.demo:app", "-w", "2", "--access-logfile", "-",
-                 "--access-logformat", '%(m)s %(U)s %(s)s %({x-test}i)s')
+    g = gunicorn(
+        "prefork_lb.demo:app",
+        "-w",
+        "2",
+        "--access-logfile",
+        "-",
+        "--access-logformat",
+        "%(m)s %(U)s %(s)s %({x-test}i)s",
+    )
     status, body = get(g.port, "/json", {"X-Test": "abc"})
     assert status == 200 and b'"pid"' in body
     wait_for(lambda: "GET /json 200 abc" in g.text(), what="access log line")
@@ -162,7 +183,7 @@ def test_request_hooks_and_timeout_with_worker_abort(gunicorn, tmp_path: Path) -
     try:
         get(g.port, "/block")
     except OSError:
-        pass   # the blocked worker is killed under this request
+        pass  # the blocked worker is killed under this request
     wait_for(lambda: "WORKER TIMEOUT" in g.text(), what="gunicorn's timeout")
     wait_for(lambda: "worker_abort" in out.read_text(), what="worker_abort hook")
     wait_for(lambda: g.workers() and first not in g.workers(), what="replacement worker")
@@ -177,9 +198,7 @@ def test_offload_pool_in_gunicorn_workers(gunicorn) -> None:
 def test_worker_int_hook_and_keepalive_timeout(gunicorn, tmp_path: Path) -> None:
     out = tmp_path / "int.log"
     conf = tmp_path / "gconf.py"
-    conf.write_text(
-        f"def worker_int(worker):\n    open({str(out)!r}, 'a').write('worker_int\\n')\n"
-    )
+    conf.write_text(f"def worker_int(worker):\n    open({str(out)!r}, 'a').write('worker_int\\n')\n")
     g = gunicorn("prefork_lb.demo:app", "-w", "1", "--keep-alive", "1", "-c", str(conf))
     # keepalive: an idle kept-alive connection is closed after about a second.
     with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:

@@ -80,13 +80,15 @@ def test_keep_alive_serves_two_requests_on_one_connection(echo: ServerProcess) -
         sock.sendall(build_request("POST", "/second", body=b"abc"))
         r2 = s.read_response()
     assert (r1.status, r2.status) == (200, 200)
-    assert r1.header("connection") is None   # HTTP/1.1: persistent unless said otherwise
+    assert r1.header("connection") is None  # HTTP/1.1: persistent unless said otherwise
     assert (r1.json()["path_info"], r2.json()["path_info"], r2.json()["body"]) == ("/first", "/second", "abc")
 
 
 def test_pipelined_requests_are_answered_in_order(echo: ServerProcess) -> None:
-    data = b"".join(build_request("POST" if i == 2 else "GET", f"/{i}", body=b"x" * i if i == 2 else b"")
-                    for i in (1, 2, 3))
+    data = b"".join(
+        build_request("POST" if i == 2 else "GET", f"/{i}", body=b"x" * i if i == 2 else b"")
+        for i in (1, 2, 3)
+    )
     with connect(echo.port) as sock:
         sock.sendall(data)
         s = HTTPStream(sock)
@@ -130,7 +132,7 @@ def test_connection_close_from_client(echo: ServerProcess) -> None:
         sock.sendall(build_request("GET", "/bye", [("Connection", "close")]) + build_request("GET", "/never"))
         r = s.read_response()
         assert r.status == 200 and r.header("connection") == "close"
-        assert s.closed_by_server(3)   # and the second request was never answered
+        assert s.closed_by_server(3)  # and the second request was never answered
 
 
 # -- request bodies -----------------------------------------------------------------------------
@@ -183,8 +185,9 @@ def _big_unread_body(srv: ServerProcess) -> tuple[Response, bool]:
     whether the server then closed the connection)."""
     body = b"x" * (3 * MiB)
     with connect(srv.port) as sock:
-        sender = threading.Thread(target=_send_ignoring_errors,
-                                  args=(sock, build_request("POST", "/big", body=body)))
+        sender = threading.Thread(
+            target=_send_ignoring_errors, args=(sock, build_request("POST", "/big", body=body))
+        )
         sender.start()
         try:
             s = HTTPStream(sock)
@@ -192,9 +195,9 @@ def _big_unread_body(srv: ServerProcess) -> tuple[Response, bool]:
             closed = s.closed_by_server(5) if not s.eof else True
         finally:
             try:
-                sock.shutdown(socket.SHUT_RDWR)   # unblocks the sender if the server stopped reading
+                sock.shutdown(socket.SHUT_RDWR)  # unblocks the sender if the server stopped reading
             except OSError:
-                pass   # already reset by the server
+                pass  # already reset by the server
             sender.join(10)
     return r, closed
 
@@ -203,7 +206,7 @@ def _send_ignoring_errors(sock: socket.socket, data: bytes) -> None:
     try:
         sock.sendall(data)
     except OSError:
-        pass   # the server stopped reading and closed, as it may
+        pass  # the server stopped reading and closed, as it may
 
 
 def test_big_unread_body_closes_the_connection(shared_server) -> None:
@@ -240,7 +243,7 @@ def test_head_has_content_length_but_no_body(hello: ServerProcess) -> None:
         sock.sendall(build_request("HEAD", "/") + build_request("GET", "/"))
         s = HTTPStream(sock)
         head = s.read_response(head=True)
-        get = s.read_response()   # parsed right after the head: no body bytes came in between
+        get = s.read_response()  # parsed right after the head: no body bytes came in between
     assert head.status == 200 and head.header("content-length") == str(len(HELLO_BODY))
     assert head.header("transfer-encoding") is None
     assert get.status == 200 and get.body == HELLO_BODY
@@ -265,15 +268,16 @@ def test_streamed_response_on_http11_is_chunked(stream: ServerProcess) -> None:
         assert r.status == 200 and r.framing == "chunked" and r.complete
         assert r.header("content-length") is None
         assert r.body == b"chunk 0\nchunk 1\nchunk 2\n"
-        sock.sendall(build_request("GET", "/?n=1"))   # the connection is still usable
+        sock.sendall(build_request("GET", "/?n=1"))  # the connection is still usable
         assert s.read_response().body == b"chunk 0\n"
 
 
 @pytest.mark.parametrize("connection", ["", "keep-alive"])
 def test_streamed_response_on_http10_is_close_delimited(stream: ServerProcess, connection: str) -> None:
     headers = [("Connection", connection)] if connection else []
-    got = exchange(stream.port, build_request("GET", "/?n=3", headers, version="HTTP/1.0", host=None),
-                   half_close=False)
+    got = exchange(
+        stream.port, build_request("GET", "/?n=3", headers, version="HTTP/1.0", host=None), half_close=False
+    )
     responses, _ = parse_responses(got)
     assert got.closed
     assert len(responses) == 1
@@ -304,7 +308,7 @@ def test_file_wrapper(shared_server) -> None:
         sock.sendall(build_request("HEAD", "/?size=5000"))
         head = s.read_response(head=True)
         assert head.header("content-length") == "5000"
-        sock.sendall(build_request("GET", "/?size=1000&length=0"))   # the app gives no length
+        sock.sendall(build_request("GET", "/?size=1000&length=0"))  # the app gives no length
         r = s.read_response()
         assert r.status == 200 and r.body == file_body(1000)
 
@@ -331,7 +335,7 @@ def test_app_exception_after_first_chunk_aborts_the_connection(shared_server) ->
     assert got.closed
     assert got.startswith(b"HTTP/1.1 200 ")
     assert b"first chunk\n" in got
-    assert not got.endswith(b"0\r\n\r\n")   # no terminating chunk: the client sees a truncated body
+    assert not got.endswith(b"0\r\n\r\n")  # no terminating chunk: the client sees a truncated body
     responses, _ = parse_responses(got)
     assert len(responses) == 1 and responses[0].framing == "chunked" and not responses[0].complete
     log = srv.wait_log("boom-late-marker-91c2")
@@ -350,11 +354,14 @@ def _line_of(length: int) -> str:
     return "/" + "a" * (length - len("GET  HTTP/1.1") - 1)
 
 
-@pytest.mark.parametrize(("length", "status"), [
-    (4093, 200),
-    (4094, 200),   # the limit itself is allowed, as in gunicorn (the line counted without CRLF)
-    (4095, 414),
-])
+@pytest.mark.parametrize(
+    ("length", "status"),
+    [
+        (4093, 200),
+        (4094, 200),  # the limit itself is allowed, as in gunicorn (the line counted without CRLF)
+        (4095, 414),
+    ],
+)
 def test_request_line_limit_boundary(echo: ServerProcess, length: int, status: int) -> None:
     target = _line_of(length)
     assert len(f"GET {target} HTTP/1.1") == length
@@ -390,8 +397,10 @@ def test_body_over_the_limit_is_413(small_body: ServerProcess) -> None:
 
 def test_chunked_body_over_the_limit_is_413(small_body: ServerProcess) -> None:
     before = len(small_body.calls())
-    got = exchange(small_body.port, build_request("POST", "/", [("Transfer-Encoding", "chunked")],
-                                                  chunked(b"x" * 6, b"y" * 5)))
+    got = exchange(
+        small_body.port,
+        build_request("POST", "/", [("Transfer-Encoding", "chunked")], chunked(b"x" * 6, b"y" * 5)),
+    )
     responses, _ = parse_responses(got)
     assert [r.status for r in responses] == [413]
     assert small_body.calls()[before:] == []
@@ -421,9 +430,9 @@ def test_header_timeout_counts_from_the_first_byte_not_the_last(timeouts: Server
     t0 = time.monotonic()
     with connect(timeouts.port) as sock:
         s = HTTPStream(sock)
-        for i in range(len(trickle)):   # 100+ bytes at 0.1 s: 10 s, far past the timeout
+        for i in range(len(trickle)):  # 100+ bytes at 0.1 s: 10 s, far past the timeout
             try:
-                sock.sendall(trickle[i:i + 1])
+                sock.sendall(trickle[i : i + 1])
             except OSError:
                 break
             if s.wait_bytes(b"HTTP/1.1", timeout=0.1) or s.eof or time.monotonic() - t0 > 5:
@@ -479,7 +488,9 @@ def test_smuggling_and_malformed_heads_are_refused(echo: ServerProcess, name: st
 
 
 def test_unknown_transfer_coding_is_501(echo: ServerProcess) -> None:
-    refused(echo, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: frobnicate, chunked\r\n\r\n0\r\n\r\n", 501)
+    refused(
+        echo, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: frobnicate, chunked\r\n\r\n0\r\n\r\n", 501
+    )
 
 
 def test_unknown_expectation_is_417(echo: ServerProcess) -> None:
@@ -506,7 +517,7 @@ def test_streaming_upload_does_not_buffer_the_body(start_server) -> None:
     assert request(srv.port, "POST", "/warm", body=b"x" * 100000).json()["bytes"] == 100000
     rss0 = worker.memory_info().rss
     piece = os.urandom(64 * 1024)
-    n = 800   # 50 MiB
+    n = 800  # 50 MiB
     with connect(srv.port, timeout=30) as sock:
         sock.sendall(build_request("POST", "/count", [("Transfer-Encoding", "chunked")]))
         frame = b"%x\r\n%b\r\n" % (len(piece), piece)
@@ -538,12 +549,23 @@ def test_percent_encoded_path_is_decoded_in_path_info_only(echo: ServerProcess) 
     got = request(echo.port, "GET", "/a%2Fb%20c/d%41?q=%2F%20").json()
     assert got["path_info"] == "/a/b c/dA"
     assert got["raw_uri"] == "/a%2Fb%20c/d%41?q=%2F%20"
-    assert got["query"] == "q=%2F%20"   # the query string stays encoded
+    assert got["query"] == "q=%2F%20"  # the query string stays encoded
 
 
 def test_repeated_headers_are_joined_and_underscored_names_dropped(echo: ServerProcess) -> None:
-    got = request(echo.port, "GET", "/", [("X-Multi", "a"), ("X-Multi", "b"), ("Cookie", "c=1"),
-                                          ("Cookie", "d=2"), ("X_Spoof", "1"), ("X-Spoof", "2")]).json()
+    got = request(
+        echo.port,
+        "GET",
+        "/",
+        [
+            ("X-Multi", "a"),
+            ("X-Multi", "b"),
+            ("Cookie", "c=1"),
+            ("Cookie", "d=2"),
+            ("X_Spoof", "1"),
+            ("X-Spoof", "2"),
+        ],
+    ).json()
     assert got["headers"]["HTTP_X_MULTI"] == "a,b"
     assert got["headers"]["HTTP_COOKIE"] == "c=1; d=2"
     assert got["headers"]["HTTP_X_SPOOF"] == "2"
@@ -604,7 +626,9 @@ def test_access_log_to_a_file(start_server, tmp_path: Path) -> None:
     path = tmp_path / "access.log"
     srv = start_server(HELLO, "--access-logfile", str(path))
     assert request(srv.port, "GET", "/to-file").status == 200
-    wait_for(lambda: path.exists() and '"GET /to-file HTTP/1.1" 200' in path.read_text(), 3, "the access log line")
+    wait_for(
+        lambda: path.exists() and '"GET /to-file HTTP/1.1" 200' in path.read_text(), 3, "the access log line"
+    )
 
 
 def test_no_client_reset_on_refusal_with_unread_bytes(echo: ServerProcess) -> None:

@@ -22,7 +22,7 @@ from tests.server import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
 MODES = ["reuseport", "shared", "handoff", "proxy"]
-HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")   # children that are not workers
+HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")  # children that are not workers
 
 
 def free_port() -> int:
@@ -57,10 +57,11 @@ class Master:
         self.log = tmp / "master.log"
         self._log_f = open(self.log, "wb")
         if "proxy" in args and "--stats-bind" not in args:
-            args = (*args, "--stats-bind", "off")   # the default admin port may be taken here
+            args = (*args, "--stats-bind", "off")  # the default admin port may be taken here
         cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{self.port}", *args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log_f, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, stdout=self._log_f, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.pid = self.proc.pid
 
     def text(self) -> str:
@@ -98,7 +99,7 @@ class Master:
         os.kill(self.pid, sig)
 
     def stop(self) -> None:
-        stop_process(self.proc, 10, group=False)   # the master stops its children itself
+        stop_process(self.proc, 10, group=False)  # the master stops its children itself
         self._log_f.close()
 
 
@@ -193,7 +194,7 @@ def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> No
     threads = [threading.Thread(target=one) for _ in range(16)]
     for t in threads:
         t.start()
-    time.sleep(0.5)   # let the connections queue up behind the stopped worker (not a sync point)
+    time.sleep(0.5)  # let the connections queue up behind the stopped worker (not a sync point)
     os.kill(victim, signal.SIGKILL)
     for t in threads:
         t.join(timeout=30)
@@ -207,8 +208,10 @@ def test_reload_under_load_fails_no_request(start, mode: str) -> None:
     with Load(m.port) as load:
         load.wait_more()
         m.signal(signal.SIGHUP)
-        wait_for(lambda: len(set(m.workers()) - set(old)) == 2 and not set(m.workers()) & set(old),
-                 what="old workers replaced")
+        wait_for(
+            lambda: len(set(m.workers()) - set(old)) == 2 and not set(m.workers()) & set(old),
+            what="old workers replaced",
+        )
         load.wait_more()
     assert load.failures == []
 
@@ -230,8 +233,14 @@ def test_term_exits_zero_and_leaves_no_process(start, mode: str) -> None:
     workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     m.signal(signal.SIGTERM)
     assert m.proc.wait(timeout=15) == 0
-    wait_for(lambda: not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
-                             for p in workers), what="workers gone")
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
+            )
+        ),
+        what="workers gone",
+    )
 
 
 def test_sigkill_of_the_master_takes_the_workers_down(start) -> None:
@@ -288,13 +297,17 @@ def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> Non
         assert m.proc.wait(timeout=30) == 0
         new_pid = int(pidfile.read_text())
         assert new_pid != m.pid
+
         def new_children() -> list[int]:
-            return [c.pid for c in psutil.Process(new_pid).children()
-                    if not any(h in " ".join(c.cmdline()) for h in HELPERS)]
+            return [
+                c.pid
+                for c in psutil.Process(new_pid).children()
+                if not any(h in " ".join(c.cmdline()) for h in HELPERS)
+            ]
 
         new_workers = wait_for(lambda: len(new_children()) == 2 and new_children(), what="new workers")
         assert not set(new_workers) & set(old_workers)
-        load.wait_more()   # served by the new master
+        load.wait_more()  # served by the new master
     assert load.failures == []
     assert "Binary upgrade: asking the old master" in m.text()
 
@@ -315,8 +328,14 @@ def test_systemd_socket_activation_and_notify(tmp_path: Path) -> None:
         " '-b', '127.0.0.1:1'])\n"
     )
     log = open(tmp_path / "log", "wb")
-    proc = subprocess.Popen([sys.executable, "-c", launcher], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, NOTIFY_SOCKET=notify_path), start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", launcher],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=dict(os.environ, NOTIFY_SOCKET=notify_path),
+        start_new_session=True,
+    )
     try:
         msg = notify.recv(1024).decode()
         assert "READY=1" in msg
@@ -377,14 +396,22 @@ def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
     )
     log = open(tmp_path / "log", "wb")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                            env=env, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
     try:
+
         def answer():
             try:
                 return get(port, "/")
             except OSError:
                 return None
+
         assert wait_for(answer, what="run() serving") == (200, b"from run()")
         os.kill(proc.pid, signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
@@ -404,7 +431,12 @@ def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
     m = start("-w", "3", "--dispatch", mode)
     wait_for(lambda: len(m.workers()) == 3, what="3 workers")
     with Load(m.port) as load:
-        for n_after, sig in ((2, signal.SIGTTOU), (1, signal.SIGTTOU), (2, signal.SIGTTIN), (1, signal.SIGTTOU)):
+        for n_after, sig in (
+            (2, signal.SIGTTOU),
+            (1, signal.SIGTTOU),
+            (2, signal.SIGTTIN),
+            (1, signal.SIGTTOU),
+        ):
             m.signal(sig)
             wait_for(lambda n=n_after: len(m.workers()) == n, what=f"{n_after} workers")
             load.wait_more(30)
@@ -417,10 +449,12 @@ def test_blocked_worker_is_aborted_and_the_log_names_the_request(start) -> None:
     try:
         get(m.port, "/block?who=me", timeout=8)
     except OSError:
-        pass   # the worker was killed under this request: the connection drops
+        pass  # the worker was killed under this request: the connection drops
     wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
-    log = wait_for(lambda: "WORKER TIMEOUT" in m.text() and "in block_loop" in m.text() and m.text(),
-                   what="timeout log with the stack")
+    log = wait_for(
+        lambda: "WORKER TIMEOUT" in m.text() and "in block_loop" in m.text() and m.text(),
+        what="timeout log with the stack",
+    )
     assert "while serving GET /block?who=me" in log
     assert get(m.port, "/")[0] == 200
 
@@ -468,8 +502,10 @@ def test_killed_dispatcher_is_replaced(start) -> None:
     assert "died unexpectedly" in m.text()
 
 
-@pytest.mark.parametrize("strategy", ["round_robin", "weighted_round_robin", "least_connections", "random",
-                                      "p2c", "least_latency", "hash"])
+@pytest.mark.parametrize(
+    "strategy",
+    ["round_robin", "weighted_round_robin", "least_connections", "random", "p2c", "least_latency", "hash"],
+)
 def test_handoff_with_each_strategy(start, strategy: str) -> None:
     m = start("-w", "2", "--dispatch", "handoff", "--strategy", strategy)
     pids = set()
@@ -479,7 +515,7 @@ def test_handoff_with_each_strategy(start, strategy: str) -> None:
         pids.add(json.loads(body)["pid"])
     workers = set(m.workers())
     assert pids <= workers
-    if strategy != "hash":   # hash keeps one client (127.0.0.1) on one worker, by design
+    if strategy != "hash":  # hash keeps one client (127.0.0.1) on one worker, by design
         assert pids == workers, f"{strategy} used only {pids} of {workers}"
     else:
         assert len(pids) == 1
@@ -535,7 +571,9 @@ def test_graceful_stop_leaves_no_pool_process(start) -> None:
     assert m.proc.wait(timeout=20) == 0
 
     def gone() -> bool:
-        return not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pool)
+        return not any(
+            psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pool
+        )
 
     wait_for(gone, timeout=10, what="pool processes gone after a graceful stop")
 
@@ -598,8 +636,17 @@ def test_max_rss_recycles_without_failures(start) -> None:
 
 
 def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
-    m = start("-w", "1", "--max-workers", "2", "--autoscale-up-after", "0.5", "--autoscale-down-after", "1",
-              app="tests.apps:overload")
+    m = start(
+        "-w",
+        "1",
+        "--max-workers",
+        "2",
+        "--autoscale-up-after",
+        "0.5",
+        "--autoscale-down-after",
+        "1",
+        app="tests.apps:overload",
+    )
     wait_for(lambda: len(m.workers()) == 1, what="1 worker")
     stop = threading.Event()
 

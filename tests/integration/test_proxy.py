@@ -59,8 +59,16 @@ from tests.server import (
 ROOT = Path(__file__).resolve().parents[2]
 HOST = "127.0.0.1"
 # Quick health checks so that up/down transitions take a fraction of a second.
-FAST_HEALTH = ("--health-check-interval", "0.2", "--health-check-timeout", "0.5",
-               "--health-check-fall", "2", "--health-check-rise", "2")
+FAST_HEALTH = (
+    "--health-check-interval",
+    "0.2",
+    "--health-check-timeout",
+    "0.5",
+    "--health-check-fall",
+    "2",
+    "--health-check-rise",
+    "2",
+)
 
 
 # -- the proxy process -------------------------------------------------------------------------------
@@ -69,8 +77,9 @@ FAST_HEALTH = ("--health-check-interval", "0.2", "--health-check-timeout", "0.5"
 class ProxyProcess:
     """``python -m prefork_lb proxy`` (or an app with ``--dispatch proxy``) in its own group."""
 
-    def __init__(self, workdir: Path, args: list[str], *, admin: bool = True,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, args: list[str], *, admin: bool = True, env: dict[str, str] | None = None
+    ) -> None:
         self.workdir = workdir
         self.env = env or {}
         self.args = args
@@ -90,8 +99,15 @@ class ProxyProcess:
                 stats = ["--stats-bind", f"{HOST}:{self.admin_port}" if self.admin else "off"]
             cmd = [sys.executable, "-m", "prefork_lb", *self.args, "-b", f"{HOST}:{self.port}", *stats]
             with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(cmd, cwd=ROOT, env=server_env(self.env), stdin=subprocess.DEVNULL,
-                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                self.proc = subprocess.Popen(
+                    cmd,
+                    cwd=ROOT,
+                    env=server_env(self.env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
             return self._wait_ready(timeout)
 
         start_on_free_port(launch, self.text, self.stop, f"proxy {self.args}")
@@ -186,8 +202,13 @@ class ProxyProcess:
 def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., ProxyProcess]]:
     started: list[ProxyProcess] = []
 
-    def start(backends: Iterable[Backend | str] | None, *flags: str, admin: bool = True,
-              app: str | None = None, env: dict[str, str] | None = None) -> ProxyProcess:
+    def start(
+        backends: Iterable[Backend | str] | None,
+        *flags: str,
+        admin: bool = True,
+        app: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> ProxyProcess:
         args = [app] if app else ["proxy"]
         if backends is not None:
             args += ["--backends", ",".join(b if isinstance(b, str) else b.addr for b in backends)]
@@ -222,9 +243,13 @@ class BackendProcess:
     """A backend in its own process (for SIGKILL); see proxy_backends.main."""
 
     def __init__(self, name: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.integration.proxy_backends", name],
-                                     cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.integration.proxy_backends", name],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         self.name = name
@@ -261,8 +286,16 @@ def connect(port: int, timeout: float = 5.0, source: str | None = None) -> socke
     return sock
 
 
-def http_request(port: int, method: str = "GET", target: str = "/", headers: Iterable[tuple[str, str]] = (),
-                 body: bytes = b"", timeout: float = 5.0, source: str | None = None, **kw: Any) -> Response:
+def http_request(
+    port: int,
+    method: str = "GET",
+    target: str = "/",
+    headers: Iterable[tuple[str, str]] = (),
+    body: bytes = b"",
+    timeout: float = 5.0,
+    source: str | None = None,
+    **kw: Any,
+) -> Response:
     """One request on a new connection; the final response."""
     with connect(port, timeout, source) as sock:
         sock.sendall(build_request(method, target, headers, body, **kw))
@@ -276,8 +309,13 @@ class Client:
         self.sock = connect(port, timeout)
         self.stream = HTTPStream(self.sock, timeout)
 
-    def request(self, method: str = "GET", target: str = "/", headers: Iterable[tuple[str, str]] = (),
-                body: bytes = b"") -> Response:
+    def request(
+        self,
+        method: str = "GET",
+        target: str = "/",
+        headers: Iterable[tuple[str, str]] = (),
+        body: bytes = b"",
+    ) -> Response:
         self.sock.sendall(build_request(method, target, headers, body))
         return self.stream.read_final(head=method == "HEAD")[1]
 
@@ -310,8 +348,9 @@ class Load:
     """``threads`` keep-alive clients sending GETs until stopped, at most ``limit`` requests each
     and ``seconds`` in all; every non-200 and every error is a failure."""
 
-    def __init__(self, port: int, threads: int = 3, limit: int = 400, seconds: float = 4.0,
-                 target: str = "/") -> None:
+    def __init__(
+        self, port: int, threads: int = 3, limit: int = 400, seconds: float = 4.0, target: str = "/"
+    ) -> None:
         self.port, self.limit, self.seconds, self.target = port, limit, seconds, target
         self.ok = 0
         self.failures: list[str] = []
@@ -350,8 +389,11 @@ class Load:
 
     def wait_more(self, n: int, timeout: float = 5.0) -> None:
         seen = self.ok
-        wait_for(lambda: self.ok >= seen + n or not any(t.is_alive() for t in self.threads), timeout,
-                 f"{n} more requests served")
+        wait_for(
+            lambda: self.ok >= seen + n or not any(t.is_alive() for t in self.threads),
+            timeout,
+            f"{n} more requests served",
+        )
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -532,8 +574,9 @@ def forwarded_elements(value: str) -> list[dict[str, str]]:
                 assert v.endswith('"') and len(v) >= 2, value
                 v = v[1:-1]
             else:
-                assert v and all(ch.isalnum() or ch in "!#$%&'*+-.^_`|~" for ch in v), \
+                assert v and all(ch.isalnum() or ch in "!#$%&'*+-.^_`|~" for ch in v), (
                     f"{v!r} must be a quoted-string in {value!r}"
+                )
             pairs[k.lower()] = v
         out.append(pairs)
     return out
@@ -551,15 +594,20 @@ def test_forwarding_headers_reach_the_backend(start_proxy, backends) -> None:
     assert seen.header("x-forwarded-proto") == "http"
     assert seen.header("x-forwarded-host") == "example.test:8080"
     assert forwarded_elements(seen.header("forwarded") or "") == [
-        {"for": "127.0.0.1", "proto": "http", "host": "example.test:8080"}]
+        {"for": "127.0.0.1", "proto": "http", "host": "example.test:8080"}
+    ]
     assert "1.1 prefork_lb" in (seen.header("via") or "")
     assert seen.header("x-forwarded-by") == "prefork_lb"
     assert r.header("x-backend-server") == b.addr
     assert "1.1 prefork_lb" in (r.header("via") or "")
 
 
-SPOOFED = [("X-Forwarded-For", "1.2.3.4"), ("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.test"),
-           ("Forwarded", "for=1.2.3.4;proto=https")]
+SPOOFED = [
+    ("X-Forwarded-For", "1.2.3.4"),
+    ("X-Forwarded-Proto", "https"),
+    ("X-Forwarded-Host", "evil.test"),
+    ("Forwarded", "for=1.2.3.4;proto=https"),
+]
 
 
 @pytest.mark.parametrize("allow", ["", "10.0.0.1"])
@@ -577,7 +625,7 @@ def test_untrusted_peer_forwarding_headers_are_replaced(start_proxy, backends, a
 
 def test_trusted_peer_forwarding_headers_are_appended_to(start_proxy, backends) -> None:
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0")   # default: 127.0.0.1,::1 trusted
+    p = start_proxy([b], "--health-check-interval", "0")  # default: 127.0.0.1,::1 trusted
     r = http_request(p.port, headers=[*SPOOFED, ("Via", "1.0 fred")])
     assert r.status == 200
     seen = b.seen()[-1]
@@ -600,23 +648,39 @@ def test_connection_header_cannot_strip_forwarding_headers(start_proxy, backends
         return {n: seen.header(n) for n in names_}
 
     plain = forwarding(SPOOFED)
-    named = forwarding([("Connection", "X-Forwarded-For, Forwarded, X-Forwarded-Proto, X-Forwarded-Host"),
-                        *SPOOFED])
+    named = forwarding(
+        [("Connection", "X-Forwarded-For, Forwarded, X-Forwarded-Proto, X-Forwarded-Host"), *SPOOFED]
+    )
     assert named == plain, (named, plain)
     assert (plain["x-forwarded-for"] or "").split(",")[-1].strip() == "127.0.0.1", plain
-    if allow:   # trusted: the client's chain is kept, ours appended
+    if allow:  # trusted: the client's chain is kept, ours appended
         assert plain["x-forwarded-for"] == "1.2.3.4, 127.0.0.1", plain
 
 
 def test_hop_by_hop_headers_do_not_reach_the_backend(start_proxy, backends) -> None:
     b = backends(1)[0]
     p = start_proxy([b], "--health-check-interval", "0")
-    hdrs = [("Connection", "keep-alive, X-Private, x-other"), ("Keep-Alive", "timeout=5"), ("TE", "trailers"),
-            ("X-Private", "secret"), ("X-Other", "1"), ("Proxy-Connection", "keep-alive"), ("Trailer", "X-T"),
-            ("X-End-To-End", "kept")]
+    hdrs = [
+        ("Connection", "keep-alive, X-Private, x-other"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("X-Private", "secret"),
+        ("X-Other", "1"),
+        ("Proxy-Connection", "keep-alive"),
+        ("Trailer", "X-T"),
+        ("X-End-To-End", "kept"),
+    ]
     assert http_request(p.port, headers=hdrs).status == 200
     seen = b.seen()[-1]
-    for name in ("keep-alive", "te", "x-private", "x-other", "proxy-connection", "trailer", "transfer-encoding"):
+    for name in (
+        "keep-alive",
+        "te",
+        "x-private",
+        "x-other",
+        "proxy-connection",
+        "trailer",
+        "transfer-encoding",
+    ):
         assert not seen.has(name), (name, seen.headers)
     assert (seen.header("connection") or "keep-alive").lower() in ("keep-alive", "close"), seen.headers
     assert seen.header("x-end-to-end") == "kept"
@@ -659,7 +723,11 @@ def test_ipv6_backend_and_client(start_proxy, backends) -> None:
     assert r.status == 200 and r.header("x-backend-server") == f"[::1]:{b.port}", r
     seen = b.seen()[-1]
     assert seen.header("x-forwarded-for") == "::1"
-    assert forwarded_elements(seen.header("forwarded") or "")[-1] == {"for": "[::1]", "proto": "http", "host": "[::1]"}
+    assert forwarded_elements(seen.header("forwarded") or "")[-1] == {
+        "for": "[::1]",
+        "proto": "http",
+        "host": "[::1]",
+    }
     assert '"' in (seen.header("forwarded") or ""), "for=[::1] must be a quoted-string (RFC 7239 section 6)"
 
 
@@ -717,7 +785,7 @@ def test_idempotent_request_to_a_backend_that_closes_is_retried(start_proxy, bac
         r = http_request(p.port, method, f"/item/{i}", body=body)
         assert r.status == 200 and r.body == b"b1", r
     assert [r.target for r in ok.seen()] == ["/item/0", "/item/1"]
-    assert drop.seen(), "the closing backend was never tried"   # each try there was tried again on ok
+    assert drop.seen(), "the closing backend was never tried"  # each try there was tried again on ok
     if method == "PUT":
         assert ok.seen()[0].body == b"PUT-0" and ok.seen()[1].body == b"PUT-1"
 
@@ -739,7 +807,7 @@ def test_post_after_backend_idle_close_is_not_lost(start_proxy, backends) -> Non
         r = http_request(p.port, "POST", "/sha", body=b"p%d" % i)
         assert r.status == 200, r
         if i < 2:
-            time.sleep(0.6)   # the backend's idle timeout passes (what is tested is that wait)
+            time.sleep(0.6)  # the backend's idle timeout passes (what is tested is that wait)
     assert len(b.seen()) == 3
 
 
@@ -762,8 +830,9 @@ def test_malformed_backend_response_gives_502(start_proxy, backends) -> None:
 
 
 @pytest.mark.parametrize("path", ["/dup-cl", "/cl-te", "/bad-chunk", "/short", "/space-name"])
-def test_broken_response_framing_never_reaches_the_client_as_a_whole_response(start_proxy, backends,
-                                                                                path: str) -> None:
+def test_broken_response_framing_never_reaches_the_client_as_a_whole_response(
+    start_proxy, backends, path: str
+) -> None:
     """Ambiguous or broken framing from a backend: a 502 when nothing was sent yet, otherwise a
     response the client can tell is incomplete; never a complete 2xx made of guesswork."""
     b = backends(1)[0]
@@ -795,8 +864,9 @@ def test_all_backends_down_gives_503_at_once(start_proxy) -> None:
 
 def test_refused_backend_is_retried_on_another(start_proxy, backends) -> None:
     ok = backends(1)[0]
-    p = start_proxy([f"{HOST}:{refused_port()}", ok.addr], "--strategy", "round_robin",
-                    "--health-check-interval", "0")
+    p = start_proxy(
+        [f"{HOST}:{refused_port()}", ok.addr], "--strategy", "round_robin", "--health-check-interval", "0"
+    )
     rs = [http_request(p.port) for _ in range(6)]
     assert [r.status for r in rs] == [200] * 6, rs
     assert len(ok.seen()) == 6
@@ -804,8 +874,9 @@ def test_refused_backend_is_retried_on_another(start_proxy, backends) -> None:
 
 def test_post_to_a_refused_backend_is_retried(start_proxy, backends) -> None:
     ok = backends(1)[0]
-    p = start_proxy([f"{HOST}:{refused_port()}", ok.addr], "--strategy", "round_robin",
-                    "--health-check-interval", "0")
+    p = start_proxy(
+        [f"{HOST}:{refused_port()}", ok.addr], "--strategy", "round_robin", "--health-check-interval", "0"
+    )
     for i in range(4):
         r = http_request(p.port, "POST", "/sha", body=b"body%d" % i)
         assert r.status == 200 and r.body.decode() == hashlib.sha256(b"body%d" % i).hexdigest(), r
@@ -814,8 +885,15 @@ def test_post_to_a_refused_backend_is_retried(start_proxy, backends) -> None:
 
 def test_retries_zero_refused_backend_is_an_error(start_proxy, backends) -> None:
     ok = backends(1)[0]
-    p = start_proxy([f"{HOST}:{refused_port()}", ok.addr], "--strategy", "round_robin",
-                    "--health-check-interval", "0", "--retries", "0")
+    p = start_proxy(
+        [f"{HOST}:{refused_port()}", ok.addr],
+        "--strategy",
+        "round_robin",
+        "--health-check-interval",
+        "0",
+        "--retries",
+        "0",
+    )
     statuses = sorted(http_request(p.port).status for _ in range(2))
     assert statuses[0] == 200 and statuses[1] in (502, 503), statuses
 
@@ -859,8 +937,19 @@ def test_custom_health_check_path(start_proxy, backends) -> None:
 def test_health_check_timeout_marks_a_hung_backend_down(start_proxy, backends) -> None:
     hang = backends(1, mode="hang")[0]
     ok = backends(1)[0]
-    p = start_proxy([hang, ok], "--strategy", "round_robin", "--health-check-interval", "0.2",
-                    "--health-check-timeout", "0.3", "--health-check-fall", "2", "--upstream-timeout", "5")
+    p = start_proxy(
+        [hang, ok],
+        "--strategy",
+        "round_robin",
+        "--health-check-interval",
+        "0.2",
+        "--health-check-timeout",
+        "0.3",
+        "--health-check-fall",
+        "2",
+        "--upstream-timeout",
+        "5",
+    )
     wait_for(lambda: p.backend_health(hang.addr) is False, 5, "the hung backend marked down")
     status, health = p.health()
     assert status == 200 and health["status"] == "degraded", health
@@ -875,8 +964,12 @@ def test_health_check_timeout_marks_a_hung_backend_down(start_proxy, backends) -
 WS_KEY = base64.b64encode(b"0123456789abcdef").decode()
 
 
-WS_HANDSHAKE = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Key", WS_KEY),
-                ("Sec-WebSocket-Version", "13")]
+WS_HANDSHAKE = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade"),
+    ("Sec-WebSocket-Key", WS_KEY),
+    ("Sec-WebSocket-Version", "13"),
+]
 
 
 def test_websocket_echo_through_the_proxy(start_proxy, backends) -> None:
@@ -948,7 +1041,9 @@ def tls_files(tmp_path: Path) -> tuple[Any, Path, Path]:
 def test_tls_termination(start_proxy, backends, tls_files) -> None:
     ca, certfile, keyfile = tls_files
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    p = start_proxy(
+        [b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile)
+    )
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     ctx.set_alpn_protocols(["http/1.1"])
@@ -956,7 +1051,7 @@ def test_tls_termination(start_proxy, backends, tls_files) -> None:
         with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
             assert tls.selected_alpn_protocol() == "http/1.1"
             stream = HTTPStream(tls)
-            for _ in range(2):   # keep-alive over TLS
+            for _ in range(2):  # keep-alive over TLS
                 tls.sendall(build_request("GET", "/secure"))
                 r = stream.read_response()
                 assert r.status == 200 and r.body == b"b0", r
@@ -968,7 +1063,9 @@ def test_tls_termination(start_proxy, backends, tls_files) -> None:
 def test_tls_1_1_is_refused(start_proxy, backends, tls_files) -> None:
     ca, certfile, keyfile = tls_files
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    p = start_proxy(
+        [b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile)
+    )
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ca.configure_trust(ctx)
     with warnings.catch_warnings():
@@ -987,7 +1084,9 @@ def test_tls_1_1_is_refused(start_proxy, backends, tls_files) -> None:
 def test_plain_http_to_a_tls_port_reaches_no_backend(start_proxy, backends, tls_files) -> None:
     _, certfile, keyfile = tls_files
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    p = start_proxy(
+        [b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile)
+    )
     got = exchange(p.port, build_request(), timeout=3)
     assert got.closed and not got.startswith(b"HTTP/1.1 200"), got
     assert b.seen() == []
@@ -996,7 +1095,9 @@ def test_plain_http_to_a_tls_port_reaches_no_backend(start_proxy, backends, tls_
 def test_tls_large_bodies_both_ways(start_proxy, backends, tls_files) -> None:
     ca, certfile, keyfile = tls_files
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile))
+    p = start_proxy(
+        [b], "--health-check-interval", "0", "--certfile", str(certfile), "--keyfile", str(keyfile)
+    )
     ctx = ssl.create_default_context()
     ca.configure_trust(ctx)
     body = os.urandom(3 * 1024 * 1024)
@@ -1014,14 +1115,20 @@ def test_tls_large_bodies_both_ways(start_proxy, backends, tls_files) -> None:
 # -- strict parsing: what never reaches a backend ------------------------------------------------------------
 
 
-INVALID = [c for c in load("invalid") if c.name not in {"invalid/001", "invalid/rfc9112_chunked_missing_final_crlf_01"}]
+INVALID = [
+    c
+    for c in load("invalid")
+    if c.name not in {"invalid/001", "invalid/rfc9112_chunked_missing_final_crlf_01"}
+]
 
 
 @contextlib.contextmanager
 def proxy_with_backend(workdir: Path, name: str, *flags: str) -> Iterator[tuple[ProxyProcess, Backend]]:
     """A recording backend and a standalone proxy in front of it, both stopped at the end."""
     b = Backend(name=name).start()
-    p = ProxyProcess(workdir, ["proxy", "--backends", b.addr, "--health-check-interval", "0", *flags], admin=False)
+    p = ProxyProcess(
+        workdir, ["proxy", "--backends", b.addr, "--health-check-interval", "0", *flags], admin=False
+    )
     try:
         p.start()
         yield p, b
@@ -1053,7 +1160,11 @@ def test_invalid_corpus_requests_never_reach_a_backend(strict_proxy) -> None:
         got = exchange(p.port, case.raw, 5)
         responses, rest = parse_responses(got)
         statuses = [r.status for r in responses]
-        if not got.closed or len(responses) != 1 or responses[0].status not in expected_statuses(case.expect["error"]):
+        if (
+            not got.closed
+            or len(responses) != 1
+            or responses[0].status not in expected_statuses(case.expect["error"])
+        ):
             wrong.append((case.name, statuses, bytes(got[:120])))
         if b.seen():
             wrong.append((case.name, "reached the backend", b.seen()[0]))
@@ -1063,11 +1174,11 @@ def test_invalid_corpus_requests_never_reach_a_backend(strict_proxy) -> None:
 
 SMUGGLING = {
     "cl-and-te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     "te-and-cl": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 40\r\n\r\n"
-                 b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     "duplicate-cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 40\r\n\r\n"
-                    b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     "cl-list": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0, 40\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     "obs-fold": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
     "obs-fold-te": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n chunked\r\n\r\n0\r\n\r\n",
@@ -1127,16 +1238,20 @@ def test_client_body_timeout(start_proxy, backends, pooled: bool) -> None:
     """A client that stops sending its body gets 408 after --client-body-timeout, whether the
     proxy had to open a backend connection for it or took one from its pool."""
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--client-body-timeout", "1", "--upstream-timeout", "3")
+    p = start_proxy(
+        [b], "--health-check-interval", "0", "--client-body-timeout", "1", "--upstream-timeout", "3"
+    )
     if pooled:
-        assert http_request(p.port).status == 200   # leaves an idle upstream connection (fresh for a POST)
+        assert http_request(p.port).status == 200  # leaves an idle upstream connection (fresh for a POST)
     t0 = time.monotonic()
-    got = exchange(p.port, b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", 7, half_close=False)
+    got = exchange(
+        p.port, b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", 7, half_close=False
+    )
     elapsed = time.monotonic() - t0
     responses, _ = parse_responses(got)
     assert got.closed and [r.status for r in responses] in ([], [408]), (responses, elapsed)
     assert elapsed < 2.5, elapsed
-    assert b.seen("/sha") == []   # the backend never got a whole request
+    assert b.seen("/sha") == []  # the backend never got a whole request
 
 
 @pytest.fixture(scope="module")
@@ -1146,8 +1261,11 @@ def lenient_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pr
 
 
 # CONNECT is not proxied (405 by design): the corpus' authority-form cases are left out.
-VALID = [c for c in load("valid")
-         if c.name not in DEVIATIONS and not any(r["method"] == "CONNECT" for r in c.expect["requests"])]
+VALID = [
+    c
+    for c in load("valid")
+    if c.name not in DEVIATIONS and not any(r["method"] == "CONNECT" for r in c.expect["requests"])
+]
 
 
 @pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
@@ -1170,8 +1288,10 @@ def test_valid_corpus_requests_reach_the_backend_intact(lenient_proxy) -> None:
         if statuses != [200] * len(expected):
             wrong.append((case.name, statuses))
             continue
-        want = [(r["method"], r["uri"], r["body"].encode("latin-1") if isinstance(r["body"], str) else r["body"])
-                for r in expected]
+        want = [
+            (r["method"], r["uri"], r["body"].encode("latin-1") if isinstance(r["body"], str) else r["body"])
+            for r in expected
+        ]
         have = [(r.method, r.target, r.body) for r in b.seen()]
         if have != want:
             wrong.append((case.name, "backend saw", have, "expected", want))
@@ -1188,8 +1308,8 @@ def test_chunked_upload_of_20_mb_arrives_intact(start_proxy, backends) -> None:
     digest = hashlib.sha256()
     with connect(p.port, 20) as sock:
         sock.sendall(b"POST /sha HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n")
-        for i in range(320):   # 20 MiB
-            part = block[i % 7:] + block[:i % 7]
+        for i in range(320):  # 20 MiB
+            part = block[i % 7 :] + block[: i % 7]
             digest.update(part)
             sock.sendall(b"%x\r\n%b\r\n" % (len(part), part))
         sock.sendall(b"0\r\n\r\n")
@@ -1216,7 +1336,7 @@ def test_slow_reader_of_a_20_mb_response_does_not_grow_the_proxy(start_proxy, ba
     b = backends(1)[0]
     p = start_proxy([b], "--health-check-interval", "0")
     proxy = psutil.Process(wait_for(p.proxy_pid, 5, "the proxy process"))
-    assert http_request(p.port, "GET", "/big?bytes=100000").status == 200   # warm up
+    assert http_request(p.port, "GET", "/big?bytes=100000").status == 200  # warm up
     base = proxy.memory_info().rss
     size = 20 * 1024 * 1024
     sock = socket.socket()
@@ -1287,7 +1407,7 @@ def test_backend_answering_before_the_upload_ends(start_proxy, backends) -> None
                     pass
                 sock.setblocking(True)
         except (TimeoutError, OSError):
-            pass   # the proxy stopped reading or closed: what it answered is still to be read
+            pass  # the proxy stopped reading or closed: what it answered is still to be read
         sock.settimeout(10)
         r = stream.read_response(timeout=5)
     assert r.status == 403 and r.body == b"nope", r
@@ -1298,7 +1418,7 @@ def test_head_then_get_on_one_connection(start_proxy, backends) -> None:
     b = backends(1)[0]
     p = start_proxy([b], "--health-check-interval", "0")
     with Client(p.port) as c:
-        for _ in range(2):   # twice: the second time the heads are ones the proxy has seen
+        for _ in range(2):  # twice: the second time the heads are ones the proxy has seen
             h = c.request("HEAD", "/")
             assert h.status == 200 and h.header("content-length") == "2" and h.body == b"", h
             g = c.request("GET", "/")
@@ -1337,7 +1457,7 @@ def test_close_delimited_backend_body_is_reframed(start_proxy, backends) -> None
         r = c.request("GET", "/eof-body")
         assert r.status == 200 and r.body == want and r.complete, r
         assert r.framing in ("chunked", "close"), r
-        if r.framing == "chunked":   # the client connection survives
+        if r.framing == "chunked":  # the client connection survives
             assert c.request().body == b"b0"
     # an HTTP/1.0 client never gets chunked
     r10 = http_request(p.port, "GET", "/eof-body", version="HTTP/1.0")
@@ -1363,7 +1483,7 @@ def test_http_1_0_client_keep_alive(start_proxy, backends) -> None:
         sock.sendall(build_request(version="HTTP/1.0", headers=[("Connection", "keep-alive")]))
         r = stream.read_response()
         assert r.status == 200 and r.body == b"b0", r
-        assert r.version == "HTTP/1.1", r   # our version, as the workers answer (RFC 9110 2.5)
+        assert r.version == "HTTP/1.1", r  # our version, as the workers answer (RFC 9110 2.5)
         assert (r.header("connection") or "").lower() == "keep-alive", r
         if (r.header("connection") or "").lower() == "keep-alive":
             sock.sendall(build_request(version="HTTP/1.0"))
@@ -1377,8 +1497,17 @@ def test_repeated_identical_exchanges(start_proxy, backends) -> None:
     """The same request bytes and the same response head many times over: every response
     right, the counts right, and a connection idle past --upstream-timeout gets no stray bytes."""
     bs = backends(2)
-    p = start_proxy(bs, "--strategy", "round_robin", "--health-check-interval", "0", "--upstream-timeout", "1",
-                    "--keep-alive", "10")
+    p = start_proxy(
+        bs,
+        "--strategy",
+        "round_robin",
+        "--health-check-interval",
+        "0",
+        "--upstream-timeout",
+        "1",
+        "--keep-alive",
+        "10",
+    )
     with Client(p.port) as c:
         got = [c.request("GET", "/const") for _ in range(20)]
         assert [r.status for r in got] == [200] * 20
@@ -1416,7 +1545,7 @@ def test_pipelined_requests_are_answered_in_order(start_proxy, backends) -> None
 def test_half_closed_client_gets_its_response_and_a_close(start_proxy, backends) -> None:
     """A client that shuts its sending side after the request (HTTP/1.0 style tools do) gets
     the response, then the proxy closes: no connection left open for --keep-alive."""
-    b = backends(1, delay=0.2)[0]   # the EOF arrives while the exchange is in progress
+    b = backends(1, delay=0.2)[0]  # the EOF arrives while the exchange is in progress
     p = start_proxy([b], "--health-check-interval", "0", "--keep-alive", "30")
     got = exchange(p.port, build_request("GET", "/half"), 3)
     responses, _ = parse_responses(got)
@@ -1462,7 +1591,7 @@ def test_queued_connection_is_served_when_a_slot_frees(start_proxy, backends) ->
 def test_upstream_connections_are_reused(start_proxy, backends) -> None:
     b = backends(1)[0]
     p = start_proxy([b], "--health-check-interval", "0")
-    for _ in range(10):   # ten client connections, one after the other
+    for _ in range(10):  # ten client connections, one after the other
         assert http_request(p.port).status == 200
     assert b.accepted <= 2, f"{b.accepted} backend connections for 10 sequential requests"
 
@@ -1507,8 +1636,9 @@ def test_term_closes_idle_keepalive_connections_and_exits(start_proxy, backends)
         assert time.monotonic() - t0 < 5
 
 
-def burst_rounds(port: int, target: str, clients: int = 16, rounds: int = 40,
-                 until: Callable[[], bool] = lambda: False) -> list[Response]:
+def burst_rounds(
+    port: int, target: str, clients: int = 16, rounds: int = 40, until: Callable[[], bool] = lambda: False
+) -> list[Response]:
     """Rounds of ``clients`` connections that each send one GET at the same moment (so the
     proxy reads them in one pass of its loop) and then read their responses; stops early once
     ``until()`` holds. Returns every response."""
@@ -1530,13 +1660,14 @@ def burst_rounds(port: int, target: str, clients: int = 16, rounds: int = 40,
 
 
 @pytest.mark.parametrize("target", ["/const", "/"])
-def test_simultaneous_gets_share_a_backend_connection_and_each_gets_one_answer(start_proxy, backends,
-                                                                              target: str) -> None:
+def test_simultaneous_gets_share_a_backend_connection_and_each_gets_one_answer(
+    start_proxy, backends, target: str
+) -> None:
     # /const: the same response head every time (relayed from the proxy's memo); /: a head with
     # a sequence number (parsed each time).
     [b] = backends(1)
     p = start_proxy([b], "--health-check-interval", "0")
-    assert http_request(p.port, "GET", target).status == 200   # the head becomes known, and fast
+    assert http_request(p.port, "GET", target).status == 200  # the head becomes known, and fast
     got = burst_rounds(p.port, target, until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 5)
     s = stats_for(p.stats(), b.addr)
     assert s["pipelined"] >= 5, s
@@ -1586,8 +1717,9 @@ def test_pipelined_gets_behind_a_dying_connection_are_sent_again(start_proxy, ba
     [b] = backends(1, answers_per_connection=1)
     p = start_proxy([b], "--health-check-interval", "0", "--retries", "3", "--retry-budget", "1")
     http_request(p.port, "GET", "/const")
-    got = burst_rounds(p.port, "/const", clients=8, rounds=20,
-                       until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 3)
+    got = burst_rounds(
+        p.port, "/const", clients=8, rounds=20, until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 3
+    )
     s = stats_for(p.stats(), b.addr)
     assert [r.status for r in got] == [200] * len(got)
     assert s["pipelined"] >= 3 and s["retries"] >= 1, s
@@ -1652,7 +1784,7 @@ def test_retry_shows_in_lb_stats(start_proxy, backends) -> None:
     for _ in range(4):
         assert http_request(p.port).status == 200
     stats = p.stats()
-    assert stats["requests"] >= 4   # (counts tries: a retried request may count twice)
+    assert stats["requests"] >= 4  # (counts tries: a retried request may count twice)
     dead_s, ok_s = stats_for(stats, dead), stats_for(stats, ok.addr)
     assert dead_s["errors"] >= 1, dead_s
     assert dead_s["retries"] + ok_s["retries"] >= 1, stats
@@ -1678,9 +1810,15 @@ def test_stats_bind_public_serves_admin_on_the_public_port(start_proxy, backends
 
 def test_settings_from_the_environment(start_proxy, backends) -> None:
     bs = backends(2)
-    p = start_proxy(None, env={"PREFORK_LB_BACKENDS": ",".join(b.addr for b in bs),
-                               "PREFORK_LB_STRATEGY": "round_robin", "PREFORK_LB_LB_HEADERS": "false",
-                               "PREFORK_LB_HEALTH_CHECK_INTERVAL": "0"})
+    p = start_proxy(
+        None,
+        env={
+            "PREFORK_LB_BACKENDS": ",".join(b.addr for b in bs),
+            "PREFORK_LB_STRATEGY": "round_robin",
+            "PREFORK_LB_LB_HEADERS": "false",
+            "PREFORK_LB_HEALTH_CHECK_INTERVAL": "0",
+        },
+    )
     assert p.stats()["strategy"] == "round_robin"
     rs = [http_request(p.port) for _ in range(4)]
     assert sorted(names(rs)) == ["b0", "b0", "b1", "b1"]
@@ -1688,25 +1826,48 @@ def test_settings_from_the_environment(start_proxy, backends) -> None:
 
 
 def test_proxy_subcommand_needs_backends(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "prefork_lb", "proxy", "-b", f"{HOST}:{free_port()}",
-                        "--stats-bind", "off"], cwd=ROOT, env=server_env(), capture_output=True, timeout=20,
-                       start_new_session=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "prefork_lb", "proxy", "-b", f"{HOST}:{free_port()}", "--stats-bind", "off"],
+        cwd=ROOT,
+        env=server_env(),
+        capture_output=True,
+        timeout=20,
+        start_new_session=True,
+    )
     assert r.returncode != 0
     err = r.stderr.decode()
     assert "backends" in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize(("flags", "says"), [
-    (["--backends", "127.0.0.1:80=0"], "invalid backend '127.0.0.1:80=0'"),
-    (["--backends", "nope"], "invalid backend 'nope'"),
-    (["--backends", "127.0.0.1:99999"], "invalid backend"),
-    (["--backends", "127.0.0.1:80", "--forwarded-allow-ips", "10.0.0.0/33"], "10.0.0.0/33"),
-    (["--backends", "127.0.0.1:80", "--strategy", "fastest"], "fastest"),
-])
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--backends", "127.0.0.1:80=0"], "invalid backend '127.0.0.1:80=0'"),
+        (["--backends", "nope"], "invalid backend 'nope'"),
+        (["--backends", "127.0.0.1:99999"], "invalid backend"),
+        (["--backends", "127.0.0.1:80", "--forwarded-allow-ips", "10.0.0.0/33"], "10.0.0.0/33"),
+        (["--backends", "127.0.0.1:80", "--strategy", "fastest"], "fastest"),
+    ],
+)
 def test_bad_proxy_flags_are_one_clear_line(flags: list[str], says: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "prefork_lb", "proxy", *flags, "-b", f"{HOST}:{free_port()}",
-                        "--stats-bind", "off"], cwd=ROOT, env=server_env(), capture_output=True, timeout=20,
-                       start_new_session=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefork_lb",
+            "proxy",
+            *flags,
+            "-b",
+            f"{HOST}:{free_port()}",
+            "--stats-bind",
+            "off",
+        ],
+        cwd=ROOT,
+        env=server_env(),
+        capture_output=True,
+        timeout=20,
+        start_new_session=True,
+    )
     assert r.returncode != 0
     err = r.stderr.decode()
     assert says in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, err
@@ -1717,8 +1878,18 @@ def test_bad_proxy_flags_are_one_clear_line(flags: list[str], says: str) -> None
 
 @pytest.fixture
 def integrated(start_proxy) -> ProxyProcess:
-    p = start_proxy(None, "--dispatch", "proxy", "--workers", "2", "--strategy", "round_robin",
-                    "--retries", "2", app="prefork_lb.demo:app")
+    p = start_proxy(
+        None,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--strategy",
+        "round_robin",
+        "--retries",
+        "2",
+        app="prefork_lb.demo:app",
+    )
     wait_for(lambda: len(p.worker_pids()) == 2 and p.proxy_pid(), 10, "2 workers and the proxy")
     wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
     return p
@@ -1748,7 +1919,9 @@ def test_integrated_worker_killed_under_load(integrated: ProxyProcess) -> None:
         load.wait_more(60)
         os.kill(victim, signal.SIGKILL)
         load.wait_more(120)
-        wait_for(lambda: len(p.worker_pids()) == 2 and victim not in p.worker_pids(), 10, "a replacement worker")
+        wait_for(
+            lambda: len(p.worker_pids()) == 2 and victim not in p.worker_pids(), 10, "a replacement worker"
+        )
         load.wait_more(30)
     assert load.failures == [], load.failures[:10]
     wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy backends again")
@@ -1770,8 +1943,9 @@ def test_integrated_proxy_killed_is_replaced(integrated: ProxyProcess) -> None:
     # The master keeps the listener: a connection made now waits for the new proxy.
     r = http_request(p.port, "GET", "/json", timeout=10)
     assert r.status == 200, r
-    new = wait_for(lambda: (lambda pid: pid if pid and pid != old else None)(p.proxy_pid()), 10,
-                   "a new proxy process")
+    new = wait_for(
+        lambda: (lambda pid: pid if pid and pid != old else None)(p.proxy_pid()), 10, "a new proxy process"
+    )
     assert new != old
 
     def serves() -> bool:
@@ -1809,8 +1983,9 @@ def test_integrated_term_exits_cleanly(integrated: ProxyProcess) -> None:
 
 
 def test_integrated_worker_recycling_fails_no_request(start_proxy) -> None:
-    p = start_proxy(None, "--dispatch", "proxy", "--workers", "2", "--max-requests", "25",
-                    app="prefork_lb.demo:app")
+    p = start_proxy(
+        None, "--dispatch", "proxy", "--workers", "2", "--max-requests", "25", app="prefork_lb.demo:app"
+    )
     wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
     first = set(p.worker_pids())
     with Load(p.port, threads=3, limit=1000, seconds=10.0, target="/json") as load:
@@ -1822,15 +1997,18 @@ def test_integrated_worker_recycling_fails_no_request(start_proxy) -> None:
 
 
 def test_integrated_sticky_cookie_survives_a_proxy_restart(start_proxy) -> None:
-    p = start_proxy(None, "--dispatch", "proxy", "--workers", "2", "--strategy", "sticky",
-                    app="prefork_lb.demo:app")
+    p = start_proxy(
+        None, "--dispatch", "proxy", "--workers", "2", "--strategy", "sticky", app="prefork_lb.demo:app"
+    )
     wait_for(lambda: p.health()[1]["healthy"] == 2 and p.proxy_pid(), 10, "2 healthy workers")
     first = http_request(p.port, "GET", "/json")
     cookie = sticky_cookie(first)
     assert cookie, first
     pid = first.json()["pid"]
-    assert {http_request(p.port, "GET", "/json", headers=[("Cookie", f"lb={cookie}")]).json()["pid"]
-            for _ in range(6)} == {pid}
+    assert {
+        http_request(p.port, "GET", "/json", headers=[("Cookie", f"lb={cookie}")]).json()["pid"]
+        for _ in range(6)
+    } == {pid}
     old = p.proxy_pid()
     assert old is not None
     os.kill(old, signal.SIGKILL)
@@ -1862,8 +2040,16 @@ def two_free_ports() -> int:
 
 def test_integrated_worker_base_port(start_proxy) -> None:
     base = two_free_ports()
-    p = start_proxy(None, "--dispatch", "proxy", "--workers", "2", "--worker-base-port", str(base),
-                    app="prefork_lb.demo:app")
+    p = start_proxy(
+        None,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--worker-base-port",
+        str(base),
+        app="prefork_lb.demo:app",
+    )
     wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
     assert sorted(b["name"] for b in p.health()[1]["backends"]) == [f"{HOST}:{base}", f"{HOST}:{base + 1}"]
     # the workers' own ports serve directly too (they are plain HTTP servers)
@@ -1872,8 +2058,17 @@ def test_integrated_worker_base_port(start_proxy) -> None:
 
 def test_integrated_with_a_remote_backend(start_proxy, backends) -> None:
     remote = backends(1)[0]
-    p = start_proxy([remote], "--dispatch", "proxy", "--workers", "2", "--strategy", "round_robin",
-                    *FAST_HEALTH, app="prefork_lb.demo:app")
+    p = start_proxy(
+        [remote],
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--strategy",
+        "round_robin",
+        *FAST_HEALTH,
+        app="prefork_lb.demo:app",
+    )
     wait_for(lambda: p.health()[1]["healthy"] == 3, 10, "2 workers and the remote backend healthy")
     servers = Counter(http_request(p.port, "GET", "/json").header("x-backend-server") for _ in range(9))
     assert servers[remote.addr] == 3 and len(servers) == 3, servers
@@ -1882,8 +2077,15 @@ def test_integrated_with_a_remote_backend(start_proxy, backends) -> None:
 def test_access_log_names_the_backend_and_the_status(start_proxy, backends, tmp_path) -> None:
     b = backends(1)[0]
     log = tmp_path / "access.log"
-    p = start_proxy([b], "--health-check-interval", "0", "--access-logfile", str(log),
-                    "--access-logformat", '%(h)s "%(r)s" %(s)s %({x-backend-server}o)s %({user-agent}i)s')
+    p = start_proxy(
+        [b],
+        "--health-check-interval",
+        "0",
+        "--access-logfile",
+        str(log),
+        "--access-logformat",
+        '%(h)s "%(r)s" %(s)s %({x-backend-server}o)s %({user-agent}i)s',
+    )
     assert http_request(p.port, target="/logged?q=1", headers=[("User-Agent", "probe/1")]).status == 200
     wait_for(lambda: log.exists() and "/logged" in log.read_text(), 5.0, "access log line")
     line = [ln for ln in log.read_text().splitlines() if "/logged" in ln][0]

@@ -69,8 +69,14 @@ def test_file_wrapper(srv: ServerProcess) -> None:
 
 def test_keep_alive_through_every_kind(srv: ServerProcess) -> None:
     """All of the above on one connection, pipelined."""
-    reqs = [("GET", "/get", b""), ("POST", "/post/readline", BODY), ("GET", "/stream", b""),
-            ("GET", "/write", b""), ("GET", "/file", b""), ("GET", "/get", b"")]
+    reqs = [
+        ("GET", "/get", b""),
+        ("POST", "/post/readline", BODY),
+        ("GET", "/stream", b""),
+        ("GET", "/write", b""),
+        ("GET", "/file", b""),
+        ("GET", "/get", b""),
+    ]
     with connect(srv.port) as sock:
         sock.sendall(b"".join(build_request(m, p, body=b) for m, p, b in reqs))
         s = HTTPStream(sock)

@@ -98,7 +98,7 @@ def test_factory_call_form(write_module: WriteModule) -> None:
     loaded = load_app("myapp_factory:create_app()")
     module = sys.modules["myapp_factory"]
     assert loaded is module.app
-    assert module.made == [1]   # called once
+    assert module.made == [1]  # called once
 
 
 def test_bundled_demo_app() -> None:
@@ -125,8 +125,9 @@ def test_chdir_before_import(write_module: WriteModule, tmp_path: Path) -> None:
 def test_missing_module(write_module: WriteModule) -> None:
     with pytest.raises(AppLoadError) as info:
         load_app("no_such_app_module_xyz:app")
-    assert str(info.value) == ("cannot import module 'no_such_app_module_xyz' "
-                               "(from app path 'no_such_app_module_xyz:app')")
+    assert str(info.value) == (
+        "cannot import module 'no_such_app_module_xyz' (from app path 'no_such_app_module_xyz:app')"
+    )
 
 
 def test_missing_module_in_existing_package(write_module: WriteModule) -> None:

@@ -20,7 +20,7 @@ class FakeOS:
     def __init__(self) -> None:
         self.next_pid = 1000
         self.killed: list[tuple[int, int]] = []
-        self.exits: list[tuple[int, int]] = []   # (pid, wait status) for waitpid to return
+        self.exits: list[tuple[int, int]] = []  # (pid, wait status) for waitpid to return
         self.now = 100.0
 
     def fork(self) -> int:
@@ -52,8 +52,9 @@ def fake() -> FakeOS:
 
 
 def make(fake: FakeOS, workers: int = 2, **settings) -> Arbiter:
-    cfg = build({"workers": workers, "dispatch": "shared", "timeout": 30, **settings}, environ={},
-                app_uri="x:app")
+    cfg = build(
+        {"workers": workers, "dispatch": "shared", "timeout": 30, **settings}, environ={}, app_uri="x:app"
+    )
     return Arbiter(cfg, clock=fake.clock, fork=fake.fork, kill=fake.kill, waitpid=fake.waitpid)
 
 
@@ -66,7 +67,7 @@ def test_manage_fills_every_slot(fake: FakeOS) -> None:
     arb = make(fake, workers=3)
     arb.manage()
     assert sorted(w.slot for w in arb.workers.values()) == [0, 1, 2]
-    arb.manage()   # idempotent
+    arb.manage()  # idempotent
     assert len(arb.workers) == 3
 
 
@@ -75,7 +76,7 @@ def test_dead_worker_is_replaced_in_its_slot(fake: FakeOS, caplog: pytest.LogCap
     arb.manage()
     victim = next(w for w in arb.workers.values() if w.slot == 1)
     mark_ready(arb, victim.pid)
-    arb.manage()   # the master sees it ready
+    arb.manage()  # the master sees it ready
     fake.now += 5
     fake.exit(victim.pid, signum=signal.SIGKILL)
     with caplog.at_level(logging.ERROR, "prefork_lb.error"):
@@ -84,7 +85,7 @@ def test_dead_worker_is_replaced_in_its_slot(fake: FakeOS, caplog: pytest.LogCap
     assert "died unexpectedly: killed by SIGKILL" in caplog.text
     arb.manage()
     assert sorted(w.slot for w in arb.workers.values()) == [0, 1]
-    assert arb.board.get(victim.entry, sb.PID) != victim.pid   # its entry was cleared or reused
+    assert arb.board.get(victim.entry, sb.PID) != victim.pid  # its entry was cleared or reused
 
 
 def test_crash_loop_backs_off(fake: FakeOS) -> None:
@@ -93,7 +94,7 @@ def test_crash_loop_backs_off(fake: FakeOS) -> None:
     for _ in range(4):
         arb.manage()
         (w,) = arb.workers.values()
-        fake.exit(w.pid, code=1)   # dies at once
+        fake.exit(w.pid, code=1)  # dies at once
         arb.reap()
         delays.append(arb.next_spawn[0] - fake.now)
         arb.manage()
@@ -175,7 +176,7 @@ def test_retiring_worker_is_replaced_then_drained(fake: FakeOS) -> None:
     arb.manage()
     (old,) = list(arb.workers)
     w = arb.workers[old]
-    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.RETIRING   # max-requests reached
+    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.RETIRING  # max-requests reached
     arb.manage()
     (new,) = set(arb.workers) - {old}
     assert not fake.signals_to(old)
@@ -260,7 +261,7 @@ def test_ready_worker_killed_by_a_signal_is_replaced_without_back_off(fake: Fake
     (pid,) = list(arb.workers)
     mark_ready(arb, pid)
     arb.manage()
-    fake.now += 0.3   # young, but it was serving
+    fake.now += 0.3  # young, but it was serving
     fake.exit(pid, signum=signal.SIGKILL)
     arb.reap()
     arb.manage()

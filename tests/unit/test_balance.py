@@ -54,8 +54,16 @@ ALL = sorted(STRATEGIES)
 
 
 def test_registry_names() -> None:
-    assert set(STRATEGIES) == {"round_robin", "weighted_round_robin", "least_connections", "random",
-                               "p2c", "least_latency", "hash", "sticky"}
+    assert set(STRATEGIES) == {
+        "round_robin",
+        "weighted_round_robin",
+        "least_connections",
+        "random",
+        "p2c",
+        "least_latency",
+        "hash",
+        "sticky",
+    }
     for name, cls in CLASSES.items():
         assert cls.name == name
         assert isinstance(make(name), cls)
@@ -79,7 +87,7 @@ def test_sticky_inner_by_name_or_class() -> None:
     assert type(s).__name__ == "StickyPowerOfTwoChoices"
     t = sticky(inner=RoundRobin)
     assert isinstance(t, RoundRobin) and isinstance(t, Sticky)
-    assert type(sticky(inner="round_robin")) is type(t)   # one combined class per inner class
+    assert type(sticky(inner="round_robin")) is type(t)  # one combined class per inner class
     assert isinstance(make("sticky"), LeastConnections)
     with pytest.raises(ValueError, match="unknown inner strategy for sticky: 'nope'"):
         sticky(inner="nope")
@@ -177,13 +185,13 @@ def test_drain(name: str) -> None:
     s.on_finish("b", 0.01)
     assert s.members["b"].in_flight == 0
     s.mark_down("b")
-    assert s.members["b"].state == "down"    # down wins over draining
+    assert s.members["b"].state == "down"  # down wins over draining
     s.mark_up("b")
     assert s.members["b"].state == "draining"  # a health check does not undo a drain
     assert "b" not in set(picks(s, 50))
     s.undrain("b")
     assert s.members["b"].state == "up"
-    for k in "ac":   # least_latency probes members never measured first: measure them
+    for k in "ac":  # least_latency probes members never measured first: measure them
         s.on_start(k)
         s.on_finish(k, 0.01)
     assert "b" in set(picks(s, 200))
@@ -219,10 +227,10 @@ def test_in_flight_tracking(name: str) -> None:
     s.on_finish("a")
     assert s.members["a"].in_flight == 1
     s.on_finish("a", ok=False)
-    s.on_finish("a")                       # one finish too many: stays at zero
+    s.on_finish("a")  # one finish too many: stays at zero
     assert s.members["a"].in_flight == 0
     assert s.members["a"].failures == 1
-    s.on_finish("gone", 0.5)               # removed while in flight: ignored
+    s.on_finish("gone", 0.5)  # removed while in flight: ignored
     s.set_load("b", 7)
     assert s.members["b"].in_flight == 7
     with pytest.raises(ValueError, match="in_flight must be >= 0"):
@@ -244,9 +252,14 @@ def test_snapshot(name: str) -> None:
     s.mark_down("10.0.0.2:80")
     snap = {row["key"]: row for row in s.snapshot()}
     assert snap["10.0.0.1:80"] == {
-        "key": "10.0.0.1:80", "weight": 3, "effective_weight": 3, "state": "up",
-        "in_flight": 1 if key == "10.0.0.1:80" else 0, "picks": 1 if key == "10.0.0.1:80" else 0,
-        "failures": 0, "latency": None,
+        "key": "10.0.0.1:80",
+        "weight": 3,
+        "effective_weight": 3,
+        "state": "up",
+        "in_flight": 1 if key == "10.0.0.1:80" else 0,
+        "picks": 1 if key == "10.0.0.1:80" else 0,
+        "failures": 0,
+        "latency": None,
     }
     assert snap["10.0.0.2:80"]["state"] == "down"
     assert snap["10.0.0.2:80"]["latency"] == pytest.approx(0.25)
@@ -270,7 +283,7 @@ def test_invalid_options(name: str) -> None:
 
 
 def test_round_robin_exact_order() -> None:
-    s = build("round_robin", keys="abc", weights=[5, 1, 1])   # weights ignored
+    s = build("round_robin", keys="abc", weights=[5, 1, 1])  # weights ignored
     assert "".join(picks(s, 7)) == "abcabca"
     s.mark_down("b")
     assert "".join(picks(s, 4)) == "caca"
@@ -323,7 +336,7 @@ def test_least_connections_prefers_idle() -> None:
     assert s.pick() == "b"
     s.on_start("b")
     s.on_start("b")
-    assert s.pick() == "c"     # b 3, c 2, a 3
+    assert s.pick() == "c"  # b 3, c 2, a 3
     s.set_load("a", 0)
     assert s.pick() == "a"
 
@@ -355,9 +368,9 @@ def test_least_connections_respects_weights() -> None:
     s.set_load("a", 1)
     s.set_load("b", 1)
     s.set_load("c", 1)
-    assert s.pick() == "a"      # 1/2 beats 1/1
+    assert s.pick() == "a"  # 1/2 beats 1/1
     s.set_load("a", 0)
-    assert s.pick() == "a"      # idle wins at once
+    assert s.pick() == "a"  # idle wins at once
 
 
 # -- random --------------------------------------------------------------------------------------------
@@ -404,7 +417,7 @@ def test_p2c_single_member_and_weights() -> None:
     assert picks(s, 3) == ["a", "a", "a"]
     s.add("b", 4)
     s.set_load("a", 1)
-    s.set_load("b", 3)         # 3/4 < 1/1
+    s.set_load("b", 3)  # 3/4 < 1/1
     assert set(picks(s, 100)) == {"b"}
 
 
@@ -447,7 +460,7 @@ def test_least_latency_peak_jumps_up_at_once() -> None:
         s.on_finish("a", 0.010)
         s.on_finish("b", 0.020)
     assert s.pick() == "a"
-    s.on_finish("a", 0.500)                 # one slow answer
+    s.on_finish("a", 0.500)  # one slow answer
     assert s.members["a"].estimate == 0.5
     assert s.pick() == "b"
 
@@ -456,17 +469,17 @@ def test_least_latency_recovers_a_once_slow_member() -> None:
     clock = Clock()
     s = build("least_latency", keys="ab", clock=clock)
     s.on_finish("a", 0.05)
-    s.on_finish("b", 1.0)                   # b was slow once, then got nothing
-    s.set_load("a", 4)                      # a: 0.05 x 5 = 0.25 < 1.0
+    s.on_finish("b", 1.0)  # b was slow once, then got nothing
+    s.set_load("a", 4)  # a: 0.05 x 5 = 0.25 < 1.0
     assert s.pick() == "a"
     estimates = []
-    for _ in range(60):                     # a minute; a keeps answering in 50 ms
+    for _ in range(60):  # a minute; a keeps answering in 50 ms
         clock.advance(1.0)
         s.on_finish("a", 0.05)
         s.set_load("a", 4)
         estimates.append(s.snapshot()[1]["latency"])
-    assert estimates == sorted(estimates, reverse=True)   # b's estimate only falls...
-    assert estimates[-1] < 0.25                           # ...toward a's (the median of the others)
+    assert estimates == sorted(estimates, reverse=True)  # b's estimate only falls...
+    assert estimates[-1] < 0.25  # ...toward a's (the median of the others)
     assert s.pick() == "b"
 
 
@@ -476,7 +489,7 @@ def test_least_latency_decays_toward_the_median_of_the_others() -> None:
     s = build("least_latency", keys="ab", clock=clock)
     s.on_finish("a", 0.05)
     s.on_finish("b", 1.0)
-    clock.advance(100)                      # ten decays without a refresh in between
+    clock.advance(100)  # ten decays without a refresh in between
     s.on_finish("a", 0.05)
     assert s.snapshot()[1]["latency"] == pytest.approx(0.05, abs=1e-4)
 
@@ -486,9 +499,9 @@ def test_least_latency_samples_below_pull_slowly() -> None:
     s = build("least_latency", keys="a", clock=clock)
     s.on_finish("a", 1.0)
     clock.advance(0.001)
-    s.on_finish("a", 0.0)                   # 1 ms later: weight 1 - exp(-0.0001)
+    s.on_finish("a", 0.0)  # 1 ms later: weight 1 - exp(-0.0001)
     assert s.members["a"].estimate == pytest.approx(1.0, abs=1e-3)
-    clock.advance(10.0)                     # one decay later: weight 1 - 1/e
+    clock.advance(10.0)  # one decay later: weight 1 - 1/e
     s.on_finish("a", 0.0)
     assert s.members["a"].estimate == pytest.approx(0.3679, abs=1e-3)
 
@@ -499,11 +512,11 @@ def test_least_latency_new_member_starts_at_the_median_and_gets_a_share() -> Non
     for k, lat in zip("abc", (0.01, 0.02, 0.40), strict=True):
         s.on_finish(k, lat)
     clock.advance(1.0)
-    s.pick()                                # refresh: the neutral value is the median, 0.02
+    s.pick()  # refresh: the neutral value is the median, 0.02
     s.add("d")
     assert s.members["d"].estimate == pytest.approx(0.02, rel=0.01)
     got: Counter[str] = Counter()
-    for _ in range(300):                    # 30 s of work, 10 in flight at a time
+    for _ in range(300):  # 30 s of work, 10 in flight at a time
         for _ in range(10):
             k = s.pick()
             s.on_start(k)
@@ -512,7 +525,7 @@ def test_least_latency_new_member_starts_at_the_median_and_gets_a_share() -> Non
         for key, m in s.members.items():
             for _ in range(m.in_flight):
                 s.on_finish(key, {"a": 0.01, "b": 0.02, "c": 0.40, "d": 0.01}[key])
-    assert got["d"] > 0.25 * got.total()      # as fast as a: about as much work
+    assert got["d"] > 0.25 * got.total()  # as fast as a: about as much work
     assert got["c"] < 0.05 * got.total()
 
 
@@ -541,14 +554,14 @@ def test_least_latency_failures_count_as_slow() -> None:
     s = build("least_latency", keys="ab", clock=clock)
     s.on_finish("a", 0.02)
     s.on_finish("b", 0.02)
-    s.on_finish("b", 0.001, ok=False)       # a fast failure: at least twice the estimate
+    s.on_finish("b", 0.001, ok=False)  # a fast failure: at least twice the estimate
     assert s.members["b"].estimate == pytest.approx(0.04)
     s.on_finish("b", ok=False)
     assert s.members["b"].estimate == pytest.approx(0.08)
     assert s.members["b"].failures == 2
     assert set(picks(s, 10)) == {"a"}
     s.add("c")
-    s.on_finish("c", 0.001, ok=False)       # first sample a failure: twice the neutral value
+    s.on_finish("c", 0.001, ok=False)  # first sample a failure: twice the neutral value
     assert s.members["c"].estimate >= 0.04
 
 
@@ -556,7 +569,7 @@ def test_least_latency_weights() -> None:
     s = build("least_latency", keys="ab", weights=[4, 1])
     s.on_finish("a", 0.1)
     s.on_finish("b", 0.1)
-    s.set_load("a", 3)        # 0.1 x 4 / 4 = 0.1 ties b's 0.1 x 1 / 1
+    s.set_load("a", 3)  # 0.1 x 4 / 4 = 0.1 ties b's 0.1 x 1 / 1
     s.set_load("b", 0)
     assert sorted(picks(s, 2)) == ["a", "b"]
     s.set_load("a", 2)
@@ -605,10 +618,10 @@ def test_slow_start_shifts_the_share() -> None:
     s = build("weighted_round_robin", keys="ab", clock=clock, slow_start=60)
     clock.advance(100)
     s.mark_down("b")
-    s.mark_up("b")                          # b now ramps from 0.1 to 1 over 60 s
+    s.mark_up("b")  # b now ramps from 0.1 to 1 over 60 s
     early = Counter(picks(s, 110))
-    assert 8 <= early["b"] <= 12            # 0.1 / 1.1 of the picks
-    clock.advance(30)                       # halfway: 0.55
+    assert 8 <= early["b"] <= 12  # 0.1 / 1.1 of the picks
+    clock.advance(30)  # halfway: 0.55
     mid = Counter(picks(s, 155))
     assert 50 <= mid["b"] <= 60
     clock.advance(30)
@@ -624,7 +637,7 @@ def test_slow_start_restarts_when_marked_up_again_and_on_add() -> None:
     s.mark_up("a")
     assert s._ramping == [s.members["a"]]
     assert s.snapshot()[0]["effective_weight"] == pytest.approx(0.1)
-    clock.advance(-1)                       # a clock that steps back does not go below the floor
+    clock.advance(-1)  # a clock that steps back does not go below the floor
     assert s.snapshot()[0]["effective_weight"] == pytest.approx(0.1)
     s.remove("a")
     assert s._ramping == []
@@ -648,12 +661,12 @@ def test_least_connections_with_a_ramping_member() -> None:
     clock.advance(20)
     s.pick()
     s.mark_down("b")
-    s.mark_up("b")                          # b: effective weight 0.1
+    s.mark_up("b")  # b: effective weight 0.1
     s.set_load("a", 3)
-    s.set_load("b", 1)                      # 1 / 0.1 = 10 > 3 / 1
+    s.set_load("b", 1)  # 1 / 0.1 = 10 > 3 / 1
     assert s.pick() == "a"
     s.set_load("b", 0)
-    assert s.pick() == "b"                  # idle still wins
+    assert s.pick() == "b"  # idle still wins
 
 
 def test_load_of_ineligible_members_is_kept_apart() -> None:
@@ -682,6 +695,6 @@ def test_least_latency_probes_a_member_never_measured() -> None:
         s.on_finish("fast", 0.001)
         assert s.pick() == "new"
         s.on_start("new")
-        assert s.pick() == "fast"      # the probe is in flight: no second one
+        assert s.pick() == "fast"  # the probe is in flight: no second one
         s.on_finish("new", 0.002)
         assert s.members["new"].ewma == 0.002

@@ -39,7 +39,7 @@ def test_same_hint_same_member() -> None:
 
 def test_keys_spread_evenly() -> None:
     counts = Counter(mapping(ring()).values())
-    assert min(counts.values()) > 600 and max(counts.values()) < 1400   # 1000 each, +-40%
+    assert min(counts.values()) > 600 and max(counts.values()) < 1400  # 1000 each, +-40%
 
 
 def test_removing_one_of_ten_remaps_about_a_tenth() -> None:
@@ -88,8 +88,9 @@ def test_bounded_loads_with_skewed_hints() -> None:
     assert sum(loads) == 1000
     assert max(loads) <= math.ceil(1.25 * 1000 / 10)
     # Without the bound, the hot clients would pile onto at most three members.
-    unbounded = Counter(s.owner(rng.choice(hot) if rng.random() < 0.8 else rng.choice(CLIENTS))
-                        for _ in range(1000))
+    unbounded = Counter(
+        s.owner(rng.choice(hot) if rng.random() < 0.8 else rng.choice(CLIENTS)) for _ in range(1000)
+    )
     assert max(unbounded.values()) > 200
 
 
@@ -109,7 +110,7 @@ def test_bound_keeps_affinity_while_there_is_room() -> None:
     assert s.members[home].in_flight + 1 > math.ceil(2.0 * (total + 1) / 10)
     assert s.members[home].in_flight <= math.ceil(2.0 * total / 10)
     assert stayed == 13 and got != home
-    s.set_load(got, 0)     # type: ignore[arg-type]
+    s.set_load(got, 0)  # type: ignore[arg-type]
     s.set_load(home, 0)
     assert s.pick(c) == home
 
@@ -120,7 +121,7 @@ def test_weighted_members_get_more_of_the_ring() -> None:
     counts = Counter(mapping(s).values())
     assert 2.4 < counts["b"] / counts["a"] < 3.6
     before = mapping(s)
-    s.set_weight("b", 1)          # points of "b" beyond the first 160 go; "a" keeps all of its
+    s.set_weight("b", 1)  # points of "b" beyond the first 160 go; "a" keeps all of its
     after = mapping(s)
     assert all(after[c] == "a" for c in CLIENTS if before[c] != after[c])
     s.pick("x")
@@ -147,17 +148,27 @@ def test_hint_types() -> None:
     s = ring()
     assert s.pick(b"10.1.2.3") == s.pick("10.1.2.3")
     assert s.pick(12345) == s.pick("12345")
-    assert hint_bytes("\udcff") == b"\xed\xb3\xbf"   # undecodable bytes from the OS survive
+    assert hint_bytes("\udcff") == b"\xed\xb3\xbf"  # undecodable bytes from the OS survive
 
 
 def test_ring_is_stable_across_processes() -> None:
     """Placement must not depend on PYTHONHASHSEED: every process and restart agree."""
-    code = ("from prefork_lb.balance import make; s = make('hash'); "
-            "[s.add(f'10.0.0.{i}:8000') for i in range(1, 11)]; "
-            "print([s.pick(f'192.168.0.{i}') for i in range(50)])")
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           cwd=REPO, env={**os.environ, "PYTHONHASHSEED": seed}).stdout
-            for seed in ("1", "2")}
+    code = (
+        "from prefork_lb.balance import make; s = make('hash'); "
+        "[s.add(f'10.0.0.{i}:8000') for i in range(1, 11)]; "
+        "print([s.pick(f'192.168.0.{i}') for i in range(50)])"
+    )
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    }
     assert len(outs) == 1
     s = ring()
     assert outs.pop().strip() == repr([s.pick(f"192.168.0.{i}") for i in range(50)])
@@ -193,5 +204,5 @@ def test_inconsistent_totals_still_pick_the_least_loaded() -> None:
     s.set_load("a", 5)
     s.set_load("b", 2)
     s.set_load("c", 9)
-    s._load = -100              # corrupt: every bound is now below every member's load
+    s._load = -100  # corrupt: every bound is now below every member's load
     assert s.pick("x") == "b"

@@ -13,8 +13,20 @@ from prefork_lb.balance import STRATEGIES, Strategy, make
 from prefork_lb.balance.latency import median, median_without
 
 KEYS = ["a", "b", "c", "d", "e"]
-OPS = ["add", "remove", "mark_up", "mark_down", "drain", "undrain", "on_start", "on_finish",
-       "set_load", "set_weight", "pick", "advance"]
+OPS = [
+    "add",
+    "remove",
+    "mark_up",
+    "mark_down",
+    "drain",
+    "undrain",
+    "on_start",
+    "on_finish",
+    "set_load",
+    "set_weight",
+    "pick",
+    "advance",
+]
 
 # No example database: it would be written into the working tree.
 SETTINGS = settings(database=None, max_examples=150, deadline=None)
@@ -41,12 +53,14 @@ def check_invariants(s: Strategy[Any]) -> None:
 
 
 @SETTINGS
-@given(name=st.sampled_from(sorted(STRATEGIES)),
-       slow_start=st.sampled_from([0.0, 5.0]),
-       ops=st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(KEYS), st.integers(1, 4)),
-                    max_size=60))
-def test_pick_never_returns_an_ineligible_member(name: str, slow_start: float,
-                                                 ops: list[tuple[str, str, int]]) -> None:
+@given(
+    name=st.sampled_from(sorted(STRATEGIES)),
+    slow_start=st.sampled_from([0.0, 5.0]),
+    ops=st.lists(st.tuples(st.sampled_from(OPS), st.sampled_from(KEYS), st.integers(1, 4)), max_size=60),
+)
+def test_pick_never_returns_an_ineligible_member(
+    name: str, slow_start: float, ops: list[tuple[str, str, int]]
+) -> None:
     clock = Clock()
     options: dict[str, Any] = {"clock": clock, "slow_start": slow_start}
     if name in ("random", "p2c"):
@@ -85,7 +99,7 @@ def test_weighted_round_robin_period_matches_weights_exactly(weights: list[int])
     s = make("weighted_round_robin")
     for i, w in enumerate(weights):
         s.add(i, w)
-    for _ in range(3):   # every period, not only the first
+    for _ in range(3):  # every period, not only the first
         got = Counter(s.pick() for _ in range(sum(weights)))
         assert got == {i: w for i, w in enumerate(weights)}
 
@@ -106,4 +120,4 @@ def test_least_connections_keeps_in_flight_proportional(weights: list[int]) -> N
 def test_median_without_matches_the_definition(values: list[float], data: st.DataObject) -> None:
     values.sort()
     p = data.draw(st.integers(0, len(values) - 1))
-    assert median_without(values, p) == median(values[:p] + values[p + 1:])
+    assert median_without(values, p) == median(values[:p] + values[p + 1 :])

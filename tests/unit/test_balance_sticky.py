@@ -33,10 +33,10 @@ def test_cookie_roundtrip() -> None:
 def test_new_client_gets_the_inner_strategys_pick() -> None:
     s = pool()
     first = s.pick()
-    assert first == "10.0.0.5:8000"           # least_connections, all idle: the first
+    assert first == "10.0.0.5:8000"  # least_connections, all idle: the first
     s.on_start(first)
     assert s.pick(None) == "10.0.0.6:8000"
-    assert s.pick("") == "10.0.0.7:8000"      # an empty cookie names nothing
+    assert s.pick("") == "10.0.0.7:8000"  # an empty cookie names nothing
 
 
 def test_unknown_cookie_falls_through() -> None:

@@ -71,15 +71,31 @@ def test_unset_flags_are_none_so_lower_layers_show_through() -> None:
 
 
 def test_parse_argv() -> None:
-    cfg = cli.parse([APP, "-w", "3", "-b", "127.0.0.1:9001", "--bind", "unix:/tmp/x.sock",
-                     "--keep-alive", "0", "--require-host", "false", "--log-level", "debug"], environ={})
+    cfg = cli.parse(
+        [
+            APP,
+            "-w",
+            "3",
+            "-b",
+            "127.0.0.1:9001",
+            "--bind",
+            "unix:/tmp/x.sock",
+            "--keep-alive",
+            "0",
+            "--require-host",
+            "false",
+            "--log-level",
+            "debug",
+        ],
+        environ={},
+    )
     assert cfg.app_uri == APP
     assert cfg.workers == 3
     assert cfg.bind == ["127.0.0.1:9001", "unix:/tmp/x.sock"]
     assert cfg.keepalive == 0.0
     assert cfg.require_host is False
     assert cfg.log_level == "debug"
-    assert cfg.backlog == 2048   # untouched: the default
+    assert cfg.backlog == 2048  # untouched: the default
 
 
 def test_parse_command_line_wins_over_environment() -> None:
@@ -107,13 +123,17 @@ def test_parse_bad_value_is_a_config_error() -> None:
         cli.parse([APP, "-w", "zero"], environ={})
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    ([APP, "--bogus"], "prefork_lb: error: unrecognized arguments: --bogus (see --help)"),
-    ([APP, "-w"], "prefork_lb: error: argument -w/--workers: expected one argument (see --help)"),
-    ([APP, "--log-level", "loud"], "prefork_lb: error: argument --log-level: invalid choice: 'loud'"),
-])
-def test_usage_error_exits_2_with_one_line(argv: list[str], message: str,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([APP, "--bogus"], "prefork_lb: error: unrecognized arguments: --bogus (see --help)"),
+        ([APP, "-w"], "prefork_lb: error: argument -w/--workers: expected one argument (see --help)"),
+        ([APP, "--log-level", "loud"], "prefork_lb: error: argument --log-level: invalid choice: 'loud'"),
+    ],
+)
+def test_usage_error_exits_2_with_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as info:
         cli.parse(argv, environ={})
     assert info.value.code == 2
@@ -144,7 +164,8 @@ def test_main_bad_setting_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
         cli.main([APP, "--backlog", "0"])
     assert info.value.code == 2
     assert one_line(capsys.readouterr().err) == (
-        "prefork_lb: error: command line: invalid value '0' for backlog: must be at least 1, got 0")
+        "prefork_lb: error: command line: invalid value '0' for backlog: must be at least 1, got 0"
+    )
 
 
 @pytest.mark.usefixtures("error_log_restored")
@@ -153,7 +174,8 @@ def test_main_bad_address_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
         cli.main([APP, "-b", "nowhere"])
     assert info.value.code == 2
     assert one_line(capsys.readouterr().err) == (
-        "prefork_lb: error: invalid address 'nowhere': expected HOST:PORT")
+        "prefork_lb: error: invalid address 'nowhere': expected HOST:PORT"
+    )
 
 
 @pytest.mark.usefixtures("error_log_restored")
@@ -166,12 +188,14 @@ def test_main_port_in_use_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
             cli.main([APP, "-b", f"127.0.0.1:{port}"])
     assert info.value.code == 2
     assert one_line(capsys.readouterr().err) == (
-        f"prefork_lb: error: address 127.0.0.1:{port} is already in use")
+        f"prefork_lb: error: address 127.0.0.1:{port} is already in use"
+    )
 
 
 @pytest.mark.usefixtures("error_log_restored")
-def test_main_unwritable_error_log_exits_2_with_one_line(tmp_path: Path,
-                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_unwritable_error_log_exits_2_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     missing = tmp_path / "no-such-dir" / "error.log"
     with pytest.raises(SystemExit) as info:
         cli.main([APP, "--error-logfile", str(missing)])

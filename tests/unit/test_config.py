@@ -42,20 +42,23 @@ def test_default_bind_list_is_not_shared_between_configs() -> None:
 
 
 def test_precedence_defaults_file_env_cli(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         workers = 2
         keepalive = 7
         backlog = 100
         root_path = "/from-file"
-    """)
+    """,
+    )
     environ = {"PREFORK_LB_KEEPALIVE": "8", "PREFORK_LB_BACKLOG": "200"}
     cli = {"config": path, "backlog": "300", "workers": None}
     cfg = build(cli, environ=environ)
-    assert cfg.header_timeout == 10.0        # default: nobody set it
-    assert cfg.root_path == "/from-file"     # config file over default
-    assert cfg.workers == 2                  # config file; the CLI left it unset (None)
-    assert cfg.keepalive == 8.0              # environment over config file
-    assert cfg.backlog == 300                # command line over environment
+    assert cfg.header_timeout == 10.0  # default: nobody set it
+    assert cfg.root_path == "/from-file"  # config file over default
+    assert cfg.workers == 2  # config file; the CLI left it unset (None)
+    assert cfg.keepalive == 8.0  # environment over config file
+    assert cfg.backlog == 300  # command line over environment
     assert cfg.config == path
 
 
@@ -88,13 +91,16 @@ def test_empty_environment_variable_is_ignored() -> None:
 
 
 def test_environment_values_are_converted() -> None:
-    cfg = build({}, environ={
-        "PREFORK_LB_BIND": "127.0.0.1:1, unix:/tmp/a.sock ,",
-        "PREFORK_LB_SERVER_HEADER": "off",
-        "PREFORK_LB_REQUIRE_HOST": "false",
-        "PREFORK_LB_ACCESS_LOGFILE": "-",
-        "PREFORK_LB_LOG_LEVEL": "debug",
-    })
+    cfg = build(
+        {},
+        environ={
+            "PREFORK_LB_BIND": "127.0.0.1:1, unix:/tmp/a.sock ,",
+            "PREFORK_LB_SERVER_HEADER": "off",
+            "PREFORK_LB_REQUIRE_HOST": "false",
+            "PREFORK_LB_ACCESS_LOGFILE": "-",
+            "PREFORK_LB_LOG_LEVEL": "debug",
+        },
+    )
     assert cfg.bind == ["127.0.0.1:1", "unix:/tmp/a.sock"]
     assert cfg.server_header is False
     assert cfg.require_host is False
@@ -140,17 +146,20 @@ def test_bad_web_concurrency_names_the_variable() -> None:
 # -- bad values -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "value", "why"), [
-    ("workers", "0", "must be at least 1"),
-    ("workers", "many", "invalid literal"),
-    ("backlog", "-5", "must be at least 1"),
-    ("keepalive", "-1", "must be 0 or more"),
-    ("keepalive", "soon", "could not convert"),
-    ("limit_request_line", "-1", "must be 0 or more"),
-    ("require_host", "maybe", "not a boolean"),
-    ("server_header", "2", "not a boolean"),
-    ("bind", " , ", "needs at least one address"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("workers", "0", "must be at least 1"),
+        ("workers", "many", "invalid literal"),
+        ("backlog", "-5", "must be at least 1"),
+        ("keepalive", "-1", "must be 0 or more"),
+        ("keepalive", "soon", "could not convert"),
+        ("limit_request_line", "-1", "must be 0 or more"),
+        ("require_host", "maybe", "not a boolean"),
+        ("server_header", "2", "not a boolean"),
+        ("bind", " , ", "needs at least one address"),
+    ],
+)
 def test_bad_value_on_command_line_names_the_setting(name: str, value: str, why: str) -> None:
     with pytest.raises(ConfigError) as info:
         build({name: value}, environ={})
@@ -169,8 +178,10 @@ def test_bad_choice_lists_the_choices() -> None:
 def test_bad_value_in_environment_names_variable_and_setting() -> None:
     with pytest.raises(ConfigError) as info:
         build({}, environ={"PREFORK_LB_HEADER_TIMEOUT": "-3"})
-    assert str(info.value) == ("environment variable PREFORK_LB_HEADER_TIMEOUT: invalid value '-3' "
-                               "for header_timeout: must be 0 or more, got -3.0")
+    assert str(info.value) == (
+        "environment variable PREFORK_LB_HEADER_TIMEOUT: invalid value '-3' "
+        "for header_timeout: must be 0 or more, got -3.0"
+    )
 
 
 def test_bad_value_in_config_file_names_file_and_setting(tmp_path: Path) -> None:
@@ -229,7 +240,9 @@ def test_config_file_hook_not_callable(tmp_path: Path) -> None:
 
 
 def test_config_file_hooks_are_collected(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         def on_starting(server):
             return ("on_starting", server)
 
@@ -237,7 +250,8 @@ def test_config_file_hooks_are_collected(tmp_path: Path) -> None:
             return ("post_fork", worker)
 
         when_ready = lambda server: "ready"
-    """)
+    """,
+    )
     cfg = build({"config": path}, environ={})
     assert set(cfg.hooks) == {"on_starting", "post_fork", "when_ready"}
     assert cfg.hooks["on_starting"]("srv") == ("on_starting", "srv")
@@ -252,7 +266,9 @@ def test_every_hook_name_is_accepted(tmp_path: Path) -> None:
 
 
 def test_config_file_names_that_are_not_settings_are_ignored(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         import os
         import multiprocessing
         from math import ceil
@@ -266,7 +282,8 @@ def test_config_file_names_that_are_not_settings_are_ignored(tmp_path: Path) -> 
 
         class Thing:
             pass
-    """)
+    """,
+    )
     cfg = build({"config": path}, environ={})
     assert cfg.workers == -(-(os.cpu_count() or 1) // 2)
     for name in ("os", "multiprocessing", "ceil", "_private", "cores", "helper", "Thing"):
@@ -298,11 +315,14 @@ def test_config_file_wsgi_app_and_command_line_app(tmp_path: Path) -> None:
 
 
 def test_config_file_values_are_converted(tmp_path: Path) -> None:
-    path = write_config(tmp_path, """
+    path = write_config(
+        tmp_path,
+        """
         bind = ["127.0.0.1:9001", "[::1]:9002"]
         require_host = False
         limit_request_body = "1024"
-    """)
+    """,
+    )
     cfg = build({"config": path}, environ={})
     assert cfg.bind == ["127.0.0.1:9001", "[::1]:9002"]
     assert cfg.require_host is False
@@ -333,7 +353,8 @@ def test_settings_reference_is_fresh() -> None:
     regenerate = "run `python -m prefork_lb.config > docs/reference/settings.md` and commit the result"
     assert path.is_file(), f"{path} is missing: {regenerate}"
     assert path.read_text() == config.reference_markdown(), (
-        f"docs/reference/settings.md is out of date with prefork_lb/config.py: {regenerate}")
+        f"docs/reference/settings.md is out of date with prefork_lb/config.py: {regenerate}"
+    )
 
 
 def test_strategy_choices_are_balancing_strategies() -> None:
@@ -350,13 +371,16 @@ def test_sticky_needs_the_proxy() -> None:
     # sticky keys on a cookie: the proxy sees cookies, the handoff dispatcher does not
     with pytest.raises(ConfigError, match="sticky needs --dispatch proxy"):
         cli.parse(["prefork_lb.demo:app", "--strategy", "sticky"], environ={})
-    assert cli.parse(["prefork_lb.demo:app", "--strategy", "sticky", "--dispatch", "proxy"], environ={}).strategy == "sticky"
+    assert (
+        cli.parse(["prefork_lb.demo:app", "--strategy", "sticky", "--dispatch", "proxy"], environ={}).strategy
+        == "sticky"
+    )
 
 
 def test_offload_processes_auto_number_or_off() -> None:
     from prefork_lb.config import build
 
-    assert build({}, environ={}).offload_processes == -1          # auto
+    assert build({}, environ={}).offload_processes == -1  # auto
     assert build({"offload_processes": "3"}, environ={}).offload_processes == 3
     assert build({"offload_processes": "0"}, environ={}).offload_processes == 0
     with pytest.raises(ConfigError):

@@ -28,8 +28,9 @@ ENV: dict[str, Any] = {
 }
 
 
-def fake_conn(status: str | None = "201 Created", headers: list[tuple[str, str]] | None = None,
-              sent: int = 17) -> SimpleNamespace:
+def fake_conn(
+    status: str | None = "201 Created", headers: list[tuple[str, str]] | None = None, sent: int = 17
+) -> SimpleNamespace:
     """What AccessLog reads from a connection: status, out_headers and bytes_sent."""
     if headers is None:
         headers = [("Content-Type", "application/json"), ("X-Upstream", "w1")]
@@ -49,7 +50,7 @@ def log_line(tmp_path: Path) -> Iterator[LogLine]:
         access = AccessLog(fmt, str(path))
         opened.append(access)
         access.log(ENV if env is None else env, fake_conn() if conn is None else conn, duration)
-        text = path.read_text()   # line-buffered: on disk already
+        text = path.read_text()  # line-buffered: on disk already
         assert text.endswith("\n") and text.count("\n") == 1
         return text[:-1]
 
@@ -58,30 +59,33 @@ def log_line(tmp_path: Path) -> Iterator[LogLine]:
         access.stream.close()
 
 
-@pytest.mark.parametrize(("atom", "expected"), [
-    ("h", "10.1.2.3"),
-    ("l", "-"),
-    ("u", "-"),
-    ("r", "POST /items/7?full=1 HTTP/1.1"),
-    ("m", "POST"),
-    ("U", "/items/7"),
-    ("q", "full=1"),
-    ("H", "HTTP/1.1"),
-    ("s", "201"),
-    ("b", "17"),
-    ("B", "17"),
-    ("f", "http://example.org/"),
-    ("a", "curl/8.5.0"),
-    ("D", "1500"),
-    ("M", "1"),
-    ("T", "0"),
-    ("L", "0.001500"),
-    ("p", f"<{os.getpid()}>"),
-    ("{x-request-id}i", "abc-123"),
-    ("{X-Request-Id}i", "abc-123"),
-    ("{content-type}o", "application/json"),
-    ("{X-UPSTREAM}o", "w1"),
-])
+@pytest.mark.parametrize(
+    ("atom", "expected"),
+    [
+        ("h", "10.1.2.3"),
+        ("l", "-"),
+        ("u", "-"),
+        ("r", "POST /items/7?full=1 HTTP/1.1"),
+        ("m", "POST"),
+        ("U", "/items/7"),
+        ("q", "full=1"),
+        ("H", "HTTP/1.1"),
+        ("s", "201"),
+        ("b", "17"),
+        ("B", "17"),
+        ("f", "http://example.org/"),
+        ("a", "curl/8.5.0"),
+        ("D", "1500"),
+        ("M", "1"),
+        ("T", "0"),
+        ("L", "0.001500"),
+        ("p", f"<{os.getpid()}>"),
+        ("{x-request-id}i", "abc-123"),
+        ("{X-Request-Id}i", "abc-123"),
+        ("{content-type}o", "application/json"),
+        ("{X-UPSTREAM}o", "w1"),
+    ],
+)
 def test_atom(log_line: LogLine, atom: str, expected: str) -> None:
     assert log_line(f"%({atom})s") == expected
 
@@ -89,20 +93,23 @@ def test_atom(log_line: LogLine, atom: str, expected: str) -> None:
 def test_gunicorn_style_line(log_line: LogLine) -> None:
     fmt = '%(h)s "%(r)s" %(s)s %(b)s "%(a)s" %({x-request-id}i)s %({content-type}o)s %(D)sus'
     assert log_line(fmt, duration=0.25) == (
-        '10.1.2.3 "POST /items/7?full=1 HTTP/1.1" 201 17 "curl/8.5.0" abc-123 application/json 250000us')
+        '10.1.2.3 "POST /items/7?full=1 HTTP/1.1" 201 17 "curl/8.5.0" abc-123 application/json 250000us'
+    )
 
 
 def test_default_format(log_line: LogLine) -> None:
     line = log_line(BY_NAME["access_log_format"].default)
     assert re.fullmatch(
         r'10\.1\.2\.3 - - \[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\] "POST /items/7\?full=1 HTTP/1\.1" '
-        r'201 17 "http://example\.org/" "curl/8\.5\.0"', line), line
+        r'201 17 "http://example\.org/" "curl/8\.5\.0"',
+        line,
+    ), line
 
 
 def test_missing_values_read_as_dash(log_line: LogLine) -> None:
     env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.0"}
     conn = fake_conn(status=None, headers=None, sent=0)
-    conn.out_headers = None   # the app never called start_response
+    conn.out_headers = None  # the app never called start_response
     fmt = "%(h)s|%(s)s|%(b)s|%(B)s|%(a)s|%(f)s|%({x-request-id}i)s|%({content-type}o)s|%(nonsense)s|%(r)s"
     assert log_line(fmt, env=env, conn=conn) == "-|-|-|0|-|-|-|-|-|GET / HTTP/1.0"
 
@@ -129,7 +136,7 @@ def test_lines_append_and_reopen_follows_a_rotated_file(tmp_path: Path) -> None:
     try:
         access.log({"PATH_INFO": "/one"}, fake_conn(), 0.0)
         rotated = tmp_path / "access.log.1"
-        path.rename(rotated)            # logrotate moves the file, then sends SIGUSR1
+        path.rename(rotated)  # logrotate moves the file, then sends SIGUSR1
         access.log({"PATH_INFO": "/two"}, fake_conn(), 0.0)
         old_stream = access.stream
         access.reopen()
@@ -171,8 +178,11 @@ def test_error_log_to_file_with_level(tmp_path: Path, error_logger: logging.Logg
         h.flush()
     text = path.read_text()
     assert "not shown" not in text
-    assert re.fullmatch(rf"\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{{4}}\] \[{os.getpid()}\] "
-                        r"\[WARNING\] disk /var full\n", text), text
+    assert re.fullmatch(
+        rf"\[\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d [+-]\d{{4}}\] \[{os.getpid()}\] "
+        r"\[WARNING\] disk /var full\n",
+        text,
+    ), text
 
 
 def test_error_log_setup_twice_keeps_one_handler(tmp_path: Path, error_logger: logging.Logger) -> None:

@@ -76,8 +76,9 @@ def wait_gone(pids: list[int], deadline_s: float = DEADLINE_S) -> list[int]:
         for proc in procs:
             try:
                 # A zombie leader may still have threads exiting (holding its fds): wait for them.
-                if proc.is_running() and (proc.status() != psutil.STATUS_ZOMBIE
-                                          or len(os.listdir(f"/proc/{proc.pid}/task")) > 1):
+                if proc.is_running() and (
+                    proc.status() != psutil.STATUS_ZOMBIE or len(os.listdir(f"/proc/{proc.pid}/task")) > 1
+                ):
                     alive.append(proc.pid)
             except (psutil.NoSuchProcess, FileNotFoundError):
                 pass
@@ -269,8 +270,12 @@ def test_gevent_hub_not_blocked_and_owner_sigkill_leaves_no_child(tmp_path: Path
     script = tmp_path / "gevent_offload.py"
     script.write_text(textwrap.dedent(GEVENT_SCRIPT))
     pid_file = tmp_path / "pids.json"
-    proc = subprocess.Popen([sys.executable, str(script), str(pid_file)], stdout=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(pid_file)],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()  # the script prints once its pids are on disk

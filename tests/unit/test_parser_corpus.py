@@ -24,7 +24,7 @@ def feed_all(case: Case, mode: str, limits: Limits) -> list[dict]:
         parser.feed(data)
     elif mode == "bytewise":
         for i in range(len(data)):
-            parser.feed(data[i:i + 1])
+            parser.feed(data[i : i + 1])
     elif mode == "trailing":
         # Extra bytes after the case must not change what the case itself parses to.
         parser.feed(data)
@@ -40,13 +40,21 @@ def feed_all(case: Case, mode: str, limits: Limits) -> list[dict]:
         if not req.complete:
             continue
         path, query = req.split_target()
-        got.append({
-            "method": req.method, "uri": req.target.decode("latin-1"), "version": req.version,
-            "path": path.decode("latin-1"), "query": query.decode("latin-1"),
-            "headers": [[raw.decode("latin-1").upper(), v.decode("latin-1").strip(" \t")]
-                        for _, raw, v in req.headers if b"_" not in raw],
-            "body": b"".join(req.chunks).decode("latin-1"),
-        })
+        got.append(
+            {
+                "method": req.method,
+                "uri": req.target.decode("latin-1"),
+                "version": req.version,
+                "path": path.decode("latin-1"),
+                "query": query.decode("latin-1"),
+                "headers": [
+                    [raw.decode("latin-1").upper(), v.decode("latin-1").strip(" \t")]
+                    for _, raw, v in req.headers
+                    if b"_" not in raw
+                ],
+                "body": b"".join(req.chunks).decode("latin-1"),
+            }
+        )
     return got
 
 
@@ -56,8 +64,17 @@ def _expected(case: Case) -> list[dict]:
         path = r["path"]
         if r["target_form"] in ("authority", "asterisk"):
             path = ""
-        out.append({"method": r["method"], "uri": r["uri"], "version": r["version"], "path": path,
-                    "query": r["query"], "headers": r["headers"], "body": r["body"]})
+        out.append(
+            {
+                "method": r["method"],
+                "uri": r["uri"],
+                "version": r["version"],
+                "path": path,
+                "query": r["query"],
+                "headers": r["headers"],
+                "body": r["body"],
+            }
+        )
     return out
 
 
@@ -67,12 +84,13 @@ def test_valid_case_parses_as_expected(case: Case, mode: str) -> None:
     got = feed_all(case, mode, NO_HOST)
     exp = _expected(case)
     if mode == "trailing" and len(got) > len(exp):
-        got = got[: len(exp)]   # the extra request parsed after a keep-alive case
+        got = got[: len(exp)]  # the extra request parsed after a keep-alive case
     assert got == exp
 
 
-@pytest.mark.parametrize("case", [c for c in VALID if c.needs_host and c.name not in DEVIATIONS],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in VALID if c.needs_host and c.name not in DEVIATIONS], ids=lambda c: c.name
+)
 def test_http11_without_host_is_refused_by_default(case: Case) -> None:
     with pytest.raises(HTTPError) as info:
         feed_all(case, "whole", Limits())

@@ -21,9 +21,38 @@ from prefork_lb.http.parser import Limits, RequestParser
 from tests.corpus import load
 
 CASES = [c.raw for c in load("valid") + load("invalid")] or [b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"]
-TOKENS = [b"GET", b"POST", b"HEAD", b" ", b"/", b"?", b"HTTP/1.1", b"HTTP/1.0", b"\r\n", b"\n", b"\r", b":",
-          b"Host", b"Content-Length", b"Transfer-Encoding", b"chunked", b"0", b"5", b"ff", b";", b"\t",
-          b"\x00", b"\x7f", b"\xff", b"Expect", b"100-continue", b"Connection", b"close", b",", b"hello"]
+TOKENS = [
+    b"GET",
+    b"POST",
+    b"HEAD",
+    b" ",
+    b"/",
+    b"?",
+    b"HTTP/1.1",
+    b"HTTP/1.0",
+    b"\r\n",
+    b"\n",
+    b"\r",
+    b":",
+    b"Host",
+    b"Content-Length",
+    b"Transfer-Encoding",
+    b"chunked",
+    b"0",
+    b"5",
+    b"ff",
+    b";",
+    b"\t",
+    b"\x00",
+    b"\x7f",
+    b"\xff",
+    b"Expect",
+    b"100-continue",
+    b"Connection",
+    b"close",
+    b",",
+    b"hello",
+]
 
 
 def check(chunks: list[bytes], limits: Limits | None = None) -> None:
@@ -51,6 +80,7 @@ def _split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def mutated() -> st.SearchStrategy[bytes]:
     """A corpus case with a few bytes replaced, inserted or removed."""
+
     @st.composite
     def build(draw: st.DrawFn) -> bytes:
         data = bytearray(draw(st.sampled_from(CASES)))
@@ -62,8 +92,9 @@ def mutated() -> st.SearchStrategy[bytes]:
             elif op == 1:
                 data[pos:pos] = draw(st.sampled_from(TOKENS))
             elif data:
-                del data[pos:pos + draw(st.integers(1, 8))]
+                del data[pos : pos + draw(st.integers(1, 8))]
         return bytes(data)
+
     return build()
 
 
@@ -76,8 +107,9 @@ def _examples(default: int) -> int:
 
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None)
-LONG = settings(max_examples=_examples(250_000), deadline=None,
-                suppress_health_check=list(HealthCheck), database=None)
+LONG = settings(
+    max_examples=_examples(250_000), deadline=None, suppress_health_check=list(HealthCheck), database=None
+)
 
 
 @FAST
@@ -106,6 +138,8 @@ def test_strict_limits_never_crash(data: bytes) -> None:
 
 @pytest.mark.slow
 @LONG
-@given(st.one_of(mutated(), token_soup(), st.binary(max_size=2048)), st.lists(st.integers(0, 10_000), max_size=8))
+@given(
+    st.one_of(mutated(), token_soup(), st.binary(max_size=2048)), st.lists(st.integers(0, 10_000), max_size=8)
+)
 def test_long_fuzz_run(data: bytes, cuts: list[int]) -> None:
     check(_split(data, cuts))

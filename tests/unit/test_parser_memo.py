@@ -24,7 +24,7 @@ def kept(memos: RequestMemo) -> dict[bytes, Request]:
 def test_a_repeated_request_is_the_remembered_one() -> None:
     memos = RequestMemo()
     _, first = parse_one(GET, memos)
-    assert memos == {GET: None} and first.memo is None   # the first time: only the bytes
+    assert memos == {GET: None} and first.memo is None  # the first time: only the bytes
     _, second = parse_one(GET, memos)
     assert second is not first and kept(memos) == {GET: second} and second.memo == {}
     p, again = parse_one(GET, memos)
@@ -45,7 +45,7 @@ def test_pipelined_requests_are_remembered_and_come_back_one_by_one() -> None:
         assert [r.target for r in p.requests] == [b"/a?b=1", b"/other", b"/a?b=1"]
     assert set(kept(memos)) == {GET, other}
     again = RequestParser(Limits(), memos)
-    again.feed(other + GET + b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")   # two known, then one to parse
+    again.feed(other + GET + b"GET /new HTTP/1.1\r\nHost: x\r\n\r\n")  # two known, then one to parse
     assert again.requests[0] is memos[other] and again.requests[1] is memos[GET]
     assert again.requests[2].target == b"/new"
     # A known request followed by a malformed one: the known one is served, the error waits.
@@ -54,16 +54,19 @@ def test_pipelined_requests_are_remembered_and_come_back_one_by_one() -> None:
     assert len(bad.requests) == 1 and bad.error is not None and bad.error.status == 400
 
 
-@pytest.mark.parametrize("data", [
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",          # a body
-    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",               # ends the connection
-    b"GET / HTTP/1.0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
-    b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
-    GET + b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",             # one with a body
-    GET[:-2],                                                                  # half a head
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",  # a body
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",  # ends the connection
+        b"GET / HTTP/1.0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+        b"PUT / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nExpect: 100-continue\r\n\r\n",
+        GET + b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nab",  # one with a body
+        GET[:-2],  # half a head
+    ],
+)
 def test_only_whole_plain_bodiless_requests_are_remembered(data: bytes) -> None:
     memos = RequestMemo()
     for _ in range(3):
@@ -89,7 +92,7 @@ def test_no_memo_hit_in_the_middle_of_a_request() -> None:
     assert GET in kept(memos)
     p = RequestParser(Limits(), memos)
     p.feed(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(GET)).encode() + b"\r\n\r\n")
-    p.feed(GET)   # the body of the POST, not a request
+    p.feed(GET)  # the body of the POST, not a request
     assert len(p.requests) == 1 and p.requests[0].method == "POST"
     assert b"".join(p.requests[0].chunks) == GET
 

@@ -41,7 +41,7 @@ class FakeTransport:
         self.closed = False
 
     def write(self, data: bytes) -> None:
-        assert not self.closed or True   # asyncio drops writes after close; so do we
+        assert not self.closed or True  # asyncio drops writes after close; so do we
         self.data.append(bytes(data))
 
     def get_extra_info(self, name: str) -> Any:
@@ -77,13 +77,14 @@ def new_proxy(loop: asyncio.AbstractEventLoop) -> Proxy:
     return proxy
 
 
-def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes],
-               proxy: Proxy | None = None) -> tuple[bytes, list[bytes]]:
+def run_client(
+    loop: asyncio.AbstractEventLoop, chunks: list[bytes], proxy: Proxy | None = None
+) -> tuple[bytes, list[bytes]]:
     """Feed ``chunks`` to a proxy client connection; answer every forwarded request.
     Returns (what the client got, what each upstream connection got)."""
     proxy = proxy or new_proxy(loop)
     for b in proxy.backends.values():
-        b.idle.clear()   # each run opens (and records) its own upstream connections
+        b.idle.clear()  # each run opens (and records) its own upstream connections
     upstreams: list[tuple[Upstream, FakeTransport]] = []
 
     def connect(b: Backend, ex: Any) -> None:
@@ -102,7 +103,7 @@ def run_client(loop: asyncio.AbstractEventLoop, chunks: list[bytes],
         if ct.closed:
             break
         client.data_received(chunk)
-        proxy.end_of_pass()   # what the running loop would do once the pass is over
+        proxy.end_of_pass()  # what the running loop would do once the pass is over
         # Answer whatever is waiting for a backend, as often as it takes (bounded).
         for _ in range(64):
             ex = client.ex
@@ -136,12 +137,15 @@ def check(loop: asyncio.AbstractEventLoop, chunks: list[bytes]) -> None:
             assert 400 <= status < 500 or status == 501, (status, got)
     # What reached the backend parses strictly and carries no hop-by-hop header.
     for data in sent:
-        parser = RequestParser(Limits(require_host=False, request_line=0, request_field_size=0,
-                                      request_fields=1000))
+        parser = RequestParser(
+            Limits(require_host=False, request_line=0, request_field_size=0, request_fields=1000)
+        )
         try:
             parser.feed(data)
-        except HTTPError as exc:   # pragma: no cover - a failure to report
-            raise AssertionError(f"the proxy forwarded what a strict parser refuses: {exc}: {data!r}") from None
+        except HTTPError as exc:  # pragma: no cover - a failure to report
+            raise AssertionError(
+                f"the proxy forwarded what a strict parser refuses: {exc}: {data!r}"
+            ) from None
         assert parser.error is None, data
         for req in parser.requests:
             names = [n for n, _, _ in req.headers]
@@ -153,7 +157,9 @@ def check(loop: asyncio.AbstractEventLoop, chunks: list[bytes]) -> None:
 
 @FAST
 @given(data=mutated(), cuts=st.lists(st.integers(0, 10_000), max_size=4))
-def test_mutated_corpus_through_the_proxy(loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]) -> None:
+def test_mutated_corpus_through_the_proxy(
+    loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]
+) -> None:
     check(loop, _split(data, cuts))
 
 
@@ -169,13 +175,21 @@ def test_a_valid_pipeline_is_forwarded_in_order(loop: asyncio.AbstractEventLoop)
     got, sent = run_client(loop, [reqs])
     assert got.count(b"X-From-Backend") == 3
     assert b"".join(sent).count(b"GET /") == 3
-    assert [line.split(b" ")[1] for line in b"".join(sent).split(b"\r\n") if line.startswith(b"GET")] == \
-        [b"/0", b"/1", b"/2"]
+    assert [line.split(b" ")[1] for line in b"".join(sent).split(b"\r\n") if line.startswith(b"GET")] == [
+        b"/0",
+        b"/1",
+        b"/2",
+    ]
 
 
 def test_a_smuggling_attempt_never_reaches_the_backend(loop: asyncio.AbstractEventLoop) -> None:
-    got, sent = run_client(loop, [b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
-                                  b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n"])
+    got, sent = run_client(
+        loop,
+        [
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n\r\n"
+        ],
+    )
     assert got.startswith(b"HTTP/1.1 400 ")
     assert sent == []
 
@@ -183,12 +197,16 @@ def test_a_smuggling_attempt_never_reaches_the_backend(loop: asyncio.AbstractEve
 @pytest.mark.slow
 @LONG
 @given(data=mutated(), cuts=st.lists(st.integers(0, 10_000), max_size=4))
-def test_long_mutated_corpus_through_the_proxy(loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]) -> None:
+def test_long_mutated_corpus_through_the_proxy(
+    loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]
+) -> None:
     check(loop, _split(data, cuts))
 
 
 @pytest.mark.slow
 @LONG
 @given(data=token_soup(), cuts=st.lists(st.integers(0, 10_000), max_size=4))
-def test_long_token_soup_through_the_proxy(loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]) -> None:
+def test_long_token_soup_through_the_proxy(
+    loop: asyncio.AbstractEventLoop, data: bytes, cuts: list[int]
+) -> None:
     check(loop, _split(data, cuts))

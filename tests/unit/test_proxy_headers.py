@@ -37,8 +37,9 @@ def req(*headers: str, line: str = "GET /p?q=1 HTTP/1.1", body: bytes = b"") -> 
     return parse(raw.encode("latin-1") + body)
 
 
-def rewrite(r: Request, peer: str = UNTRUSTED_IP, scheme: str = "http", websocket: bool = False,
-            **kw: object) -> bytes:
+def rewrite(
+    r: Request, peer: str = UNTRUSTED_IP, scheme: str = "http", websocket: bool = False, **kw: object
+) -> bytes:
     return RequestRewriter(trusted=TRUSTED, **kw).head(r, peer, scheme, websocket)  # type: ignore[arg-type]
 
 
@@ -76,6 +77,7 @@ def reparse_request(head: bytes) -> tuple[str, list[tuple[str, str]]]:
 
 
 # -- the whole head -------------------------------------------------------------------------------
+
 
 def test_simple_get_untrusted_exact_bytes() -> None:
     r = req("Host: example.com", "User-Agent: t/1", "Accept: */*")
@@ -130,22 +132,39 @@ def test_upstream_is_always_http11_and_target_kept() -> None:
 def test_method_line_cached_for_each_method() -> None:
     rw = RequestRewriter(trusted=TRUSTED)
     for m in ("GET", "DELETE", "GET", "PROPFIND"):
-        assert rw.head(req("Host: h", line=f"{m} / HTTP/1.1"), UNTRUSTED_IP, "http").startswith(m.encode() + b" / ")
+        assert rw.head(req("Host: h", line=f"{m} / HTTP/1.1"), UNTRUSTED_IP, "http").startswith(
+            m.encode() + b" / "
+        )
 
 
 # -- hop-by-hop and Connection --------------------------------------------------------------------
 
+
 def test_hop_by_hop_removed() -> None:
-    r = req("Host: h", "Connection: keep-alive, te", "Keep-Alive: timeout=5", "Proxy-Connection: keep-alive",
-            "TE: trailers", "Trailer: X-Sum", "Upgrade: h2c", "X-Ok: 1")
+    r = req(
+        "Host: h",
+        "Connection: keep-alive, te",
+        "Keep-Alive: timeout=5",
+        "Proxy-Connection: keep-alive",
+        "TE: trailers",
+        "Trailer: X-Sum",
+        "Upgrade: h2c",
+        "X-Ok: 1",
+    )
     names = {n for n, _ in fields(rewrite(r))}
     assert not names & HOP_BY_HOP
     assert "x-ok" in names
 
 
 def test_fields_named_in_connection_removed() -> None:
-    r = req("Host: h", "Connection: X-Secret, close", "connection: x-other", "X-Secret: s", "X-Other: o",
-            "X-Kept: k")
+    r = req(
+        "Host: h",
+        "Connection: X-Secret, close",
+        "connection: x-other",
+        "X-Secret: s",
+        "X-Other: o",
+        "X-Kept: k",
+    )
     names = [n for n, _ in fields(rewrite(r))]
     assert "x-secret" not in names and "x-other" not in names
     assert "x-kept" in names
@@ -153,9 +172,17 @@ def test_fields_named_in_connection_removed() -> None:
 
 def test_connection_cannot_strip_protected_fields() -> None:
     conn = "Connection: X-Forwarded-For, X-Forwarded-Proto, X-Forwarded-Host, Forwarded, X-Real-IP, Host, X-A"
-    r = req("Host: h", conn, "X-Forwarded-For: 1.1.1.1", "X-Forwarded-Proto: https",
-            "X-Forwarded-Host: orig", "Forwarded: for=1.1.1.1", "X-Real-IP: 1.1.1.1", "X-A: a")
-    head = rewrite(r, peer="127.0.0.1")     # trusted: their chain survives and is appended to
+    r = req(
+        "Host: h",
+        conn,
+        "X-Forwarded-For: 1.1.1.1",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: orig",
+        "Forwarded: for=1.1.1.1",
+        "X-Real-IP: 1.1.1.1",
+        "X-A: a",
+    )
+    head = rewrite(r, peer="127.0.0.1")  # trusted: their chain survives and is appended to
     assert values(head, "host") == ["h"]
     assert values(head, "x-forwarded-for") == ["1.1.1.1, 127.0.0.1"]
     assert values(head, "x-forwarded-proto") == ["https"]
@@ -163,7 +190,7 @@ def test_connection_cannot_strip_protected_fields() -> None:
     assert values(head, "forwarded") == ["for=1.1.1.1, for=127.0.0.1;proto=http;host=h"]
     assert values(head, "x-real-ip") == ["1.1.1.1"]
     assert values(head, "x-a") == []
-    head = rewrite(r)                       # untrusted: ours replace theirs, still present
+    head = rewrite(r)  # untrusted: ours replace theirs, still present
     assert values(head, "x-forwarded-for") == [UNTRUSTED_IP]
 
 
@@ -173,7 +200,12 @@ def test_connection_close_only_needs_no_second_pass() -> None:
 
 
 def test_split_connection_tokens() -> None:
-    assert split_connection_tokens([b"Keep-Alive, X-Foo ,\tTE", b" ,close,"]) == {"keep-alive", "x-foo", "te", "close"}
+    assert split_connection_tokens([b"Keep-Alive, X-Foo ,\tTE", b" ,close,"]) == {
+        "keep-alive",
+        "x-foo",
+        "te",
+        "close",
+    }
     assert split_connection_tokens([b"Upgrade"]) == {"upgrade"}
     assert split_connection_tokens([]) == frozenset()
 
@@ -183,6 +215,7 @@ def test_protected_set() -> None:
 
 
 # -- framing --------------------------------------------------------------------------------------
+
 
 def test_content_length_normalized() -> None:
     r = req("Host: h", "Content-Length: 005", line="POST /u HTTP/1.1", body=b"hello")
@@ -200,7 +233,9 @@ def test_chunked_request_is_rechunked_without_content_length() -> None:
 
 
 def test_chunked_keeps_other_codings_in_order() -> None:
-    r = req("Host: h", "Transfer-Encoding: gzip", "Transfer-Encoding: identity, chunked", line="POST /u HTTP/1.1")
+    r = req(
+        "Host: h", "Transfer-Encoding: gzip", "Transfer-Encoding: identity, chunked", line="POST /u HTTP/1.1"
+    )
     assert values(rewrite(r), "transfer-encoding") == ["gzip, chunked"]
     r = req("Host: h", "Transfer-Encoding: identity, chunked", line="POST /u HTTP/1.1")
     assert values(rewrite(r), "transfer-encoding") == ["chunked"]
@@ -229,9 +264,17 @@ def test_expect_continue_dropped() -> None:
 
 # -- forwarding -----------------------------------------------------------------------------------
 
+
 def test_untrusted_client_headers_replaced() -> None:
-    r = req("Host: example.com", "X-Forwarded-For: 6.6.6.6", "X-Forwarded-Proto: https",
-            "X-Forwarded-Host: evil", "Forwarded: for=6.6.6.6", "X-Real-IP: 6.6.6.6", "X-Forwarded-For: 7.7.7.7")
+    r = req(
+        "Host: example.com",
+        "X-Forwarded-For: 6.6.6.6",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-Host: evil",
+        "Forwarded: for=6.6.6.6",
+        "X-Real-IP: 6.6.6.6",
+        "X-Forwarded-For: 7.7.7.7",
+    )
     head = rewrite(r)
     assert values(head, "x-forwarded-for") == [UNTRUSTED_IP]
     assert values(head, "x-forwarded-proto") == ["http"]
@@ -241,11 +284,20 @@ def test_untrusted_client_headers_replaced() -> None:
 
 
 def test_trusted_peer_chain_combined_and_appended() -> None:
-    r = req("Host: h", "X-Forwarded-For: 1.1.1.1", "X-Forwarded-For: 2.2.2.2, 3.3.3.3", "X-Forwarded-For: ",
-            "Forwarded: for=1.1.1.1", "Forwarded: for=2.2.2.2;proto=https", "Forwarded:")
+    r = req(
+        "Host: h",
+        "X-Forwarded-For: 1.1.1.1",
+        "X-Forwarded-For: 2.2.2.2, 3.3.3.3",
+        "X-Forwarded-For: ",
+        "Forwarded: for=1.1.1.1",
+        "Forwarded: for=2.2.2.2;proto=https",
+        "Forwarded:",
+    )
     head = rewrite(r, peer="127.0.0.1", scheme="https")
     assert values(head, "x-forwarded-for") == ["1.1.1.1, 2.2.2.2, 3.3.3.3, 127.0.0.1"]
-    assert values(head, "forwarded") == ["for=1.1.1.1, for=2.2.2.2;proto=https, for=127.0.0.1;proto=https;host=h"]
+    assert values(head, "forwarded") == [
+        "for=1.1.1.1, for=2.2.2.2;proto=https, for=127.0.0.1;proto=https;host=h"
+    ]
     # Absent from the trusted peer: we add ours.
     assert values(head, "x-forwarded-proto") == ["https"]
     assert values(head, "x-forwarded-host") == ["h"]
@@ -278,7 +330,7 @@ def test_unix_peer_is_unknown_and_untrusted() -> None:
     assert values(head, "x-forwarded-for") == []
     assert values(head, "forwarded") == ["for=unknown;proto=http;host=h"]
     head = RequestRewriter(trusted=TrustedPeers("*")).head(r, "", "http")
-    assert values(head, "x-forwarded-for") == []   # not trusted even with *: not an IP
+    assert values(head, "x-forwarded-for") == []  # not trusted even with *: not an IP
 
 
 def test_trusted_unix_peer_chain_kept_without_entry() -> None:
@@ -317,6 +369,7 @@ def test_peer_forms_cache_bounded() -> None:
 
 # -- Via and lb headers ---------------------------------------------------------------------------
 
+
 def test_via_appended_to_existing() -> None:
     r = req("Host: h", "Via: 1.0 fred", "Via: 1.1 p.example.com (Apache/1.1)")
     assert values(rewrite(r), "via") == ["1.0 fred, 1.1 p.example.com (Apache/1.1), 1.1 prefork_lb"]
@@ -338,8 +391,13 @@ def test_x_forwarded_by_replaced_or_left_alone() -> None:
 
 # -- websocket ------------------------------------------------------------------------------------
 
-WS = ("Host: h", "Upgrade: websocket", "Connection: Upgrade", "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
-      "Sec-WebSocket-Version: 13")
+WS = (
+    "Host: h",
+    "Upgrade: websocket",
+    "Connection: Upgrade",
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+    "Sec-WebSocket-Version: 13",
+)
 
 
 def test_websocket_upgrade_forwarded() -> None:
@@ -360,11 +418,12 @@ def test_websocket_multiple_upgrade_fields_combined() -> None:
 def test_upgrade_not_forwarded_unless_websocket() -> None:
     head = rewrite(req(*WS))
     assert values(head, "connection") == [] and values(head, "upgrade") == []
-    head = rewrite(req("Host: h"), websocket=True)   # nothing to upgrade to: nothing added
+    head = rewrite(req("Host: h"), websocket=True)  # nothing to upgrade to: nothing added
     assert values(head, "connection") == []
 
 
 # -- response side --------------------------------------------------------------------------------
+
 
 def resp(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, **kw: object) -> bytes:
     lb = bool(kw.pop("lb_headers", True))
@@ -374,8 +433,13 @@ def resp(status: int = 200, headers: list[tuple[bytes, bytes]] | None = None, **
 
 
 def test_response_exact_bytes() -> None:
-    hs = [(b"Date", b"d"), (b"Content-Type", b"text/plain"), (b"Content-Length", b"5"),
-          (b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5")]
+    hs = [
+        (b"Date", b"d"),
+        (b"Content-Type", b"text/plain"),
+        (b"Content-Length", b"5"),
+        (b"Connection", b"keep-alive"),
+        (b"Keep-Alive", b"timeout=5"),
+    ]
     assert resp(200, hs, backend=b"127.0.0.1:9001") == (
         b"HTTP/1.1 200 OK\r\n"
         b"Date: d\r\n"
@@ -406,8 +470,15 @@ def test_response_status_line_cache_bounded() -> None:
 
 
 def test_response_hop_by_hop_and_connection_named_removed() -> None:
-    hs = [(b"Connection", b"X-Internal, close"), (b"x-internal", b"secret"), (b"TE", b"x"), (b"Trailer", b"x"),
-          (b"Upgrade", b"h2"), (b"Proxy-Connection", b"x"), (b"X-Public", b"p")]
+    hs = [
+        (b"Connection", b"X-Internal, close"),
+        (b"x-internal", b"secret"),
+        (b"TE", b"x"),
+        (b"Trailer", b"x"),
+        (b"Upgrade", b"h2"),
+        (b"Proxy-Connection", b"x"),
+        (b"X-Public", b"p"),
+    ]
     got = fields(resp(200, hs))
     names = {n for n, _ in got}
     assert not names & (HOP_BY_HOP - {"connection"})
@@ -433,7 +504,7 @@ def test_response_reframed() -> None:
 def test_response_no_body_keeps_length_only_where_allowed() -> None:
     cl = [(b"Content-Length", b"12")]
     assert values(resp(304, cl, framing="none", content_length=12), "content-length") == ["12"]
-    assert values(resp(200, cl, framing="none", content_length=12), "content-length") == ["12"]   # HEAD
+    assert values(resp(200, cl, framing="none", content_length=12), "content-length") == ["12"]  # HEAD
     assert values(resp(204, cl, framing="none", content_length=12), "content-length") == []
     assert values(resp(103, cl, framing="none", content_length=12), "content-length") == []
     assert values(resp(304, [], framing="none", content_length=None), "content-length") == []
@@ -495,6 +566,7 @@ def test_response_parses_as_http() -> None:
 
 # -- trusted peers --------------------------------------------------------------------------------
 
+
 def test_trusted_peers_parsing_and_membership() -> None:
     t = TrustedPeers("127.0.0.1, ::1,10.0.0.0/8,,")
     assert "127.0.0.1" in t and "::1" in t and "10.20.30.40" in t
@@ -502,7 +574,7 @@ def test_trusted_peers_parsing_and_membership() -> None:
     assert "::ffff:10.1.2.3" in t
     assert "::ffff:11.1.2.3" not in t
     assert 127 not in t
-    assert "127.0.0.1" in t      # cached answer
+    assert "127.0.0.1" in t  # cached answer
     t = TrustedPeers(["127.0.0.1", "192.168.0.0/16,fe80::/10"])
     assert "192.168.9.9" in t and "fe80::1%eth0" in t
     assert "::ffff:192.168.1.1" in t
@@ -527,6 +599,7 @@ def test_trusted_peers_cache_bounded() -> None:
 
 # -- cookies --------------------------------------------------------------------------------------
 
+
 def test_cookie_value() -> None:
     r = req("Host: h", "Cookie: a=1; lb=abc;c=3", "Cookie: lb=second")
     assert cookie_value(r.headers, "lb") == "abc"
@@ -541,10 +614,39 @@ def test_cookie_value() -> None:
 
 # -- property: framing and hop-by-hop -------------------------------------------------------------
 
-NAMES = ["Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive", "TE", "Trailer", "Upgrade",
-         "Proxy-Connection", "X-Forwarded-For", "Forwarded", "Via", "Expect", "X-A", "Cookie", "Accept"]
-VALUES = ["0", "5", "chunked", "gzip, chunked", "close", "keep-alive", "X-A", "Via, te", "trailers",
-          "websocket", "100-continue", "1.2.3.4", "a b", ""]
+NAMES = [
+    "Content-Length",
+    "Transfer-Encoding",
+    "Connection",
+    "Keep-Alive",
+    "TE",
+    "Trailer",
+    "Upgrade",
+    "Proxy-Connection",
+    "X-Forwarded-For",
+    "Forwarded",
+    "Via",
+    "Expect",
+    "X-A",
+    "Cookie",
+    "Accept",
+]
+VALUES = [
+    "0",
+    "5",
+    "chunked",
+    "gzip, chunked",
+    "close",
+    "keep-alive",
+    "X-A",
+    "Via, te",
+    "trailers",
+    "websocket",
+    "100-continue",
+    "1.2.3.4",
+    "a b",
+    "",
+]
 
 
 @settings(database=None, max_examples=300, deadline=None)
@@ -556,8 +658,9 @@ VALUES = ["0", "5", "chunked", "gzip, chunked", "close", "keep-alive", "X-A", "V
     peer=st.sampled_from(["127.0.0.1", "203.0.113.9", "::1", "2001:db8::2", ""]),
     websocket=st.booleans(),
 )
-def test_property_one_framing_header_and_no_hop_by_hop(method: str, version: str, host: bool,
-                                                       hs: list[tuple[str, str]], peer: str, websocket: bool) -> None:
+def test_property_one_framing_header_and_no_hop_by_hop(
+    method: str, version: str, host: bool, hs: list[tuple[str, str]], peer: str, websocket: bool
+) -> None:
     raw = f"{method} /x {version}\r\n" + ("Host: h\r\n" if host else "")
     raw += "".join(f"{n}: {v}\r\n" for n, v in hs) + "\r\n"
     p = RequestParser()

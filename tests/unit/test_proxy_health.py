@@ -17,35 +17,49 @@ class Clock:
 
 # -- parse_backends -------------------------------------------------------------------------------
 
+
 def test_parse_backends() -> None:
-    assert parse_backends("127.0.0.1:9001,127.0.0.1:9002=3") == [("127.0.0.1", 9001, 1), ("127.0.0.1", 9002, 3)]
-    assert parse_backends(" [::1]:8080 = 2 , app-1.internal:80,, ") == [("::1", 8080, 2), ("app-1.internal", 80, 1)]
-    assert parse_backends(["a:1,b:2", "[2001:db8::1]:443"]) == [("a", 1, 1), ("b", 2, 1), ("2001:db8::1", 443, 1)]
+    assert parse_backends("127.0.0.1:9001,127.0.0.1:9002=3") == [
+        ("127.0.0.1", 9001, 1),
+        ("127.0.0.1", 9002, 3),
+    ]
+    assert parse_backends(" [::1]:8080 = 2 , app-1.internal:80,, ") == [
+        ("::1", 8080, 2),
+        ("app-1.internal", 80, 1),
+    ]
+    assert parse_backends(["a:1,b:2", "[2001:db8::1]:443"]) == [
+        ("a", 1, 1),
+        ("b", 2, 1),
+        ("2001:db8::1", 443, 1),
+    ]
     assert parse_backends("") == []
     assert parse_backends("x_y:65535=10") == [("x_y", 65535, 10)]
 
 
-@pytest.mark.parametrize(("item", "why"), [
-    ("127.0.0.1", "missing :PORT"),
-    ("h:", "the port must be 1-65535"),
-    ("h:0", "the port must be 1-65535"),
-    ("h:65536", "the port must be 1-65535"),
-    ("h:80x", "the port must be 1-65535"),
-    ("h:²", "the port must be 1-65535"),
-    ("h:80=0", "the weight must be an integer >= 1"),
-    ("h:80=", "the weight must be an integer >= 1"),
-    ("h:80=-2", "the weight must be an integer >= 1"),
-    ("h:80=1.5", "the weight must be an integer >= 1"),
-    (":80", "'' is not a host name or address"),
-    ("a b:80", "'a b' is not a host name or address"),
-    ("-h:80", "'-h' is not a host name or address"),
-    ("::1:80", "write an IPv6 address in brackets"),
-    ("[::1:80", "missing ']'"),
-    ("[::1]80", "missing :PORT"),
-    ("[::1]", "missing :PORT"),
-    ("[nope]:80", "'nope' is not an IPv6 address"),
-    ("[1.2.3.4]:80", "'1.2.3.4' is not an IPv6 address"),
-])
+@pytest.mark.parametrize(
+    ("item", "why"),
+    [
+        ("127.0.0.1", "missing :PORT"),
+        ("h:", "the port must be 1-65535"),
+        ("h:0", "the port must be 1-65535"),
+        ("h:65536", "the port must be 1-65535"),
+        ("h:80x", "the port must be 1-65535"),
+        ("h:²", "the port must be 1-65535"),
+        ("h:80=0", "the weight must be an integer >= 1"),
+        ("h:80=", "the weight must be an integer >= 1"),
+        ("h:80=-2", "the weight must be an integer >= 1"),
+        ("h:80=1.5", "the weight must be an integer >= 1"),
+        (":80", "'' is not a host name or address"),
+        ("a b:80", "'a b' is not a host name or address"),
+        ("-h:80", "'-h' is not a host name or address"),
+        ("::1:80", "write an IPv6 address in brackets"),
+        ("[::1:80", "missing ']'"),
+        ("[::1]80", "missing :PORT"),
+        ("[::1]", "missing :PORT"),
+        ("[nope]:80", "'nope' is not an IPv6 address"),
+        ("[1.2.3.4]:80", "'1.2.3.4' is not an IPv6 address"),
+    ],
+)
 def test_parse_backends_errors_name_the_item(item: str, why: str) -> None:
     with pytest.raises(ValueError) as info:
         parse_backends(f"ok:1,{item}")
@@ -61,11 +75,12 @@ def test_parse_backends_duplicate() -> None:
 
 # -- HealthState ----------------------------------------------------------------------------------
 
+
 def test_health_falls_after_fall_consecutive_failures() -> None:
     h = HealthState(rise=2, fall=3)
     assert h.healthy
     assert [h.observe(False), h.observe(False)] == [False, False]
-    assert h.observe(True) is False           # a pass breaks the run
+    assert h.observe(True) is False  # a pass breaks the run
     assert [h.observe(False), h.observe(False)] == [False, False] and h.healthy
     assert h.observe(False) is True and not h.healthy
     assert h.observe(False) is False
@@ -74,10 +89,10 @@ def test_health_falls_after_fall_consecutive_failures() -> None:
 def test_health_rises_after_rise_consecutive_passes() -> None:
     h = HealthState(rise=2, fall=1, healthy=False)
     assert h.observe(True) is False
-    assert h.observe(False) is False          # resets
+    assert h.observe(False) is False  # resets
     assert h.observe(True) is False and not h.healthy
     assert h.observe(True) is True and h.healthy
-    assert h.observe(False) is True and not h.healthy   # fall=1
+    assert h.observe(False) is True and not h.healthy  # fall=1
 
 
 def test_health_rejects_zero() -> None:
@@ -89,6 +104,7 @@ def test_health_rejects_zero() -> None:
 
 # -- PassiveEjector -------------------------------------------------------------------------------
 
+
 def test_ejects_after_consecutive_failures_within_window() -> None:
     c = Clock()
     e = PassiveEjector(errors=3, window=10.0, eject_for=5.0, clock=c)
@@ -98,7 +114,7 @@ def test_ejects_after_consecutive_failures_within_window() -> None:
     assert e.ejected() and e.eject_for == 5.0
     c.t += 4.9
     assert e.ejected()
-    assert e.failure() is False               # while out: nothing extends the ejection
+    assert e.failure() is False  # while out: nothing extends the ejection
     c.t += 0.2
     assert not e.ejected()
 
@@ -130,13 +146,13 @@ def test_repeated_ejection_doubles_up_to_8x_and_success_streak_resets() -> None:
     durations = [e.eject_for]
     for _ in range(5):
         c.t = e.until
-        e.success()                            # one success is not a streak: still on trial
-        assert e.failure() is True             # on trial: one failure is enough
+        e.success()  # one success is not a streak: still on trial
+        assert e.failure() is True  # on trial: one failure is enough
         durations.append(e.eject_for)
     assert durations == [1.0, 2.0, 4.0, 8.0, 8.0, 8.0]
     c.t = e.until
     e.success()
-    e.success()                                # a streak of `errors` ends the trial
+    e.success()  # a streak of `errors` ends the trial
     assert not e.failure()
     assert e.failure() and e.eject_for == 1.0
 
@@ -156,13 +172,14 @@ def test_ejector_rejects_zero_errors() -> None:
 
 # -- RetryBudget ----------------------------------------------------------------------------------
 
+
 def test_budget_floor_per_second_over_the_window() -> None:
     c = Clock()
     b = RetryBudget(ratio=0.2, min_per_second=1.0, clock=c, window=10.0)
     spent = sum(b.try_spend() for _ in range(50))
-    assert spent == 10                          # 1/s over a 10 s window
+    assert spent == 10  # 1/s over a 10 s window
     c.t += 5.0
-    assert not b.try_spend()                    # still inside the window of those spends
+    assert not b.try_spend()  # still inside the window of those spends
     c.t += 5.0
     assert sum(b.try_spend() for _ in range(50)) == 10
 
@@ -175,7 +192,7 @@ def test_budget_ratio_of_requests() -> None:
         b.on_request()
     assert not b.try_spend()
     b.on_request()
-    assert b.try_spend()                        # 5 requests x 0.2 = one retry
+    assert b.try_spend()  # 5 requests x 0.2 = one retry
     assert not b.try_spend()
     for _ in range(100):
         b.on_request()
@@ -189,9 +206,9 @@ def test_budget_deposits_expire() -> None:
         b.on_request()
     c.t += 2.0
     assert b.try_spend()
-    c.t += 1.0                                  # the deposit's second has left the window
+    c.t += 1.0  # the deposit's second has left the window
     assert not b.try_spend()
-    c.t += 100.0                                # a long gap clears everything, including debts
+    c.t += 100.0  # a long gap clears everything, including debts
     assert not b.try_spend() and b.balance == 0.0
     b.on_request()
     b.on_request()

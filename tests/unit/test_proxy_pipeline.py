@@ -62,14 +62,14 @@ def test_gets_in_one_pass_share_one_connection_and_one_write(loop) -> None:
     rig.warm()
     clients = [rig.client() for _ in range(3)]
     for c, _ in clients:
-        c.data_received(GET)   # all in the same pass of the loop
+        c.data_received(GET)  # all in the same pass of the loop
     up, t = rig.ups[0]
     assert len(up.queue) == 2 and t.data[-1:] != []
     before = len(t.data)
     rig.proxy.end_of_pass()
     assert len(t.data) == before + 1 and t.data[-1].count(b"GET /same HTTP/1.1") == 3
     assert len(rig.ups) == 1
-    up.data_received(RESPONSE * 3)   # the answers in one read
+    up.data_received(RESPONSE * 3)  # the answers in one read
     rig.proxy.end_of_pass()
     for _, ct in clients:
         assert b"".join(ct.data).count(b"HTTP/1.1 200 OK") == 1
@@ -81,7 +81,7 @@ def test_no_pipelining_before_a_quick_answer_or_after_a_slow_one(loop) -> None:
     rig = Rig(loop)
     a, _ = rig.client()
     b, _ = rig.client()
-    a.data_received(GET)   # never answered before: its own connection each
+    a.data_received(GET)  # never answered before: its own connection each
     b.data_received(GET)
     rig.proxy.end_of_pass()
     assert len(rig.ups) == 2 and not any(up.queue for up, _ in rig.ups)
@@ -111,7 +111,7 @@ def test_a_client_that_stops_reading_pauses_itself_not_a_shared_connection(loop)
     assert not up.paused and "writing" in a.paused_by
     up.data_received(RESPONSE * 2)
     rig.proxy.end_of_pass()
-    assert b"".join(bt.data).count(b"HTTP/1.1 200 OK") == 1   # b is not held up by a
+    assert b"".join(bt.data).count(b"HTTP/1.1 200 OK") == 1  # b is not held up by a
     a.resume_writing()
     assert "writing" not in a.paused_by
     # Unshared, the old rule holds: the backend connection stops being read.
@@ -130,7 +130,7 @@ def test_gets_queued_behind_a_dead_connection_are_sent_again(loop) -> None:
         c.data_received(GET)
     rig.proxy.end_of_pass()
     up, _ = rig.ups[0]
-    up.data_received(RESPONSE)   # the first is answered, then the connection dies
+    up.data_received(RESPONSE)  # the first is answered, then the connection dies
     rig.proxy.end_of_pass()
     up.connection_lost(ConnectionResetError())
     rig.proxy.end_of_pass()

@@ -44,8 +44,10 @@ def test_percentiles_within_five_percent() -> None:
 
 
 @settings(database=None, max_examples=200, deadline=None)
-@given(st.lists(st.floats(min_value=1e-5, max_value=100.0), min_size=1, max_size=60),
-       st.floats(min_value=0, max_value=100))
+@given(
+    st.lists(st.floats(min_value=1e-5, max_value=100.0), min_size=1, max_size=60),
+    st.floats(min_value=0, max_value=100),
+)
 def test_property_relative_error(samples: list[float], p: float) -> None:
     h = LatencyHistogram()
     for s in samples:
@@ -61,7 +63,7 @@ def test_out_of_range_samples_clamped_to_exact_extremes() -> None:
         h.record(s)
     assert h.percentile(0) == 0.0
     assert h.percentile(100) == 1000.0
-    assert h.percentile(75) == 1000.0     # the overflow bucket answers with the true max
+    assert h.percentile(75) == 1000.0  # the overflow bucket answers with the true max
     assert h.buckets[0] == 2 and h.buckets[NBUCKETS - 1] == 2
 
 
@@ -87,12 +89,25 @@ def test_reset() -> None:
 def test_backend_stats_as_dict() -> None:
     b = BackendStats()
     assert b.as_dict("127.0.0.1:9001") == {
-        "name": "127.0.0.1:9001", "requests": 0, "errors": 0, "retries": 0, "websockets": 0, "pipelined": 0,
+        "name": "127.0.0.1:9001",
+        "requests": 0,
+        "errors": 0,
+        "retries": 0,
+        "websockets": 0,
+        "pipelined": 0,
         "responses": {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
         "latency_ms": {"p50": None, "p90": None, "p99": None, "max": None},
     }
     b.requests += 4
-    for status, secs in ((200, 0.001), (204, 0.002), (301, 0.003), (404, 0.004), (503, 0.5), (101, 0.0), (700, 1)):
+    for status, secs in (
+        (200, 0.001),
+        (204, 0.002),
+        (301, 0.003),
+        (404, 0.004),
+        (503, 0.5),
+        (101, 0.0),
+        (700, 1),
+    ):
         b.record_response(status, secs)
     b.record_error()
     b.record_retry()
@@ -100,7 +115,7 @@ def test_backend_stats_as_dict() -> None:
     d = b.as_dict("x")
     assert d["requests"] == 4 and d["errors"] == 1 and d["retries"] == 2
     assert d["responses"] == {"2xx": 2, "3xx": 1, "4xx": 1, "5xx": 1}
-    assert b.responses[0] == 1   # the 101 is counted, but /lb-stats shows 2xx..5xx
+    assert b.responses[0] == 1  # the 101 is counted, but /lb-stats shows 2xx..5xx
     lat = d["latency_ms"]
     assert lat["max"] == 1000.0
     assert lat["p50"] == pytest.approx(3.0, rel=0.05)
@@ -111,4 +126,4 @@ def test_underflow_bucket_in_the_middle() -> None:
     h = LatencyHistogram()
     for s in (1e-6, 2e-6, 8e-6, 1.0):
         h.record(s)
-    assert h.percentile(50) == 5e-6   # the middle of [0, 10 us)
+    assert h.percentile(50) == 5e-6  # the middle of [0, 10 us)

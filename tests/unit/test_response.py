@@ -8,14 +8,25 @@ from prefork_lb.http import response
 
 
 def test_app_head_serialises_and_reads_framing_headers() -> None:
-    head = response.app_head("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5"),
-                                        ("Server", "mine")])
-    assert head.prefix == "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nServer: mine\r\n"
-    assert (head.code, head.length, head.has_server, head.has_date, head.close) == (200, 5, True, False, False)
+    head = response.app_head(
+        "200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5"), ("Server", "mine")]
+    )
+    assert (
+        head.prefix == "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nServer: mine\r\n"
+    )
+    assert (head.code, head.length, head.has_server, head.has_date, head.close) == (
+        200,
+        5,
+        True,
+        False,
+        False,
+    )
 
 
 def test_app_head_drops_hop_by_hop_and_honours_close() -> None:
-    head = response.app_head("200 OK", [("Connection", "close"), ("Transfer-Encoding", "chunked"), ("X-A", "1")])
+    head = response.app_head(
+        "200 OK", [("Connection", "close"), ("Transfer-Encoding", "chunked"), ("X-A", "1")]
+    )
     assert head.prefix == "HTTP/1.1 200 OK\r\nX-A: 1\r\n"
     assert head.close
 
@@ -26,16 +37,19 @@ def test_app_head_is_memoised() -> None:
     assert response.app_head("201 Created", [("X-M", "2")]) is not a
 
 
-@pytest.mark.parametrize("headers", [
-    [("X-A", "a\r\nSet-Cookie: evil=1")],
-    [("X-A", "a\nb")],
-    [("X-A", "a\rb")],
-    [("Bad Name", "x")],
-    [("Bad:Name", "x")],
-    [("X-A\r\nX-B", "x")],
-    [("Content-Length", "-1")],
-    [("Content-Length", "ten")],
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [("X-A", "a\r\nSet-Cookie: evil=1")],
+        [("X-A", "a\nb")],
+        [("X-A", "a\rb")],
+        [("Bad Name", "x")],
+        [("Bad:Name", "x")],
+        [("X-A\r\nX-B", "x")],
+        [("Content-Length", "-1")],
+        [("Content-Length", "ten")],
+    ],
+)
 def test_app_head_refuses_injection_and_bad_fields(headers: list[tuple[str, str]]) -> None:
     with pytest.raises(ValueError):
         response.app_head("200 OK", headers)

@@ -14,7 +14,9 @@ from prefork_lb.worker.server import Server, ServerOptions
 
 
 def app(environ, start_response):
-    body = f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} {environ['wsgi.input'].read().decode()}".encode()
+    body = (
+        f"{environ['REQUEST_METHOD']} {environ['PATH_INFO']} {environ['wsgi.input'].read().decode()}".encode()
+    )
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
 
@@ -81,16 +83,16 @@ def test_drain_closes_a_silent_new_connection_after_a_grace(pair) -> None:
     server_side, client = pair
     server = Server(app, ServerOptions(header_timeout=60))
     server.serve_connection(server_side)
-    gevent.sleep(0.05)   # the connection is being served: fresh, nothing sent
+    gevent.sleep(0.05)  # the connection is being served: fresh, nothing sent
     with gevent.Timeout(10):
-        assert server.drain(timeout=30)   # well before the 60 s header timeout
+        assert server.drain(timeout=30)  # well before the 60 s header timeout
         assert client.recv(10) == b""
 
 
 def environ_app(environ, start_response):
     keys = sorted(k for k in environ if k.isupper())
     body = "\n".join(f"{k}={environ[k]}" for k in keys).encode()
-    environ["HTTP_HOST"] = "changed by the app"   # must not leak into the next request
+    environ["HTTP_HOST"] = "changed by the app"  # must not leak into the next request
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
 
@@ -108,7 +110,7 @@ def test_a_repeated_request_gets_the_same_environ_with_its_own_connection_keys()
         a, b = socket.socketpair()
         client = gevent.socket.socket(fileno=b.detach())
         server.serve_connection(a, ("127.0.0.1", port))
-        for _ in range(3):   # the first parses, the others come from the memo
+        for _ in range(3):  # the first parses, the others come from the memo
             client.sendall(request)
             seen.append(_environ_of(client))
         client.close()
@@ -117,8 +119,9 @@ def test_a_repeated_request_gets_the_same_environ_with_its_own_connection_keys()
     assert first["PATH_INFO"] == "/p" and first["QUERY_STRING"] == "q=1" and first["HTTP_HOST"] == "h"
     assert first["HTTP_ACCEPT"] == "a,b" and first["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
     for env in seen:
-        assert {k: v for k, v in env.items() if k != "REMOTE_PORT"} == \
-            {k: v for k, v in first.items() if k != "REMOTE_PORT"}
+        assert {k: v for k, v in env.items() if k != "REMOTE_PORT"} == {
+            k: v for k, v in first.items() if k != "REMOTE_PORT"
+        }
     assert [env["REMOTE_PORT"] for env in seen] == ["1111"] * 3 + ["2222"] * 3
     server.drain(timeout=1)
 
@@ -141,7 +144,7 @@ SLOW_MAY_FINISH = gevent.event.Event()
 
 def sleepy_app(environ, start_response):
     if environ["PATH_INFO"] == "/slow":
-        SLOW_MAY_FINISH.wait()   # yields to the hub until the test lets it finish
+        SLOW_MAY_FINISH.wait()  # yields to the hub until the test lets it finish
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [environ["PATH_INFO"].encode()]
 

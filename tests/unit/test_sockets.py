@@ -38,19 +38,22 @@ def connects(sock: socket.socket) -> bool:
 # -- parse_address --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "expected", "shown"), [
-    ("127.0.0.1:8000", Address("tcp", host="127.0.0.1", port=8000), "127.0.0.1:8000"),
-    ("localhost:0", Address("tcp", host="localhost", port=0), "localhost:0"),
-    ("example.org:65535", Address("tcp", host="example.org", port=65535), "example.org:65535"),
-    (":8000", Address("tcp", host="0.0.0.0", port=8000), "0.0.0.0:8000"),
-    ("  127.0.0.1:80 ", Address("tcp", host="127.0.0.1", port=80), "127.0.0.1:80"),
-    ("[::1]:8000", Address("tcp", host="::1", port=8000), "[::1]:8000"),
-    ("[::]:443", Address("tcp", host="::", port=443), "[::]:443"),
-    ("[fe80::1%eth0]:8000", Address("tcp", host="fe80::1%eth0", port=8000), "[fe80::1%eth0]:8000"),
-    ("unix:/run/app.sock", Address("unix", path="/run/app.sock"), "unix:/run/app.sock"),
-    ("unix:relative.sock", Address("unix", path="relative.sock"), "unix:relative.sock"),
-    ("fd://3", Address("fd", fd=3), "fd://3"),
-])
+@pytest.mark.parametrize(
+    ("text", "expected", "shown"),
+    [
+        ("127.0.0.1:8000", Address("tcp", host="127.0.0.1", port=8000), "127.0.0.1:8000"),
+        ("localhost:0", Address("tcp", host="localhost", port=0), "localhost:0"),
+        ("example.org:65535", Address("tcp", host="example.org", port=65535), "example.org:65535"),
+        (":8000", Address("tcp", host="0.0.0.0", port=8000), "0.0.0.0:8000"),
+        ("  127.0.0.1:80 ", Address("tcp", host="127.0.0.1", port=80), "127.0.0.1:80"),
+        ("[::1]:8000", Address("tcp", host="::1", port=8000), "[::1]:8000"),
+        ("[::]:443", Address("tcp", host="::", port=443), "[::]:443"),
+        ("[fe80::1%eth0]:8000", Address("tcp", host="fe80::1%eth0", port=8000), "[fe80::1%eth0]:8000"),
+        ("unix:/run/app.sock", Address("unix", path="/run/app.sock"), "unix:/run/app.sock"),
+        ("unix:relative.sock", Address("unix", path="relative.sock"), "unix:relative.sock"),
+        ("fd://3", Address("fd", fd=3), "fd://3"),
+    ],
+)
 def test_parse_address(text: str, expected: Address, shown: str) -> None:
     addr = parse_address(text)
     assert addr == expected
@@ -58,22 +61,25 @@ def test_parse_address(text: str, expected: Address, shown: str) -> None:
     assert parse_address(str(addr)) == addr
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("8000", "invalid address '8000': expected HOST:PORT"),
-    ("localhost", "invalid address 'localhost': expected HOST:PORT"),
-    ("::1:8000", "invalid address '::1:8000': write IPv6 addresses as [ADDR]:PORT"),
-    ("[::1]8000", "invalid address '[::1]8000': expected [IPV6]:PORT"),
-    ("[::1", "invalid address '[::1': expected [IPV6]:PORT"),
-    ("[::1]", "invalid address '[::1]': expected [IPV6]:PORT"),
-    ("127.0.0.1:", "invalid port in '127.0.0.1:'"),
-    ("127.0.0.1:http", "invalid port in '127.0.0.1:http'"),
-    ("127.0.0.1:65536", "invalid port in '127.0.0.1:65536'"),
-    ("127.0.0.1:-1", "invalid port in '127.0.0.1:-1'"),
-    ("[::1]:x", "invalid port in '[::1]:x'"),
-    ("unix:", "invalid address 'unix:': empty unix socket path"),
-    ("fd://", "invalid address 'fd://': fd://N needs a number"),
-    ("fd://three", "invalid address 'fd://three': fd://N needs a number"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("8000", "invalid address '8000': expected HOST:PORT"),
+        ("localhost", "invalid address 'localhost': expected HOST:PORT"),
+        ("::1:8000", "invalid address '::1:8000': write IPv6 addresses as [ADDR]:PORT"),
+        ("[::1]8000", "invalid address '[::1]8000': expected [IPV6]:PORT"),
+        ("[::1", "invalid address '[::1': expected [IPV6]:PORT"),
+        ("[::1]", "invalid address '[::1]': expected [IPV6]:PORT"),
+        ("127.0.0.1:", "invalid port in '127.0.0.1:'"),
+        ("127.0.0.1:http", "invalid port in '127.0.0.1:http'"),
+        ("127.0.0.1:65536", "invalid port in '127.0.0.1:65536'"),
+        ("127.0.0.1:-1", "invalid port in '127.0.0.1:-1'"),
+        ("[::1]:x", "invalid port in '[::1]:x'"),
+        ("unix:", "invalid address 'unix:': empty unix socket path"),
+        ("fd://", "invalid address 'fd://': fd://N needs a number"),
+        ("fd://three", "invalid address 'fd://three': fd://N needs a number"),
+    ],
+)
 def test_parse_address_errors(text: str, message: str) -> None:
     with pytest.raises(BindError) as info:
         parse_address(text)
@@ -88,7 +94,7 @@ def test_listen_ipv4_port_0() -> None:
         assert sock.family == socket.AF_INET
         host, port = sock.getsockname()
         assert host == "127.0.0.1" and port != 0
-        assert sock.gettimeout() == 0.0   # non-blocking: gevent waits on it
+        assert sock.gettimeout() == 0.0  # non-blocking: gevent waits on it
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         assert connects(sock)
 
@@ -143,7 +149,7 @@ def test_listen_unix_socket(tmp_path: Path) -> None:
 def test_listen_unix_replaces_stale_socket_file(tmp_path: Path) -> None:
     path = tmp_path / "stale.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as old:
-        old.bind(str(path))   # closed without unlink: what a killed server leaves behind
+        old.bind(str(path))  # closed without unlink: what a killed server leaves behind
     assert stat.S_ISSOCK(os.stat(path).st_mode)
     with listen(parse_address(f"unix:{path}")) as sock:
         assert connects(sock)
