@@ -165,7 +165,8 @@ def _declared(*owners: type) -> list[Setting[Any]]:
     return [v for cls in owners for v in vars(cls).values() if isinstance(v, Setting)]
 
 
-SETTINGS: list[Setting[Any]] = _declared(ServerSettings, ProxySettings, HttpSettings, LogSettings, Config)
+# The section classes in the order Config lists them, then Config's own: the docs' order.
+SETTINGS: list[Setting[Any]] = _declared(*Config.__bases__, Config)
 
 BY_NAME: dict[str, Setting[Any]] = {s.name: s for s in SETTINGS}
 
