@@ -70,9 +70,7 @@ def parse_proxy(argv: Sequence[str], environ: dict[str, str] | None = None) -> C
     cfg = build(values, os.environ if environ is None else environ)
     if not cfg.backends:
         raise ConfigError("the proxy needs --backends HOST:PORT[,HOST:PORT...]")
-    cfg.values["dispatch"] = "proxy"
-    cfg.values["workers"] = 0
-    cfg.values["max_workers"] = 0
+    cfg.drop_local_workers("the proxy subcommand")
     check(cfg)
     return cfg
 

@@ -103,7 +103,8 @@ class _Hooks:
             self.glog.access(resp, headers, env, timedelta(seconds=duration))
 
 
-class Worker(_BaseWorker):
+# gunicorn ships no type information, so its Worker base reads as Any to mypy.
+class Worker(_BaseWorker):  # type: ignore[misc]
     """gunicorn worker class: ``-k prefork_lb.gunicorn.Worker``."""
 
     server: Server | None = None

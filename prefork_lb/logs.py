@@ -28,7 +28,7 @@ def setup_error_log(level: str = "info", path: str = "-") -> logging.Logger:
     return logger
 
 
-class _Atoms(dict):
+class _Atoms(dict[str, Any]):
     """Resolves %({name}i)s-style atoms lazily; unknown ones read as '-'."""
 
     def __init__(self, base: dict[str, Any], env: dict[str, Any], resp_headers: list[tuple[str, str]]):

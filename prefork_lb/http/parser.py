@@ -183,7 +183,7 @@ class Request:
         return t[:q], t[q + 1 :]
 
 
-class RequestMemo(dict):
+class RequestMemo(dict[bytes, Request | None]):
     """Whole bodiless requests by their exact bytes: the Request once they came twice, None
     after the first time. Shared by the parsers of one process that have the same limits.
     While lookups keep finding nothing it rests, so heads that never repeat cost next to

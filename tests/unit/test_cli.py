@@ -203,3 +203,40 @@ def test_main_unwritable_error_log_exits_2_with_one_line(
     line = one_line(capsys.readouterr().err)
     assert line.startswith("prefork_lb: error: No such file or directory")
     assert str(missing) in line
+
+
+# -- the proxy subcommand ---------------------------------------------------------------------------
+
+PROXY = ["proxy", "--backends", "127.0.0.1:9001,127.0.0.1:9002"]
+
+
+def test_proxy_subcommand_runs_no_local_workers() -> None:
+    cfg = cli.parse([*PROXY, "--max-workers", "4"], environ={"WEB_CONCURRENCY": "3"})
+    assert cfg.app_uri is None
+    assert cfg.dispatch == "proxy"
+    assert cfg.workers == 0 and cfg.max_workers == 0
+    assert not cfg.local_workers
+    assert cfg.backends == ["127.0.0.1:9001", "127.0.0.1:9002"]
+
+
+def test_proxy_subcommand_still_refuses_workers_0_from_the_user() -> None:
+    with pytest.raises(ConfigError, match="command line: invalid value '0' for workers: must be at least 1"):
+        cli.parse([*PROXY, "-w", "0"], environ={})
+    with pytest.raises(ConfigError, match="environment variable PREFORK_LB_WORKERS: invalid value '0'"):
+        cli.parse(PROXY, environ={"PREFORK_LB_WORKERS": "0"})
+
+
+def test_serve_and_proxy_configs_differ_only_where_the_proxy_says() -> None:
+    serve = cli.parse([APP, "--dispatch", "proxy", "--backends", "127.0.0.1:9001,127.0.0.1:9002"], environ={})
+    proxy = cli.parse(PROXY, environ={})
+    differ = {name for name in serve.values if serve.values[name] != proxy.values[name]}
+    assert differ <= {"workers"}  # dispatch and max_workers already agree here
+
+
+def test_sighup_reload_of_the_standalone_proxy_keeps_no_local_workers() -> None:
+    from prefork_lb.arbiter import Arbiter
+
+    arb = Arbiter(cli.parse(PROXY, environ={}), reload_config=lambda: cli.parse(PROXY, environ={}))
+    arb.handle_hup()
+    assert arb.num_workers == 0 and arb.cfg.workers == 0
+    assert arb.cfg.dispatch == "proxy"

@@ -385,3 +385,102 @@ def test_offload_processes_auto_number_or_off() -> None:
     assert build({"offload_processes": "0"}, environ={}).offload_processes == 0
     with pytest.raises(ConfigError):
         build({"offload_processes": "-2"}, environ={})
+
+
+# -- typed attributes and overrides -----------------------------------------------------------------
+
+
+def test_attributes_are_the_converted_values() -> None:
+    cfg = build(
+        {"workers": "3", "keepalive": "2", "bind": ["127.0.0.1:1"], "server_header": "off"},
+        environ={"PREFORK_LB_BACKENDS": "127.0.0.1:9001, 127.0.0.1:9002"},
+    )
+    assert cfg.workers == 3 and type(cfg.workers) is int
+    assert cfg.keepalive == 2.0 and type(cfg.keepalive) is float
+    assert cfg.server_header is False
+    assert cfg.bind == ["127.0.0.1:1"]
+    assert cfg.backends == ["127.0.0.1:9001", "127.0.0.1:9002"]
+    assert cfg.values["workers"] == 3  # the mapping view reads the same values
+
+
+def test_class_attribute_is_the_declaration() -> None:
+    assert config.Config.workers is BY_NAME["workers"]
+    assert config.Config.workers.name == "workers"
+    assert [s.name for s in SETTINGS][:3] == ["bind", "workers", "dispatch"]
+    assert SETTINGS[-1].name == "config"
+
+
+def test_set_converts_like_user_input() -> None:
+    cfg = build({}, environ={})
+    cfg.set("workers", "4", "a test")
+    cfg.set("graceful_timeout", 1, "a test")
+    cfg.set("dispatch", "shared", "a test")
+    assert cfg.workers == 4
+    assert cfg.graceful_timeout == 1.0 and type(cfg.graceful_timeout) is float
+    assert cfg.dispatch == "shared"
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "why"),
+    [
+        ("workers", 0, "must be at least 1, got 0"),
+        ("workers", "x", "invalid literal"),
+        ("dispatch", "carrier-pigeon", "choose from reuseport, shared, handoff, proxy"),
+        ("max_workers", -1, "must be 0 or more"),
+    ],
+)
+def test_bad_override_is_a_config_error(name: str, value: object, why: str) -> None:
+    cfg = build({}, environ={})
+    before = getattr(cfg, name)
+    with pytest.raises(ConfigError) as info:
+        cfg.set(name, value, "SIGHUP reload")
+    assert str(info.value).startswith(f"SIGHUP reload: invalid value {value!r} for {name}")
+    assert why in str(info.value)
+    assert getattr(cfg, name) == before  # a refused value changes nothing
+
+
+def test_writes_through_values_are_converted_and_validated() -> None:
+    cfg = build({}, environ={})
+    cfg.values["workers"] = "5"
+    assert cfg.workers == 5
+    with pytest.raises(ConfigError, match="override: invalid value 0 for workers"):
+        cfg.values["workers"] = 0
+    with pytest.raises(ConfigError, match="unknown setting 'nope'"):
+        cfg.values["nope"] = 1
+    with pytest.raises(TypeError):
+        del cfg.values["workers"]
+    assert list(cfg.values) == [s.name for s in SETTINGS]
+    assert len(cfg.values) == len(SETTINGS)
+    assert "app_uri" not in cfg.values and "hooks" not in cfg.values
+
+
+def test_assigning_a_setting_attribute_is_refused() -> None:
+    cfg = build({}, environ={})
+    with pytest.raises(AttributeError, match=r"workers is a setting: use cfg.set\('workers'"):
+        cfg.workers = 3
+    assert cfg.workers == (os.cpu_count() or 1)
+    cfg.app_uri = "pkg:app"  # not a setting: a plain attribute
+    assert cfg.app_uri == "pkg:app"
+
+
+def test_configs_do_not_share_values() -> None:
+    a, b = config.defaults(), config.defaults()
+    assert a == b
+    a.set("backlog", 10, "a test")
+    assert b.backlog == 2048
+    assert a != b
+
+
+def test_no_local_workers_only_through_drop_local_workers() -> None:
+    cfg = build({"backends": "127.0.0.1:9001", "max_workers": "4"}, environ={})
+    assert cfg.local_workers
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        cfg.set("workers", 0, "a test")
+    cfg.drop_local_workers("the proxy subcommand")
+    assert (cfg.dispatch, cfg.workers, cfg.max_workers, cfg.local_workers) == ("proxy", 0, 0, False)
+    cfg.set("workers", 0, "SIGHUP reload")  # the count it runs: kept on a reloaded config
+    assert cfg.workers == 0
+    cfg.set("workers", 2, "SIGTTIN")  # other values are converted as ever
+    assert cfg.workers == 2
+    with pytest.raises(ConfigError, match="must be at least 1"):
+        cfg.set("workers", -1, "a test")

@@ -1,0 +1,180 @@
+"""How one setting is declared: the :class:`Setting` descriptor and the converters it uses.
+
+A ``Setting[T]`` is a class attribute of :class:`prefork_lb.config.Config` (through the section
+classes in this package). Its converter is ``Callable[[Any], T]``, so mypy reads ``cfg.workers``
+as ``int``; the same object carries everything else the registry needs: default, flags,
+environment variable, section, help.
+
+Invariants:
+
+- A converter is the only validation of a value: every source (config file, environment,
+  command line, code that overrides a value) goes through :meth:`Setting.convert`, which turns
+  any failure into one :class:`ConfigError` line naming the source and the setting.
+- ``Setting`` is a non-data descriptor (``__get__`` only): a resolved value lives in the
+  instance's ``__dict__`` under the setting's name, so reading ``cfg.workers`` costs what a
+  plain attribute costs; the descriptor answers only class access (``Config.workers`` is the
+  ``Setting``). Writes go through ``Config.set``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar, overload
+
+ENV_PREFIX = "PREFORK_LB_"
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """A user error in a setting: reported as one line, exit code 2."""
+
+
+class Setting(Generic[T]):
+    """One setting: converter, default, help, and how it is given on the command line.
+
+    ``default`` is a value, or a function of no arguments computing it (a fresh list per
+    config, the CPU count); ``default_doc`` says how a computed default reads in the docs.
+    The name is the attribute name the setting is declared under (``__set_name__``).
+    """
+
+    name: str
+
+    def __init__(
+        self,
+        converter: Callable[[Any], T],
+        default: T | Callable[[], T],
+        help: str,
+        *,
+        flags: tuple[str, ...] = (),
+        section: str = "Server",
+        choices: tuple[str, ...] | None = None,
+        metavar: str | None = None,
+        append: bool = False,  # flag may be repeated; values accumulate
+        extra_env: tuple[str, ...] = (),  # further env vars honoured (e.g. WEB_CONCURRENCY)
+        default_doc: str | None = None,  # how the default reads in the docs when it is computed
+        cli: bool = True,
+    ) -> None:
+        self.converter = converter
+        self.default = default
+        self.help = help
+        self.flags = flags
+        self.section = section
+        self.choices = choices
+        self.metavar = metavar
+        self.append = append
+        self.extra_env = extra_env
+        self.default_doc = default_doc
+        self.cli = cli
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> Setting[T]: ...
+
+    @overload
+    def __get__(self, obj: object, owner: type | None = None) -> T: ...
+
+    def __get__(self, obj: object | None, owner: type | None = None) -> Setting[T] | T:
+        if obj is None:
+            return self
+        # Only reached when the instance holds no value under this name: Config.__init__
+        # stores every default, so this means a Config built around its __init__.
+        raise AttributeError(f"setting {self.name!r} has no value on this config")
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r}, section={self.section!r})"
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def resolve_default(self) -> T:
+        d = self.default
+        return d() if callable(d) else d
+
+    def convert(self, value: Any, source: str) -> T:
+        if self.choices is not None and str(value) not in self.choices:
+            raise ConfigError(
+                f"{source}: invalid value {value!r} for {self.name} (choose from {', '.join(self.choices)})"
+            )
+        try:
+            return self.converter(value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: invalid value {value!r} for {self.name}: {exc}") from None
+
+
+# -- converters: Any in (a string from argv or the environment, or a config file's object), T out
+
+
+def positive_int(value: Any) -> int:
+    n = int(value)
+    if n < 1:
+        raise ValueError(f"must be at least 1, got {n}")
+    return n
+
+
+def non_negative_int(value: Any) -> int:
+    n = int(value)
+    if n < 0:
+        raise ValueError(f"must be 0 or more, got {n}")
+    return n
+
+
+def non_negative_float(value: Any) -> float:
+    x = float(value)
+    if x < 0:
+        raise ValueError(f"must be 0 or more, got {x}")
+    return x
+
+
+def bind_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [v.strip() for v in value.split(",")]
+    else:
+        items = [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    if not items:
+        raise ValueError("needs at least one address")
+    return items
+
+
+def optional_list(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    items = (
+        [v.strip() for v in value.split(",")] if isinstance(value, str) else [str(v).strip() for v in value]
+    )
+    return [v for v in items if v] or None
+
+
+def optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = str(value)
+    return s or None
+
+
+def boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def offload_count(value: Any) -> int:
+    """'auto' (-1: CPUs divided among the workers) or a count (0: off)."""
+    if str(value).strip().lower() in ("auto", "-1"):
+        return -1
+    return non_negative_int(value)
+
+
+def cpu_count() -> int:
+    """The default of --workers."""
+    return os.cpu_count() or 1

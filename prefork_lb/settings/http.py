@@ -1,0 +1,98 @@
+"""The Timeouts and Limits settings: deadlines and size limits of HTTP connections and requests.
+
+Declared once here; :class:`prefork_lb.config.Config` inherits them, and the registry, the CLI,
+the environment variables and the docs follow their order in this class. The limits keep
+gunicorn's names and defaults.
+"""
+
+from __future__ import annotations
+
+from prefork_lb.settings.base import Setting, boolean, non_negative_float, non_negative_int, positive_int
+
+
+class HttpSettings:
+    """Timeouts and Limits sections."""
+
+    # --- timeouts
+    timeout = Setting(
+        non_negative_float,
+        30.0,
+        "Seconds without a heartbeat before the master aborts a worker (SIGABRT, then SIGKILL) "
+        "and logs the request it was stuck in. 0 disables.",
+        flags=("-t", "--timeout"),
+        section="Timeouts",
+        metavar="SECONDS",
+    )
+
+    keepalive = Setting(
+        non_negative_float,
+        5.0,
+        "Seconds an idle keep-alive connection is kept open (0 disables keep-alive).",
+        flags=("--keep-alive",),
+        section="Timeouts",
+        metavar="SECONDS",
+    )
+
+    header_timeout = Setting(
+        non_negative_float,
+        10.0,
+        "Seconds a client has to send a whole request head; past it: 408 and close (slowloris).",
+        flags=("--header-timeout",),
+        section="Timeouts",
+        metavar="SECONDS",
+    )
+
+    graceful_timeout = Setting(
+        non_negative_float,
+        30.0,
+        "Seconds in-flight requests get to finish on a graceful stop.",
+        flags=("--graceful-timeout",),
+        section="Timeouts",
+        metavar="SECONDS",
+    )
+
+    # --- limits (gunicorn's names and defaults)
+    limit_request_line = Setting(
+        non_negative_int,
+        4094,
+        "Longest request line in bytes; longer gets 414. 0 means unlimited.",
+        flags=("--limit-request-line",),
+        section="Limits",
+        metavar="BYTES",
+    )
+
+    limit_request_fields = Setting(
+        positive_int,
+        100,
+        "Most header fields in a request; more gets 431.",
+        flags=("--limit-request-fields",),
+        section="Limits",
+        metavar="N",
+    )
+
+    limit_request_field_size = Setting(
+        non_negative_int,
+        8190,
+        "Largest header field (name and value) in bytes; larger gets 431. 0 means unlimited.",
+        flags=("--limit-request-field-size",),
+        section="Limits",
+        metavar="BYTES",
+    )
+
+    require_host = Setting(
+        boolean,
+        True,
+        "Answer 400 to an HTTP/1.1 request without a Host header, as RFC 9112 section 3.2 asks.",
+        flags=("--require-host",),
+        section="Limits",
+        metavar="BOOL",
+    )
+
+    limit_request_body = Setting(
+        non_negative_int,
+        0,
+        "Largest request body in bytes; larger gets 413. 0 means unlimited.",
+        flags=("--limit-request-body",),
+        section="Limits",
+        metavar="BYTES",
+    )

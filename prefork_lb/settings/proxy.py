@@ -1,0 +1,267 @@
+"""The Proxy settings: the L7 proxy of ``--dispatch proxy`` and of ``python -m prefork_lb proxy``.
+
+Declared once here; :class:`prefork_lb.config.Config` inherits them, and the registry, the CLI,
+the environment variables and the docs follow their order in this class.
+"""
+
+from __future__ import annotations
+
+from prefork_lb.settings.base import (
+    Setting,
+    boolean,
+    non_negative_float,
+    non_negative_int,
+    optional_list,
+    optional_str,
+    positive_int,
+)
+
+
+class ProxySettings:
+    """Proxy section: backends, health checks, retries, upstream pools, TLS, admission."""
+
+    # --- the L7 proxy (--dispatch proxy, and `python -m prefork_lb proxy`)
+    backends = Setting(
+        optional_list,
+        None,
+        "Backends of the proxy, comma-separated HOST:PORT or [IPV6]:PORT, each optionally =WEIGHT "
+        "(e.g. 10.0.0.5:8000=3,10.0.0.6:8000). Required by the standalone proxy; with --dispatch "
+        "proxy they are added to the local workers.",
+        flags=("--backends",),
+        section="Proxy",
+        metavar="LIST",
+        default_doc="none",
+    )
+
+    stats_bind = Setting(
+        str,
+        "127.0.0.1:9000",
+        "Admin address of the proxy, serving /lb-health and /lb-stats (JSON). 'off' disables it; "
+        "'public' serves them on the public listeners instead (otherwise those paths are "
+        "forwarded to backends like any other).",
+        flags=("--stats-bind",),
+        section="Proxy",
+        metavar="ADDRESS",
+    )
+
+    worker_base_port = Setting(
+        non_negative_int,
+        0,
+        "--dispatch proxy: worker slot N listens on 127.0.0.1 at this port + N (0: ports chosen by "
+        "the kernel). The master holds these ports, so a request to a worker being replaced waits.",
+        flags=("--worker-base-port",),
+        section="Proxy",
+        metavar="PORT",
+    )
+
+    sticky_cookie = Setting(
+        str,
+        "lb",
+        "Cookie name of --strategy sticky. Its value is an HMAC that reveals no address.",
+        flags=("--sticky-cookie",),
+        section="Proxy",
+        metavar="NAME",
+    )
+
+    sticky_secret = Setting(
+        optional_str,
+        None,
+        "Secret of the sticky cookie's HMAC. Unset: random bytes drawn when the master starts, so "
+        "a replaced proxy keeps the cookies but a restarted master does not. Set it (for example "
+        "from PREFORK_LB_STICKY_SECRET) to keep them across restarts and between proxies.",
+        flags=("--sticky-secret",),
+        section="Proxy",
+        metavar="SECRET",
+        default_doc="random per master",
+    )
+
+    health_check_path = Setting(
+        str,
+        "/health",
+        "Active health check of remote backends: GET this path; 2xx and 3xx pass. Local workers "
+        "are watched through the scoreboard instead.",
+        flags=("--health-check-path",),
+        section="Proxy",
+        metavar="PATH",
+    )
+
+    health_check_interval = Setting(
+        non_negative_float,
+        2.0,
+        "Seconds between active health checks of each remote backend (0: none).",
+        flags=("--health-check-interval",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    health_check_timeout = Setting(
+        non_negative_float,
+        1.0,
+        "Seconds a health check may take before it counts as failed.",
+        flags=("--health-check-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    health_check_rise = Setting(
+        positive_int,
+        2,
+        "Consecutive passed checks that bring a down backend back up (with --slow-start).",
+        flags=("--health-check-rise",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    health_check_fall = Setting(
+        positive_int,
+        3,
+        "Consecutive failed checks that take a backend down.",
+        flags=("--health-check-fall",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    slow_start = Setting(
+        non_negative_float,
+        0.0,
+        "Seconds over which a backend that comes (back) up ramps from a tenth of its weight to all of "
+        "it (strategies that read weights: not round_robin, hash or sticky).",
+        flags=("--slow-start",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    retries = Setting(
+        non_negative_int,
+        2,
+        "Further tries on other backends for a request that failed before any byte reached its "
+        "backend, or an idempotent one that failed on a connection error before a response byte "
+        "came back. A request whose body was sent is never retried unless it is idempotent.",
+        flags=("--retries",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    retry_budget = Setting(
+        non_negative_float,
+        0.2,
+        "Retries may add at most this fraction of requests (plus 10 a second), so retries cannot "
+        "multiply an outage.",
+        flags=("--retry-budget",),
+        section="Proxy",
+        metavar="RATIO",
+    )
+
+    upstream_connect_timeout = Setting(
+        non_negative_float,
+        3.0,
+        "Seconds to connect to a backend; past it the backend counts as failed and the request is retried.",
+        flags=("--upstream-connect-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    upstream_timeout = Setting(
+        non_negative_float,
+        60.0,
+        "Seconds a backend has to start its response (and between response bytes); past it: 504.",
+        flags=("--upstream-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    upstream_keepalive = Setting(
+        non_negative_int,
+        256,
+        "Idle keep-alive connections kept open to each backend.",
+        flags=("--upstream-keepalive",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    upstream_pipeline = Setting(
+        positive_int,
+        8,
+        "The most requests sent at once on one backend connection (HTTP/1.1 pipelining). Only "
+        "GETs without a body whose exact head was answered before in under 10 ms, with at most "
+        "64 KiB of body and the connection kept open, and that arrive in the same pass of the "
+        "event loop, share a connection: one write and one read for all of them. 1: one "
+        "request per connection at a time.",
+        flags=("--upstream-pipeline",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    forwarded_allow_ips = Setting(
+        str,
+        "127.0.0.1,::1",
+        "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
+        "headers the proxy keeps and appends to; from any other peer they are replaced.",
+        flags=("--forwarded-allow-ips",),
+        section="Proxy",
+        metavar="LIST",
+    )
+
+    lb_headers = Setting(
+        boolean,
+        True,
+        "Add X-Forwarded-By to requests and X-Backend-Server (the backend's address) to responses.",
+        flags=("--lb-headers",),
+        section="Proxy",
+        metavar="BOOL",
+    )
+
+    certfile = Setting(
+        optional_str,
+        None,
+        "TLS certificate (PEM) of the proxy's public listeners.",
+        flags=("--certfile",),
+        section="Proxy",
+        metavar="FILE",
+    )
+
+    keyfile = Setting(
+        optional_str,
+        None,
+        "TLS private key (PEM) for --certfile.",
+        flags=("--keyfile",),
+        section="Proxy",
+        metavar="FILE",
+    )
+
+    max_connections = Setting(
+        non_negative_int,
+        10000,
+        "Client connections the proxy serves at once (0: no limit). Further ones wait, unread, "
+        "for up to --queue-timeout, then get 503 with Retry-After.",
+        flags=("--max-connections",),
+        section="Proxy",
+        metavar="N",
+    )
+
+    queue_timeout = Setting(
+        non_negative_float,
+        5.0,
+        "Seconds a connection waits for a place under --max-connections.",
+        flags=("--queue-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    client_body_timeout = Setting(
+        non_negative_float,
+        60.0,
+        "Seconds the proxy waits for the next bytes of a request body; past it: 408 and close.",
+        flags=("--client-body-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
+    )
+
+    proxy_loop = Setting(
+        str,
+        "auto",
+        "Event loop of the proxy: uvloop, asyncio, or auto (uvloop when installed).",
+        flags=("--proxy-loop",),
+        section="Proxy",
+        choices=("auto", "uvloop", "asyncio"),
+    )

@@ -1,0 +1,240 @@
+"""The Server and Overload settings: listeners, worker processes, recycling, autoscaling, load shedding.
+
+Declared once here; :class:`prefork_lb.config.Config` inherits them, and the registry, the CLI,
+the environment variables and the docs follow their order in this class.
+"""
+
+from __future__ import annotations
+
+from prefork_lb.settings.base import (
+    Setting,
+    bind_list,
+    boolean,
+    cpu_count,
+    non_negative_float,
+    non_negative_int,
+    offload_count,
+    optional_str,
+    positive_int,
+)
+
+
+class ServerSettings:
+    """Server and Overload sections (in the order the docs list them)."""
+
+    # --- server
+    bind = Setting(
+        bind_list,
+        lambda: ["127.0.0.1:8000"],
+        "Address to listen on: HOST:PORT, [IPV6]:PORT, "
+        "unix:PATH or fd://N. Repeat the flag to listen on several.",
+        flags=("-b", "--bind"),
+        append=True,
+        metavar="ADDRESS",
+        default_doc="127.0.0.1:8000",
+    )
+
+    # 0 is no user's value; Config.drop_local_workers sets it for the standalone proxy.
+    workers = Setting(
+        positive_int,
+        cpu_count,
+        "Number of worker processes.",
+        flags=("-w", "--workers"),
+        extra_env=("WEB_CONCURRENCY",),
+        metavar="N",
+        default_doc="the number of CPUs",
+    )
+
+    dispatch = Setting(
+        str,
+        "reuseport",
+        "How connections reach workers: reuseport (one SO_REUSEPORT listener per worker slot, "
+        "held by the master), shared (one listener inherited by every worker) or handoff (a "
+        "dispatcher process accepts and passes each connection to the worker --strategy picks) or "
+        "proxy (workers listen on their own loopback ports and a proxy process routes each request "
+        "to one; see the Proxy section).",
+        flags=("--dispatch",),
+        choices=("reuseport", "shared", "handoff", "proxy"),
+    )
+
+    strategy = Setting(
+        str,
+        "least_connections",
+        "Balancing strategy of --dispatch handoff (which worker gets the next connection) and of "
+        "the proxy (which backend gets the next request). hash keys on the client address; "
+        "sticky (proxy only) pins a client to a backend with a cookie.",
+        flags=("--strategy",),
+        choices=(
+            "round_robin",
+            "weighted_round_robin",
+            "least_connections",
+            "random",
+            "p2c",
+            "least_latency",
+            "hash",
+            "sticky",
+        ),
+    )
+
+    max_requests = Setting(
+        non_negative_int,
+        0,
+        "Recycle a worker after it served this many requests (0: never). Its replacement is "
+        "started and ready before it stops, so no request is refused.",
+        flags=("--max-requests",),
+        metavar="N",
+    )
+
+    max_requests_jitter = Setting(
+        non_negative_int,
+        0,
+        "Add a random 0..N to max_requests per worker, so workers do not recycle together.",
+        flags=("--max-requests-jitter",),
+        metavar="N",
+    )
+
+    pidfile = Setting(
+        optional_str,
+        None,
+        "Write the master's pid to this file.",
+        flags=("-p", "--pid"),
+        metavar="FILE",
+    )
+
+    proc_name = Setting(
+        optional_str,
+        None,
+        "Name shown in process titles (default: the app path).",
+        flags=("-n", "--name"),
+        metavar="NAME",
+    )
+
+    offload_processes = Setting(
+        offload_count,
+        -1,
+        "Processes in each worker's CPU offload pool (prefork_lb.offload, also "
+        "environ['prefork_lb.offload']). auto: the CPUs divided among the workers, at least 1, so "
+        "all pools together fill the machine without oversubscribing it; they start on first "
+        "use. 0: no pool is offered in the environ.",
+        flags=("--offload-processes",),
+        metavar="N|auto",
+        default_doc="auto",
+    )
+
+    max_workers = Setting(
+        non_negative_int,
+        0,
+        "Autoscaling: up to this many workers (0: off). --workers is then the minimum: a worker "
+        "is added while every worker has requests in flight for --autoscale-up-after seconds, "
+        "and one removed after --autoscale-down-after seconds with at most one busy worker.",
+        flags=("--max-workers",),
+        section="Overload",
+        metavar="N",
+    )
+
+    autoscale_up_after = Setting(
+        non_negative_float,
+        2.0,
+        "Seconds every worker must stay busy before autoscaling adds one.",
+        flags=("--autoscale-up-after",),
+        section="Overload",
+        metavar="SECONDS",
+    )
+
+    autoscale_down_after = Setting(
+        non_negative_float,
+        30.0,
+        "Seconds of little load before autoscaling removes a worker (never below --workers).",
+        flags=("--autoscale-down-after",),
+        section="Overload",
+        metavar="SECONDS",
+    )
+
+    max_concurrency = Setting(
+        non_negative_int,
+        0,
+        "Requests one worker processes at once (0: no limit). Past it requests wait in a queue "
+        "of --queue-size; past both they get 503 with Retry-After at once.",
+        flags=("--max-concurrency",),
+        section="Overload",
+        metavar="N",
+    )
+
+    queue_size = Setting(
+        non_negative_int,
+        100,
+        "Requests that may wait for a free place when --max-concurrency is reached.",
+        flags=("--queue-size",),
+        section="Overload",
+        metavar="N",
+    )
+
+    request_timeout = Setting(
+        non_negative_float,
+        0.0,
+        "Deadline of one request in seconds (0: none). A request past it gets 504 when nothing "
+        "was sent yet, else its connection is closed. A worker whose event loop is blocked "
+        "is the master's --timeout's business.",
+        flags=("--request-timeout",),
+        section="Overload",
+        metavar="SECONDS",
+    )
+
+    max_rss = Setting(
+        non_negative_int,
+        0,
+        "Recycle a worker whose resident memory passes this many MiB (0: never), after a random "
+        "delay of up to --max-rss-jitter seconds; its replacement is ready before it drains.",
+        flags=("--max-rss",),
+        section="Overload",
+        metavar="MIB",
+    )
+
+    max_rss_jitter = Setting(
+        non_negative_float,
+        5.0,
+        "Upper bound of the random delay before a worker over --max-rss asks to be replaced.",
+        flags=("--max-rss-jitter",),
+        section="Overload",
+        metavar="SECONDS",
+    )
+
+    worker_connections = Setting(
+        positive_int,
+        1000,
+        "Most connections one worker serves at once; further ones wait in the listen backlog.",
+        flags=("--worker-connections",),
+        metavar="N",
+    )
+
+    backlog = Setting(
+        positive_int,
+        2048,
+        "Listen backlog of each listening socket.",
+        flags=("--backlog",),
+        metavar="N",
+    )
+
+    root_path = Setting(
+        str,
+        "",
+        "SCRIPT_NAME given to the app, for apps mounted below a path prefix.",
+        flags=("--root-path",),
+        metavar="PATH",
+    )
+
+    chdir = Setting(
+        optional_str,
+        None,
+        "Change to this directory before loading the app.",
+        flags=("--chdir",),
+        metavar="DIR",
+    )
+
+    server_header = Setting(
+        boolean,
+        True,
+        "Send a 'Server: prefork_lb' header.",
+        flags=("--server-header",),
+        metavar="BOOL",
+    )
