@@ -14,7 +14,8 @@ documented spelling reaches it::
     prefork_lb.OffloadPool(size=N)          # a pool of one's own: submit, map, stats, pids, close
     prefork_lb.offload.OffloadError         # the pool could not run the task
 
-``default_pool()`` gives the default pool itself (made on first use) and
+Type checkers see a module as not callable: ``from prefork_lb.offload import offload`` gives the
+same object typed as ``OffloadModule``. ``default_pool()`` gives the default pool itself (made on first use) and
 ``default_pool_if_started()`` gives it only if something has used it (None otherwise).
 
 The package: ``pool`` is the parent side (``OffloadPool``), ``default`` the per-process default
