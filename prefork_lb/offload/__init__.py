@@ -15,8 +15,8 @@ documented spelling reaches it::
     prefork_lb.offload.OffloadError         # the pool could not run the task
 
 Type checkers see a module as not callable: ``from prefork_lb.offload import offload`` gives the
-same object typed as ``OffloadModule``. ``default_pool()`` gives the default pool itself (made on first use) and
-``default_pool_if_started()`` gives it only if something has used it (None otherwise).
+same object typed as ``OffloadModule``. ``default_pool()`` gives the default pool itself (made on
+first use), ``default_pool_if_started()`` gives it only if something has used it (else None).
 
 The package: ``pool`` is the parent side (``OffloadPool``), ``default`` the per-process default
 pool, ``child`` the code the pool's processes run (stdlib only), ``wire`` the frames between them.

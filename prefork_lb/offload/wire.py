@@ -44,8 +44,11 @@ def frame(payload: bytes, task_id: int, code: int) -> bytes:
 
 def parse_header(data: bytes) -> tuple[int, int, int]:
     """``(length, task_id, code)`` from exactly ``HEADER.size`` bytes."""
+    length: int
+    task_id: int
+    code: int
     length, task_id, code = HEADER.unpack(data)
-    return int(length), int(task_id), int(code)
+    return length, task_id, code
 
 
 def frame_ready(buffer: bytes | bytearray) -> bool:
@@ -59,11 +62,14 @@ def frame_ready(buffer: bytes | bytearray) -> bool:
 def pop_frame(buffer: bytearray) -> tuple[int, int, bytes]:
     """Remove the whole frame ``buffer`` starts with (see ``frame_ready``); returns
     ``(task_id, code, payload)``. Bytes after it stay in ``buffer``."""
+    length: int
+    task_id: int
+    code: int
     length, task_id, code = HEADER.unpack_from(buffer)
     end = HEADER.size + length
     payload = bytes(buffer[HEADER.size : end])
     del buffer[:end]
-    return int(task_id), int(code), payload
+    return task_id, code, payload
 
 
 def describe(fn: Any) -> str:

@@ -69,9 +69,14 @@ def test_old_private_names_still_resolve() -> None:
 
 FRESH = """
 import os, sys
+import psutil
 import prefork_lb
 assert "prefork_lb.offload" not in sys.modules  # imported on first use only
-assert prefork_lb.offload(abs, -1) == 1  # the lazy import gives the callable package
+module = prefork_lb.offload  # the lazy import
+assert module is sys.modules["prefork_lb.offload"]
+assert module.default_pool_if_started() is None
+assert not psutil.Process().children(), "importing starts no process"
+assert prefork_lb.offload(abs, -1) == 1
 from prefork_lb.offload import default_pool_if_started, offload
 assert offload.stats()["busy"] == 0
 first = default_pool_if_started()
