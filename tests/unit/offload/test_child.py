@@ -1,16 +1,25 @@
-"""The pool process's side, driven in-process: one task payload in, one response frame out; and,
-in a real pool process, what it has imported (the stdlib and the wire format, no gevent)."""
+"""The pool process's side, driven in-process: one task payload in, one response frame out; in a
+real pool process, what it has imported (the stdlib and the wire format, no gevent); and a pool
+process started by hand, spoken to in frames, as an old or a new parent starts it."""
 
 from __future__ import annotations
 
 import ast
+import multiprocessing.util
+import os
+import socket
 import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+import prefork_lb
 from prefork_lb.offload import OffloadPool, child, wire
+
+ROOT = str(Path(prefork_lb.__file__).resolve().parent.parent)
 
 
 def add(a: int, b: int = 0) -> int:
@@ -99,3 +108,37 @@ def test_child_module_imports_stdlib_and_the_wire_module_only() -> None:
     ours = {name for name in imported if name.split(".")[0] in ("prefork_lb", "gevent")}
     assert ours == {"prefork_lb.offload.wire"}
     assert all(name.split(".")[0] in sys.stdlib_module_names for name in imported - ours), imported
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "from prefork_lb.offload.child import main; main()",
+        # What a parent loaded before the package existed runs: kept for in-place upgrades.
+        "from prefork_lb.offload import _child_main; _child_main()",
+    ],
+)
+def test_pool_process_speaks_the_wire_format(entry: str) -> None:
+    parent, theirs = socket.socketpair()
+    with parent:
+        fd = theirs.detach()
+        code = f"import sys; sys.path.insert(0, {ROOT!r}); {entry}"
+        argv = [sys.executable, "-c", code, str(fd), str(os.getpid()), "0"]
+        try:
+            pid = multiprocessing.util.spawnv_passfds(os.fsencode(sys.executable), argv, [fd])
+        finally:
+            os.close(fd)
+        parent.settimeout(30)
+        prepare = wire.dumps_preparation({"sys_path": sys.path})
+        parent.sendall(wire.frame(prepare, 0, wire.KIND_PREPARE))
+        parent.sendall(wire.frame(wire.dumps_task(add, "add", (2,), {"b": 5}), 11, wire.KIND_TASK))
+        buffer = bytearray()
+        while not wire.frame_ready(buffer):
+            chunk = parent.recv(65536)
+            assert chunk, "the pool process closed its socket"
+            buffer += chunk
+        task_id, status, payload = wire.pop_frame(buffer)
+        assert (task_id, status, wire.loads_result(payload)) == (11, wire.STATUS_OK, 7)
+    # EOF on its socket ends it.
+    _, wait_status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(wait_status) == 0
