@@ -1,15 +1,16 @@
-"""A per-process pool of worker processes for CPU-heavy functions, usable from gevent code.
+"""The parent side of the offload pool: ``OffloadPool``, its children, and its fork safety.
 
 ``OffloadPool(size=N)`` runs picklable functions in child processes; ``submit()`` blocks only the
 calling greenlet (or thread): the wait is on a socket, through gevent's own fd waits when the
-``socket`` module is monkey-patched, plain ``poll`` otherwise. ``offload(fn, *args)`` and
-``offload.map(fn, items)`` use a per-process default pool created on first use (size from
-``PREFORK_LB_OFFLOAD_PROCESSES`` or ``os.cpu_count()``).
+``socket`` module is monkey-patched, plain ``poll`` otherwise. A pool made without a size has
+``PREFORK_LB_OFFLOAD_PROCESSES`` processes, else ``os.cpu_count()``. The per-process default
+pool that ``prefork_lb.offload(fn, *args)`` uses is kept in ``prefork_lb.offload.default``.
 
 multiprocessing.Pool and ProcessPoolExecutor are not used: their helper threads hang under
 gevent monkey-patching. Each child here is a clean interpreter (``sys.executable -c ...`` through
-``multiprocessing.util.spawnv_passfds``, which closes every fd but the one passed), so it never
-inherits a gevent hub or the server's listening sockets.
+``multiprocessing.util.spawnv_passfds``, which closes every fd but the one passed) running
+``prefork_lb.offload.child``, so it never inherits a gevent hub or the server's listening sockets.
+What the two sides send each other is ``prefork_lb.offload.wire``.
 
 Invariants:
 - a child runs at most one task at a time; the parent sends a task frame only to an idle child
@@ -20,42 +21,31 @@ Invariants:
   child sees EOF on its socket (a watcher thread polls for it, even mid-task) and, where it was
   spawned from the owner's main thread, also gets PR_SET_PDEATHSIG;
 - a pool belongs to the process that made it: after ``fork()`` the inherited copy drops its fds
-  without touching the parent's children, and the default pool is made afresh in the child.
-
-Wire format (both ways): header ``!QQB`` = payload length, task id, kind/status; payload pickled.
+  without touching the parent's children (and the default pool is made afresh in the child).
 """
 
 from __future__ import annotations
 
-import atexit
 import collections
-import ctypes
 import os
-import pickle
 import signal
 import socket
-import struct
 import sys
 import threading
 import time
-import traceback
-import types
 import weakref
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["OffloadError", "OffloadPool", "offload"]
+from prefork_lb.offload import wire
 
-_HEADER = struct.Struct("!QQB")
-_KIND_TASK = 0
-_KIND_PREPARE = 1
-_STATUS_OK = 0
-_STATUS_ERROR = 1
-PR_SET_PDEATHSIG = 1
+__all__ = ["OffloadError", "OffloadPool", "reap_orphans"]
+
 _ENV_PROCESSES = "PREFORK_LB_OFFLOAD_PROCESSES"
-_NICE = 10  # scheduling niceness added to pool processes
 _CLOSE_GRACE_S = 1.0
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory holding the prefork_lb package, put first on a child's sys.path so it imports
+# this copy of prefork_lb.offload.child whatever its working directory.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class OffloadError(RuntimeError):
@@ -64,14 +54,6 @@ class OffloadError(RuntimeError):
 
 class _WaitTimeout(Exception):
     """Internal: a wait on a child's socket ran past its deadline."""
-
-
-def _describe(fn: Any) -> str:
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
-    module = getattr(fn, "__module__", None)
-    if name:
-        return f"{module}.{name}" if module else str(name)
-    return repr(fn)
 
 
 def _gevent_active() -> bool:
@@ -250,8 +232,8 @@ class OffloadPool:
         timeout: float | None,
     ) -> list[Any]:
         self._check_usable()
-        fn_name = _describe(fn)
-        payloads = [self._dumps_task(fn, fn_name, args, kwargs) for args, kwargs in calls]
+        fn_name = wire.describe(fn)
+        payloads = [wire.dumps_task(fn, fn_name, args, kwargs) for args, kwargs in calls]
         results: list[Any] = [None] * len(calls)
         pending = collections.deque(range(len(calls)))
         running: dict[_Child, _Job] = {}
@@ -285,7 +267,7 @@ class OffloadPool:
         """Wait until at least one running child has a full response frame buffered (returned
         with the child still busy), or raise TimeoutError for one past its deadline."""
         while True:
-            done = [(c, j) for c, j in running.items() if self._frame_ready(c)]
+            done = [(c, j) for c, j in running.items() if wire.frame_ready(c.buffer)]
             if done:
                 return done
             now = time.monotonic()
@@ -320,34 +302,21 @@ class OffloadPool:
             f"{_describe_status(child.status)} (pid {child.pid}; replaced)"
         )
 
-    @staticmethod
-    def _frame_ready(child: _Child) -> bool:
-        if len(child.buffer) < _HEADER.size:
-            return False
-        length = _HEADER.unpack_from(child.buffer)[0]
-        return len(child.buffer) >= _HEADER.size + length
-
     def _finish(self, child: _Child, job: _Job) -> Any:
-        length, task_id, status = _HEADER.unpack_from(child.buffer)
-        payload = bytes(child.buffer[_HEADER.size : _HEADER.size + length])
-        del child.buffer[: _HEADER.size + length]
+        task_id, status, payload = wire.pop_frame(child.buffer)
         if task_id != job.task_id or child.buffer:
             self._discard(child)
             raise OffloadError(f"offload: protocol error from worker pid {child.pid} (replaced)")
         self._release_child(child)
-        if status == _STATUS_OK:
+        if status == wire.STATUS_OK:
             try:
-                return pickle.loads(payload)
+                return wire.loads_result(payload)
             except Exception as exc:
                 raise TypeError(
                     f"offload: the result of {job.fn_name} could not be unpickled: {exc}"
                 ) from exc
-        tb_text, exc_bytes = pickle.loads(payload)
-        try:
-            error = pickle.loads(exc_bytes) if exc_bytes is not None else None
-        except Exception:
-            error = None
-        if not isinstance(error, BaseException):
+        tb_text, error = wire.loads_error(payload)
+        if error is None:
             error = OffloadError(
                 f"offload: {job.fn_name} raised an exception that could not be sent back:\n{tb_text}"
             )
@@ -428,7 +397,7 @@ class OffloadPool:
         deathsig = _on_main_thread(self._gevent)
         code = (
             f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); "
-            "from prefork_lb.offload import _child_main; _child_main()"
+            "from prefork_lb.offload.child import main; main()"
         )
         argv = [sys.executable, "-c", code, str(child_fd), str(os.getpid()), "1" if deathsig else "0"]
         try:
@@ -440,18 +409,16 @@ class OffloadPool:
             os.close(child_fd)
         os.set_blocking(parent_fd, False)
         child = _Child(pid, parent_fd)
-        payload = pickle.dumps(_preparation())
+        prepare = wire.frame(wire.dumps_preparation(_preparation()), 0, wire.KIND_PREPARE)
         try:
-            self._write_all(child, _HEADER.pack(len(payload), 0, _KIND_PREPARE) + payload, None)
+            self._write_all(child, prepare, None)
         except OSError:
             pass  # the child died at once: the first task finds out and reports it
         return child
 
     def _send(self, child: _Child, job: _Job, payload: bytes) -> None:
         try:
-            self._write_all(
-                child, _HEADER.pack(len(payload), job.task_id, _KIND_TASK) + payload, job.deadline
-            )
+            self._write_all(child, wire.frame(payload, job.task_id, wire.KIND_TASK), job.deadline)
         except _WaitTimeout:
             self._discard(child)
             raise TimeoutError(f"offload: {job.fn_name} did not finish within {job.timeout} s") from None
@@ -548,30 +515,9 @@ class OffloadPool:
         poller.register(fd, select.POLLIN)
         return bool(poller.poll(0))
 
-    # -- pickling -----------------------------------------------------------------------------
-
-    @staticmethod
-    def _dumps_task(
-        fn: Callable[..., Any], fn_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> bytes:
-        try:
-            return pickle.dumps((fn, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            # Name the part that failed: the function, or which argument.
-            parts: list[tuple[str, Any]] = [(f"the function {fn_name}", fn)]
-            parts += [(f"argument {i} of {fn_name}", a) for i, a in enumerate(args)]
-            parts += [(f"keyword argument {k!r} of {fn_name}", v) for k, v in kwargs.items()]
-            for what, obj in parts:
-                try:
-                    pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-                except Exception as part_exc:
-                    raise TypeError(f"offload: cannot pickle {what}: {part_exc}") from part_exc
-            raise TypeError(f"offload: cannot pickle the call to {fn_name}: {exc}") from exc
-
 
 def _after_fork_in_child() -> None:
     """A forked process must not use (or kill) the parent's children: drop the fds only."""
-    global _default_pool
     for pool in list(_POOLS):
         pool._closed = True
         for child in (*pool._idle, *pool._busy):
@@ -581,7 +527,6 @@ def _after_fork_in_child() -> None:
                 pass
             child.fd = -1
         pool._idle, pool._busy = [], set()
-    _default_pool = None
     _ORPHANS.clear()
 
 
@@ -591,10 +536,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-# -- the per-process default pool --------------------------------------------------------------
-
-_default_pool: OffloadPool | None = None
-_default_lock = threading.Lock()
+def reap_orphans() -> None:
+    """Reap (without waiting) the children of pools that were garbage-collected unclosed."""
+    for pid in _ORPHANS:
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+    _ORPHANS.clear()
 
 
 def _default_size() -> int:
@@ -608,184 +557,3 @@ def _default_size() -> int:
     if size < 1:
         raise ValueError(f"{_ENV_PROCESSES} must be a positive integer, not {raw!r}")
     return size
-
-
-def default_pool() -> OffloadPool:
-    """This process's default pool, created on first use (again after a fork)."""
-    global _default_pool
-    with _default_lock:
-        pool = _default_pool
-        if pool is None or pool._closed or pool._owner_pid != os.getpid():
-            pool = _default_pool = OffloadPool()
-        return pool
-
-
-def _close_default_pool() -> None:
-    global _default_pool
-    with _default_lock:
-        pool, _default_pool = _default_pool, None
-    if pool is not None:
-        pool.close()
-    for pid in _ORPHANS:
-        try:
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-    _ORPHANS.clear()
-
-
-atexit.register(_close_default_pool)
-
-
-class _Offload:
-    """``offload(fn, *args, timeout=None, **kwargs)`` and ``offload.map(fn, items)`` on the
-    per-process default pool."""
-
-    def __call__(
-        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
-    ) -> Any:
-        return default_pool().submit(fn, *args, timeout=timeout, **kwargs)
-
-    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
-        return default_pool().map(fn, iterable, timeout=timeout)
-
-    def stats(self) -> dict[str, int]:
-        return default_pool().stats()
-
-    def close(self) -> None:
-        """Close the default pool (the next call makes a new one)."""
-        _close_default_pool()
-
-
-offload = _Offload()
-
-
-class _CallableModule(types.ModuleType):
-    """``from prefork_lb import offload`` gives this module: calling it, or its ``map``,
-    ``stats`` and ``close``, acts on the per-process default pool like ``offload`` does."""
-
-    def __call__(
-        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
-    ) -> Any:
-        return offload(fn, *args, timeout=timeout, **kwargs)
-
-    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
-        return offload.map(fn, iterable, timeout=timeout)
-
-    def stats(self) -> dict[str, int]:
-        return offload.stats()
-
-    def close(self) -> None:
-        offload.close()
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-
-# -- the child side ----------------------------------------------------------------------------
-
-
-def _watch_parent(fd: int) -> None:
-    """Exit as soon as the parent's end of the socket closes, even in the middle of a task."""
-    import select
-
-    poller = select.poll()
-    poller.register(fd, getattr(select, "POLLRDHUP", 0x2000))
-    while True:
-        for _, events in poller.poll():
-            if events & (getattr(select, "POLLRDHUP", 0x2000) | select.POLLHUP | select.POLLERR):
-                os._exit(0)
-
-
-def _read_exact(sock: socket.socket, n: int) -> bytes:
-    chunks = []
-    while n:
-        chunk = sock.recv(min(n, 1 << 20))
-        if not chunk:
-            raise EOFError
-        chunks.append(chunk)
-        n -= len(chunk)
-    return b"".join(chunks)
-
-
-def _child_main() -> None:
-    """Entry point of a worker process: ``argv = [-c, fd, parent_pid, deathsig]``."""
-    fd, parent_pid, deathsig = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the owner's to handle
-    if deathsig:
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(0)  # the owner died before the death signal was armed
-    os.set_blocking(fd, True)  # a socketpair made under gevent comes non-blocking
-    # CPU work yields the CPU to the event loops that serve requests: when cores are scarce, a
-    # computing pool process must not delay the quick requests its worker is answering.
-    try:
-        os.nice(_NICE)
-    except OSError:
-        pass
-    threading.Thread(target=_watch_parent, args=(fd,), name="offload-parent-watch", daemon=True).start()
-    sock = socket.socket(fileno=fd)
-    try:
-        while True:
-            try:
-                length, task_id, kind = _HEADER.unpack(_read_exact(sock, _HEADER.size))
-                payload = _read_exact(sock, length)
-            except (EOFError, OSError):
-                break
-            if kind == _KIND_PREPARE:
-                _prepare(payload)
-                continue
-            try:
-                sock.sendall(_run_task(task_id, payload))
-            except OSError:
-                break
-    finally:
-        sock.close()
-    os._exit(0)
-
-
-def _prepare(payload: bytes) -> None:
-    try:
-        from multiprocessing import spawn
-
-        spawn.prepare(pickle.loads(payload))
-    except BaseException:
-        print(
-            "offload worker: could not import the parent's __main__; functions defined there "
-            "will fail to unpickle:",
-            file=sys.stderr,
-        )
-        traceback.print_exc()
-
-
-def _run_task(task_id: int, payload: bytes) -> bytes:
-    fn_name = "the task"
-    try:
-        fn, args, kwargs = pickle.loads(payload)
-        fn_name = _describe(fn)
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        return _error_frame(task_id, exc)
-    try:
-        data = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        try:
-            raise TypeError(
-                f"offload: cannot pickle the result of {fn_name} ({type(result).__qualname__}): {exc}"
-            ) from exc
-        except TypeError as type_error:
-            return _error_frame(task_id, type_error)
-    return _HEADER.pack(len(data), task_id, _STATUS_OK) + data
-
-
-def _error_frame(task_id: int, exc: BaseException) -> bytes:
-    tb_text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    try:
-        exc_bytes: bytes | None = pickle.dumps(exc, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception:
-        exc_bytes = None
-    data = pickle.dumps((tb_text, exc_bytes), protocol=pickle.HIGHEST_PROTOCOL)
-    return _HEADER.pack(len(data), task_id, _STATUS_ERROR) + data

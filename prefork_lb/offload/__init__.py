@@ -1,0 +1,83 @@
+"""A per-process pool of processes for CPU-heavy functions, usable from gevent code.
+
+The public face is this module, and it is one object: the module itself is callable. Every
+documented spelling reaches it::
+
+    from prefork_lb import offload          # or: import prefork_lb.offload as offload
+    offload(fn, *args, timeout=5, **kw)     # fn(*args, **kw) in this process's default pool
+    offload.map(fn, items, timeout=None)    # [fn(x) for x in items], in order, in parallel
+    offload.stats()                         # {"size", "busy", "idle", "restarts"}
+    offload.close()                         # close the default pool (the next call makes one)
+    environ["prefork_lb.offload"]           # in a worker's WSGI environ: this same module
+    from prefork_lb.offload import offload  # this same module, too
+
+    prefork_lb.OffloadPool(size=N)          # a pool of one's own: submit, map, stats, pids, close
+    prefork_lb.offload.OffloadError         # the pool could not run the task
+
+Type checkers see a module as not callable: ``from prefork_lb.offload import offload`` gives the
+same object typed as ``OffloadModule``. ``default_pool()`` gives the default pool itself (made on
+first use), ``default_pool_if_started()`` gives it only if something has used it (else None).
+
+The package: ``pool`` is the parent side (``OffloadPool``), ``default`` the per-process default
+pool, ``child`` the code the pool's processes run (stdlib only), ``wire`` the frames between them.
+
+Invariants: the module object is the callable (its class is ``OffloadModule``, set below, as
+``sys.modules`` hands the same object to every importer); importing it starts no process;
+``map``, ``stats`` and ``close`` are methods of that class, so no module-level name may take them.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from prefork_lb.offload.default import close_default_pool, default_pool, default_pool_if_started
+from prefork_lb.offload.pool import OffloadError, OffloadPool
+
+__all__ = ["OffloadError", "OffloadPool", "default_pool", "default_pool_if_started", "offload"]
+
+
+class OffloadModule(types.ModuleType):
+    """The class of ``prefork_lb.offload``: calling the module, or its ``map``, ``stats`` and
+    ``close``, acts on the per-process default pool."""
+
+    def __call__(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the default pool: see ``OffloadPool.submit``."""
+        return default_pool().submit(fn, *args, timeout=timeout, **kwargs)
+
+    def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
+        """``OffloadPool.map`` on the default pool."""
+        return default_pool().map(fn, iterable, timeout=timeout)
+
+    def stats(self) -> dict[str, int]:
+        """``OffloadPool.stats`` of the default pool (which this starts, if nothing has)."""
+        return default_pool().stats()
+
+    def close(self) -> None:
+        """Close the default pool (the next call makes a new one)."""
+        close_default_pool()
+
+    # Old private names, kept until their last readers move to the public ones.
+    @property
+    def _default_pool(self) -> OffloadPool | None:
+        """Deprecated: ``default_pool_if_started()``."""
+        return default_pool_if_started()
+
+    @property
+    def _child_main(self) -> Callable[[], None]:
+        """A pool process started by code loaded before an in-place upgrade still runs
+        ``from prefork_lb.offload import _child_main``: give it the child's entry point."""
+        from prefork_lb.offload.child import main
+
+        return main
+
+
+# Declared for type checkers only (the property above serves it): worker/child.py reads it.
+_default_pool: OffloadPool | None
+
+sys.modules[__name__].__class__ = OffloadModule
+offload = cast(OffloadModule, sys.modules[__name__])
