@@ -27,7 +27,7 @@ NO_HOST = ("--require-host", "false")
 VALID = [c for c in load("valid") if c.name not in DEVIATIONS]
 DEVIATING = [c for c in load("valid") if c.name in DEVIATIONS]
 INVALID = load("invalid")
-# Inputs that end early (see tests/unit/test_parser_corpus.py): the server waits for more bytes
+# Inputs that end early (see tests/unit/http/test_parser_corpus.py): the server waits for more bytes
 # until its header timeout.
 INCOMPLETE = {"invalid/001", "invalid/rfc9112_chunked_missing_final_crlf_01"}
 MODES = ["whole", "bytewise"]

@@ -11,7 +11,7 @@ Whatever bytes a client sends, in whatever pieces:
   connection either waits for more bytes or is closed.
 
 The default run is bounded; the long one is behind the ``slow`` marker:
-``PREFORK_LB_FUZZ_EXAMPLES=1000000 python -m pytest -m slow -o faulthandler_timeout=0 tests/unit/test_proxy_fuzz.py``
+``PREFORK_LB_FUZZ_EXAMPLES=1000000 python -m pytest -m slow -o faulthandler_timeout=0 tests/unit/proxy/test_fuzz.py``
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from prefork_lb.config import defaults
 from prefork_lb.http.errors import HTTPError
 from prefork_lb.http.parser import Limits, RequestParser
 from prefork_lb.proxy.server import Backend, ClientConn, Proxy, Upstream
-from tests.unit.test_parser_fuzz import FAST, LONG, _split, mutated, token_soup
+from tests.unit.http.test_parser_fuzz import FAST, LONG, _split, mutated, token_soup
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nX-From-Backend: 1\r\nContent-Length: 2\r\n\r\nok"
 HOP = {"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer"}

@@ -15,7 +15,7 @@ import pytest
 from prefork_lb.balance import ConsistentHash, make
 from prefork_lb.balance.hashing import hint_bytes, ring_point
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 BACKENDS = [f"10.0.0.{i}:8000" for i in range(1, 11)]
 CLIENTS = [f"192.168.{i // 250}.{i % 250}" for i in range(10_000)]
 

@@ -4,7 +4,7 @@ never answers a client's error with a 5xx other than 501.
 
 The default run is bounded (a few hundred examples per property). The long run is behind the
 ``slow`` marker; a million inputs take about 17 minutes on one core:
-``PREFORK_LB_FUZZ_EXAMPLES=1000000 python -m pytest -m slow -o faulthandler_timeout=0 tests/unit/test_parser_fuzz.py``
+``PREFORK_LB_FUZZ_EXAMPLES=1000000 python -m pytest -m slow -o faulthandler_timeout=0 tests/unit/http/test_parser_fuzz.py``
 (the suite-wide faulthandler timeout of 120 s would interrupt it).
 """
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from prefork_lb.proxy.server import Backend, ClientConn, Proxy, Upstream
-from tests.unit.test_proxy_fuzz import RESPONSE, FakeTransport, new_proxy
+from tests.unit.proxy.test_fuzz import RESPONSE, FakeTransport, new_proxy
 
 GET = b"GET /same HTTP/1.1\r\nHost: x\r\n\r\n"
 SLOW_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
