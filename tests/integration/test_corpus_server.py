@@ -17,10 +17,8 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from tests.corpus import CORPUS, DEVIATIONS, Case, load
+from tests.corpus import DEVIATIONS, Case, load
 from tests.server import Received, ServerProcess, exchange, parse_responses
-
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
 
 ECHO = "tests.apps:echo"
 NO_HOST = ("--require-host", "false")

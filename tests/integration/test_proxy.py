@@ -41,7 +41,7 @@ from typing import Any
 import psutil
 import pytest
 
-from tests.corpus import CORPUS, DEVIATIONS, load
+from tests.corpus import DEVIATIONS, load
 from tests.integration.proxy_backends import Backend, refused_port, ws_accept, ws_frame, ws_read_frame
 from tests.server import (
     HTTPStream,
@@ -1151,7 +1151,6 @@ def expected_statuses(error: str) -> set[int]:
     return {400, 413, 417, 501}
 
 
-@pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
 def test_invalid_corpus_requests_never_reach_a_backend(strict_proxy) -> None:
     p, b = strict_proxy
     b.clear()
@@ -1268,7 +1267,6 @@ VALID = [
 ]
 
 
-@pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
 def test_valid_corpus_requests_reach_the_backend_intact(lenient_proxy) -> None:
     """Every valid corpus case (pipelined ones too) reaches the backend with its method, target
     and body, and gets one 200 per request."""

@@ -6,9 +6,7 @@ import pytest
 
 from prefork_lb.http.errors import HTTPError
 from prefork_lb.http.parser import Limits, RequestParser
-from tests.corpus import CORPUS, DEVIATIONS, Case, load
-
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
+from tests.corpus import DEVIATIONS, Case, load
 
 VALID = load("valid")
 INVALID = load("invalid")
