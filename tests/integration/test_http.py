@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.apps import file_body
+from tests.helpers import wait_for
 from tests.server import (
     HTTPStream,
     Response,
@@ -25,7 +26,6 @@ from tests.server import (
     exchange,
     parse_responses,
     request,
-    wait_for,
 )
 
 ECHO = "tests.apps:echo"

@@ -42,22 +42,21 @@ import psutil
 import pytest
 
 from tests.corpus import DEVIATIONS, load
-from tests.integration.proxy_backends import Backend, refused_port, ws_accept, ws_frame, ws_read_frame
-from tests.server import (
-    HTTPStream,
-    Response,
-    build_request,
-    exchange,
+from tests.helpers import (
+    HOST,
+    ROOT,
     free_port,
-    parse_responses,
+    free_port_v6,
+    kill_group,
     server_env,
+    spawn,
     start_on_free_port,
     stop_process,
     wait_for,
 )
+from tests.integration.proxy_backends import Backend, refused_port, ws_accept, ws_frame, ws_read_frame
+from tests.server import HTTPStream, Response, build_request, exchange, parse_responses
 
-ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 # Quick health checks so that up/down transitions take a fraction of a second.
 FAST_HEALTH = (
     "--health-check-interval",
@@ -99,14 +98,12 @@ class ProxyProcess:
                 stats = ["--stats-bind", f"{HOST}:{self.admin_port}" if self.admin else "off"]
             cmd = [sys.executable, "-m", "prefork_lb", *self.args, "-b", f"{HOST}:{self.port}", *stats]
             with open(self.log_path, "wb") as log:
-                self.proc = subprocess.Popen(
+                self.proc = spawn(
                     cmd,
-                    cwd=ROOT,
                     env=server_env(self.env),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    start_new_session=True,
                 )
             return self._wait_ready(timeout)
 
@@ -243,12 +240,10 @@ class BackendProcess:
     """A backend in its own process (for SIGKILL); see proxy_backends.main."""
 
     def __init__(self, name: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [sys.executable, "-m", "tests.integration.proxy_backends", name],
-            cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
-            start_new_session=True,
         )
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
@@ -259,10 +254,7 @@ class BackendProcess:
         return f"{HOST}:{self.port}"
 
     def kill(self) -> None:
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(self.proc)
         self.proc.wait(5)
         for f in (self.proc.stdin, self.proc.stdout):
             if f is not None:
@@ -729,12 +721,6 @@ def test_ipv6_backend_and_client(start_proxy, backends) -> None:
         "host": "[::1]",
     }
     assert '"' in (seen.header("forwarded") or ""), "for=[::1] must be a quoted-string (RFC 7239 section 6)"
-
-
-def free_port_v6() -> int:
-    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
-        s.bind(("::1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- failing backends and retries ----------------------------------------------------------------------------
