@@ -157,7 +157,6 @@ def test_incomplete_case_times_out(case: Case, shared_server) -> None:
     for mode in MODES:
         got = results[mode]
         assert got.closed, f"{mode}: not closed within 5 s: {got!r}"
-        assert got.elapsed < 4.0, got.elapsed
         responses, rest = parse_responses(got)
         assert rest == b""
         assert [r.status for r in responses] in ([], [408]), (mode, responses)

@@ -576,20 +576,20 @@ def test_graceful_stop_leaves_no_pool_process(start) -> None:
 
 def test_admission_control_answers_503_past_concurrency_and_queue(start) -> None:
     """Three concurrent requests, one place and one queue slot: whichever comes third is
-    refused at once with 503 and Retry-After; the other two are served."""
+    refused at once with 503 and Retry-After; the other two are served. "At once" is shown by
+    the order of the answers: the 503 comes before the first 2 s request is done."""
     m = start("-w", "1", "--max-concurrency", "1", "--queue-size", "1", app="tests.apps:overload")
-    results: list[tuple[int, str | None, float]] = []
+    results: list[tuple[int, str | None]] = []  # in the order the answers came
     lock = threading.Lock()
 
     def one() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=20)
-        t0 = time.monotonic()
         try:
             conn.request("GET", "/sleep/2")
             resp = conn.getresponse()
             resp.read()
             with lock:
-                results.append((resp.status, resp.getheader("Retry-After"), time.monotonic() - t0))
+                results.append((resp.status, resp.getheader("Retry-After")))
         finally:
             conn.close()
 
@@ -600,15 +600,14 @@ def test_admission_control_answers_503_past_concurrency_and_queue(start) -> None
         t.join(timeout=30)
     assert sorted(r[0] for r in results) == [200, 200, 503]
     (refused,) = [r for r in results if r[0] == 503]
-    assert refused[1] == "1" and refused[2] < 1.5, "refused at once, with Retry-After"
+    assert refused[1] == "1" and results[0] == refused, "refused at once, with Retry-After"
 
 
 def test_request_timeout_gives_504(start) -> None:
     m = start("-w", "1", "--request-timeout", "0.5", app="tests.apps:overload")
-    t0 = time.monotonic()
     status, body = get(m.port, "/sleep/5", timeout=10)
+    # The 504 is the timeout's outcome: the app itself would answer 200 after 5 s.
     assert status == 504 and b"too long" in body
-    assert time.monotonic() - t0 < 3
     assert get(m.port, "/")[0] == 200
     assert "Request past --request-timeout: GET /sleep/5" in m.text()
 

@@ -261,6 +261,11 @@ class BackendProcess:
                 f.close()
 
 
+def backend_requests(p: ProxyProcess) -> dict[str, int]:
+    """Requests the proxy has sent to each backend, from /lb-stats."""
+    return {b["name"]: b["requests"] for b in p.stats()["backends"]}
+
+
 # -- clients ------------------------------------------------------------------------------------------
 
 
@@ -800,11 +805,9 @@ def test_post_after_backend_idle_close_is_not_lost(start_proxy, backends) -> Non
 def test_backend_that_never_answers_gives_504(start_proxy, backends) -> None:
     hang = backends(1, mode="hang")[0]
     p = start_proxy([hang], "--upstream-timeout", "1", "--health-check-interval", "0")
-    t0 = time.monotonic()
     r = http_request(p.port, timeout=8)
-    elapsed = time.monotonic() - t0
+    # Only --upstream-timeout produces the 504: the hung backend never answers.
     assert r.status == 504, r
-    assert 0.8 <= elapsed < 4, elapsed
 
 
 def test_malformed_backend_response_gives_502(start_proxy, backends) -> None:
@@ -842,10 +845,9 @@ def test_all_backends_down_gives_503_at_once(start_proxy) -> None:
     status, health = p.health()
     assert status == 503 and health["status"] == "down" and health["total"] == 2, health
     assert all(b["healthy"] is False for b in health["backends"])
-    t0 = time.monotonic()
     r = http_request(p.port)
+    # At once: refused before any backend is tried (trying the refused ports would give 502).
     assert r.status == 503, r
-    assert time.monotonic() - t0 < 1.0
 
 
 def test_refused_backend_is_retried_on_another(start_proxy, backends) -> None:
@@ -939,9 +941,11 @@ def test_health_check_timeout_marks_a_hung_backend_down(start_proxy, backends) -
     wait_for(lambda: p.backend_health(hang.addr) is False, 5, "the hung backend marked down")
     status, health = p.health()
     assert status == 200 and health["status"] == "degraded", health
-    t0 = time.monotonic()
+    before = backend_requests(p)
     assert [http_request(p.port).status for _ in range(4)] == [200] * 4
-    assert time.monotonic() - t0 < 2, "requests went to the hung backend"
+    after = backend_requests(p)
+    assert after[hang.addr] == before[hang.addr], "requests went to the hung backend"
+    assert after[ok.addr] == before[ok.addr] + 4
 
 
 # -- websockets ----------------------------------------------------------------------------------------------
@@ -1193,9 +1197,9 @@ def test_smuggling_attempt_is_refused_by_the_proxy(strict_proxy, name: str) -> N
 def test_header_timeout_applies_to_proxy_clients(strict_proxy) -> None:
     p, b = strict_proxy
     b.clear()
-    t0 = time.monotonic()
+    # The outcome of the header timeout: closed (with a 408 or nothing) within the 6 s deadline.
     got = exchange(p.port, b"GET / HTTP/1.1\r\nHost: a\r\n", 6, half_close=False)
-    assert got.closed and time.monotonic() - t0 < 4, got
+    assert got.closed, got
     responses, _ = parse_responses(got)
     assert not responses or responses[0].status == 408, responses
     assert b.seen() == []
@@ -1228,14 +1232,12 @@ def test_client_body_timeout(start_proxy, backends, pooled: bool) -> None:
     )
     if pooled:
         assert http_request(p.port).status == 200  # leaves an idle upstream connection (fresh for a POST)
-    t0 = time.monotonic()
     got = exchange(
         p.port, b"POST /sha HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nab", 7, half_close=False
     )
-    elapsed = time.monotonic() - t0
     responses, _ = parse_responses(got)
-    assert got.closed and [r.status for r in responses] in ([], [408]), (responses, elapsed)
-    assert elapsed < 2.5, elapsed
+    # The body timeout's outcome (408, or a close), not the upstream timeout's (504).
+    assert got.closed and [r.status for r in responses] in ([], [408]), responses
     assert b.seen("/sha") == []  # the backend never got a whole request
 
 
@@ -1539,15 +1541,17 @@ def test_half_closed_client_gets_its_response_and_a_close(start_proxy, backends)
 
 def test_queue_full_then_503_with_retry_after(start_proxy, backends) -> None:
     b = backends(1)[0]
-    p = start_proxy([b], "--health-check-interval", "0", "--max-connections", "2", "--queue-timeout", "0.5")
+    # A 1 s queue timeout: long enough for /lb-stats to show the connection waiting first.
+    p = start_proxy([b], "--health-check-interval", "0", "--max-connections", "2", "--queue-timeout", "1")
     c1, c2 = Client(p.port), Client(p.port)
     try:
         assert c1.request().status == 200 and c2.request().status == 200
-        t0 = time.monotonic()
-        r = http_request(p.port, timeout=5)
-        elapsed = time.monotonic() - t0
+        with connect(p.port) as third:
+            third.sendall(build_request("GET", "/"))
+            # Queued first, refused when the queue timeout ends: the order proves it was the timeout.
+            wait_for(lambda: p.stats()["queued"] == 1, 3, "one queued connection")
+            r = HTTPStream(third).read_response(timeout=5)
         assert r.status == 503 and r.header("retry-after") == "1", r
-        assert 0.3 <= elapsed < 3, elapsed
     finally:
         c1.close()
         c2.close()
@@ -1613,11 +1617,9 @@ def test_term_closes_idle_keepalive_connections_and_exits(start_proxy, backends)
     p = start_proxy([b], "--health-check-interval", "0", "--keep-alive", "30")
     with Client(p.port) as c:
         assert c.request().status == 200
-        t0 = time.monotonic()
         os.kill(p.pid, signal.SIGTERM)
         assert c.stream.closed_by_server(5), "the idle connection was kept open"
         assert p.proc is not None and p.proc.wait(10) == 0, p.text()
-        assert time.monotonic() - t0 < 5
 
 
 def burst_rounds(
