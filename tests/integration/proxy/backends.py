@@ -24,7 +24,7 @@ is echoed back unmasked, until a close frame. With ``websocket=False`` it gets a
 
 :func:`refused_port` gives a port where nothing listens (connections are refused).
 
-Run as ``python -m tests.integration.proxy_backends NAME`` it is a backend in its own process
+Run as ``python -m tests.integration.proxy.backends NAME`` it is a backend in its own process
 (mode ``ok``) that prints its port on the first line of stdout: for tests that kill a backend
 with SIGKILL.
 
