@@ -1,6 +1,7 @@
 """Fixtures of the chaos suite: the dispatch modes, a server started per test, the results file.
 
-* ``DISPATCH_MODES``: every scenario runs once per mode (the ``mode`` fixture).
+* ``DISPATCH_MODES`` (from tests/helpers.py, which reads the package's list): every scenario
+  runs once per mode (the ``mode`` fixture).
 * ``server(mode, *flags)``: starts ``python -m prefork_lb tests.chaos.apps:app`` on a free
   127.0.0.1 port in its own process group, with a fresh ledger file (see tests/chaos/apps.py),
   waits for ``Ready:``, and stops the whole group afterwards (TERM, then KILL).
