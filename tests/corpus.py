@@ -1,20 +1,17 @@
-"""Loads ../shared/http-corpus/gunicorn (gunicorn's request-parsing corpus) for the tests."""
+"""Loads tests/data/http-corpus/gunicorn (gunicorn's request-parsing corpus) for the tests.
+
+The corpus is part of the repository (see tests/data/http-corpus/PROVENANCE.md), so a plain clone
+runs every corpus test: :func:`load` fails loudly rather than returning nothing when it is missing.
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-_HERE = Path(__file__).resolve().parent
-CANDIDATES = [
-    Path(os.environ["PREFORK_LB_HTTP_CORPUS"]) if os.environ.get("PREFORK_LB_HTTP_CORPUS") else None,
-    _HERE.parent.parent / "shared" / "http-corpus" / "gunicorn",
-    _HERE.parent / "shared" / "http-corpus" / "gunicorn",
-]
-CORPUS = next((p for p in CANDIDATES if p is not None and p.is_dir()), None)
+CORPUS = Path(__file__).resolve().parent / "data" / "http-corpus" / "gunicorn"
 
 # Valid upstream cases we answer differently, on purpose. Each is allowed by RFC 9112.
 DEVIATIONS = {
@@ -48,10 +45,10 @@ class Case:
 
 
 def load(kind: str) -> list[Case]:
-    if CORPUS is None:
-        return []
+    cases = sorted((CORPUS / kind).glob("*.http"))
+    assert cases, f"no {kind} cases under {CORPUS}: the corpus ships with the tests"
     out = []
-    for http in sorted((CORPUS / kind).glob("*.http")):
+    for http in cases:
         exp = json.loads(http.with_suffix(".json").read_text())
         out.append(Case(f"{kind}/{http.stem}", kind, http.read_bytes(), exp))
     return out

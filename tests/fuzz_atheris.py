@@ -8,7 +8,7 @@ Not a pytest module: run it by hand, from the repository root.
 
 Each input is split in two at a position taken from its first byte, then fed to the strict
 request parser and, through fake transports, to the proxy's client connection (the same
-checks as tests/unit/test_proxy_fuzz.py): no exception other than an HTTPError with a 4xx or
+checks as tests/unit/proxy/test_fuzz.py): no exception other than an HTTPError with a 4xx or
 501, no 5xx of the proxy's own for a client's error, and nothing a strict parser refuses ever
 forwarded to a backend. A failure makes libFuzzer stop and write the input to crash-*.
 """
@@ -23,7 +23,7 @@ import atheris
 with atheris.instrument_imports():
     from prefork_lb.http.errors import HTTPError
     from prefork_lb.http.parser import Limits, RequestParser
-    from tests.unit import test_proxy_fuzz
+    from tests.unit.proxy import test_fuzz as test_proxy_fuzz
 
 LOOP = asyncio.new_event_loop()
 

@@ -1,5 +1,7 @@
 """Helpers for tests that run the real server: start it, talk raw HTTP/1.1 to it, stop it.
 
+Process groups, ports and polling come from :mod:`tests.helpers`.
+
 * :class:`ServerProcess` runs ``python -m prefork_lb APP -b 127.0.0.1:PORT -w 1 FLAGS`` in its
   own process group, waits until a worker answers, and always stops the whole group (TERM, then
   KILL after a deadline).
@@ -14,93 +16,18 @@ Everything talks to 127.0.0.1 only, and every wait has a deadline.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-HOST = "127.0.0.1"
-T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A port that was free a moment ago (bind port 0 and let the kernel pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(
-    pred: Callable[[], T], timeout: float = 5.0, what: str = "a condition", interval: float = 0.02
-) -> T:
-    """Poll ``pred`` until it returns something truthy; AssertionError after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 2):
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10.0, group: bool = True) -> int | None:
-    """SIGTERM the process group (``group=False``: its leader only, which stops its children
-    itself), wait up to ``timeout``, then SIGKILL whatever is left in the group. Returns the
-    leader's exit code."""
-    if proc.poll() is None:
-        try:
-            (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    # Workers die with their master (PDEATHSIG); anything left in the group goes now.
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if proc.poll() is None:
-        proc.wait(5)
-    return proc.returncode
-
-
-def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a server: ours without settings that would change its behaviour."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
-    }
-    env.update(extra or {})
-    return env
-
-
-def start_on_free_port(
-    launch: Callable[[int], bool], log_text: Callable[[], str], stop: Callable[[], object], what: str
-) -> None:
-    """Start a server with ``launch(port)`` (True once it is ready) on a port from free_port().
-    The port may be taken between free_port() and the server's bind: then stop it and try
-    another, three times at most. Any other failure raises with the server's log."""
-    for attempt in range(3):
-        if launch(free_port()):
-            return
-        text = log_text()
-        stop()
-        if "already in use" not in text or attempt == 2:
-            raise AssertionError(f"{what} did not start:\n{text}")
+from tests.helpers import HOST, server_env, spawn, start_on_free_port, stop_process, wait_for
 
 
 class ServerProcess:
@@ -146,15 +73,7 @@ class ServerProcess:
         env = server_env({"PREFORK_LB_TEST_CALLS": str(self.calls_path), **self.extra_env})
         self.calls_path.write_text("")
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=err,
-                start_new_session=True,
-            )
+            self.proc = spawn(cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
 
     def _wait_ready(self, timeout: float) -> bool:
         """Ready when a worker answers: a connection we half-close gets closed by the server.

@@ -1,6 +1,7 @@
 """Fixtures of the chaos suite: the dispatch modes, a server started per test, the results file.
 
-* ``DISPATCH_MODES``: every scenario runs once per mode (the ``mode`` fixture).
+* ``DISPATCH_MODES`` (from tests/helpers.py, which reads the package's list): every scenario
+  runs once per mode (the ``mode`` fixture).
 * ``server(mode, *flags)``: starts ``python -m prefork_lb tests.chaos.apps:app`` on a free
   127.0.0.1 port in its own process group, with a fresh ledger file (see tests/chaos/apps.py),
   waits for ``Ready:``, and stops the whole group afterwards (TERM, then KILL).
@@ -20,27 +21,18 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psutil
 import pytest
 
 from bench import harness
-from tests.server import stop_process
-from tests.server import wait_for as server_wait_for
+from tests.helpers import DISPATCH_MODES, free_port, server_env, spawn, stop_process, wait_for
 
-ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.chaos.apps:app"
-DISPATCH_MODES = ["reuseport", "shared", "handoff", "proxy"]
 # CHAOS_MODES=a,b runs those modes instead (a subset, or one not in the list yet).
 MODES = [m for m in os.environ.get("CHAOS_MODES", "").split(",") if m] or DISPATCH_MODES
 DURATION = float(os.environ.get("CHAOS_DURATION", "20"))
-T = TypeVar("T")
-
-
-def wait_for(pred: Callable[[], T], timeout: float = 20.0, what: str = "a condition") -> T:
-    """tests.server.wait_for with the chaos suite's longer default and slower polling."""
-    return server_wait_for(pred, timeout, what, interval=0.05)
 
 
 class Server:
@@ -48,29 +40,18 @@ class Server:
 
     def __init__(self, workdir: Path, mode: str, flags: tuple[str, ...]) -> None:
         self.mode = mode
-        self.port = harness.free_port()
+        self.port = free_port()
         self.log = workdir / "server.log"
         self.ledger = workdir / "ledger"
         self.ledger.touch()
         args = ["--dispatch", mode, "--graceful-timeout", "5", *flags]
         if mode == "proxy":  # the proxy's admin listener defaults to a fixed port
-            args += ["--stats-bind", f"127.0.0.1:{harness.free_port()}"]
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
-        }
-        env["CHAOS_LEDGER"] = str(self.ledger)
+            args += ["--stats-bind", f"127.0.0.1:{free_port()}"]
+        env = server_env({"CHAOS_LEDGER": str(self.ledger)})
         self.cmd = [sys.executable, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{self.port}", *args]
         with open(self.log, "wb") as out:
-            self.proc = subprocess.Popen(
-                self.cmd,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+            self.proc = spawn(
+                self.cmd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
             )
         self.pid = self.proc.pid
 

@@ -28,7 +28,8 @@ import psutil
 import pytest
 
 from tests.chaos.client import HOST, Load, Result, Slowloris, one_request, p99_ms, snapshot_connections
-from tests.chaos.conftest import DURATION, Server, wait_for
+from tests.chaos.conftest import DURATION, Server
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -12,40 +12,28 @@ from pathlib import Path
 
 import pytest
 
-from tests.server import (
-    HOST,
-    ROOT,
-    HTTPStream,
-    build_request,
-    connect,
-    free_port,
-    server_env,
-)
+from tests.helpers import HOST, free_port, kill_group, server_env, spawn
+from tests.server import HTTPStream, build_request, connect
 
 
 def run_cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
     """Run the server with ``args`` in its own process group; (exit code, stdout, stderr).
     Whatever is left of the group when it returns (or times out) is killed."""
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-m", "prefork_lb", *args],
-        cwd=ROOT,
         env=server_env(),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        start_new_session=True,
     )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_group(proc)
         out, err = proc.communicate(timeout=5)
         pytest.fail(f"prefork_lb {args} still running after {timeout} s: {err.decode(errors='replace')}")
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
+        kill_group(proc)
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 

@@ -17,17 +17,15 @@ from urllib.parse import unquote_to_bytes
 
 import pytest
 
-from tests.corpus import CORPUS, DEVIATIONS, Case, load
+from tests.corpus import DEVIATIONS, Case, load
 from tests.server import Received, ServerProcess, exchange, parse_responses
-
-pytestmark = pytest.mark.skipif(CORPUS is None, reason="../shared/http-corpus not found")
 
 ECHO = "tests.apps:echo"
 NO_HOST = ("--require-host", "false")
 VALID = [c for c in load("valid") if c.name not in DEVIATIONS]
 DEVIATING = [c for c in load("valid") if c.name in DEVIATIONS]
 INVALID = load("invalid")
-# Inputs that end early (see tests/unit/test_parser_corpus.py): the server waits for more bytes
+# Inputs that end early (see tests/unit/http/test_parser_corpus.py): the server waits for more bytes
 # until its header timeout.
 INCOMPLETE = {"invalid/001", "invalid/rfc9112_chunked_missing_final_crlf_01"}
 MODES = ["whole", "bytewise"]
@@ -159,7 +157,6 @@ def test_incomplete_case_times_out(case: Case, shared_server) -> None:
     for mode in MODES:
         got = results[mode]
         assert got.closed, f"{mode}: not closed within 5 s: {got!r}"
-        assert got.elapsed < 4.0, got.elapsed
         responses, rest = parse_responses(got)
         assert rest == b""
         assert [r.status for r in responses] in ([], [408]), (mode, responses)

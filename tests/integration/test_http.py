@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from tests.apps import file_body
+from tests.helpers import wait_for
 from tests.server import (
     HTTPStream,
     Response,
@@ -25,7 +26,6 @@ from tests.server import (
     exchange,
     parse_responses,
     request,
-    wait_for,
 )
 
 ECHO = "tests.apps:echo"
@@ -417,8 +417,8 @@ def test_body_at_the_limit_is_served(small_body: ServerProcess) -> None:
 def test_header_timeout_answers_408_and_closes(timeouts: ServerProcess) -> None:
     before = len(timeouts.calls())
     got = exchange(timeouts.port, b"GET /slow HTTP/1.1\r\nHost: a\r\n", timeout=5, half_close=False)
+    # The 408 is the header timeout's own outcome: an incomplete head otherwise gets no answer.
     assert got.closed, "still open 5 s after a 1 s header timeout"
-    assert 0.8 <= got.elapsed <= 3.0, got.elapsed
     responses, rest = parse_responses(got)
     assert [r.status for r in responses] == [408] and rest == b""
     assert timeouts.calls()[before:] == []
@@ -427,19 +427,25 @@ def test_header_timeout_answers_408_and_closes(timeouts: ServerProcess) -> None:
 def test_header_timeout_counts_from_the_first_byte_not_the_last(timeouts: ServerProcess) -> None:
     """Slowloris: a byte every 0.1 s does not keep a head alive past the header timeout."""
     trickle = b"GET /trickle HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 100
-    t0 = time.monotonic()
+    # The order of events is the proof: the server answers while bytes are still trickling in
+    # (a timeout counted from the last byte could only answer after the trickle stopped).
+    answered_mid_trickle = False
+    deadline = time.monotonic() + 5  # a poll deadline (5 x the timeout), not a measurement
     with connect(timeouts.port) as sock:
         s = HTTPStream(sock)
         for i in range(len(trickle)):  # 100+ bytes at 0.1 s: 10 s, far past the timeout
             try:
                 sock.sendall(trickle[i : i + 1])
             except OSError:
+                answered_mid_trickle = True  # the server closed on us mid-head
                 break
-            if s.wait_bytes(b"HTTP/1.1", timeout=0.1) or s.eof or time.monotonic() - t0 > 5:
+            if s.wait_bytes(b"HTTP/1.1", timeout=0.1) or s.eof:
+                answered_mid_trickle = True
+                break
+            if time.monotonic() > deadline:
                 break
         data = s.read_to_close(timeout=3)
-    elapsed = time.monotonic() - t0
-    assert elapsed < 3.0, elapsed
+    assert answered_mid_trickle, "no answer while the head was still trickling in"
     assert [r.status for r in parse_responses(data)[0]] == [408]
 
 
@@ -447,15 +453,17 @@ def test_keep_alive_idle_timeout_closes_the_connection(timeouts: ServerProcess) 
     with connect(timeouts.port) as sock:
         s = HTTPStream(sock)
         sock.sendall(build_request("GET", "/once"))
-        assert s.read_response().status == 200
-        t0 = time.monotonic()
+        r = s.read_response()
+        assert r.status == 200
+        # Kept alive by the response (so the close that follows is the idle timeout's), then
+        # closed with nothing more sent within the 4 s deadline.
+        assert r.header("connection") != "close", r
         assert s.closed_by_server(timeout=4), "idle connection still open after the 1 s keep-alive"
-        assert 0.7 <= time.monotonic() - t0 <= 3.0
 
 
 def test_connection_that_never_sends_is_closed_quietly(timeouts: ServerProcess) -> None:
     got = exchange(timeouts.port, b"", timeout=4, half_close=False)
-    assert got.closed and got == b"" and got.elapsed <= 3.0
+    assert got.closed and got == b"", got  # closed by the server within the 4 s deadline
 
 
 # -- request smuggling and malformed heads ------------------------------------------------------

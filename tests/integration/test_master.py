@@ -18,27 +18,20 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.server import stop_process
+from tests.helpers import (
+    DISPATCH_MODES,
+    ROOT,
+    free_port,
+    kill_group,
+    listen_ports,
+    spawn,
+    stop_process,
+    unread_connections,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-MODES = ["reuseport", "shared", "handoff", "proxy"]
+MODES = DISPATCH_MODES
 HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")  # children that are not workers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def get(port: int, path: str = "/json", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -59,9 +52,7 @@ class Master:
         if "proxy" in args and "--stats-bind" not in args:
             args = (*args, "--stats-bind", "off")  # the default admin port may be taken here
         cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{self.port}", *args]
-        self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, stdout=self._log_f, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.proc = spawn(cmd, stdout=self._log_f, stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
     def text(self) -> str:
@@ -181,20 +172,37 @@ def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> No
     victim = workers[0]
     os.kill(victim, signal.SIGSTOP)
     results: list[int] = []
+    sent = [0]
     lock = threading.Lock()
 
     def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=20)
         try:
-            status, _ = get(m.port, timeout=20)
+            try:
+                conn.request("GET", "/json")
+            finally:  # sent, or failed to send (then its result is -1)
+                with lock:
+                    sent[0] += 1
+            resp = conn.getresponse()
+            status = resp.status
+            resp.read()
         except OSError:
             status = -1
+        finally:
+            conn.close()
         with lock:
             results.append(status)
 
     threads = [threading.Thread(target=one) for _ in range(16)]
     for t in threads:
         t.start()
-    time.sleep(0.5)  # let the connections queue up behind the stopped worker (not a sync point)
+    # Kill the victim once every request is either answered or queued in the kernel behind it
+    # (unread bytes on a connection to one of the server's ports), not after a guessed sleep.
+    ports = listen_ports(m.pid)
+    wait_for(
+        lambda: sent[0] == 16 and len(results) + unread_connections(ports) >= 16,
+        what="every request answered or queued behind the stopped worker",
+    )
     os.kill(victim, signal.SIGKILL)
     for t in threads:
         t.join(timeout=30)
@@ -328,13 +336,11 @@ def test_systemd_socket_activation_and_notify(tmp_path: Path) -> None:
         " '-b', '127.0.0.1:1'])\n"
     )
     log = open(tmp_path / "log", "wb")
-    proc = subprocess.Popen(
+    proc = spawn(
         [sys.executable, "-c", launcher],
-        cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
         env=dict(os.environ, NOTIFY_SOCKET=notify_path),
-        start_new_session=True,
     )
     try:
         msg = notify.recv(1024).decode()
@@ -345,10 +351,7 @@ def test_systemd_socket_activation_and_notify(tmp_path: Path) -> None:
     finally:
         notify.close()
         log.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(proc)
         proc.wait(timeout=5)
 
 
@@ -396,14 +399,7 @@ def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
     )
     log = open(tmp_path / "log", "wb")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, str(script)],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
+    proc = spawn([sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
 
         def answer():
@@ -417,10 +413,7 @@ def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
         assert proc.wait(timeout=15) == 0
     finally:
         log.close()
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_group(proc)
         proc.wait(timeout=5)
 
 
@@ -583,20 +576,20 @@ def test_graceful_stop_leaves_no_pool_process(start) -> None:
 
 def test_admission_control_answers_503_past_concurrency_and_queue(start) -> None:
     """Three concurrent requests, one place and one queue slot: whichever comes third is
-    refused at once with 503 and Retry-After; the other two are served."""
+    refused at once with 503 and Retry-After; the other two are served. "At once" is shown by
+    the order of the answers: the 503 comes before the first 2 s request is done."""
     m = start("-w", "1", "--max-concurrency", "1", "--queue-size", "1", app="tests.apps:overload")
-    results: list[tuple[int, str | None, float]] = []
+    results: list[tuple[int, str | None]] = []  # in the order the answers came
     lock = threading.Lock()
 
     def one() -> None:
         conn = http.client.HTTPConnection("127.0.0.1", m.port, timeout=20)
-        t0 = time.monotonic()
         try:
             conn.request("GET", "/sleep/2")
             resp = conn.getresponse()
             resp.read()
             with lock:
-                results.append((resp.status, resp.getheader("Retry-After"), time.monotonic() - t0))
+                results.append((resp.status, resp.getheader("Retry-After")))
         finally:
             conn.close()
 
@@ -607,15 +600,14 @@ def test_admission_control_answers_503_past_concurrency_and_queue(start) -> None
         t.join(timeout=30)
     assert sorted(r[0] for r in results) == [200, 200, 503]
     (refused,) = [r for r in results if r[0] == 503]
-    assert refused[1] == "1" and refused[2] < 1.5, "refused at once, with Retry-After"
+    assert refused[1] == "1" and results[0] == refused, "refused at once, with Retry-After"
 
 
 def test_request_timeout_gives_504(start) -> None:
     m = start("-w", "1", "--request-timeout", "0.5", app="tests.apps:overload")
-    t0 = time.monotonic()
     status, body = get(m.port, "/sleep/5", timeout=10)
+    # The 504 is the timeout's outcome: the app itself would answer 200 after 5 s.
     assert status == 504 and b"too long" in body
-    assert time.monotonic() - t0 < 3
     assert get(m.port, "/")[0] == 200
     assert "Request past --request-timeout: GET /sleep/5" in m.text()
 

@@ -1,0 +1,160 @@
+"""The helpers every test that runs real processes shares: ports, polling, process groups.
+
+* :func:`free_port` / :func:`free_port_v6`: a loopback port the kernel just handed out.
+* :func:`wait_for`: poll a predicate until it is truthy, with a deadline (never a bare sleep).
+* :func:`spawn`: start a command from the repository root in its own process group, so that
+  :func:`stop_process` (TERM, then KILL of the whole group) and :func:`kill_group` can always
+  clean up everything it started, workers included.
+* :func:`server_env`: our environment without the settings that would change a server's
+  behaviour; :func:`start_on_free_port`: retry a start when the port was taken meanwhile.
+* :func:`listen_ports` / :func:`unread_connections`: what the kernel holds for a server, to
+  poll for "these connections are queued" instead of sleeping until they probably are.
+* ``DISPATCH_MODES``: the modes every mode-parametrized test runs in, read from the package.
+
+Invariants: everything talks to 127.0.0.1 (or ::1) only; every wait has a deadline; every
+process started through :func:`spawn` leads its own group and is killed with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import psutil
+
+from prefork_lb.dispatch import DISPATCH_MODES as _MODES
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+DISPATCH_MODES: list[str] = list(_MODES)
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind port 0 and let the kernel pick)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_v6() -> int:
+    """Like :func:`free_port`, on ::1."""
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    pred: Callable[[], T], timeout: float = 20.0, what: str = "a condition", interval: float = 0.02
+) -> T:
+    """Poll ``pred`` until it returns something truthy and return that; AssertionError after
+    ``timeout`` seconds. The default is generous because the machines running the suite are
+    shared: a passing test returns as soon as the condition holds, whatever the timeout."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 2):
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def spawn(cmd: Sequence[str], **popen: Any) -> subprocess.Popen[bytes]:
+    """``subprocess.Popen(cmd)`` from the repository root, leading a new process group (a new
+    session), so that a test can signal and kill everything it started with ``os.killpg``."""
+    popen.setdefault("cwd", ROOT)
+    return subprocess.Popen(list(cmd), start_new_session=True, **popen)
+
+
+def kill_group(proc: subprocess.Popen[Any]) -> None:
+    """SIGKILL whatever is left of ``proc``'s process group (nothing left is fine)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0, group: bool = True) -> int | None:
+    """SIGTERM the process group (``group=False``: its leader only, which stops its children
+    itself), wait up to ``timeout``, then SIGKILL whatever is left in the group. Returns the
+    leader's exit code."""
+    if proc.poll() is None:
+        try:
+            (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    # Workers die with their master (PDEATHSIG); anything left in the group goes now.
+    kill_group(proc)
+    if proc.poll() is None:
+        proc.wait(5)
+    return proc.returncode
+
+
+def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for a server: ours without settings that would change its behaviour."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
+    }
+    env.update(extra or {})
+    return env
+
+
+def start_on_free_port(
+    launch: Callable[[int], bool], log_text: Callable[[], str], stop: Callable[[], object], what: str
+) -> None:
+    """Start a server with ``launch(port)`` (True once it is ready) on a port from free_port().
+    The port may be taken between free_port() and the server's bind: then stop it and try
+    another, three times at most. Any other failure raises with the server's log."""
+    for attempt in range(3):
+        if launch(free_port()):
+            return
+        text = log_text()
+        stop()
+        if "already in use" not in text or attempt == 2:
+            raise AssertionError(f"{what} did not start:\n{text}")
+
+
+def listen_ports(pid: int) -> set[int]:
+    """The TCP ports that ``pid`` and its descendants listen on (their workers' slot sockets,
+    the proxy's per-slot backends, ...)."""
+    ports: set[int] = set()
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return ports
+    for proc in procs:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except psutil.Error:
+            continue
+        ports.update(c.laddr.port for c in conns if c.status == psutil.CONN_LISTEN)
+    return ports
+
+
+def unread_connections(ports: set[int]) -> int:
+    """How many established IPv4 connections to one of ``ports`` hold bytes nobody has read
+    yet: connections waiting in an accept queue, or accepted by a process that is stopped
+    (from /proc/net/tcp, the kernel's own table: rx_queue is the unread byte count)."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        next(f)  # the header line
+        for line in f:
+            fields = line.split()
+            local, state, queues = fields[1], fields[3], fields[4]
+            if state == "01" and int(local.rsplit(":", 1)[1], 16) in ports:
+                count += int(queues.split(":")[1], 16) > 0
+    return count

@@ -1,0 +1,239 @@
+"""Integrated mode: ``python -m prefork_lb APP --dispatch proxy`` with real workers. See
+tests/integration/proxy/driver.py for the processes and clients; conftest.py for the fixtures.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from collections import Counter
+
+import psutil
+import pytest
+
+from tests.helpers import HOST, free_port, wait_for
+from tests.integration.proxy.driver import (
+    FAST_HEALTH,
+    Client,
+    Load,
+    ProxyProcess,
+    http_request,
+    sticky_cookie,
+)
+
+
+@pytest.fixture
+def integrated(start_proxy) -> ProxyProcess:
+    p = start_proxy(
+        None,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--strategy",
+        "round_robin",
+        "--retries",
+        "2",
+        app="prefork_lb.demo:app",
+    )
+    wait_for(lambda: len(p.worker_pids()) == 2 and p.proxy_pid(), 10, "2 workers and the proxy")
+    wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
+    return p
+
+
+def test_integrated_requests_reach_both_workers(integrated: ProxyProcess) -> None:
+    p = integrated
+    status, health = p.health()
+    assert status == 200 and health["total"] == 2 and health["healthy"] == 2, health
+    assert all(b["name"].startswith("127.0.0.1:") for b in health["backends"])
+    pids = set()
+    backends_seen = set()
+    with Client(p.port) as c:
+        for _ in range(10):
+            r = c.request("GET", "/json")
+            assert r.status == 200
+            pids.add(r.json()["pid"])
+            backends_seen.add(r.header("x-backend-server"))
+    assert pids == set(p.worker_pids()), (pids, p.worker_pids())
+    assert backends_seen == {b["name"] for b in health["backends"]}
+
+
+def test_integrated_worker_killed_under_load(integrated: ProxyProcess) -> None:
+    p = integrated
+    victim = p.worker_pids()[0]
+    with Load(p.port, threads=3, limit=500, seconds=4.0, target="/json") as load:
+        load.wait_more(60)
+        os.kill(victim, signal.SIGKILL)
+        load.wait_more(120)
+        wait_for(
+            lambda: len(p.worker_pids()) == 2 and victim not in p.worker_pids(), 10, "a replacement worker"
+        )
+        load.wait_more(30)
+    assert load.failures == [], load.failures[:10]
+    wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy backends again")
+
+
+def test_integrated_proxy_killed_is_replaced(integrated: ProxyProcess) -> None:
+    p = integrated
+    old = p.proxy_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(old).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(gone, 5, "the old proxy dead")
+    # The master keeps the listener: a connection made now waits for the new proxy.
+    r = http_request(p.port, "GET", "/json", timeout=10)
+    assert r.status == 200, r
+    new = wait_for(
+        lambda: (lambda pid: pid if pid and pid != old else None)(p.proxy_pid()), 10, "a new proxy process"
+    )
+    assert new != old
+
+    def serves() -> bool:
+        try:
+            return http_request(p.port, "GET", "/json", timeout=2).status == 200
+        except (OSError, AssertionError):
+            return False
+
+    wait_for(serves, 10, "serving again")
+    assert {http_request(p.port, "GET", "/json").status for _ in range(6)} == {200}
+    assert p.proc is not None and p.proc.poll() is None
+
+
+def test_integrated_term_exits_cleanly(integrated: ProxyProcess) -> None:
+    p = integrated
+    group = p.pid
+    kids = [c.pid for c in p.children()]
+    assert len(kids) == 3
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.proc is not None
+    assert p.proc.wait(15) == 0, p.text()
+
+    def leftovers() -> list[int]:
+        out = []
+        for pid in kids:
+            try:
+                if os.getpgid(pid) == group and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+            except (ProcessLookupError, psutil.NoSuchProcess):
+                pass
+        return out
+
+    wait_for(lambda: not leftovers(), 5, "no process left")
+    assert "Traceback" not in p.text(), p.text()
+
+
+def test_integrated_worker_recycling_fails_no_request(start_proxy) -> None:
+    p = start_proxy(
+        None, "--dispatch", "proxy", "--workers", "2", "--max-requests", "25", app="prefork_lb.demo:app"
+    )
+    wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
+    first = set(p.worker_pids())
+    with Load(p.port, threads=3, limit=1000, seconds=10.0, target="/json") as load:
+        # the workers notice their count on their heartbeat (about once a second)
+        wait_for(lambda: not first & set(p.worker_pids()), 8, "both workers recycled")
+        load.wait_more(30)
+    assert load.failures == [], load.failures[:10]
+    assert "Traceback" not in p.text()
+
+
+def test_integrated_sticky_cookie_survives_a_proxy_restart(start_proxy) -> None:
+    p = start_proxy(
+        None, "--dispatch", "proxy", "--workers", "2", "--strategy", "sticky", app="prefork_lb.demo:app"
+    )
+    wait_for(lambda: p.health()[1]["healthy"] == 2 and p.proxy_pid(), 10, "2 healthy workers")
+    first = http_request(p.port, "GET", "/json")
+    cookie = sticky_cookie(first)
+    assert cookie, first
+    pid = first.json()["pid"]
+    assert {
+        http_request(p.port, "GET", "/json", headers=[("Cookie", f"lb={cookie}")]).json()["pid"]
+        for _ in range(6)
+    } == {pid}
+    old = p.proxy_pid()
+    assert old is not None
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: p.proxy_pid() not in (None, old), 10, "a new proxy process")
+
+    def sticky_pid() -> int | None:
+        try:
+            r = http_request(p.port, "GET", "/json", headers=[("Cookie", f"lb={cookie}")], timeout=2)
+        except (OSError, AssertionError):
+            return None
+        return r.json()["pid"] if r.status == 200 else None
+
+    wait_for(lambda: sticky_pid() is not None and p.health()[1]["healthy"] == 2, 10, "serving again")
+    assert {sticky_pid() for _ in range(6)} == {pid}
+
+
+def two_free_ports() -> int:
+    """A port P with P and P+1 free a moment ago."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind((HOST, base + 1))
+            return base
+        except OSError:
+            continue
+    raise AssertionError("no two consecutive free ports")
+
+
+def test_integrated_worker_base_port(start_proxy) -> None:
+    base = two_free_ports()
+    p = start_proxy(
+        None,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--worker-base-port",
+        str(base),
+        app="prefork_lb.demo:app",
+    )
+    wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
+    assert sorted(b["name"] for b in p.health()[1]["backends"]) == [f"{HOST}:{base}", f"{HOST}:{base + 1}"]
+    # the workers' own ports serve directly too (they are plain HTTP servers)
+    assert http_request(base, "GET", "/json").status == 200
+
+
+def test_integrated_with_a_remote_backend(start_proxy, backends) -> None:
+    remote = backends(1)[0]
+    p = start_proxy(
+        [remote],
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "2",
+        "--strategy",
+        "round_robin",
+        *FAST_HEALTH,
+        app="prefork_lb.demo:app",
+    )
+    wait_for(lambda: p.health()[1]["healthy"] == 3, 10, "2 workers and the remote backend healthy")
+    servers = Counter(http_request(p.port, "GET", "/json").header("x-backend-server") for _ in range(9))
+    assert servers[remote.addr] == 3 and len(servers) == 3, servers
+
+
+def test_access_log_names_the_backend_and_the_status(start_proxy, backends, tmp_path) -> None:
+    b = backends(1)[0]
+    log = tmp_path / "access.log"
+    p = start_proxy(
+        [b],
+        "--health-check-interval",
+        "0",
+        "--access-logfile",
+        str(log),
+        "--access-logformat",
+        '%(h)s "%(r)s" %(s)s %({x-backend-server}o)s %({user-agent}i)s',
+    )
+    assert http_request(p.port, target="/logged?q=1", headers=[("User-Agent", "probe/1")]).status == 200
+    wait_for(lambda: log.exists() and "/logged" in log.read_text(), 5.0, "access log line")
+    line = [ln for ln in log.read_text().splitlines() if "/logged" in ln][0]
+    assert line == f'127.0.0.1 "GET /logged?q=1 HTTP/1.1" 200 {b.addr} probe/1', line
