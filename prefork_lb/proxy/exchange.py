@@ -6,28 +6,27 @@ Invariants: an exchange ends exactly once (``done``), and ends by ``ClientConn.e
 or by closing the client; the strategy hears ``on_start`` once per try and ``on_finish`` once
 per try; a try is repeated elsewhere only under the rules in prefork_lb.proxy.server.
 
-The exchange talks to its client connection through :class:`ClientSide` (write, flush, the
-deadline, finish, close) and to the proxy through its shared state
-(:class:`~prefork_lb.proxy.state.ProxyState`); it imports neither the client's module nor the
-proxy process's.
+The exchange talks to its client connection through
+:class:`~prefork_lb.proxy.client_side.ClientSide` (write, flush, the deadline, finish, close)
+and to the proxy through its shared state (:class:`~prefork_lb.proxy.state.ProxyState`); it
+imports neither the client's module nor the proxy process's.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from time import monotonic as _now
-from typing import Any, Protocol
+from typing import Any
 
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.client_side import D_UPSTREAM, ClientSide
 from prefork_lb.proxy.headers import cookie_value
 from prefork_lb.proxy.memo import ResponseMemo
-from prefork_lb.proxy.state import ProxyState
-from prefork_lb.proxy.upstream import Peer, Upstream
+from prefork_lb.proxy.upstream import Upstream
 
-__all__ = ["ClientSide", "Exchange"]
+__all__ = ["Exchange"]
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -37,46 +36,6 @@ FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used 
 PIPELINE_FAST = 0.010  # a GET whose head was last answered this fast may be pipelined,
 PIPELINE_BODY_MAX = 64 * 1024  # with a body this small at most (with Content-Length)
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
-# deadline kinds of a client connection
-D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
-
-
-class ClientSide(Peer, Protocol):
-    """What an exchange needs of its client connection (prefork_lb.proxy.server.ClientConn).
-
-    ``write`` gathers bytes for the next ``flush`` (a bound ``list.append``: no Python frame on
-    the hot path); ``keep_alive`` says whether the connection stays open after this response;
-    ``deadline`` is pushed on while the response flows. ``exchange_done`` is the end of the
-    exchange: the client goes on with its next request (and flushes at the end of the pass).
-    ``deadline_kind``, ``flushes`` and ``wbuf`` are read by ``Exchange.response_head`` only,
-    until it uses :meth:`responding` and :meth:`mark` instead.
-    """
-
-    write: Callable[[bytes], None]
-    keep_alive: bool
-    deadline: float
-    deadline_kind: int
-    flushes: int
-
-    @property
-    def proxy(self) -> ProxyState: ...
-    @property
-    def peer_ip(self) -> str: ...
-    @property
-    def scheme(self) -> str: ...
-    @property
-    def closed(self) -> bool: ...
-
-    def sending(self) -> None: ...
-    def body_sent(self) -> None: ...
-    def responding(self, keep_alive: bool) -> None: ...
-    def retrying(self) -> None: ...
-    def mark(self) -> tuple[int, int]: ...
-    def take_back(self, mark: tuple[int, int]) -> bool: ...
-    def exchange_done(self, ex: Exchange) -> None: ...
-    def end_with(self, response: bytes) -> None: ...
-    def close_after_write(self) -> None: ...
-    def start_tunnel(self, up: Upstream) -> None: ...
 
 
 class Exchange:
@@ -505,17 +464,14 @@ class Exchange:
                 up.queue.remove(self)
             up.close()
 
-    def try_failed(self, backend: Backend, eject: str | None = None, connect: bool = False) -> None:
+    def try_failed(self, backend: Backend, eject: str | None = None) -> None:
         """This try on ``backend`` failed: the strategy and the backend's stats hear it, and
-        with ``eject`` so does its health (a failed ``connect`` ejects at once)."""
+        with ``eject`` (why) so does its passive health check."""
         proxy = self.proxy
         proxy.strategy.on_finish(backend.key, None, False)
         backend.stats.errors += 1
         if eject is not None:
-            if connect:
-                proxy.connect_failure(backend, eject)
-            else:
-                proxy.passive_failure(backend, eject)
+            proxy.passive_failure(backend, eject)
 
     def may_retry(self, backend: Backend) -> bool:
         """Another try after this one on ``backend`` is allowed (by --retries and the retry
@@ -540,7 +496,8 @@ class Exchange:
     def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
         if self.done:
             return
-        self.try_failed(backend, "connect timed out" if timed_out else f"connect failed: {exc}", connect=True)
+        self.try_failed(backend)
+        self.proxy.connect_failure(backend, "connect timed out" if timed_out else f"connect failed: {exc}")
         # Nothing reached the backend: retry anywhere, within the budget.
         if not self.may_retry(backend):
             self.fail(504 if timed_out else 502, "backend unreachable")

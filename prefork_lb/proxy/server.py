@@ -4,8 +4,8 @@ This module holds the client side (:class:`ClientConn`) and the proxy process's 
 (:class:`Proxy`: the shared state of ``state`` plus admission, the sweep and the access log);
 ``backend`` has the backends, ``upstream`` the connections to them, ``memo`` the response
 memo and ``exchange`` one request's way through. The imports go one way, from here down:
-server -> exchange -> state -> upstream -> memo; the modules below see the ones above only
-through protocols (``Exchange.client`` is a :class:`~prefork_lb.proxy.exchange.ClientSide`).
+server -> exchange -> client_side -> state -> upstream -> memo; the modules below see the ones above only
+through protocols (``Exchange.client`` is a :class:`~prefork_lb.proxy.client_side.ClientSide`).
 
 One :class:`ClientConn` per client connection parses requests strictly (the workers' own
 :class:`~prefork_lb.http.parser.RequestParser`), so a malformed request is answered here and
@@ -52,7 +52,8 @@ from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.backend import Backend
-from prefork_lb.proxy.exchange import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM, Exchange
+from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
+from prefork_lb.proxy.exchange import Exchange
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
 
@@ -266,7 +267,7 @@ class ClientConn(asyncio.Protocol):
             up.transport.write(data)
         self.early.clear()
 
-    # -- what the exchange tells its client (prefork_lb.proxy.exchange.ClientSide) -------------------
+    # -- what the exchange tells its client (prefork_lb.proxy.client_side.ClientSide) ----------------
 
     def sending(self) -> None:
         """The exchange's request went on a backend connection: read on if the body waited for
