@@ -3,9 +3,10 @@
 This module holds the client side (:class:`ClientConn`) and the proxy process's object
 (:class:`Proxy`: the shared state of ``state`` plus admission, the sweep and the access log);
 ``backend`` has the backends, ``upstream`` the connections to them, ``memo`` the response
-memo and ``exchange`` one request's way through. The imports go one way, from here down:
-server -> exchange -> client_side -> state -> upstream -> memo; the modules below see the ones above only
-through protocols (``Exchange.client`` is a :class:`~prefork_lb.proxy.client_side.ClientSide`).
+memo and ``exchange`` one request's way through. The imports go one way, from here down
+(server -> exchange -> client_side -> state -> backend -> upstream -> memo); a module sees
+those above it only through protocols (``Exchange.client`` is a
+:class:`~prefork_lb.proxy.client_side.ClientSide`, ``Upstream.ex`` a ``Responder``).
 
 One :class:`ClientConn` per client connection parses requests strictly (the workers' own
 :class:`~prefork_lb.http.parser.RequestParser`), so a malformed request is answered here and
