@@ -18,6 +18,10 @@ Rules, all in seconds of the injected clock, with ``tau`` the ``decay`` time con
   none). A once-slow member so gets traffic again, and a new member starts at the median, so
   it is neither flooded (as with an estimate of 0) nor starved (as with a pessimistic one).
 
+What is sampled is anything with those three fields and ``eligible`` (:class:`Sampled`):
+the strategies' :class:`~prefork_lb.balance.base.Member`, which this module does not import,
+so that ``base`` can build on it.
+
 No timers: :meth:`refresh` recomputes every member's decayed estimate and the neutral value
 when a strategy asks for it, at most once every ``decay / 100`` seconds (1% of the decay),
 which keeps a pick a plain scan over precomputed numbers.
@@ -27,10 +31,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from prefork_lb.balance.base import Member
+
+class Sampled(Protocol):
+    """What a latency estimate is kept on (a strategy's member)."""
+
+    ewma: float | None  # the estimate right after the last sample; None before the first
+    ewma_at: float  # the clock at that sample
+    estimate: float  # the decayed estimate strategies read
+
+    @property
+    def eligible(self) -> bool:
+        """Whether it can be picked now (only those count for the neutral value)."""
+        ...
 
 
 def median(values: list[float]) -> float:
@@ -71,7 +85,7 @@ class PeakEwma:
         self.neutral = self.default
         self.next_refresh = -math.inf
 
-    def observe(self, m: Member[Any], latency: float, ok: bool, now: float) -> None:
+    def observe(self, m: Sampled, latency: float, ok: bool, now: float) -> None:
         """Fold one finished request's latency (seconds) into ``m``'s estimate."""
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, not {latency!r}")
@@ -88,14 +102,14 @@ class PeakEwma:
         m.ewma = m.estimate = new
         m.ewma_at = now
 
-    def set(self, m: Member[Any], latency: float, now: float) -> None:
+    def set(self, m: Sampled, latency: float, now: float) -> None:
         """Take an estimate made elsewhere (e.g. the worker's own EWMA) as ``m``'s."""
         if latency < 0:
             raise ValueError(f"latency must be >= 0 seconds, not {latency!r}")
         m.ewma = m.estimate = float(latency)
         m.ewma_at = now
 
-    def refresh(self, members: Iterable[Member[Any]], now: float) -> None:
+    def refresh(self, members: Iterable[Sampled], now: float) -> None:
         """Decay every member's estimate toward its neutral value, as of ``now``."""
         self.next_refresh = now + self.every
         members = list(members)

@@ -5,21 +5,28 @@ stream the body, relay the response re-framed, and deal with every failure on th
 Invariants: an exchange ends exactly once (``done``), and ends by ``ClientConn.exchange_done``
 or by closing the client; the strategy hears ``on_start`` once per try and ``on_finish`` once
 per try; a try is repeated elsewhere only under the rules in prefork_lb.proxy.server.
+
+The exchange talks to its client connection through
+:class:`~prefork_lb.proxy.client_side.ClientSide` (write, flush, the deadline, finish, close)
+and to the proxy through its shared state (:class:`~prefork_lb.proxy.state.ProxyState`); it
+imports neither the client's module nor the proxy process's.
 """
 
 from __future__ import annotations
 
 import logging
 from time import monotonic as _now
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.http.response import simple_response
+from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.client_side import D_UPSTREAM, ClientSide
 from prefork_lb.proxy.headers import cookie_value
-from prefork_lb.proxy.upstream import Backend, ResponseMemo, Upstream
+from prefork_lb.proxy.memo import ResponseMemo
+from prefork_lb.proxy.upstream import Upstream
 
-if TYPE_CHECKING:
-    from prefork_lb.proxy.server import ClientConn
+__all__ = ["Exchange"]
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -29,8 +36,6 @@ FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used 
 PIPELINE_FAST = 0.010  # a GET whose head was last answered this fast may be pipelined,
 PIPELINE_BODY_MAX = 64 * 1024  # with a body this small at most (with Content-Length)
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
-# deadline kinds of a client connection
-D_NONE, D_HEAD, D_BODY, D_IDLE, D_QUEUE, D_UPSTREAM = range(6)
 
 
 class Exchange:
@@ -62,7 +67,7 @@ class Exchange:
         "length",
     )
 
-    def __init__(self, client: ClientConn, req: Request) -> None:
+    def __init__(self, client: ClientSide, req: Request) -> None:
         self.client = client
         self.req = req
         self.proxy = client.proxy
@@ -173,7 +178,6 @@ class Exchange:
 
     def attach(self, up: Upstream) -> None:
         """``up`` is connected: send the head and what we have of the body."""
-        client = self.client
         self.up = up
         if up.ex is None:
             up.ex = self
@@ -185,9 +189,7 @@ class Exchange:
         else:
             up.queue.append(self)  # pipelined: answered after those before it
             up.backend.stats.pipelined += 1
-        client.resume("connect")
-        if client.deadline_kind == D_NONE:  # (D_BODY stays until the body is in)
-            client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+        self.client.sending()
         self.sent = True
         if self.req.memo is not None:
             # A whole request with no body: written at the end of this pass of the loop, in one
@@ -233,9 +235,7 @@ class Exchange:
                 if self.replay is not None:
                     self.replay.append(b"0\r\n\r\n")
             self.body_done = True
-            client = self.client
-            if client.deadline_kind == D_BODY:
-                client.deadline_kind, client.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+            self.client.body_sent()
 
     # -- response side ----------------------------------------------------------------------------
 
@@ -395,8 +395,6 @@ class Exchange:
         else:
             up.close()
         client.exchange_done(self)
-        if client.wbuf:
-            proxy.at_end_of_pass(client)
 
     def upgraded(self, rest: bytes) -> None:
         """The backend answered 101: from now on both connections are one byte tunnel."""
@@ -431,6 +429,27 @@ class Exchange:
         proxy.websockets += 1
         client.start_tunnel(up)
 
+    # -- connecting ----------------------------------------------------------------------------
+
+    def connected(self, backend: Backend, up: Upstream | None, exc: BaseException | None) -> None:
+        """The connect that :meth:`route` asked the proxy for ended: ``up``, or ``exc``."""
+        if up is None:
+            if self.backend is backend and not self.done and self.up is None:
+                self.connect_failed(backend, exc, timed_out=isinstance(exc, TimeoutError))
+                self.client.flush()
+            return
+        client = self.client
+        if self.done or self.backend is not backend or client.closed or self.up is not None:
+            # The exchange went on without it (timed out, client gone): keep it for later.
+            up.last_used = _now()
+            if len(backend.idle) < self.proxy.keepalive_max and not self.websocket:
+                backend.idle.append(up)
+            else:
+                up.close()
+            return
+        self.attach(up)
+        client.flush()
+
     # -- failures ---------------------------------------------------------------------------------
 
     def drop_upstream(self) -> None:
@@ -445,50 +464,67 @@ class Exchange:
                 up.queue.remove(self)
             up.close()
 
-    def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
-        if self.done:
-            return
+    def try_failed(self, backend: Backend, eject: str | None = None) -> None:
+        """This try on ``backend`` failed: the strategy and the backend's stats hear it, and
+        with ``eject`` (why) so does its passive health check."""
         proxy = self.proxy
         proxy.strategy.on_finish(backend.key, None, False)
         backend.stats.errors += 1
-        proxy.connect_failure(backend, "connect timed out" if timed_out else f"connect failed: {exc}")
-        # Nothing reached the backend: retry anywhere, within the budget.
+        if eject is not None:
+            proxy.passive_failure(backend, eject)
+
+    def may_retry(self, backend: Backend) -> bool:
+        """Another try after this one on ``backend`` is allowed (by --retries and the retry
+        budget): it is routed now."""
+        proxy = self.proxy
         if self.tries <= proxy.retries and proxy.budget.try_spend():
             backend.stats.retries += 1
-            self.client.deadline_kind = D_NONE
+            self.client.retrying()
             self.route()
+            return True
+        return False
+
+    def give_up(self, status: int, why: str) -> None:
+        """End with an error: ``status`` of our own, or, when part of the response is already
+        out, cutting the client off (all that can be done then)."""
+        if self.responded:
+            self.done = True
+            self.client.close()
+        else:
+            self.fail(status, why)
+
+    def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
+        if self.done:
             return
-        self.fail(504 if timed_out else 502, "backend unreachable")
+        self.try_failed(backend)
+        self.proxy.connect_failure(backend, "connect timed out" if timed_out else f"connect failed: {exc}")
+        # Nothing reached the backend: retry anywhere, within the budget.
+        if not self.may_retry(backend):
+            self.fail(504 if timed_out else 502, "backend unreachable")
 
     def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
         """The backend closed before the response was complete."""
         if self.done:
             return
-        proxy = self.proxy
         backend = self.backend
         assert backend is not None
         self.up = None
-        if self.responded:
-            if self.until_close and not exc:
-                # Close-delimited response: the end of the connection is the end of the body.
-                if self.framing == "chunked":
-                    self.client.write(b"0\r\n\r\n")
-                else:
-                    self.framing = "closed"
-                self.done = True
-                proxy.strategy.on_finish(backend.key, _now() - self.started, True)
-                backend.stats.record_response(self.status, _now() - self.started)
-                self.client.exchange_done(self)
-                self.client.flush()
-                return
-            # Part of the response is out: all we can do is cut the client off too.
-            proxy.strategy.on_finish(backend.key, None, False)
-            backend.stats.errors += 1
+        if self.responded and self.until_close and not exc:
+            # Close-delimited response: the end of the connection is the end of the body.
+            if self.framing == "chunked":
+                self.client.write(b"0\r\n\r\n")
+            else:
+                self.framing = "closed"
             self.done = True
-            self.client.close()
+            self.proxy.strategy.on_finish(backend.key, _now() - self.started, True)
+            backend.stats.record_response(self.status, _now() - self.started)
+            self.client.exchange_done(self)
+            self.client.flush()
             return
-        proxy.strategy.on_finish(backend.key, None, False)
-        backend.stats.errors += 1
+        self.try_failed(backend)
+        if self.responded:
+            self.give_up(502, "backend closed the connection")
+            return
         req = self.req
         replayable = (
             req.method in IDEMPOTENT
@@ -496,37 +532,24 @@ class Exchange:
             and not up.got_bytes
             and (req.complete or not req.body_size)
         )
-        if replayable and self.tries <= proxy.retries and proxy.budget.try_spend():
-            backend.stats.retries += 1
-            self.client.deadline_kind = D_NONE
-            self.route()
+        if replayable and self.may_retry(backend):
             return
-        proxy.passive_failure(backend, "connection closed before a response")
+        self.proxy.passive_failure(backend, "connection closed before a response")
         self.fail(502, "backend closed the connection")
         self.client.flush()
 
     def bad_response(self, why: str) -> None:
         if self.done:
             return
-        proxy = self.proxy
         backend = self.backend
         assert backend is not None
         log.warning("proxy: malformed response from %s: %s", backend.key, why)
-        proxy.strategy.on_finish(backend.key, None, False)
-        backend.stats.errors += 1
-        proxy.passive_failure(backend, "malformed response")
+        self.try_failed(backend, "malformed response")
         self.drop_upstream()
-        client = self.client
-        flushes, at = self.head_at
-        if self.responded and flushes == client.flushes:
-            # Nothing of the response has left yet: take it back and answer 502 instead.
-            del client.wbuf[at:]
+        if self.responded and self.client.take_back(self.head_at):
+            # Nothing of the response has left yet: taken back, answered with 502 instead.
             self.responded = False
-        if self.responded:
-            self.done = True
-            client.close()
-        else:
-            self.fail(502, "malformed response from the backend")
+        self.give_up(502, "malformed response from the backend")
 
     def timed_out(self) -> None:
         """No response (or no further response bytes) within --upstream-timeout."""
@@ -535,14 +558,8 @@ class Exchange:
         backend = self.backend
         self.drop_upstream()
         if backend is not None:
-            self.proxy.strategy.on_finish(backend.key, None, False)
-            backend.stats.errors += 1
-            self.proxy.passive_failure(backend, "response timed out")
-        if self.responded:
-            self.done = True
-            self.client.close()
-        else:
-            self.fail(504, "the backend did not answer in time")
+            self.try_failed(backend, "response timed out")
+        self.give_up(504, "the backend did not answer in time")
 
     def timed_out_client(self) -> None:
         """The client stopped sending its body: 408, and the backend connection is dropped."""
@@ -550,12 +567,14 @@ class Exchange:
         if self.backend is not None:
             self.proxy.strategy.on_finish(self.backend.key, None, True)
         self.done = True
-        client = self.client
-        client.write(simple_response(408, "request body not received in time", close=True))
-        client.keep_alive = False
-        client.ex = None
-        client.flush()
-        client.close_after_write()
+        self.client.end_with(simple_response(408, "request body not received in time", close=True))
+
+    def client_gone(self) -> None:
+        """The client connection was lost mid-exchange: nobody reads the response."""
+        self.done = True
+        if self.backend is not None:
+            self.proxy.strategy.on_finish(self.backend.key, None, True)
+        self.drop_upstream()  # its response has no reader; the connection cannot be reused
 
     def fail(self, status: int, why: str, retry_after: bool = False) -> None:
         """Answer the client with an error of our own; the connection closes after it."""

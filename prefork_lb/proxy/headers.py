@@ -18,8 +18,9 @@ Invariants of every head produced here:
   ``keep-alive`` / ``Upgrade``) and the :data:`PROTECTED` ones, which a client cannot make us
   drop by naming them in ``Connection``;
 * client-supplied forwarding headers (X-Forwarded-For/-Proto/-Host, Forwarded, X-Real-IP) reach
-  a backend only from a trusted peer (:class:`TrustedPeers`); from anyone else they are replaced,
-  so a backend can rely on the last X-Forwarded-For entry being the real peer.
+  a backend only from a trusted peer (:class:`~prefork_lb.proxy.peers.TrustedPeers`); from
+  anyone else they are replaced, so a backend can rely on the last X-Forwarded-For entry being
+  the real peer.
 
 The request line goes upstream as ``METHOD target HTTP/1.1`` with the target as the client sent
 it (absolute-form included: servers must accept it). ``Expect: 100-continue`` is never forwarded: the proxy answers ``100 Continue`` to the client
@@ -29,9 +30,22 @@ out-of-place 100 for us to filter).
 
 from __future__ import annotations
 
-import ipaddress
 from http import HTTPStatus
 from typing import Protocol
+
+from prefork_lb.proxy.peers import TrustedPeers, forwarded_value, peer_forms
+
+__all__ = [
+    "HOP_BY_HOP",
+    "PROTECTED",
+    "ParsedRequest",
+    "RequestRewriter",
+    "ResponseRewriter",
+    "TrustedPeers",
+    "cookie_value",
+    "peer_forms",
+    "split_connection_tokens",
+]
 
 # Lower-case names of hop-by-hop fields (RFC 9110 section 7.6.1, plus the non-standard
 # Proxy-Connection that old clients still send).
@@ -64,7 +78,7 @@ PROTECTED: frozenset[str] = frozenset(
 # Connection tokens that never name an end-to-end field: nothing more to strip for them.
 _PLAIN_TOKENS = HOP_BY_HOP | PROTECTED | {"close"}
 
-_CACHE_MAX = 1024  # bound of the small memo dicts below (peers, Connection values, names)
+_CACHE_MAX = 1024  # bound of the small memo dicts below (Connection values, names)
 
 # Methods whose requests carry content: one without framing still gets `Content-Length: 0`, as
 # RFC 9110 section 8.6 asks of a sender (some servers answer 411 otherwise).
@@ -107,107 +121,6 @@ def split_connection_tokens(values: list[bytes]) -> frozenset[str]:
     for v in values:
         out |= _tokens(v)
     return frozenset(out)
-
-
-# -- trusted peers ----------------------------------------------------------------------------
-
-
-class TrustedPeers:
-    """The peers whose forwarding headers are believed: IPs, CIDR networks, or ``*``.
-
-    Membership is tested per request, so answers are memoised per peer address. Anything that
-    is not an IP address (a unix socket peer, given as ``""``) is not trusted.
-    """
-
-    __slots__ = ("all", "networks", "_cache")
-
-    def __init__(self, spec: str | list[str]) -> None:
-        items = spec.split(",") if isinstance(spec, str) else [p for s in spec for p in s.split(",")]
-        self.all = False
-        nets: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-        for item in items:
-            item = item.strip()
-            if not item:
-                continue
-            if item == "*":
-                self.all = True
-                continue
-            try:
-                nets.append(ipaddress.ip_network(item))
-            except ValueError as exc:
-                raise ValueError(
-                    f"invalid trusted peer {item!r}: want an IP address, a CIDR network or * ({exc})"
-                ) from None
-        self.networks = tuple(nets)
-        self._cache: dict[str, bool] = {}
-
-    def __contains__(self, ip: object) -> bool:
-        if not isinstance(ip, str):
-            return False
-        hit = self._cache.get(ip)
-        if hit is None:
-            hit = self._lookup(ip)
-            if len(self._cache) >= _CACHE_MAX:
-                self._cache.clear()  # a scan from many addresses must not grow this without bound
-            self._cache[ip] = hit
-        return hit
-
-    def _lookup(self, ip: str) -> bool:
-        try:
-            addr = ipaddress.ip_address(ip)
-        except ValueError:
-            return False
-        if self.all:
-            return True
-        # A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d; "127.0.0.1" must match.
-        mapped = addr.ipv4_mapped if isinstance(addr, ipaddress.IPv6Address) else None
-        return any(addr in net or (mapped is not None and mapped in net) for net in self.networks)
-
-    def __repr__(self) -> str:
-        inner = ["*"] if self.all else []
-        return f"TrustedPeers({','.join(inner + [str(n) for n in self.networks])!r})"
-
-
-# -- forwarding values ------------------------------------------------------------------------
-
-_TCHAR = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-
-
-def _forwarded_value(value: bytes) -> bytes:
-    """``value`` as a Forwarded parameter value: a token, or else a quoted-string (RFC 7239 4)."""
-    if value and all(c in _TCHAR for c in value):
-        return value
-    return b'"' + value.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
-
-
-def _peer_forms(peer_ip: str) -> tuple[bytes, bytes]:
-    """(X-Forwarded-For entry, Forwarded ``for=`` value) for a peer address."""
-    try:
-        addr = ipaddress.ip_address(peer_ip)
-    except ValueError:
-        # Not an IP (a unix socket peer): RFC 7239 section 6.2 "unknown"; no XFF entry.
-        return b"", b"unknown"
-    if isinstance(addr, ipaddress.IPv6Address):
-        if addr.ipv4_mapped is not None:
-            v4 = str(addr.ipv4_mapped).encode()
-            return v4, v4
-        text = peer_ip.encode("latin-1")
-        return text, b'"[' + text + b']"'
-    text = peer_ip.encode("latin-1")
-    return text, text
-
-
-_PEERS: dict[str, tuple[bytes, bytes]] = {}
-
-
-def peer_forms(peer_ip: str) -> tuple[bytes, bytes]:
-    forms = _PEERS.get(peer_ip)
-    if forms is None:
-        forms = _peer_forms(peer_ip)
-        if len(_PEERS) >= _CACHE_MAX:
-            _PEERS.clear()
-        _PEERS[peer_ip] = forms
-    return forms
 
 
 # -- request side -----------------------------------------------------------------------------
@@ -421,7 +334,7 @@ class RequestRewriter:
             add((b"X-Forwarded-Host: ", host, b"\r\n"))
         element = b"for=" + for_value + b";proto=" + proto
         if host is not None:
-            element += b";host=" + _forwarded_value(host)
+            element += b";host=" + forwarded_value(host)
         if fwd is not None:
             fwd.append(element)
             add((b"Forwarded: ", b", ".join(fwd), b"\r\n"))

@@ -1,8 +1,12 @@
 """The proxy engine: asyncio protocols for the client side and the upstream side, over httptools.
 
-This module holds the client side (:class:`ClientConn`) and the state shared by one proxy process
-(:class:`Proxy`); ``upstream`` has the backends and their connections, ``exchange`` one request's
-way through.
+This module holds the client side (:class:`ClientConn`) and the proxy process's object
+(:class:`Proxy`: the shared state of ``state`` plus admission, the sweep and the access log);
+``backend`` has the backends, ``upstream`` the connections to them, ``memo`` the response
+memo and ``exchange`` one request's way through. The imports go one way, from here down
+(server -> exchange -> client_side -> state -> backend -> upstream -> memo); a module sees
+those above it only through protocols (``Exchange.client`` is a
+:class:`~prefork_lb.proxy.client_side.ClientSide`, ``Upstream.ex`` a ``Responder``).
 
 One :class:`ClientConn` per client connection parses requests strictly (the workers' own
 :class:`~prefork_lb.http.parser.RequestParser`), so a malformed request is answered here and
@@ -39,6 +43,7 @@ import asyncio
 import logging
 import socket
 from collections import deque
+from collections.abc import Callable
 from time import monotonic as _now
 from types import SimpleNamespace
 from typing import Any
@@ -47,10 +52,11 @@ from prefork_lb.http.errors import HTTPError
 from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
-from prefork_lb.proxy.exchange import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM, Exchange
-from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
-from prefork_lb.proxy.health import RetryBudget
-from prefork_lb.proxy.upstream import HIGH_WATER, Backend, ResponseMemo, Upstream
+from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
+from prefork_lb.proxy.exchange import Exchange
+from prefork_lb.proxy.state import ProxyState
+from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
 
 __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 
@@ -65,6 +71,7 @@ class ClientConn(asyncio.Protocol):
     __slots__ = (
         "proxy",
         "transport",
+        "write",
         "parser",
         "peer_ip",
         "scheme",
@@ -90,6 +97,9 @@ class ClientConn(asyncio.Protocol):
         self.scheme = scheme
         self.ex: Exchange | None = None
         self.wbuf: list[bytes] = []
+        # Gather a write for the next flush: the list's own append, bound once per connection,
+        # so that a write on the hot path is one C call and no Python frame.
+        self.write: Callable[[bytes], None] = self.wbuf.append
         self.keep_alive = True
         self.deadline = 0.0
         self.deadline_kind = D_NONE
@@ -196,7 +206,11 @@ class ClientConn(asyncio.Protocol):
             self.after_exchanges()
 
     def exchange_done(self, ex: Exchange) -> None:
+        """``ex`` is over: on to the next request, or close. Whatever it left to write goes at
+        the end of this pass of the loop, together with what else is answered in it."""
         if self.ex is not ex:
+            if self.wbuf:
+                self.proxy.at_end_of_pass(self)
             return
         self.ex = None
         if self.proxy.access is not None:
@@ -220,6 +234,8 @@ class ClientConn(asyncio.Protocol):
             self.next_request()
         else:
             self.after_exchanges()
+        if self.wbuf:
+            self.proxy.at_end_of_pass(self)
 
     def after_exchanges(self) -> None:
         """No exchange is running and no request is queued."""
@@ -252,10 +268,52 @@ class ClientConn(asyncio.Protocol):
             up.transport.write(data)
         self.early.clear()
 
-    # -- writing and closing ----------------------------------------------------------------------
+    # -- what the exchange tells its client (prefork_lb.proxy.client_side.ClientSide) ----------------
 
-    def write(self, data: bytes) -> None:
-        self.wbuf.append(data)
+    def sending(self) -> None:
+        """The exchange's request went on a backend connection: read on if the body waited for
+        it; the upstream deadline runs from now unless the body's still does."""
+        if "connect" in self.paused_by:
+            self.resume("connect")
+        if self.deadline_kind == D_NONE:  # (D_BODY stays until the body is in)
+            self.deadline_kind, self.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+
+    def body_sent(self) -> None:
+        """The whole request body went to the backend: now the response is waited for."""
+        if self.deadline_kind == D_BODY:
+            self.deadline_kind, self.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+
+    def responding(self, keep_alive: bool) -> None:
+        """A response head is on its way: whether the connection stays open after it, and the
+        upstream deadline, pushed on by each part of the body (``deadline``)."""
+        self.keep_alive = keep_alive
+        self.deadline_kind, self.deadline = D_UPSTREAM, _now() + self.proxy.upstream_timeout
+
+    def retrying(self) -> None:
+        """The exchange tries another backend: no deadline until its request is sent again."""
+        self.deadline_kind = D_NONE
+
+    def mark(self) -> tuple[int, int]:
+        """Where the output stands, for :meth:`take_back`."""
+        return self.flushes, len(self.wbuf)
+
+    def take_back(self, mark: tuple[int, int]) -> bool:
+        """Drop what was written since ``mark``, if none of it has been sent yet."""
+        flushes, at = mark
+        if flushes != self.flushes:
+            return False
+        del self.wbuf[at:]
+        return True
+
+    def end_with(self, response: bytes) -> None:
+        """The exchange is given up with ``response`` of our own; the connection closes."""
+        self.write(response)
+        self.keep_alive = False
+        self.ex = None
+        self.flush()
+        self.close_after_write()
+
+    # -- writing and closing ----------------------------------------------------------------------
 
     def flush(self) -> None:
         buf = self.wbuf
@@ -339,10 +397,7 @@ class ClientConn(asyncio.Protocol):
             proxy.admit_next()
         ex = self.ex
         if ex is not None and not ex.done:
-            ex.done = True
-            if ex.backend is not None:
-                proxy.strategy.on_finish(ex.backend.key, None, True)
-            ex.drop_upstream()  # its response has no reader; the connection cannot be reused
+            ex.client_gone()
         tunnel = self.tunnel
         if tunnel is not None:
             self.tunnel = None
@@ -375,17 +430,12 @@ class ClientConn(asyncio.Protocol):
                 self.flush()
 
 
-class Proxy:
-    """Shared state of one proxy process: backends, strategy, limits, counters."""
+class Proxy(ProxyState):
+    """One proxy process: the shared state (:class:`~prefork_lb.proxy.state.ProxyState`) and
+    the client side: admission under --max-connections, the deadline sweep, the access log."""
 
     def __init__(self, cfg: Any, strategy: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.cfg = cfg
-        self.loop = loop
-        self.strategy = strategy
-        self.sticky = hasattr(strategy, "cookie_for")
-        self.hashing = getattr(strategy, "name", "") == "hash"
-        self.cookie_name = cfg.sticky_cookie
-        self.backends: dict[str, Backend] = {}
+        super().__init__(cfg, strategy, loop)
         self.limits = Limits(
             cfg.limit_request_line,
             cfg.limit_request_fields,
@@ -393,20 +443,9 @@ class Proxy:
             cfg.limit_request_body,
             cfg.require_host,
         )
-        self.request_rewriter = RequestRewriter(
-            trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers
-        )
-        self.response_rewriter = ResponseRewriter(lb_headers=cfg.lb_headers)
-        self.budget = RetryBudget(ratio=cfg.retry_budget)
-        self.retries = cfg.retries
-        self.connect_timeout = cfg.upstream_connect_timeout or 3600.0
-        self.upstream_timeout = cfg.upstream_timeout or 86400.0
         self.header_timeout = cfg.header_timeout or 86400.0
         self.body_timeout = cfg.client_body_timeout or 86400.0
         self.keepalive = cfg.keepalive
-        self.keepalive_max = cfg.upstream_keepalive
-        self.pipeline = cfg.upstream_pipeline
-        self.pass_end: list[ClientConn | Upstream] = []  # connections with writes for the end of this pass
         self.max_connections = cfg.max_connections
         self.queue_timeout = cfg.queue_timeout
         self.admin_public = cfg.stats_bind == "public"
@@ -414,15 +453,11 @@ class Proxy:
         self.waiting: deque[ClientConn] = deque()
         self.active = 0
         self.connections = 0  # accepted, in total
-        self.requests = 0
-        self.websockets = 0
-        self.stopping = False
         self.admin_response: Any = None  # set by the process: (Request) -> bytes
         self.request_memo = RequestMemo()
         self.access: AccessLog | None = None
         if cfg.access_logfile:
             self.access = AccessLog(cfg.access_log_format, cfg.access_logfile)
-        self.response_memo: dict[bytes, ResponseMemo | None] = {}  # None: seen once
 
     def log_access(self, client: ClientConn, ex: Exchange) -> None:
         """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``
@@ -445,130 +480,6 @@ class Proxy:
             status=str(ex.status or "-"), bytes_sent=0, out_headers=[("X-Backend-Server", backend)]
         )
         self.access.log(env, line, _now() - ex.started)
-
-    # -- writing ------------------------------------------------------------------------------------
-
-    def at_end_of_pass(self, conn: ClientConn | Upstream) -> None:
-        """Flush ``conn`` once this pass of the event loop has handled all its ready sockets.
-        Writes to backends then go out together (a worker wakes once for all of them, and the
-        pipelined GETs for one connection take one write), and so do responses to clients."""
-        pending = self.pass_end
-        if not pending:
-            self.loop.call_soon(self.end_of_pass)
-        pending.append(conn)
-
-    def end_of_pass(self) -> None:
-        pending, self.pass_end = self.pass_end, []
-        for conn in pending:
-            conn.flush()
-
-    # -- membership ---------------------------------------------------------------------------------
-
-    def add_backend(self, backend: Backend) -> None:
-        self.backends[backend.key] = backend
-        self.strategy.add(backend.key, backend.weight)
-
-    def remove_backend(self, key: str) -> None:
-        backend = self.backends.pop(key, None)
-        if backend is not None:
-            self.strategy.remove(key)
-            for up in list(backend.idle):
-                up.close()
-
-    def pick(self, hint: Any, tried: list[Backend]) -> Backend | None:
-        strategy = self.strategy
-        backends = self.backends
-        key = strategy.pick(hint)
-        if key is not None and tried and backends[key] in tried:
-            # A retry goes to a backend not tried yet, when one is eligible.
-            members = strategy.members
-            for b in backends.values():
-                if b not in tried and members[b.key].eligible:
-                    key = b.key
-                    break
-        if key is None:
-            # Local worker slots hold their port in the master: a slot whose worker is being
-            # replaced still queues the connection, so use it rather than answer 503.
-            for b in backends.values():
-                if b.slot is not None and b not in tried and not b.ejected_until:
-                    return b
-            return None
-        return backends[key]
-
-    def cookie_header(self, key: str) -> bytes:
-        return f"{self.cookie_name}={self.strategy.cookie_for(key)}; Path=/; HttpOnly".encode("latin-1")
-
-    # -- connecting -------------------------------------------------------------------------------
-
-    def connect(self, backend: Backend, ex: Exchange) -> None:
-        backend.connecting += 1
-        task = self.loop.create_task(self._connect(backend, ex))
-        del task
-
-    async def _connect(self, backend: Backend, ex: Exchange) -> None:
-        try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, up = await self.loop.create_connection(
-                    lambda: Upstream(self, backend), backend.host, backend.port
-                )
-        except (OSError, TimeoutError) as exc:
-            backend.connecting -= 1
-            if ex.backend is backend and not ex.done and ex.up is None:
-                ex.connect_failed(backend, exc, timed_out=isinstance(exc, TimeoutError))
-                ex.client.flush()
-            return
-        backend.connecting -= 1
-        client = ex.client
-        if ex.done or ex.backend is not backend or client.closed or ex.up is not None:
-            # The exchange went on without it (timed out, client gone): keep it for later.
-            up.last_used = _now()
-            if len(backend.idle) < self.keepalive_max and not ex.websocket:
-                backend.idle.append(up)
-            else:
-                up.close()
-            return
-        ex.attach(up)
-        client.flush()
-
-    # -- health -----------------------------------------------------------------------------------
-
-    def connect_failure(self, backend: Backend, why: str) -> None:
-        """A refused or timed-out connect: take the backend out at once."""
-        self.eject(backend, why, _now() + backend.ejector.eject())
-
-    def passive_failure(self, backend: Backend, why: str) -> None:
-        if backend.ejector.failure():
-            self.eject(backend, why, _now() + backend.ejector.eject_for)
-
-    def eject(self, backend: Backend, why: str, until: float) -> None:
-        if backend.key not in self.backends:
-            return
-        if not backend.ejected_until:
-            log.warning("proxy: backend %s is down (%s)", backend.key, why)
-        backend.ejected_until = until
-        backend.down_reason = why
-        self.strategy.mark_down(backend.key)
-        for up in list(backend.idle):
-            up.close()
-
-    def check_ejections(self, now: float) -> None:
-        for backend in self.backends.values():
-            if backend.ejected_until and now >= backend.ejected_until:
-                backend.ejected_until = 0.0
-                if backend.health is None or backend.health.healthy:
-                    # Without an active check, come back on trial: the next failure ejects again.
-                    self.set_up(backend)
-
-    def set_up(self, backend: Backend) -> None:
-        if backend.ejected_until:
-            return
-        if backend.health is not None and not backend.health.healthy:
-            return
-        m = self.strategy.members.get(backend.key)
-        if m is not None and not m.up:
-            log.info("proxy: backend %s is up", backend.key)
-            backend.down_reason = ""
-            self.strategy.mark_up(backend.key)
 
     # -- the sweep ----------------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""The upstream side of the proxy: a backend (address, pool, health, stats) and the protocol of
-one connection to it, which parses responses with httptools and hands them to its exchange.
+"""The upstream side of the proxy: the protocol of one connection to a backend, which parses
+responses with httptools and hands them to the exchange it is answering.
 
 Invariants: an :class:`Upstream` answers one exchange at a time (``ex``); others may wait
 behind it in ``queue``, already sent (pipelined GETs, see Exchange.route), and get the responses
@@ -7,8 +7,12 @@ that follow in order. It sits in its backend's ``idle`` pool only when both are 
 connection that misbehaves (bytes while idle, a parse error) is closed, never reused, and the
 exchanges queued on it are retried elsewhere. Requests for it in one pass of the event loop
 collect in ``out`` and go in one write at the end of the pass. Responses whose raw head was seen
-before are relayed from a :class:`ResponseMemo` without parsing, several per read if they came
-together (see prefork_lb.proxy.server for the whole picture).
+before are relayed from the proxy's response memo without parsing, several per read if they
+came together (see prefork_lb.proxy.server for the whole picture).
+
+What it needs of the others is declared here as protocols, so that this module imports none of
+them: its backend (:class:`Pool`), the exchange it answers (:class:`Responder`) and the client
+connection at the other end (:class:`Peer`); the response memo is handed in.
 """
 
 from __future__ import annotations
@@ -17,84 +21,65 @@ import asyncio
 import logging
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httptools
 
 from prefork_lb.http.parser import MEMO_HEAD_MAX
-from prefork_lb.proxy.health import PassiveEjector
+from prefork_lb.proxy.memo import ResponseMemo, ResponseMemos
 from prefork_lb.proxy.stats import BackendStats
 
-if TYPE_CHECKING:
-    from prefork_lb.proxy.exchange import Exchange
-    from prefork_lb.proxy.server import ClientConn, Proxy
+__all__ = ["HIGH_WATER", "Peer", "Pool", "Responder", "Upstream"]
 
 log = logging.getLogger("prefork_lb.error")
 
 HIGH_WATER = 256 * 1024  # write buffer of a transport before its peer is paused
 
 
-class ResponseMemo:
-    """What a response head seen before turned into: status, length, whether the backend keeps
-    the connection, and the rewritten head per (client version, keep-alive, backend).
+class Pool(Protocol):
+    """What a connection needs of its backend (prefork_lb.proxy.backend.Backend)."""
 
-    Keyed on the raw head bytes, which fully determine the rewrite; the Date header changes
-    once a second, so a backend answering the same way hits the memo for all but one response
-    a second. Only simple responses are remembered: a final status, Content-Length framing."""
-
-    __slots__ = ("status", "length", "upstream_keep", "heads")
-
-    def __init__(self, status: int, length: int, upstream_keep: bool) -> None:
-        self.status = status
-        self.length = length
-        self.upstream_keep = upstream_keep
-        self.heads: dict[tuple[str, bool, bytes], bytes] = {}
+    idle: list[Upstream]  # the keep-alive pool; a closed connection leaves it
+    batch: Upstream | None  # this pass's pipelining connection; cleared by its flush
+    stats: BackendStats
 
 
-class Backend:
-    """One upstream address: its pool of idle connections, health and statistics."""
+class Peer(Protocol):
+    """The client connection an upstream's bytes go to (prefork_lb.proxy.server.ClientConn)."""
 
-    __slots__ = (
-        "key",
-        "host",
-        "port",
-        "name",
-        "weight",
-        "idle",
-        "stats",
-        "health",
-        "ejector",
-        "slot",
-        "ejected_until",
-        "checking",
-        "connecting",
-        "down_reason",
-        "batch",
-    )
+    transport: Any
 
-    def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
-        self.host = host
-        self.port = port
-        self.key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        self.name = self.key.encode("latin-1")
-        self.weight = weight
-        self.idle: list[Upstream] = []
-        self.stats = BackendStats()
-        self.health: Any = None  # HealthState for remote backends with active checks
-        self.ejector = PassiveEjector()
-        self.slot = slot  # a local worker slot, or None for a remote backend
-        self.ejected_until = 0.0
-        self.checking = False
-        self.connecting = 0
-        self.down_reason = ""
-        self.batch: Upstream | None = None  # a connection whose pipelined GETs go out at the end of this pass
+    @property
+    def wbuf(self) -> list[bytes]:
+        """What is gathered for the client's next write."""
+        ...
+
+    def flush(self) -> None: ...
+    def pause(self, why: str) -> None: ...
+    def resume(self, why: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class Responder(Protocol):
+    """The exchange an upstream connection answers (prefork_lb.proxy.exchange.Exchange)."""
+
+    @property
+    def client(self) -> Peer: ...
+
+    def fast_response(self, up: Upstream, memo: ResponseMemo, body: bytes) -> bool: ...
+    def response_head(self, up: Upstream, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def response_body(self, body: bytes) -> None: ...
+    def response_done(self, up: Upstream, reusable: bool) -> None: ...
+    def upgraded(self, rest: bytes) -> None: ...
+    def bad_response(self, why: str) -> None: ...
+    def upstream_lost(self, up: Upstream, exc: Exception | None) -> None: ...
 
 
 class Upstream(asyncio.Protocol):
     """A connection to a backend; parses responses with httptools."""
 
     __slots__ = (
-        "proxy",
+        "memos",
         "backend",
         "transport",
         "parser",
@@ -113,23 +98,23 @@ class Upstream(asyncio.Protocol):
         "out",
     )
 
-    def __init__(self, proxy: Proxy, backend: Backend) -> None:
-        self.proxy = proxy
+    def __init__(self, backend: Pool, memos: ResponseMemos) -> None:
+        self.memos = memos  # the proxy's response memo, shared by all its connections
         self.backend = backend
         self.transport: Any = None
         self.parser = httptools.HttpResponseParser(self)
-        self.ex: Exchange | None = None
+        self.ex: Responder | None = None
         self.headers: list[tuple[bytes, bytes]] = []
         self.last_used = 0.0
         self.closed = False
         self.paused = False
         self.is_head = False
         self.got_bytes = False
-        self.tunnel_to: ClientConn | None = None
+        self.tunnel_to: Peer | None = None
         self.reason = b""
         self.midmsg = False  # a response is partly parsed
         self.raw_head: bytes | None = None  # the head of the response being parsed, when whole
-        self.queue: deque[Exchange] = deque()  # sent after ``ex``, answered after it
+        self.queue: deque[Responder] = deque()  # sent after ``ex``, answered after it
         self.out: list[bytes] = []  # to write at the end of this pass of the loop
 
     # -- asyncio callbacks ------------------------------------------------------------------------
@@ -156,7 +141,7 @@ class Upstream(asyncio.Protocol):
         if not self.midmsg:
             # Whole responses whose head was seen before, one after another (pipelined): relay
             # each without parsing; parse from the first one that is not.
-            memos = self.proxy.response_memo
+            memos = self.memos
             pos = 0
             size = len(data)
             while True:

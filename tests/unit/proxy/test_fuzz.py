@@ -88,7 +88,7 @@ def run_client(
     upstreams: list[tuple[Upstream, FakeTransport]] = []
 
     def connect(b: Backend, ex: Any) -> None:
-        up = Upstream(proxy, b)
+        up = Upstream(b, proxy.response_memo)
         t = FakeTransport()
         up.connection_made(t)
         upstreams.append((up, t))

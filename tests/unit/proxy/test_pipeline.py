@@ -32,7 +32,7 @@ class Rig:
         self.proxy.connect = self._connect  # type: ignore[method-assign]
 
     def _connect(self, b: Backend, ex: Any) -> None:
-        up = Upstream(self.proxy, b)
+        up = Upstream(b, self.proxy.response_memo)
         t = FakeTransport()
         up.connection_made(t)
         self.ups.append((up, t))

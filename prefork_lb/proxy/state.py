@@ -1,0 +1,186 @@
+"""What one proxy process shares between its exchanges and connections: the backends and the
+balancing strategy, the settings of the request path, the retry budget, the response memo,
+the end-of-pass write batch and the counters, with backend membership and health.
+
+:class:`ProxyState` is the part of the proxy that the exchange (prefork_lb.proxy.exchange)
+works with; ``prefork_lb.proxy.server.Proxy`` adds the client side (admission, the deadline
+sweep, access log). This module imports neither: what it calls on an exchange or on a
+connection is the :class:`Connecting` and :class:`Flushable` protocols.
+
+Invariants: ``backends`` and the strategy's members are the same keys (``add_backend`` /
+``remove_backend``); an ejected backend is marked down in the strategy and has no idle
+connection; ``pass_end`` is empty unless a callback to :meth:`ProxyState.end_of_pass` is
+scheduled, and that callback flushes each connection in it once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from time import monotonic as _now
+from typing import Any, Protocol
+
+from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
+from prefork_lb.proxy.health import RetryBudget
+from prefork_lb.proxy.memo import ResponseMemos
+from prefork_lb.proxy.upstream import Upstream
+
+__all__ = ["Connecting", "Flushable", "ProxyState"]
+
+log = logging.getLogger("prefork_lb.error")
+
+
+class Flushable(Protocol):
+    """A connection that gathers its writes (ClientConn, Upstream)."""
+
+    def flush(self) -> None: ...
+
+
+class Connecting(Protocol):
+    """An exchange waiting for a new backend connection (prefork_lb.proxy.exchange.Exchange)."""
+
+    def connected(self, backend: Backend, up: Upstream | None, exc: BaseException | None) -> None:
+        """The connect to ``backend`` ended: ``up``, or ``exc`` when it failed."""
+        ...
+
+
+class ProxyState:
+    """Backends, strategy, request-path settings and counters of one proxy process."""
+
+    def __init__(self, cfg: Any, strategy: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self.cfg = cfg
+        self.loop = loop
+        self.strategy = strategy
+        self.sticky = hasattr(strategy, "cookie_for")
+        self.hashing = getattr(strategy, "name", "") == "hash"
+        self.cookie_name = cfg.sticky_cookie
+        self.backends: dict[str, Backend] = {}
+        self.request_rewriter = RequestRewriter(
+            trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers
+        )
+        self.response_rewriter = ResponseRewriter(lb_headers=cfg.lb_headers)
+        self.budget = RetryBudget(ratio=cfg.retry_budget)
+        self.retries = cfg.retries
+        self.connect_timeout = cfg.upstream_connect_timeout or 3600.0
+        self.upstream_timeout = cfg.upstream_timeout or 86400.0
+        self.keepalive_max = cfg.upstream_keepalive
+        self.pipeline = cfg.upstream_pipeline
+        self.pass_end: list[Flushable] = []  # connections with writes for the end of this pass
+        self.requests = 0
+        self.websockets = 0
+        self.stopping = False
+        self.response_memo: ResponseMemos = {}  # None: seen once
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def at_end_of_pass(self, conn: Flushable) -> None:
+        """Flush ``conn`` once this pass of the event loop has handled all its ready sockets.
+        Writes to backends then go out together (a worker wakes once for all of them, and the
+        pipelined GETs for one connection take one write), and so do responses to clients."""
+        pending = self.pass_end
+        if not pending:
+            self.loop.call_soon(self.end_of_pass)
+        pending.append(conn)
+
+    def end_of_pass(self) -> None:
+        pending, self.pass_end = self.pass_end, []
+        for conn in pending:
+            conn.flush()
+
+    # -- membership ---------------------------------------------------------------------------------
+
+    def add_backend(self, backend: Backend) -> None:
+        self.backends[backend.key] = backend
+        self.strategy.add(backend.key, backend.weight)
+
+    def remove_backend(self, key: str) -> None:
+        backend = self.backends.pop(key, None)
+        if backend is not None:
+            self.strategy.remove(key)
+            for up in list(backend.idle):
+                up.close()
+
+    def pick(self, hint: Any, tried: list[Backend]) -> Backend | None:
+        strategy = self.strategy
+        backends = self.backends
+        key = strategy.pick(hint)
+        if key is not None and tried and backends[key] in tried:
+            # A retry goes to a backend not tried yet, when one is eligible.
+            members = strategy.members
+            for b in backends.values():
+                if b not in tried and members[b.key].eligible:
+                    key = b.key
+                    break
+        if key is None:
+            # Local worker slots hold their port in the master: a slot whose worker is being
+            # replaced still queues the connection, so use it rather than answer 503.
+            for b in backends.values():
+                if b.slot is not None and b not in tried and not b.ejected_until:
+                    return b
+            return None
+        return backends[key]
+
+    def cookie_header(self, key: str) -> bytes:
+        return f"{self.cookie_name}={self.strategy.cookie_for(key)}; Path=/; HttpOnly".encode("latin-1")
+
+    # -- connecting -------------------------------------------------------------------------------
+
+    def connect(self, backend: Backend, ex: Connecting) -> None:
+        backend.connecting += 1
+        task = self.loop.create_task(self._connect(backend, ex))
+        del task
+
+    async def _connect(self, backend: Backend, ex: Connecting) -> None:
+        memos = self.response_memo
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, up = await self.loop.create_connection(
+                    lambda: Upstream(backend, memos), backend.host, backend.port
+                )
+        except (OSError, TimeoutError) as exc:
+            backend.connecting -= 1
+            ex.connected(backend, None, exc)
+            return
+        backend.connecting -= 1
+        ex.connected(backend, up, None)
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def connect_failure(self, backend: Backend, why: str) -> None:
+        """A refused or timed-out connect: take the backend out at once."""
+        self.eject(backend, why, _now() + backend.ejector.eject())
+
+    def passive_failure(self, backend: Backend, why: str) -> None:
+        if backend.ejector.failure():
+            self.eject(backend, why, _now() + backend.ejector.eject_for)
+
+    def eject(self, backend: Backend, why: str, until: float) -> None:
+        if backend.key not in self.backends:
+            return
+        if not backend.ejected_until:
+            log.warning("proxy: backend %s is down (%s)", backend.key, why)
+        backend.ejected_until = until
+        backend.down_reason = why
+        self.strategy.mark_down(backend.key)
+        for up in list(backend.idle):
+            up.close()
+
+    def check_ejections(self, now: float) -> None:
+        for backend in self.backends.values():
+            if backend.ejected_until and now >= backend.ejected_until:
+                backend.ejected_until = 0.0
+                if backend.health is None or backend.health.healthy:
+                    # Without an active check, come back on trial: the next failure ejects again.
+                    self.set_up(backend)
+
+    def set_up(self, backend: Backend) -> None:
+        if backend.ejected_until:
+            return
+        if backend.health is not None and not backend.health.healthy:
+            return
+        m = self.strategy.members.get(backend.key)
+        if m is not None and not m.up:
+            log.info("proxy: backend %s is up", backend.key)
+            backend.down_reason = ""
+            self.strategy.mark_up(backend.key)
