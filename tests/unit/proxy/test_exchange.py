@@ -17,7 +17,7 @@ from prefork_lb.proxy.exchange import Exchange
 from prefork_lb.proxy.health import RetryBudget
 from prefork_lb.proxy.server import ClientConn, Proxy
 from prefork_lb.proxy.upstream import Upstream
-from tests.unit.test_proxy_fuzz import FakeTransport
+from tests.unit.proxy.test_fuzz import FakeTransport
 
 GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
 POST = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"

@@ -12,7 +12,7 @@ import pytest
 from prefork_lb.proxy.memo import ResponseMemo
 from prefork_lb.proxy.upstream import Upstream
 from tests.unit.proxy.test_exchange import GET, OK, Rig, got
-from tests.unit.test_proxy_fuzz import FakeTransport
+from tests.unit.proxy.test_fuzz import FakeTransport
 
 
 @pytest.fixture
