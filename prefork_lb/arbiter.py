@@ -334,7 +334,7 @@ class Arbiter:
             mine = self.shared_sockets + [send for send, _ in self.channels.values()]
         elif proxy:
             mine = self.slot_listeners(slot)
-            self.board.q[entry * sb._WORDS + sb.PORT] = mine[0].getsockname()[1]
+            self.board.set_port(entry, mine[0].getsockname()[1])
         elif handoff:
             mine = [self.channels[slot][1]]
         else:
@@ -381,7 +381,7 @@ class Arbiter:
                     os._exit(code)
             self.hook("post_fork", self, w)
             child.run(w, self, mine)
-        self.board.q[entry * sb._WORDS + sb.PID] = pid
+        self.board.set_pid(entry, pid)
         w.pid = pid
         self.workers[pid] = w
         log.debug("Booting %s (pid %d)", self.slot_name(slot), pid)

@@ -93,15 +93,12 @@ class ProxyProcess:
         board = self.board
         if board is None:
             return
-        q = board.q
-        words = sb.ENTRY_SIZE // 8
         ports: dict[int, tuple[int, bool]] = {}
-        for i in range(board.entries):
-            base = i * words
-            slot, port = q[base + sb.SLOT], q[base + sb.PORT]
-            if slot < 0 or port <= 0 or q[base + sb.PID] <= 0:
+        for e in board.entries_in_use():
+            slot, port = e.slot, e.port
+            if slot < 0 or port <= 0:
                 continue
-            ready = q[base + sb.STATE] in (sb.READY, sb.RETIRING)
+            ready = e.state in (sb.READY, sb.RETIRING)
             prev = ports.get(slot)
             ports[slot] = (port, ready or (prev is not None and prev[1]))
         proxy = self.proxy
