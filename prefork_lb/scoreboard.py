@@ -54,7 +54,7 @@ STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", READY: "ready", RETIRING: "re
 class EntryState(NamedTuple):
     """One entry as a reader sees it (the dispatcher and the proxy read these every sync)."""
 
-    index: int
+    entry: int
     pid: int
     state: int
     slot: int

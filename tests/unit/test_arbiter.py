@@ -235,9 +235,9 @@ def test_reuseport_gives_each_slot_its_own_listener() -> None:
     arb = Arbiter(cfg)
     try:
         arb.bind()
-        assert set(arb.slot_sockets) == {0, 1}
-        assert not arb.shared_sockets
-        s0, s1 = arb.slot_sockets[0][0], arb.slot_sockets[1][0]
+        assert set(arb.mode.sockets.slots) == {0, 1}
+        assert not arb.mode.sockets.shared
+        s0, s1 = arb.mode.sockets.slots[0][0], arb.mode.sockets.slots[1][0]
         assert s0.fileno() != s1.fileno()
         # Port 0: both slots are in one SO_REUSEPORT group on the port the first one got.
         assert s0.getsockname() == s1.getsockname()

@@ -16,7 +16,7 @@ def test_allocate_reserves_an_entry_for_the_slot() -> None:
     board.set_pid(i, 4242)
     board.set_port(i, 9001)
     (e,) = board.entries_in_use()
-    assert (e.index, e.pid, e.slot, e.port, e.state) == (i, 4242, 2, 9001, sb.BOOTING)
+    assert (e.entry, e.pid, e.slot, e.port, e.state) == (i, 4242, 2, 9001, sb.BOOTING)
     assert board.allocate(0, slot=0) != i
 
 
@@ -58,7 +58,7 @@ def test_entries_in_use_skips_free_and_reserved_entries() -> None:
     board.allocate(0, slot=0)  # reserved (pid -1): not a process yet
     j = board.allocate(0, slot=1)
     board.set_pid(j, 11)
-    assert [e.index for e in board.entries_in_use()] == [j]
+    assert [e.entry for e in board.entries_in_use()] == [j]
 
 
 def test_snapshot_names_the_state() -> None:
