@@ -26,12 +26,13 @@ import psutil
 import pytest
 
 from bench import harness
+from prefork_lb import dispatch
 from tests.server import stop_process
 from tests.server import wait_for as server_wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests.chaos.apps:app"
-DISPATCH_MODES = ["reuseport", "shared", "handoff", "proxy"]
+DISPATCH_MODES = list(dispatch.DISPATCH_MODES)
 # CHAOS_MODES=a,b runs those modes instead (a subset, or one not in the list yet).
 MODES = [m for m in os.environ.get("CHAOS_MODES", "").split(",") if m] or DISPATCH_MODES
 DURATION = float(os.environ.get("CHAOS_DURATION", "20"))

@@ -18,10 +18,11 @@ from pathlib import Path
 import psutil
 import pytest
 
+from prefork_lb.dispatch import DISPATCH_MODES
 from tests.server import stop_process
 
 ROOT = Path(__file__).resolve().parents[2]
-MODES = ["reuseport", "shared", "handoff", "proxy"]
+MODES = list(DISPATCH_MODES)
 HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")  # children that are not workers
 
 
