@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mmap
 import time
+from collections.abc import Container
 from typing import NamedTuple
 
 ENTRY_SIZE = 256
@@ -136,6 +137,36 @@ class Scoreboard:
         """Serving a request, or holding a connection whose first request is on its way."""
         base = i * _WORDS
         return self.q[base + IN_FLIGHT] + self.q[base + FRESH] > 0
+
+    def ready_load(self, slots: Container[int], now: float) -> dict[int, tuple[int, int, int, int]]:
+        """The handoff dispatcher's read, per slot in ``slots`` with a READY worker: (load,
+        connections received from its channel, latency in µs, open connections). Load is the
+        requests in flight plus the connections whose first request has not arrived yet (right
+        after a handoff the worker looks idle, but a request is on its way); a worker deep in a
+        long request is at least that slow right now. Two ready workers in one slot (a reload)
+        read the same channel: their numbers add up (latency: the larger). One pass, no objects:
+        the dispatcher calls this at every wake-up."""
+        q, d = self.q, self.d
+        ready: dict[int, tuple[int, int, int, int]] = {}
+        for i in range(self.entries):
+            base = i * _WORDS
+            if q[base + STATE] != READY or q[base + PID] <= 0:
+                continue
+            slot = q[base + SLOT]
+            if slot < 0 or slot not in slots:
+                continue
+            in_flight = q[base + IN_FLIGHT] + max(0, q[base + FRESH])
+            latency = q[base + LATENCY]
+            if q[base + IN_FLIGHT]:
+                latency = max(latency, int((now - d[base + REQ_START]) * 1e6))
+            prev = ready.get(slot, (0, 0, 0, 0))
+            ready[slot] = (
+                prev[0] + in_flight,
+                prev[1] + q[base + RECEIVED],
+                max(prev[2], latency),
+                prev[3] + q[base + CONNS],
+            )
+        return ready
 
     def entries_in_use(self) -> list[EntryState]:
         """Every entry with a process (pid > 0), decoded in one pass."""

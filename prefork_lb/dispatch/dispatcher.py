@@ -54,30 +54,7 @@ class Dispatcher:
 
     def sync(self) -> None:
         """Read every worker's state and load from the scoreboard into the strategy."""
-        ready: dict[int, tuple[int, int, int, int]] = {}
-        now = time.monotonic()
-        channels = self.channels
-        for e in self.board.entries_in_use():
-            if e.state != sb.READY:
-                continue
-            slot = e.slot
-            if slot < 0 or slot not in channels:
-                continue
-            # Requests in flight, plus connections whose first request has not arrived yet
-            # (right after a handoff the worker looks idle, but a request is on its way).
-            in_flight = e.in_flight + max(0, e.fresh)
-            latency = e.latency
-            if e.in_flight:
-                # A worker deep in a long request is at least that slow right now.
-                latency = max(latency, int((now - e.req_start) * 1e6))
-            # Two ready workers in one slot (a reload): both read the same channel; add up.
-            prev = ready.get(slot, (0, 0, 0, 0))
-            ready[slot] = (
-                prev[0] + in_flight,
-                prev[1] + e.received,
-                max(prev[2], latency),
-                prev[3] + e.conns,
-            )
+        ready = self.board.ready_load(self.channels, time.monotonic())
         strategy = self.strategy
         limit = self.cfg.worker_connections
         known = set(strategy.keys())

@@ -66,3 +66,19 @@ def test_snapshot_names_the_state() -> None:
     i = board.allocate(5, slot=0)
     board.put(i, sb.STATE, sb.DRAINING)
     assert board.snapshot(i)["state"] == "draining"
+
+
+def test_ready_load_adds_up_a_slots_ready_workers() -> None:
+    board = sb.Scoreboard(4)
+    for pid in (11, 12):  # a reload: two ready workers in slot 0
+        i = board.allocate(pid, slot=0)
+        board.set_pid(i, pid)
+        e = board.handle(i)
+        e.set_state(sb.READY)
+        e.connection_opened()
+        e.received(2)
+    booting = board.allocate(13, slot=1)
+    board.set_pid(booting, 13)
+    load = board.ready_load({0, 1}, time.monotonic())
+    assert load == {0: (2, 4, 0, 2)}, "fresh connections count as load; a booting worker is not there"
+    assert board.ready_load({1}, time.monotonic()) == {}
