@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from prefork_lb.child import describe_exit
+from prefork_lb.child import describe_exit, set_title
 from prefork_lb.sockets import parse_address, sd_notify, systemd_listen_fds
 from prefork_lb.supervisor import (
     ABORT_GRACE,
@@ -117,12 +117,7 @@ class Arbiter(Supervisor):
         if self.cfg.pidfile:
             with open(self.cfg.pidfile, "w") as f:
                 f.write(f"{self.pid}\n")
-        try:
-            from setproctitle import setproctitle
-
-            setproctitle(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri or 'proxy'}]")
-        except ImportError:
-            pass
+        set_title(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri or 'proxy'}]")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only record it: the loop does the work (the wakeup fd has already woken it).

@@ -43,6 +43,8 @@ _HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
 
 @dataclass
 class WorkerProc:
+    """The master's record of one child (worker or helper); config hooks receive it as ``worker``."""
+
     pid: int
     slot: int
     entry: int
@@ -56,12 +58,16 @@ class WorkerProc:
 
 
 class BootError(Exception):
+    """A worker could not load the app: the master stops with ``code`` (2 or 3) and one line."""
+
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
 
 
 class Supervisor:
+    """The master's children; the Arbiter adds the listeners' binding, signals and the loop."""
+
     def __init__(
         self,
         cfg: Any,
