@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(REPO))
 
 from bench import harness  # noqa: E402
+from prefork_lb.dispatch import DISPATCH_MODES  # noqa: E402
 
 APP = "bench.apps:hello"
 PY = sys.executable
@@ -44,7 +45,7 @@ def _prefork_lb(dispatch: str) -> Callable[[int, int], list[str]]:
 
 SERVERS: dict[str, Callable[[int, int], list[str]]] = {
     "prefork_lb": lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w)],
-    **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in ("reuseport", "shared", "handoff")},
+    **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in DISPATCH_MODES if mode != "proxy"},
     "gunicorn-gevent": lambda port, w: [
         PY,
         "-m",

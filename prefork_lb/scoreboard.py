@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import mmap
 import time
+from collections.abc import Container
+from typing import NamedTuple
 
 ENTRY_SIZE = 256
 _WORDS = ENTRY_SIZE // 8
@@ -50,7 +52,25 @@ EMPTY, BOOTING, READY, RETIRING, DRAINING = 0, 1, 2, 3, 4
 STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", READY: "ready", RETIRING: "retiring", DRAINING: "draining"}
 
 
+class EntryState(NamedTuple):
+    """One entry as a reader sees it (the dispatcher and the proxy read these every sync)."""
+
+    entry: int
+    pid: int
+    state: int
+    slot: int
+    in_flight: int
+    fresh: int  # connections with no request yet
+    latency: int  # EWMA in microseconds
+    req_start: float  # CLOCK_MONOTONIC start of the current request
+    received: int  # connections taken from the handoff channel
+    conns: int
+    port: int  # --dispatch proxy: the slot's loopback port
+
+
 class Scoreboard:
+    """The master's view (and writer of pid, slot, port); readers never do word arithmetic."""
+
     def __init__(self, entries: int) -> None:
         self.entries = entries
         self._map = mmap.mmap(-1, entries * ENTRY_SIZE, flags=mmap.MAP_SHARED)
@@ -79,10 +99,100 @@ class Scoreboard:
         self._mv[start : start + ENTRY_SIZE] = bytes(ENTRY_SIZE)
 
     def get(self, i: int, field: int) -> int:
+        """An integer field (PID, STATE, IN_FLIGHT, ...) of entry ``i``."""
         return self.q[i * _WORDS + field]
 
     def getf(self, i: int, field: int) -> float:
+        """A float field (HEARTBEAT, REQ_START) of entry ``i``."""
         return self.d[i * _WORDS + field]
+
+    def put(self, i: int, field: int, value: int) -> None:
+        """Write an integer field: the master (pid, port) and tests (a worker's state)."""
+        self.q[i * _WORDS + field] = value
+
+    def putf(self, i: int, field: int, value: float) -> None:
+        self.d[i * _WORDS + field] = value
+
+    def set_pid(self, i: int, pid: int) -> None:
+        self.q[i * _WORDS + PID] = pid
+
+    def set_port(self, i: int, port: int) -> None:
+        """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""
+        self.q[i * _WORDS + PORT] = port
+
+    def state(self, i: int) -> int:
+        return self.q[i * _WORDS + STATE]
+
+    def heartbeat(self, i: int) -> float:
+        """CLOCK_MONOTONIC time of the worker's last beat."""
+        return self.d[i * _WORDS + HEARTBEAT]
+
+    def in_flight(self, i: int) -> int:
+        return self.q[i * _WORDS + IN_FLIGHT]
+
+    def request_start(self, i: int) -> float:
+        return self.d[i * _WORDS + REQ_START]
+
+    def busy(self, i: int) -> bool:
+        """Serving a request, or holding a connection whose first request is on its way."""
+        base = i * _WORDS
+        return self.q[base + IN_FLIGHT] + self.q[base + FRESH] > 0
+
+    def ready_load(self, slots: Container[int], now: float) -> dict[int, tuple[int, int, int, int]]:
+        """The handoff dispatcher's read, per slot in ``slots`` with a READY worker: (load,
+        connections received from its channel, latency in µs, open connections). Load is the
+        requests in flight plus the connections whose first request has not arrived yet (right
+        after a handoff the worker looks idle, but a request is on its way); a worker deep in a
+        long request is at least that slow right now. Two ready workers in one slot (a reload)
+        read the same channel: their numbers add up (latency: the larger). One pass, no objects:
+        the dispatcher calls this at every wake-up."""
+        q, d = self.q, self.d
+        ready: dict[int, tuple[int, int, int, int]] = {}
+        for i in range(self.entries):
+            base = i * _WORDS
+            if q[base + STATE] != READY or q[base + PID] <= 0:
+                continue
+            slot = q[base + SLOT]
+            if slot < 0 or slot not in slots:
+                continue
+            in_flight = q[base + IN_FLIGHT] + max(0, q[base + FRESH])
+            latency = q[base + LATENCY]
+            if q[base + IN_FLIGHT]:
+                latency = max(latency, int((now - d[base + REQ_START]) * 1e6))
+            prev = ready.get(slot, (0, 0, 0, 0))
+            ready[slot] = (
+                prev[0] + in_flight,
+                prev[1] + q[base + RECEIVED],
+                max(prev[2], latency),
+                prev[3] + q[base + CONNS],
+            )
+        return ready
+
+    def entries_in_use(self) -> list[EntryState]:
+        """Every entry with a process (pid > 0), decoded in one pass."""
+        q, d = self.q, self.d
+        out = []
+        for i in range(self.entries):
+            base = i * _WORDS
+            pid = q[base + PID]
+            if pid <= 0:
+                continue
+            out.append(
+                EntryState(
+                    i,
+                    pid,
+                    q[base + STATE],
+                    q[base + SLOT],
+                    q[base + IN_FLIGHT],
+                    q[base + FRESH],
+                    q[base + LATENCY],
+                    d[base + REQ_START],
+                    q[base + RECEIVED],
+                    q[base + CONNS],
+                    q[base + PORT],
+                )
+            )
+        return out
 
     def current_request(self, i: int) -> str:
         start = i * ENTRY_SIZE + _TEXT_OFFSET

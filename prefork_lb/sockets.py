@@ -1,4 +1,5 @@
-"""Listening sockets: TCP over IPv4/IPv6, unix sockets and inherited file descriptors.
+"""Listening sockets: TCP over IPv4/IPv6, unix sockets, inherited file descriptors, and systemd
+(socket activation with LISTEN_FDS, readiness with NOTIFY_SOCKET).
 
 Address forms: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``.
 """
@@ -6,10 +7,13 @@ Address forms: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 import stat
 from dataclasses import dataclass
+
+log = logging.getLogger("prefork_lb.error")
 
 
 class BindError(Exception):
@@ -164,3 +168,33 @@ def steer_reuseport(sock: socket.socket, active: int) -> bool:
     except OSError:
         return False
     return True
+
+
+# -- systemd ------------------------------------------------------------------------------------
+
+
+def systemd_listen_fds() -> list[int] | None:
+    """The sockets systemd passed us (socket activation), once: the variables are removed so
+    that no child takes them for its own. None when there are none for this process."""
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or not os.environ.get("LISTEN_FDS"):
+        return None
+    n = int(os.environ["LISTEN_FDS"])
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(var, None)
+    return list(range(3, 3 + n))
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state, when it asked through NOTIFY_SOCKET."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(message.encode())
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            log.warning("sd_notify failed: %s", exc)

@@ -1,38 +1,24 @@
-"""Handoff dispatch: a dispatcher process accepts and passes each connection to a worker.
+"""``--dispatch handoff``: a dispatcher process accepts and passes each connection to a worker.
 
-Why a process of its own and not the master: the master stays a supervisor that does no I/O
-on requests, so a bug or a stall here cannot stop supervision; a crashed dispatcher is
-replaced like a worker while the listeners (owned by the master) keep queueing connections.
+The mode (this module) is what the master holds: the shared listeners, and one SOCK_SEQPACKET
+socketpair per worker slot (a *channel*). The dispatcher (prefork_lb.dispatch.dispatcher) writes
+to the sending ends (SCM_RIGHTS, up to 64 descriptors a message); a slot's worker reads from the
+receiving end. Because the master keeps both ends open, descriptors sent to a worker that dies
+before reading them stay in the channel and are served by the worker that replaces it.
 
-Channels: one SOCK_SEQPACKET socketpair per worker slot, created and held by the master. The
-dispatcher writes to the sending end (SCM_RIGHTS, up to 64 descriptors a message); the slot's
-worker reads from the receiving end. Because the master keeps both ends open, descriptors sent
-to a worker that dies before reading them stay in the channel and are served by the worker
-that replaces it in that slot.
-
-Load: the dispatcher reads the scoreboard. A slot is eligible when its worker is ready and
-has fewer than --worker-connections connections; its load is its requests in flight plus the
-connections sent to it that it has not taken from the channel yet (sent - received), and
-least_latency also sees the worker's latency EWMA.
+Channels are per master (USR2 does not hand them on) and never closed while it runs; a slot
+added by TTIN gets a new channel, and the running dispatcher, which has no end of it, is replaced.
 """
 
 from __future__ import annotations
 
-import array
-import logging
-import os
-import select
-import signal
 import socket
-import time
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from prefork_lb import scoreboard as sb
+from prefork_lb.dispatch.base import DispatchMode
 
-log = logging.getLogger("prefork_lb.error")
-
-BATCH = 64  # connections accepted per listener per wake-up, and fds per message
-SYNC_INTERVAL = 0.02  # seconds between scoreboard reads when idle
+if TYPE_CHECKING:
+    from prefork_lb.child import ChildContext, ChildProcess
 
 
 def open_channel() -> tuple[socket.socket, socket.socket]:
@@ -42,203 +28,32 @@ def open_channel() -> tuple[socket.socket, socket.socket]:
     return send, recv
 
 
-class Dispatcher:
-    def __init__(
-        self,
-        cfg: Any,
-        board: sb.Scoreboard,
-        entry: Any,
-        listeners: list[socket.socket],
-        channels: dict[int, socket.socket],
-        master_pid: int,
-    ) -> None:
-        self.cfg = cfg
-        self.board = board
-        self.entry = entry
-        self.listeners = {s.fileno(): s for s in listeners}
-        self.channels = channels
-        self.master_pid = master_pid
-        self.strategy = _make_strategy(cfg.strategy)
-        self.sent: dict[int, int] = {}
-        self.entries: dict[int, int] = {}  # slot -> scoreboard entry of its newest ready worker
-        self.pending: list[tuple[socket.socket, Any]] = []  # (connection, client address)
-        self.stopping = False
-        self.last_sync = 0.0
+class HandoffMode(DispatchMode):
+    name: ClassVar[str] = "handoff"
+    helper_role: ClassVar[str | None] = "dispatcher"
 
-    def sync(self) -> None:
-        """Read every worker's state and load from the scoreboard into the strategy."""
-        board = self.board
-        q = board.q
-        words = sb.ENTRY_SIZE // 8
-        ready: dict[int, tuple[int, int, int, int]] = {}
-        now = time.monotonic()
-        d = board.d
-        for i in range(board.entries):
-            base = i * words
-            if q[base + sb.STATE] != sb.READY or q[base + sb.PID] <= 0:
-                continue
-            slot = q[base + sb.SLOT]
-            if slot < 0 or slot not in self.channels:
-                continue
-            # Requests in flight, plus connections whose first request has not arrived yet
-            # (right after a handoff the worker looks idle, but a request is on its way).
-            in_flight = q[base + sb.IN_FLIGHT] + max(0, q[base + sb.FRESH])
-            latency = q[base + sb.LATENCY]
-            if q[base + sb.IN_FLIGHT]:
-                # A worker deep in a long request is at least that slow right now.
-                latency = max(latency, int((now - d[base + sb.REQ_START]) * 1e6))
-            # Two ready workers in one slot (a reload): both read the same channel; add up.
-            prev = ready.get(slot, (0, 0, 0, 0))
-            ready[slot] = (
-                prev[0] + in_flight,
-                prev[1] + q[base + sb.RECEIVED],
-                max(prev[2], latency),
-                prev[3] + q[base + sb.CONNS],
-            )
-        strategy = self.strategy
-        limit = self.cfg.worker_connections
-        known = set(strategy.keys())
-        # A worker with no latency sample yet (just started) counts as typical: the median of
-        # the others. Otherwise least_latency would never try it and it would never get one.
-        samples = sorted(v[2] for v in ready.values() if v[2])
-        typical = samples[len(samples) // 2] if samples else 0
-        for slot in known - set(ready):
-            strategy.remove(slot)
-        # With admission control, a worker whose places and queue are taken would answer 503:
-        # skip it while another has room.
-        cfg = self.cfg
-        admit = cfg.max_concurrency + cfg.queue_size if cfg.max_concurrency else 0
-        for slot, (in_flight, received, latency, conns) in ready.items():
-            if slot not in known:
-                strategy.add(slot)
-                self.sent.setdefault(slot, received)
-            pending = max(0, self.sent.get(slot, 0) - received)
-            if conns + pending >= limit or (admit and in_flight + pending >= admit):
-                strategy.mark_down(slot)
-                continue
-            strategy.mark_up(slot)
-            latency = latency or typical
-            strategy.set_load(slot, in_flight + pending, latency / 1e6 if latency else None)
-        self.last_sync = time.monotonic()
+    def resize(self, num_workers: int) -> bool:
+        """A channel per slot, created before any process that uses it is forked."""
+        channels = self.sockets.channels
+        opened = False
+        for slot in range(num_workers):
+            if slot not in channels:
+                channels[slot] = open_channel()
+                opened = True
+        return opened
 
-    def dispatch(self) -> None:
-        """Pass every pending connection to a worker; keep those no worker can take yet."""
-        if not self.pending:
-            return
-        by_slot: dict[int, list[tuple[socket.socket, Any]]] = {}
-        left = []
-        strategy = self.strategy
-        for item in self.pending:
-            # The client's address is the hint ``hash`` keys on (the others ignore it).
-            addr = item[1]
-            slot = strategy.pick(addr[0] if isinstance(addr, tuple) else None)
-            if slot is None:
-                left.append(item)
-                continue
-            by_slot.setdefault(slot, []).append(item)
-            strategy.on_start(slot)  # the next pick of this batch sees it
-        for slot, conns in by_slot.items():
-            for i in range(0, len(conns), BATCH):
-                part = conns[i : i + BATCH]
-                if self.send(slot, [c for c, _ in part]):
-                    self.sent[slot] = self.sent.get(slot, 0) + len(part)
-                    for c, _ in part:
-                        c.close()
-                else:
-                    left.extend(part)
-        self.pending = left
+    def worker_sockets(self, slot: int) -> list[socket.socket]:
+        return [self.sockets.channels[slot][1]]
 
-    def send(self, slot: int, conns: list[socket.socket]) -> bool:
-        fds = array.array("i", [c.fileno() for c in conns])
-        try:
-            self.channels[slot].sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
-        except (BlockingIOError, InterruptedError):
-            self.strategy.mark_down(slot)  # its channel is full: the worker is not reading
-            return False
-        except OSError as exc:
-            log.error("handoff to slot %d failed: %s", slot, exc)
-            self.strategy.mark_down(slot)
-            return False
-        return True
+    def helper_sockets(self) -> list[socket.socket]:
+        return self.sockets.shared + [send for send, _ in self.sockets.channels.values()]
 
-    def accept(self, lsock: socket.socket) -> None:
-        is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
-        for _ in range(BATCH):
-            try:
-                conn, addr = lsock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                log.error("accept: %s", exc)
-                return
-            if is_tcp:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pending.append((conn, addr))
+    def helper_process(self, ctx: ChildContext) -> ChildProcess:
+        from prefork_lb.dispatch.dispatcher import DispatcherChild
 
-    def run(self) -> None:
-        ep = select.epoll()
-        for fd, s in self.listeners.items():
-            s.setblocking(False)
-            ep.register(fd, select.EPOLLIN)
-        self.sync()
-        self.entry.set_state(sb.READY)
-        try:
-            while not self.stopping:
-                # Waiting connections that no worker could take: retry soon, without
-                # accepting more (they stay in the kernel's queue meanwhile).
-                timeout = 0.005 if self.pending else 0.25
-                try:
-                    events = ep.poll(timeout) if not self.pending else []
-                    if self.pending:
-                        time.sleep(timeout)
-                except InterruptedError:
-                    events = []
-                self.entry.beat()
-                if os.getppid() != self.master_pid:
-                    break
-                now = time.monotonic()
-                if events or self.pending or now - self.last_sync > SYNC_INTERVAL:
-                    self.sync()
-                for fd, _ in events:
-                    self.accept(self.listeners[fd])
-                self.dispatch()
-        finally:
-            # Hand over what we hold; the kernel queue waits for the next dispatcher.
-            deadline = time.monotonic() + 5
-            while self.pending and time.monotonic() < deadline:
-                self.sync()
-                self.dispatch()
-                if self.pending:
-                    time.sleep(0.01)
-            for conn, _ in self.pending:
-                conn.close()
-            ep.close()
+        channels = {k: send for k, (send, _) in self.sockets.channels.items()}
+        return DispatcherChild(ctx, self.sockets.shared, channels)
 
-
-def _make_strategy(name: str) -> Any:
-    from prefork_lb.balance import make
-
-    return make(name)
-
-
-def run_dispatcher(
-    worker: Any, master: Any, listeners: list[socket.socket], channels: dict[int, socket.socket]
-) -> int:
-    """Body of the dispatcher process (forked by the master); returns the exit code."""
-    from prefork_lb.worker.child import begin_helper
-
-    if not begin_helper(master, "dispatcher"):
-        return 0
-    entry = master.board.handle(worker.entry)
-    entry.beat()
-    d = Dispatcher(master.cfg, master.board, entry, listeners, channels, master.pid)
-
-    def stop(signum: int, frame: Any) -> None:
-        d.stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGQUIT, stop)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork (Arbiter.spawn)
-    d.run()
-    return 0
+    def attach(self, server: Any, socks: list[socket.socket]) -> None:
+        for sock in socks:
+            server.add_handoff_channel(sock)

@@ -61,12 +61,7 @@ class OffloadModule(types.ModuleType):
         """Close the default pool (the next call makes a new one)."""
         close_default_pool()
 
-    # Old private names, kept until their last readers move to the public ones.
-    @property
-    def _default_pool(self) -> OffloadPool | None:
-        """Deprecated: ``default_pool_if_started()``."""
-        return default_pool_if_started()
-
+    # An old private name, kept for pool processes started by code loaded before an upgrade.
     @property
     def _child_main(self) -> Callable[[], None]:
         """A pool process started by code loaded before an in-place upgrade still runs
@@ -75,9 +70,6 @@ class OffloadModule(types.ModuleType):
 
         return main
 
-
-# Declared for type checkers only (the property above serves it): worker/child.py reads it.
-_default_pool: OffloadPool | None
 
 sys.modules[__name__].__class__ = OffloadModule
 offload = cast(OffloadModule, sys.modules[__name__])

@@ -2,7 +2,8 @@
 checks, the admin endpoints, and a graceful stop.
 
 Forked by the master like the handoff dispatcher and supervised the same way (heartbeat on
-the scoreboard; a dead proxy is replaced while the master keeps the listeners). It never
+the scoreboard; a dead proxy is replaced while the master keeps the listeners): :class:`ProxyChild`
+is its side of the child-process contract (prefork_lb.child), :class:`ProxyProcess` the proxy. It never
 imports the user's app: it only knows addresses.
 
 Local workers (--dispatch proxy) are read from the scoreboard every :data:`SYNC` seconds: an
@@ -22,9 +23,11 @@ import signal
 import socket
 import ssl
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 from prefork_lb import scoreboard as sb
+from prefork_lb.child import ChildContext, ChildProcess
 from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.health import HealthState, parse_backends
@@ -62,8 +65,7 @@ class ProxyProcess:
         listeners: list[socket.socket],
         admin: list[socket.socket],
         board: sb.Scoreboard | None,
-        entry: Any,
-        master_pid: int,
+        child: ChildProcess | None,
         secret: bytes | None,
         loop: asyncio.AbstractEventLoop,
     ) -> None:
@@ -72,8 +74,7 @@ class ProxyProcess:
         self.listeners = listeners
         self.admin = admin
         self.board = board
-        self.entry = entry
-        self.master_pid = master_pid
+        self.child = child  # heartbeat and readiness (None: run outside a master, in tests)
         self.proxy = Proxy(cfg, make_strategy(cfg, secret), loop)
         self.proxy.admin_response = self.admin_response
         self.servers: list[Any] = []
@@ -93,15 +94,12 @@ class ProxyProcess:
         board = self.board
         if board is None:
             return
-        q = board.q
-        words = sb.ENTRY_SIZE // 8
         ports: dict[int, tuple[int, bool]] = {}
-        for i in range(board.entries):
-            base = i * words
-            slot, port = q[base + sb.SLOT], q[base + sb.PORT]
-            if slot < 0 or port <= 0 or q[base + sb.PID] <= 0:
+        for e in board.entries_in_use():
+            slot, port = e.slot, e.port
+            if slot < 0 or port <= 0:
                 continue
-            ready = q[base + sb.STATE] in (sb.READY, sb.RETIRING)
+            ready = e.state in (sb.READY, sb.RETIRING)
             prev = ports.get(slot)
             ports[slot] = (port, ready or (prev is not None and prev[1]))
         proxy = self.proxy
@@ -142,9 +140,7 @@ class ProxyProcess:
             now = time.monotonic()
             if now - last_sync >= SYNC:
                 last_sync = now
-                if self.entry is not None:
-                    self.entry.beat()
-                if self.master_pid and os.getppid() != self.master_pid:
+                if self.child is not None and not self.child.beat():
                     self.stop(False)
                     return
                 self.sync()
@@ -271,8 +267,8 @@ class ProxyProcess:
         for b in list(proxy.backends.values()):
             if b.health is not None:
                 self.tasks.append(loop.create_task(self.check_loop(b)))
-        if self.entry is not None:
-            self.entry.set_state(sb.READY)
+        if self.child is not None:
+            self.child.notify_ready()
         await self.stopped.wait()
         # Stop accepting; let exchanges in flight finish (graceful) within the deadline.
         proxy.stopping = True
@@ -335,38 +331,54 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def reopen_logs(proc: ProxyProcess) -> None:
-    from prefork_lb.logs import setup_error_log
+class ProxyChild(ChildProcess):
+    """The proxy as a child of the master: an event loop (uvloop when there is one) running
+    :class:`ProxyProcess`; TERM drains within --graceful-timeout, INT and QUIT stop at once."""
 
-    setup_error_log(proc.cfg.log_level, proc.cfg.error_logfile)
-    if proc.proxy.access is not None:
-        proc.proxy.access.reopen()
+    role: ClassVar[str] = "proxy"
 
+    def __init__(
+        self,
+        ctx: ChildContext,
+        listeners: list[socket.socket],
+        admin: list[socket.socket],
+        secret: bytes | None,
+    ) -> None:
+        super().__init__(ctx)
+        self.listeners = listeners
+        self.admin = admin
+        self.secret = secret
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.proc: ProxyProcess | None = None
 
-def run_proxy(worker: Any, master: Any, listeners: list[socket.socket], admin: list[socket.socket]) -> int:
-    """Body of the proxy process (forked by the master); returns the exit code."""
-    from prefork_lb.worker.child import begin_helper
-
-    if not begin_helper(master, "proxy"):
+    def boot(self) -> int:
+        self.loop = loop = new_loop(self.cfg.proxy_loop)
+        asyncio.set_event_loop(loop)
+        self.proc = ProxyProcess(
+            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop
+        )
         return 0
-    cfg = master.cfg
-    entry = master.board.handle(worker.entry)
-    entry.beat()
-    loop = new_loop(cfg.proxy_loop)
-    asyncio.set_event_loop(loop)
-    proc = ProxyProcess(
-        cfg, listeners, admin, master.board, entry, master.pid, getattr(master, "sticky_secret", None), loop
-    )
-    loop.add_signal_handler(signal.SIGTERM, proc.stop, True)
-    loop.add_signal_handler(signal.SIGINT, proc.stop, False)
-    loop.add_signal_handler(signal.SIGQUIT, proc.stop, False)
-    loop.add_signal_handler(signal.SIGUSR1, reopen_logs, proc)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork (Arbiter.spawn)
-    try:
-        loop.run_until_complete(proc.serve())
-    except Exception:
-        log.exception("proxy: crashed")
-        return 1
-    finally:
-        loop.close()
-    return 0
+
+    def install(self, sig: signal.Signals, handler: Callable[[], None]) -> None:
+        assert self.loop is not None
+        self.loop.add_signal_handler(sig, handler)
+
+    def stop(self, graceful: bool) -> None:
+        assert self.proc is not None
+        self.proc.stop(graceful)
+
+    def reopen_logs(self) -> None:
+        super().reopen_logs()
+        if self.proc is not None and self.proc.proxy.access is not None:
+            self.proc.proxy.access.reopen()
+
+    def run(self) -> int:
+        assert self.loop is not None and self.proc is not None
+        try:
+            self.loop.run_until_complete(self.proc.serve())
+        except Exception:
+            log.exception("proxy: crashed")
+            return 1
+        finally:
+            self.loop.close()
+        return 0

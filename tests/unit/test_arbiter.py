@@ -60,7 +60,7 @@ def make(fake: FakeOS, workers: int = 2, **settings) -> Arbiter:
 
 def mark_ready(arb: Arbiter, pid: int) -> None:
     w = arb.workers[pid]
-    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.READY
+    arb.board.put(w.entry, sb.STATE, sb.READY)
 
 
 def test_manage_fills_every_slot(fake: FakeOS) -> None:
@@ -176,7 +176,7 @@ def test_retiring_worker_is_replaced_then_drained(fake: FakeOS) -> None:
     arb.manage()
     (old,) = list(arb.workers)
     w = arb.workers[old]
-    arb.board.q[w.entry * sb._WORDS + sb.STATE] = sb.RETIRING  # max-requests reached
+    arb.board.put(w.entry, sb.STATE, sb.RETIRING)  # max-requests reached
     arb.manage()
     (new,) = set(arb.workers) - {old}
     assert not fake.signals_to(old)
@@ -191,7 +191,7 @@ def test_missed_heartbeat_aborts_then_kills_and_names_the_request(fake: FakeOS, 
     (pid,) = list(arb.workers)
     entry = arb.board.handle(arb.workers[pid].entry)
     entry.request_started("POST", b"/slow/report")
-    arb.board.d[arb.workers[pid].entry * sb._WORDS + sb.HEARTBEAT] = time.monotonic() - 6
+    arb.board.putf(arb.workers[pid].entry, sb.HEARTBEAT, time.monotonic() - 6)
     with caplog.at_level(logging.CRITICAL, "prefork_lb.error"):
         arb.check_timeouts()
     assert fake.signals_to(pid) == [signal.SIGABRT]
@@ -235,9 +235,9 @@ def test_reuseport_gives_each_slot_its_own_listener() -> None:
     arb = Arbiter(cfg)
     try:
         arb.bind()
-        assert set(arb.slot_sockets) == {0, 1}
-        assert not arb.shared_sockets
-        s0, s1 = arb.slot_sockets[0][0], arb.slot_sockets[1][0]
+        assert set(arb.mode.sockets.slots) == {0, 1}
+        assert not arb.mode.sockets.shared
+        s0, s1 = arb.mode.sockets.slots[0][0], arb.mode.sockets.slots[1][0]
         assert s0.fileno() != s1.fileno()
         # Port 0: both slots are in one SO_REUSEPORT group on the port the first one got.
         assert s0.getsockname() == s1.getsockname()
@@ -286,7 +286,7 @@ def test_scoreboard_shows_offload_pool_use() -> None:
 
 def _set_busy(arb: Arbiter, n_busy: int) -> None:
     for i, w in enumerate(sorted(arb.workers.values(), key=lambda w: w.slot)):
-        arb.board.q[w.entry * sb._WORDS + sb.IN_FLIGHT] = 1 if i < n_busy else 0
+        arb.board.put(w.entry, sb.IN_FLIGHT, 1 if i < n_busy else 0)
 
 
 def _ready_all(arb: Arbiter) -> None:

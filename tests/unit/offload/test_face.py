@@ -57,10 +57,7 @@ def test_timeout_is_a_keyword_of_the_call_not_of_the_function() -> None:
     assert offload(add, 1, timeout=5) == 1
 
 
-def test_old_private_names_still_resolve() -> None:
-    assert offload._default_pool is None
-    offload(add, 1)
-    assert offload._default_pool is default_pool_if_started() is not None
+def test_the_old_child_entry_point_still_resolves() -> None:
     from prefork_lb.offload import _child_main  # type: ignore[attr-defined]
     from prefork_lb.offload.child import main
 

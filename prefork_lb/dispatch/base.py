@@ -1,0 +1,155 @@
+"""What a dispatch mode is: everything that differs between the ways a connection reaches a worker.
+
+The arbiter holds one :class:`DispatchMode` and asks it, never ``cfg.dispatch``:
+
+* binding: :meth:`~DispatchMode.bind` (fresh), :meth:`~DispatchMode.adopt` (listeners handed
+  down by an old master on USR2), :meth:`~DispatchMode.adopt_systemd` (LISTEN_FDS);
+* what a slot's worker gets (:meth:`~DispatchMode.worker_sockets`) and what the helper process
+  gets (:meth:`~DispatchMode.helper_sockets`), and the helper itself (:attr:`helper_role`,
+  :meth:`~DispatchMode.helper_process`: none, the handoff dispatcher, the proxy);
+* resizing (:meth:`~DispatchMode.resize`: slot listeners, SO_REUSEPORT steering, channels);
+* what USR2 hands to the next master (:meth:`~DispatchMode.handover`);
+* inside the worker, how it takes connections (:meth:`~DispatchMode.attach`,
+  :attr:`shared_accept`, :meth:`~DispatchMode.configure_worker`).
+
+Invariants: every socket the mode creates is in :attr:`sockets` (the master closes them all and
+hands them all on USR2); the master keeps them open for its whole life, so connections queued
+on a listener or a channel survive the death of the process that serves it. This module imports
+neither the arbiter nor gevent: the configuration reads the registry (prefork_lb.dispatch).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prefork_lb.sockets import Address, listen
+
+if TYPE_CHECKING:
+    from prefork_lb.child import ChildContext, ChildProcess
+
+HELPER_SLOT = -1  # the handoff dispatcher or the proxy: supervised like a worker in this slot
+
+
+@dataclass
+class SocketSet:
+    """Every socket the master holds for a mode."""
+
+    addresses: list[Address] = field(default_factory=list)
+    shared: list[socket.socket] = field(default_factory=list)  # accepted on by every worker, or the helper
+    slots: dict[int, list[socket.socket]] = field(default_factory=dict)  # a slot's own listeners
+    channels: dict[int, tuple[socket.socket, socket.socket]] = field(default_factory=dict)  # handoff
+    admin: list[socket.socket] = field(default_factory=list)  # proxy: the --stats-bind listener
+
+    def all(self) -> list[socket.socket]:
+        return (
+            self.shared
+            + [s for socks in self.slots.values() for s in socks]
+            + [s for pair in self.channels.values() for s in pair]
+            + self.admin
+        )
+
+
+def adopt_fd(fd: int) -> socket.socket:
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    os.set_inheritable(fd, False)
+    return sock
+
+
+class DispatchMode:
+    """Kernel dispatch on shared listeners: the behaviour every mode starts from."""
+
+    name: ClassVar[str] = ""
+    helper_role: ClassVar[str | None] = None  # the helper process's name, None when there is none
+    shared_accept: ClassVar[bool] = False  # workers take turns accepting (see worker.server.Server)
+
+    def __init__(self, cfg: Any) -> None:
+        self.cfg = cfg
+        self.sockets = SocketSet()
+
+    # -- binding --------------------------------------------------------------------------------
+
+    def bind(self, addresses: list[Address], num_workers: int) -> None:
+        """Listen on every address (BindError for a user mistake)."""
+        self.sockets.addresses = addresses
+        for addr in addresses:
+            if self.shares(addr):
+                self.sockets.shared.append(listen(addr, self.cfg.backlog))
+        self.resize(num_workers)
+
+    def shares(self, addr: Address) -> bool:
+        """Whether an address is one listener shared by all (else one per slot)."""
+        return True
+
+    def adopt(self, spec: dict[str, Any], addresses: list[Address], num_workers: int) -> None:
+        """Take the listeners an old master handed down (see :meth:`handover`)."""
+        s = self.sockets
+        s.addresses = addresses
+        s.shared = [adopt_fd(fd) for fd in spec["shared"]]
+        s.slots = {int(k): [adopt_fd(fd) for fd in v] for k, v in spec["slots"].items()}
+        s.admin = [adopt_fd(fd) for fd in spec.get("admin", [])]
+        self.resize(num_workers)  # channels are per master: the new one makes its own
+
+    def adopt_systemd(self, fds: list[int], num_workers: int) -> DispatchMode:
+        """systemd socket activation: its sockets replace --bind; every worker shares them.
+        Returns the mode to use from now on."""
+        self.sockets.shared = [adopt_fd(fd) for fd in fds]
+        self.sockets.addresses = [Address("fd", fd=fd) for fd in fds]
+        self.resize(num_workers)
+        return self
+
+    def handover(self) -> dict[str, Any]:
+        """The descriptors USR2 hands to the next master (they are made inheritable first)."""
+        s = self.sockets
+        return {
+            "shared": [x.fileno() for x in s.shared],
+            "slots": {str(k): [x.fileno() for x in v] for k, v in s.slots.items()},
+            "admin": [x.fileno() for x in s.admin],
+        }
+
+    # -- slots ----------------------------------------------------------------------------------
+
+    def resize(self, num_workers: int) -> bool:
+        """The worker count changed (or was set). True when the helper process must be replaced
+        to see the new slots."""
+        return False
+
+    def slot_listeners(self, slot: int) -> list[socket.socket]:
+        return []
+
+    def worker_sockets(self, slot: int) -> list[socket.socket]:
+        return self.sockets.shared + self.slot_listeners(slot)
+
+    def slot_port(self, slot: int) -> int:
+        """The port written on the scoreboard for a slot's worker (0: none)."""
+        return 0
+
+    def close_slot(self, slot: int) -> None:
+        for s in self.sockets.slots.pop(slot, []):
+            s.close()
+
+    # -- the helper process --------------------------------------------------------------------
+
+    def helper_sockets(self) -> list[socket.socket]:
+        return []
+
+    def helper_process(self, ctx: ChildContext) -> ChildProcess:
+        raise NotImplementedError(f"--dispatch {self.name} has no helper process")
+
+    # -- inside the worker ------------------------------------------------------------------------
+
+    def configure_worker(self, options: Any) -> None:
+        """Per-mode worker options (a ServerOptions), set after the configuration's."""
+
+    def attach(self, server: Any, socks: list[socket.socket]) -> None:
+        """Give the worker's server what it serves."""
+        for sock in socks:
+            server.add_listener(sock)
+
+    # -- messages -------------------------------------------------------------------------------
+
+    def ready_message(self, num_workers: int) -> str:
+        return f"Ready: {num_workers} worker{'' if num_workers == 1 else 's'} serving"

@@ -1,0 +1,78 @@
+"""``--dispatch proxy``: the L7 proxy process accepts; each worker slot listens on its own loopback port.
+
+The master binds the public listeners (shared by nobody but the proxy), the --stats-bind admin
+listener, and for each slot a listener on 127.0.0.1 (--worker-base-port + slot, or a port the
+kernel picks). It keeps them all: connections the proxy makes to a worker being replaced wait
+in that slot's backlog. A slot's port goes on the scoreboard, where the proxy process
+(prefork_lb.proxy.process) finds its backends. With no workers (``prefork_lb proxy``) the proxy
+serves --backends only.
+
+Invariant: one sticky-cookie secret per master (from --sticky-secret, else drawn once), so a
+replaced proxy honours the cookies its predecessor set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from prefork_lb.dispatch.base import DispatchMode
+from prefork_lb.sockets import Address, listen, parse_address
+
+if TYPE_CHECKING:
+    from prefork_lb.child import ChildContext, ChildProcess
+
+WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive connections (see Server)
+
+
+class ProxyMode(DispatchMode):
+    name: ClassVar[str] = "proxy"
+    helper_role: ClassVar[str | None] = "proxy"
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__(cfg)
+        secret = getattr(cfg, "sticky_secret", None)
+        self.sticky_secret = secret.encode("utf-8") if secret else os.urandom(32)
+
+    def bind(self, addresses: list[Address], num_workers: int) -> None:
+        super().bind(addresses, num_workers)
+        if self.cfg.stats_bind not in ("off", "public", ""):
+            self.sockets.admin = [listen(parse_address(self.cfg.stats_bind), 64)]
+
+    def resize(self, num_workers: int) -> bool:
+        for slot in range(num_workers):
+            self.slot_listeners(slot)
+        return False
+
+    def slot_listeners(self, slot: int) -> list[socket.socket]:
+        socks = self.sockets.slots.get(slot)
+        if socks is None:
+            base = self.cfg.worker_base_port
+            addr = Address("tcp", host="127.0.0.1", port=base + slot if base else 0)
+            socks = self.sockets.slots[slot] = [listen(addr, self.cfg.backlog)]
+        return socks
+
+    def worker_sockets(self, slot: int) -> list[socket.socket]:
+        return self.slot_listeners(slot)
+
+    def slot_port(self, slot: int) -> int:
+        return int(self.slot_listeners(slot)[0].getsockname()[1])
+
+    def helper_sockets(self) -> list[socket.socket]:
+        return self.sockets.shared + self.sockets.admin
+
+    def helper_process(self, ctx: ChildContext) -> ChildProcess:
+        from prefork_lb.proxy.process import ProxyChild
+
+        return ProxyChild(ctx, self.sockets.shared, self.sockets.admin, self.sticky_secret)
+
+    def configure_worker(self, options: Any) -> None:
+        # Requests keep coming to a draining worker until the proxy reads on the scoreboard
+        # that it drains: it keeps idle connections open this long instead of closing them.
+        options.idle_grace = WORKER_IDLE_GRACE
+
+    def ready_message(self, num_workers: int) -> str:
+        if not num_workers:
+            return "Ready: proxy to " + ", ".join(self.cfg.backends or [])
+        return super().ready_message(num_workers)

@@ -1,0 +1,491 @@
+"""The master's children: forking them, the supervision tick, reaping, the watchdog, stopping.
+
+:class:`Supervisor` is the half of the master (prefork_lb.arbiter.Arbiter) that deals with
+processes and nothing else: no signals of its own, no listeners (the dispatch mode holds
+them), no event loop. Every method is driven by the arbiter's loop, and every system call it
+makes (fork, kill, waitpid, the clock) is injected, so its logic runs in tests without a fork.
+
+Slots: a worker serves a *slot*, a position in the dispatch; the helper process (the handoff
+dispatcher or the proxy) has slot HELPER_SLOT. A slot can briefly have two processes: the old
+one draining and its replacement (rolling reload, max-requests recycling). A replacement
+starts first and its predecessor is asked to drain only once it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from prefork_lb import dispatch
+from prefork_lb import scoreboard as sb
+from prefork_lb.autoscale import Autoscaler
+from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, describe_exit
+from prefork_lb.dispatch.base import HELPER_SLOT
+from prefork_lb.sockets import Address, sd_notify
+
+log = logging.getLogger("prefork_lb.error")
+
+DISPATCHER_SLOT = HELPER_SLOT  # the handoff dispatcher or the proxy: supervised like a worker
+ABORT_GRACE = 2.0  # seconds between SIGABRT and SIGKILL for a stuck worker
+FAST_STOP_GRACE = 3.0  # seconds INT/QUIT gives workers before SIGKILL
+MAX_BACKOFF = 10.0
+# Signals the master handles: blocked across a fork, so a child never runs the master's handlers.
+SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
+_HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
+
+
+@dataclass
+class WorkerProc:
+    """The master's record of one child (worker or helper); config hooks receive it as ``worker``."""
+
+    pid: int
+    slot: int
+    entry: int
+    started: float
+    ready: bool = False
+    term_at: float = 0.0  # when we asked it to stop (0: never)
+    abort_at: float = 0.0  # when we sent SIGABRT for a missed heartbeat
+    replaced_by: int = 0  # pid of the worker taking over its slot
+    replaces: int = 0  # pid of the worker it takes over from
+    reload_gen: int = 0  # the reload generation it was started in
+
+
+class BootError(Exception):
+    """A worker could not load the app: the master stops with ``code`` (2 or 3) and one line."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Supervisor:
+    """The master's children; the Arbiter adds the listeners' binding, signals and the loop."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        clock: Callable[[], float],
+        fork: Callable[[], int],
+        kill: Callable[[int, int], None],
+        waitpid: Callable[[int, int], tuple[int, int]],
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.fork = fork
+        self.kill = kill
+        self.waitpid = waitpid
+        self.pid = os.getpid()
+        self.num_workers = cfg.workers
+        self.min_workers = cfg.workers
+        self.workers: dict[int, WorkerProc] = {}
+        self.board = sb.Scoreboard(max(16, 2 * max(self.num_workers, cfg.max_workers) + 8))
+        self.mode = dispatch.make(cfg)  # everything that differs between --dispatch modes
+        self.stopping: str | None = None  # None | "graceful" | "fast"
+        self.stop_signal = signal.SIGTERM
+        self.stop_deadline = 0.0
+        self.boot_error: BootError | None = None
+        self.generation = 0  # HUP: processes of an older generation are replaced
+        self.ready_announced = False
+        self.old_master = 0  # pid of the master we replace (we were started by its USR2)
+        self.new_master = 0  # pid of the master our USR2 started
+        self.handed_over = False  # to that new master: it owns the unix socket paths and pidfile
+        self.next_spawn: dict[int, float] = {}  # slot -> earliest respawn (crash back-off)
+        self.backoff: dict[int, float] = {}
+        self.autoscaler = Autoscaler(cfg.autoscale_up_after, cfg.autoscale_down_after)
+        # The master's pipes (set up by Arbiter.setup): a child closes all but the boot
+        # message's write end.
+        self._wake_r = self._wake_w = -1
+        self._boot_r = self._boot_w = -1
+
+    @property
+    def addresses(self) -> list[Address]:
+        return self.mode.sockets.addresses
+
+    def add_slot(self) -> None:
+        """One worker slot more (TTIN and autoscaling)."""
+        self.num_workers += 1
+        self.resized()
+
+    def all_sockets(self) -> list[socket.socket]:
+        return self.mode.sockets.all()
+
+    def resized(self) -> None:
+        """The worker count changed: the mode adds slot listeners, steers, opens channels."""
+        if self.mode.resize(self.num_workers):
+            # The running helper has no end of the new channel: replace it (the new one
+            # starts first; connections wait in the listen queue meanwhile).
+            for w in self.live_for_slot(DISPATCHER_SLOT):
+                w.reload_gen = -1
+
+    # -- workers ------------------------------------------------------------------------------
+
+    def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
+        entry = self.board.allocate(0, slot)
+        helper = slot == DISPATCHER_SLOT
+        mine = self.mode.helper_sockets() if helper else self.mode.worker_sockets(slot)
+        port = 0 if helper else self.mode.slot_port(slot)
+        if port:
+            self.board.set_port(entry, port)
+        w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
+        if not helper:
+            self.hook("pre_fork", self, w)
+        pid = self.fork_blocked()
+        if pid == 0:
+            self.become_child(w, mine)
+        self.board.set_pid(entry, pid)
+        w.pid = pid
+        self.workers[pid] = w
+        log.debug("Booting %s (pid %d)", self.slot_name(slot), pid)
+        return w
+
+    def fork_blocked(self) -> int:
+        """Fork with the master's signals blocked: the child must not run the master's handlers
+        (which write to the master's wake-up pipe) nor die of a TERM before it has its own
+        graceful handler. The child unblocks them once its handlers are set (prefork_lb.child)."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HANDLED)
+        try:
+            pid = self.fork()
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+            raise
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        return pid
+
+    def become_child(self, w: WorkerProc, mine: list[socket.socket]) -> NoReturn:
+        """In the forked child: keep only its own sockets, then run it (never returns)."""
+        w.pid = os.getpid()
+        keep = {s.fileno() for s in mine}
+        for s in self.all_sockets():
+            if s.fileno() not in keep:
+                s.close()
+        os.close(self._boot_r)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        ctx = ChildContext(
+            slot=w.slot,
+            cfg=self.cfg,
+            board=self.board,
+            entry=w.entry,
+            master_pid=self.pid,
+            boot_fd=self._boot_w,
+            sockets=mine,
+            mode=self.mode,
+            record=w,
+            hook_server=self,
+        )
+        try:
+            proc: ChildProcess
+            if w.slot == DISPATCHER_SLOT:
+                proc = self.mode.helper_process(ctx)
+            else:
+                self.hook("post_fork", self, w)
+                from prefork_lb.worker.child import WorkerChild
+
+                proc = WorkerChild(ctx)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        proc.main()
+
+    def slot_name(self, slot: int) -> str:
+        if slot != DISPATCHER_SLOT:
+            return f"worker {slot}"
+        return self.mode.helper_role or "helper"
+
+    def live_for_slot(self, slot: int) -> list[WorkerProc]:
+        return [w for w in self.workers.values() if w.slot == slot and not w.term_at]
+
+    def slots(self) -> list[int]:
+        """Every slot that must have a live process: the workers', and the helper's if any."""
+        slots = list(range(self.num_workers))
+        if self.mode.helper_role:
+            slots.append(DISPATCHER_SLOT)
+        return slots
+
+    # -- the supervision tick -----------------------------------------------------------------
+
+    def manage(self) -> None:
+        now = self.clock()
+        slots = self.slots()
+        self.kill_overdue(now)
+        self.note_ready()
+        self.fill_slots(slots, now)
+        self.replace_outdated()
+        self.retire_predecessors()
+        self.shrink()
+        if not self.ready_announced and slots and all(self.slot_ready(s) for s in slots):
+            self.announce_ready()
+
+    def kill_overdue(self, now: float) -> None:
+        """A worker asked to drain (reload, TTOU, recycling) gets --graceful-timeout, then SIGKILL."""
+        grace = self.cfg.graceful_timeout + ABORT_GRACE
+        for w in list(self.workers.values()):
+            if w.term_at and not w.abort_at and now - w.term_at > grace:
+                log.warning(
+                    "%s (pid %d) did not stop within %.0f s of being asked: SIGKILL",
+                    self.slot_name(w.slot).capitalize(),
+                    w.pid,
+                    grace,
+                )
+                w.abort_at = now
+                self.signal_pid(w.pid, signal.SIGKILL)
+
+    def note_ready(self) -> None:
+        for w in self.workers.values():
+            if not w.ready and self.board.state(w.entry) in (sb.READY, sb.RETIRING):
+                w.ready = True
+
+    def fill_slots(self, slots: list[int], now: float) -> None:
+        """Empty slots (and the helper's) get a process, unless their back-off is not over."""
+        for slot in slots:
+            if not self.live_for_slot(slot) and now >= self.next_spawn.get(slot, 0.0):
+                self.spawn(slot)
+
+    def replace_outdated(self) -> None:
+        """Workers that asked to retire (max-requests) or are older than a reload get a successor."""
+        for w in list(self.workers.values()):
+            if w.term_at or w.replaced_by:
+                continue
+            wants_out = self.board.state(w.entry) == sb.RETIRING or w.reload_gen < self.generation
+            if wants_out and w.slot < self.num_workers:
+                w.replaced_by = self.spawn(w.slot, replaces=w.pid).pid
+
+    def retire_predecessors(self) -> None:
+        """A replacement that is ready lets its predecessor drain."""
+        for w in list(self.workers.values()):
+            if w.replaces and w.ready:
+                old = self.workers.get(w.replaces)
+                w.replaces = 0
+                if old is not None and not old.term_at:
+                    self.stop_worker(old, signal.SIGTERM)
+
+    def shrink(self) -> None:
+        """Slots beyond the worker count (TTOU): drain their workers, then close the slot."""
+        for w in list(self.workers.values()):
+            if w.slot >= self.num_workers and not w.term_at:
+                self.stop_worker(w, signal.SIGTERM)
+        for slot in [s for s in self.mode.sockets.slots if s >= self.num_workers]:
+            if not any(w.slot == slot for w in self.workers.values()):
+                self.mode.close_slot(slot)
+
+    def slot_ready(self, slot: int) -> bool:
+        return any(w.ready for w in self.live_for_slot(slot))
+
+    def announce_ready(self) -> None:
+        """Once, when every slot first has a ready process: the log lines, when_ready, systemd,
+        and the old master (USR2) told to drain."""
+        self.ready_announced = True
+        for a in self.addresses:
+            log.info(
+                "Listening at %s (%s dispatch, master pid %d)",
+                f"unix:{a.path}" if a.kind == "unix" else f"http://{a}",
+                self.mode.name,
+                self.pid,
+            )
+        for s in self.mode.sockets.admin:
+            log.info("Admin endpoints /lb-health and /lb-stats at http://%s:%d", *s.getsockname()[:2])
+        log.info(self.mode.ready_message(self.num_workers))
+        self.hook("when_ready", self)
+        sd_notify(f"READY=1\nMAINPID={self.pid}")
+        if self.old_master:
+            log.info("Binary upgrade: asking the old master (pid %d) to drain", self.old_master)
+            self.signal_pid(self.old_master, signal.SIGTERM)
+            self.old_master = 0
+
+    def autoscale(self) -> None:
+        """Between --workers and --max-workers, from the scoreboard's load (see autoscale.py)."""
+        top = self.cfg.max_workers
+        if not top or top <= self.min_workers:
+            return
+        now = self.clock()
+        serving = [w for w in self.workers.values() if w.ready and not w.term_at and w.slot >= 0]
+        if not serving:
+            return
+        busy = sum(1 for w in serving if self.board.busy(w.entry))
+        scaler = self.autoscaler
+        change = scaler.decide(now, len(serving), busy, self.num_workers, self.min_workers, top)
+        if change > 0:
+            self.add_slot()
+            log.info(
+                "Autoscale: %d workers (all %d busy for %.0f s)",
+                self.num_workers,
+                len(serving),
+                now - scaler.busy_since,
+            )
+        elif change < 0:
+            self.num_workers -= 1
+            self.resized()
+            log.info(
+                "Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - scaler.idle_since
+            )
+        if change:
+            scaler.changed(now, up=change > 0)
+
+    def signal_pid(self, pid: int, sig: int) -> None:
+        try:
+            self.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def stop_worker(self, w: WorkerProc, sig: int) -> None:
+        if not w.term_at:
+            w.term_at = self.clock()
+        self.signal_pid(w.pid, sig)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = self.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            w = self.workers.pop(pid, None)
+            code = os.waitstatus_to_exitcode(status)
+            if w is None:
+                if pid == self.new_master:
+                    log.error(
+                        "The new master (pid %d) exited: %s; this master keeps serving",
+                        pid,
+                        describe_exit(code),
+                    )
+                    self.new_master = 0
+                    self.handed_over = False
+                continue
+            self.board.clear(w.entry)
+            self.hook("child_exit", self, w)
+            if w.term_at:
+                log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
+                continue
+            if code in (EXIT_APP_LOAD, EXIT_BOOT) and not w.ready:
+                self.boot_failed(w, code)
+                return
+            self.died(w, code)
+
+    def boot_failed(self, w: WorkerProc, code: int) -> None:
+        """A worker that could not import the app: stop the master (exit code 2 or 3), unless
+        it was a reload's or a recycle's replacement, which leaves the old worker serving."""
+        message = self.read_boot_message() or f"worker failed to boot ({describe_exit(code)})"
+        old = self.workers.get(w.replaces) if w.replaces else None
+        if old is not None:
+            old.replaced_by = -1
+            old.reload_gen = self.generation
+            log.error(
+                "Replacement for worker %d failed to boot: %s; the old worker keeps serving", w.slot, message
+            )
+            return
+        self.boot_error = BootError(message, 2 if code == EXIT_APP_LOAD else 3)
+        if self.ready_announced:  # at start-up, run() prints the one line alone
+            log.error("Worker failed to boot: %s; stopping", message)
+        self.begin_stop("fast")
+
+    def died(self, w: WorkerProc, code: int) -> None:
+        """A process that nobody asked to stop exited: fill_slots replaces it, maybe after a back-off."""
+        log.error(
+            "%s (pid %d) died unexpectedly: %s; replacing it",
+            self.slot_name(w.slot).capitalize(),
+            w.pid,
+            describe_exit(code),
+        )
+        # Back off when a slot's workers keep failing on their own: dying while booting, or
+        # exiting soon after. A ready worker killed by a signal (the OOM killer, an operator)
+        # is replaced at once: its slot may have connections waiting.
+        now = self.clock()
+        if not w.ready or (code > 0 and now - w.started < 1.0):
+            delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(w.slot, 0.0) * 2))
+            self.backoff[w.slot] = delay
+            self.next_spawn[w.slot] = now + delay
+            log.warning("Worker %d crashed within a second of starting; next start in %.1f s", w.slot, delay)
+        else:
+            self.backoff.pop(w.slot, None)
+
+    def read_boot_message(self) -> str:
+        try:
+            data = os.read(self._boot_r, 65536)
+        except (BlockingIOError, OSError):
+            return ""
+        return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
+
+    def check_timeouts(self) -> None:
+        """--timeout: SIGABRT (a stack dump) for a missed heartbeat, SIGKILL ABORT_GRACE later."""
+        timeout = self.cfg.timeout
+        if not timeout:
+            return
+        now = self.clock()
+        for w in list(self.workers.values()):
+            if w.abort_at:
+                if now - w.abort_at > ABORT_GRACE:
+                    self.signal_pid(w.pid, signal.SIGKILL)
+                continue
+            age = time.monotonic() - self.board.heartbeat(w.entry)
+            if age <= timeout:
+                continue
+            log.critical(
+                "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
+                w.slot,
+                w.pid,
+                age,
+                self.doing(w),
+            )
+            w.abort_at = now
+            if not w.term_at:
+                w.term_at = now
+            self.signal_pid(w.pid, signal.SIGABRT)
+
+    def doing(self, w: WorkerProc) -> str:
+        req = self.board.current_request(w.entry) if self.board.in_flight(w.entry) else ""
+        if not req:
+            return "outside any request"
+        return f"while serving {req} (for {time.monotonic() - self.board.request_start(w.entry):.1f} s)"
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def begin_stop(self, how: str) -> None:
+        if self.stopping == "fast":
+            return
+        self.stopping = how
+        grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
+        self.stop_deadline = self.clock() + grace + 0.5
+        sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
+        self.stop_signal = sig
+        # The helper stops first (handoff: the dispatcher). Workers drain once it has exited, so nothing is
+        # passed to a worker after it has emptied its channel for the last time.
+        dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
+        for w in list(self.workers.values()):
+            w.term_at = 0.0
+            if w.slot == DISPATCHER_SLOT or not dispatchers or how == "fast":
+                self.stop_worker(w, sig)
+
+    def step_stop(self) -> bool:
+        """True once every worker is gone."""
+        if not self.workers:
+            return True
+        if not any(w.slot == DISPATCHER_SLOT for w in self.workers.values()):
+            for w in list(self.workers.values()):
+                if not w.term_at:
+                    self.stop_worker(w, self.stop_signal)
+        if self.clock() >= self.stop_deadline:
+            for w in list(self.workers.values()):
+                log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
+                self.signal_pid(w.pid, signal.SIGKILL)
+            self.stop_deadline = self.clock() + 5
+        return False
+
+    # -- hooks ----------------------------------------------------------------------------------
+
+    def hook(self, name: str, *args: Any) -> None:
+        fn = self.cfg.hooks.get(name)
+        if fn is None:
+            return
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("hook %s failed", name)

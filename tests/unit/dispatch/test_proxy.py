@@ -1,0 +1,74 @@
+"""--dispatch proxy: public listeners for the proxy, a loopback port per worker slot."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.child import ChildContext
+from prefork_lb.proxy.process import ProxyChild
+from prefork_lb.sockets import parse_address
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_slots_listen_on_loopback_and_the_proxy_gets_the_public_listener(make_mode) -> None:
+    mode = make_mode("proxy", stats_bind="off")
+    mode.bind([parse_address("127.0.0.1:0")], 2)
+    (public,) = mode.sockets.shared
+    assert set(mode.sockets.slots) == {0, 1} and mode.sockets.admin == []
+    (s0,), (s1,) = mode.sockets.slots[0], mode.sockets.slots[1]
+    assert s0.getsockname()[0] == "127.0.0.1" and s0.getsockname() != s1.getsockname()
+    assert mode.worker_sockets(1) == [s1]
+    assert mode.slot_port(1) == s1.getsockname()[1]
+    assert mode.helper_role == "proxy" and mode.helper_sockets() == [public]
+
+
+def test_worker_base_port_numbers_the_slots(make_mode) -> None:
+    base = free_port()
+    mode = make_mode("proxy", stats_bind="off", worker_base_port=base, workers=1)
+    mode.bind([parse_address("127.0.0.1:0")], 1)
+    assert mode.slot_port(0) == base
+
+
+def test_admin_listener_goes_to_the_proxy_and_to_the_next_master(make_mode) -> None:
+    mode = make_mode("proxy", stats_bind=f"127.0.0.1:{free_port()}")
+    mode.bind([parse_address("127.0.0.1:0")], 1)
+    (admin,) = mode.sockets.admin
+    assert mode.helper_sockets() == [*mode.sockets.shared, admin]
+    assert mode.handover()["admin"] == [admin.fileno()]
+
+
+def test_resize_adds_a_slot_port_and_never_replaces_the_proxy(make_mode) -> None:
+    mode = make_mode("proxy", stats_bind="off")
+    mode.bind([parse_address("127.0.0.1:0")], 2)
+    assert mode.resize(3) is False and set(mode.sockets.slots) == {0, 1, 2}
+
+
+def test_worker_options_and_messages(make_mode) -> None:
+    mode = make_mode("proxy", stats_bind="off", backends=["10.0.0.1:80"])
+    options = SimpleNamespace(idle_grace=0.0)
+    mode.configure_worker(options)
+    assert options.idle_grace > 0
+    assert mode.ready_message(0) == "Ready: proxy to 10.0.0.1:80"
+    assert mode.ready_message(2) == "Ready: 2 workers serving"
+
+
+def test_one_sticky_secret_per_master(make_mode) -> None:
+    assert make_mode("proxy", sticky_secret="s").sticky_secret == b"s"
+    assert make_mode("proxy").sticky_secret != make_mode("proxy").sticky_secret
+
+
+def test_the_helper_is_the_proxy_child(make_mode) -> None:
+    mode = make_mode("proxy", stats_bind="off")
+    mode.bind([parse_address("127.0.0.1:0")], 1)
+    board = sb.Scoreboard(4)
+    ctx = ChildContext(-1, mode.cfg, board, board.allocate(0, -1), 1, -1, mode.helper_sockets(), mode)
+    child = mode.helper_process(ctx)
+    assert isinstance(child, ProxyChild)
+    assert child.listeners == mode.sockets.shared and child.secret == mode.sticky_secret

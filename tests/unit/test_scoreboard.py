@@ -1,0 +1,84 @@
+"""The scoreboard's typed reads and writes: what a worker writes is what the master, the
+dispatcher and the proxy read, without any caller knowing the word layout."""
+
+from __future__ import annotations
+
+import time
+
+from prefork_lb import scoreboard as sb
+
+
+def test_allocate_reserves_an_entry_for_the_slot() -> None:
+    board = sb.Scoreboard(4)
+    i = board.allocate(0, slot=2)
+    assert board.state(i) == sb.BOOTING
+    assert board.get(i, sb.PID) == -1  # reserved until the fork returns
+    board.set_pid(i, 4242)
+    board.set_port(i, 9001)
+    (e,) = board.entries_in_use()
+    assert (e.entry, e.pid, e.slot, e.port, e.state) == (i, 4242, 2, 9001, sb.BOOTING)
+    assert board.allocate(0, slot=0) != i
+
+
+def test_worker_writes_are_read_back_typed() -> None:
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, slot=0)
+    entry = board.handle(i)
+    entry.set_state(sb.READY)
+    entry.connection_opened()
+    assert board.busy(i), "a fresh connection counts as load before its first request"
+    entry.first_request()
+    entry.request_started("GET", b"/x")
+    before = time.monotonic()
+    assert board.in_flight(i) == 1 and board.busy(i)
+    assert board.current_request(i) == "GET /x"
+    assert board.request_start(i) <= before
+    entry.received(3)
+    e = board.entries_in_use()[0]
+    assert (e.state, e.in_flight, e.fresh, e.conns, e.received) == (sb.READY, 1, 0, 1, 3)
+    entry.request_finished()
+    entry.connection_closed()
+    assert not board.busy(i) and board.get(i, sb.SERVED) == 1
+    assert board.entries_in_use()[0].latency >= 0
+
+
+def test_heartbeat_and_clear() -> None:
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, slot=1)
+    board.putf(i, sb.HEARTBEAT, 1.5)
+    assert board.heartbeat(i) == 1.5
+    board.handle(i).beat()
+    assert board.heartbeat(i) >= time.monotonic() - 1
+    board.clear(i)
+    assert board.entries_in_use() == [] and board.state(i) == sb.EMPTY
+
+
+def test_entries_in_use_skips_free_and_reserved_entries() -> None:
+    board = sb.Scoreboard(3)
+    board.allocate(0, slot=0)  # reserved (pid -1): not a process yet
+    j = board.allocate(0, slot=1)
+    board.set_pid(j, 11)
+    assert [e.entry for e in board.entries_in_use()] == [j]
+
+
+def test_snapshot_names_the_state() -> None:
+    board = sb.Scoreboard(2)
+    i = board.allocate(5, slot=0)
+    board.put(i, sb.STATE, sb.DRAINING)
+    assert board.snapshot(i)["state"] == "draining"
+
+
+def test_ready_load_adds_up_a_slots_ready_workers() -> None:
+    board = sb.Scoreboard(4)
+    for pid in (11, 12):  # a reload: two ready workers in slot 0
+        i = board.allocate(pid, slot=0)
+        board.set_pid(i, pid)
+        e = board.handle(i)
+        e.set_state(sb.READY)
+        e.connection_opened()
+        e.received(2)
+    booting = board.allocate(13, slot=1)
+    board.set_pid(booting, 13)
+    load = board.ready_load({0, 1}, time.monotonic())
+    assert load == {0: (2, 4, 0, 2)}, "fresh connections count as load; a booting worker is not there"
+    assert board.ready_load({1}, time.monotonic()) == {}

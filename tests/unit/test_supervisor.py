@@ -1,0 +1,174 @@
+"""The supervision steps and the autoscaling decision, driven directly: fake fork/kill/waitpid
+and an injected clock (tests/unit/test_arbiter.py's FakeOS), real listeners where a mode needs them."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import Iterator
+
+import pytest
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.arbiter import Arbiter
+from prefork_lb.autoscale import Autoscaler
+from prefork_lb.config import build
+from prefork_lb.supervisor import ABORT_GRACE, DISPATCHER_SLOT
+from tests.unit.test_arbiter import FakeOS
+
+
+@pytest.fixture
+def fake() -> FakeOS:
+    return FakeOS()
+
+
+@pytest.fixture
+def arbiters() -> Iterator[list[Arbiter]]:
+    made: list[Arbiter] = []
+    yield made
+    for arb in made:
+        for s in arb.all_sockets():
+            s.close()
+
+
+def bound(fake: FakeOS, arbiters: list[Arbiter], mode: str, workers: int = 2, **settings) -> Arbiter:
+    values = {"workers": workers, "dispatch": mode, "bind": ["127.0.0.1:0"], "stats_bind": "off", **settings}
+    cfg = build(values, environ={}, app_uri="x:app")
+    arb = Arbiter(cfg, clock=fake.clock, fork=fake.fork, kill=fake.kill, waitpid=fake.waitpid)
+    arb.bind()
+    arbiters.append(arb)
+    return arb
+
+
+def ready(arb: Arbiter, *pids: int) -> None:
+    for pid in pids or list(arb.workers):
+        arb.board.put(arb.workers[pid].entry, sb.STATE, sb.READY)
+
+
+def helpers(arb: Arbiter) -> list[int]:
+    return [w.pid for w in arb.workers.values() if w.slot == DISPATCHER_SLOT]
+
+
+def test_kernel_modes_have_no_helper(fake: FakeOS, arbiters: list[Arbiter]) -> None:
+    for mode in ("reuseport", "shared"):
+        arb = bound(fake, arbiters, mode)
+        arb.manage()
+        assert sorted(w.slot for w in arb.workers.values()) == [0, 1]
+
+
+@pytest.mark.parametrize("mode", ["handoff", "proxy"])
+def test_fill_slots_starts_the_helper_too(fake: FakeOS, arbiters: list[Arbiter], mode: str) -> None:
+    arb = bound(fake, arbiters, mode)
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values()) == [DISPATCHER_SLOT, 0, 1]
+    assert arb.slot_name(DISPATCHER_SLOT) == ("dispatcher" if mode == "handoff" else "proxy")
+
+
+def test_announce_ready_waits_for_every_slot_and_the_helper(
+    fake: FakeOS, arbiters: list[Arbiter], caplog: pytest.LogCaptureFixture
+) -> None:
+    arb = bound(fake, arbiters, "handoff")
+    arb.manage()
+    workers = [w.pid for w in arb.workers.values() if w.slot >= 0]
+    ready(arb, *workers)
+    arb.manage()
+    assert not arb.ready_announced, "the dispatcher is not ready yet"
+    ready(arb, *helpers(arb))
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.manage()
+    assert arb.ready_announced
+    assert "(handoff dispatch, master pid" in caplog.text and "Ready: 2 workers serving" in caplog.text
+
+
+def test_a_new_handoff_slot_replaces_the_dispatcher_new_one_first(
+    fake: FakeOS, arbiters: list[Arbiter]
+) -> None:
+    arb = bound(fake, arbiters, "handoff")
+    arb.manage()
+    ready(arb)
+    arb.manage()
+    (old,) = helpers(arb)
+    arb.handle_ttin()
+    assert 2 in arb.mode.sockets.channels
+    arb.manage()
+    new = [p for p in helpers(arb) if p != old]
+    assert len(new) == 1 and not fake.signals_to(old), "the old dispatcher serves until the new is ready"
+    ready(arb, new[0])
+    arb.manage()
+    assert fake.signals_to(old) == [signal.SIGTERM]
+
+
+def test_proxy_slots_put_their_port_on_the_scoreboard(fake: FakeOS, arbiters: list[Arbiter]) -> None:
+    arb = bound(fake, arbiters, "proxy")
+    arb.manage()
+    ports = {e.slot: e.port for e in arb.board.entries_in_use()}
+    assert ports[0] == arb.mode.slot_port(0) and ports[1] == arb.mode.slot_port(1)
+    assert ports[DISPATCHER_SLOT] == 0
+
+
+def test_shrink_closes_a_removed_slot_once_its_worker_is_gone(fake: FakeOS, arbiters: list[Arbiter]) -> None:
+    arb = bound(fake, arbiters, "reuseport", workers=3)
+    arb.manage()
+    top = next(w.pid for w in arb.workers.values() if w.slot == 2)
+    arb.handle_ttou()
+    arb.shrink()
+    assert fake.signals_to(top) == [signal.SIGTERM] and 2 in arb.mode.sockets.slots
+    fake.exit(top)
+    arb.reap()
+    arb.shrink()
+    assert 2 not in arb.mode.sockets.slots
+
+
+def test_kill_overdue_after_the_graceful_timeout(fake: FakeOS, arbiters: list[Arbiter]) -> None:
+    arb = bound(fake, arbiters, "shared", workers=1, graceful_timeout=5)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.stop_worker(arb.workers[pid], signal.SIGTERM)
+    fake.now += 5 + ABORT_GRACE - 0.1
+    arb.kill_overdue(fake.now)
+    assert fake.signals_to(pid) == [signal.SIGTERM]
+    fake.now += 0.2
+    arb.kill_overdue(fake.now)
+    assert fake.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+
+
+def test_note_ready_reads_the_scoreboard(fake: FakeOS, arbiters: list[Arbiter]) -> None:
+    arb = bound(fake, arbiters, "shared", workers=1)
+    arb.manage()
+    (w,) = arb.workers.values()
+    arb.note_ready()
+    assert not w.ready
+    arb.board.put(w.entry, sb.STATE, sb.RETIRING)  # retiring still serves
+    arb.note_ready()
+    assert w.ready
+
+
+# -- the autoscaling decision alone ---------------------------------------------------------------
+
+
+def test_autoscaler_scales_up_after_a_busy_period_then_cools_down() -> None:
+    a = Autoscaler(up_after=2, down_after=10)
+    assert a.decide(100, serving=2, busy=2, workers=2, low=2, high=4) == 0
+    assert a.decide(101.9, serving=2, busy=2, workers=2, low=2, high=4) == 0
+    assert a.decide(102, serving=2, busy=2, workers=2, low=2, high=4) == 1
+    a.changed(102, up=True)
+    assert a.decide(103, serving=3, busy=3, workers=3, low=2, high=4) == 0, "cooldown"
+    assert a.decide(105, serving=3, busy=3, workers=3, low=2, high=4) == 1
+
+
+def test_autoscaler_never_leaves_its_bounds() -> None:
+    a = Autoscaler(up_after=1, down_after=1)
+    assert a.decide(100, serving=4, busy=4, workers=4, low=2, high=4) == 0
+    assert a.decide(105, serving=4, busy=4, workers=4, low=2, high=4) == 0
+    b = Autoscaler(up_after=1, down_after=1)
+    assert b.decide(100, serving=2, busy=0, workers=2, low=2, high=4) == 0
+    assert b.decide(105, serving=2, busy=0, workers=2, low=2, high=4) == 0
+
+
+def test_autoscaler_scales_down_after_a_quiet_period() -> None:
+    a = Autoscaler(up_after=2, down_after=10)
+    assert a.decide(100, serving=3, busy=1, workers=3, low=2, high=4) == 0
+    assert a.decide(109, serving=3, busy=0, workers=3, low=2, high=4) == 0
+    assert a.decide(110, serving=3, busy=1, workers=3, low=2, high=4) == -1
+    a.changed(110, up=False)
+    assert a.decide(111, serving=2, busy=2, workers=2, low=2, high=4) == 0, "a busy period starts afresh"
