@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import gevent.socket
 
 from prefork_lb.http import response as _resp
+from prefork_lb.http.framing import CHUNKED, LENGTH, response_framing
 from prefork_lb.http.response import SERVER_LINE, app_head, refresh_date
 from prefork_lb.worker.wsgi import FileWrapper
 
@@ -84,38 +85,42 @@ class ResponseWriter:
         return self.write
 
     def _head(self, known_length: int | None) -> bytes:
-        """Serialise the response head; decide the framing of the body."""
+        """Serialise the response head; the framing of the body is response_framing's."""
         status = self.status
         if status is None:
             raise AssertionError("the app returned without calling start_response")
         ah = app_head(status, self.out_headers or [])
         req = self.req
         assert req is not None
-        code = ah.code
-        bodiless_status = code < 200 or code == 204 or code == 304
-        no_body = self.is_head or bodiless_status
         length = ah.length
         out = ah.prefix
-        if length is None and known_length is not None and not bodiless_status:
-            length = known_length
+        if length is None and known_length is not None and not ah.bodiless:
+            length = known_length  # a HEAD gets it too: the length a GET would have
             out += f"Content-Length: {known_length}\r\n"
-        self.resp_length = None if no_body else length
-        if length is None and not no_body:
-            if req.version == "HTTP/1.1":
-                self.chunked = True
-                out += "Transfer-Encoding: chunked\r\n"
-            else:
-                self.close_after = True
+        server = self.server
+        opts = server.options
+        framing, keep = response_framing(
+            ah.code,
+            self.is_head,
+            req.version,
+            length,
+            False,  # an app's Transfer-Encoding is hop-by-hop: app_head dropped it
+            # A body the app left unread that we will not skip: a client must not reuse this
+            # connection, so say so now.
+            req.keep_alive and (req.complete or self._will_drain(req)),
+            ah.close or server.draining or not opts.keepalive,
+        )
+        self.resp_length = length if framing is LENGTH else None
+        if framing is CHUNKED:
+            self.chunked = True
+            out += "Transfer-Encoding: chunked\r\n"
         if not ah.has_date:
             out += _resp.current_date_line or refresh_date()
-        server = self.server
-        if not ah.has_server and server.options.server_header:
+        if not ah.has_server and opts.server_header:
             out += SERVER_LINE
-        if ah.close or server.draining or not server.options.keepalive or not req.keep_alive:
+        if not keep:
             self.close_after = True
-        elif not req.complete and not self._will_drain(req):
-            self.close_after = True  # say so now: a client must not reuse this connection
-        if self.close_after:
+        if self.close_after:  # already set if this is a second head (a file_wrapper after write())
             out += "Connection: close\r\n\r\n"
         elif req.version == "HTTP/1.0":
             out += "Connection: keep-alive\r\n\r\n"
