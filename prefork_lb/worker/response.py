@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from prefork_lb.http.parser import Request
     from prefork_lb.worker.server import Server
 
+# Framings a memoised request keeps, one per app head it was answered with (an app whose heads
+# never repeat, e.g. a fresh cookie each time, must not grow the memo without bound).
+FRAMINGS_MAX = 8
+
 
 class ResponseWriter:
     """The response side of a connection (a mixin: see the module docstring)."""
@@ -99,17 +103,31 @@ class ResponseWriter:
             out += f"Content-Length: {known_length}\r\n"
         server = self.server
         opts = server.options
-        framing, keep = response_framing(
-            ah.code,
-            self.is_head,
-            req.version,
-            length,
-            False,  # an app's Transfer-Encoding is hop-by-hop: app_head dropped it
-            # A body the app left unread that we will not skip: a client must not reuse this
-            # connection, so say so now.
-            req.keep_alive and (req.complete or self._will_drain(req)),
-            ah.close or server.draining or not opts.keepalive,
-        )
+        memo = req.memo
+        if memo is None or length is None or server.draining:
+            memo = None
+            fk = None
+        else:
+            # The memo path: a request seen before (whole, bodiless, keep-alive) with an app head
+            # seen before frames the same way every time (the options do not change), so the
+            # framing is worked out once per pair and kept in the request's memo: a dict lookup
+            # instead of a Python call on the fastest path.
+            fk = memo.get(ah)
+        if fk is None:
+            fk = response_framing(
+                ah.code,
+                self.is_head,
+                req.version,
+                length,
+                False,  # an app's Transfer-Encoding is hop-by-hop: app_head dropped it
+                # A body the app left unread that we will not skip: a client must not reuse
+                # this connection, so say so now.
+                req.keep_alive and (req.complete or self._will_drain(req)),
+                ah.close or server.draining or not opts.keepalive,
+            )
+            if memo is not None and len(memo) < FRAMINGS_MAX:
+                memo[ah] = fk
+        framing, keep = fk
         self.resp_length = length if framing is LENGTH else None
         if framing is CHUNKED:
             self.chunked = True
