@@ -46,7 +46,7 @@ from prefork_lb.worker.wsgi import (
 )
 
 if TYPE_CHECKING:
-    from prefork_lb.worker.server import Server
+    from prefork_lb.worker.options import ServerView
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -104,7 +104,7 @@ class Connection(ResponseWriter, BodySource):
 
     raw: socket.socket | None  # the plain socket under gevent's, or None (see __init__)
 
-    def __init__(self, server: Server, sock: gevent.socket.socket, addr: Any) -> None:
+    def __init__(self, server: ServerView, sock: gevent.socket.socket, addr: Any) -> None:
         self.server = server
         self.sock = sock
         self.app = server.app
@@ -437,26 +437,10 @@ class Connection(ResponseWriter, BodySource):
         except (ClientDisconnected, ConnectionError, ReadDeadline):
             return False
         except _RequestDeadline:
-            log.error("Request past --request-timeout: %s %s", req.method, env.get("PATH_INFO", ""))
-            if not self.headers_sent:
-                try:
-                    self._send(simple_response(504, "the request took too long"))
-                except OSError:
-                    pass
+            self._timed_out(req, env)
             return False
         except Exception:
-            path = env.get("PATH_INFO", "")
-            log.exception("Error handling request %s %s", req.method, path)
-            if not self.headers_sent:
-                self.status = None
-                try:
-                    self._send(simple_response(500))
-                except OSError:
-                    pass
-                if access is not None:
-                    self.status = "500 Internal Server Error"
-                    self.out_headers = []
-                    access.log(env, self, time.time() - t0)
+            self._app_failed(req, env, access, t0)
             return False
         finally:
             close = None if type(result) is list else getattr(result, "close", None)
@@ -479,6 +463,31 @@ class Connection(ResponseWriter, BodySource):
         if not req.complete:
             return self._skip_body(req)
         return True
+
+    def _timed_out(self, req: Request, env: dict[str, Any]) -> None:
+        """The app ran past --request-timeout: 504 if nothing was sent yet."""
+        log.error("Request past --request-timeout: %s %s", req.method, env.get("PATH_INFO", ""))
+        if not self.headers_sent:
+            try:
+                self._send(simple_response(504, "the request took too long"))
+            except OSError:
+                pass
+
+    def _app_failed(self, req: Request, env: dict[str, Any], access: Any, t0: float) -> None:
+        """The app raised (called in the except clause: the traceback is logged): 500 if
+        nothing was sent yet, and an access log line saying so."""
+        path = env.get("PATH_INFO", "")
+        log.exception("Error handling request %s %s", req.method, path)
+        if not self.headers_sent:
+            self.status = None
+            try:
+                self._send(simple_response(500))
+            except OSError:
+                pass
+            if access is not None:
+                self.status = "500 Internal Server Error"
+                self.out_headers = []
+                access.log(env, self, time.time() - t0)
 
     def _admit(self, admission: gevent.lock.BoundedSemaphore) -> bool:
         """Take a place in the app, waiting in the queue if there is room there; else 503."""

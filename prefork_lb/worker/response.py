@@ -31,7 +31,7 @@ from prefork_lb.worker.wsgi import FileWrapper
 
 if TYPE_CHECKING:
     from prefork_lb.http.parser import Request
-    from prefork_lb.worker.server import Server
+    from prefork_lb.worker.options import ServerView
 
 # Framings a memoised request keeps, one per app head it was answered with (an app whose heads
 # never repeat, e.g. a fresh cookie each time, must not grow the memo without bound).
@@ -53,7 +53,7 @@ class ResponseWriter:
     )
 
     # Provided by the connection.
-    server: Server
+    server: ServerView
     sock: gevent.socket.socket
     req: Request | None
     status: str | None

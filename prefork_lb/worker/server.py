@@ -2,7 +2,8 @@
 serves each in its own greenlet, keeps the deadlines, and drains gracefully.
 
 The connection itself (read loop, pipelining, sending) is prefork_lb.worker.connection; the WSGI
-response writer is prefork_lb.worker.response.
+response writer is prefork_lb.worker.response; the options, and what a connection may use of its
+server, are prefork_lb.worker.options (a leaf: the connection does not import this module).
 
 Invariants:
 
@@ -22,8 +23,7 @@ import errno
 import logging
 import socket
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -32,53 +32,15 @@ import gevent.lock
 import gevent.pool
 import gevent.socket
 
-from prefork_lb.http.parser import Limits, Request, RequestMemo
+from prefork_lb.http.parser import Request, RequestMemo
 from prefork_lb.http.response import refresh_date
 from prefork_lb.worker.connection import Connection, ReadDeadline, recv_handoff
+from prefork_lb.worker.options import ServerOptions, WSGIApp
+
+# ServerOptions and WSGIApp live in options.py (a leaf) and are imported from here as ever.
+__all__ = ["Server", "ServerOptions", "WSGIApp"]
 
 log = logging.getLogger("prefork_lb.error")
-
-WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
-
-
-@dataclass
-class ServerOptions:
-    limits: Limits = field(default_factory=Limits)
-    keepalive: float = 5.0
-    header_timeout: float = 10.0
-    root_path: str = ""
-    worker_connections: int = 1000
-    server_header: bool = True
-    url_scheme: str = "http"
-    extra_environ: dict[str, Any] = field(default_factory=dict)  # added to every request's environ
-    max_concurrency: int = 0  # 0: unlimited
-    queue_size: int = 100
-    request_timeout: float = 0.0  # 0: none
-    # Seconds a drain first goes on serving as usual, accepting included. Behind our own proxy
-    # (--dispatch proxy) requests keep coming until the proxy reads on the scoreboard that we
-    # drain (every 0.1 s): they must find a worker, not a closed connection or a dead backlog.
-    idle_grace: float = 0.0
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ServerOptions:
-        return cls(
-            limits=Limits(
-                cfg.limit_request_line,
-                cfg.limit_request_fields,
-                cfg.limit_request_field_size,
-                cfg.limit_request_body,
-                cfg.require_host,
-            ),
-            keepalive=cfg.keepalive,
-            header_timeout=cfg.header_timeout,
-            root_path=cfg.root_path.rstrip("/"),
-            worker_connections=cfg.worker_connections,
-            server_header=cfg.server_header,
-            max_concurrency=cfg.max_concurrency,
-            queue_size=cfg.queue_size,
-            request_timeout=cfg.request_timeout,
-            idle_grace=1.0 if getattr(cfg, "dispatch", "") == "proxy" else 0.0,
-        )
 
 
 class Server:
