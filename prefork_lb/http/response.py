@@ -11,6 +11,8 @@ import time
 from email.utils import formatdate
 from http import HTTPStatus
 
+from prefork_lb.http.framing import bodiless_status, parse_content_length
+
 SERVER_LINE = "Server: prefork_lb\r\n"
 
 _STATUS_LINES: dict[str, str] = {}
@@ -69,7 +71,7 @@ def check_header_values(joined: str, count: int) -> None:
 class AppHead:
     """What the app's status and headers come to, validated and serialised once."""
 
-    __slots__ = ("prefix", "code", "length", "has_date", "has_server", "close")
+    __slots__ = ("prefix", "code", "length", "has_date", "has_server", "close", "bodiless")
 
     def __init__(
         self, prefix: str, code: int, length: int | None, has_date: bool, has_server: bool, close: bool
@@ -80,6 +82,7 @@ class AppHead:
         self.has_date = has_date
         self.has_server = has_server
         self.close = close  # the app asked for Connection: close
+        self.bodiless = bodiless_status(code)  # 1xx/204/304: no body, no Content-Length of ours
 
 
 _HEADS: dict[tuple[str, tuple[tuple[str, str], ...]], AppHead] = {}
@@ -111,12 +114,7 @@ def app_head(status: str, headers: list[tuple[str, str]]) -> AppHead:
                 close = True
             continue
         if lname == "content-length":
-            try:
-                length = int(value)
-            except ValueError:
-                raise ValueError(f"invalid Content-Length {value!r}") from None
-            if length < 0:
-                raise ValueError(f"invalid Content-Length {value!r}")
+            length = parse_content_length(value)
         elif lname == "date":
             has_date = True
         elif lname == "server":

@@ -18,6 +18,7 @@ import logging
 from time import monotonic as _now
 from typing import Any
 
+from prefork_lb.http.framing import NONE, response_framing
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
@@ -260,22 +261,16 @@ class Exchange:
                 length = int(value)
             elif len(name) == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
-        keep = req.keep_alive and not proxy.stopping
-        if req.method == "HEAD" or status in (204, 304):
-            framing = "none"
-            if req.method == "HEAD":
-                # llhttp cannot know this response has no body: it ends here.
-                reusable = up.parser.should_keep_alive()
-                up.reset_parser()
-        elif chunked:
-            framing = "chunked" if req.version == "HTTP/1.1" else "close"
-        elif length is not None:
-            framing = "length"
-        else:
-            self.until_close = True
-            framing = "chunked" if req.version == "HTTP/1.1" else "close"
-        if framing == "close":
-            keep = False
+        head_request = req.method == "HEAD"
+        framing, keep = response_framing(
+            status, head_request, req.version, length, chunked, req.keep_alive, proxy.stopping
+        )
+        if head_request:
+            # llhttp cannot know this response has no body: it ends here.
+            reusable = up.parser.should_keep_alive()
+            up.reset_parser()
+        elif framing != NONE and length is None and not chunked:
+            self.until_close = True  # the backend ends the body by closing
         self.framing = framing
         self.length = length if framing == "length" else None
         client.keep_alive = keep

@@ -175,3 +175,116 @@ def test_pipelined_responses_are_held_only_while_the_worker_runs(pair) -> None:
     bodies = [part.split(b"\r\n\r\n", 1)[1][:5] for part in data.split(b"HTTP/1.1 200 OK\r\n")[1:]]
     assert bodies == [b"/a", b"/b", b"/slow", b"/c"]
     server.drain(timeout=1)
+
+
+def _read_head_and_body(sock: gevent.socket.socket, head_request: bool = False) -> tuple[bytes, bytes]:
+    """One response: its head, and its body read by its own framing (length or chunked)."""
+    data = b""
+    with gevent.Timeout(5):
+        while b"\r\n\r\n" not in data:
+            chunk = sock.recv(65536)
+            assert chunk, "connection closed before a response"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        if head_request:
+            pass  # no body, whatever the head says
+        elif b"Transfer-Encoding: chunked" in head:
+            while not rest.endswith(b"0\r\n\r\n"):
+                rest += sock.recv(65536)
+        elif b"Content-Length: " in head and not head.startswith(b"HTTP/1.1 204"):
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            while len(rest) < length:
+                rest += sock.recv(65536)
+    return head, rest
+
+
+def varied_app(environ, start_response):
+    """The same request answered with heads that frame differently, by what the query says."""
+    kind = environ["QUERY_STRING"]
+    if kind == "drain":
+        if SERVERS:
+            SERVERS[0].draining = True  # a drain that starts while this request runs
+        kind = "list"
+    if kind == "stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"abc"])
+    if kind == "empty":
+        start_response("204 No Content", [])
+        return []
+    if kind == "unique":
+        start_response("200 OK", [("X-N", str(next(COUNTER)))])
+        return [b"u"]
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"abc"]
+
+
+SERVERS: list[Server] = []
+COUNTER = iter(range(1_000_000))
+
+
+def test_a_memoised_request_is_framed_by_each_response_it_gets() -> None:
+    # The framing of a request from the memo is kept per app head: each kind of answer must
+    # still be framed as its own, whatever the same request got before.
+    server = Server(varied_app, ServerOptions(keepalive=30))
+    a, b = socket.socketpair()
+    client = gevent.socket.socket(fileno=b.detach())
+    server.serve_connection(a, ("127.0.0.1", 1))
+    for kind, expect in [
+        (b"list", b"Content-Length: 3"),
+        (b"stream", b"Transfer-Encoding: chunked"),
+        (b"empty", b"HTTP/1.1 204 No Content"),
+    ]:
+        request = b"GET /?%s HTTP/1.1\r\nHost: h\r\n\r\n" % kind
+        for _ in range(4):  # the first two parse; the others come from the memo
+            client.sendall(request)
+            head, body = _read_head_and_body(client)
+            assert expect in head and b"Connection:" not in head
+            assert body == {b"list": b"abc", b"stream": b"3\r\nabc\r\n0\r\n\r\n", b"empty": b""}[kind]
+    for _ in range(3):
+        client.sendall(b"HEAD /?list HTTP/1.1\r\nHost: h\r\n\r\n")
+        head, body = _read_head_and_body(client, head_request=True)
+        assert b"Content-Length: 3" in head and body == b""
+    assert len(server.request_memo) == 4
+    client.close()
+    server.drain(timeout=1)
+
+
+def test_a_memoised_request_says_close_when_a_drain_started() -> None:
+    server = Server(varied_app, ServerOptions(keepalive=30))
+    SERVERS.clear()
+    a, b = socket.socketpair()
+    client = gevent.socket.socket(fileno=b.detach())
+    server.serve_connection(a, ("127.0.0.1", 1))
+    request = b"GET /?drain HTTP/1.1\r\nHost: h\r\n\r\n"
+    try:
+        for _ in range(4):  # from the memo after two, its framing kept after three
+            client.sendall(request)
+            head, _ = _read_head_and_body(client)
+            assert b"Connection: close" not in head
+        SERVERS.append(server)  # the app now starts a drain while it runs
+        client.sendall(request)
+        head, _ = _read_head_and_body(client)
+        assert b"Connection: close" in head
+        with gevent.Timeout(5):
+            assert client.recv(10) == b""
+    finally:
+        SERVERS.clear()
+    client.close()
+    server.drain(timeout=1)
+
+
+def test_framings_kept_in_a_request_memo_are_bounded() -> None:
+    from prefork_lb.worker.response import FRAMINGS_MAX
+
+    server = Server(varied_app, ServerOptions(keepalive=30))
+    a, b = socket.socketpair()
+    client = gevent.socket.socket(fileno=b.detach())
+    server.serve_connection(a, ("127.0.0.1", 1))
+    for _ in range(3 * FRAMINGS_MAX):  # a new app head each time
+        client.sendall(b"GET /?unique HTTP/1.1\r\nHost: h\r\n\r\n")
+        head, body = _read_head_and_body(client)
+        assert b"Content-Length: 1" in head and body == b"u"
+    (req,) = [r for r in server.request_memo.values() if r is not None]
+    assert req.memo is not None and len(req.memo) <= FRAMINGS_MAX
+    client.close()
+    server.drain(timeout=1)

@@ -1,0 +1,75 @@
+"""What the worker's server and its connections share, in a leaf module so that neither imports
+the other's module for it: the server's options, the WSGI app's type, and ``ServerView``, the
+part of the server a connection reads and updates.
+
+Invariant: nothing here imports from prefork_lb.worker (server.py imports connection.py, which
+imports response.py; all three import this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gevent.lock
+
+from prefork_lb.http.parser import Limits, Request, RequestMemo
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+@dataclass
+class ServerOptions:
+    limits: Limits = field(default_factory=Limits)
+    keepalive: float = 5.0
+    header_timeout: float = 10.0
+    root_path: str = ""
+    worker_connections: int = 1000
+    server_header: bool = True
+    url_scheme: str = "http"
+    extra_environ: dict[str, Any] = field(default_factory=dict)  # added to every request's environ
+    max_concurrency: int = 0  # 0: unlimited
+    queue_size: int = 100
+    request_timeout: float = 0.0  # 0: none
+    # Seconds a drain first goes on serving as usual, accepting included. Behind our own proxy
+    # (--dispatch proxy) requests keep coming until the proxy reads on the scoreboard that we
+    # drain (every 0.1 s): they must find a worker, not a closed connection or a dead backlog.
+    idle_grace: float = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ServerOptions:
+        return cls(
+            limits=Limits(
+                cfg.limit_request_line,
+                cfg.limit_request_fields,
+                cfg.limit_request_field_size,
+                cfg.limit_request_body,
+                cfg.require_host,
+            ),
+            keepalive=cfg.keepalive,
+            header_timeout=cfg.header_timeout,
+            root_path=cfg.root_path.rstrip("/"),
+            worker_connections=cfg.worker_connections,
+            server_header=cfg.server_header,
+            max_concurrency=cfg.max_concurrency,
+            queue_size=cfg.queue_size,
+            request_timeout=cfg.request_timeout,
+            idle_grace=1.0 if getattr(cfg, "dispatch", "") == "proxy" else 0.0,
+        )
+
+
+class ServerView(Protocol):
+    """What a connection uses of the server that owns it (prefork_lb.worker.server.Server)."""
+
+    app: WSGIApp
+    options: ServerOptions
+    request_memo: RequestMemo  # shared by the connections' parsers
+    now: float  # the watchdog's clock, refreshed four times a second
+    draining: bool
+    board: Any  # the worker's scoreboard entry, or None
+    before_request: Callable[[dict[str, Any], Request], None] | None
+    access_log: Any
+    admission: gevent.lock.BoundedSemaphore | None
+    waiting: int  # requests queued for admission
+    requests_served: int
