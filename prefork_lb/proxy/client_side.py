@@ -28,16 +28,12 @@ class ClientSide(Peer, Protocol):
 
     ``write`` gathers bytes for the next ``flush`` (a bound ``list.append``: no Python frame on
     the hot path); ``keep_alive`` says whether the connection stays open after this response;
-    ``deadline`` is pushed on while the response flows. ``deadline_kind``, ``flushes`` and
-    ``wbuf`` are read by ``Exchange.response_head`` only, until it uses :meth:`responding` and
-    :meth:`mark` instead.
+    ``deadline`` is pushed on while the response flows.
     """
 
     write: Callable[[bytes], None]
     keep_alive: bool
     deadline: float
-    deadline_kind: int
-    flushes: int
     peer_ip: str
     scheme: str
     closed: bool

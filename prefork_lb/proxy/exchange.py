@@ -22,7 +22,7 @@ from prefork_lb.http.framing import NONE, response_framing
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
-from prefork_lb.proxy.client_side import D_UPSTREAM, ClientSide
+from prefork_lb.proxy.client_side import ClientSide
 from prefork_lb.proxy.headers import cookie_value
 from prefork_lb.proxy.memo import ResponseMemo
 from prefork_lb.proxy.upstream import Upstream
@@ -273,9 +273,7 @@ class Exchange:
             self.until_close = True  # the backend ends the body by closing
         self.framing = framing
         self.length = length if framing == "length" else None
-        client.keep_alive = keep
-        client.deadline_kind = D_UPSTREAM
-        client.deadline = _now() + proxy.upstream_timeout
+        client.responding(keep)
         head = proxy.response_rewriter.head(
             status,
             up.reason,
@@ -287,7 +285,7 @@ class Exchange:
             backend=self.backend.name if self.backend else None,
             set_cookie=self.set_cookie,
         )
-        self.head_at = (client.flushes, len(client.wbuf))
+        self.head_at = client.mark()
         client.write(head)
         self.responded = True
         raw = up.raw_head

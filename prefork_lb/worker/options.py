@@ -33,8 +33,9 @@ class ServerOptions:
     queue_size: int = 100
     request_timeout: float = 0.0  # 0: none
     # Seconds a drain first goes on serving as usual, accepting included. Behind our own proxy
-    # (--dispatch proxy) requests keep coming until the proxy reads on the scoreboard that we
-    # drain (every 0.1 s): they must find a worker, not a closed connection or a dead backlog.
+    # (--dispatch proxy; ProxyMode.configure_worker sets it) requests keep coming until the proxy
+    # reads on the scoreboard that we drain (every 0.1 s): they must find a worker, not a closed
+    # connection or a dead backlog.
     idle_grace: float = 0.0
 
     @classmethod
@@ -55,7 +56,6 @@ class ServerOptions:
             max_concurrency=cfg.max_concurrency,
             queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
-            idle_grace=1.0 if getattr(cfg, "dispatch", "") == "proxy" else 0.0,
         )
 
 
