@@ -351,3 +351,14 @@ def test_autoscale_is_off_without_max_workers(fake: FakeOS) -> None:
         fake.now += 10
         arb.autoscale()
     assert arb.num_workers == 2
+
+
+def test_hup_cannot_change_the_dispatch_mode(fake: FakeOS, caplog: pytest.LogCaptureFixture) -> None:
+    arb = make(fake, workers=1)
+    arb.reload_config = lambda: build(
+        {"workers": 1, "dispatch": "handoff", "timeout": 30}, environ={}, app_uri="x:app"
+    )
+    with caplog.at_level(logging.WARNING, logger="prefork_lb.error"):
+        arb.handle_hup()
+    assert arb.cfg.dispatch == "shared" and arb.mode.name == "shared"
+    assert "--dispatch handoff needs a restart or USR2; keeping shared" in caplog.text
