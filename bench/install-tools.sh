@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install the benchmark's external tools: wrk (load generator), nginx and HAProxy (the front
-# ends bench/proxy.py compares prefork_lb's proxy with).
+# ends bench/proxy.py compares prefork_lb's proxy with), valgrind (bench/instructions.py).
 #
 # Debian/Ubuntu only (apt-get). Idempotent: a tool already on PATH is left alone, so running it
 # twice installs nothing the second time. Run as root, or as a user with sudo; otherwise it
@@ -14,7 +14,7 @@
 set -eu
 
 missing=""
-for tool in wrk nginx haproxy; do
+for tool in wrk nginx haproxy valgrind; do
     if command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ]; then
         echo "ok: $tool already installed ($(command -v "$tool" || echo "/usr/sbin/$tool"))"
     else

@@ -1,0 +1,171 @@
+"""Instructions per request, counted by callgrind: a measure of code cost that machine noise cannot move.
+
+Usage: python bench/instructions.py [--trees DIR,DIR...] [--targets worker,proxy] [--rounds 2]
+                                    [--small 400] [--large 2400] [--no-save]
+
+On a shared machine wrk's req/s swings by 30% from one run to the next, which hides a 5% change
+in what the code costs. This counts machine instructions instead. For each source tree (a
+checkout of prefork_lb: the current one, and for example ``git worktree add /tmp/base REV`` to
+compare with an older commit) and each target, it starts the server under ``valgrind
+--tool=callgrind`` twice and sends it SMALL and then LARGE GET requests over 8 keep-alive
+connections. The difference in the busiest process's instruction count, divided by LARGE - SMALL,
+is what one request costs there: start-up, imports and warm-up cancel out.
+
+- ``worker``: ``python -m prefork_lb bench.apps:hello --workers 1``, counted in the worker;
+- ``proxy``: ``python -m prefork_lb proxy`` in front of 2 backends (the same app, not under
+  valgrind, started once), counted in the proxy process.
+
+Trees are measured in turn, ``--rounds`` times, interleaved. Runs of the same code differ by
+about 1%. Needs valgrind (bench/install-tools.sh installs it). All traffic goes to 127.0.0.1;
+every process runs in its own session and is stopped on every exit path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import http.client
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(REPO))
+
+from bench import harness  # noqa: E402
+
+APP = "bench.apps:hello"
+PY = sys.executable
+CONNECTIONS = 8
+
+
+def load(port: int, requests: int) -> None:
+    """``requests`` GETs over CONNECTIONS keep-alive connections, each answered 200."""
+    errors: list[str] = []
+
+    def one(count: int) -> None:
+        conn = http.client.HTTPConnection(harness.HOST, port, timeout=120)
+        try:
+            for _ in range(count):
+                conn.request("GET", "/")
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 200:
+                    errors.append(f"HTTP {resp.status}")
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one, args=(requests // CONNECTIONS,)) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise harness.ServerError(f"{len(errors)} failed requests, first: {errors[0]}")
+
+
+def busiest(out_dir: str) -> int:
+    """The largest instruction total among the callgrind files of one run (one per process)."""
+    totals = []
+    for path in glob.glob(f"{out_dir}/cg.*"):
+        text = Path(path).read_text(errors="replace")
+        m = re.search(r"^(?:summary|totals):\s*(\d+)", text, re.M)
+        totals.append(int(m.group(1)) if m else 0)
+    if not totals:
+        raise harness.ServerError("callgrind wrote no output")
+    return max(totals)
+
+
+def count(tree: Path, target: str, requests: int, backends: Sequence[int]) -> int:
+    out = tempfile.mkdtemp(prefix="prefork-cg-")
+    port = harness.free_port()
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", PY, "-m", "prefork_lb"]
+    if target == "worker":
+        cmd += [APP, "-b", f"{harness.HOST}:{port}", "--workers", "1", "--offload-processes", "0"]
+    else:
+        upstreams = ",".join(f"{harness.HOST}:{b}" for b in backends)
+        stats = f"{harness.HOST}:{harness.free_port()}"
+        cmd += ["proxy", "-b", f"{harness.HOST}:{port}", "--backends", upstreams, "--stats-bind", stats]
+        cmd += ["--health-check-interval", "0", "--strategy", "least_connections"]
+    proc = harness.start_server(cmd, cwd=tree)
+    try:
+        harness.wait_http(port, deadline=180, proc=proc)
+        load(port, 80)  # warm-up: imports, memos
+        load(port, requests)
+    finally:
+        harness.stop(proc, timeout=120)
+    return busiest(out)
+
+
+def commit(tree: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(tree), "describe", "--always", "--dirty"], capture_output=True)
+    except OSError:
+        return "?"
+    return out.stdout.decode().strip() or "?"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--trees", default=str(REPO), help="comma-separated prefork_lb checkouts")
+    ap.add_argument("--targets", default="worker,proxy")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--small", type=int, default=400)
+    ap.add_argument("--large", type=int, default=2400)
+    ap.add_argument("--no-save", action="store_true")
+    args = ap.parse_args(argv)
+    trees = [Path(t).resolve() for t in args.trees.split(",") if t]
+    targets = [t for t in args.targets.split(",") if t]
+    for t in targets:
+        if t not in ("worker", "proxy"):
+            ap.error(f"unknown target {t!r} (worker, proxy)")
+    backends = [harness.free_port(), harness.free_port()]
+    backend_procs = []
+    rows: list[dict[str, Any]] = []
+    try:
+        if "proxy" in targets:
+            for b in backends:
+                cmd = [PY, "-m", "prefork_lb", APP, "-b", f"{harness.HOST}:{b}", "--workers", "1"]
+                backend_procs.append(harness.start_server([*cmd, "--offload-processes", "0"], cwd=REPO))
+            for b, p in zip(backends, backend_procs, strict=True):
+                harness.wait_http(b, proc=p)
+        for rnd in range(1, args.rounds + 1):
+            for target in targets:
+                for tree in trees:
+                    small = count(tree, target, args.small, backends)
+                    large = count(tree, target, args.large, backends)
+                    per = (large - small) / (args.large - args.small)
+                    row = {
+                        "round": rnd,
+                        "target": target,
+                        "tree": str(tree),
+                        "instructions/request": round(per),
+                    }
+                    print(f"[{target}] round {rnd} {tree}: {per:,.0f} instructions per request", flush=True)
+                    rows.append(row)
+    finally:
+        for p in backend_procs:
+            harness.stop(p)
+    if not args.no_save:
+        meta = {
+            "title": "Instructions per request (callgrind)",
+            "machine": harness.machine_info(),
+            "params": {"small": args.small, "large": args.large, "connections": CONNECTIONS},
+            "commands": {"this run": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])},
+            "notes": [" ".join(__doc__.split("\n\n")[2].split())],
+        }
+        md, _ = harness.write_results("instructions", rows, meta)
+        print(f"wrote {md.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
