@@ -1,0 +1,128 @@
+"""The master's lifecycle as a user sees it, with real processes: a second server started on an
+address the first one holds."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import DISPATCH_MODES, free_port, server_env, spawn, stop_process, wait_for
+
+
+def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+class Master:
+    """``python -m prefork_lb APP -b 127.0.0.1:PORT ARGS`` in its own process group, its
+    stdout and stderr in one log file."""
+
+    def __init__(self, log: Path, port: int, app: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.log = log
+        self._log_f = open(log, "wb")  # noqa: SIM115 - closed by stop()
+        cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{port}", *args]
+        self.proc = spawn(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=server_env(env))
+        self.pid = self.proc.pid
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_ready(self) -> None:
+        wait_for(lambda: "Ready:" in self.text() or self.proc.poll() is not None, what="master ready")
+        assert self.proc.poll() is None, self.text()
+
+    def wait_log(self, text: str, timeout: float = 20.0) -> None:
+        wait_for(lambda: text in self.text(), timeout, f"{text!r} in the master's log")
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> int | None:
+        code = stop_process(self.proc, 10, group=False)  # the master stops its children itself
+        self._log_f.close()
+        return code
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    started: list[Master] = []
+
+    def _start(
+        app: str, *args: str, port: int = 0, ready: bool = True, env: dict[str, str] | None = None
+    ) -> Master:
+        m = Master(tmp_path / f"master{len(started)}.log", port or free_port(), app, *args, env=env)
+        started.append(m)
+        if ready:
+            m.wait_ready()
+        return m
+
+    yield _start
+    for m in started:
+        m.stop()
+
+
+def pids_answering(port: int, want: set[int]) -> set[int]:
+    """Send /pid requests, eight at a time on new connections, until every pid in ``want``
+    has answered one (AssertionError after the deadline). Returns the pids seen."""
+    seen: set[int] = set()
+
+    def one(_: int) -> int:
+        status, body = get(port, "/pid")
+        assert status == 200, body
+        return int(body)
+
+    def every_pid() -> bool:
+        with ThreadPoolExecutor(8) as pool:
+            seen.update(pool.map(one, range(8)))
+        return want <= seen
+
+    wait_for(every_pid, what=f"answers from each of {sorted(want)}")
+    return seen
+
+
+@pytest.mark.parametrize("mode", DISPATCH_MODES)
+def test_a_second_server_on_a_bound_address_exits_2_and_leaves_the_first_alone(start, mode: str) -> None:
+    extra = ("--stats-bind", "off") if mode == "proxy" else ()
+    first = start("tests.apps:overload", "-w", "2", "--dispatch", mode, *extra)
+    workers = wait_for(lambda: worker_pids(first), what="2 workers")
+    pids_answering(first.port, workers)
+
+    second = start("tests.apps:overload", "-w", "2", "--dispatch", mode, *extra, port=first.port, ready=False)
+    wait_for(lambda: second.proc.poll() is not None, what="the second server to give up")
+    assert second.proc.returncode == 2, second.text()
+    assert second.text().splitlines() == [
+        f"prefork_lb: error: address 127.0.0.1:{first.port} is already in use (--bind)"
+    ]
+    # The first server's listeners are untouched: it answers, and both workers get traffic.
+    assert worker_pids(first) == workers
+    pids_answering(first.port, workers)
+
+
+def worker_pids(m: Master) -> set[int]:
+    """The master's worker children (not the dispatcher or the proxy), once there are two."""
+    pids = set()
+    try:
+        for c in psutil.Process(m.pid).children():
+            try:
+                title = " ".join(c.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            if "prefork_lb: worker" in title:
+                pids.add(c.pid)
+    except psutil.NoSuchProcess:
+        return set()
+    return pids if len(pids) == 2 else set()
