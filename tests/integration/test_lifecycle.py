@@ -1,9 +1,11 @@
-"""The master's lifecycle as a user sees it, with real processes: a second server started on an
-address the first one holds."""
+"""The master's lifecycle as a user sees it, with real processes: a reload whose new code fails
+and the reload after it, a second server started on an address the first one holds, and the
+log lines that say what happened (reload finished, master exiting)."""
 
 from __future__ import annotations
 
 import http.client
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +16,19 @@ import psutil
 import pytest
 
 from tests.helpers import DISPATCH_MODES, free_port, server_env, spawn, stop_process, wait_for
+
+APP = """\
+import os
+
+VERSION = {version!r}
+
+
+def app(environ, start_response):
+    body = f"{{VERSION}} {{os.getpid()}}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+"""
+BROKEN = "raise RuntimeError('a half-written deploy')\n"
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
@@ -73,6 +88,72 @@ def start(tmp_path: Path) -> Iterator:
     yield _start
     for m in started:
         m.stop()
+
+
+def answer(port: int) -> tuple[str, int]:
+    status, body = get(port)
+    assert status == 200, body
+    version, pid = body.decode().split()
+    return version, int(pid)
+
+
+def test_a_failed_reload_leaves_the_next_reload_and_recycling_working(start, tmp_path: Path) -> None:
+    appdir = tmp_path / "app"
+    appdir.mkdir()
+    source = appdir / "reloadapp.py"
+    source.write_text(APP.format(version="v1"))
+    m = start(
+        "reloadapp:app",
+        "-w",
+        "1",
+        "--max-requests",
+        "30",
+        "--chdir",
+        str(appdir),
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    version, first = answer(m.port)
+    assert version == "v1"
+
+    source.write_text(BROKEN)
+    m.signal(signal.SIGHUP)
+    m.wait_log("Replacement for worker 0 failed to boot")
+    assert "a half-written deploy" in m.text()
+    assert answer(m.port) == ("v1", first), "the old worker keeps serving"
+
+    # Recycling resumes: past --max-requests the worker is replaced, by the code now on disk.
+    source.write_text(APP.format(version="v2-fixed"))
+    # (The replacement serves beside the old worker until that one has drained: wait for it to go.)
+    wait_for(
+        lambda: answer(m.port) and first not in children(m), what="the worker recycled after 30 requests"
+    )
+    assert answer(m.port)[0] == "v2-fixed"
+
+    # And the next HUP reloads.
+    source.write_text(APP.format(version="v3-reloaded"))
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: answer(m.port)[0] == "v3-reloaded", what="the reloaded code answering")
+    m.wait_log("Reload finished: 1 worker replaced\n")
+    assert "Reload finished: 0 workers replaced; 1 kept the running code" in m.text()
+
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=20) == 0
+    assert f"Master (pid {m.pid}) exiting: exit code 0" in m.text()
+
+
+def children(m: Master) -> set[int]:
+    """The master's live children."""
+    pids = set()
+    try:
+        for c in psutil.Process(m.pid).children():
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE:
+                    pids.add(c.pid)
+            except psutil.NoSuchProcess:
+                pass
+    except psutil.NoSuchProcess:
+        pass
+    return pids
 
 
 def pids_answering(port: int, want: set[int]) -> set[int]:

@@ -13,8 +13,9 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.arbiter import Arbiter
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.config import build
-from prefork_lb.supervisor import ABORT_GRACE, DISPATCHER_SLOT
-from tests.unit.test_arbiter import FakeOS
+from prefork_lb.supervisor import ABORT_GRACE, DISPATCHER_SLOT, MAX_BACKOFF
+from prefork_lb.worker import child
+from tests.unit.test_arbiter import FakeOS, make, mark_ready
 
 
 @pytest.fixture
@@ -172,3 +173,98 @@ def test_autoscaler_scales_down_after_a_quiet_period() -> None:
     assert a.decide(110, serving=3, busy=1, workers=3, low=2, high=4) == -1
     a.changed(110, up=False)
     assert a.decide(111, serving=2, busy=2, workers=2, low=2, high=4) == 0, "a busy period starts afresh"
+
+
+# -- a reload or a recycle whose new worker fails ---------------------------------------------------
+
+
+def _serving(fake: FakeOS, workers: int = 1) -> tuple[Arbiter, list[int]]:
+    arb = make(fake, workers=workers)
+    arb.manage()
+    for pid in arb.workers:
+        mark_ready(arb, pid)
+    arb.manage()
+    return arb, sorted(arb.workers)
+
+
+def _fail_reload(fake: FakeOS, arb: Arbiter, old: list[int], code: int = child.EXIT_BOOT) -> None:
+    arb.handle_hup()
+    arb.manage()
+    for pid in set(arb.workers) - set(old):
+        fake.exit(pid, code=code)
+    arb.reap()
+    arb.manage()
+    assert sorted(arb.workers) == old, "the broken code is not retried before the next HUP"
+
+
+def test_after_a_failed_reload_the_next_hup_replaces_the_workers(fake: FakeOS) -> None:
+    arb, old = _serving(fake)
+    _fail_reload(fake, arb, old)
+    arb.handle_hup()  # the code is fixed
+    arb.manage()
+    (new,) = set(arb.workers) - set(old)
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old[0]) == [signal.SIGTERM]
+
+
+def test_after_a_failed_reload_max_requests_recycling_resumes(fake: FakeOS) -> None:
+    arb, old = _serving(fake)
+    _fail_reload(fake, arb, old)
+    arb.board.put(arb.workers[old[0]].entry, sb.STATE, sb.RETIRING)  # --max-requests reached
+    fake.now += MAX_BACKOFF
+    arb.manage()
+    (new,) = set(arb.workers) - set(old)
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old[0]) == [signal.SIGTERM]
+
+
+@pytest.mark.parametrize("code", [child.EXIT_BOOT, 1])
+def test_a_recycle_whose_replacement_fails_is_retried_after_a_back_off(fake: FakeOS, code: int) -> None:
+    arb, (old,) = _serving(fake)
+    arb.board.put(arb.workers[old].entry, sb.STATE, sb.RETIRING)
+    arb.manage()
+    (bad,) = set(arb.workers) - {old}
+    fake.exit(bad, code=code)  # the code on disk fails to import, or the new worker crashes
+    arb.reap()
+    arb.manage()
+    assert list(arb.workers) == [old] and not fake.signals_to(old), "the old worker serves on"
+    fake.now += MAX_BACKOFF
+    arb.manage()
+    (new,) = set(arb.workers) - {old}
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old) == [signal.SIGTERM]
+
+
+def test_a_reload_says_when_it_finished_and_how_many_workers_it_replaced(
+    fake: FakeOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    arb, old = _serving(fake, workers=2)
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.handle_hup()
+        arb.manage()
+        first, second = sorted(set(arb.workers) - set(old))
+        mark_ready(arb, first)
+        arb.manage()
+        assert "Reload finished" not in caplog.text
+        mark_ready(arb, second)
+        arb.manage()
+        arb.manage()
+    assert caplog.text.count("Reload finished: 2 workers replaced\n") == 1
+
+
+def test_a_partly_failed_reload_says_so_when_it_finished(
+    fake: FakeOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    arb, old = _serving(fake, workers=2)
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.handle_hup()
+        arb.manage()
+        good, bad = sorted(set(arb.workers) - set(old))
+        fake.exit(bad, code=child.EXIT_BOOT)
+        arb.reap()
+        mark_ready(arb, good)
+        arb.manage()
+    assert "Reload finished: 1 worker replaced; 1 kept the running code" in caplog.text
