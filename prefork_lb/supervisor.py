@@ -372,7 +372,11 @@ class Supervisor:
             self.num_workers -= 1
             self.resized()
             log.info(
-                "Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - scaler.idle_since
+                "Autoscale: %d workers (%d of %d busy; a spare worker idle for %.0f s)",
+                self.num_workers,
+                busy,
+                len(serving),
+                now - scaler.idle_since,
             )
         if change:
             scaler.changed(now, up=change > 0)

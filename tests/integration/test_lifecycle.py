@@ -1,6 +1,6 @@
 """The master's lifecycle as a user sees it, with real processes: a reload whose new code fails
 and the reload after it, a second server started on an address the first one holds, and the
-log lines that say what happened (reload finished, master exiting)."""
+log lines that say what happened (reload finished, master exiting, autoscaling that holds)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import http.client
 import signal
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -207,3 +209,40 @@ def worker_pids(m: Master) -> set[int]:
     except psutil.NoSuchProcess:
         return set()
     return pids if len(pids) == 2 else set()
+
+
+def test_a_steady_load_on_one_worker_does_not_make_autoscaling_flap(start) -> None:
+    """One client sending request after request saturates one worker: autoscaling adds one,
+    then keeps two (it used to remove it a second later, add it again, and so on)."""
+    m = start(
+        "tests.apps:overload",
+        "-w",
+        "1",
+        "--max-workers",
+        "3",
+        "--autoscale-up-after",
+        "0.5",
+        "--autoscale-down-after",
+        "1",
+    )
+    stop = threading.Event()
+    served = [0]
+
+    def client() -> None:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            get(m.port, "/sleep/0.05", timeout=10)
+            served[0] += 1
+
+    t = threading.Thread(target=client)
+    t.start()
+    try:
+        m.wait_log("Autoscale: 2 workers")
+        # A load, not a synchronisation: many down-after periods of steady load.
+        seen = served[0]
+        wait_for(lambda: served[0] > seen + 100, timeout=60, what="100 more requests")
+    finally:
+        stop.set()
+        t.join(timeout=20)
+    assert "Autoscale: 1 workers" not in m.text()
+    assert "Autoscale: 3 workers" not in m.text()

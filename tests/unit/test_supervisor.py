@@ -175,6 +175,43 @@ def test_autoscaler_scales_down_after_a_quiet_period() -> None:
     assert a.decide(111, serving=2, busy=2, workers=2, low=2, high=4) == 0, "a busy period starts afresh"
 
 
+def test_a_steady_load_that_saturates_one_worker_keeps_a_steady_count() -> None:
+    """One request always in flight (a client that sends the next request as soon as it has
+    the answer), ticks every 0.5 s for two minutes: one worker more, then no change. The
+    delays are those that made it flap (+1, -1, +1, -1 within 4 s)."""
+    a = Autoscaler(up_after=0.5, down_after=1)
+    workers, changes, now = 1, [], 100.0
+    for _ in range(240):
+        busy = min(workers, 1)
+        change = a.decide(now, serving=workers, busy=busy, workers=workers, low=1, high=4)
+        if change:
+            a.changed(now, up=change > 0)
+            workers += change
+            changes.append(change)
+        now += 0.5
+    assert changes == [1] and workers == 2
+
+
+def test_autoscaler_scales_down_once_the_added_worker_is_idle() -> None:
+    a = Autoscaler(up_after=0.5, down_after=1)
+    assert a.decide(100, serving=2, busy=1, workers=2, low=1, high=4) == 0
+    assert a.decide(105, serving=2, busy=1, workers=2, low=1, high=4) == 0, (
+        "one worker fewer would be saturated"
+    )
+    assert a.decide(105.5, serving=2, busy=0, workers=2, low=1, high=4) == 0
+    assert a.decide(106.5, serving=2, busy=0, workers=2, low=1, high=4) == -1
+
+
+def test_a_scale_up_restarts_the_idle_timer() -> None:
+    a = Autoscaler(up_after=2, down_after=10)
+    assert a.decide(100, serving=4, busy=1, workers=4, low=2, high=5) == 0
+    assert a.idle_since == 100
+    a.changed(105, up=True)
+    assert a.idle_since == 0 and a.busy_since == 0
+    assert a.decide(110.5, serving=5, busy=1, workers=5, low=2, high=5) == 0, "idle since 110.5 only"
+    assert a.decide(120.5, serving=5, busy=1, workers=5, low=2, high=5) == -1
+
+
 # -- a reload or a recycle whose new worker fails ---------------------------------------------------
 
 
