@@ -36,6 +36,7 @@ from prefork_lb.supervisor import (
     MAX_BACKOFF,
     SIGNALS,
     BootError,
+    ReloadProgress,
     Supervisor,
     WorkerProc,
 )
@@ -145,9 +146,12 @@ class Arbiter(Supervisor):
         finally:
             self.cleanup()
         if self.boot_error is not None:
+            if self.ready_announced:  # at start-up, the one line below says it all
+                log.info("Master (pid %d) exiting: exit code %d", self.pid, self.boot_error.code)
             sys.stderr.write(f"prefork_lb: error: {self.boot_error}\n")
             return self.boot_error.code
         self.hook("on_exit", self)
+        log.info("Master (pid %d) exiting: exit code %d", self.pid, self.exit_code)
         return self.exit_code
 
     def sleep_time(self) -> float:
@@ -226,6 +230,9 @@ class Arbiter(Supervisor):
             self.num_workers = new.workers
             self.resized()
         self.generation += 1
+        self.reload = ReloadProgress(self.generation)
+        for w in self.workers.values():
+            w.retry_at = 0.0  # an operator's HUP tries again now, whatever failed before
 
     def handle_ttin(self) -> None:
         self.add_slot()

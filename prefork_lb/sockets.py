@@ -11,6 +11,8 @@ import logging
 import os
 import socket
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 log = logging.getLogger("prefork_lb.error")
@@ -18,6 +20,16 @@ log = logging.getLogger("prefork_lb.error")
 
 class BindError(Exception):
     """An address that cannot be listened on: reported as one line, exit code 2."""
+
+
+@contextmanager
+def naming(setting: str) -> Iterator[None]:
+    """A BindError raised inside says which setting the address came from, e.g.
+    "address 127.0.0.1:9000 is already in use (--stats-bind, default 127.0.0.1:9000)"."""
+    try:
+        yield
+    except BindError as exc:
+        raise BindError(f"{exc} ({setting})") from None
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,29 @@ def listen(addr: Address, backlog: int = 2048, reuseport: bool = False) -> socke
             raise BindError(f"cannot listen on unix:{addr.path}: {exc.strerror or exc}") from None
         sock.setblocking(False)
         return sock
+    sock = _bound_tcp(addr, reuseport)
+    try:
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise _tcp_error(addr, exc) from None
+    sock.setblocking(False)
+    return sock
+
+
+def refuse_taken(addr: Address) -> None:
+    """BindError when another socket holds this TCP address, even one with SO_REUSEPORT.
+
+    A SO_REUSEPORT bind succeeds next to any listener of the same user that has the option
+    too: a second server would join the first one's group (and re-program its steering).
+    A bind without the option fails while anything listens there, so it is tried first,
+    then closed (a bound socket that never listened leaves nothing behind)."""
+    if addr.kind != "tcp" or addr.port == 0:
+        return
+    _bound_tcp(addr, reuseport=False).close()
+
+
+def _bound_tcp(addr: Address, reuseport: bool) -> socket.socket:
     try:
         infos = socket.getaddrinfo(addr.host, addr.port, 0, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -101,16 +136,18 @@ def listen(addr: Address, backlog: int = 2048, reuseport: bool = False) -> socke
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind(sockaddr)
-        sock.listen(backlog)
     except OSError as exc:
         sock.close()
-        if exc.errno == errno.EADDRINUSE:
-            raise BindError(f"address {addr} is already in use") from None
-        if exc.errno == errno.EACCES:
-            raise BindError(f"permission denied binding {addr}") from None
-        raise BindError(f"cannot listen on {addr}: {exc.strerror}") from None
-    sock.setblocking(False)
+        raise _tcp_error(addr, exc) from None
     return sock
+
+
+def _tcp_error(addr: Address, exc: OSError) -> BindError:
+    if exc.errno == errno.EADDRINUSE:
+        return BindError(f"address {addr} is already in use")
+    if exc.errno == errno.EACCES:
+        return BindError(f"permission denied binding {addr}")
+    return BindError(f"cannot listen on {addr}: {exc.strerror}")
 
 
 def _remove_stale_unix_socket(path: str) -> None:

@@ -55,6 +55,28 @@ class WorkerProc:
     replaced_by: int = 0  # pid of the worker taking over its slot
     replaces: int = 0  # pid of the worker it takes over from
     reload_gen: int = 0  # the reload generation it was started in
+    retry_at: float = 0.0  # its recycling replacement failed to boot: no new one before this
+
+
+@dataclass
+class ReloadProgress:
+    """One HUP's rolling replacement, counted for the line that says it finished."""
+
+    generation: int
+    replaced: int = 0  # workers whose successor took over their slot
+    failed: int = 0  # workers kept serving because their successor failed to boot
+    helper: bool = False  # the dispatcher or the proxy was replaced too
+
+    def summary(self, helper_name: str) -> str:
+        line = f"Reload finished: {self.replaced} worker{'' if self.replaced == 1 else 's'} replaced"
+        if self.helper:
+            line += f" and the {helper_name}"
+        if self.failed:
+            line += (
+                f"; {self.failed} kept the running code (the new one failed to boot; "
+                "fix it and send HUP again)"
+            )
+        return line
 
 
 class BootError(Exception):
@@ -92,6 +114,7 @@ class Supervisor:
         self.stop_deadline = 0.0
         self.boot_error: BootError | None = None
         self.generation = 0  # HUP: processes of an older generation are replaced
+        self.reload: ReloadProgress | None = None  # the HUP being rolled out, until it is done
         self.ready_announced = False
         self.old_master = 0  # pid of the master we replace (we were started by its USR2)
         self.new_master = 0  # pid of the master our USR2 started
@@ -221,6 +244,7 @@ class Supervisor:
         self.replace_outdated()
         self.retire_predecessors()
         self.shrink()
+        self.note_reload_done()
         if not self.ready_announced and slots and all(self.slot_ready(s) for s in slots):
             self.announce_ready()
 
@@ -250,9 +274,11 @@ class Supervisor:
                 self.spawn(slot)
 
     def replace_outdated(self) -> None:
-        """Workers that asked to retire (max-requests) or are older than a reload get a successor."""
+        """Workers that asked to retire (max-requests, max-rss) or are older than a reload get a
+        successor; after a successor failed, not before its back-off (``retry_at``) is over."""
+        now = self.clock()
         for w in list(self.workers.values()):
-            if w.term_at or w.replaced_by:
+            if w.term_at or w.replaced_by or now < w.retry_at:
                 continue
             wants_out = self.board.state(w.entry) == sb.RETIRING or w.reload_gen < self.generation
             if wants_out and w.slot < self.num_workers:
@@ -264,8 +290,30 @@ class Supervisor:
             if w.replaces and w.ready:
                 old = self.workers.get(w.replaces)
                 w.replaces = 0
+                self.backoff.pop(w.slot, None)
                 if old is not None and not old.term_at:
+                    self.count_replaced(old)
                     self.stop_worker(old, signal.SIGTERM)
+
+    def count_replaced(self, old: WorkerProc) -> None:
+        r = self.reload
+        if r is None or old.reload_gen >= r.generation:
+            return  # recycled, not reloaded
+        if old.slot == DISPATCHER_SLOT:
+            r.helper = True
+        else:
+            r.replaced += 1
+
+    def note_reload_done(self) -> None:
+        """Once no live process is older than the HUP and no replacement is pending: one line."""
+        r = self.reload
+        if r is None:
+            return
+        for w in self.workers.values():
+            if w.replaces or (not w.term_at and w.reload_gen < r.generation):
+                return
+        self.reload = None
+        log.info(r.summary(self.slot_name(DISPATCHER_SLOT)))
 
     def shrink(self) -> None:
         """Slots beyond the worker count (TTOU): drain their workers, then close the slot."""
@@ -324,7 +372,11 @@ class Supervisor:
             self.num_workers -= 1
             self.resized()
             log.info(
-                "Autoscale: %d workers (%d busy for %.0f s)", self.num_workers, busy, now - scaler.idle_since
+                "Autoscale: %d workers (%d of %d busy; a spare worker idle for %.0f s)",
+                self.num_workers,
+                busy,
+                len(serving),
+                now - scaler.idle_since,
             )
         if change:
             scaler.changed(now, up=change > 0)
@@ -367,17 +419,24 @@ class Supervisor:
                 continue
             if code in (EXIT_APP_LOAD, EXIT_BOOT) and not w.ready:
                 self.boot_failed(w, code)
-                return
+                if self.boot_error is not None:
+                    return
+                continue
             self.died(w, code)
 
     def boot_failed(self, w: WorkerProc, code: int) -> None:
         """A worker that could not import the app: stop the master (exit code 2 or 3), unless
         it was a reload's or a recycle's replacement, which leaves the old worker serving."""
         message = self.read_boot_message() or f"worker failed to boot ({describe_exit(code)})"
-        old = self.workers.get(w.replaces) if w.replaces else None
+        old = self.predecessor(w)
         if old is not None:
-            old.replaced_by = -1
+            # The old worker serves on, with the code it has. It is not replaced again for
+            # this reload (the code on disk fails), but the next HUP replaces it, and so does
+            # recycling (--max-requests, --max-rss) once a back-off is over.
+            if self.reload is not None and old.reload_gen < self.reload.generation:
+                self.reload.failed += 1
             old.reload_gen = self.generation
+            old.retry_at = self.back_off(w.slot)
             log.error(
                 "Replacement for worker %d failed to boot: %s; the old worker keeps serving", w.slot, message
             )
@@ -399,13 +458,32 @@ class Supervisor:
         # exiting soon after. A ready worker killed by a signal (the OOM killer, an operator)
         # is replaced at once: its slot may have connections waiting.
         now = self.clock()
+        old = self.predecessor(w)
         if not w.ready or (code > 0 and now - w.started < 1.0):
-            delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(w.slot, 0.0) * 2))
-            self.backoff[w.slot] = delay
-            self.next_spawn[w.slot] = now + delay
-            log.warning("Worker %d crashed within a second of starting; next start in %.1f s", w.slot, delay)
+            self.next_spawn[w.slot] = self.back_off(w.slot)
+            if old is not None:  # a replacement: its predecessor serves on, and gets another later
+                old.retry_at = self.next_spawn[w.slot]
+            log.warning(
+                "Worker %d crashed within a second of starting; next start in %.1f s",
+                w.slot,
+                self.next_spawn[w.slot] - now,
+            )
         else:
             self.backoff.pop(w.slot, None)
+
+    def predecessor(self, w: WorkerProc) -> WorkerProc | None:
+        """The worker that ``w`` (gone before it was ready) was to replace, unmarked so that
+        it can get another successor; None when ``w`` replaced nobody."""
+        old = self.workers.get(w.replaces) if w.replaces else None
+        if old is not None and old.replaced_by == w.pid:
+            old.replaced_by = 0
+        return old
+
+    def back_off(self, slot: int) -> float:
+        """When the slot may try again after a failure: doubling delays, up to MAX_BACKOFF."""
+        delay = min(MAX_BACKOFF, max(0.1, self.backoff.get(slot, 0.0) * 2))
+        self.backoff[slot] = delay
+        return self.clock() + delay
 
     def read_boot_message(self) -> str:
         try:

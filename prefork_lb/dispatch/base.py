@@ -25,7 +25,8 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prefork_lb.sockets import Address, listen
+from prefork_lb.settings.base import flag_and_default
+from prefork_lb.sockets import Address, listen, naming
 
 if TYPE_CHECKING:
     from prefork_lb.child import ChildContext, ChildProcess
@@ -75,10 +76,11 @@ class DispatchMode:
     def bind(self, addresses: list[Address], num_workers: int) -> None:
         """Listen on every address (BindError for a user mistake)."""
         self.sockets.addresses = addresses
-        for addr in addresses:
-            if self.shares(addr):
-                self.sockets.shared.append(listen(addr, self.cfg.backlog))
-        self.resize(num_workers)
+        with naming(flag_and_default(self.cfg, "bind")):
+            for addr in addresses:
+                if self.shares(addr):
+                    self.sockets.shared.append(listen(addr, self.cfg.backlog))
+        self.resize(num_workers)  # a slot's listeners say which setting they come from
 
     def shares(self, addr: Address) -> bool:
         """Whether an address is one listener shared by all (else one per slot)."""

@@ -18,7 +18,8 @@ import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork_lb.dispatch.base import DispatchMode
-from prefork_lb.sockets import Address, listen, parse_address
+from prefork_lb.settings.base import flag_and_default
+from prefork_lb.sockets import Address, listen, naming, parse_address
 
 if TYPE_CHECKING:
     from prefork_lb.child import ChildContext, ChildProcess
@@ -38,7 +39,8 @@ class ProxyMode(DispatchMode):
     def bind(self, addresses: list[Address], num_workers: int) -> None:
         super().bind(addresses, num_workers)
         if self.cfg.stats_bind not in ("off", "public", ""):
-            self.sockets.admin = [listen(parse_address(self.cfg.stats_bind), 64)]
+            with naming(flag_and_default(self.cfg, "stats_bind")):
+                self.sockets.admin = [listen(parse_address(self.cfg.stats_bind), 64)]
 
     def resize(self, num_workers: int) -> bool:
         for slot in range(num_workers):
@@ -50,7 +52,8 @@ class ProxyMode(DispatchMode):
         if socks is None:
             base = self.cfg.worker_base_port
             addr = Address("tcp", host="127.0.0.1", port=base + slot if base else 0)
-            socks = self.sockets.slots[slot] = [listen(addr, self.cfg.backlog)]
+            with naming(f"--worker-base-port {base} + slot {slot}"):
+                socks = self.sockets.slots[slot] = [listen(addr, self.cfg.backlog)]
         return socks
 
     def worker_sockets(self, slot: int) -> list[socket.socket]:

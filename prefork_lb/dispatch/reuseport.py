@@ -18,7 +18,8 @@ from typing import ClassVar
 
 from prefork_lb.dispatch.base import DispatchMode
 from prefork_lb.dispatch.shared import SharedMode
-from prefork_lb.sockets import Address, listen, steer_reuseport
+from prefork_lb.settings.base import flag_and_default
+from prefork_lb.sockets import Address, listen, naming, refuse_taken, steer_reuseport
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -58,10 +59,14 @@ class ReuseportMode(DispatchMode):
         socks = self.sockets.slots.get(slot)
         if socks is None:
             socks = []
+            creating_group = not self.sockets.slots
             for i, a in enumerate(addresses):
                 if a.kind != "tcp":
                     continue
-                sock = listen(a, self.cfg.backlog, reuseport=True)
+                with naming(flag_and_default(self.cfg, "bind")):
+                    if creating_group:
+                        refuse_taken(a)  # never join (and re-steer) another server's group
+                    sock = listen(a, self.cfg.backlog, reuseport=True)
                 if a.port == 0:
                     # Port 0: every slot must join the group on the port the first one got.
                     addresses[i] = Address("tcp", host=a.host, port=sock.getsockname()[1])

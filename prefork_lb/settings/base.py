@@ -178,3 +178,18 @@ def offload_count(value: Any) -> int:
 def cpu_count() -> int:
     """The default of --workers."""
     return os.cpu_count() or 1
+
+
+def flag_and_default(cfg: Any, name: str) -> str:
+    """How an error names the setting ``name`` of ``cfg``: its long flag, plus the default
+    when that is the value in use, since then the user never typed it
+    ("--stats-bind, default 127.0.0.1:9000")."""
+    setting = getattr(type(cfg), name, None)
+    if not isinstance(setting, Setting):
+        return name
+    flag = setting.flags[-1] if setting.flags else name
+    value = getattr(cfg, name)
+    if value != setting.resolve_default():
+        return flag
+    shown = ", ".join(value) if isinstance(value, list) else str(value)
+    return f"{flag}, default {shown}"

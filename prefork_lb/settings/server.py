@@ -126,7 +126,8 @@ class ServerSettings:
         0,
         "Autoscaling: up to this many workers (0: off). --workers is then the minimum: a worker "
         "is added while every worker has requests in flight for --autoscale-up-after seconds, "
-        "and one removed after --autoscale-down-after seconds with at most one busy worker.",
+        "and one removed once two workers have been idle for --autoscale-down-after seconds "
+        "(with one fewer, one would still be idle), so a steady load keeps a steady count.",
         flags=("--max-workers",),
         section="Overload",
         metavar="N",
@@ -144,7 +145,8 @@ class ServerSettings:
     autoscale_down_after = Setting(
         non_negative_float,
         30.0,
-        "Seconds of little load before autoscaling removes a worker (never below --workers).",
+        "Seconds the capacity autoscaling added must stay idle (two workers idle) before it "
+        "removes a worker; a change restarts the count (never below --workers).",
         flags=("--autoscale-down-after",),
         section="Overload",
         metavar="SECONDS",

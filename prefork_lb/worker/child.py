@@ -44,7 +44,7 @@ def stop_server(server: Any, graceful: bool, timeout: float) -> None:
     if graceful:
         log.info("Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout)
         if not server.drain(timeout):
-            log.warning("Graceful timeout: closed %d connection(s) still busy", len(server.connections))
+            log.warning("Graceful timeout: closed %d connection(s) still busy", server.cut)
     else:
         server.drain(0)
 

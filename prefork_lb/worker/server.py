@@ -74,6 +74,7 @@ class Server:
         self._watchdog: gevent.Greenlet | None = None
         self._stopped = gevent.event.Event()
         self.requests_served = 0
+        self.cut = 0  # connections the last drain closed at its deadline, still busy
         # Bodiless request heads seen before, shared by this worker's connections (their
         # parsers have the same limits); each keeps the environ entries it gives.
         self.request_memo = RequestMemo()
@@ -269,7 +270,10 @@ class Server:
             if time.monotonic() >= deadline:
                 break
             gevent.sleep(0.05)
-        clean = not len(self.pool)
+        # Counted before the kill: a killed connection leaves self.connections, so counting
+        # afterwards said "0 still busy" of connections that had just been cut.
+        self.cut = len(self.pool)
+        clean = not self.cut
         self.pool.kill(block=True, timeout=1)
         if self._watchdog is not None:
             self._watchdog.kill(block=False)

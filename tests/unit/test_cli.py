@@ -188,7 +188,7 @@ def test_main_port_in_use_exits_2_with_one_line(capsys: pytest.CaptureFixture[st
             cli.main([APP, "-b", f"127.0.0.1:{port}"])
     assert info.value.code == 2
     assert one_line(capsys.readouterr().err) == (
-        f"prefork_lb: error: address 127.0.0.1:{port} is already in use"
+        f"prefork_lb: error: address 127.0.0.1:{port} is already in use (--bind)"
     )
 
 

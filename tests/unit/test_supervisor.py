@@ -13,8 +13,9 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.arbiter import Arbiter
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.config import build
-from prefork_lb.supervisor import ABORT_GRACE, DISPATCHER_SLOT
-from tests.unit.test_arbiter import FakeOS
+from prefork_lb.supervisor import ABORT_GRACE, DISPATCHER_SLOT, MAX_BACKOFF
+from prefork_lb.worker import child
+from tests.unit.test_arbiter import FakeOS, make, mark_ready
 
 
 @pytest.fixture
@@ -172,3 +173,135 @@ def test_autoscaler_scales_down_after_a_quiet_period() -> None:
     assert a.decide(110, serving=3, busy=1, workers=3, low=2, high=4) == -1
     a.changed(110, up=False)
     assert a.decide(111, serving=2, busy=2, workers=2, low=2, high=4) == 0, "a busy period starts afresh"
+
+
+def test_a_steady_load_that_saturates_one_worker_keeps_a_steady_count() -> None:
+    """One request always in flight (a client that sends the next request as soon as it has
+    the answer), ticks every 0.5 s for two minutes: one worker more, then no change. The
+    delays are those that made it flap (+1, -1, +1, -1 within 4 s)."""
+    a = Autoscaler(up_after=0.5, down_after=1)
+    workers, changes, now = 1, [], 100.0
+    for _ in range(240):
+        busy = min(workers, 1)
+        change = a.decide(now, serving=workers, busy=busy, workers=workers, low=1, high=4)
+        if change:
+            a.changed(now, up=change > 0)
+            workers += change
+            changes.append(change)
+        now += 0.5
+    assert changes == [1] and workers == 2
+
+
+def test_autoscaler_scales_down_once_the_added_worker_is_idle() -> None:
+    a = Autoscaler(up_after=0.5, down_after=1)
+    assert a.decide(100, serving=2, busy=1, workers=2, low=1, high=4) == 0
+    assert a.decide(105, serving=2, busy=1, workers=2, low=1, high=4) == 0, (
+        "one worker fewer would be saturated"
+    )
+    assert a.decide(105.5, serving=2, busy=0, workers=2, low=1, high=4) == 0
+    assert a.decide(106.5, serving=2, busy=0, workers=2, low=1, high=4) == -1
+
+
+def test_a_scale_up_restarts_the_idle_timer() -> None:
+    a = Autoscaler(up_after=2, down_after=10)
+    assert a.decide(100, serving=4, busy=1, workers=4, low=2, high=5) == 0
+    assert a.idle_since == 100
+    a.changed(105, up=True)
+    assert a.idle_since == 0 and a.busy_since == 0
+    assert a.decide(110.5, serving=5, busy=1, workers=5, low=2, high=5) == 0, "idle since 110.5 only"
+    assert a.decide(120.5, serving=5, busy=1, workers=5, low=2, high=5) == -1
+
+
+# -- a reload or a recycle whose new worker fails ---------------------------------------------------
+
+
+def _serving(fake: FakeOS, workers: int = 1) -> tuple[Arbiter, list[int]]:
+    arb = make(fake, workers=workers)
+    arb.manage()
+    for pid in arb.workers:
+        mark_ready(arb, pid)
+    arb.manage()
+    return arb, sorted(arb.workers)
+
+
+def _fail_reload(fake: FakeOS, arb: Arbiter, old: list[int], code: int = child.EXIT_BOOT) -> None:
+    arb.handle_hup()
+    arb.manage()
+    for pid in set(arb.workers) - set(old):
+        fake.exit(pid, code=code)
+    arb.reap()
+    arb.manage()
+    assert sorted(arb.workers) == old, "the broken code is not retried before the next HUP"
+
+
+def test_after_a_failed_reload_the_next_hup_replaces_the_workers(fake: FakeOS) -> None:
+    arb, old = _serving(fake)
+    _fail_reload(fake, arb, old)
+    arb.handle_hup()  # the code is fixed
+    arb.manage()
+    (new,) = set(arb.workers) - set(old)
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old[0]) == [signal.SIGTERM]
+
+
+def test_after_a_failed_reload_max_requests_recycling_resumes(fake: FakeOS) -> None:
+    arb, old = _serving(fake)
+    _fail_reload(fake, arb, old)
+    arb.board.put(arb.workers[old[0]].entry, sb.STATE, sb.RETIRING)  # --max-requests reached
+    fake.now += MAX_BACKOFF
+    arb.manage()
+    (new,) = set(arb.workers) - set(old)
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old[0]) == [signal.SIGTERM]
+
+
+@pytest.mark.parametrize("code", [child.EXIT_BOOT, 1])
+def test_a_recycle_whose_replacement_fails_is_retried_after_a_back_off(fake: FakeOS, code: int) -> None:
+    arb, (old,) = _serving(fake)
+    arb.board.put(arb.workers[old].entry, sb.STATE, sb.RETIRING)
+    arb.manage()
+    (bad,) = set(arb.workers) - {old}
+    fake.exit(bad, code=code)  # the code on disk fails to import, or the new worker crashes
+    arb.reap()
+    arb.manage()
+    assert list(arb.workers) == [old] and not fake.signals_to(old), "the old worker serves on"
+    fake.now += MAX_BACKOFF
+    arb.manage()
+    (new,) = set(arb.workers) - {old}
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old) == [signal.SIGTERM]
+
+
+def test_a_reload_says_when_it_finished_and_how_many_workers_it_replaced(
+    fake: FakeOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    arb, old = _serving(fake, workers=2)
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.handle_hup()
+        arb.manage()
+        first, second = sorted(set(arb.workers) - set(old))
+        mark_ready(arb, first)
+        arb.manage()
+        assert "Reload finished" not in caplog.text
+        mark_ready(arb, second)
+        arb.manage()
+        arb.manage()
+    assert caplog.text.count("Reload finished: 2 workers replaced\n") == 1
+
+
+def test_a_partly_failed_reload_says_so_when_it_finished(
+    fake: FakeOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    arb, old = _serving(fake, workers=2)
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        arb.handle_hup()
+        arb.manage()
+        good, bad = sorted(set(arb.workers) - set(old))
+        fake.exit(bad, code=child.EXIT_BOOT)
+        arb.reap()
+        mark_ready(arb, good)
+        arb.manage()
+    assert "Reload finished: 1 worker replaced; 1 kept the running code" in caplog.text

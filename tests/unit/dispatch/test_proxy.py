@@ -5,10 +5,12 @@ from __future__ import annotations
 import socket
 from types import SimpleNamespace
 
+import pytest
+
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import ChildContext
 from prefork_lb.proxy.process import ProxyChild
-from prefork_lb.sockets import parse_address
+from prefork_lb.sockets import BindError, parse_address
 
 
 def free_port() -> int:
@@ -72,3 +74,38 @@ def test_the_helper_is_the_proxy_child(make_mode) -> None:
     child = mode.helper_process(ctx)
     assert isinstance(child, ProxyChild)
     assert child.listeners == mode.sockets.shared and child.secret == mode.sticky_secret
+
+
+def test_a_taken_stats_bind_names_the_setting(make_mode) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        mode = make_mode("proxy", stats_bind=f"127.0.0.1:{port}")
+        with pytest.raises(BindError) as info:
+            mode.bind([parse_address("127.0.0.1:0")], 1)
+    assert str(info.value) == f"address 127.0.0.1:{port} is already in use (--stats-bind)"
+
+
+def test_a_taken_worker_port_names_the_setting(make_mode) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        mode = make_mode("proxy", stats_bind="off", worker_base_port=port)
+        with pytest.raises(BindError) as info:
+            mode.bind([parse_address("127.0.0.1:0")], 1)
+    assert (
+        str(info.value) == f"address 127.0.0.1:{port} is already in use (--worker-base-port {port} + slot 0)"
+    )
+
+
+def test_the_default_stats_bind_is_named_as_the_default() -> None:
+    from prefork_lb.config import defaults
+    from prefork_lb.settings.base import flag_and_default
+
+    cfg = defaults()
+    assert flag_and_default(cfg, "stats_bind") == "--stats-bind, default 127.0.0.1:9000"
+    assert flag_and_default(cfg, "bind") == "--bind, default 127.0.0.1:8000"
+    cfg.set("stats_bind", "127.0.0.1:9001", "test")
+    assert flag_and_default(cfg, "stats_bind") == "--stats-bind"

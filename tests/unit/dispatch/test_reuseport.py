@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
 from prefork_lb.dispatch.shared import SharedMode
-from prefork_lb.sockets import parse_address
+from prefork_lb.sockets import BindError, listen, parse_address
 
 
 def test_each_slot_gets_its_own_listener_in_one_group(make_mode) -> None:
@@ -59,3 +61,30 @@ def test_systemd_sockets_turn_it_into_shared(make_mode) -> None:
     assert [s.fileno() for s in new.sockets.shared] == [fd]
     for s in new.sockets.all():
         s.close()
+
+
+def test_an_address_another_servers_group_holds_is_refused_untouched(make_mode) -> None:
+    """SO_REUSEPORT would let the bind succeed next to another server's listener (same user,
+    option set): the mode must refuse it instead of joining that group and re-steering it."""
+    other = listen(parse_address("127.0.0.1:0"), reuseport=True)
+    try:
+        port = other.getsockname()[1]
+        mode = make_mode("reuseport", bind=[f"127.0.0.1:{port}"])
+        with pytest.raises(BindError) as info:
+            mode.bind([parse_address(f"127.0.0.1:{port}")], 2)
+        assert str(info.value) == f"address 127.0.0.1:{port} is already in use (--bind)"
+        assert mode.sockets.slots == {}, "nothing joined the other group"
+    finally:
+        other.close()
+
+
+def test_a_taken_default_bind_says_it_is_the_default(make_mode) -> None:
+    mode = make_mode("reuseport")
+    mode.cfg.set("bind", ["127.0.0.1:8000"], "test")  # the default: what the error names
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        with pytest.raises(BindError) as info:
+            mode.bind([parse_address(f"127.0.0.1:{port}")], 1)
+    assert str(info.value) == f"address 127.0.0.1:{port} is already in use (--bind, default 127.0.0.1:8000)"

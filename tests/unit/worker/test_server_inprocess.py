@@ -288,3 +288,28 @@ def test_framings_kept_in_a_request_memo_are_bounded() -> None:
     assert req.memo is not None and len(req.memo) <= FRAMINGS_MAX
     client.close()
     server.drain(timeout=1)
+
+
+def test_the_graceful_timeout_line_counts_the_connections_it_cut(pair, caplog) -> None:
+    import logging
+
+    from prefork_lb.worker.child import stop_server
+
+    entered, release = gevent.event.Event(), gevent.event.Event()
+
+    def stuck(environ, start_response):
+        entered.set()
+        release.wait()  # a request that outlives the graceful timeout
+        start_response("200 OK", [("Content-Length", "0")])
+        return [b""]
+
+    server_side, client = pair
+    server = Server(stuck)
+    server.serve_connection(server_side)
+    client.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+    with gevent.Timeout(5):
+        entered.wait()
+        with caplog.at_level(logging.WARNING, "prefork_lb.error"):
+            stop_server(server, graceful=True, timeout=0.2)
+    assert "Graceful timeout: closed 1 connection(s) still busy" in caplog.text
+    release.set()
