@@ -10,8 +10,9 @@ Invariants of every head produced here:
 
 * framing is re-done by the proxy: at most one of ``Content-Length`` / ``Transfer-Encoding``,
   never both, and it matches what the engine will send (the engine re-chunks chunked bodies;
-  codings before ``chunked``, such as gzip, describe the content and are kept); a POST, PUT or
-  PATCH without a body gets ``Content-Length: 0``;
+  codings before ``chunked``, such as gzip, describe the content and are kept); a request that
+  came with neither goes up with neither (RFC 9110 section 8.6: a proxy sends the framing the
+  client sent, and a request without framing has no content);
 * no hop-by-hop field (RFC 9110 section 7.6.1: Connection, Keep-Alive, Proxy-Connection, TE,
   Transfer-Encoding, Upgrade, Trailer) and no field named in the sender's ``Connection`` header
   crosses, except the ones the proxy writes itself (framing, ``Connection: close`` /
@@ -79,10 +80,6 @@ PROTECTED: frozenset[str] = frozenset(
 _PLAIN_TOKENS = HOP_BY_HOP | PROTECTED | {"close"}
 
 _CACHE_MAX = 1024  # bound of the small memo dicts below (Connection values, names)
-
-# Methods whose requests carry content: one without framing still gets `Content-Length: 0`, as
-# RFC 9110 section 8.6 asks of a sender (some servers answer 411 otherwise).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class ParsedRequest(Protocol):
@@ -157,7 +154,6 @@ _REQ_TRUSTED = {
 }
 
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_CL0 = b"Content-Length: 0\r\n"
 
 
 def _content_length(n: int) -> bytes:
@@ -298,8 +294,6 @@ class RequestRewriter:
             out.append(_te_line(te) if te is not None else _TE_CHUNKED)
         elif req.content_length is not None:
             out.append(_content_length(req.content_length))
-        elif req.method in _BODY_METHODS:
-            out.append(_CL0)
         out.append(b"\r\n")
         return b"".join(out)
 

@@ -248,11 +248,17 @@ def test_chunked_flag_without_header_still_frames() -> None:
     assert values(rewrite(r), "transfer-encoding") == ["chunked"]
 
 
-def test_no_body_no_framing_except_body_methods() -> None:
-    assert values(rewrite(req("Host: h")), "content-length") == []
-    assert values(rewrite(req("Host: h", line="DELETE /x HTTP/1.1")), "content-length") == []
-    for m in ("POST", "PUT", "PATCH"):
-        assert values(rewrite(req("Host: h", line=f"{m} /x HTTP/1.1")), "content-length") == ["0"]
+def test_no_body_no_framing_for_any_method() -> None:
+    """What the client sent: a request without framing has no content, and goes up without any
+    (RFC 9110 section 8.6; issue 12 item 6: no Content-Length: 0 of the proxy's own)."""
+    for m in ("GET", "DELETE", "POST", "PUT", "PATCH"):
+        head = rewrite(req("Host: h", line=f"{m} /x HTTP/1.1"))
+        assert values(head, "content-length") == [], m
+        assert values(head, "transfer-encoding") == [], m
+    # an explicit Content-Length: 0 is what the client sent: kept
+    assert values(
+        rewrite(req("Host: h", "Content-Length: 0", line="POST /x HTTP/1.1")), "content-length"
+    ) == ["0"]
 
 
 def test_expect_continue_dropped() -> None:
