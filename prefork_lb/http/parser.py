@@ -12,7 +12,8 @@ bad chunk framing). This module adds what it lets through:
 
 * limits: request line (414), header count and field size (431), body size (413), and a cap
   on the bytes of an unfinished head so a client cannot make us buffer without bound;
-* exactly one Host on HTTP/1.1 (RFC 9112 section 3.2), at most one Content-Type;
+* exactly one Host on HTTP/1.1 (RFC 9112 section 3.2), and a valid one (``http.host``), at most
+  one Content-Type;
 * Transfer-Encoding on HTTP/1.0, codings other than chunked (501), chunked applied twice;
 * request-target forms: origin, absolute (checked authority), authority only for CONNECT,
   asterisk only for OPTIONS; versions other than 1.0 and 1.1;
@@ -43,6 +44,7 @@ from prefork_lb.http.errors import (
     PayloadTooLarge,
     URITooLong,
 )
+from prefork_lb.http.host import valid_host
 
 MISS_RUN = 256  # lookups in a row that find nothing before a RequestMemo rests,
 MISS_REST = 4096  # for this many requests (traffic whose heads do not repeat pays nothing)
@@ -105,6 +107,7 @@ _METHODS: dict[bytes, str] = {}
 # Memoised lower-casing of header names: clients send the same few names over and over.
 _LOWER: dict[bytes, str] = {}
 _LOWER_MAX = 512
+_GOOD_HOSTS: set[bytes] = set()  # Host values that passed valid_host (bounded by _LOWER_MAX)
 
 
 def lower_name(name: bytes) -> str:
@@ -418,6 +421,11 @@ class RequestParser:
         if lname == "host":
             if cur.host is not None:
                 raise BadRequest("more than one Host header")
+            if value not in _GOOD_HOSTS:  # the rule is a regex: remember the few hosts served
+                if not valid_host(value):
+                    raise BadRequest("invalid Host header")
+                if len(_GOOD_HOSTS) < _LOWER_MAX:
+                    _GOOD_HOSTS.add(value)
             cur.host = value
         elif lname == "content-type":
             if cur.content_type is not None:

@@ -198,9 +198,18 @@ class RequestRewriter:
         by = {"x-forwarded-by": _DROP} if lb_headers else {}
         self._codes = ({**_REQ_UNTRUSTED, **by}, {**_REQ_TRUSTED, **by})  # indexed by trust
 
-    def head(self, req: ParsedRequest, peer_ip: str, scheme: str, websocket: bool = False) -> bytes:
-        """The complete upstream request head, request line to the blank line."""
-        return self._head(req, req.headers, peer_ip, scheme, websocket, True)
+    def head(
+        self,
+        req: ParsedRequest,
+        peer_ip: str,
+        scheme: str,
+        websocket: bool = False,
+        authority: bytes | None = None,
+    ) -> bytes:
+        """The complete upstream request head, request line to the blank line. ``authority``
+        (the address the client connected to) is the Host sent for a request that named none
+        (HTTP/1.0, or --require-host false): RFC 9112 section 3.3 rebuilds the target URI so."""
+        return self._head(req, req.headers, peer_ip, scheme, websocket, True, authority)
 
     def _head(
         self,
@@ -210,6 +219,7 @@ class RequestRewriter:
         scheme: str,
         websocket: bool,
         check_conn: bool,
+        authority: bytes | None = None,
     ) -> bytes:
         codes = self._codes[peer_ip in self.trusted]
         start = self._lines.get(req.method)
@@ -272,9 +282,12 @@ class RequestRewriter:
             if extra:
                 # Rare: the client named end-to-end fields to drop. Redo without them.
                 kept = [h for h in headers if h[0] not in extra]
-                return self._head(req, kept, peer_ip, scheme, websocket, False)
+                return self._head(req, kept, peer_ip, scheme, websocket, False, authority)
 
         host = req.host
+        if host is None and authority is not None:
+            out.append(b"Host: " + authority + b"\r\n")
+            host = authority
         if xff is None and fwd is None and via is None and not has_xfp and not has_xfh:
             # The common case depends only on these four: memoised, since a keep-alive client
             # sends request after request with the same ones.
@@ -311,7 +324,7 @@ class RequestRewriter:
     ) -> bytes:
         """X-Forwarded-*, Forwarded, Via and X-Forwarded-By, given what the client sent of them."""
         # Upstream is HTTP/1.1, which needs a Host: an empty one when the client (HTTP/1.0, or
-        # --require-host false) named no authority (RFC 9112 section 3.2).
+        # --require-host false) named no authority and the caller gave none (head()).
         out: list[bytes] = [] if host is not None else [b"Host: \r\n"]
         add = out.extend
         xff_ip, for_value = peer_forms(peer_ip)
