@@ -12,12 +12,15 @@ bad chunk framing). This module adds what it lets through:
 
 * limits: request line (414), header count and field size (431), body size (413), and a cap
   on the bytes of an unfinished head so a client cannot make us buffer without bound;
-* exactly one Host on HTTP/1.1 (RFC 9112 section 3.2), at most one Content-Type;
+* exactly one Host on HTTP/1.1 (RFC 9112 section 3.2), and a valid one (``http.host``), at most
+  one Content-Type;
 * Transfer-Encoding on HTTP/1.0, codings other than chunked (501), chunked applied twice;
 * request-target forms: origin, absolute (checked authority), authority only for CONNECT,
   asterisk only for OPTIONS; versions other than 1.0 and 1.1;
 * trailer fields that must never be trailers (Host, framing, authentication);
-* Expect values other than 100-continue (417).
+* Expect values other than 100-continue (417);
+* chunk extensions with an empty value, and the body of an Upgrade or CONNECT request, which
+  httptools has llhttp skip: both through ``http.chunked`` (see :meth:`RequestParser._check_chunks`).
 
 Any violation raises an :class:`~prefork_lb.http.errors.HTTPError` and the parser is dead:
 the connection must be answered with that status and closed. Once a request that ends the
@@ -30,10 +33,10 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
 
 import httptools
 
+from prefork_lb.http.chunked import ChunkedScanner
 from prefork_lb.http.errors import (
     BadRequest,
     ExpectationFailed,
@@ -43,10 +46,25 @@ from prefork_lb.http.errors import (
     PayloadTooLarge,
     URITooLong,
 )
+from prefork_lb.http.host import valid_host
+from prefork_lb.http.request import MEMO_MAX, Request, RequestMemo, seen_before
+
+__all__ = [
+    "FORBIDDEN_TRAILERS",
+    "MEMO_HEAD_MAX",
+    "MEMO_MAX",
+    "MISS_REST",
+    "MISS_RUN",
+    "Limits",
+    "Request",
+    "RequestMemo",
+    "RequestParser",
+    "lower_name",
+    "seen_before",
+]
 
 MISS_RUN = 256  # lookups in a row that find nothing before a RequestMemo rests,
 MISS_REST = 4096  # for this many requests (traffic whose heads do not repeat pays nothing)
-MEMO_MAX = 256  # request (and response) heads a memo keeps before it starts over
 MEMO_HEAD_MAX = 2048  # the longest head worth keeping
 
 
@@ -105,6 +123,7 @@ _METHODS: dict[bytes, str] = {}
 # Memoised lower-casing of header names: clients send the same few names over and over.
 _LOWER: dict[bytes, str] = {}
 _LOWER_MAX = 512
+_GOOD_HOSTS: set[bytes] = set()  # Host values that passed valid_host (bounded by _LOWER_MAX)
 
 
 def lower_name(name: bytes) -> str:
@@ -114,99 +133,6 @@ def lower_name(name: bytes) -> str:
         if len(_LOWER) < _LOWER_MAX:
             _LOWER[name] = s
     return s
-
-
-class Request:
-    """One request: its head, and its body as it arrives."""
-
-    __slots__ = (
-        "method",
-        "target",
-        "version",
-        "headers",
-        "keep_alive",
-        "content_length",
-        "chunked",
-        "expect_continue",
-        "upgrade",
-        "chunks",
-        "body_size",
-        "complete",
-        "discard",
-        "host",
-        "content_type",
-        "memo",
-    )
-
-    def __init__(self) -> None:
-        self.method = ""
-        self.target = b""
-        self.version = "HTTP/1.1"
-        self.headers: list[tuple[str, bytes, bytes]] = []  # (lower name, raw name, value)
-        self.keep_alive = True
-        self.content_length: int | None = None
-        self.chunked = False
-        self.expect_continue = False
-        self.upgrade = False
-        self.chunks: list[bytes] = []
-        self.body_size = 0
-        self.complete = False
-        self.discard = False  # the app is done with it: drop further body bytes
-        self.host: bytes | None = None
-        self.content_type: bytes | None = None
-        # Set on a request kept in a parser memo: the callers' cache of what they derive from
-        # it (the proxy's rewritten head, the worker's environ), since the same object comes back.
-        self.memo: dict[object, Any] | None = None
-
-    def split_target(self) -> tuple[bytes, bytes]:
-        """(path, query) of the request-target, not percent-decoded; fragment dropped."""
-        t = self.target
-        if t[:1] != b"/":
-            if t == b"*" or self.method == "CONNECT":
-                return b"", b""
-            # absolute-form: drop scheme://authority
-            rest = t.split(b"://", 1)[1]
-            cut = len(rest)
-            for sep in (b"/", b"?", b"#"):
-                i = rest.find(sep)
-                if i != -1 and i < cut:
-                    cut = i
-            t = rest[cut:]
-            if t[:1] != b"/":
-                t = b"/" + t
-        hash_at = t.find(b"#")
-        if hash_at != -1:
-            t = t[:hash_at]
-        q = t.find(b"?")
-        if q == -1:
-            return t, b""
-        return t[:q], t[q + 1 :]
-
-
-class RequestMemo(dict[bytes, Request | None]):
-    """Whole bodiless requests by their exact bytes: the Request once they came twice, None
-    after the first time. Shared by the parsers of one process that have the same limits.
-    While lookups keep finding nothing it rests, so heads that never repeat cost next to
-    nothing."""
-
-    __slots__ = ("misses", "rest")
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.misses = 0
-        self.rest = 0
-
-
-def seen_before(memos: dict[bytes, Any], key: bytes) -> bool:
-    """The rule of the head memos (requests here, responses in the proxy): a head is kept the
-    second time it comes. True: ``key`` came once before, and the caller stores its value now;
-    False: only the bytes are noted. A memo full at MEMO_MAX starts over."""
-    if len(memos) >= MEMO_MAX:
-        memos.clear()
-    if key in memos:
-        return True
-    memos[key] = None
-    return False
 
 
 def _plain(req: Request) -> bool:
@@ -240,6 +166,10 @@ class RequestParser:
         "error",
         "tail",
         "memos",
+        "_scan",
+        "_chunked_heads",
+        "_head_end",
+        "_ubody",
     )
 
     def __init__(self, limits: Limits | None = None, memos: RequestMemo | None = None) -> None:
@@ -262,6 +192,12 @@ class RequestParser:
         self.stopped = False  # no further requests will be parsed on this connection
         self.error: HTTPError | None = None  # an error behind requests still to be served
         self.tail = b""  # bytes that came after an upgrade request (a tunnel's first bytes)
+        # Chunk extensions (see _check_chunks): the scanner of the chunked body in progress,
+        # the chunked heads completed in this feed, the last bytes fed while in a head.
+        self._scan: ChunkedScanner | None = None
+        self._chunked_heads = 0
+        self._head_end = b""
+        self._ubody: Request | None = None  # an Upgrade/CONNECT request whose body we read
 
     @property
     def between_requests(self) -> bool:
@@ -275,6 +211,9 @@ class RequestParser:
         before it are still queued: those are served first, and the error waits in
         ``self.error`` for the caller to answer once the queue is empty."""
         if self.stopped:
+            return
+        if self._ubody is not None:
+            self._upgrade_body(data)
             return
         memos = self.memos
         if memos is not None and (self._cur is not None or memos.rest):
@@ -312,8 +251,12 @@ class RequestParser:
                     memos.misses = 0
                     memos.rest = MISS_REST
             before = len(requests)
+        entry = self._cur
+        entry_in_head = self._in_head
+        entry_size = entry.body_size if entry is not None else 0
+        queued = len(self.requests)
         try:
-            if self._in_head or self._cur is None:
+            if entry_in_head or entry is None:
                 # Bound the bytes an unfinished head may take (llhttp buffers nothing, but
                 # we would keep reading forever otherwise).
                 self._head_bytes += len(data)
@@ -321,7 +264,7 @@ class RequestParser:
                     raise HeaderFieldsTooLarge("request head too large")
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.tail = data[exc.args[0] :] if exc.args else b""
+            at = exc.args[0] if exc.args else len(data)
             # CONNECT or an Upgrade request: llhttp stops after it. We serve it as an
             # ordinary request and then close, since what follows is not HTTP/1.
             # llhttp pauses after the upgrade request is complete (on_message_complete has run
@@ -332,16 +275,34 @@ class RequestParser:
                 cur.upgrade = True
                 if not cur.complete:
                     cur.complete = True
+            if self._scan is not None or self._chunked_heads:
+                if not self._check_chunks(data[:at], entry, entry_in_head, entry_size, queued):
+                    return
             self.stopped = True
+            self.tail = data[at:]
+            if cur is not None and (cur.chunked or cur.content_length):
+                # httptools made llhttp skip its body (it does for every upgrade): the body is
+                # read here, with HTTP/1.1 framing; the other protocol starts after it.
+                self.stopped = False
+                cur.complete = False
+                self._ubody = cur
+                self._scan = ChunkedScanner(FORBIDDEN_TRAILERS) if cur.chunked else None
+                tail, self.tail = self.tail, b""
+                self._upgrade_body(tail)
+            return
         except HTTPError as exc:
             self._fail(exc)
         except httptools.HttpParserCallbackError as exc:
             ctx = exc.__context__
             self._fail(ctx if isinstance(ctx, HTTPError) else BadRequest(str(exc)))
         except httptools.HttpParserError as exc:
-            if self.stopped:  # data after a request that closes the connection: ignore
+            if not self.stopped:  # (else: data after a request that closes the connection: ignored)
+                self._fail(BadRequest(str(exc)))
+        if self._in_head:  # a head's blank line may come split across reads: keep its last bytes
+            self._head_end = (self._head_end + data)[-3:] if entry_in_head else data[-3:]
+        if (self._scan is not None or self._chunked_heads) and self.error is None:
+            if not self._check_chunks(data, entry, entry_in_head, entry_size, queued):
                 return
-            self._fail(BadRequest(str(exc)))
         if memos is not None and self._cur is None and not self.stopped:
             found = len(self.requests) - before
             if found == 1 and whole:  # the usual case: no list, no split
@@ -371,6 +332,106 @@ class RequestParser:
         if seen_before(memos, key):
             req.memo = {}
             memos[key] = req
+
+    # -- chunked bodies httptools does not show us ---------------------------------------------
+
+    def _check_chunks(
+        self, data: bytes, entry: Request | None, entry_in_head: bool, entry_size: int, queued: int
+    ) -> bool:
+        """Follow the chunked bodies in ``data`` (just parsed by llhttp, so well framed) to check
+        their chunk extensions, which llhttp does not pass on. Runs only for a feed that had a
+        chunked head or chunked body bytes. ``entry*``: the request in progress when ``data``
+        came, whether it was in its head and its body size then; ``queued``: the requests
+        queued then. False: a bad extension was found and the request refused."""
+        self._chunked_heads = 0
+        order = [entry] if entry is not None else []
+        order += [r for r in list(self.requests)[queued:] if r is not entry]
+        if self._cur is not None and self._cur is not entry and self._cur not in order:
+            order.append(self._cur)
+        pos = 0
+        n = len(data)
+        for req in order:
+            if req is not entry or entry_in_head:
+                if req is entry:  # its head began in an earlier feed
+                    prev = self._head_end
+                    at = (prev + data).find(b"\r\n\r\n")
+                    end = at + 4 - len(prev)
+                else:
+                    while data.startswith(b"\r\n", pos):
+                        pos += 2  # empty lines before a request line (RFC 9112 section 2.2)
+                    at = data.find(b"\r\n\r\n", pos)
+                    end = at + 4
+                if at == -1 or req.upgrade:
+                    return True  # the head goes on, or what follows is not ours to check
+                pos = end
+                self._scan = ChunkedScanner() if req.chunked else None
+            elif not req.chunked:
+                pos += (req.content_length or 0) - entry_size
+                continue
+            scan = self._scan
+            if scan is not None:
+                try:
+                    end = scan.scan(data, pos)
+                except HTTPError as exc:
+                    self._scan = None
+                    self._reject(req, exc)
+                    return False
+                if end == -1:
+                    return True
+                self._scan = None
+                pos = end
+            elif req.content_length:
+                pos += req.content_length
+            if pos >= n:
+                break
+        return True
+
+    def _upgrade_body(self, data: bytes) -> None:
+        """Body bytes of the Upgrade/CONNECT request ``_ubody``; once it is complete, the rest
+        of ``data`` is the other protocol's (``tail``)."""
+        req = self._ubody
+        assert req is not None
+        scan = self._scan
+        lim = self.limits.request_body
+        sink = self._ubody_bytes
+        try:
+            if scan is not None:
+                end = scan.scan(data, 0, sink)
+            else:
+                need = (req.content_length or 0) - req.body_size
+                sink(data[:need])
+                end = need if len(data) >= need else -1
+        except HTTPError as exc:
+            self._ubody = self._scan = None
+            self._reject(req, exc)
+            return
+        if lim and req.body_size > lim:
+            self._ubody = self._scan = None
+            self._reject(req, PayloadTooLarge("request body too large"))
+            return
+        if end != -1:
+            req.complete = True
+            self._ubody = self._scan = None
+            self.stopped = True
+            self.tail = data[end:]
+
+    def _ubody_bytes(self, body: bytes) -> None:
+        req = self._ubody
+        if body and req is not None:
+            req.body_size += len(body)
+            if not req.discard:
+                req.chunks.append(body)
+
+    def _reject(self, req: Request, exc: HTTPError) -> None:
+        """``req`` turned out malformed: it and whatever came after it are dropped, and the
+        error answered once the requests before it are (:meth:`_fail`)."""
+        requests = self.requests
+        if req in requests:
+            while requests[-1] is not req:
+                requests.pop()
+            requests.pop()
+        self._cur = None
+        self._fail(exc)
 
     def _fail(self, exc: HTTPError) -> None:
         self.stopped = True
@@ -418,6 +479,11 @@ class RequestParser:
         if lname == "host":
             if cur.host is not None:
                 raise BadRequest("more than one Host header")
+            if value not in _GOOD_HOSTS:  # the rule is a regex: remember the few hosts served
+                if not valid_host(value):
+                    raise BadRequest("invalid Host header")
+                if len(_GOOD_HOSTS) < _LOWER_MAX:
+                    _GOOD_HOSTS.add(value)
             cur.host = value
         elif lname == "content-type":
             if cur.content_type is not None:
@@ -476,6 +542,7 @@ class RequestParser:
             for c in codings:
                 if c not in KNOWN_CODINGS:
                     raise NotImplementedCoding("unsupported transfer coding")
+            self._chunked_heads += 1
         elif cur.content_length is not None and lim.request_body and cur.content_length > lim.request_body:
             raise PayloadTooLarge("request body too large")
         self.requests.append(cur)

@@ -41,6 +41,11 @@ class ClientSide(Peer, Protocol):
     @property
     def proxy(self) -> ProxyState: ...
 
+    def local_authority(self) -> bytes:
+        """``host:port`` of the address the client connected to (the Host for a request
+        that named none)."""
+        ...
+
     def sending(self) -> None:
         """The request went on a backend connection (the upstream deadline starts)."""
 

@@ -103,7 +103,7 @@ class Exchange:
         if req.upgrade:
             self.websocket = any(n == "upgrade" and b"websocket" in v.lower() for n, _, v in req.headers)
         memo = req.memo
-        if memo is not None:
+        if memo is not None and req.host is not None:
             # A request head seen before: its rewrite only depends on the peer and scheme.
             key = (client.peer_ip, client.scheme)
             head = memo.get(key)
@@ -113,7 +113,11 @@ class Exchange:
                     memo[key] = head
             self.head = head
         else:
-            self.head = proxy.request_rewriter.head(req, client.peer_ip, client.scheme, self.websocket)
+            # (No Host: the one sent is the address this client connected to.)
+            authority = client.local_authority() if req.host is None else None
+            self.head = proxy.request_rewriter.head(
+                req, client.peer_ip, client.scheme, self.websocket, authority
+            )
         proxy.budget.on_request()
         proxy.requests += 1
         if req.expect_continue and not req.complete:

@@ -10,8 +10,9 @@ Invariants of every head produced here:
 
 * framing is re-done by the proxy: at most one of ``Content-Length`` / ``Transfer-Encoding``,
   never both, and it matches what the engine will send (the engine re-chunks chunked bodies;
-  codings before ``chunked``, such as gzip, describe the content and are kept); a POST, PUT or
-  PATCH without a body gets ``Content-Length: 0``;
+  codings before ``chunked``, such as gzip, describe the content and are kept); a request that
+  came with neither goes up with neither (RFC 9110 section 8.6: a proxy sends the framing the
+  client sent, and a request without framing has no content);
 * no hop-by-hop field (RFC 9110 section 7.6.1: Connection, Keep-Alive, Proxy-Connection, TE,
   Transfer-Encoding, Upgrade, Trailer) and no field named in the sender's ``Connection`` header
   crosses, except the ones the proxy writes itself (framing, ``Connection: close`` /
@@ -79,10 +80,6 @@ PROTECTED: frozenset[str] = frozenset(
 _PLAIN_TOKENS = HOP_BY_HOP | PROTECTED | {"close"}
 
 _CACHE_MAX = 1024  # bound of the small memo dicts below (Connection values, names)
-
-# Methods whose requests carry content: one without framing still gets `Content-Length: 0`, as
-# RFC 9110 section 8.6 asks of a sender (some servers answer 411 otherwise).
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 class ParsedRequest(Protocol):
@@ -157,7 +154,6 @@ _REQ_TRUSTED = {
 }
 
 _TE_CHUNKED = b"Transfer-Encoding: chunked\r\n"
-_CL0 = b"Content-Length: 0\r\n"
 
 
 def _content_length(n: int) -> bytes:
@@ -202,9 +198,18 @@ class RequestRewriter:
         by = {"x-forwarded-by": _DROP} if lb_headers else {}
         self._codes = ({**_REQ_UNTRUSTED, **by}, {**_REQ_TRUSTED, **by})  # indexed by trust
 
-    def head(self, req: ParsedRequest, peer_ip: str, scheme: str, websocket: bool = False) -> bytes:
-        """The complete upstream request head, request line to the blank line."""
-        return self._head(req, req.headers, peer_ip, scheme, websocket, True)
+    def head(
+        self,
+        req: ParsedRequest,
+        peer_ip: str,
+        scheme: str,
+        websocket: bool = False,
+        authority: bytes | None = None,
+    ) -> bytes:
+        """The complete upstream request head, request line to the blank line. ``authority``
+        (the address the client connected to) is the Host sent for a request that named none
+        (HTTP/1.0, or --require-host false): RFC 9112 section 3.3 rebuilds the target URI so."""
+        return self._head(req, req.headers, peer_ip, scheme, websocket, True, authority)
 
     def _head(
         self,
@@ -214,6 +219,7 @@ class RequestRewriter:
         scheme: str,
         websocket: bool,
         check_conn: bool,
+        authority: bytes | None = None,
     ) -> bytes:
         codes = self._codes[peer_ip in self.trusted]
         start = self._lines.get(req.method)
@@ -276,9 +282,12 @@ class RequestRewriter:
             if extra:
                 # Rare: the client named end-to-end fields to drop. Redo without them.
                 kept = [h for h in headers if h[0] not in extra]
-                return self._head(req, kept, peer_ip, scheme, websocket, False)
+                return self._head(req, kept, peer_ip, scheme, websocket, False, authority)
 
         host = req.host
+        if host is None and authority is not None:
+            out.append(b"Host: " + authority + b"\r\n")
+            host = authority
         if xff is None and fwd is None and via is None and not has_xfp and not has_xfh:
             # The common case depends only on these four: memoised, since a keep-alive client
             # sends request after request with the same ones.
@@ -298,8 +307,6 @@ class RequestRewriter:
             out.append(_te_line(te) if te is not None else _TE_CHUNKED)
         elif req.content_length is not None:
             out.append(_content_length(req.content_length))
-        elif req.method in _BODY_METHODS:
-            out.append(_CL0)
         out.append(b"\r\n")
         return b"".join(out)
 
@@ -317,7 +324,7 @@ class RequestRewriter:
     ) -> bytes:
         """X-Forwarded-*, Forwarded, Via and X-Forwarded-By, given what the client sent of them."""
         # Upstream is HTTP/1.1, which needs a Host: an empty one when the client (HTTP/1.0, or
-        # --require-host false) named no authority (RFC 9112 section 3.2).
+        # --require-host false) named no authority and the caller gave none (head()).
         out: list[bytes] = [] if host is not None else [b"Host: \r\n"]
         add = out.extend
         xff_ip, for_value = peer_forms(peer_ip)

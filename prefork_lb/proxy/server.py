@@ -270,6 +270,13 @@ class ClientConn(asyncio.Protocol):
 
     # -- what the exchange tells its client (prefork_lb.proxy.client_side.ClientSide) ----------------
 
+    def local_authority(self) -> bytes:
+        local = self.transport.get_extra_info("sockname") if self.transport is not None else None
+        if not isinstance(local, tuple):
+            return b"localhost"  # a unix socket: no address to name
+        host = str(local[0])
+        return (f"[{host}]:{local[1]}" if ":" in host else f"{host}:{local[1]}").encode("ascii")
+
     def sending(self) -> None:
         """The exchange's request went on a backend connection: read on if the body waited for
         it; the upstream deadline runs from now unless the body's still does."""
