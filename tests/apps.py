@@ -32,6 +32,25 @@ StartResponse = Callable[..., Any]
 NOT_CALLABLE = "a string, not a WSGI app"
 
 
+# ASGI applications, as FastAPI and Starlette are: `python -m prefork_lb tests.apps:asgi_app`
+# (or :asgi_instance) must refuse them at boot with one line, not answer every request 500.
+async def asgi_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"asgi"})
+
+
+class AsgiApp:
+    """Like FastAPI(): an object whose ``__call__`` is ``async def (scope, receive, send)``."""
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
+        await asgi_app(scope, receive, send)
+
+
+asgi_instance = AsgiApp()
+
+
 def _record_call(environ: Environ) -> None:
     path = os.environ.get("PREFORK_LB_TEST_CALLS")
     if path:
