@@ -114,6 +114,30 @@ def boom_late(environ: Environ, start_response: StartResponse) -> Iterable[bytes
     return body()
 
 
+def str_body(environ: Environ, start_response: StartResponse) -> Iterable[Any]:
+    """A common mistake: a str where WSGI wants bytes. /write passes one to write(), /length
+    does so under a Content-Length, /yield yields one, /list returns one in a list, /mixed
+    returns [str, bytes], /late yields bytes first and a str after; anything else is 200 ok."""
+    path = environ["PATH_INFO"]
+    if path == "/length":
+        write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        write("hello")
+        return []
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    if path == "/write":
+        write("hello")
+        return []
+    if path == "/yield":
+        return iter(["hello"])
+    if path == "/list":
+        return ["hello"]
+    if path == "/mixed":
+        return ["hello", b" world"]
+    if path == "/late":
+        return iter([b"first chunk\n", "then a str"])
+    return [b"ok"]
+
+
 def slow_stream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """?n=N&delay=SECONDS: N chunks 'chunk i\\n', sleeping between them (time.sleep is
     cooperative in the worker: gevent has patched it). No Content-Length."""

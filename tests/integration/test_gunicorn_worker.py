@@ -132,6 +132,18 @@ def test_forwarded_proto_trusted_only_from_allowed_ips(gunicorn) -> None:
     assert get(g2.port, headers={"X-Forwarded-Proto": "https"}) == (200, b"http")
 
 
+def test_str_body_is_a_500_and_the_log_names_the_mistake(gunicorn) -> None:
+    g = gunicorn("tests.apps:str_body", "-w", "1")
+    for path, mistake in (
+        ("/yield", "yielded a str from its response iterable"),
+        ("/write", "passed a str to write()"),
+    ):
+        assert get(g.port, path)[0] == 500
+        line = f"Error handling request GET {path}: the app {mistake}, not bytes"
+        wait_for(lambda line=line: line in g.text(), what="the log line naming the mistake")
+    assert get(g.port, "/") == (200, b"ok")
+
+
 def test_request_hooks_and_timeout_with_worker_abort(gunicorn, tmp_path: Path) -> None:
     out = tmp_path / "hooks.log"
     conf = tmp_path / "gconf.py"
