@@ -32,6 +32,7 @@ import gevent.lock
 import gevent.socket
 
 from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
+from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
 from prefork_lb.worker.response import LISTED, YIELDED, BodyNotBytes, ResponseWriter, is_bytes
@@ -57,6 +58,9 @@ HANDOFF_BATCH = 64  # descriptors per handoff message
 MAX_DRAIN = 1 << 20
 CORK_MAX = 16  # responses held at most for one write (_reply)
 ENVIRON = "environ"  # the key of a memoised request's environ entries in Request.memo
+# The same for a connection from a trusted peer (--forwarded-allow-ips): its entries may hold
+# the wsgi.url_scheme its X-Forwarded-Proto / Forwarded said, which no other peer may get.
+ENVIRON_FORWARDED = "environ forwarded"
 
 
 class _RequestDeadline(BaseException):
@@ -109,6 +113,8 @@ class Connection(ResponseWriter, BodySource):
         "hub",
         "had_request",
         "cork",
+        "forwarded",
+        "env_memo",
     )
 
     raw: socket.socket | None  # the plain socket under gevent's, or None (see __init__)
@@ -150,6 +156,10 @@ class Connection(ResponseWriter, BodySource):
         )
         if opts.extra_environ:
             self.base_env.update(opts.extra_environ)
+        # Whether this peer's forwarding headers set wsgi.url_scheme: decided once, per peer.
+        peers = opts.trusted_peers
+        self.forwarded = peers is not None and remote_addr in peers
+        self.env_memo = ENVIRON_FORWARDED if self.forwarded else ENVIRON
         self._reset(None)
 
     def _reset(self, req: Request | None) -> None:
@@ -349,7 +359,7 @@ class Connection(ResponseWriter, BodySource):
         if memo is not None:
             # A request the parser has seen before (no body): what it adds to the connection's
             # keys was worked out the first time.
-            part = memo.get(ENVIRON)
+            part = memo.get(self.env_memo)
             if part is not None:
                 env = self.base_env.copy()
                 env.update(part)
@@ -383,10 +393,18 @@ class Connection(ResponseWriter, BodySource):
             else:
                 env[key] = value.decode("latin-1")
         env["wsgi.input"] = EMPTY_INPUT if req.complete and not req.chunks else Input(self, req)
+        scheme = None
+        if self.forwarded:
+            scheme = forwarded_scheme(env.get("HTTP_X_FORWARDED_PROTO"), env.get("HTTP_FORWARDED"))
         if memo is not None:
             base = self.base_env
             if all(env[k] is v for k, v in base.items()):  # no header merged into a connection key
-                memo[ENVIRON] = {k: v for k, v in env.items() if k not in base}
+                part = {k: v for k, v in env.items() if k not in base}
+                if scheme is not None:
+                    part["wsgi.url_scheme"] = scheme
+                memo[self.env_memo] = part
+        if scheme is not None:
+            env["wsgi.url_scheme"] = scheme
         return env
 
     def _handle_request(self, req: Request) -> bool:

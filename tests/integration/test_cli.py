@@ -63,6 +63,11 @@ CASES = {
         "--forwarded-allow-ips",
         False,
     ),
+    "bad_allow_ips": (
+        ["tests.apps:echo", "--forwarded-allow-ips", "10.0.0.1,nohost"],
+        "--forwarded-allow-ips",
+        False,
+    ),
     "sticky_without_proxy": (["tests.apps:echo", "--strategy", "sticky"], "sticky", False),
 }
 

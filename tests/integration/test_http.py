@@ -378,6 +378,40 @@ def test_str_body_after_the_head_was_sent_closes_the_connection(shared_server) -
     assert line in srv.wait_log(line)
 
 
+# -- wsgi.url_scheme behind a proxy ----------------------------------------------------------------
+
+
+def _scheme_seen(port: int, headers: list[tuple[str, str]]) -> list[bytes]:
+    """wsgi.url_scheme as the app saw it, for the same request three times on one connection
+    (the first is parsed, the others come from the worker's request memo)."""
+    got = exchange(port, build_request("GET", "/", headers) * 3)
+    responses, rest = parse_responses(got)
+    assert rest == b"" and [r.status for r in responses] == [200] * 3, got
+    return [r.body for r in responses]
+
+
+@pytest.mark.parametrize(
+    ("headers", "scheme"),
+    [
+        ([("X-Forwarded-Proto", "https")], b"https"),
+        ([("Forwarded", "for=192.0.2.1;proto=https")], b"https"),
+        ([("X-Forwarded-Proto", "http"), ("Forwarded", "for=192.0.2.1;proto=https")], b"http"),
+        ([], b"http"),
+    ],
+)
+def test_url_scheme_from_a_trusted_peer(shared_server, headers: list[tuple[str, str]], scheme: bytes) -> None:
+    """The default --forwarded-allow-ips (127.0.0.1,::1) trusts this client, as it trusts the
+    proxy in front of the workers: its X-Forwarded-Proto, else Forwarded proto=, is the scheme."""
+    srv = shared_server("tests.apps:scheme")
+    assert _scheme_seen(srv.port, headers) == [scheme] * 3
+
+
+def test_url_scheme_headers_from_an_untrusted_peer_are_ignored(shared_server) -> None:
+    srv = shared_server("tests.apps:scheme", "--forwarded-allow-ips", "10.9.9.9")
+    assert _scheme_seen(srv.port, [("X-Forwarded-Proto", "https")]) == [b"http"] * 3
+    assert _scheme_seen(srv.port, [("Forwarded", "proto=https")]) == [b"http"] * 3
+
+
 # -- limits -------------------------------------------------------------------------------------
 
 
