@@ -23,13 +23,17 @@ def run(app: Any, **settings: Any) -> int:
     """Serve a WSGI app object with a master and forked workers; returns the exit code.
 
     Settings are the names in docs/reference/settings.md: ``run(app, bind=["127.0.0.1:8000"],
-    workers=4)``. The app is imported once here and inherited by every worker.
+    workers=4)``; the hooks of a config file (``post_fork``, ``when_ready``, ...) are given the
+    same way: ``run(app, post_fork=f)``. The app is imported once here and inherited by every
+    worker.
     """
     from prefork_lb.arbiter import Arbiter
-    from prefork_lb.config import build
+    from prefork_lb.config import build, split_hooks
     from prefork_lb.logs import setup_error_log
 
-    cfg = build(settings, environ={})
+    hooks, settings = split_hooks(settings, "run()")
+    cfg = build(settings, environ={}, source="run()")
+    cfg.hooks.update(hooks)
     cfg.app_uri = getattr(app, "__name__", "app")
     cfg.app_object = app
     setup_error_log(cfg.log_level, cfg.error_logfile)

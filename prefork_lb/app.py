@@ -1,8 +1,17 @@
-"""Finding the user's WSGI app from 'module:attribute' (or 'module:factory()')."""
+"""Finding the user's WSGI app from 'module:attribute' (or 'module:factory()'), and refusing
+what cannot be one.
+
+Invariants: every mistake a user can make in the app path, or an app object that cannot be a
+WSGI app (not callable, an ASGI application), ends in :class:`AppLoadError`, one line the
+master prints before it exits 2. The checks only inspect the object: the app is never called
+here.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import os
 import sys
 from typing import Any
@@ -42,6 +51,60 @@ def load_app(uri: str, chdir: str | None = None) -> Any:
             raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
     if call:
         obj = obj()
+    return wsgi_app(obj, uri)
+
+
+def wsgi_app(obj: Any, name: str | None) -> Any:
+    """``obj`` if it can be a WSGI app, else :class:`AppLoadError` naming what it is instead.
+    ``name`` is how the user gave it (the app path), for the message."""
     if not callable(obj):
-        raise AppLoadError(f"app {uri!r} is not callable (it is a {type(obj).__name__})")
+        raise AppLoadError(f"app {name!r} is not callable (it is a {type(obj).__name__})")
+    shape = asgi_shape(obj)
+    if shape is not None:
+        raise AppLoadError(
+            f"app {name!r} is an ASGI application ({shape}), not a WSGI one: prefork_lb serves "
+            "WSGI apps (environ, start_response) only; ASGI is not supported yet"
+        )
     return obj
+
+
+def _unwrapped(fn: Any) -> Any:
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return fn
+
+
+def _is_coroutine_function(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(_unwrapped(fn))
+
+
+def _async_def(fn: Any) -> str:
+    """``async def name(a, b, c)`` for a coroutine function (parameter names only)."""
+    name = getattr(_unwrapped(fn), "__name__", "app")
+    try:
+        params = ", ".join(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        params = "..."
+    return f"async def {name}({params})"
+
+
+def asgi_shape(obj: Any) -> str | None:
+    """How ``obj`` shows that it is an ASGI (or other ``async``) application, in words; None
+    for anything that may be a WSGI app. Pure: it inspects, never calls.
+
+    A WSGI app returns an iterable when called; an ``async def`` (a coroutine function, or an
+    object or class whose ``__call__`` is one) returns a coroutine, which no WSGI server can
+    send. FastAPI, Starlette, Django's ASGIHandler and ``async def app(scope, receive, send)``
+    are all caught here.
+    """
+    if not callable(obj):
+        return None
+    if inspect.isclass(obj):
+        if _is_coroutine_function(obj.__call__):  # its own __call__, else type.__call__
+            return f"class {obj.__name__} has an async def __call__ (ASGI 2: scope, then receive, send)"
+        return None
+    if _is_coroutine_function(obj):
+        return _async_def(obj)
+    if _is_coroutine_function(type(obj).__call__):
+        return f"a {type(obj).__name__} object with async def __call__(scope, receive, send)"
+    return None

@@ -77,6 +77,12 @@ def parse_proxy(argv: Sequence[str], environ: dict[str, str] | None = None) -> C
 
 def check(cfg: Config) -> None:
     """Settings that are only wrong together, or that name files: one line, exit code 2."""
+    from prefork_lb.proxy.peers import TrustedPeers
+
+    try:  # read by the proxy and by the workers (wsgi.url_scheme) alike
+        TrustedPeers(cfg.forwarded_allow_ips)
+    except ValueError as exc:
+        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
     if cfg.dispatch != "proxy":
         if cfg.strategy == "sticky":
             raise ConfigError("--strategy sticky needs --dispatch proxy (handoff sees no cookies)")
@@ -88,12 +94,6 @@ def check(cfg: Config) -> None:
             parse_backends(cfg.backends)
         except ValueError as exc:
             raise ConfigError(f"--backends: {exc}") from None
-    from prefork_lb.proxy.headers import TrustedPeers
-
-    try:
-        TrustedPeers(cfg.forwarded_allow_ips)
-    except ValueError as exc:
-        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
     if cfg.keyfile and not cfg.certfile:
         raise ConfigError("--keyfile needs --certfile")
     if cfg.certfile:

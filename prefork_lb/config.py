@@ -44,6 +44,7 @@ __all__ = [
     "build",
     "defaults",
     "reference_markdown",
+    "split_hooks",
 ]
 
 
@@ -189,6 +190,24 @@ HOOK_NAMES = (
 )
 
 
+def split_hooks(
+    values: Mapping[str, Any], source: str
+) -> tuple[dict[str, Callable[..., Any]], dict[str, Any]]:
+    """(the hooks, the rest) of ``values``, for ``prefork_lb.run(app, post_fork=f, ...)``,
+    which takes hooks by name as a config file does; a hook that is not callable is a
+    :class:`ConfigError` that names ``source``."""
+    hooks: dict[str, Callable[..., Any]] = {}
+    rest: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in HOOK_NAMES:
+            rest[name] = value
+        elif not callable(value):
+            raise ConfigError(f"{source}: hook {name} is not callable")
+        else:
+            hooks[name] = value
+    return hooks, rest
+
+
 def load_config_file(cfg: Config, path: str) -> None:
     """Run a Python config file; its module-level names that are settings or hooks apply."""
     if not os.path.isfile(path):
@@ -222,9 +241,13 @@ def apply_env(cfg: Config, environ: Mapping[str, str]) -> None:
 
 
 def build(
-    cli_values: Mapping[str, Any], environ: Mapping[str, str] | None = None, app_uri: str | None = None
+    cli_values: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    app_uri: str | None = None,
+    source: str = "command line",
 ) -> Config:
-    """Resolve defaults < config file < environment < command line."""
+    """Resolve defaults < config file < environment < command line (``cli_values``; ``source``
+    names them in errors: ``"run()"`` for prefork_lb.run's keywords)."""
     environ = os.environ if environ is None else environ
     cfg = defaults()
     config_path = cli_values.get("config") or environ.get(BY_NAME["config"].env) or None
@@ -234,7 +257,7 @@ def build(
     apply_env(cfg, environ)
     for name, value in cli_values.items():
         if value is not None and name != "config":
-            cfg.set(name, value, "command line")
+            cfg.set(name, value, source)
     if app_uri:
         cfg.app_uri = app_uri
     return cfg

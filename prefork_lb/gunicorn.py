@@ -5,10 +5,11 @@ serves with our HTTP/1.1 engine (gevent + httptools) instead of gunicorn's parse
 settings keep their documented meaning: timeout (the worker notifies every second from a
 greenlet, so a blocked event loop is noticed), graceful_timeout, keepalive, max_requests and
 max_requests_jitter, limit_request_line / _fields / _field_size, worker_connections, the access
-log and access_log_format (gunicorn's own logger), forwarded_allow_ips with
-secure_scheme_headers, reuse_port (gunicorn binds), and the hooks pre_request, post_request,
-worker_int, worker_abort and post_worker_init. The CPU offload pool is there too
-(``from prefork_lb import offload``, or ``environ["prefork_lb.offload"]``).
+log and access_log_format (gunicorn's own logger), forwarded_allow_ips (addresses and
+networks) with secure_scheme_headers, then ``Forwarded: proto=``, reuse_port (gunicorn binds),
+and the hooks pre_request, post_request, worker_int, worker_abort and post_worker_init. The CPU
+offload pool is there too (``from prefork_lb import offload``, or
+``environ["prefork_lb.offload"]``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from gevent import socket as gsocket
 from gunicorn.config import PostRequest, PreRequest
 from gunicorn.workers.base import Worker as _BaseWorker
 
+from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Limits, Request
+from prefork_lb.proxy.peers import TrustedPeers
 from prefork_lb.worker.server import Server, ServerOptions
 
 
@@ -66,22 +69,30 @@ class _Hooks:
         self.secure_headers = {
             "HTTP_" + k.upper().replace("-", "_"): v for k, v in (cfg.secure_scheme_headers or {}).items()
         }
-        allow = cfg.forwarded_allow_ips
-        allow = [a.strip() for a in allow.split(",")] if isinstance(allow, str) else list(allow or [])
-        self.allow_all = "*" in allow
-        self.allow = set(allow)
+        # gunicorn's forwarded_allow_ips: addresses and CIDR networks, or *.
+        self.trusted = TrustedPeers(cfg.forwarded_allow_ips or [])
 
     def before_request(self, env: dict[str, Any], req: Request) -> None:
-        if self.secure_headers and (self.allow_all or env.get("REMOTE_ADDR") in self.allow):
-            for key, value in self.secure_headers.items():
-                if env.get(key, "").lower() == value.lower():
-                    env["wsgi.url_scheme"] = "https"
-                    break
+        peer = env.get("REMOTE_ADDR", "")
+        # As gunicorn: a unix socket peer (no address) is trusted.
+        if not peer or peer in self.trusted:
+            scheme = self.forwarded_scheme(env)
+            if scheme is not None:
+                env["wsgi.url_scheme"] = scheme
         if self.pre is not None or self.post is not None:
             greq = GunicornRequest(req, env)
             env["gunicorn.request"] = greq
             if self.pre is not None:
                 self.pre(self.worker, greq)
+
+    def forwarded_scheme(self, env: dict[str, Any]) -> str | None:
+        """gunicorn's secure_scheme_headers first (a present one decides: https when its value
+        matches), else Forwarded proto= as our own workers read it."""
+        for key, value in self.secure_headers.items():
+            got = env.get(key)
+            if got is not None:
+                return "https" if got.lower() == value.lower() else None
+        return forwarded_scheme(None, env.get("HTTP_FORWARDED"))
 
     def log(self, env: dict[str, Any], conn: Any, duration: float) -> None:
         resp = GunicornResponse(conn.status, conn.out_headers or [], conn.bytes_sent)

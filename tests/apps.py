@@ -32,6 +32,25 @@ StartResponse = Callable[..., Any]
 NOT_CALLABLE = "a string, not a WSGI app"
 
 
+# ASGI applications, as FastAPI and Starlette are: `python -m prefork_lb tests.apps:asgi_app`
+# (or :asgi_instance) must refuse them at boot with one line, not answer every request 500.
+async def asgi_app(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"asgi"})
+
+
+class AsgiApp:
+    """Like FastAPI(): an object whose ``__call__`` is ``async def (scope, receive, send)``."""
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
+        await asgi_app(scope, receive, send)
+
+
+asgi_instance = AsgiApp()
+
+
 def _record_call(environ: Environ) -> None:
     path = os.environ.get("PREFORK_LB_TEST_CALLS")
     if path:
@@ -93,6 +112,30 @@ def boom_late(environ: Environ, start_response: StartResponse) -> Iterable[bytes
         raise RuntimeError("boom-late-marker-91c2: the app failed after its first chunk")
 
     return body()
+
+
+def str_body(environ: Environ, start_response: StartResponse) -> Iterable[Any]:
+    """A common mistake: a str where WSGI wants bytes. /write passes one to write(), /length
+    does so under a Content-Length, /yield yields one, /list returns one in a list, /mixed
+    returns [str, bytes], /late yields bytes first and a str after; anything else is 200 ok."""
+    path = environ["PATH_INFO"]
+    if path == "/length":
+        write = start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+        write("hello")
+        return []
+    write = start_response("200 OK", [("Content-Type", "text/plain")])
+    if path == "/write":
+        write("hello")
+        return []
+    if path == "/yield":
+        return iter(["hello"])
+    if path == "/list":
+        return ["hello"]
+    if path == "/mixed":
+        return ["hello", b" world"]
+    if path == "/late":
+        return iter([b"first chunk\n", "then a str"])
+    return [b"ok"]
 
 
 def slow_stream(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

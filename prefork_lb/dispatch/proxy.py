@@ -18,6 +18,7 @@ import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork_lb.dispatch.base import DispatchMode
+from prefork_lb.proxy.peers import TrustedPeers
 from prefork_lb.settings.base import flag_and_default
 from prefork_lb.sockets import Address, listen, naming, parse_address
 
@@ -74,6 +75,10 @@ class ProxyMode(DispatchMode):
         # Requests keep coming to a draining worker until the proxy reads on the scoreboard
         # that it drains: it keeps idle connections open this long instead of closing them.
         options.idle_grace = WORKER_IDLE_GRACE
+        # A worker's only peer is its proxy (on loopback), which already applied
+        # --forwarded-allow-ips to its own clients: the worker believes what the proxy says of
+        # the scheme (X-Forwarded-Proto), whatever that setting lists.
+        options.trusted_peers = TrustedPeers("127.0.0.1")
 
     def ready_message(self, num_workers: int) -> str:
         if not num_workers:

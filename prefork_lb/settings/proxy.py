@@ -196,7 +196,10 @@ class ProxySettings:
         str,
         "127.0.0.1,::1",
         "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
-        "headers the proxy keeps and appends to; from any other peer they are replaced.",
+        "headers the proxy keeps and appends to; from any other peer they are replaced. The "
+        "workers believe the same peers' X-Forwarded-Proto (else Forwarded proto=) for "
+        "wsgi.url_scheme, so behind the TLS-terminating proxy an app sees https; from any other "
+        "peer those headers do not change it.",
         flags=("--forwarded-allow-ips",),
         section="Proxy",
         metavar="LIST",

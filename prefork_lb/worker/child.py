@@ -8,7 +8,8 @@ then gevent's monkey-patching (here, never in the master), then the app import (
 re-reads the code), then serving on what the master handed down.
 
 Exit codes the master understands (prefork_lb.child): 0 normal, EXIT_APP_LOAD (the app path is
-wrong: the message went through the boot pipe), EXIT_BOOT (the app raised on import).
+wrong, or the object is no WSGI app, e.g. an ASGI one: the message went through the boot pipe),
+EXIT_BOOT (the app raised on import).
 """
 
 from __future__ import annotations
@@ -101,11 +102,14 @@ class WorkerChild(ChildProcess):
 
     def load_app(self) -> tuple[Any, int]:
         """(the app, 0), or (None, exit code) with one line on the boot pipe for the master."""
-        from prefork_lb.app import AppLoadError, load_app
+        from prefork_lb.app import AppLoadError, load_app, wsgi_app
 
         cfg, fd = self.cfg, self.ctx.boot_fd
         try:
-            app = cfg.app_object if cfg.app_object is not None else load_app(cfg.app_uri, cfg.chdir)
+            if cfg.app_object is not None:  # prefork_lb.run(app): checked as a loaded one is
+                app = wsgi_app(cfg.app_object, cfg.app_uri)
+            else:
+                app = load_app(cfg.app_uri, cfg.chdir)
         except AppLoadError as exc:
             os.write(fd, (str(exc) + "\n").encode())
             return None, EXIT_APP_LOAD

@@ -12,8 +12,9 @@ Invariants:
 * The connection does not keep time: it sets ``wait_until`` before each read, and the server's
   watchdog throws ``ReadDeadline`` into it when that passes.
 * A connection closes after any error it cannot recover from cleanly: a malformed request
-  (4xx, the app never called), an app exception (500 if nothing was sent yet), a body the
-  app did not read that is too big to skip, a response with fewer bytes than announced.
+  (4xx, the app never called), an app exception or a body chunk that is not bytes (500 if
+  nothing was sent yet), a body the app did not read that is too big to skip, a response with
+  fewer bytes than announced.
 """
 
 from __future__ import annotations
@@ -31,9 +32,10 @@ import gevent.lock
 import gevent.socket
 
 from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
+from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
-from prefork_lb.worker.response import ResponseWriter
+from prefork_lb.worker.response import LISTED, YIELDED, BodyNotBytes, ResponseWriter, is_bytes
 from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
     ENV_KEYS,
@@ -56,6 +58,9 @@ HANDOFF_BATCH = 64  # descriptors per handoff message
 MAX_DRAIN = 1 << 20
 CORK_MAX = 16  # responses held at most for one write (_reply)
 ENVIRON = "environ"  # the key of a memoised request's environ entries in Request.memo
+# The same for a connection from a trusted peer (--forwarded-allow-ips): its entries may hold
+# the wsgi.url_scheme its X-Forwarded-Proto / Forwarded said, which no other peer may get.
+ENVIRON_FORWARDED = "environ forwarded"
 
 
 class _RequestDeadline(BaseException):
@@ -72,6 +77,14 @@ def recv_handoff(channel: socket.socket) -> tuple[bytes, list[int]]:
     Both empty: the channel was closed."""
     msg, fds, _, _ = socket.recv_fds(channel, 64, HANDOFF_BATCH)
     return msg, fds
+
+
+def _listed_not_bytes(result: list[Any] | tuple[Any, ...]) -> Exception:
+    """The error for a response list that b"".join refused: which item is not bytes."""
+    for item in result:
+        if not is_bytes(item):
+            return BodyNotBytes(item, LISTED)
+    return TypeError("the app's response list could not be joined")  # pragma: no cover
 
 
 def _decode_path(path: bytes) -> str:
@@ -100,6 +113,8 @@ class Connection(ResponseWriter, BodySource):
         "hub",
         "had_request",
         "cork",
+        "forwarded",
+        "env_memo",
     )
 
     raw: socket.socket | None  # the plain socket under gevent's, or None (see __init__)
@@ -141,6 +156,10 @@ class Connection(ResponseWriter, BodySource):
         )
         if opts.extra_environ:
             self.base_env.update(opts.extra_environ)
+        # Whether this peer's forwarding headers set wsgi.url_scheme: decided once, per peer.
+        peers = opts.trusted_peers
+        self.forwarded = peers is not None and remote_addr in peers
+        self.env_memo = ENVIRON_FORWARDED if self.forwarded else ENVIRON
         self._reset(None)
 
     def _reset(self, req: Request | None) -> None:
@@ -340,7 +359,7 @@ class Connection(ResponseWriter, BodySource):
         if memo is not None:
             # A request the parser has seen before (no body): what it adds to the connection's
             # keys was worked out the first time.
-            part = memo.get(ENVIRON)
+            part = memo.get(self.env_memo)
             if part is not None:
                 env = self.base_env.copy()
                 env.update(part)
@@ -374,10 +393,18 @@ class Connection(ResponseWriter, BodySource):
             else:
                 env[key] = value.decode("latin-1")
         env["wsgi.input"] = EMPTY_INPUT if req.complete and not req.chunks else Input(self, req)
+        scheme = None
+        if self.forwarded:
+            scheme = forwarded_scheme(env.get("HTTP_X_FORWARDED_PROTO"), env.get("HTTP_FORWARDED"))
         if memo is not None:
             base = self.base_env
             if all(env[k] is v for k, v in base.items()):  # no header merged into a connection key
-                memo[ENVIRON] = {k: v for k, v in env.items() if k not in base}
+                part = {k: v for k, v in env.items() if k not in base}
+                if scheme is not None:
+                    part["wsgi.url_scheme"] = scheme
+                memo[self.env_memo] = part
+        if scheme is not None:
+            env["wsgi.url_scheme"] = scheme
         return env
 
     def _handle_request(self, req: Request) -> bool:
@@ -409,7 +436,10 @@ class Connection(ResponseWriter, BodySource):
                 if len(result) == 1:
                     body = result[0]
                 else:
-                    body = b"".join(result)
+                    try:
+                        body = b"".join(result)
+                    except TypeError:
+                        raise _listed_not_bytes(result) from None
                 if self.headers_sent:
                     self.write(body)
                     self._finish()
@@ -418,16 +448,25 @@ class Connection(ResponseWriter, BodySource):
                     if self.is_head:
                         self._reply(head)
                     else:
-                        self._reply(head + self._clip(body))
+                        try:
+                            self._reply(head + self._clip(body))
+                        except TypeError:
+                            if is_bytes(body):
+                                raise
+                            self.headers_sent = False  # nothing went out: the error is a 500
+                            raise BodyNotBytes(body, LISTED) from None
                         self.bytes_sent += len(body)
                     if self.resp_length is not None and self.bytes_sent < self.resp_length:
                         self.close_after = True
             elif rtype is FileWrapper and self._sendfile(result):
                 self._finish_sendfile()
             else:
-                for chunk in result:
-                    if chunk:
-                        self.write(chunk)
+                try:
+                    for chunk in result:
+                        if chunk:
+                            self.write(chunk)
+                except BodyNotBytes as exc:
+                    raise BodyNotBytes(exc.data, YIELDED) from None
                 self._finish()
         except HTTPError as exc:
             # The body the app was reading turned out malformed or too large.
@@ -477,7 +516,11 @@ class Connection(ResponseWriter, BodySource):
         """The app raised (called in the except clause: the traceback is logged): 500 if
         nothing was sent yet, and an access log line saying so."""
         path = env.get("PATH_INFO", "")
-        log.exception("Error handling request %s %s", req.method, path)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, BodyNotBytes):  # the app's mistake, said in one line: our frames would not help
+            log.error("Error handling request %s %s: %s", req.method, path, exc)
+        else:
+            log.exception("Error handling request %s %s", req.method, path)
         if not self.headers_sent:
             self.status = None
             try:

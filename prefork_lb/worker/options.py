@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import gevent.lock
 
 from prefork_lb.http.parser import Limits, Request, RequestMemo
+from prefork_lb.proxy.peers import TrustedPeers
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
@@ -28,6 +29,9 @@ class ServerOptions:
     worker_connections: int = 1000
     server_header: bool = True
     url_scheme: str = "http"
+    # Peers (--forwarded-allow-ips) whose X-Forwarded-Proto / Forwarded proto= set
+    # wsgi.url_scheme (prefork_lb.http.forwarded); None: nobody's.
+    trusted_peers: TrustedPeers | None = None
     extra_environ: dict[str, Any] = field(default_factory=dict)  # added to every request's environ
     max_concurrency: int = 0  # 0: unlimited
     queue_size: int = 100
@@ -56,6 +60,7 @@ class ServerOptions:
             max_concurrency=cfg.max_concurrency,
             queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
+            trusted_peers=TrustedPeers(cfg.forwarded_allow_ips),
         )
 
 

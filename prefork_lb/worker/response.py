@@ -13,6 +13,11 @@ Invariants:
 * Never more body bytes than the announced Content-Length leave (``_clip``); fewer, or more
   offered by the app, mark the connection to close (``close_after``): the framing is broken.
 * A response to HEAD, or with a 1xx/204/304 status, carries no body bytes.
+* A body chunk that is not bytes (a ``str``, most often) raises :class:`BodyNotBytes` before
+  anything of it is sent; when it came with the first bytes of the response, the head is marked
+  unsent again, so the app's error is still answered 500. Nothing checks the type on the way:
+  the mistake shows as the TypeError of joining the chunk to bytes, which costs nothing until
+  it happens.
 """
 
 from __future__ import annotations
@@ -32,6 +37,26 @@ from prefork_lb.worker.wsgi import FileWrapper
 if TYPE_CHECKING:
     from prefork_lb.http.parser import Request
     from prefork_lb.worker.options import ServerView
+
+# Where a body chunk that is not bytes came from, for BodyNotBytes's message.
+WRITTEN = "passed a {} to write()"
+LISTED = "returned a {} in its response list"
+YIELDED = "yielded a {} from its response iterable"
+
+
+class BodyNotBytes(TypeError):
+    """The app gave a response body chunk that is not bytes (PEP 3333: bodies are bytes)."""
+
+    def __init__(self, data: object, where: str) -> None:
+        self.data = data
+        hint = ": encode it (e.g. text.encode('utf-8'))" if isinstance(data, str) else ""
+        super().__init__(f"the app {where.format(type(data).__name__)}, not bytes{hint}")
+
+
+def is_bytes(data: object) -> bool:
+    """What may be sent as a body chunk: bytes, or another buffer of bytes."""
+    return isinstance(data, (bytes, bytearray, memoryview))
+
 
 # Framings a memoised request keeps, one per app head it was answered with (an app whose heads
 # never repeat, e.g. a fresh cookie each time, must not grow the memo without bound).
@@ -64,6 +89,7 @@ class ResponseWriter:
     bytes_sent: int
     is_head: bool
     resp_length: int | None
+    cork: list[bytes]  # whole responses held back (the connection's _reply)
 
     def _send(self, data: bytes) -> None:  # pragma: no cover - the connection's
         raise NotImplementedError
@@ -154,18 +180,33 @@ class ResponseWriter:
             if self.is_head:
                 self._send(head)
                 return
-            if self.chunked:
-                self._send(head + b"%x\r\n" % len(data) + data + b"\r\n" if data else head)
-            else:
-                self._send(head + self._clip(data))
+            try:
+                if self.chunked:
+                    out = head + b"%x\r\n" % len(data) + data + b"\r\n" if data else head
+                else:
+                    out = head + self._clip(data)
+            except TypeError:
+                if is_bytes(data):
+                    raise
+                self.headers_sent = False  # nothing went out: the app's error is still a 500
+                raise BodyNotBytes(data, WRITTEN) from None
+            self._send(out)
             self.bytes_sent += len(data)
             return
         if not data or self.is_head:
             return
-        if self.chunked:
-            self._send(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self._send(self._clip(data))
+        try:
+            if self.chunked:
+                self._send(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self._send(self._clip(data))
+        except TypeError:
+            if is_bytes(data):
+                raise
+            cork = self.cork
+            if cork and cork[-1] is data:
+                cork.pop()  # _send joined it to the responses held back: those still go out
+            raise BodyNotBytes(data, WRITTEN) from None
         self.bytes_sent += len(data)
 
     def _clip(self, data: bytes) -> bytes:

@@ -47,6 +47,8 @@ CASES = {
     "missing_module": (["no_such_module_4c1d:app"], "no_such_module_4c1d", True),
     "missing_attribute": (["tests.apps:no_such_app"], "no_such_app", True),
     "not_callable": (["tests.apps:NOT_CALLABLE"], "not callable", True),
+    "asgi_function": (["tests.apps:asgi_app"], "is an ASGI application", True),
+    "asgi_instance": (["tests.apps:asgi_instance"], "is an ASGI application", True),
     "proxy_without_backends": (["proxy"], "needs --backends", False),
     "proxy_bad_backend": (["proxy", "--backends", "127.0.0.1:80,nohost"], "nohost", False),
     "proxy_bad_weight": (["proxy", "--backends", "127.0.0.1:80=0"], "127.0.0.1:80=0", False),
@@ -58,6 +60,11 @@ CASES = {
     ),
     "proxy_bad_allow_ips": (
         ["proxy", "--backends", "127.0.0.1:80", "--forwarded-allow-ips", "1.2.3.400"],
+        "--forwarded-allow-ips",
+        False,
+    ),
+    "bad_allow_ips": (
+        ["tests.apps:echo", "--forwarded-allow-ips", "10.0.0.1,nohost"],
         "--forwarded-allow-ips",
         False,
     ),

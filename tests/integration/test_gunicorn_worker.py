@@ -132,6 +132,30 @@ def test_forwarded_proto_trusted_only_from_allowed_ips(gunicorn) -> None:
     assert get(g2.port, headers={"X-Forwarded-Proto": "https"}) == (200, b"http")
 
 
+def test_forwarded_proto_from_allowed_networks_and_the_forwarded_header(gunicorn) -> None:
+    """gunicorn's forwarded_allow_ips takes networks too; Forwarded proto= counts as our own
+    workers read it, secure_scheme_headers first."""
+    g = gunicorn("tests.apps:scheme", "-w", "1", "--forwarded-allow-ips", "127.0.0.0/8")
+    assert get(g.port, headers={"X-Forwarded-Proto": "https"}) == (200, b"https")
+    assert get(g.port, headers={"Forwarded": "for=192.0.2.1;proto=https"}) == (200, b"https")
+    assert get(g.port, headers={"X-Forwarded-Proto": "http", "Forwarded": "proto=https"}) == (200, b"http")
+    assert get(g.port) == (200, b"http")
+    g2 = gunicorn("tests.apps:scheme", "-w", "1", "--forwarded-allow-ips", "10.9.9.0/24")
+    assert get(g2.port, headers={"Forwarded": "for=192.0.2.1;proto=https"}) == (200, b"http")
+
+
+def test_str_body_is_a_500_and_the_log_names_the_mistake(gunicorn) -> None:
+    g = gunicorn("tests.apps:str_body", "-w", "1")
+    for path, mistake in (
+        ("/yield", "yielded a str from its response iterable"),
+        ("/write", "passed a str to write()"),
+    ):
+        assert get(g.port, path)[0] == 500
+        line = f"Error handling request GET {path}: the app {mistake}, not bytes"
+        wait_for(lambda line=line: line in g.text(), what="the log line naming the mistake")
+    assert get(g.port, "/") == (200, b"ok")
+
+
 def test_request_hooks_and_timeout_with_worker_abort(gunicorn, tmp_path: Path) -> None:
     out = tmp_path / "hooks.log"
     conf = tmp_path / "gconf.py"

@@ -342,6 +342,76 @@ def test_app_exception_after_first_chunk_aborts_the_connection(shared_server) ->
     assert "Traceback (most recent call last)" in log
 
 
+@pytest.mark.parametrize(
+    ("path", "mistake"),
+    [
+        ("/write", "passed a str to write()"),
+        ("/length", "passed a str to write()"),
+        ("/yield", "yielded a str from its response iterable"),
+        ("/list", "returned a str in its response list"),
+        ("/mixed", "returned a str in its response list"),
+    ],
+)
+def test_str_body_is_a_500_and_the_log_names_the_mistake(shared_server, path: str, mistake: str) -> None:
+    """A str where WSGI wants bytes, before anything was sent: the client gets a 500 (not a
+    connection closed with nothing), the log one line that says what the app did wrong."""
+    srv = shared_server("tests.apps:str_body")
+    got = exchange(srv.port, build_request("GET", path), half_close=False)
+    responses, rest = parse_responses(got)
+    assert [r.status for r in responses] == [500] and rest == b"", got
+    assert got.closed
+    line = f"Error handling request GET {path}: the app {mistake}, not bytes: encode it"
+    assert line in srv.wait_log(line)
+    # The worker goes on serving.
+    ok, _ = parse_responses(exchange(srv.port, build_request("GET", "/")))
+    assert [(r.status, r.body) for r in ok] == [(200, b"ok")]
+
+
+def test_str_body_after_the_head_was_sent_closes_the_connection(shared_server) -> None:
+    srv = shared_server("tests.apps:str_body")
+    got = exchange(srv.port, build_request("GET", "/late"), half_close=False)
+    assert got.closed
+    responses, _ = parse_responses(got)
+    assert len(responses) == 1 and responses[0].status == 200 and not responses[0].complete
+    assert b"first chunk\n" in got and b"then a str" not in got
+    line = "Error handling request GET /late: the app yielded a str from its response iterable"
+    assert line in srv.wait_log(line)
+
+
+# -- wsgi.url_scheme behind a proxy ----------------------------------------------------------------
+
+
+def _scheme_seen(port: int, headers: list[tuple[str, str]]) -> list[bytes]:
+    """wsgi.url_scheme as the app saw it, for the same request three times on one connection
+    (the first is parsed, the others come from the worker's request memo)."""
+    got = exchange(port, build_request("GET", "/", headers) * 3)
+    responses, rest = parse_responses(got)
+    assert rest == b"" and [r.status for r in responses] == [200] * 3, got
+    return [r.body for r in responses]
+
+
+@pytest.mark.parametrize(
+    ("headers", "scheme"),
+    [
+        ([("X-Forwarded-Proto", "https")], b"https"),
+        ([("Forwarded", "for=192.0.2.1;proto=https")], b"https"),
+        ([("X-Forwarded-Proto", "http"), ("Forwarded", "for=192.0.2.1;proto=https")], b"http"),
+        ([], b"http"),
+    ],
+)
+def test_url_scheme_from_a_trusted_peer(shared_server, headers: list[tuple[str, str]], scheme: bytes) -> None:
+    """The default --forwarded-allow-ips (127.0.0.1,::1) trusts this client, as it trusts the
+    proxy in front of the workers: its X-Forwarded-Proto, else Forwarded proto=, is the scheme."""
+    srv = shared_server("tests.apps:scheme")
+    assert _scheme_seen(srv.port, headers) == [scheme] * 3
+
+
+def test_url_scheme_headers_from_an_untrusted_peer_are_ignored(shared_server) -> None:
+    srv = shared_server("tests.apps:scheme", "--forwarded-allow-ips", "10.9.9.9")
+    assert _scheme_seen(srv.port, [("X-Forwarded-Proto", "https")]) == [b"http"] * 3
+    assert _scheme_seen(srv.port, [("Forwarded", "proto=https")]) == [b"http"] * 3
+
+
 # -- limits -------------------------------------------------------------------------------------
 
 

@@ -417,6 +417,77 @@ def test_run_api_serves_an_app_object(tmp_path: Path) -> None:
         proc.wait(timeout=5)
 
 
+def _run_script(tmp_path: Path, source: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start ``python serve.py`` (``source``) in its own process group; (process, its log)."""
+    script = tmp_path / "serve.py"
+    script.write_text(source)
+    log_path = tmp_path / "log"
+    with open(log_path, "wb") as log:
+        env = dict(os.environ, PYTHONPATH=str(ROOT))
+        proc = spawn([sys.executable, str(script)], stdout=log, stderr=subprocess.STDOUT, env=env)
+    return proc, log_path
+
+
+def test_run_api_takes_hooks_as_a_config_file_does(tmp_path: Path) -> None:
+    """run(app, post_fork=f, ...): the hooks run where a config file's would (the worker's
+    show in its response, the master's in the file it writes)."""
+    port = free_port()
+    out = tmp_path / "hooks.txt"
+    proc, log_path = _run_script(
+        tmp_path,
+        "import prefork_lb\n"
+        "HOOKED = []\n"
+        "def post_fork(server, worker): HOOKED.append(f'post_fork {worker.slot}')\n"
+        "def post_worker_init(worker): HOOKED.append('post_worker_init')\n"
+        f"def when_ready(server): open({str(out)!r}, 'a').write('when_ready\\n')\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        "    return [','.join(HOOKED).encode()]\n"
+        "if __name__ == '__main__':\n"
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{port}'], workers=1,\n"
+        "        post_fork=post_fork, post_worker_init=post_worker_init, when_ready=when_ready))\n",
+    )
+    try:
+
+        def answer() -> tuple[int, bytes] | None:
+            assert proc.poll() is None, log_path.read_text(errors="replace")
+            try:
+                return get(port, "/")
+            except OSError:
+                return None
+
+        assert wait_for(answer, what="run() serving") == (200, b"post_fork 0,post_worker_init")
+        wait_for(lambda: out.exists() and out.read_text() == "when_ready\n", what="the when_ready hook")
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        kill_group(proc)
+        proc.wait(timeout=5)
+
+
+def test_run_api_refuses_an_asgi_app_with_one_line(tmp_path: Path) -> None:
+    proc, log_path = _run_script(
+        tmp_path,
+        "import prefork_lb\n"
+        "async def app(scope, receive, send):\n"
+        "    pass\n"
+        "if __name__ == '__main__':\n"
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{free_port()}'], workers=2))\n",
+    )
+    try:
+        assert proc.wait(timeout=20) == 2
+    finally:
+        kill_group(proc)
+    text = log_path.read_text(errors="replace")
+    lines = [ln for ln in text.splitlines() if ln.startswith("prefork_lb: error:")]
+    assert lines == [
+        "prefork_lb: error: app 'app' is an ASGI application (async def app(scope, receive, send)), "
+        "not a WSGI one: prefork_lb serves WSGI apps (environ, start_response) only; ASGI is not "
+        "supported yet"
+    ], text
+    assert "Traceback" not in text
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
     """Removing a worker slot drains it: in reuseport mode the master steers new connections

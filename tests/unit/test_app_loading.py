@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from prefork_lb import demo
-from prefork_lb.app import AppLoadError, load_app
+from prefork_lb.app import AppLoadError, asgi_shape, load_app, wsgi_app
 
 WriteModule = Callable[[str, str], Path]
 
@@ -205,3 +205,96 @@ def test_missing_dependency_named_like_the_app_module_prefix(write_module: Write
     with pytest.raises(ModuleNotFoundError) as info:
         load_app("myapp_prefix_server:app")
     assert info.value.name == "myapp_prefix"
+
+
+# -- not a WSGI app: an ASGI application is refused with one line ----------------------------------
+
+ASGI_SOURCE = """
+    import functools
+
+    async def app(scope, receive, send):
+        pass
+
+    class Framework:  # FastAPI, Starlette: an object with an async __call__
+        async def __call__(self, scope, receive, send):
+            pass
+
+    class SubFramework(Framework):
+        pass
+
+    class Asgi2:  # ASGI 2: the class is called with the scope, its instance with receive, send
+        def __init__(self, scope):
+            self.scope = scope
+
+        async def __call__(self, receive, send):
+            pass
+
+    fastapi_like = Framework()
+    inherited = SubFramework()
+    partial_app = functools.partial(app)
+
+    async def two_args(environ, start_response):  # an "async WSGI" app: no such thing
+        pass
+"""
+
+WSGI_SHAPES_SOURCE = """
+    class WsgiClass:  # PEP 3333's class form: called per request, iterated for the body
+        def __init__(self, environ, start_response):
+            start_response("200 OK", [])
+
+        def __iter__(self):
+            yield b"hi"
+
+    class Middleware:
+        def __call__(self, environ, start_response):
+            start_response("200 OK", [])
+            return [b"hi"]
+
+    middleware = Middleware()
+"""
+
+
+@pytest.mark.parametrize(
+    ("attr", "shape"),
+    [
+        ("app", "async def app(scope, receive, send)"),
+        ("fastapi_like", "a Framework object with async def __call__(scope, receive, send)"),
+        ("inherited", "a SubFramework object with async def __call__(scope, receive, send)"),
+        ("Asgi2", "class Asgi2 has an async def __call__ (ASGI 2: scope, then receive, send)"),
+        ("partial_app", "async def app(scope, receive, send)"),
+        ("two_args", "async def two_args(environ, start_response)"),
+    ],
+)
+def test_asgi_app_is_refused(write_module: WriteModule, attr: str, shape: str) -> None:
+    write_module("myapp_asgi", ASGI_SOURCE)
+    with pytest.raises(AppLoadError) as info:
+        load_app(f"myapp_asgi:{attr}")
+    assert str(info.value) == (
+        f"app 'myapp_asgi:{attr}' is an ASGI application ({shape}), not a WSGI one: prefork_lb "
+        "serves WSGI apps (environ, start_response) only; ASGI is not supported yet"
+    )
+
+
+@pytest.mark.parametrize("attr", ["WsgiClass", "middleware"])
+def test_wsgi_shapes_are_accepted(write_module: WriteModule, attr: str) -> None:
+    write_module("myapp_shapes", WSGI_SHAPES_SOURCE)
+    assert load_app(f"myapp_shapes:{attr}") is getattr(sys.modules["myapp_shapes"], attr)
+
+
+def test_asgi_shape_of_plain_callables() -> None:
+    assert asgi_shape(demo.app) is None
+    assert asgi_shape(print) is None
+    assert asgi_shape(dict) is None
+
+
+def test_wsgi_app_checks_an_app_object() -> None:
+    """prefork_lb.run(app) hands an object, not a path: the same checks apply."""
+
+    async def app(scope: object, receive: object, send: object) -> None:
+        pass
+
+    assert wsgi_app(demo.app, "app") is demo.app
+    with pytest.raises(AppLoadError, match=r"^app 'app' is an ASGI application \(async def app"):
+        wsgi_app(app, "app")
+    with pytest.raises(AppLoadError, match=r"^app 'app' is not callable \(it is a str\)"):
+        wsgi_app("app", "app")

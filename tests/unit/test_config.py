@@ -265,6 +265,28 @@ def test_every_hook_name_is_accepted(tmp_path: Path) -> None:
     assert set(build({"config": path}, environ={}).hooks) == set(config.HOOK_NAMES)
 
 
+def test_split_hooks_takes_hooks_by_name_as_a_config_file_does() -> None:
+    """prefork_lb.run(app, post_fork=f, workers=2): hooks apart, settings left for build()."""
+
+    def post_fork(server: object, worker: object) -> None:
+        pass
+
+    hooks, rest = config.split_hooks({"post_fork": post_fork, "workers": 2}, "run()")
+    assert hooks == {"post_fork": post_fork}
+    assert rest == {"workers": 2}
+    assert build(rest, environ={}, source="run()").workers == 2
+
+
+def test_split_hooks_refuses_a_hook_that_is_not_callable() -> None:
+    with pytest.raises(ConfigError, match=r"^run\(\): hook when_ready is not callable$"):
+        config.split_hooks({"when_ready": "ready"}, "run()")
+
+
+def test_build_names_its_source_in_errors() -> None:
+    with pytest.raises(ConfigError, match=r"^run\(\): unknown setting 'post_frok'$"):
+        build({"post_frok": print}, environ={}, source="run()")
+
+
 def test_config_file_names_that_are_not_settings_are_ignored(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,

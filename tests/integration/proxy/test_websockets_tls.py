@@ -119,6 +119,36 @@ def test_tls_termination(start_proxy, backends, tls_files) -> None:
     assert forwarded_elements(seen.header("forwarded") or "")[-1]["proto"] == "https"
 
 
+def test_app_behind_the_tls_terminating_proxy_sees_https(start_proxy, tls_files) -> None:
+    """--dispatch proxy --certfile: the workers believe their proxy's X-Forwarded-Proto, so
+    the app builds https URLs. The client here is not in --forwarded-allow-ips: its own claim
+    is replaced by what the proxy terminated, and the workers still trust the proxy."""
+    ca, certfile, keyfile = tls_files
+    p = start_proxy(
+        None,
+        "--dispatch",
+        "proxy",
+        "--workers",
+        "1",
+        "--certfile",
+        str(certfile),
+        "--keyfile",
+        str(keyfile),
+        "--forwarded-allow-ips",
+        "10.9.9.9",
+        app="tests.apps:scheme",
+    )
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    with socket.create_connection((HOST, p.port), timeout=5) as raw:
+        with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            stream = HTTPStream(tls)
+            for headers in ([], [("X-Forwarded-Proto", "http")], []):
+                tls.sendall(build_request("GET", "/", headers))
+                r = stream.read_response()
+                assert (r.status, r.body) == (200, b"https"), r
+
+
 def test_tls_1_1_is_refused(start_proxy, backends, tls_files) -> None:
     ca, certfile, keyfile = tls_files
     b = backends(1)[0]

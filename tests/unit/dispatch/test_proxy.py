@@ -109,3 +109,13 @@ def test_the_default_stats_bind_is_named_as_the_default() -> None:
     assert flag_and_default(cfg, "bind") == "--bind, default 127.0.0.1:8000"
     cfg.set("stats_bind", "127.0.0.1:9001", "test")
     assert flag_and_default(cfg, "stats_bind") == "--stats-bind"
+
+
+def test_workers_believe_their_proxy_whatever_forwarded_allow_ips_lists(make_mode) -> None:
+    """The proxy applied --forwarded-allow-ips to its clients; its workers' one peer is the
+    proxy itself, on loopback, and its X-Forwarded-Proto is what sets wsgi.url_scheme."""
+    mode = make_mode("proxy", stats_bind="off", forwarded_allow_ips="10.9.9.9")
+    options = SimpleNamespace(idle_grace=0.0, trusted_peers=None)
+    mode.configure_worker(options)
+    assert "127.0.0.1" in options.trusted_peers
+    assert "10.9.9.9" not in options.trusted_peers

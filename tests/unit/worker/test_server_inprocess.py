@@ -10,6 +10,7 @@ import gevent.event
 import gevent.socket
 import pytest
 
+from prefork_lb.proxy.peers import TrustedPeers
 from prefork_lb.worker.server import Server, ServerOptions
 
 
@@ -136,6 +137,40 @@ def test_a_header_merged_into_a_connection_key_is_not_cached() -> None:
         client.sendall(b"GET / HTTP/1.1\r\nHost: h\r\nX-Extra: sent\r\n\r\n")
         assert _environ_of(client)["HTTP_X_EXTRA"] == "base,sent"
     client.close()
+    server.drain(timeout=1)
+
+
+def scheme_app(environ, start_response):
+    body = environ["wsgi.url_scheme"].encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def test_url_scheme_follows_forwarding_headers_from_trusted_peers_only() -> None:
+    """--forwarded-allow-ips: a trusted peer's X-Forwarded-Proto / Forwarded proto= set
+    wsgi.url_scheme; another peer sending the very same bytes (the same memoised request) gets
+    http, before and after a trusted one."""
+    server = Server(scheme_app, ServerOptions(keepalive=30, trusted_peers=TrustedPeers("10.0.0.0/24")))
+    xfp = b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\r\n"
+    fwd = b"GET /f HTTP/1.1\r\nHost: h\r\nForwarded: for=192.0.2.7;proto=https\r\n\r\n"
+    plain = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"
+    cases = [
+        ("10.0.0.1", xfp, b"https"),
+        ("192.0.2.9", xfp, b"http"),
+        ("10.0.0.2", xfp, b"https"),
+        ("10.0.0.1", fwd, b"https"),
+        ("192.0.2.9", fwd, b"http"),
+        ("10.0.0.1", plain, b"http"),
+        ("", xfp, b"http"),  # not an IP address (a unix socket peer): not trusted
+    ]
+    for peer, request, want in cases:
+        a, b = socket.socketpair()
+        client = gevent.socket.socket(fileno=b.detach())
+        server.serve_connection(a, (peer, 1) if peer else "")
+        for _ in range(3):  # the first parses, the others come from the memo
+            client.sendall(request)
+            assert _read_response(client).partition(b"\r\n\r\n")[2] == want, (peer, request)
+        client.close()
     server.drain(timeout=1)
 
 
