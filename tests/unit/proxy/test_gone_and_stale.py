@@ -1,6 +1,8 @@
-"""prefork_lb.proxy in process: an answer that waits in a socket whose connection failed (read
-and relayed). Fake transports as in test_exchange.py; where the socket itself is asked, a TCP
-connection on 127.0.0.1."""
+"""prefork_lb.proxy in process: a pooled connection the backend closed before answering (sent
+again on a new connection to the same backend, not counted against it), a retry with no
+backend left (the failure, not 503), and an answer that waits in a socket whose connection
+failed (read and relayed). Fake transports as in test_exchange.py; where the socket itself is
+asked, a TCP connection on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from typing import Any
 import pytest
 
 from prefork_lb.proxy.upstream import Upstream
-from tests.unit.proxy.test_exchange import Rig, got
+from tests.unit.proxy.test_exchange import GET, OK, Rig, got
 from tests.unit.proxy.test_fuzz import FakeTransport
 
 
@@ -48,6 +50,64 @@ def reset(sock: socket.socket) -> None:
     """Close with a reset (RST), as a server does that closes with unread bytes."""
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
+
+
+def pooled(rig: Rig) -> None:
+    """One GET answered on a new connection, which then waits in the backend's pool."""
+    c, t = rig.client()
+    c.data_received(GET)
+    up, _ = rig.open()
+    up.data_received(OK)
+    rig.proxy.end_of_pass()
+    assert up in rig.backends[0].idle and up.last_used > 0
+
+
+def test_a_pooled_connection_closed_before_any_byte_goes_again_fresh_to_the_same_backend(loop) -> None:
+    rig = Rig(loop, backends=2, retries=0)
+    pooled(rig)
+    b0 = rig.backends[0]
+    up = b0.idle[0]
+    rig.proxy.strategy.pick = lambda hint=None: b0.key  # type: ignore[method-assign]
+    c, t = rig.client()
+    c.data_received(GET)
+    rig.proxy.end_of_pass()
+    assert c.ex is not None and c.ex.up is up
+    up.connection_lost(ConnectionResetError())
+    assert [b for b, _ in rig.connects] == [b0]  # the same backend, a new connection
+    fresh, ut = rig.open()
+    rig.proxy.end_of_pass()  # (a head seen before goes out at the end of the pass)
+    assert got(ut).startswith(b"GET /x")
+    fresh.data_received(OK)
+    assert got(t).startswith(b"HTTP/1.1 200 OK") and got(t).endswith(b"ok")
+    m = rig.proxy.strategy.members[b0.key]
+    assert b0.stats.errors == 0 and m.failures == 0 and not b0.ejector.failures
+    assert rig.in_flight() == [0, 0]
+
+
+def test_a_fresh_connection_that_fails_too_is_a_failure_of_the_backend(loop) -> None:
+    rig = Rig(loop, backends=1, retries=0)
+    pooled(rig)
+    b0 = rig.backends[0]
+    up = b0.idle[0]
+    c, t = rig.client()
+    c.data_received(GET)
+    rig.proxy.end_of_pass()
+    up.connection_lost(ConnectionResetError())
+    fresh, _ = rig.open()
+    fresh.connection_lost(ConnectionResetError())
+    assert got(t).startswith(b"HTTP/1.1 502") and not rig.connects
+    assert b0.stats.errors == 1 and len(b0.ejector.failures) == 1
+
+
+def test_a_retry_with_no_backend_left_answers_the_failure_not_503(loop) -> None:
+    rig = Rig(loop, backends=1)
+    c, t = rig.client()
+    c.data_received(GET)
+    up, _ = rig.open()
+    rig.proxy.strategy.mark_down(rig.backends[0].key)  # (its health check just failed, say)
+    up.connection_lost(None)
+    assert got(t).startswith(b"HTTP/1.1 502") and b"backend closed the connection" in got(t)
+    assert b"503" not in got(t) and not rig.connects
 
 
 def test_an_answer_waiting_in_a_failed_connection_is_relayed(loop) -> None:
