@@ -1,8 +1,9 @@
 """prefork_lb.proxy in process: a pooled connection the backend closed before answering (sent
 again on a new connection to the same backend, not counted against it), a retry with no
-backend left (the failure, not 503), and an answer that waits in a socket whose connection
-failed (read and relayed). Fake transports as in test_exchange.py; where the socket itself is
-asked, a TCP connection on 127.0.0.1."""
+backend left (the failure, not 503), an answer that waits in a socket whose connection failed
+(read and relayed), and a queued client that left before it was read (never sent on). Fake
+transports as in test_exchange.py; where the socket itself is asked, a TCP connection on
+127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from prefork_lb.proxy.server import ClientConn
 from prefork_lb.proxy.upstream import Upstream
 from tests.unit.proxy.test_exchange import GET, OK, Rig, got
 from tests.unit.proxy.test_fuzz import FakeTransport
@@ -130,3 +132,29 @@ def test_an_answer_waiting_in_a_failed_connection_is_relayed(loop) -> None:
     out = got(t)
     assert out.startswith(b"HTTP/1.1 413") and out.endswith(b"too large"), out
     assert b"502" not in out and t.closed and rig.backends[0].stats.errors == 0
+
+
+@pytest.mark.parametrize("how", ["close", "shut", "reset", "there"])
+def test_a_queued_client_that_left_is_closed_unread_when_its_place_comes(loop, how: str) -> None:
+    rig = Rig(loop, max_connections=1)
+    first, _ = rig.client()
+    mine, theirs = tcp_pair()
+    with mine, theirs:
+        queued = ClientConn(rig.proxy, "http")
+        qt = SocketTransport(mine)
+        queued.connection_made(qt)
+        assert queued.queued and rig.proxy.waiting[0] is queued
+        theirs.sendall(GET)
+        if how == "shut":
+            theirs.shutdown(socket.SHUT_WR)
+        if how == "reset":
+            reset(theirs)
+        elif how == "close":
+            theirs.close()
+        first.connection_lost(None)  # its place frees
+        if how == "there":
+            assert not queued.queued and not qt.closed
+        else:
+            assert qt.closed and not rig.connects and rig.proxy.requests == 0
+            queued.connection_lost(None)
+            assert rig.proxy.active == 0 and not rig.proxy.waiting
