@@ -163,6 +163,25 @@ def no_read(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     return [body]
 
 
+def answer_early(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """Answers an upload without reading its body: 413 (``/too-large``), or a 303 redirect
+    (``/moved``); a request it does read the body of (``/read``) gets the body's size."""
+    path = environ["PATH_INFO"]
+    if path == "/read":
+        body = str(len(environ["wsgi.input"].read())).encode()
+        start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+        return [body]
+    if path == "/moved":
+        body = b"see /elsewhere\n"
+        start_response("303 See Other", [("Location", "/elsewhere"), ("Content-Length", str(len(body)))])
+        return [body]
+    body = b"too large\n"
+    start_response(
+        "413 Content Too Large", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))]
+    )
+    return [body]
+
+
 def count(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """Reads the body in 64 KiB pieces and reports how many bytes came, and the largest piece."""
     inp = environ["wsgi.input"]

@@ -66,6 +66,7 @@ class Exchange:
         "head_at",
         "pipelined",
         "length",
+        "fresh",
     )
 
     def __init__(self, client: ClientSide, req: Request) -> None:
@@ -92,6 +93,7 @@ class Exchange:
         self.head_at: tuple[int, int] = (-1, 0)  # (client flushes, wbuf index) when the head was queued
         self.pipelined = False  # may share a backend connection with others sent in the same pass
         self.length: int | None = None  # the response's Content-Length
+        self.fresh = False  # sent again on a new connection after a pooled one was found closed
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -124,20 +126,30 @@ class Exchange:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         self.route()
 
-    def route(self) -> None:
-        """Pick a backend and get a connection to it."""
+    def pick(self) -> Backend | None:
+        """The backend for the next try (one not tried yet when there is one), or None."""
         proxy = self.proxy
-        client = self.client
+        hint: Any = None
+        if proxy.sticky:
+            hint = cookie_value(self.req.headers, proxy.cookie_name)
+        elif proxy.hashing:
+            hint = self.client.peer_ip
+        return proxy.pick(hint, self.tried)
+
+    def route(self, backend: Backend | None = None) -> None:
+        """Get a connection to ``backend``, or to the one picked here when none is given."""
+        proxy = self.proxy
         hint: Any = None
         strategy = proxy.strategy
         if proxy.sticky:
             hint = cookie_value(self.req.headers, proxy.cookie_name)
         elif proxy.hashing:
-            hint = client.peer_ip
-        backend = proxy.pick(hint, self.tried)
+            hint = self.client.peer_ip
         if backend is None:
-            self.fail(503, "no backend available", retry_after=True)
-            return
+            backend = proxy.pick(hint, self.tried)
+            if backend is None:
+                self.fail(503, "no backend available", retry_after=True)
+                return
         self.backend = backend
         self.tries += 1
         self.tried.append(backend)
@@ -470,16 +482,31 @@ class Exchange:
         if eject is not None:
             proxy.passive_failure(backend, eject)
 
-    def may_retry(self, backend: Backend) -> bool:
+    def may_retry(self, backend: Backend, taken: bool = False) -> bool:
         """Another try after this one on ``backend`` is allowed (by --retries and the retry
-        budget): it is routed now."""
+        budget): it is routed now. ``taken``: a backend took this try and failed it; False
+        when no backend is left to try (the caller answers with that failure, not with 503,
+        which says that no backend could take the request)."""
         proxy = self.proxy
-        if self.tries <= proxy.retries and proxy.budget.try_spend():
-            backend.stats.retries += 1
-            self.client.retrying()
-            self.route()
-            return True
-        return False
+        if self.tries > proxy.retries:
+            return False
+        nxt = self.pick() if taken else None
+        if (nxt is None and taken) or not proxy.budget.try_spend():
+            return False
+        backend.stats.retries += 1
+        self.client.retrying()
+        self.route(nxt)
+        return True
+
+    def send_again_fresh(self, backend: Backend) -> None:
+        """The pooled connection this try went on was closed by ``backend`` before a byte of
+        the answer came: the backend closing an idle keep-alive connection just as the request
+        was sent, which says nothing about its health. Sent again, once, on a new connection to
+        the same backend; not counted as a failure, nor against --retries."""
+        self.fresh = True
+        backend.stats.retries += 1
+        self.client.retrying()
+        self.proxy.connect(backend, self)
 
     def give_up(self, status: int, why: str) -> None:
         """End with an error: ``status`` of our own, or, when part of the response is already
@@ -518,8 +545,8 @@ class Exchange:
             self.client.exchange_done(self)
             self.client.flush()
             return
-        self.try_failed(backend)
         if self.responded:
+            self.try_failed(backend)
             self.give_up(502, "backend closed the connection")
             return
         req = self.req
@@ -529,7 +556,12 @@ class Exchange:
             and not up.got_bytes
             and (req.complete or not req.body_size)
         )
-        if replayable and self.may_retry(backend):
+        if replayable and up.last_used and not self.fresh and not self.client.closed:
+            # (last_used: the connection waited in the pool before this request)
+            self.send_again_fresh(backend)
+            return
+        self.try_failed(backend)
+        if replayable and self.may_retry(backend, taken=True):
             return
         self.proxy.passive_failure(backend, "connection closed before a response")
         self.fail(502, "backend closed the connection")

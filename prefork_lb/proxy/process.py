@@ -30,6 +30,7 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.child import ChildContext, ChildProcess
 from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
+from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
 from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
@@ -164,23 +165,24 @@ class ProxyProcess:
             await asyncio.sleep(cfg.health_check_interval)
 
     async def probe(self, b: Backend) -> bool:
-        cfg = self.cfg
-        writer = None
         try:
-            async with asyncio.timeout(cfg.health_check_timeout or None):
-                reader, writer = await asyncio.open_connection(b.host, b.port)
-                writer.write(
-                    f"GET {cfg.health_check_path} HTTP/1.1\r\nHost: {b.key}\r\n"
-                    f"User-Agent: prefork_lb-health\r\nConnection: close\r\n\r\n".encode("latin-1")
-                )
-                line = await reader.readline()
+            line = await within(self.cfg.health_check_timeout or None, self.ask(b))
             parts = line.split(None, 2)
             return len(parts) >= 2 and parts[0].startswith(b"HTTP/1.") and 200 <= int(parts[1]) < 400
         except (OSError, TimeoutError, ValueError, asyncio.IncompleteReadError):
             return False
+
+    async def ask(self, b: Backend) -> bytes:
+        """One health check request to ``b``: the status line of its answer."""
+        reader, writer = await asyncio.open_connection(b.host, b.port)
+        try:
+            writer.write(
+                f"GET {self.cfg.health_check_path} HTTP/1.1\r\nHost: {b.key}\r\n"
+                f"User-Agent: prefork_lb-health\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
+            return await reader.readline()
         finally:
-            if writer is not None:
-                writer.close()
+            writer.close()
 
     # -- admin endpoints ----------------------------------------------------------------------------
 

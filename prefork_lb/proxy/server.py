@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -63,6 +64,8 @@ __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 log = logging.getLogger("prefork_lb.error")
 
 SWEEP = 0.1  # seconds between deadline sweeps
+# poll events of a client that is gone: the end of its sending side (Linux), a hang-up, a reset
+GONE = getattr(select, "POLLRDHUP", 0) | select.POLLHUP | select.POLLERR
 
 
 class ClientConn(asyncio.Protocol):
@@ -130,6 +133,18 @@ class ClientConn(asyncio.Protocol):
             return
         proxy.active += 1
         self.deadline_kind, self.deadline = D_HEAD, _now() + proxy.header_timeout
+
+    def left_while_queued(self) -> bool:
+        """Whether the client closed, shut its sending side or reset its connection while it
+        waited in the queue, where it is not read: the socket is asked (poll, not read), so
+        an end that comes after bytes not read yet is seen too."""
+        try:
+            fd = self.transport.get_extra_info("socket").fileno()
+            poller = select.poll()
+            poller.register(fd, GONE)
+            return any(ev & GONE for _, ev in poller.poll(0))
+        except (AttributeError, OSError, TypeError, ValueError):
+            return False
 
     def admitted(self) -> None:
         """A place under --max-connections came free for this queued connection."""
@@ -503,8 +518,13 @@ class Proxy(ProxyState):
         waiting = self.waiting
         while waiting and (not self.max_connections or self.active < self.max_connections):
             c = waiting.popleft()
-            if not c.closed:
-                c.admitted()
+            if c.closed:
+                continue
+            if c.left_while_queued():
+                # Gone before its request was read: nothing it sent goes to a backend.
+                c.close()
+                continue
+            c.admitted()
 
     def busy(self) -> int:
         """Exchanges in progress (for a graceful stop)."""

@@ -21,6 +21,7 @@ from time import monotonic as _now
 from typing import Any, Protocol
 
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
 from prefork_lb.proxy.health import RetryBudget
 from prefork_lb.proxy.memo import ResponseMemos
@@ -134,10 +135,10 @@ class ProxyState:
     async def _connect(self, backend: Backend, ex: Connecting) -> None:
         memos = self.response_memo
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, up = await self.loop.create_connection(
-                    lambda: Upstream(backend, memos), backend.host, backend.port
-                )
+            _, up = await within(
+                self.connect_timeout,
+                self.loop.create_connection(lambda: Upstream(backend, memos), backend.host, backend.port),
+            )
         except (OSError, TimeoutError) as exc:
             backend.connecting -= 1
             ex.connected(backend, None, exc)

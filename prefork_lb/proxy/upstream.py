@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 from collections import deque
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ __all__ = ["HIGH_WATER", "Peer", "Pool", "Responder", "Upstream"]
 log = logging.getLogger("prefork_lb.error")
 
 HIGH_WATER = 256 * 1024  # write buffer of a transport before its peer is paused
+SALVAGE_MAX = HIGH_WATER  # bytes read off a failed connection for the answer it holds
 
 
 class Pool(Protocol):
@@ -183,6 +185,8 @@ class Upstream(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and self.ex is not None and not self.closed:
+            self.salvage()
         self.closed = True
         backend = self.backend
         idle = backend.idle
@@ -249,6 +253,27 @@ class Upstream(asyncio.Protocol):
             ex.response_done(self, self.parser.should_keep_alive())
 
     # -- helpers -----------------------------------------------------------------------------------
+
+    def salvage(self) -> None:
+        """The connection failed while a request was on it: most often a write error, because
+        the backend answered an upload early (413, a redirect) and closed without reading the
+        rest, which resets the connection. Its answer came before the reset and still waits in
+        the socket, unread: the event loop stops reading at the error. Read it (the socket is
+        still open while the transport reports the loss) and hand it on as any answer."""
+        try:
+            fd = self.transport.get_extra_info("socket").fileno()
+        except (AttributeError, OSError, TypeError):
+            return
+        taken = 0
+        while self.ex is not None and taken < SALVAGE_MAX:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:  # nothing more (EAGAIN), or the reset itself
+                return
+            if not data:
+                return
+            taken += len(data)
+            self.data_received(data)
 
     def flush(self) -> None:
         """Write what collected in this pass of the loop; the batch is closed to newcomers."""

@@ -14,6 +14,9 @@ did *not* send. Its ``mode`` says how it answers:
                 hop-by-hop response headers. ``delay`` seconds are added before each answer
                 (not to /health); an idle connection is closed after ``idle_timeout``, and
                 after ``answers_per_connection`` answers (if set) without answering the rest.
+                With ``close_reused``, a connection that has answered closes as soon as its next
+                request arrives, without reading or recording it: a backend closing an idle
+                keep-alive connection just as the proxy sends on it, every time.
 * ``drop``      reads the whole request, records it, and closes without answering;
 * ``malformed`` reads the whole request and answers bytes that are not HTTP;
 * ``hang``      accepts, reads, and never answers (records nothing: no request is parsed).
@@ -207,6 +210,7 @@ class Backend:
     health_status: int = 200
     idle_timeout: float = 30.0
     answers_per_connection: int = 0  # then the connection closes with what follows unanswered (0: no limit)
+    close_reused: bool = False  # a connection that has answered closes when the next request comes
     host: str = HOST
     requests: list[Recorded] = field(default_factory=list)
     health_checks: int = 0
@@ -316,6 +320,9 @@ class Backend:
                 return
             for _ in range(1_000_000):
                 if self.stopped.is_set():
+                    return
+                if answered and self.close_reused:
+                    conn.recv(1, socket.MSG_PEEK)  # the next request is here: close under it
                     return
                 rec = read_request(reader, peer, body=False)
                 if rec.target != "/early":

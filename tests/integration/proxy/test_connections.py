@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -75,6 +77,33 @@ def test_queued_connection_is_served_when_a_slot_frees(start_proxy, backends) ->
     finally:
         c1.close()
         c2.close()
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+def test_a_request_from_a_client_that_left_the_queue_never_reaches_a_backend(
+    start_proxy, backends, how: str
+) -> None:
+    """A client sends its request while its connection waits under --max-connections, then
+    closes (or resets) it. When a place frees, nothing it sent goes to the backend."""
+    b = backends(1)[0]
+    p = start_proxy([b], "--health-check-interval", "0", "--max-connections", "1", "--queue-timeout", "10")
+    holder = Client(p.port)
+    try:
+        assert holder.request("GET", "/first").status == 200
+        gone = connect(p.port)
+        gone.sendall(build_request("GET", "/gone"))
+        wait_for(lambda: p.stats()["queued"] == 1, 3, "the connection queued")
+        if how == "reset":
+            gone.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        gone.close()
+        holder.close()  # a place frees: the queued connection is the next to get it
+        wait_for(lambda: p.stats()["queued"] == 0, 5, "the queue emptied")
+        r = http_request(p.port, "GET", "/after")
+        assert r.status == 200, r
+    finally:
+        holder.close()
+    assert [r.target for r in b.seen()] == ["/first", "/after"]
+    assert p.stats()["requests"] == 2
 
 
 def test_upstream_connections_are_reused(start_proxy, backends) -> None:

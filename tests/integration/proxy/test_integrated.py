@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 from collections import Counter
 
 import psutil
@@ -18,9 +19,11 @@ from tests.integration.proxy.driver import (
     Client,
     Load,
     ProxyProcess,
+    connect,
     http_request,
     sticky_cookie,
 )
+from tests.server import HTTPStream, Response
 
 
 @pytest.fixture
@@ -237,3 +240,43 @@ def test_access_log_names_the_backend_and_the_status(start_proxy, backends, tmp_
     wait_for(lambda: log.exists() and "/logged" in log.read_text(), 5.0, "access log line")
     line = [ln for ln in log.read_text().splitlines() if "/logged" in ln][0]
     assert line == f'127.0.0.1 "GET /logged?q=1 HTTP/1.1" 200 {b.addr} probe/1', line
+
+
+def upload_and_read(port: int, path: str, size: int) -> Response:
+    """POST ``size`` bytes to ``path`` as a client does that streams its upload from one thread
+    and reads the answer in another: the answer, however early it comes."""
+    sock = connect(port, 20)
+
+    def send() -> None:
+        try:
+            sock.sendall(b"POST %s HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % (path.encode(), size))
+            block = b"u" * 65536
+            for _ in range(size // 65536):
+                sock.sendall(block)
+        except OSError:
+            pass  # the other side stopped reading: the answer is what counts
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        return HTTPStream(sock, 20).read_response()
+    finally:
+        sock.close()
+        sender.join(20)
+
+
+@pytest.mark.parametrize(("path", "status"), [("/too-large", 413), ("/moved", 303)])
+def test_an_upload_the_app_does_not_read_gets_the_apps_early_answer(
+    start_proxy, path: str, status: int
+) -> None:
+    """8 MiB that the app does not read: it answers at once, and the worker closes the
+    connection without reading the rest (which resets it). The client gets the app's answer,
+    as it does from the worker directly, never 502; an upload the app reads still arrives."""
+    p = start_proxy(None, "--dispatch", "proxy", "--workers", "1", app="tests.apps:answer_early")
+    wait_for(lambda: p.health()[1]["healthy"] == 1, 10, "the worker up")
+    size = 8 * 1024 * 1024
+    for _ in range(3):
+        r = upload_and_read(p.port, path, size)
+        assert r.status == status and r.body.startswith(b"too large" if status == 413 else b"see"), r
+    r = upload_and_read(p.port, "/read", size)
+    assert r.status == 200 and r.body == str(size).encode(), r

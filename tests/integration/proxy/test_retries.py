@@ -12,7 +12,7 @@ import pytest
 
 from tests.helpers import HOST, wait_for
 from tests.integration.proxy.backends import refused_port
-from tests.integration.proxy.driver import FAST_HEALTH, BackendProcess, Load, http_request
+from tests.integration.proxy.driver import FAST_HEALTH, BackendProcess, Client, Load, http_request, stats_for
 from tests.server import build_request, exchange, parse_responses
 
 
@@ -169,3 +169,21 @@ def test_retries_zero_refused_backend_is_an_error(start_proxy, backends) -> None
     )
     statuses = sorted(http_request(p.port).status for _ in range(2))
     assert statuses[0] == 200 and statuses[1] in (502, 503), statuses
+
+
+@pytest.mark.parametrize("retries", ["0", "2"])
+def test_a_pooled_connection_the_backend_closed_is_sent_again_fresh_to_the_same_backend(
+    start_proxy, backends, retries: str
+) -> None:
+    """The only backend closes each keep-alive connection when the next request arrives on
+    it, before a byte of an answer: every GET is still answered by that backend (on a new
+    connection), whatever --retries says, and the backend is not counted as failing."""
+    [b] = backends(1, close_reused=True)
+    p = start_proxy([b], "--health-check-interval", "0", "--retries", retries)
+    with Client(p.port) as c:
+        statuses = [c.request("GET", f"/n{i}").status for i in range(5)]
+    assert statuses == [200] * 5, statuses
+    assert [r.target for r in b.seen()] == [f"/n{i}" for i in range(5)]
+    s = stats_for(p.stats(), b.addr)
+    assert s["errors"] == 0 and s["responses"]["2xx"] == 5, s
+    assert p.backend_health(b.addr) is True
