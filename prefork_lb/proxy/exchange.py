@@ -20,9 +20,9 @@ from typing import Any
 
 from prefork_lb.http.framing import NONE, response_framing
 from prefork_lb.http.parser import Request, seen_before
-from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.client_side import ClientSide
+from prefork_lb.proxy.failures import IDEMPOTENT, ExchangeFailures
 from prefork_lb.proxy.headers import cookie_value
 from prefork_lb.proxy.memo import ResponseMemo
 from prefork_lb.proxy.upstream import Upstream
@@ -32,42 +32,16 @@ __all__ = ["Exchange"]
 log = logging.getLogger("prefork_lb.error")
 
 REPLAY_MAX = 64 * 1024  # body bytes kept for a retry of an idempotent request
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used this recently
 PIPELINE_FAST = 0.010  # a GET whose head was last answered this fast may be pipelined,
 PIPELINE_BODY_MAX = 64 * 1024  # with a body this small at most (with Content-Length)
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
 
 
-class Exchange:
+class Exchange(ExchangeFailures):
     """One request on its way through the proxy: pick, send, relay the response."""
 
-    __slots__ = (
-        "client",
-        "req",
-        "proxy",
-        "backend",
-        "up",
-        "tries",
-        "tried",
-        "sent",
-        "head",
-        "replay",
-        "replay_size",
-        "started",
-        "status",
-        "framing",
-        "responded",
-        "set_cookie",
-        "done",
-        "websocket",
-        "body_done",
-        "until_close",
-        "head_at",
-        "pipelined",
-        "length",
-        "fresh",
-    )
+    __slots__ = ()  # the fields are ExchangeFailures' slots: one layout for both halves
 
     def __init__(self, client: ClientSide, req: Request) -> None:
         self.client = client
@@ -472,147 +446,3 @@ class Exchange:
             elif self in up.queue:
                 up.queue.remove(self)
             up.close()
-
-    def try_failed(self, backend: Backend, eject: str | None = None) -> None:
-        """This try on ``backend`` failed: the strategy and the backend's stats hear it, and
-        with ``eject`` (why) so does its passive health check."""
-        proxy = self.proxy
-        proxy.strategy.on_finish(backend.key, None, False)
-        backend.stats.errors += 1
-        if eject is not None:
-            proxy.passive_failure(backend, eject)
-
-    def may_retry(self, backend: Backend, taken: bool = False) -> bool:
-        """Another try after this one on ``backend`` is allowed (by --retries and the retry
-        budget): it is routed now. ``taken``: a backend took this try and failed it; False
-        when no backend is left to try (the caller answers with that failure, not with 503,
-        which says that no backend could take the request)."""
-        proxy = self.proxy
-        if self.tries > proxy.retries:
-            return False
-        nxt = self.pick() if taken else None
-        if (nxt is None and taken) or not proxy.budget.try_spend():
-            return False
-        backend.stats.retries += 1
-        self.client.retrying()
-        self.route(nxt)
-        return True
-
-    def send_again_fresh(self, backend: Backend) -> None:
-        """The pooled connection this try went on was closed by ``backend`` before a byte of
-        the answer came: the backend closing an idle keep-alive connection just as the request
-        was sent, which says nothing about its health. Sent again, once, on a new connection to
-        the same backend; not counted as a failure, nor against --retries."""
-        self.fresh = True
-        backend.stats.retries += 1
-        self.client.retrying()
-        self.proxy.connect(backend, self)
-
-    def give_up(self, status: int, why: str) -> None:
-        """End with an error: ``status`` of our own, or, when part of the response is already
-        out, cutting the client off (all that can be done then)."""
-        if self.responded:
-            self.done = True
-            self.client.close()
-        else:
-            self.fail(status, why)
-
-    def connect_failed(self, backend: Backend, exc: BaseException | None, timed_out: bool = False) -> None:
-        if self.done:
-            return
-        self.try_failed(backend)
-        self.proxy.connect_failure(backend, "connect timed out" if timed_out else f"connect failed: {exc}")
-        # Nothing reached the backend: retry anywhere, within the budget.
-        if not self.may_retry(backend):
-            self.fail(504 if timed_out else 502, "backend unreachable")
-
-    def upstream_lost(self, up: Upstream, exc: Exception | None) -> None:
-        """The backend closed before the response was complete."""
-        if self.done:
-            return
-        backend = self.backend
-        assert backend is not None
-        self.up = None
-        if self.responded and self.until_close and not exc:
-            # Close-delimited response: the end of the connection is the end of the body.
-            if self.framing == "chunked":
-                self.client.write(b"0\r\n\r\n")
-            else:
-                self.framing = "closed"
-            self.done = True
-            self.proxy.strategy.on_finish(backend.key, _now() - self.started, True)
-            backend.stats.record_response(self.status, _now() - self.started)
-            self.client.exchange_done(self)
-            self.client.flush()
-            return
-        if self.responded:
-            self.try_failed(backend)
-            self.give_up(502, "backend closed the connection")
-            return
-        req = self.req
-        replayable = (
-            req.method in IDEMPOTENT
-            and self.replay is not None
-            and not up.got_bytes
-            and (req.complete or not req.body_size)
-        )
-        if replayable and up.last_used and not self.fresh and not self.client.closed:
-            # (last_used: the connection waited in the pool before this request)
-            self.send_again_fresh(backend)
-            return
-        self.try_failed(backend)
-        if replayable and self.may_retry(backend, taken=True):
-            return
-        self.proxy.passive_failure(backend, "connection closed before a response")
-        self.fail(502, "backend closed the connection")
-        self.client.flush()
-
-    def bad_response(self, why: str) -> None:
-        if self.done:
-            return
-        backend = self.backend
-        assert backend is not None
-        log.warning("proxy: malformed response from %s: %s", backend.key, why)
-        self.try_failed(backend, "malformed response")
-        self.drop_upstream()
-        if self.responded and self.client.take_back(self.head_at):
-            # Nothing of the response has left yet: taken back, answered with 502 instead.
-            self.responded = False
-        self.give_up(502, "malformed response from the backend")
-
-    def timed_out(self) -> None:
-        """No response (or no further response bytes) within --upstream-timeout."""
-        if self.done:
-            return
-        backend = self.backend
-        self.drop_upstream()
-        if backend is not None:
-            self.try_failed(backend, "response timed out")
-        self.give_up(504, "the backend did not answer in time")
-
-    def timed_out_client(self) -> None:
-        """The client stopped sending its body: 408, and the backend connection is dropped."""
-        self.drop_upstream()
-        if self.backend is not None:
-            self.proxy.strategy.on_finish(self.backend.key, None, True)
-        self.done = True
-        self.client.end_with(simple_response(408, "request body not received in time", close=True))
-
-    def client_gone(self) -> None:
-        """The client connection was lost mid-exchange: nobody reads the response."""
-        self.done = True
-        if self.backend is not None:
-            self.proxy.strategy.on_finish(self.backend.key, None, True)
-        self.drop_upstream()  # its response has no reader; the connection cannot be reused
-
-    def fail(self, status: int, why: str, retry_after: bool = False) -> None:
-        """Answer the client with an error of our own; the connection closes after it."""
-        self.done = True
-        self.status = status
-        client = self.client
-        if self.backend is not None and status >= 500:
-            self.backend.stats.record_response(status, _now() - self.started)
-        extra = "Retry-After: 1\r\n" if retry_after else ""
-        client.write(simple_response(status, why, close=True, extra=extra))
-        client.keep_alive = False
-        client.exchange_done(self)
