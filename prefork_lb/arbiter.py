@@ -220,13 +220,8 @@ class Arbiter(Supervisor):
                 return
             workers = self.num_workers if new.workers == self.cfg.workers else new.workers
             new.set("workers", workers, "SIGHUP reload")
-            if new.dispatch != self.mode.name:
-                # The listeners belong to the mode the master started with (USR2 changes it).
-                log.warning(
-                    "SIGHUP: --dispatch %s needs a restart or USR2; keeping %s", new.dispatch, self.mode.name
-                )
-                new.set("dispatch", self.mode.name, "SIGHUP reload")
-            self.cfg = self.mode.cfg = new
+            self.mode.reconfigure(new)
+            self.cfg = new
             self.num_workers = new.workers
             self.resized()
         self.generation += 1

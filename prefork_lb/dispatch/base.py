@@ -20,6 +20,7 @@ neither the arbiter nor gevent: the configuration reads the registry (prefork_lb
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from dataclasses import dataclass, field
@@ -30,6 +31,8 @@ from prefork_lb.sockets import Address, listen, naming
 
 if TYPE_CHECKING:
     from prefork_lb.child import ChildContext, ChildProcess
+
+log = logging.getLogger("prefork_lb.error")
 
 HELPER_SLOT = -1  # the handoff dispatcher or the proxy: supervised like a worker in this slot
 
@@ -70,6 +73,7 @@ class DispatchMode:
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
         self.sockets = SocketSet()
+        self.requested: str = cfg.dispatch  # what the settings asked for (systemd can change it)
 
     # -- binding --------------------------------------------------------------------------------
 
@@ -111,6 +115,15 @@ class DispatchMode:
             "slots": {str(k): [x.fileno() for x in v] for k, v in s.slots.items()},
             "admin": [x.fileno() for x in s.admin],
         }
+
+    def reconfigure(self, cfg: Any) -> None:
+        """A reload brought new settings. The mode itself stays: its listeners belong to it, and
+        only a restart or USR2 can change it, so a different --dispatch is kept as it was."""
+        if cfg.dispatch != self.requested:
+            log.warning("SIGHUP: --dispatch %s needs a restart or USR2; keeping %s", cfg.dispatch, self.name)
+        if cfg.dispatch != self.name:
+            cfg.set("dispatch", self.name, "SIGHUP reload")
+        self.cfg = cfg
 
     # -- slots ----------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ class ReuseportMode(DispatchMode):
         log.info("systemd socket activation: the inherited sockets are shared by all workers")
         self.cfg.set("dispatch", "shared", "systemd socket activation")
         shared = SharedMode(self.cfg)
+        shared.requested = self.requested  # a reload that still asks for reuseport changes nothing
         return shared.adopt_systemd(fds, num_workers)
 
     def resize(self, num_workers: int) -> bool:

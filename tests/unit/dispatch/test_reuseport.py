@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import socket
 
 import pytest
@@ -88,3 +90,24 @@ def test_a_taken_default_bind_says_it_is_the_default(make_mode) -> None:
         with pytest.raises(BindError) as info:
             mode.bind([parse_address(f"127.0.0.1:{port}")], 1)
     assert str(info.value) == f"address 127.0.0.1:{port} is already in use (--bind, default 127.0.0.1:8000)"
+
+
+def test_a_reload_under_systemd_keeps_the_shared_sockets_without_a_warning(
+    make_mode, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefork_lb.config import build
+
+    mode = make_mode("reuseport")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        shared = mode.adopt_systemd([os.dup(s.fileno())], 1)
+    try:
+        new = build({"dispatch": "reuseport"}, environ={}, app_uri="x:app")
+        with caplog.at_level(logging.WARNING, logger="prefork_lb.error"):
+            shared.reconfigure(new)
+        assert new.dispatch == "shared" and shared.cfg is new
+        assert "needs a restart" not in caplog.text
+    finally:
+        for sock in shared.sockets.all():
+            sock.close()
