@@ -323,7 +323,9 @@ class OffloadPool:
         note = f"\nRemote traceback (offload worker pid {child.pid}):\n{tb_text.rstrip()}"
         if hasattr(error, "add_note"):
             error.add_note(note)
-        else:  # Python 3.10
+        else:  # Python 3.10: no add_note; the same __notes__ for code that reads them, and a
+            # cause, so that the traceback printed shows where in the pool process it was raised
+            error.__notes__ = [*getattr(error, "__notes__", []), note]
             error.__cause__ = OffloadError(note)
         raise error
 
