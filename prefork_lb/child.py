@@ -83,13 +83,19 @@ class ChildContext:
     hook_server: Any = None
 
     def hook(self, name: str, *args: Any) -> None:
-        fn = self.cfg.hooks.get(name)
-        if fn is None:
-            return
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("hook %s failed", name)
+        call_hook(self.cfg, name, *args)
+
+
+def call_hook(cfg: Any, name: str, *args: Any) -> None:
+    """Call the config file's hook ``name``, if it has one; a hook that raises is logged, and
+    never stops the process that calls it (the master or a child)."""
+    fn = cfg.hooks.get(name)
+    if fn is None:
+        return
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("hook %s failed", name)
 
 
 def describe_exit(code: int) -> str:

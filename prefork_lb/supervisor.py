@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 from prefork_lb import dispatch
 from prefork_lb import scoreboard as sb
 from prefork_lb.autoscale import Autoscaler
-from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, describe_exit
+from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
 from prefork_lb.dispatch.base import HELPER_SLOT
 from prefork_lb.sockets import Address, sd_notify
 
@@ -560,10 +560,4 @@ class Supervisor:
     # -- hooks ----------------------------------------------------------------------------------
 
     def hook(self, name: str, *args: Any) -> None:
-        fn = self.cfg.hooks.get(name)
-        if fn is None:
-            return
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("hook %s failed", name)
+        call_hook(self.cfg, name, *args)

@@ -17,6 +17,7 @@ process started through :func:`spawn` leads its own group and is killed with it.
 
 from __future__ import annotations
 
+import http.client
 import os
 import signal
 import socket
@@ -158,3 +159,14 @@ def unread_connections(ports: set[int]) -> int:
             if state == "01" and int(local.rsplit(":", 1)[1], 16) in ports:
                 count += int(queues.split(":")[1], 16) > 0
     return count
+
+
+def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
+    """One GET on a new connection to 127.0.0.1:``port``: (status, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()

@@ -4,7 +4,6 @@ log lines that say what happened (reload finished, master exiting, autoscaling t
 
 from __future__ import annotations
 
-import http.client
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.helpers import DISPATCH_MODES, free_port, server_env, spawn, stop_process, wait_for
+from tests.helpers import DISPATCH_MODES, free_port, http_get, server_env, spawn, stop_process, wait_for
 
 APP = """\
 import os
@@ -34,13 +33,7 @@ BROKEN = "raise RuntimeError('a half-written deploy')\n"
 
 
 def get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return http_get(port, path, timeout)
 
 
 class Master:

@@ -22,6 +22,7 @@ from tests.helpers import (
     DISPATCH_MODES,
     ROOT,
     free_port,
+    http_get,
     kill_group,
     listen_ports,
     spawn,
@@ -35,13 +36,7 @@ HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")  # children that are n
 
 
 def get(port: int, path: str = "/json", timeout: float = 5.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
+    return http_get(port, path, timeout)
 
 
 class Master:
