@@ -33,8 +33,7 @@ log = logging.getLogger("prefork_lb.error")
 
 REPLAY_MAX = 64 * 1024  # body bytes kept for a retry of an idempotent request
 FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used this recently
-PIPELINE_FAST = 0.010  # a GET whose head was last answered this fast may be pipelined,
-PIPELINE_BODY_MAX = 64 * 1024  # with a body this small at most (with Content-Length)
+PIPELINE_BODY_MAX = 64 * 1024  # a pipelined GET's last answer had at most this much body
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
 
 
@@ -350,7 +349,7 @@ class Exchange(ExchangeFailures):
             # cannot hold up those behind it for long) and leave the connection open.
             length = self.length
             memo[FAST] = (
-                latency < PIPELINE_FAST
+                latency < proxy.pipeline_latency
                 and self.status < 500
                 and reusable
                 and length is not None

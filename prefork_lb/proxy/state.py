@@ -67,6 +67,7 @@ class ProxyState:
         self.upstream_timeout = cfg.upstream_timeout or 86400.0
         self.keepalive_max = cfg.upstream_keepalive
         self.pipeline = cfg.upstream_pipeline
+        self.pipeline_latency = cfg.upstream_pipeline_latency
         self.pass_end: list[Flushable] = []  # connections with writes for the end of this pass
         self.requests = 0
         self.websockets = 0

@@ -183,13 +183,25 @@ class ProxySettings:
         positive_int,
         8,
         "The most requests sent at once on one backend connection (HTTP/1.1 pipelining). Only "
-        "GETs without a body whose exact head was answered before in under 10 ms, with at most "
+        "GETs without a body whose exact head was answered before within "
+        "--upstream-pipeline-latency, with at most "
         "64 KiB of body and the connection kept open, and that arrive in the same pass of the "
         "event loop, share a connection: one write and one read for all of them. 1: one "
         "request per connection at a time.",
         flags=("--upstream-pipeline",),
         section="Proxy",
         metavar="N",
+    )
+
+    upstream_pipeline_latency = Setting(
+        non_negative_float,
+        0.010,
+        "Seconds: a GET may be pipelined (see --upstream-pipeline) only when the last answer to the "
+        "same request head, connect time included, came within this. Keeps a slow answer from "
+        "making others wait behind it. 0: never pipeline.",
+        flags=("--upstream-pipeline-latency",),
+        section="Proxy",
+        metavar="SECONDS",
     )
 
     forwarded_allow_ips = Setting(

@@ -182,7 +182,7 @@ def test_simultaneous_gets_share_a_backend_connection_and_each_gets_one_answer(
     # /const: the same response head every time (relayed from the proxy's memo); /: a head with
     # a sequence number (parsed each time).
     [b] = backends(1)
-    p = start_proxy([b], "--health-check-interval", "0")
+    p = start_proxy([b], "--health-check-interval", "0", "--upstream-pipeline-latency", "5")
     assert http_request(p.port, "GET", target).status == 200  # the head becomes known, and fast
     got = burst_rounds(p.port, target, until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 5)
     s = stats_for(p.stats(), b.addr)
@@ -231,17 +231,16 @@ def test_pipelined_gets_behind_a_dying_connection_are_sent_again(start_proxy, ba
     # without answering the rest: the GETs queued behind it never got a byte, so they go
     # again (on connections of their own) and every client still gets a 200.
     [b] = backends(1, answers_per_connection=1)
-    p = start_proxy([b], "--health-check-interval", "0", "--retries", "3", "--retry-budget", "1")
+    # Every backend connection here is new, and a retried GET takes longer still: a latency
+    # bound of 5 s keeps the loaded machine's timing out of whether GETs are pipelined.
+    p = start_proxy(
+        [b],
+        *("--health-check-interval", "0", "--retries", "3", "--retry-budget", "1"),
+        *("--upstream-pipeline-latency", "5"),
+    )
     http_request(p.port, "GET", "/const")
     got = burst_rounds(
-        # Up to 80 rounds: pipelining needs an answer under 10 ms, and every connection here is
-        # new, so on a loaded machine many rounds can pass before one is that quick. It stops as
-        # soon as three GETs were pipelined.
-        p.port,
-        "/const",
-        clients=8,
-        rounds=80,
-        until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 3,
+        p.port, "/const", clients=8, rounds=40, until=lambda: stats_for(p.stats(), b.addr)["pipelined"] >= 3
     )
     s = stats_for(p.stats(), b.addr)
     assert [r.status for r in got] == [200] * len(got)
