@@ -20,8 +20,10 @@ import time
 from collections.abc import Container
 from typing import NamedTuple
 
-ENTRY_SIZE = 256
+ENTRY_SIZE = 512
 _WORDS = ENTRY_SIZE // 8
+# Layout of an entry: words 0-15 are the fields below; bytes 128-255 the current request line;
+# words 32-63 (bytes 256-511) counters that only grow, for the metrics (issue 13).
 # word offsets inside an entry
 (
     PID,
@@ -41,7 +43,8 @@ _WORDS = ENTRY_SIZE // 8
     PORT,
 ) = range(15)  # PORT: --dispatch proxy, the slot's loopback port
 _TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
-_TEXT_MAX = ENTRY_SIZE - _TEXT_OFFSET
+_TEXT_MAX = 128
+COUNTERS = 32  # the first counter word
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
 # 0.2 one 50 ms request among 1 ms ones made a worker look ten times slower than its twin.
