@@ -1,5 +1,7 @@
-"""--request-timeout in every dispatch mode, with real processes: a view that waits
-cooperatively gets 504 and the stack of its greenlet in the log (tests/apps.py: deadlines)."""
+"""--request-timeout in every dispatch mode, with real processes: a view that blocks its
+worker's loop (CPU) gets its worker aborted by the master, with the stack and the request in
+the error log, and a new worker at once; a view that waits cooperatively gets 504 and the
+stack of its greenlet in the log (tests/apps.py: deadlines)."""
 
 from __future__ import annotations
 
@@ -33,6 +35,30 @@ def worker_pid(srv: ServerProcess) -> int:
 
 
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
+def test_a_view_blocking_the_loop_past_request_timeout_gets_its_worker_aborted(
+    start_server: StartServer, mode: str
+) -> None:
+    srv = start(start_server, mode)
+    first = worker_pid(srv)
+    try:
+        status: int | None = http_get(srv.port, "/burn/5", timeout=20)[0]
+    except OSError:
+        status = None  # nobody in front of the worker: its death closes the connection
+    if mode == "proxy":
+        assert status == 504  # the proxy answers for the worker it lost
+    else:
+        assert status is None  # (the app would have answered 200 after 5 s)
+    log = wait_for(
+        lambda: "in burn_cpu" in srv.log_text() and srv.log_text(),
+        what="the blocked worker's stack (faulthandler) in the error log",
+    )
+    assert re.search(r"aborted: GET /burn/5 over --request-timeout 1s \(\d+\.\d s", log), log
+    second = worker_pid(srv)
+    assert second != first
+    assert srv.calls().count("GET /burn/5") == 1  # never retried on another worker
+
+
+@pytest.mark.parametrize("mode", DISPATCH_MODES)
 def test_a_cooperative_wait_past_request_timeout_gets_504_and_its_greenlet_stack_logged(
     start_server: StartServer, mode: str
 ) -> None:
@@ -45,3 +71,15 @@ def test_a_cooperative_wait_past_request_timeout_gets_504_and_its_greenlet_stack
     assert "in wait_cooperatively" in log  # where the greenlet was waiting
     assert worker_pid(srv) == first and "aborted" not in log  # its loop ran: no abort
     assert srv.calls().count("GET /sleep/5") == 1
+
+
+def test_through_the_proxy_a_request_that_timed_out_is_never_retried_on_another_worker(
+    start_server: StartServer,
+) -> None:
+    srv = start_server(APP, "-w", "2", "--request-timeout", "1", "--dispatch", "proxy", "--stats-bind", "off")
+    wait_for(lambda: "Ready: 2 workers" in srv.log_text(), what="two workers")
+    worker_pid(srv)
+    status, body = http_get(srv.port, "/burn/5", timeout=30)
+    assert status == 504 and b"too long" in body
+    srv.wait_log("aborted: GET /burn/5")
+    assert srv.calls().count("GET /burn/5") == 1  # the other worker never got it
