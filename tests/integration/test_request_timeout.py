@@ -58,6 +58,19 @@ def test_a_view_blocking_the_loop_past_request_timeout_gets_its_worker_aborted(
     assert srv.calls().count("GET /burn/5") == 1  # never retried on another worker
 
 
+def test_a_c_call_holding_the_gil_past_request_timeout_gets_its_worker_aborted(
+    start_server: StartServer,
+) -> None:
+    """The stack comes from faulthandler's C handler, which runs while the GIL is held."""
+    srv = start(start_server, "reuseport")
+    first = worker_pid(srv)
+    with pytest.raises(OSError):
+        http_get(srv.port, "/gil/5", timeout=20)  # the app would answer 200 after 5 s
+    log = wait_for(lambda: "in hold_the_gil" in srv.log_text() and srv.log_text(), what="the stack")
+    assert "aborted: GET /gil/5 over --request-timeout 1s" in log
+    assert worker_pid(srv) != first
+
+
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
 def test_a_cooperative_wait_past_request_timeout_gets_504_and_its_greenlet_stack_logged(
     start_server: StartServer, mode: str
