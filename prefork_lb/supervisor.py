@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from prefork_lb import dispatch
+from prefork_lb import dispatch, request_deadline
 from prefork_lb import scoreboard as sb
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
@@ -493,26 +493,37 @@ class Supervisor:
         return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
 
     def check_timeouts(self) -> None:
-        """--timeout: SIGABRT (a stack dump) for a missed heartbeat, SIGKILL ABORT_GRACE later."""
+        """--timeout: SIGABRT (a stack dump) for a missed heartbeat, SIGKILL ABORT_GRACE later;
+        --request-timeout: the same for a request past it while its worker's loop is blocked
+        (prefork_lb.request_deadline)."""
         timeout = self.cfg.timeout
-        if not timeout:
-            return
         now = self.clock()
+        mono = time.monotonic()
+        entries = [w.entry for w in self.workers.values() if w.slot != DISPATCHER_SLOT]
+        late = request_deadline.overdue(
+            request_deadline.clocks(self.board, entries), mono, self.cfg.request_timeout
+        )
         for w in list(self.workers.values()):
             if w.abort_at:
                 if now - w.abort_at > ABORT_GRACE:
                     self.signal_pid(w.pid, signal.SIGKILL)
                 continue
-            age = time.monotonic() - self.board.heartbeat(w.entry)
-            if age <= timeout:
+            age = mono - self.board.heartbeat(w.entry)
+            if w.entry in late:
+                req, elapsed = self.board.current_request(w.entry), mono - self.board.request_start(w.entry)
+                log.critical(
+                    request_deadline.abort_line(w.slot, w.pid, req, self.cfg.request_timeout, elapsed, age)
+                )
+            elif timeout and age > timeout:
+                log.critical(
+                    "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
+                    w.slot,
+                    w.pid,
+                    age,
+                    self.doing(w),
+                )
+            else:
                 continue
-            log.critical(
-                "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
-                w.slot,
-                w.pid,
-                age,
-                self.doing(w),
-            )
             w.abort_at = now
             if not w.term_at:
                 w.term_at = now

@@ -458,3 +458,43 @@ def overload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]
         body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def burn_cpu(seconds: float) -> None:
+    """Computes for ``seconds`` without yielding: the worker's event loop (and heartbeat) stops."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
+
+
+def wait_cooperatively(seconds: float) -> None:
+    import gevent
+
+    gevent.sleep(seconds)
+
+
+def hold_the_gil(seconds: float) -> None:
+    """A C call that keeps the GIL for ``seconds`` (libc sleep through ctypes.PyDLL, which does
+    not release it): nothing in the worker runs meanwhile, not even a signal's Python handler."""
+    import ctypes
+
+    ctypes.PyDLL(None).sleep(int(seconds))
+
+
+def deadlines(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """--request-timeout: /burn/S computes S seconds (at most 30) holding the loop; /gil/S sits
+    S seconds in a C call holding the GIL; /sleep/S waits S seconds cooperatively; /pid: the worker's pid; anything else: 'ok'. Every call is
+    recorded as it starts (PREFORK_LB_TEST_CALLS), so a test counts the tries that reached it."""
+    parts = environ["PATH_INFO"].strip("/").split("/")
+    _record_call(environ)
+    body = b"ok"
+    if parts[0] == "burn":
+        burn_cpu(min(30.0, float(parts[1])))
+    elif parts[0] == "sleep":
+        wait_cooperatively(min(30.0, float(parts[1])))
+    elif parts[0] == "gil":
+        hold_the_gil(min(30.0, float(parts[1])))
+    elif parts[0] == "pid":
+        body = str(os.getpid()).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]

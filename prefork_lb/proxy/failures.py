@@ -8,7 +8,9 @@ Rules: a try that failed is told to the strategy and the backend's stats (``try_
 another try is routed only within --retries and the retry budget (``may_retry``); a pooled
 connection the backend closed before a byte of the answer is sent again once on a fresh
 connection to the same backend, not counted as a failure (``send_again_fresh``); a POST that
-was sent is never retried; an answer of our own closes the client connection (``fail``).
+was sent is never retried; nor is a request whose local worker was lost past the workers'
+--request-timeout (504: the master aborted that worker for it, ``past_request_timeout``); an
+answer of our own closes the client connection (``fail``).
 """
 
 from __future__ import annotations
@@ -161,6 +163,13 @@ class ExchangeFailures:
             self.try_failed(backend)
             self.give_up(502, "backend closed the connection")
             return
+        if self.past_request_timeout(backend):
+            # The master aborted that worker for this request (or it died past the deadline):
+            # 504, and never another try, which would block another worker as long.
+            self.try_failed(backend)
+            self.fail(504, "the request took too long")
+            self.client.flush()
+            return
         req = self.req
         replayable = (
             req.method in IDEMPOTENT
@@ -178,6 +187,12 @@ class ExchangeFailures:
         self.proxy.passive_failure(backend, "connection closed before a response")
         self.fail(502, "backend closed the connection")
         self.client.flush()
+
+    def past_request_timeout(self, backend: Backend) -> bool:
+        """``backend`` is a local worker and this request has been on its way longer than the
+        workers' --request-timeout (measured from before the worker got it, so never short)."""
+        timeout = self.proxy.request_timeout
+        return bool(timeout) and backend.slot is not None and _now() - self.started >= timeout
 
     def bad_response(self, why: str) -> None:
         if self.done:

@@ -65,6 +65,9 @@ class ProxyState:
         self.retries = cfg.retries
         self.connect_timeout = cfg.upstream_connect_timeout or 3600.0
         self.upstream_timeout = cfg.upstream_timeout or 86400.0
+        # The workers' --request-timeout: a local worker lost after it is a worker the master
+        # aborted for a blocked request (prefork_lb.request_deadline), see upstream_lost.
+        self.request_timeout = getattr(cfg, "request_timeout", 0.0) or 0.0
         self.keepalive_max = cfg.upstream_keepalive
         self.pipeline = cfg.upstream_pipeline
         self.pipeline_latency = cfg.upstream_pipeline_latency

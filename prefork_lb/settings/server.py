@@ -175,8 +175,11 @@ class ServerSettings:
         non_negative_float,
         0.0,
         "Deadline of one request in seconds (0: none). A request past it gets 504 when nothing "
-        "was sent yet, else its connection is closed. A worker whose event loop is blocked "
-        "is the master's --timeout's business.",
+        "was sent yet, else its connection is closed, and its stack is logged. A view that "
+        "blocks its worker's event loop (CPU, a C call holding the GIL) gets its worker aborted "
+        "by the master 1 s past the deadline (its stack in the error log, SIGABRT then SIGKILL) "
+        "and replaced at once; behind --dispatch proxy the client gets 504, elsewhere its "
+        "connection closes.",
         flags=("--request-timeout",),
         section="Overload",
         metavar="SECONDS",

@@ -170,9 +170,10 @@ class WorkerChild(ChildProcess):
         import gevent
 
         from prefork_lb.offload import default_pool_if_started
+        from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
-        interval = max(0.05, min(1.0, (cfg.timeout or 4.0) / 4))
+        interval = heartbeat_interval(cfg.timeout, cfg.request_timeout)
         limit = cfg.max_requests
         if limit:
             limit += random.randint(0, cfg.max_requests_jitter) if cfg.max_requests_jitter else 0

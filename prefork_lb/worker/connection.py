@@ -24,6 +24,7 @@ import logging
 import socket
 import sys
 import time
+import traceback
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote_to_bytes
 
@@ -65,7 +66,8 @@ ENVIRON_FORWARDED = "environ forwarded"
 
 class _RequestDeadline(BaseException):
     """Raised in a request's greenlet past --request-timeout (BaseException: an app's
-    ``except Exception`` must not swallow it)."""
+    ``except Exception`` must not swallow it). Its one argument: when the deadline started
+    (in ``args``: no ``__init__`` of ours to run per request)."""
 
 
 class ReadDeadline(Exception):
@@ -427,7 +429,7 @@ class Connection(ResponseWriter, BodySource):
         result: Any = None
         deadline = None
         if server.options.request_timeout:
-            deadline = gevent.Timeout(server.options.request_timeout, _RequestDeadline())
+            deadline = gevent.Timeout(server.options.request_timeout, _RequestDeadline(time.monotonic()))
             deadline.start()
         try:
             result = self.app(env, self.start_response)
@@ -475,8 +477,8 @@ class Connection(ResponseWriter, BodySource):
             return False
         except (ClientDisconnected, ConnectionError, ReadDeadline):
             return False
-        except _RequestDeadline:
-            self._timed_out(req, env)
+        except _RequestDeadline as exc:
+            self._timed_out(req, env, exc)
             return False
         except Exception:
             self._app_failed(req, env, access, t0)
@@ -503,9 +505,19 @@ class Connection(ResponseWriter, BodySource):
             return self._skip_body(req)
         return True
 
-    def _timed_out(self, req: Request, env: dict[str, Any]) -> None:
-        """The app ran past --request-timeout: 504 if nothing was sent yet."""
-        log.error("Request past --request-timeout: %s %s", req.method, env.get("PATH_INFO", ""))
+    def _timed_out(self, req: Request, env: dict[str, Any], exc: _RequestDeadline) -> None:
+        """The app ran past --request-timeout (its greenlet waited: a blocked loop is the
+        master's business, prefork_lb.request_deadline): the line with the stack where the
+        greenlet was waiting, and 504 if nothing was sent yet."""
+        stack = "".join(traceback.format_tb(exc.__traceback__)).rstrip()
+        log.error(
+            "Request past --request-timeout: %s %s (%.1f s over %gs); the request's greenlet was at:\n%s",
+            req.method,
+            env.get("PATH_INFO", ""),
+            time.monotonic() - exc.args[0],
+            self.server.options.request_timeout,
+            stack,
+        )
         if not self.headers_sent:
             try:
                 self._send(simple_response(504, "the request took too long"))
