@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 from prefork_lb import __version__, usage
 from prefork_lb.config import SETTINGS, Config, ConfigError, build
-from prefork_lb.settings.base import COMMAND_LINES, PROXY, SERVER
+from prefork_lb.settings.base import COMMAND_LINES, COMMANDS, PROXY, SERVER
 
 EXIT_USAGE = 2
 
@@ -103,6 +103,10 @@ def check_flags(argv: Sequence[str], command: str) -> None:
         raise UsageError(
             f"{'/'.join(other.flags)} does not apply to {COMMAND_LINES[command]}, only to {where}"
         )
+    others = [c for c in COMMANDS if c != command and usage.known_in(name, usage.flags_of(SETTINGS, c))]
+    if others:  # an abbreviation of several flags of other commands
+        where = " or ".join(COMMAND_LINES[c] for c in others)
+        raise UsageError(f"{name} does not apply to {COMMAND_LINES[command]}, only to {where}")
     near = usage.closest(name, flags)
     raise UsageError(
         f"unrecognized arguments: {name} " + (f"(did you mean {near}?)" if near else "(see --help)")

@@ -228,6 +228,7 @@ def test_proxy_subcommand_runs_no_local_workers() -> None:
         (["--dispatch", "handoff"], "--dispatch"),
         (["--max-workers", "4"], "--max-workers"),
         (["--worker-base-port", "8100"], "--worker-base-port"),
+        (["--max-request", "9"], "--max-request"),  # --max-requests or --max-requests-jitter
     ],
 )
 def test_proxy_subcommand_refuses_the_servers_flags(
