@@ -49,6 +49,7 @@ def make_parser(command: str = SERVER) -> argparse.ArgumentParser:
     if command == PROXY:
         parser = _Parser(
             prog=COMMAND_LINES[PROXY],
+            usage=f"{COMMAND_LINES[PROXY]} --backends LIST [options]",
             description="The standalone L7 load balancer in front of --backends (no app, no workers).",
             add_help=False,
         )
