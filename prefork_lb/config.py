@@ -27,7 +27,15 @@ import runpy
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
-from prefork_lb.settings.base import ENV_PREFIX, ConfigError, Setting, optional_str
+from prefork_lb.settings.base import (
+    COMMAND_LINES,
+    COMMANDS,
+    ENV_PREFIX,
+    SERVER,
+    ConfigError,
+    Setting,
+    optional_str,
+)
 from prefork_lb.settings.http import HttpSettings
 from prefork_lb.settings.logs import LogSettings
 from prefork_lb.settings.proxy import ProxySettings
@@ -63,12 +71,14 @@ class Config(ServerSettings, ProxySettings, HttpSettings, LogSettings):
         section="Config",
         metavar="FILE",
         cli=True,
+        common=True,
     )
 
     app_uri: str | None
     hooks: dict[str, Callable[..., Any]]
     app_object: Any  # prefork_lb.run(app): an app given as an object, not a path
     local_workers: bool  # False only for the standalone proxy (see drop_local_workers)
+    warnings: list[str]  # settings a config file or the environment gave that the command ignores
 
     def __init__(
         self,
@@ -83,6 +93,7 @@ class Config(ServerSettings, ProxySettings, HttpSettings, LogSettings):
         d["hooks"] = {} if hooks is None else hooks
         d["app_object"] = app_object
         d["local_workers"] = True
+        d["warnings"] = []
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in BY_NAME:  # a bare assignment would skip conversion and validation
@@ -208,8 +219,19 @@ def split_hooks(
     return hooks, rest
 
 
-def load_config_file(cfg: Config, path: str) -> None:
-    """Run a Python config file; its module-level names that are settings or hooks apply."""
+def _ignored(cfg: Config, setting: Setting[Any], command: str, source: str) -> bool:
+    """Whether ``setting`` does not apply to ``command``: then a config file's or an
+    environment variable's value for it is ignored, with a warning (a file or environment
+    shared by the server and the proxy is no error)."""
+    if setting.applies_to(command):
+        return False
+    cfg.warnings.append(f"{source}: {setting.name} does not apply to {COMMAND_LINES[command]}; ignored")
+    return True
+
+
+def load_config_file(cfg: Config, path: str, command: str = SERVER) -> None:
+    """Run a Python config file; its module-level names that are settings or hooks apply
+    (settings of another command are ignored with a warning)."""
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     try:
@@ -226,14 +248,19 @@ def load_config_file(cfg: Config, path: str) -> None:
                 raise ConfigError(f"config file {path!r}: hook {name} is not callable")
             cfg.hooks[name] = value
         elif name in BY_NAME:
-            cfg.set(name, value, f"config file {path!r}")
+            if not _ignored(cfg, BY_NAME[name], command, f"config file {path!r}"):
+                cfg.set(name, value, f"config file {path!r}")
         elif name == "wsgi_app":
             cfg.app_uri = str(value)
 
 
-def apply_env(cfg: Config, environ: Mapping[str, str]) -> None:
+def apply_env(cfg: Config, environ: Mapping[str, str], command: str = SERVER) -> None:
     for s in SETTINGS:
         if s.name == "config":
+            continue
+        if not s.applies_to(command):  # a generic variable (WEB_CONCURRENCY) is other programs' too
+            if environ.get(s.env):
+                _ignored(cfg, s, command, f"environment variable {s.env}")
             continue
         for var in (*s.extra_env, s.env):  # the prefixed name wins over a generic one
             if var in environ and environ[var] != "":
@@ -245,35 +272,25 @@ def build(
     environ: Mapping[str, str] | None = None,
     app_uri: str | None = None,
     source: str = "command line",
+    command: str = SERVER,
 ) -> Config:
     """Resolve defaults < config file < environment < command line (``cli_values``; ``source``
-    names them in errors: ``"run()"`` for prefork_lb.run's keywords)."""
+    names them in errors: ``"run()"`` for prefork_lb.run's keywords) for ``command``: a config
+    file's or environment variable's setting of another command is ignored (``cfg.warnings``
+    says so); the command line has only ``command``'s flags."""
     environ = os.environ if environ is None else environ
     cfg = defaults()
     config_path = cli_values.get("config") or environ.get(BY_NAME["config"].env) or None
     if config_path:
-        load_config_file(cfg, config_path)
+        load_config_file(cfg, config_path, command)
         cfg.set("config", config_path, "config file path")
-    apply_env(cfg, environ)
+    apply_env(cfg, environ, command)
     for name, value in cli_values.items():
         if value is not None and name != "config":
             cfg.set(name, value, source)
     if app_uri:
         cfg.app_uri = app_uri
     return cfg
-
-
-def _fmt_default(s: Setting[Any]) -> str:
-    if s.default_doc is not None:
-        return s.default_doc
-    d = s.resolve_default()
-    if d is None:
-        return "unset"
-    if isinstance(d, bool):
-        return "true" if d else "false"
-    if isinstance(d, str):
-        return repr(d) if d else "''"
-    return str(d)
 
 
 def reference_markdown(settings: Iterable[Setting[Any]] = SETTINGS) -> str:
@@ -286,6 +303,10 @@ def reference_markdown(settings: Iterable[Setting[Any]] = SETTINGS) -> str:
         "",
         "Each setting can be given, lowest precedence first, as its default, in a Python config file",
         "(`-c FILE`, a module-level name), as an environment variable, or on the command line.",
+        "`prefork_lb MODULE:APP --help` shows the common flags, `--help-all` every flag (both with",
+        'their defaults). A setting marked "only for" is not a flag of the other command',
+        "(`prefork_lb proxy -w 4` is refused); a config file or environment variable that sets it for",
+        "the other command is ignored with a warning in the log, so both can share one config file.",
         "",
     ]
     section = None
@@ -301,7 +322,9 @@ def reference_markdown(settings: Iterable[Setting[Any]] = SETTINGS) -> str:
         lines.append(f"- environment: {envs}")
         if s.choices:
             lines.append(f"- choices: {', '.join(f'`{c}`' for c in s.choices)}")
-        lines.append(f"- default: {_fmt_default(s)}")
+        lines.append(f"- default: {s.default_text()}")
+        if s.commands != COMMANDS:
+            lines.append("- only for: " + ", ".join(f"`{COMMAND_LINES[c]}`" for c in s.commands))
         lines.append("")
         lines.append(s.help)
         lines.append("")

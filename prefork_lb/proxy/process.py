@@ -32,6 +32,7 @@ from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
+from prefork_lb.proxy.resolve import Resolution, resolver
 from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
 log = logging.getLogger("prefork_lb.error")
@@ -265,6 +266,9 @@ class ProxyProcess:
             s.setblocking(False)
             self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
         self.sync()
+        dns = Resolution(proxy, resolver(loop, cfg.upstream_connect_timeout), cfg.health_check_interval)
+        for b in await dns.start(list(proxy.backends.values())):
+            self.tasks.append(loop.create_task(dns.retry(b)))
         self.tasks.append(loop.create_task(self.ticker()))
         for b in list(proxy.backends.values()):
             if b.health is not None:

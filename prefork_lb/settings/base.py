@@ -24,6 +24,13 @@ from typing import Any, Generic, TypeVar, overload
 
 ENV_PREFIX = "PREFORK_LB_"
 
+# The commands a setting can apply to (``Setting(commands=...)``): the server
+# (``python -m prefork_lb MODULE:APP``) and the standalone proxy (``python -m prefork_lb proxy``).
+SERVER = "server"
+PROXY = "proxy"
+COMMANDS = (SERVER, PROXY)
+COMMAND_LINES = {SERVER: "prefork_lb MODULE:APP", PROXY: "prefork_lb proxy"}
+
 T = TypeVar("T")
 
 
@@ -37,6 +44,11 @@ class Setting(Generic[T]):
     ``default`` is a value, or a function of no arguments computing it (a fresh list per
     config, the CPU count); ``default_doc`` says how a computed default reads in the docs.
     The name is the attribute name the setting is declared under (``__set_name__``).
+
+    ``commands`` are the commands that use it (:data:`COMMANDS`): only their parsers have its
+    flag, and a config file or environment variable that sets it for another command is
+    ignored with a warning. ``common`` puts it in the short ``--help`` (every flag is in
+    ``--help-all``), as ``summary`` or else the help's first sentence.
     """
 
     name: str
@@ -55,6 +67,9 @@ class Setting(Generic[T]):
         extra_env: tuple[str, ...] = (),  # further env vars honoured (e.g. WEB_CONCURRENCY)
         default_doc: str | None = None,  # how the default reads in the docs when it is computed
         cli: bool = True,
+        commands: tuple[str, ...] = COMMANDS,
+        common: bool = False,
+        summary: str | None = None,
     ) -> None:
         self.converter = converter
         self.default = default
@@ -67,6 +82,9 @@ class Setting(Generic[T]):
         self.extra_env = extra_env
         self.default_doc = default_doc
         self.cli = cli
+        self.commands = commands
+        self.common = common
+        self.summary = summary
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
@@ -90,6 +108,31 @@ class Setting(Generic[T]):
     @property
     def env(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    def applies_to(self, command: str) -> bool:
+        return command in self.commands
+
+    def default_text(self) -> str:
+        """How the default reads in --help and the docs: ``default_doc``, else the value."""
+        if self.default_doc is not None:
+            return self.default_doc
+        d = self.resolve_default()
+        if d is None:
+            return "unset"
+        if isinstance(d, bool):
+            return "true" if d else "false"
+        if isinstance(d, str):
+            return repr(d) if d else "''"
+        if isinstance(d, list):
+            return ", ".join(map(str, d)) or "none"
+        return str(d)
+
+    def brief(self) -> str:
+        """The short --help's line: ``summary``, else the help's first sentence."""
+        if self.summary is not None:
+            return self.summary
+        first, dot, _ = self.help.partition(". ")
+        return first.rstrip(".") if dot else self.help.rstrip(".")
 
     def resolve_default(self) -> T:
         d = self.default

@@ -22,6 +22,8 @@ class HttpSettings:
         flags=("-t", "--timeout"),
         section="Timeouts",
         metavar="SECONDS",
+        common=True,
+        summary="Seconds without a heartbeat before the master aborts a worker or the proxy (0: off)",
     )
 
     keepalive = Setting(
@@ -31,6 +33,7 @@ class HttpSettings:
         flags=("--keep-alive",),
         section="Timeouts",
         metavar="SECONDS",
+        common=True,
     )
 
     header_timeout = Setting(
@@ -49,6 +52,7 @@ class HttpSettings:
         flags=("--graceful-timeout",),
         section="Timeouts",
         metavar="SECONDS",
+        common=True,
     )
 
     # --- limits (gunicorn's names and defaults)

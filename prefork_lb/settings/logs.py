@@ -20,6 +20,7 @@ class LogSettings:
         flags=("--log-level",),
         section="Logging",
         choices=("debug", "info", "warning", "error", "critical"),
+        common=True,
     )
 
     error_logfile = Setting(
@@ -29,6 +30,7 @@ class LogSettings:
         flags=("--error-logfile", "--log-file"),
         section="Logging",
         metavar="FILE",
+        common=True,
     )
 
     access_logfile = Setting(
@@ -38,6 +40,7 @@ class LogSettings:
         flags=("--access-logfile",),
         section="Logging",
         metavar="FILE",
+        common=True,
     )
 
     access_log_format = Setting(

@@ -7,6 +7,7 @@ the environment variables and the docs follow their order in this class.
 from __future__ import annotations
 
 from prefork_lb.settings.base import (
+    SERVER,
     Setting,
     boolean,
     non_negative_float,
@@ -31,6 +32,8 @@ class ProxySettings:
         section="Proxy",
         metavar="LIST",
         default_doc="none",
+        common=True,
+        summary="Remote backends of the proxy: HOST:PORT[=WEIGHT],...",
     )
 
     stats_bind = Setting(
@@ -42,6 +45,8 @@ class ProxySettings:
         flags=("--stats-bind",),
         section="Proxy",
         metavar="ADDRESS",
+        common=True,
+        summary="Admin address of the proxy (/lb-health, /lb-stats); 'off' disables it",
     )
 
     worker_base_port = Setting(
@@ -52,6 +57,7 @@ class ProxySettings:
         flags=("--worker-base-port",),
         section="Proxy",
         metavar="PORT",
+        commands=(SERVER,),
     )
 
     sticky_cookie = Setting(
@@ -83,6 +89,8 @@ class ProxySettings:
         flags=("--health-check-path",),
         section="Proxy",
         metavar="PATH",
+        common=True,
+        summary="Path the proxy GETs to check each remote backend",
     )
 
     health_check_interval = Setting(
@@ -140,6 +148,8 @@ class ProxySettings:
         flags=("--retries",),
         section="Proxy",
         metavar="N",
+        common=True,
+        summary="Further tries on other backends for a request that failed safely",
     )
 
     retry_budget = Setting(
@@ -233,6 +243,7 @@ class ProxySettings:
         flags=("--certfile",),
         section="Proxy",
         metavar="FILE",
+        common=True,
     )
 
     keyfile = Setting(

@@ -7,6 +7,7 @@ the environment variables and the docs follow their order in this class.
 from __future__ import annotations
 
 from prefork_lb.settings.base import (
+    SERVER,
     Setting,
     bind_list,
     boolean,
@@ -32,6 +33,7 @@ class ServerSettings:
         append=True,
         metavar="ADDRESS",
         default_doc="127.0.0.1:8000",
+        common=True,
     )
 
     # 0 is no user's value; Config.drop_local_workers sets it for the standalone proxy.
@@ -43,6 +45,8 @@ class ServerSettings:
         extra_env=("WEB_CONCURRENCY",),
         metavar="N",
         default_doc="the number of CPUs",
+        commands=(SERVER,),
+        common=True,
     )
 
     dispatch = Setting(
@@ -55,6 +59,9 @@ class ServerSettings:
         "to one; see the Proxy section).",
         flags=("--dispatch",),
         choices=("reuseport", "shared", "handoff", "proxy"),
+        commands=(SERVER,),
+        common=True,
+        summary="How connections reach workers: reuseport, shared, handoff or proxy",
     )
 
     strategy = Setting(
@@ -74,6 +81,8 @@ class ServerSettings:
             "hash",
             "sticky",
         ),
+        common=True,
+        summary="Which worker (handoff) or backend (proxy) gets the next connection or request",
     )
 
     max_requests = Setting(
@@ -83,6 +92,9 @@ class ServerSettings:
         "started and ready before it stops, so no request is refused.",
         flags=("--max-requests",),
         metavar="N",
+        commands=(SERVER,),
+        common=True,
+        summary="Recycle a worker after this many requests (0: never)",
     )
 
     max_requests_jitter = Setting(
@@ -91,6 +103,7 @@ class ServerSettings:
         "Add a random 0..N to max_requests per worker, so workers do not recycle together.",
         flags=("--max-requests-jitter",),
         metavar="N",
+        commands=(SERVER,),
     )
 
     pidfile = Setting(
@@ -99,6 +112,7 @@ class ServerSettings:
         "Write the master's pid to this file.",
         flags=("-p", "--pid"),
         metavar="FILE",
+        common=True,
     )
 
     proc_name = Setting(
@@ -119,6 +133,7 @@ class ServerSettings:
         flags=("--offload-processes",),
         metavar="N|auto",
         default_doc="auto",
+        commands=(SERVER,),
     )
 
     max_workers = Setting(
@@ -131,6 +146,9 @@ class ServerSettings:
         flags=("--max-workers",),
         section="Overload",
         metavar="N",
+        commands=(SERVER,),
+        common=True,
+        summary="Autoscaling: up to this many workers, --workers the minimum (0: off)",
     )
 
     autoscale_up_after = Setting(
@@ -140,6 +158,7 @@ class ServerSettings:
         flags=("--autoscale-up-after",),
         section="Overload",
         metavar="SECONDS",
+        commands=(SERVER,),
     )
 
     autoscale_down_after = Setting(
@@ -150,6 +169,7 @@ class ServerSettings:
         flags=("--autoscale-down-after",),
         section="Overload",
         metavar="SECONDS",
+        commands=(SERVER,),
     )
 
     max_concurrency = Setting(
@@ -160,6 +180,9 @@ class ServerSettings:
         flags=("--max-concurrency",),
         section="Overload",
         metavar="N",
+        commands=(SERVER,),
+        common=True,
+        summary="Requests one worker processes at once; more queue, then get 503 (0: no limit)",
     )
 
     queue_size = Setting(
@@ -169,6 +192,7 @@ class ServerSettings:
         flags=("--queue-size",),
         section="Overload",
         metavar="N",
+        commands=(SERVER,),
     )
 
     request_timeout = Setting(
@@ -183,6 +207,9 @@ class ServerSettings:
         flags=("--request-timeout",),
         section="Overload",
         metavar="SECONDS",
+        commands=(SERVER,),
+        common=True,
+        summary="Deadline of one request in seconds: 504 (0: none)",
     )
 
     max_rss = Setting(
@@ -193,6 +220,7 @@ class ServerSettings:
         flags=("--max-rss",),
         section="Overload",
         metavar="MIB",
+        commands=(SERVER,),
     )
 
     max_rss_jitter = Setting(
@@ -202,6 +230,7 @@ class ServerSettings:
         flags=("--max-rss-jitter",),
         section="Overload",
         metavar="SECONDS",
+        commands=(SERVER,),
     )
 
     worker_connections = Setting(
@@ -210,6 +239,7 @@ class ServerSettings:
         "Most connections one worker serves at once; further ones wait in the listen backlog.",
         flags=("--worker-connections",),
         metavar="N",
+        commands=(SERVER,),
     )
 
     backlog = Setting(
@@ -226,6 +256,7 @@ class ServerSettings:
         "SCRIPT_NAME given to the app, for apps mounted below a path prefix.",
         flags=("--root-path",),
         metavar="PATH",
+        commands=(SERVER,),
     )
 
     chdir = Setting(
@@ -234,6 +265,7 @@ class ServerSettings:
         "Change to this directory before loading the app.",
         flags=("--chdir",),
         metavar="DIR",
+        common=True,
     )
 
     server_header = Setting(
@@ -242,4 +274,5 @@ class ServerSettings:
         "Send a 'Server: prefork_lb' header.",
         flags=("--server-header",),
         metavar="BOOL",
+        commands=(SERVER,),
     )

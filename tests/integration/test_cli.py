@@ -37,7 +37,9 @@ def run_cli(*args: str, timeout: float = 20.0) -> tuple[int, str, str]:
     return proc.returncode, out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
 
 
-def bind_args() -> list[str]:
+def bind_args(command: str = "server") -> list[str]:
+    if command == "proxy":  # the proxy has no -w: it runs no workers
+        return ["-b", f"{HOST}:{free_port()}"]
     return ["-b", f"{HOST}:{free_port()}", "-w", "1"]
 
 
@@ -86,7 +88,7 @@ def _run_case(name: str, tmp_path: Path) -> tuple[int, str, str, str]:
         code, out, err = run_cli("tests.apps:echo", "-c", str(conf), *bind_args())
         return code, out, err, "syntax error"
     args, must, _ = CASES[name]
-    code, out, err = run_cli(*args, *bind_args())
+    code, out, err = run_cli(*args, *bind_args(args[0]))
     return code, out, err, must
 
 
@@ -125,3 +127,79 @@ def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
     assert srv.proc is not None
     assert srv.proc.wait(10) == 0
     assert "Traceback" not in srv.log_text()
+
+
+# -- help, misspelt flags, each command's own flags ---------------------------------------------------
+
+HELP_LINES = 60  # the short --help fits a screen
+
+
+def test_help_is_short_shows_defaults_and_the_proxy_command() -> None:
+    code, out, err = run_cli("--help")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert len(lines) < HELP_LINES, out
+    assert lines[0] == "usage: prefork_lb MODULE:APP [options]"
+    assert any(line.split()[:1] == ["proxy"] for line in lines), out  # the subcommand is named
+    workers = next(line for line in lines if line.lstrip().startswith("-w, --workers"))
+    assert workers.endswith("(default: the number of CPUs)"), workers
+    text = " ".join(out.split())
+    for shown in ("-b, --bind ADDRESS", "(default: 127.0.0.1:8000)", "--dispatch", "(default: 'reuseport')"):
+        assert shown in text, shown
+    assert "--help-all" in text and "docs/reference/settings.md" in text
+    assert "--max-requests-jitter" not in text  # the rest is --help-all's
+
+
+def test_help_all_lists_every_flag_with_its_default() -> None:
+    from prefork_lb.config import SETTINGS
+
+    code, out, err = run_cli("--help-all")
+    assert (code, err) == (0, "")
+    flags = [s for s in SETTINGS if s.flags and s.cli]
+    for s in flags:
+        for flag in s.flags:
+            assert flag in out, flag
+    text = " ".join(out.split())
+    for s in flags:
+        assert f"(default: {' '.join(s.default_text().split())})" in text, s.name
+    for section in ("Server:", "Overload:", "Proxy:", "Timeouts:", "Limits:", "Logging:", "Config:"):
+        assert section in out.splitlines(), section
+
+
+def option_lines(help_text: str) -> str:
+    """The lines of a help that list options (not the wrapped help texts, which name others)."""
+    return "\n".join(line for line in help_text.splitlines() if line.startswith("  -"))
+
+
+def test_proxy_help_lists_only_the_proxys_flags() -> None:
+    from prefork_lb.config import SETTINGS
+
+    for flag in ("--help", "--help-all"):
+        code, out, err = run_cli("proxy", flag)
+        assert (code, err) == (0, ""), flag
+        assert out.startswith("usage: prefork_lb proxy"), out
+        assert "--backends" in out and "--health-check-path" in out
+        listed = option_lines(out)
+        for s in SETTINGS:
+            if not s.applies_to("proxy"):
+                assert not any(f in listed for f in s.flags), (flag, s.flags)
+            elif flag == "--help-all":
+                assert all(f in listed for f in s.flags), s.flags
+    assert len(run_cli("proxy", "--help")[1].splitlines()) < HELP_LINES
+
+
+def test_a_misspelt_flag_is_named_alone_with_the_closest_flag() -> None:
+    code, out, err = run_cli("--wrokers", "2", "prefork_lb.demo:app")
+    assert code == 2 and out == ""
+    assert err == "prefork_lb: error: unrecognized arguments: --wrokers (did you mean --workers?)\n"
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"), [(["-w", "4"], "-w/--workers"), (["--dispatch", "handoff"], "--dispatch")]
+)
+def test_the_proxy_refuses_the_servers_flags(flags: list[str], named: str) -> None:
+    code, out, err = run_cli("proxy", "--backends", "127.0.0.1:80", *flags, *bind_args("proxy"))
+    assert code == 2 and out == ""
+    assert err == (
+        f"prefork_lb: error: {named} does not apply to prefork_lb proxy, only to prefork_lb MODULE:APP\n"
+    )

@@ -211,7 +211,7 @@ PROXY = ["proxy", "--backends", "127.0.0.1:9001,127.0.0.1:9002"]
 
 
 def test_proxy_subcommand_runs_no_local_workers() -> None:
-    cfg = cli.parse([*PROXY, "--max-workers", "4"], environ={"WEB_CONCURRENCY": "3"})
+    cfg = cli.parse(PROXY, environ={"WEB_CONCURRENCY": "3", "PREFORK_LB_MAX_WORKERS": "4"})
     assert cfg.app_uri is None
     assert cfg.dispatch == "proxy"
     assert cfg.workers == 0 and cfg.max_workers == 0
@@ -219,11 +219,41 @@ def test_proxy_subcommand_runs_no_local_workers() -> None:
     assert cfg.backends == ["127.0.0.1:9001", "127.0.0.1:9002"]
 
 
-def test_proxy_subcommand_still_refuses_workers_0_from_the_user() -> None:
-    with pytest.raises(ConfigError, match="command line: invalid value '0' for workers: must be at least 1"):
-        cli.parse([*PROXY, "-w", "0"], environ={})
-    with pytest.raises(ConfigError, match="environment variable PREFORK_LB_WORKERS: invalid value '0'"):
-        cli.parse(PROXY, environ={"PREFORK_LB_WORKERS": "0"})
+@pytest.mark.parametrize(
+    ("flags", "names"),
+    [
+        (["-w", "4"], "-w/--workers"),
+        (["-w0"], "-w/--workers"),
+        (["--workers=0"], "-w/--workers"),
+        (["--dispatch", "handoff"], "--dispatch"),
+        (["--max-workers", "4"], "--max-workers"),
+        (["--worker-base-port", "8100"], "--worker-base-port"),
+        (["--max-request", "9"], "--max-request"),  # --max-requests or --max-requests-jitter
+    ],
+)
+def test_proxy_subcommand_refuses_the_servers_flags(
+    flags: list[str], names: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as info:
+        cli.parse([*PROXY, *flags], environ={})
+    assert info.value.code == 2
+    assert one_line(capsys.readouterr().err) == (
+        f"prefork_lb: error: {names} does not apply to prefork_lb proxy, only to prefork_lb MODULE:APP"
+    )
+
+
+def test_proxy_subcommand_ignores_the_servers_settings_from_env_and_config_file(tmp_path: Path) -> None:
+    conf = tmp_path / "shared.py"
+    conf.write_text("workers = 3\ndispatch = 'handoff'\nretries = 5\n")
+    cfg = cli.parse([*PROXY, "-c", str(conf)], environ={"PREFORK_LB_WORKERS": "0"})
+    assert (cfg.workers, cfg.dispatch, cfg.retries) == (0, "proxy", 5)
+    assert cfg.warnings == [
+        f"config file {str(conf)!r}: workers does not apply to prefork_lb proxy; ignored",
+        f"config file {str(conf)!r}: dispatch does not apply to prefork_lb proxy; ignored",
+        "environment variable PREFORK_LB_WORKERS: workers does not apply to prefork_lb proxy; ignored",
+    ]
+    served = cli.parse([APP, "-c", str(conf)], environ={})  # the same file serves the server
+    assert (served.workers, served.dispatch, served.retries, served.warnings) == (3, "handoff", 5, [])
 
 
 def test_serve_and_proxy_configs_differ_only_where_the_proxy_says() -> None:
