@@ -5,11 +5,12 @@ still being computed, not its turn after the requests before it."""
 from __future__ import annotations
 
 import http.client
+import json
 import threading
 
 import pytest
 
-from tests.helpers import DISPATCH_MODES, HOST
+from tests.helpers import DISPATCH_MODES, HOST, free_port
 from tests.integration.conftest import StartServer
 
 CLIENTS = 8
@@ -47,8 +48,9 @@ def _wave(port: int, path: str, n: int) -> list[tuple[int, str | None]]:
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
 def test_full_worker_answers_503_while_its_view_blocks_the_loop(start_server: StartServer, mode: str) -> None:
     flags = ["--max-concurrency", "1", "--queue-size", "1", "--dispatch", mode]
+    stats_port = free_port()
     if mode == "proxy":
-        flags += ["--stats-bind", "off"]
+        flags += ["--stats-bind", f"{HOST}:{stats_port}"]
     srv = start_server("tests.apps_blocking:app", *flags)
     results = _wave(srv.port, "/burn/1.5", CLIENTS)
     statuses = [s for s, _ in results]
@@ -58,3 +60,8 @@ def test_full_worker_answers_503_while_its_view_blocks_the_loop(start_server: St
     # Every 503 came before the first 200: while the first request was still being computed.
     assert statuses == [503] * (CLIENTS - served) + [200] * served, results
     assert all(ra == "1" for s, ra in results if s == 503), results
+    if mode == "proxy":  # the proxy answered them, and counts them
+        conn = http.client.HTTPConnection(HOST, stats_port, timeout=10)
+        conn.request("GET", "/lb-stats")
+        assert json.loads(conn.getresponse().read())["shed"] == CLIENTS - served
+        conn.close()
