@@ -50,7 +50,7 @@ __all__ = ["Server", "ServerOptions", "WSGIApp"]
 log = logging.getLogger("prefork_lb.error")
 
 TICK = 0.05  # with admission control: how often the loop shows the guard thread it runs
-GATE_AGE = 0.01  # a new connection's request arrives this soon after the accept, or it is slow
+GATE_AGE = 0.05  # a new connection's request arrives this soon after the accept, or it is slow
 GATE_POLL = 0.001
 
 
@@ -139,14 +139,17 @@ class Server:
         """Show the guard thread that the loop runs; serve what it parked while it did not."""
         while True:
             self.tick = time.monotonic()
-            parked = self.parked
-            while parked:
-                sock, addr = parked.popleft()
-                gs = _cooperative(socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach()))
-                if gs.family in (socket.AF_INET, socket.AF_INET6):
-                    gs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.pool.spawn(self._handle, gs, addr)
+            self._take_parked()
             gevent.sleep(TICK)
+
+    def _take_parked(self) -> None:
+        parked = self.parked
+        while parked:
+            sock, addr = parked.popleft()
+            gs = _cooperative(socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach()))
+            if gs.family in (socket.AF_INET, socket.AF_INET6):
+                gs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pool.spawn(self._handle, gs, addr)
 
     # -- sockets in ----------------------------------------------------------------------------
 
@@ -300,6 +303,7 @@ class Server:
         self.draining = True
         if self.guard is not None:
             self.guard.stop()
+            self._take_parked()  # served by this drain like the connections queued below
         for g in self._accepters:
             g.kill(block=False)
         if self.listeners or self.channels:
