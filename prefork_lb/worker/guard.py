@@ -134,22 +134,25 @@ class AdmissionGuard:
                     continue
                 if self.shared:
                     sleep(CONFIRM)
-                for ls in queued:
-                    self._take(ls, shedder, time.monotonic())
+                if not sum(self._take(ls, shedder, time.monotonic()) for ls in queued):
+                    sleep(PERIOD)  # readable yet nothing to take (EMFILE, a sibling took it)
         finally:
             shedder.close_all()
             for ls in self.listeners:
                 ls.close()
 
-    def _take(self, ls: Any, shedder: Shedder, now: float) -> None:
+    def _take(self, ls: Any, shedder: Shedder, now: float) -> int:
+        """Accept what is queued on ``ls``: park it or refuse it. The number taken."""
         server = self.server
+        taken = 0
         for _ in range(BATCH):
             if self.stopping or now - server.tick < STALE:
-                return  # the loop is back
+                break  # the loop is back
             try:
                 fd, addr = ls._accept()
             except OSError:  # nothing queued any more (BlockingIOError), or gone
-                return
+                break
+            taken += 1
             sock = _socket.socket(ls.family, ls.type, ls.proto, fileno=fd)
             if server.room_while_blocked() > 0:
                 server.parked.append((sock, addr))
@@ -159,3 +162,4 @@ class AdmissionGuard:
                 if board is not None:
                     board.shed()
                 shedder.refuse(sock, now)
+        return taken
