@@ -190,13 +190,21 @@ class Server:
             self._take(fds)
 
     def _take(self, fds: list[int]) -> None:
-        if self.board is not None:
-            self.board.received(len(fds))
+        board = self.board
         for fd in fds:
-            self.serve_connection(socket.socket(fileno=fd))
+            if board is not None:
+                # Counted as open (load) before it counts as received: the dispatcher's load
+                # (in flight + fresh + sent - received) never misses it in between.
+                board.connection_opened()
+            self.serve_connection(socket.socket(fileno=fd), opened=True)
+        if board is not None:
+            board.received(len(fds))
 
-    def serve_connection(self, sock: socket.socket, addr: Any = None) -> gevent.Greenlet:
-        """Serve an already-accepted connection (handoff dispatch)."""
+    def serve_connection(
+        self, sock: socket.socket, addr: Any = None, opened: bool = False
+    ) -> gevent.Greenlet:
+        """Serve an already-accepted connection (handoff dispatch); ``opened``: already
+        counted in the scoreboard entry."""
         self._ensure_watchdog()
         gs = _cooperative(sock)
         if addr is None:
@@ -204,7 +212,7 @@ class Server:
                 addr = gs.getpeername()
             except OSError:
                 addr = ""
-        return self.pool.spawn(self._handle, gs, addr)
+        return self.pool.spawn(self._handle, gs, addr, opened)
 
     def _accept_loop(self, lsock: gevent.socket.socket) -> None:
         pool = self.pool
@@ -231,13 +239,13 @@ class Server:
                 # (and be admitted, queued or refused) before the next accept.
                 gevent.sleep(0)
 
-    def _handle(self, sock: gevent.socket.socket, addr: Any) -> None:
+    def _handle(self, sock: gevent.socket.socket, addr: Any, opened: bool = False) -> None:
         conn = Connection(self, sock, addr)
         self.connections.add(conn)
         if self.guard is not None:  # accepted from a listener (or parked): the gate's
             self.young.append((time.monotonic(), conn))
         board = self.board
-        if board is not None:
+        if board is not None and not opened:
             board.connection_opened()
         try:
             conn.serve()
