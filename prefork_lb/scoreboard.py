@@ -45,6 +45,7 @@ _WORDS = ENTRY_SIZE // 8
 _TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = 128
 COUNTERS = 32  # the first counter word
+SHED = COUNTERS  # 503s for a full server (--max-concurrency + --queue-size), by this process
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
 # 0.2 one 50 ms request among 1 ms ones made a worker look ten times slower than its twin.
@@ -63,7 +64,7 @@ class EntryState(NamedTuple):
     state: int
     slot: int
     in_flight: int
-    fresh: int  # connections with no request yet
+    fresh: int  # connections with no request yet, and requests waiting for a place (--queue-size)
     latency: int  # EWMA in microseconds
     req_start: float  # CLOCK_MONOTONIC start of the current request
     received: int  # connections taken from the handoff channel
@@ -136,6 +137,10 @@ class Scoreboard:
     def request_start(self, i: int) -> float:
         return self.d[i * _WORDS + REQ_START]
 
+    def shed(self, i: int) -> int:
+        """Requests or connections entry ``i``'s process refused with 503 for being full."""
+        return self.q[i * _WORDS + SHED]
+
     def busy(self, i: int) -> bool:
         """Serving a request, or holding a connection whose first request is on its way."""
         base = i * _WORDS
@@ -144,8 +149,8 @@ class Scoreboard:
     def ready_load(self, slots: Container[int], now: float) -> dict[int, tuple[int, int, int, int]]:
         """The handoff dispatcher's read, per slot in ``slots`` with a READY worker: (load,
         connections received from its channel, latency in µs, open connections). Load is the
-        requests in flight plus the connections whose first request has not arrived yet (right
-        after a handoff the worker looks idle, but a request is on its way); a worker deep in a
+        requests in flight plus the connections whose first request has not arrived yet and the
+        requests waiting for a place under --max-concurrency (right after a handoff the worker looks idle, but a request is on its way); a worker deep in a
         long request is at least that slow right now. Two ready workers in one slot (a reload)
         read the same channel: their numbers add up (latency: the larger). One pass, no objects:
         the dispatcher calls this at every wake-up."""
@@ -295,6 +300,16 @@ class WorkerEntry:
         """The worker's offload pool, as of its last heartbeat."""
         self.q[self.base + OFFLOAD_BUSY] = busy
         self.q[self.base + OFFLOAD_IDLE] = idle
+
+    def queued(self, n: int) -> None:
+        """``n`` more (or, negative, fewer) requests wait for a place under --max-concurrency.
+        They count with the fresh connections: load that in_flight does not show yet."""
+        self.fresh += n
+        self.q[self.base + FRESH] = self.fresh
+
+    def shed(self, n: int = 1) -> None:
+        """``n`` more refused with 503 for being full (off the hot path: overload only)."""
+        self.q[self.base + SHED] += n
 
     def received(self, n: int) -> None:
         """Connections taken from the handoff channel (the dispatcher counts what it sent)."""

@@ -10,6 +10,12 @@ Load: the dispatcher reads the scoreboard. A slot is eligible when its worker is
 has fewer than --worker-connections connections; its load is its requests in flight plus the
 connections sent to it that it has not taken from the channel yet (sent - received), and
 least_latency also sees the worker's latency EWMA.
+
+Admission control (--max-concurrency): a worker holds at most max-concurrency + queue-size
+requests (in its app, waiting, or connections on their way to it); the dispatcher sends no more
+than that. When every ready worker is full, a new connection is refused here with 503 and
+Retry-After (prefork_lb.admission.Shedder) instead of waiting for a worker whose loop may be
+blocked by a view: the dispatcher's loop is never blocked by a request.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 from typing import Any, ClassVar
 
 from prefork_lb import scoreboard as sb
+from prefork_lb.admission import Shedder, limit
 from prefork_lb.child import ChildContext, ChildProcess
 
 log = logging.getLogger("prefork_lb.error")
@@ -51,6 +58,11 @@ class Dispatcher:
         self.stopping = False
         self.reopen = False  # USR1 arrived: reopen the error log in the loop
         self.last_sync = 0.0
+        self.limit = limit(cfg.max_concurrency, cfg.queue_size)
+        self.room: dict[int, int] = {}  # slot -> requests it can still take (with a limit)
+        self.ready: set[int] = set()  # slots with a ready worker, as of the last sync
+        self.ep: Any = None
+        self.shedder = Shedder(self._watch, self._unwatch)
 
     def sync(self) -> None:
         """Read every worker's state and load from the scoreboard into the strategy."""
@@ -64,15 +76,19 @@ class Dispatcher:
         typical = samples[len(samples) // 2] if samples else 0
         for slot in known - set(ready):
             strategy.remove(slot)
-        # With admission control, a worker whose places and queue are taken would answer 503:
-        # skip it while another has room.
-        cfg = self.cfg
-        admit = cfg.max_concurrency + cfg.queue_size if cfg.max_concurrency else 0
+        # With admission control, a worker whose places and queue are taken would answer 503
+        # (or not at all while a view blocks it): skip it while another has room.
+        admit = self.limit
+        self.ready = set(ready)
+        room = self.room
+        room.clear()
         for slot, (in_flight, received, latency, conns) in ready.items():
             if slot not in known:
                 strategy.add(slot)
                 self.sent.setdefault(slot, received)
             pending = max(0, self.sent.get(slot, 0) - received)
+            if admit:
+                room[slot] = admit - in_flight - pending
             if conns + pending >= limit or (admit and in_flight + pending >= admit):
                 strategy.mark_down(slot)
                 continue
@@ -93,10 +109,17 @@ class Dispatcher:
             addr = item[1]
             slot = strategy.pick(addr[0] if isinstance(addr, tuple) else None)
             if slot is None:
-                left.append(item)
+                if self.all_full():
+                    self.refuse(item[0])
+                else:
+                    left.append(item)
                 continue
             by_slot.setdefault(slot, []).append(item)
             strategy.on_start(slot)  # the next pick of this batch sees it
+            if self.limit:
+                left_room = self.room[slot] = self.room.get(slot, 0) - 1
+                if left_room <= 0:
+                    strategy.mark_down(slot)  # full until the next sync says otherwise
         for slot, conns in by_slot.items():
             for i in range(0, len(conns), BATCH):
                 part = conns[i : i + BATCH]
@@ -107,6 +130,26 @@ class Dispatcher:
                 else:
                     left.extend(part)
         self.pending = left
+
+    def all_full(self) -> bool:
+        """Every ready worker has its admission limit taken (none ready: wait for one)."""
+        room = self.room
+        return bool(self.limit and self.ready) and all(room.get(slot, 0) <= 0 for slot in self.ready)
+
+    def refuse(self, conn: socket.socket) -> None:
+        """503 for a connection no worker has room for (counted in our scoreboard entry)."""
+        self.shedder.refuse(conn, time.monotonic())
+        entry = getattr(self.process, "entry", None)
+        if entry is not None:
+            entry.shed()
+
+    def _watch(self, fd: int) -> None:
+        if self.ep is not None:
+            self.ep.register(fd, select.EPOLLIN)
+
+    def _unwatch(self, fd: int) -> None:
+        if self.ep is not None:
+            self.ep.unregister(fd)
 
     def send(self, slot: int, conns: list[socket.socket]) -> bool:
         fds = array.array("i", [c.fileno() for c in conns])
@@ -136,7 +179,7 @@ class Dispatcher:
             self.pending.append((conn, addr))
 
     def run(self) -> None:
-        ep = select.epoll()
+        ep = self.ep = select.epoll()
         for fd, s in self.listeners.items():
             s.setblocking(False)
             ep.register(fd, select.EPOLLIN)
@@ -146,11 +189,13 @@ class Dispatcher:
             while not self.stopping:
                 # Waiting connections that no worker could take: retry soon, without
                 # accepting more (they stay in the kernel's queue meanwhile).
-                timeout = 0.005 if self.pending else 0.25
+                timeout = 0.005 if self.pending else (0.05 if self.shedder else 0.25)
                 try:
                     events = ep.poll(timeout) if not self.pending else []
                     if self.pending:
                         time.sleep(timeout)
+                        if self.shedder:
+                            events = [e for e in ep.poll(0) if e[0] not in self.listeners]
                 except InterruptedError:
                     events = []
                 if not self.process.beat():
@@ -161,8 +206,15 @@ class Dispatcher:
                 now = time.monotonic()
                 if events or self.pending or now - self.last_sync > SYNC_INTERVAL:
                     self.sync()
+                shedder = self.shedder
                 for fd, _ in events:
-                    self.accept(self.listeners[fd])
+                    lsock = self.listeners.get(fd)
+                    if lsock is not None:
+                        self.accept(lsock)
+                    else:
+                        shedder.readable(fd, now)
+                if shedder:
+                    shedder.expire(now)
                 self.dispatch()
         finally:
             # Hand over what we hold; the kernel queue waits for the next dispatcher.
@@ -174,6 +226,7 @@ class Dispatcher:
                     time.sleep(0.01)
             for conn, _ in self.pending:
                 conn.close()
+            self.shedder.close_all()
             ep.close()
 
 

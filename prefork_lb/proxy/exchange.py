@@ -18,6 +18,7 @@ import logging
 from time import monotonic as _now
 from typing import Any
 
+from prefork_lb.admission import BUSY_DETAIL
 from prefork_lb.http.framing import NONE, response_framing
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.proxy.backend import Backend
@@ -123,6 +124,12 @@ class Exchange(ExchangeFailures):
             if backend is None:
                 self.fail(503, "no backend available", retry_after=True)
                 return
+            if proxy.worker_limit and proxy.full(backend):
+                backend = proxy.with_room(self.tried)
+                if backend is None:  # every local worker is full: refused at once, here
+                    proxy.shed += 1
+                    self.fail(503, BUSY_DETAIL, retry_after=True)
+                    return
         self.backend = backend
         self.tries += 1
         self.tried.append(backend)

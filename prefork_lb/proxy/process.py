@@ -83,6 +83,7 @@ class ProxyProcess:
         self.stopped = asyncio.Event()
         self.graceful = True
         self.slot_seen: dict[int, float] = {}
+        self.shed_written = 0  # proxy.shed as last written to our scoreboard entry
         self.tasks: list[asyncio.Task[Any]] = []
         for host, port, weight in parse_backends(cfg.backends or []):
             b = Backend(host, port, weight)
@@ -145,6 +146,9 @@ class ProxyProcess:
                 if self.child is not None and not self.child.beat():
                     self.stop(False)
                     return
+                if self.child is not None and proxy.shed != self.shed_written:
+                    self.child.entry.shed(proxy.shed - self.shed_written)  # scoreboard word SHED
+                    self.shed_written = proxy.shed
                 self.sync()
 
     # -- active health checks ---------------------------------------------------------------------
@@ -220,6 +224,7 @@ class ProxyProcess:
             "connections": proxy.connections,
             "active_connections": proxy.active,
             "queued": len(proxy.waiting),
+            "shed": proxy.shed,  # requests answered 503 because every local worker was full
             "pid": os.getpid(),
             # --dispatch proxy: worker slots with a ready worker (autoscaling shows here)
             "local_workers": sum(

@@ -20,6 +20,7 @@ import logging
 from time import monotonic as _now
 from typing import Any, Protocol
 
+from prefork_lb.admission import limit
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
@@ -76,6 +77,10 @@ class ProxyState:
         self.websockets = 0
         self.stopping = False
         self.response_memo: ResponseMemos = {}  # None: seen once
+        # Admission control for local workers (--dispatch proxy): requests in flight to one
+        # worker slot past which a request is answered 503 here (0: none); ``shed`` counts them.
+        self.worker_limit = limit(getattr(cfg, "max_concurrency", 0), getattr(cfg, "queue_size", 0))
+        self.shed = 0
 
     # -- writing ------------------------------------------------------------------------------------
 
@@ -125,6 +130,19 @@ class ProxyState:
                     return b
             return None
         return backends[key]
+
+    def full(self, backend: Backend) -> bool:
+        """A local worker with its --max-concurrency + --queue-size requests in flight through
+        us: it would answer 503 itself, or not at all while a view blocks its loop."""
+        return backend.slot is not None and self.strategy.members[backend.key].in_flight >= self.worker_limit
+
+    def with_room(self, tried: list[Backend]) -> Backend | None:
+        """An eligible backend not tried yet that is not full (remote backends have no limit)."""
+        members = self.strategy.members
+        for b in self.backends.values():
+            if b not in tried and members[b.key].eligible and not self.full(b):
+                return b
+        return None
 
     def cookie_header(self, key: str) -> bytes:
         return f"{self.cookie_name}={self.strategy.cookie_for(key)}; Path=/; HttpOnly".encode("latin-1")

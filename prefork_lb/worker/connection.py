@@ -32,6 +32,7 @@ import gevent
 import gevent.lock
 import gevent.socket
 
+from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
 from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
@@ -549,14 +550,21 @@ class Connection(ResponseWriter, BodySource):
         if admission.acquire(blocking=False):
             return True
         server = self.server
+        board = server.board
         if server.waiting >= server.options.queue_size:
-            self._send_error(ServiceUnavailable("server busy, try again"), retry_after=1)
+            if board is not None:
+                board.shed()
+            self._send_error(ServiceUnavailable(BUSY_DETAIL), retry_after=RETRY_AFTER)
             return False
         server.waiting += 1
+        if board is not None:
+            board.queued(1)  # the dispatcher's load: a queued request is not in flight yet
         try:
             admission.acquire()
         finally:
             server.waiting -= 1
+            if board is not None:
+                board.queued(-1)
         return True
 
     def _send_error(self, exc: HTTPError, retry_after: int = 0) -> None:

@@ -15,6 +15,11 @@ Invariants:
   kernel's backlog, or in the handoff channel, not in our memory.
 * Graceful drain: stop accepting, close idle keep-alive connections at once, let in-flight
   requests finish (their responses carry Connection: close) until the deadline.
+* Admission control (--max-concurrency): the loop accepts no more new connections than it has
+  room for while those accepted a moment ago have not sent their request yet (``_gate``), so
+  a view that blocks the loop leaves the rest queued on the listener, where the guard thread
+  (prefork_lb.worker.guard) refuses them past the limits; connections it parks are served when
+  the loop runs again (``_tick``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import errno
 import logging
 import socket
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +38,7 @@ import gevent.lock
 import gevent.pool
 import gevent.socket
 
+from prefork_lb.admission import room
 from prefork_lb.http.parser import Request, RequestMemo
 from prefork_lb.http.response import refresh_date
 from prefork_lb.worker.connection import Connection, ReadDeadline, recv_handoff
@@ -41,6 +48,10 @@ from prefork_lb.worker.options import ServerOptions, WSGIApp
 __all__ = ["Server", "ServerOptions", "WSGIApp"]
 
 log = logging.getLogger("prefork_lb.error")
+
+TICK = 0.05  # with admission control: how often the loop shows the guard thread it runs
+GATE_AGE = 0.05  # a new connection's request arrives this soon after the accept, or it is slow
+GATE_POLL = 0.001
 
 
 class Server:
@@ -82,6 +93,63 @@ class Server:
         # Admission control: at most max_concurrency requests in the app, queue_size waiting.
         self.admission = gevent.lock.BoundedSemaphore(opts.max_concurrency) if opts.max_concurrency else None
         self.waiting = 0
+        # With admission control: connections accepted a moment ago with no request yet (time,
+        # connection), those the guard thread accepted for the loop, and the loop's last tick.
+        self.young: list[tuple[float, Connection]] = []
+        self.parked: deque[tuple[Any, Any]] = deque()
+        self.tick = time.monotonic()
+        self.guard: Any = None
+        self._ticker: gevent.Greenlet | None = None
+
+    # -- admission control --------------------------------------------------------------------
+
+    def held(self) -> int:
+        """Requests in the app and waiting, and connections parked by the guard thread."""
+        admission = self.admission
+        if admission is None:
+            return 0
+        in_app = self.options.max_concurrency - int(admission.counter)
+        return in_app + self.waiting + len(self.parked)
+
+    def room_while_blocked(self) -> int:
+        """The guard thread's question, asked while the loop is blocked: how many more may
+        wait for the loop? New connections that have not sent their request yet count as
+        requests (they were accepted just before the loop blocked)."""
+        opts = self.options
+        since = self.tick - TICK - GATE_AGE
+        unread = sum(1 for t, c in list(self.young) if t >= since and not c.had_request)
+        return room(opts.max_concurrency, opts.queue_size, self.held() + unread)
+
+    def _gate(self) -> None:
+        """Before an accept: while there is room for fewer requests than connections accepted
+        in the last GATE_AGE that have not sent theirs, give them that long to do so. A full
+        worker accepts at once (what comes is refused), and so does one with room left."""
+        opts = self.options
+        for _ in range(int(GATE_AGE / GATE_POLL) + 1):
+            left = room(opts.max_concurrency, opts.queue_size, self.held())
+            if left <= 0:
+                return
+            now = time.monotonic()
+            young = self.young = [(t, c) for t, c in self.young if not c.had_request and now - t < GATE_AGE]
+            if len(young) < left:
+                return
+            gevent.sleep(GATE_POLL)
+
+    def _tick(self) -> None:
+        """Show the guard thread that the loop runs; serve what it parked while it did not."""
+        while True:
+            self.tick = time.monotonic()
+            self._take_parked()
+            gevent.sleep(TICK)
+
+    def _take_parked(self) -> None:
+        parked = self.parked
+        while parked:
+            sock, addr = parked.popleft()
+            gs = _cooperative(socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach()))
+            if gs.family in (socket.AF_INET, socket.AF_INET6):
+                gs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.pool.spawn(self._handle, gs, addr)
 
     # -- sockets in ----------------------------------------------------------------------------
 
@@ -91,6 +159,13 @@ class Server:
         self.listeners.append(gs)
         self._accepters.append(gevent.spawn(self._accept_loop, gs))
         self._ensure_watchdog()
+        if self.admission is not None:
+            if self.guard is None:
+                from prefork_lb.worker.guard import AdmissionGuard
+
+                self.guard = AdmissionGuard(self, shared=self.shared_accept)
+                self._ticker = gevent.spawn(self._tick)
+            self.guard.add(gs.fileno())
 
     def add_handoff_channel(self, sock: socket.socket) -> None:
         """Take connections a dispatcher passes over this channel (SCM_RIGHTS)."""
@@ -115,13 +190,21 @@ class Server:
             self._take(fds)
 
     def _take(self, fds: list[int]) -> None:
-        if self.board is not None:
-            self.board.received(len(fds))
+        board = self.board
         for fd in fds:
-            self.serve_connection(socket.socket(fileno=fd))
+            if board is not None:
+                # Counted as open (load) before it counts as received: the dispatcher's load
+                # (in flight + fresh + sent - received) never misses it in between.
+                board.connection_opened()
+            self.serve_connection(socket.socket(fileno=fd), opened=True)
+        if board is not None:
+            board.received(len(fds))
 
-    def serve_connection(self, sock: socket.socket, addr: Any = None) -> gevent.Greenlet:
-        """Serve an already-accepted connection (handoff dispatch)."""
+    def serve_connection(
+        self, sock: socket.socket, addr: Any = None, opened: bool = False
+    ) -> gevent.Greenlet:
+        """Serve an already-accepted connection (handoff dispatch); ``opened``: already
+        counted in the scoreboard entry."""
         self._ensure_watchdog()
         gs = _cooperative(sock)
         if addr is None:
@@ -129,13 +212,16 @@ class Server:
                 addr = gs.getpeername()
             except OSError:
                 addr = ""
-        return self.pool.spawn(self._handle, gs, addr)
+        return self.pool.spawn(self._handle, gs, addr, opened)
 
     def _accept_loop(self, lsock: gevent.socket.socket) -> None:
         pool = self.pool
         is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+        gated = self.admission is not None
         while not self.draining:
             pool.wait_available()  # a full worker leaves connections in the backlog
+            if gated:
+                self._gate()
             try:
                 csock, addr = lsock.accept()
             except OSError as exc:
@@ -148,14 +234,18 @@ class Server:
             if is_tcp:
                 csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             pool.spawn(self._handle, csock, addr)
-            if self.shared_accept:
+            if self.shared_accept or gated:
+                # Shared: spread a burst over the workers. Gated: let it read its request
+                # (and be admitted, queued or refused) before the next accept.
                 gevent.sleep(0)
 
-    def _handle(self, sock: gevent.socket.socket, addr: Any) -> None:
+    def _handle(self, sock: gevent.socket.socket, addr: Any, opened: bool = False) -> None:
         conn = Connection(self, sock, addr)
         self.connections.add(conn)
+        if self.guard is not None:  # accepted from a listener (or parked): the gate's
+            self.young.append((time.monotonic(), conn))
         board = self.board
-        if board is not None:
+        if board is not None and not opened:
             board.connection_opened()
         try:
             conn.serve()
@@ -219,6 +309,9 @@ class Server:
         if self.draining:
             return
         self.draining = True
+        if self.guard is not None:
+            self.guard.stop()
+            self._take_parked()  # served by this drain like the connections queued below
         for g in self._accepters:
             g.kill(block=False)
         if self.listeners or self.channels:
@@ -277,6 +370,8 @@ class Server:
         self.pool.kill(block=True, timeout=1)
         if self._watchdog is not None:
             self._watchdog.kill(block=False)
+        if self._ticker is not None:
+            self._ticker.kill(block=False)
         self._stopped.set()
         return clean
 

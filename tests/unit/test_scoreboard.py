@@ -82,3 +82,18 @@ def test_ready_load_adds_up_a_slots_ready_workers() -> None:
     load = board.ready_load({0, 1}, time.monotonic())
     assert load == {0: (2, 4, 0, 2)}, "fresh connections count as load; a booting worker is not there"
     assert board.ready_load({1}, time.monotonic()) == {}
+
+
+def test_shed_counts_in_word_32_and_queued_requests_count_as_load() -> None:
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, slot=0)
+    entry = board.handle(i)
+    entry.shed()
+    entry.shed(2)
+    assert board.shed(i) == 3 and board.get(i, sb.COUNTERS) == 3
+    entry.set_state(sb.READY)
+    entry.request_started("GET", b"/a")
+    entry.queued(1)
+    assert board.ready_load({0}, time.monotonic())[0][0] == 2, "in the app, and one waiting"
+    entry.queued(-1)
+    assert board.ready_load({0}, time.monotonic())[0][0] == 1

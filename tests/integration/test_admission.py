@@ -1,0 +1,67 @@
+"""--max-concurrency / --queue-size hold while the view blocks the worker's loop, in every
+dispatch mode: past both limits a client gets 503 with Retry-After while the first request is
+still being computed, not its turn after the requests before it."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+
+import pytest
+
+from tests.helpers import DISPATCH_MODES, HOST, free_port
+from tests.integration.conftest import StartServer
+
+CLIENTS = 8
+
+
+def _wave(port: int, path: str, n: int) -> list[tuple[int, str | None]]:
+    """``n`` concurrent GETs of ``path``: (status, Retry-After) in the order the answers came."""
+    results: list[tuple[int, str | None]] = []
+    lock = threading.Lock()
+    go = threading.Barrier(n)
+
+    def one() -> None:
+        conn = http.client.HTTPConnection(HOST, port, timeout=30)
+        try:
+            go.wait(timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            resp.read()
+            with lock:
+                results.append((resp.status, resp.getheader("Retry-After")))
+        except OSError as exc:
+            with lock:
+                results.append((0, repr(exc)))
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=one) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    return results
+
+
+@pytest.mark.parametrize("mode", DISPATCH_MODES)
+def test_full_worker_answers_503_while_its_view_blocks_the_loop(start_server: StartServer, mode: str) -> None:
+    flags = ["--max-concurrency", "1", "--queue-size", "1", "--dispatch", mode]
+    stats_port = free_port()
+    if mode == "proxy":
+        flags += ["--stats-bind", f"{HOST}:{stats_port}"]
+    srv = start_server("tests.apps_blocking:app", *flags)
+    results = _wave(srv.port, "/burn/1.5", CLIENTS)
+    statuses = [s for s, _ in results]
+    assert len(results) == CLIENTS and set(statuses) <= {200, 503}, (results, srv.log_text())
+    served = statuses.count(200)
+    assert 1 <= served <= 2, results  # one place, one in the queue
+    # Every 503 came before the first 200: while the first request was still being computed.
+    assert statuses == [503] * (CLIENTS - served) + [200] * served, results
+    assert all(ra == "1" for s, ra in results if s == 503), results
+    if mode == "proxy":  # the proxy answered them, and counts them
+        conn = http.client.HTTPConnection(HOST, stats_port, timeout=10)
+        conn.request("GET", "/lb-stats")
+        assert json.loads(conn.getresponse().read())["shed"] == CLIENTS - served
+        conn.close()
