@@ -1,10 +1,12 @@
 """The proxy process: event loop, backends (local worker slots and remote hosts), health
-checks, the admin endpoints, and a graceful stop.
+checks, the admin documents, and a graceful stop.
 
 Forked by the master like the handoff dispatcher and supervised the same way (heartbeat on
 the scoreboard; a dead proxy is replaced while the master keeps the listeners): :class:`ProxyChild`
 is its side of the child-process contract (prefork_lb.child), :class:`ProxyProcess` the proxy. It never
-imports the user's app: it only knows addresses.
+imports the user's app: it only knows addresses. Its /lb-health and /lb-stats documents go to
+the admin process (prefork_lb.admin, which serves --stats-bind) over a private channel, or to
+clients of the public listeners with --stats-bind public.
 
 Local workers (--dispatch proxy) are read from the scoreboard every :data:`SYNC` seconds: an
 entry's SLOT and PORT name the backend ``127.0.0.1:PORT``; a slot with no ready worker is
@@ -69,8 +71,10 @@ class ProxyProcess:
         child: ChildProcess | None,
         secret: bytes | None,
         loop: asyncio.AbstractEventLoop,
+        stats_link: socket.socket | None = None,
     ) -> None:
         self.cfg = cfg
+        self.stats_link = stats_link  # the admin process asks for our documents here
         self.loop = loop
         self.listeners = listeners
         self.admin = admin
@@ -227,6 +231,14 @@ class ProxyProcess:
             "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()],
         }
 
+    def document(self, what: str) -> dict[str, Any] | None:
+        """What the admin process asked for over its channel (prefork_lb.admin.link)."""
+        if what == "health":
+            return self.health_doc()
+        if what == "stats":
+            return self.stats_doc()
+        return None
+
     def admin_response(self, req: Any) -> bytes:
         path = req.split_target()[0]
         if req.method not in ("GET", "HEAD"):
@@ -264,6 +276,12 @@ class ProxyProcess:
         for s in self.admin:
             s.setblocking(False)
             self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
+        link = self.stats_link
+        if link is not None:
+            from prefork_lb.admin.link import answer
+
+            link.setblocking(False)
+            loop.add_reader(link.fileno(), answer, link, self.document)
         self.sync()
         self.tasks.append(loop.create_task(self.ticker()))
         for b in list(proxy.backends.values()):
@@ -345,11 +363,13 @@ class ProxyChild(ChildProcess):
         listeners: list[socket.socket],
         admin: list[socket.socket],
         secret: bytes | None,
+        stats_link: socket.socket | None = None,
     ) -> None:
         super().__init__(ctx)
         self.listeners = listeners
         self.admin = admin
         self.secret = secret
+        self.stats_link = stats_link
         self.loop: asyncio.AbstractEventLoop | None = None
         self.proc: ProxyProcess | None = None
 
@@ -357,7 +377,7 @@ class ProxyChild(ChildProcess):
         self.loop = loop = new_loop(self.cfg.proxy_loop)
         asyncio.set_event_loop(loop)
         self.proc = ProxyProcess(
-            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop
+            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop, self.stats_link
         )
         return 0
 

@@ -33,17 +33,6 @@ class ProxySettings:
         default_doc="none",
     )
 
-    stats_bind = Setting(
-        str,
-        "127.0.0.1:9000",
-        "Admin address of the proxy, serving /lb-health and /lb-stats (JSON). 'off' disables it; "
-        "'public' serves them on the public listeners instead (otherwise those paths are "
-        "forwarded to backends like any other).",
-        flags=("--stats-bind",),
-        section="Proxy",
-        metavar="ADDRESS",
-    )
-
     worker_base_port = Setting(
         non_negative_int,
         0,
