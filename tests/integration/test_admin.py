@@ -101,7 +101,9 @@ def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str)
         assert http_get(srv.port)[0] == 200
     # A worker counts a request once its response is sent: the client may read it first.
     requests = "prefork_lb_requests_total"
-    wait_for(lambda: total(scrape(admin), requests) >= total(before, requests) + n, 5, f"{n} requests counted")
+    wait_for(
+        lambda: total(scrape(admin), requests) >= total(before, requests) + n, 5, f"{n} requests counted"
+    )
     after = scrape(admin)
     assert total(after, requests) - total(before, requests) == n
     assert total(after, requests, code="2xx") - total(before, requests, code="2xx") == n
