@@ -75,6 +75,7 @@ class DispatchMode:
     name: ClassVar[str] = ""
     helper_role: ClassVar[str | None] = None  # the helper process's name, None when there is none
     shared_accept: ClassVar[bool] = False  # workers take turns accepting (see worker.server.Server)
+    admin_public: ClassVar[bool] = False  # --stats-bind public: the helper answers on the public port
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -97,6 +98,8 @@ class DispatchMode:
         """The --stats-bind listener, unless 'off' or 'public'. The default address taken (by
         another server on this machine) is a warning, not a failure; an explicit one fails."""
         value = self.cfg.stats_bind
+        if value == "public" and not self.admin_public:
+            raise BindError(f"--stats-bind public needs --dispatch proxy (this is --dispatch {self.name})")
         if value in ("off", "public", ""):
             return
         setting = flag_and_default(self.cfg, "stats_bind")

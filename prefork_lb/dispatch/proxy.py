@@ -30,6 +30,7 @@ WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive conne
 class ProxyMode(DispatchMode):
     name: ClassVar[str] = "proxy"
     helper_role: ClassVar[str | None] = "proxy"
+    admin_public: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)

@@ -52,7 +52,7 @@ class AdminSettings:
         "the default address is taken the server starts without it (a warning says so); an "
         "address given explicitly must be free. With --dispatch proxy, 'public' serves /lb-health "
         "and /lb-stats on the public listeners instead (otherwise those paths are forwarded to "
-        "backends like any other) and starts no admin process.",
+        "backends like any other) and starts no admin process (an error in the other modes).",
         flags=("--stats-bind",),
         section="Admin",
         metavar="ADDRESS",

@@ -189,6 +189,7 @@ def test_a_dead_workers_counts_stay_in_the_totals(admin_server: Any) -> None:
         (["--stats-bind", "nowhere"], "invalid value 'nowhere' for stats_bind"),
         (["--stats-bind", "127.0.0.1:99999"], "invalid port"),
         (["--stats-bind", "fd://3"], "fd:// is not supported"),
+        (["--stats-bind", "public"], "--stats-bind public needs --dispatch proxy"),
         (["--stats-token", "short"], "must be 16 to 512 characters"),
         (["--stats-token", "has spaces in it, sixteen+"], "may hold only"),
     ],

@@ -125,3 +125,14 @@ def test_workers_believe_their_proxy_whatever_forwarded_allow_ips_lists(make_mod
     mode.configure_worker(options)
     assert "127.0.0.1" in options.trusted_peers
     assert "10.9.9.9" not in options.trusted_peers
+
+
+def test_stats_bind_public_is_for_the_proxy_only(make_mode) -> None:
+    """Issue 13: without a proxy nothing could answer on the public port: one clear line."""
+    public = make_mode("proxy", stats_bind="public")
+    public.bind([parse_address("127.0.0.1:0")], 1)
+    assert public.sockets.admin == [] and public.admin_sockets() == []
+    shared = make_mode("shared", stats_bind="public")
+    with pytest.raises(BindError) as info:
+        shared.bind([parse_address("127.0.0.1:0")], 1)
+    assert str(info.value) == "--stats-bind public needs --dispatch proxy (this is --dispatch shared)"
