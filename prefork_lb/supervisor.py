@@ -6,9 +6,10 @@ them), no event loop. Every method is driven by the arbiter's loop, and every sy
 makes (fork, kill, waitpid, the clock) is injected, so its logic runs in tests without a fork.
 
 Slots: a worker serves a *slot*, a position in the dispatch; the helper process (the handoff
-dispatcher or the proxy) has slot HELPER_SLOT, the admin process (--stats-bind) ADMIN_SLOT. A slot can briefly have two processes: the old
-one draining and its replacement (rolling reload, max-requests recycling). A replacement
-starts first and its predecessor is asked to drain only once it is ready.
+dispatcher or the proxy) has slot HELPER_SLOT, the admin process (--stats-bind) ADMIN_SLOT. A
+slot can briefly have two processes: the old one draining and its replacement (rolling reload,
+max-requests recycling). A replacement starts first and its predecessor is asked to drain only
+once it is ready.
 """
 
 from __future__ import annotations
@@ -440,7 +441,7 @@ class Supervisor:
             # writes there any more), so no counter on /metrics goes back.
             self.totals.reaped(self.board, w.entry, w.slot)
             self.hook("child_exit", self, w)
-            if w.abort_at and not w.replaced_by:
+            if w.abort_at and not self.live_for_slot(w.slot):
                 self.spawn_reason[w.slot] = "timeout"
             if w.term_at:
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
@@ -488,7 +489,8 @@ class Supervisor:
         # is replaced at once: its slot may have connections waiting.
         now = self.clock()
         old = self.predecessor(w)
-        self.spawn_reason[w.slot] = "crash"
+        if not self.live_for_slot(w.slot):
+            self.spawn_reason[w.slot] = "crash"
         if w.slot >= 0 and not w.ready:
             self.totals.count(tt.BOOT_FAILED)
         if not w.ready or (code > 0 and now - w.started < 1.0):

@@ -117,3 +117,24 @@ def test_a_reaped_workers_counters_join_its_slots_totals(fake: FakeOS, arb: Arbi
     assert counts[1][sb.BY_STATUS - sb.COUNTERS + 2] == 3  # 2xx
     arb.manage()  # its replacement starts from zero; the slot's total does not
     assert arb.totals.read_counters(arb.board)[1][sb.BY_STATUS - sb.COUNTERS + 2] == 3
+
+
+def test_a_worker_aborted_by_the_watchdog_is_counted_and_replaced_for_timeout(
+    fake: FakeOS, arb: Arbiter
+) -> None:
+    import time
+
+    from prefork_lb.admin import totals as tt
+
+    arb.manage()
+    ready_all(arb)
+    arb.manage()
+    stuck = pid_in(arb, 0)
+    arb.board.putf(arb.workers[stuck].entry, sb.HEARTBEAT, time.monotonic() - 1000)
+    arb.check_timeouts()
+    assert fake.signals_to(stuck) == [signal.SIGABRT]
+    fake.exit(stuck, signum=signal.SIGABRT)
+    arb.reap()
+    arb.manage()
+    assert arb.totals.q[tt.TIMEOUTS] == 1
+    assert arb.totals.spawns()["timeout"] == 1 and arb.totals.spawns()["crash"] == 0
