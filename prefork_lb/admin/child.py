@@ -68,7 +68,9 @@ class AdminChild(ChildProcess):
 
             def proxy_docs() -> dict[str, Any] | None:
                 stats = link.ask("stats")
-                return None if stats is None else {"stats": stats, "health": link.ask("health")}
+                if stats is None:
+                    return None
+                return {"stats": stats, "health": link.ask("health"), "metrics": link.ask("metrics")}
 
             proxy = proxy_docs
         return ServerCollector(self.ctx.board, self.totals, self.dispatch, self.helper_role, proxy)

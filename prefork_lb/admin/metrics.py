@@ -264,6 +264,29 @@ class ServerCollector:
         yield info
 
 
+def backend_pools(doc: dict[str, Any]) -> Iterator[Metric]:
+    """The proxy's upstream pools and per-backend latency histograms (its "metrics" answer)."""
+    idle = GaugeMetricFamily(
+        PREFIX + "backend_idle_connections", "Idle upstream connections.", labels=["backend"]
+    )
+    connecting = GaugeMetricFamily(
+        PREFIX + "backend_connecting", "Upstream connections being opened.", labels=["backend"]
+    )
+    hist = HistogramMetricFamily(
+        PREFIX + "backend_latency_seconds",
+        "Backend response latency (each sample at its HdrHistogram bucket's midpoint, within 3.2%).",
+        labels=["backend"],
+    )
+    bounds = [str(float(b)) for b in doc.get("bounds", [])] + ["+Inf"]
+    for name, b in sorted((doc.get("backends") or {}).items()):
+        idle.add_metric([name], b.get("idle", 0))
+        connecting.add_metric([name], b.get("connecting", 0))
+        counts = list(b.get("buckets", [])) + [b.get("count", 0)]
+        if len(counts) == len(bounds):
+            hist.add_metric([name], list(zip(bounds, counts, strict=True)), b.get("sum", 0.0))
+    yield from (idle, connecting, hist)
+
+
 def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
     """The proxy's per-backend numbers, from its /lb-stats and /lb-health documents."""
     stats = docs.get("stats") or {}
@@ -283,7 +306,7 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
         labels=["backend", "code"],
     )
     latency = GaugeMetricFamily(
-        PREFIX + "backend_latency_seconds",
+        PREFIX + "backend_latency_quantile_seconds",
         "Latency percentiles of the backend's responses since the proxy started.",
         labels=["backend", "quantile"],
     )
@@ -308,6 +331,7 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
         flying.add_metric([str(b["name"])], b.get("in_flight", 0))
     yield from fams.values()
     yield from (responses, latency, up, flying)
+    yield from backend_pools(docs.get("metrics") or {})
     if stats:
         yield GaugeMetricFamily(
             PREFIX + "proxy_connections_active",

@@ -237,7 +237,25 @@ class ProxyProcess:
             return self.health_doc()
         if what == "stats":
             return self.stats_doc()
+        if what == "metrics":
+            return self.metrics_doc()
         return None
+
+    def metrics_doc(self) -> dict[str, Any]:
+        """What /metrics shows beyond /lb-stats: per backend, its pool and a latency histogram
+        at the workers' bucket bounds."""
+        backends = {}
+        for b in self.proxy.backends.values():
+            h = b.stats.histogram
+            counts, total = h.cumulative(sb.DURATION_BUCKETS)
+            backends[b.key] = {
+                "idle": len(b.idle),
+                "connecting": b.connecting,
+                "buckets": counts,
+                "count": h.count,
+                "sum": total,
+            }
+        return {"bounds": list(sb.DURATION_BUCKETS), "backends": backends}
 
     def admin_response(self, req: Any) -> bytes:
         path = req.split_target()[0]

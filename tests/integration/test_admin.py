@@ -118,6 +118,11 @@ def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str)
     assert total(after, "prefork_lb_build_info", dispatch=mode) == 1
     assert total(after, "prefork_lb_worker_spawns_total", reason="start") == 2
     assert total(after, "prefork_lb_process_resident_memory_bytes", role="master") > 0
+    if mode == "proxy":  # the proxy's per-backend numbers, asked over its channel
+        for name in ("prefork_lb_backend_requests_total", "prefork_lb_backend_latency_seconds_count"):
+            wait_for(lambda n_=name: total(scrape(admin), n_) - total(before, n_) >= n, 5, name)
+            assert total(scrape(admin), name) - total(before, name) == n, name
+        assert total(after, "prefork_lb_backend_up") == 2
 
 
 @pytest.mark.parametrize("mode", DISPATCH_MODES)

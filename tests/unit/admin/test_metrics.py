@@ -156,6 +156,12 @@ def test_admission_sheds_and_backends_from_the_proxys_documents() -> None:
             ],
         },
         "health": {"backends": [{"name": "10.0.0.1:80", "healthy": True, "in_flight": 2}]},
+        "metrics": {
+            "bounds": [0.005, 0.01],
+            "backends": {
+                "10.0.0.1:80": {"idle": 3, "connecting": 0, "buckets": [7, 8], "count": 9, "sum": 0.5}
+            },
+        },
     }
     m = scrape(board, totals, proxy=lambda: docs)
     assert m[("prefork_lb_admission_rejected_total", (("worker", "0"),))] == 3
@@ -163,12 +169,21 @@ def test_admission_sheds_and_backends_from_the_proxys_documents() -> None:
     assert m[("prefork_lb_backend_retries_total", (("backend", "10.0.0.1:80"),))] == 2
     assert m[("prefork_lb_backend_responses_total", (("backend", "10.0.0.1:80"), ("code", "5xx")))] == 1
     assert (
-        m[("prefork_lb_backend_latency_seconds", (("backend", "10.0.0.1:80"), ("quantile", "0.5")))] == 0.002
+        m[("prefork_lb_backend_latency_quantile_seconds", (("backend", "10.0.0.1:80"), ("quantile", "0.5")))]
+        == 0.002
     )
-    assert ("prefork_lb_backend_latency_seconds", (("backend", "10.0.0.1:80"), ("quantile", "0.99"))) not in m
+    assert (
+        "prefork_lb_backend_latency_quantile_seconds",
+        (("backend", "10.0.0.1:80"), ("quantile", "0.99")),
+    ) not in m
     assert m[("prefork_lb_backend_up", (("backend", "10.0.0.1:80"),))] == 1
     assert m[("prefork_lb_backend_in_flight", (("backend", "10.0.0.1:80"),))] == 2
     assert m[("prefork_lb_proxy_requests_total", ())] == 9
+    assert m[("prefork_lb_backend_idle_connections", (("backend", "10.0.0.1:80"),))] == 3
+    hist = "prefork_lb_backend_latency_seconds_bucket"
+    assert m[(hist, (("backend", "10.0.0.1:80"), ("le", "0.005")))] == 7
+    assert m[(hist, (("backend", "10.0.0.1:80"), ("le", "+Inf")))] == 9
+    assert m[("prefork_lb_backend_latency_seconds_sum", (("backend", "10.0.0.1:80"),))] == 0.5
 
 
 def test_a_proxy_that_does_not_answer_leaves_out_its_backends() -> None:
