@@ -65,6 +65,7 @@ RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
 _BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
+_FIRST_US = _BUCKETS_US[0]
 assert HISTOGRAM + len(DURATION_BUCKETS) + 1 == RETIRE_REASON
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
@@ -306,7 +307,8 @@ class WorkerEntry:
         q[base + BY_STATUS + status_class] += 1
         q[base + _METHOD_WORD.get(method, _OTHER_METHOD)] += 1
         q[base + DURATION_US] += int(took)
-        q[base + HISTOGRAM + bisect_left(_BUCKETS_US, took)] += 1
+        # Most requests are quicker than the first bound: one comparison instead of a search.
+        q[base + HISTOGRAM + (0 if took <= _FIRST_US else bisect_left(_BUCKETS_US, took))] += 1
         ewma = self.ewma
         self.ewma = ewma = took if ewma == 0.0 else ewma + LATENCY_ALPHA * (took - ewma)
         q[base + LATENCY] = int(ewma)
