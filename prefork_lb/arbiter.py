@@ -176,6 +176,9 @@ class Arbiter(Supervisor):
                 pass
 
     def cleanup(self) -> None:
+        admin_paths = [
+            n for n in (s.getsockname() for s in self.mode.sockets.admin) if isinstance(n, str) and n
+        ]
         for s in self.all_sockets():
             s.close()
         if self.handed_over:
@@ -186,6 +189,11 @@ class Arbiter(Supervisor):
                     os.unlink(a.path)
                 except OSError:
                     pass
+        for path in admin_paths:  # --stats-bind unix:PATH
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
         if self.cfg.pidfile:
             try:
                 with open(self.cfg.pidfile) as f:

@@ -27,6 +27,7 @@ import runpy
 from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from typing import Any
 
+from prefork_lb.settings.admin import AdminSettings
 from prefork_lb.settings.base import (
     COMMAND_LINES,
     COMMANDS,
@@ -56,7 +57,7 @@ __all__ = [
 ]
 
 
-class Config(ServerSettings, ProxySettings, HttpSettings, LogSettings):
+class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSettings):
     """Resolved settings plus the app. Typed attribute access: ``cfg.workers``.
 
     A new config holds every default; :func:`build` layers the sources over them.

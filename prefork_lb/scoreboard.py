@@ -17,13 +17,15 @@ from __future__ import annotations
 
 import mmap
 import time
+from bisect import bisect_left
 from collections.abc import Container
 from typing import NamedTuple
 
 ENTRY_SIZE = 512
 _WORDS = ENTRY_SIZE // 8
 # Layout of an entry: words 0-15 are the fields below; bytes 128-255 the current request line;
-# words 32-63 (bytes 256-511) counters that only grow, for the metrics (issue 13).
+# words 32-62 (bytes 256-503) counters that only grow (the master folds them into its running
+# totals, prefork_lb.admin.totals, when it reaps the process); word 63 why the worker retires.
 # word offsets inside an entry
 (
     PID,
@@ -44,7 +46,27 @@ _WORDS = ENTRY_SIZE // 8
 ) = range(15)  # PORT: --dispatch proxy, the slot's loopback port
 _TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = 128
-COUNTERS = 32  # the first counter word
+COUNTERS = 32  # the first counter word: 503s shed by admission control
+COUNTERS_END = 63  # one past the last counter word (what the master folds)
+# The metrics' counters (prefork_lb.admin.metrics reads them), written by request_finished:
+# requests by status class (none: the client left before any response, 1xx..5xx), by method,
+# their total duration in microseconds, and a histogram of it (one word per bucket of
+# DURATION_BUCKETS, counts not cumulative, the last word past the last bound).
+STATUS_CLASSES = ("none", "1xx", "2xx", "3xx", "4xx", "5xx")
+BY_STATUS = 33  # 33-38
+METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other")
+BY_METHOD = BY_STATUS + len(STATUS_CLASSES)  # 39-46
+DURATION_US = BY_METHOD + len(METHODS)  # 47
+# Prometheus' default buckets, which are chosen for web latency, in seconds.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+HISTOGRAM = DURATION_US + 1  # 48-62: the buckets, then +Inf
+RETIRE_REASON = 63  # why the worker asked to be replaced (RETIRE_REASONS), read by the master
+RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
+_METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
+_OTHER_METHOD = BY_METHOD + len(METHODS) - 1
+_BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
+_FIRST_US = _BUCKETS_US[0]
+assert HISTOGRAM + len(DURATION_BUCKETS) + 1 == RETIRE_REASON
 SHED = COUNTERS  # 503s for a full server (--max-concurrency + --queue-size), by this process
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
@@ -202,6 +224,16 @@ class Scoreboard:
             )
         return out
 
+    def counters(self, i: int) -> list[int]:
+        """Entry ``i``'s counter words (COUNTERS..COUNTERS_END), in order."""
+        base = i * _WORDS
+        return list(self.q[base + COUNTERS : base + COUNTERS_END])
+
+    def retire_reason(self, i: int) -> str:
+        """Why entry ``i``'s worker asked to be replaced (when its state is RETIRING)."""
+        r = self.q[i * _WORDS + RETIRE_REASON]
+        return RETIRE_REASONS[r] if 0 <= r < len(RETIRE_REASONS) else RETIRE_REASONS[0]
+
     def current_request(self, i: int) -> str:
         start = i * ENTRY_SIZE + _TEXT_OFFSET
         n = max(0, min(_TEXT_MAX, self.q[i * _WORDS + TEXT_LEN]))
@@ -268,13 +300,20 @@ class WorkerEntry:
         self.mv[t : t + n] = line
         self.q[base + TEXT_LEN] = n
 
-    def request_finished(self) -> None:
+    def request_finished(self, method: str = "", status_class: int = 0) -> None:
+        """``status_class``: 1-5 for the response sent (1xx-5xx), 0 for none."""
         base = self.base
         self.in_flight -= 1
         q = self.q
         q[base + IN_FLIGHT] = self.in_flight
         q[base + SERVED] += 1
         took = (time.monotonic() - self.d[base + REQ_START]) * 1e6
+        # The metrics: a handful of increments, no lock, no call into prometheus_client.
+        q[base + BY_STATUS + status_class] += 1
+        q[base + _METHOD_WORD.get(method, _OTHER_METHOD)] += 1
+        q[base + DURATION_US] += int(took)
+        # Most requests are quicker than the first bound: one comparison instead of a search.
+        q[base + HISTOGRAM + (0 if took <= _FIRST_US else bisect_left(_BUCKETS_US, took))] += 1
         ewma = self.ewma
         self.ewma = ewma = took if ewma == 0.0 else ewma + LATENCY_ALPHA * (took - ewma)
         q[base + LATENCY] = int(ewma)
@@ -295,6 +334,11 @@ class WorkerEntry:
         self.q[self.base + CONNS] = self.conns
         if not had_request:
             self.first_request()
+
+    def retiring(self, reason: str) -> None:
+        """Ask to be replaced (state RETIRING), saying why (one of RETIRE_REASONS)."""
+        self.q[self.base + RETIRE_REASON] = RETIRE_REASONS.index(reason) if reason in RETIRE_REASONS else 0
+        self.q[self.base + STATE] = RETIRING
 
     def offload(self, busy: int, idle: int) -> None:
         """The worker's offload pool, as of its last heartbeat."""

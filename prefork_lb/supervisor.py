@@ -1,4 +1,5 @@
-"""The master's children: forking them, the supervision tick, reaping, the watchdog, stopping.
+"""The master's children: forking them, the supervision tick, reaping, stopping (the watchdog
+is a mixin: prefork_lb.watchdog).
 
 :class:`Supervisor` is the half of the master (prefork_lb.arbiter.Arbiter) that deals with
 processes and nothing else: no signals of its own, no listeners (the dispatch mode holds
@@ -6,9 +7,10 @@ them), no event loop. Every method is driven by the arbiter's loop, and every sy
 makes (fork, kill, waitpid, the clock) is injected, so its logic runs in tests without a fork.
 
 Slots: a worker serves a *slot*, a position in the dispatch; the helper process (the handoff
-dispatcher or the proxy) has slot HELPER_SLOT. A slot can briefly have two processes: the old
-one draining and its replacement (rolling reload, max-requests recycling). A replacement
-starts first and its predecessor is asked to drain only once it is ready.
+dispatcher or the proxy) has slot HELPER_SLOT, the admin process (--stats-bind) ADMIN_SLOT. A
+slot can briefly have two processes: the old one draining and its replacement (rolling reload,
+max-requests recycling). A replacement starts first and its predecessor is asked to drain only
+once it is ready.
 """
 
 from __future__ import annotations
@@ -23,17 +25,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from prefork_lb import dispatch, request_deadline
+from prefork_lb import dispatch
 from prefork_lb import scoreboard as sb
+from prefork_lb.admin import totals as tt
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
-from prefork_lb.dispatch.base import HELPER_SLOT
+from prefork_lb.dispatch.base import ADMIN_SLOT
 from prefork_lb.sockets import Address, sd_notify
+from prefork_lb.watchdog import ABORT_GRACE as ABORT_GRACE  # re-exported: the arbiter and tests
+from prefork_lb.watchdog import DISPATCHER_SLOT as DISPATCHER_SLOT
+from prefork_lb.watchdog import Watchdog
 
 log = logging.getLogger("prefork_lb.error")
 
-DISPATCHER_SLOT = HELPER_SLOT  # the handoff dispatcher or the proxy: supervised like a worker
-ABORT_GRACE = 2.0  # seconds between SIGABRT and SIGKILL for a stuck worker
 FAST_STOP_GRACE = 3.0  # seconds INT/QUIT gives workers before SIGKILL
 MAX_BACKOFF = 10.0
 # Signals the master handles: blocked across a fork, so a child never runs the master's handlers.
@@ -87,7 +91,7 @@ class BootError(Exception):
         self.code = code
 
 
-class Supervisor:
+class Supervisor(Watchdog):
     """The master's children; the Arbiter adds the listeners' binding, signals and the loop."""
 
     def __init__(
@@ -108,6 +112,10 @@ class Supervisor:
         self.min_workers = cfg.workers
         self.workers: dict[int, WorkerProc] = {}
         self.board = sb.Scoreboard(max(16, 2 * max(self.num_workers, cfg.max_workers) + 8))
+        # What exited processes counted, and the master's own counters, for /metrics.
+        self.totals = tt.Totals(self.board.entries)
+        self.totals.started(self.pid, time.time())
+        self.spawn_reason: dict[int, str] = {}  # slot -> why its next process starts
         self.mode = dispatch.make(cfg)  # everything that differs between --dispatch modes
         self.stopping: str | None = None  # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
@@ -149,10 +157,13 @@ class Supervisor:
 
     # -- workers ------------------------------------------------------------------------------
 
-    def spawn(self, slot: int, replaces: int = 0) -> WorkerProc:
+    def spawn(self, slot: int, replaces: int = 0, reason: str = "start") -> WorkerProc:
         entry = self.board.allocate(0, slot)
-        helper = slot == DISPATCHER_SLOT
-        mine = self.mode.helper_sockets() if helper else self.mode.worker_sockets(slot)
+        helper = slot < 0
+        if slot == ADMIN_SLOT:
+            mine = self.mode.admin_sockets()
+        else:
+            mine = self.mode.helper_sockets() if helper else self.mode.worker_sockets(slot)
         port = 0 if helper else self.mode.slot_port(slot)
         if port:
             self.board.set_port(entry, port)
@@ -165,6 +176,8 @@ class Supervisor:
         self.board.set_pid(entry, pid)
         w.pid = pid
         self.workers[pid] = w
+        if not helper:
+            self.totals.spawned(reason)
         log.debug("Booting %s (pid %d)", self.slot_name(slot), pid)
         return w
 
@@ -206,7 +219,9 @@ class Supervisor:
         )
         try:
             proc: ChildProcess
-            if w.slot == DISPATCHER_SLOT:
+            if w.slot == ADMIN_SLOT:
+                proc = self.mode.admin_process(ctx, self.totals)
+            elif w.slot == DISPATCHER_SLOT:
                 proc = self.mode.helper_process(ctx)
             else:
                 self.hook("post_fork", self, w)
@@ -219,6 +234,8 @@ class Supervisor:
         proc.main()
 
     def slot_name(self, slot: int) -> str:
+        if slot == ADMIN_SLOT:
+            return "admin process"
         if slot != DISPATCHER_SLOT:
             return f"worker {slot}"
         return self.mode.helper_role or "helper"
@@ -231,6 +248,8 @@ class Supervisor:
         slots = list(range(self.num_workers))
         if self.mode.helper_role:
             slots.append(DISPATCHER_SLOT)
+        if self.mode.sockets.admin:
+            slots.append(ADMIN_SLOT)
         return slots
 
     # -- the supervision tick -----------------------------------------------------------------
@@ -238,6 +257,7 @@ class Supervisor:
     def manage(self) -> None:
         now = self.clock()
         slots = self.slots()
+        self.totals.set_target(self.num_workers)
         self.kill_overdue(now)
         self.note_ready()
         self.fill_slots(slots, now)
@@ -271,7 +291,8 @@ class Supervisor:
         """Empty slots (and the helper's) get a process, unless their back-off is not over."""
         for slot in slots:
             if not self.live_for_slot(slot) and now >= self.next_spawn.get(slot, 0.0):
-                self.spawn(slot)
+                reason = self.spawn_reason.pop(slot, "scale" if self.ready_announced else "start")
+                self.spawn(slot, reason=reason)
 
     def replace_outdated(self) -> None:
         """Workers that asked to retire (max-requests, max-rss) or are older than a reload get a
@@ -280,9 +301,11 @@ class Supervisor:
         for w in list(self.workers.values()):
             if w.term_at or w.replaced_by or now < w.retry_at:
                 continue
-            wants_out = self.board.state(w.entry) == sb.RETIRING or w.reload_gen < self.generation
+            reloaded = w.reload_gen < self.generation
+            wants_out = reloaded or self.board.state(w.entry) == sb.RETIRING
             if wants_out and w.slot < self.num_workers:
-                w.replaced_by = self.spawn(w.slot, replaces=w.pid).pid
+                reason = "reload" if reloaded else self.board.retire_reason(w.entry)
+                w.replaced_by = self.spawn(w.slot, replaces=w.pid, reason=reason).pid
 
     def retire_predecessors(self) -> None:
         """A replacement that is ready lets its predecessor drain."""
@@ -301,7 +324,7 @@ class Supervisor:
             return  # recycled, not reloaded
         if old.slot == DISPATCHER_SLOT:
             r.helper = True
-        else:
+        elif old.slot >= 0:
             r.replaced += 1
 
     def note_reload_done(self) -> None:
@@ -339,7 +362,9 @@ class Supervisor:
                 self.pid,
             )
         for s in self.mode.sockets.admin:
-            log.info("Admin endpoints /lb-health and /lb-stats at http://%s:%d", *s.getsockname()[:2])
+            where = s.getsockname()
+            at = f"unix:{where}" if isinstance(where, str) else f"http://{where[0]}:{where[1]}"
+            log.info("Admin endpoints /lb-health, /lb-stats and /metrics at %s", at)
         log.info(self.mode.ready_message(self.num_workers))
         self.hook("when_ready", self)
         sd_notify(f"READY=1\nMAINPID={self.pid}")
@@ -360,6 +385,8 @@ class Supervisor:
         busy = sum(1 for w in serving if self.board.busy(w.entry))
         scaler = self.autoscaler
         change = scaler.decide(now, len(serving), busy, self.num_workers, self.min_workers, top)
+        if change:
+            self.totals.count(tt.SCALE_UP if change > 0 else tt.SCALE_DOWN)
         if change > 0:
             self.add_slot()
             log.info(
@@ -412,8 +439,12 @@ class Supervisor:
                     self.new_master = 0
                     self.handed_over = False
                 continue
-            self.board.clear(w.entry)
+            # Its counters join the running totals as its entry is cleared (it is reaped: nothing
+            # writes there any more), so no counter on /metrics goes back.
+            self.totals.reaped(self.board, w.entry, w.slot)
             self.hook("child_exit", self, w)
+            if w.abort_at and not self.live_for_slot(w.slot):
+                self.spawn_reason[w.slot] = "timeout"
             if w.term_at:
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
                 continue
@@ -427,6 +458,7 @@ class Supervisor:
     def boot_failed(self, w: WorkerProc, code: int) -> None:
         """A worker that could not import the app: stop the master (exit code 2 or 3), unless
         it was a reload's or a recycle's replacement, which leaves the old worker serving."""
+        self.totals.count(tt.BOOT_FAILED)
         message = self.read_boot_message() or f"worker failed to boot ({describe_exit(code)})"
         old = self.predecessor(w)
         if old is not None:
@@ -459,6 +491,10 @@ class Supervisor:
         # is replaced at once: its slot may have connections waiting.
         now = self.clock()
         old = self.predecessor(w)
+        if not self.live_for_slot(w.slot):
+            self.spawn_reason[w.slot] = "crash"
+        if w.slot >= 0 and not w.ready:
+            self.totals.count(tt.BOOT_FAILED)
         if not w.ready or (code > 0 and now - w.started < 1.0):
             self.next_spawn[w.slot] = self.back_off(w.slot)
             if old is not None:  # a replacement: its predecessor serves on, and gets another later
@@ -491,49 +527,6 @@ class Supervisor:
         except (BlockingIOError, OSError):
             return ""
         return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
-
-    def check_timeouts(self) -> None:
-        """--timeout: SIGABRT (a stack dump) for a missed heartbeat, SIGKILL ABORT_GRACE later;
-        --request-timeout: the same for a request past it while its worker's loop is blocked
-        (prefork_lb.request_deadline)."""
-        timeout = self.cfg.timeout
-        now = self.clock()
-        mono = time.monotonic()
-        entries = [w.entry for w in self.workers.values() if w.slot != DISPATCHER_SLOT]
-        late = request_deadline.overdue(
-            request_deadline.clocks(self.board, entries), mono, self.cfg.request_timeout
-        )
-        for w in list(self.workers.values()):
-            if w.abort_at:
-                if now - w.abort_at > ABORT_GRACE:
-                    self.signal_pid(w.pid, signal.SIGKILL)
-                continue
-            age = mono - self.board.heartbeat(w.entry)
-            if w.entry in late:
-                req, elapsed = self.board.current_request(w.entry), mono - self.board.request_start(w.entry)
-                log.critical(
-                    request_deadline.abort_line(w.slot, w.pid, req, self.cfg.request_timeout, elapsed, age)
-                )
-            elif timeout and age > timeout:
-                log.critical(
-                    "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",
-                    w.slot,
-                    w.pid,
-                    age,
-                    self.doing(w),
-                )
-            else:
-                continue
-            w.abort_at = now
-            if not w.term_at:
-                w.term_at = now
-            self.signal_pid(w.pid, signal.SIGABRT)
-
-    def doing(self, w: WorkerProc) -> str:
-        req = self.board.current_request(w.entry) if self.board.in_flight(w.entry) else ""
-        if not req:
-            return "outside any request"
-        return f"while serving {req} (for {time.monotonic() - self.board.request_start(w.entry):.1f} s)"
 
     # -- stopping -----------------------------------------------------------------------------
 

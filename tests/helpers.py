@@ -6,7 +6,8 @@
   :func:`stop_process` (TERM, then KILL of the whole group) and :func:`kill_group` can always
   clean up everything it started, workers included.
 * :func:`server_env`: our environment without the settings that would change a server's
-  behaviour; :func:`start_on_free_port`: retry a start when the port was taken meanwhile.
+  behaviour, and with no admin listener (``PREFORK_LB_STATS_BIND=off``: tests that want one
+  pass ``--stats-bind`` with a free port, which the command line's value overrides); :func:`start_on_free_port`: retry a start when the port was taken meanwhile.
 * :func:`listen_ports` / :func:`unread_connections`: what the kernel holds for a server, to
   poll for "these connections are queued" instead of sleeping until they probably are.
 * ``DISPATCH_MODES``: the modes every mode-parametrized test runs in, read from the package.
@@ -104,12 +105,14 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0, group: bool
 
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for a server: ours without settings that would change its behaviour."""
+    """The environment for a server: ours without settings that would change its behaviour.
+    No admin process unless asked for: servers started at once would share its default port."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
     }
+    env["PREFORK_LB_STATS_BIND"] = "off"
     env.update(extra or {})
     return env
 

@@ -7,6 +7,8 @@ The arbiter holds one :class:`DispatchMode` and asks it, never ``cfg.dispatch``:
 * what a slot's worker gets (:meth:`~DispatchMode.worker_sockets`) and what the helper process
   gets (:meth:`~DispatchMode.helper_sockets`), and the helper itself (:attr:`helper_role`,
   :meth:`~DispatchMode.helper_process`: none, the handoff dispatcher, the proxy);
+* the admin listener (--stats-bind, every mode: :meth:`~DispatchMode.bind_admin`) and what the
+  admin process gets (:meth:`~DispatchMode.admin_sockets`, :meth:`~DispatchMode.admin_link`);
 * resizing (:meth:`~DispatchMode.resize`: slot listeners, SO_REUSEPORT steering, channels);
 * what USR2 hands to the next master (:meth:`~DispatchMode.handover`);
 * inside the worker, how it takes connections (:meth:`~DispatchMode.attach`,
@@ -27,14 +29,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork_lb.settings.base import flag_and_default
-from prefork_lb.sockets import Address, listen, naming
+from prefork_lb.sockets import Address, BindError, listen, naming, parse_address
 
 if TYPE_CHECKING:
+    from prefork_lb.admin.totals import Totals
     from prefork_lb.child import ChildContext, ChildProcess
 
 log = logging.getLogger("prefork_lb.error")
 
 HELPER_SLOT = -1  # the handoff dispatcher or the proxy: supervised like a worker in this slot
+ADMIN_SLOT = -2  # the admin process (--stats-bind), in every mode
 
 
 @dataclass
@@ -45,7 +49,8 @@ class SocketSet:
     shared: list[socket.socket] = field(default_factory=list)  # accepted on by every worker, or the helper
     slots: dict[int, list[socket.socket]] = field(default_factory=dict)  # a slot's own listeners
     channels: dict[int, tuple[socket.socket, socket.socket]] = field(default_factory=dict)  # handoff
-    admin: list[socket.socket] = field(default_factory=list)  # proxy: the --stats-bind listener
+    admin: list[socket.socket] = field(default_factory=list)  # the --stats-bind listener
+    link: list[socket.socket] = field(default_factory=list)  # proxy: its end, the admin's end
 
     def all(self) -> list[socket.socket]:
         return (
@@ -53,6 +58,7 @@ class SocketSet:
             + [s for socks in self.slots.values() for s in socks]
             + [s for pair in self.channels.values() for s in pair]
             + self.admin
+            + self.link
         )
 
 
@@ -69,6 +75,7 @@ class DispatchMode:
     name: ClassVar[str] = ""
     helper_role: ClassVar[str | None] = None  # the helper process's name, None when there is none
     shared_accept: ClassVar[bool] = False  # workers take turns accepting (see worker.server.Server)
+    admin_public: ClassVar[bool] = False  # --stats-bind public: the helper answers on the public port
 
     def __init__(self, cfg: Any) -> None:
         self.cfg = cfg
@@ -85,6 +92,24 @@ class DispatchMode:
                 if self.shares(addr):
                     self.sockets.shared.append(listen(addr, self.cfg.backlog))
         self.resize(num_workers)  # a slot's listeners say which setting they come from
+        self.bind_admin()  # last: a public address that fails leaves nothing bound here
+
+    def bind_admin(self) -> None:
+        """The --stats-bind listener, unless 'off' or 'public'. The default address taken (by
+        another server on this machine) is a warning, not a failure; an explicit one fails."""
+        value = self.cfg.stats_bind
+        if value == "public" and not self.admin_public:
+            raise BindError(f"--stats-bind public needs --dispatch proxy (this is --dispatch {self.name})")
+        if value in ("off", "public", ""):
+            return
+        setting = flag_and_default(self.cfg, "stats_bind")
+        try:
+            with naming(setting):
+                self.sockets.admin = [listen(parse_address(value), 64)]
+        except BindError as exc:
+            if "default" not in setting:
+                raise
+            log.warning("No admin listener: %s; set --stats-bind to another address, or off", exc)
 
     def shares(self, addr: Address) -> bool:
         """Whether an address is one listener shared by all (else one per slot)."""
@@ -105,6 +130,7 @@ class DispatchMode:
         self.sockets.shared = [adopt_fd(fd) for fd in fds]
         self.sockets.addresses = [Address("fd", fd=fd) for fd in fds]
         self.resize(num_workers)
+        self.bind_admin()
         return self
 
     def handover(self) -> dict[str, Any]:
@@ -153,6 +179,21 @@ class DispatchMode:
 
     def helper_process(self, ctx: ChildContext) -> ChildProcess:
         raise NotImplementedError(f"--dispatch {self.name} has no helper process")
+
+    # -- the admin process -------------------------------------------------------------------------
+
+    def admin_link(self) -> socket.socket | None:
+        """The admin process's end of a channel to the helper (the proxy's numbers), or None."""
+        return None
+
+    def admin_sockets(self) -> list[socket.socket]:
+        link = self.admin_link()
+        return self.sockets.admin + ([link] if link is not None else [])
+
+    def admin_process(self, ctx: ChildContext, totals: Totals) -> ChildProcess:
+        from prefork_lb.admin.child import AdminChild
+
+        return AdminChild(ctx, totals, self.name, self.helper_role, self.sockets.admin[0], self.admin_link())
 
     # -- inside the worker ------------------------------------------------------------------------
 

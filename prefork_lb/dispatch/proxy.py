@@ -1,11 +1,11 @@
 """``--dispatch proxy``: the L7 proxy process accepts; each worker slot listens on its own loopback port.
 
-The master binds the public listeners (shared by nobody but the proxy), the --stats-bind admin
-listener, and for each slot a listener on 127.0.0.1 (--worker-base-port + slot, or a port the
+The master binds the public listeners (shared by nobody but the proxy) and for each slot a listener on 127.0.0.1 (--worker-base-port + slot, or a port the
 kernel picks). It keeps them all: connections the proxy makes to a worker being replaced wait
 in that slot's backlog. A slot's port goes on the scoreboard, where the proxy process
 (prefork_lb.proxy.process) finds its backends. With no workers (``prefork_lb proxy``) the proxy
-serves --backends only.
+serves --backends only. The admin process (--stats-bind) asks the proxy for its /lb-health and
+/lb-stats over a private channel the master keeps (prefork_lb.admin.link).
 
 Invariant: one sticky-cookie secret per master (from --sticky-secret, else drawn once), so a
 replaced proxy honours the cookies its predecessor set.
@@ -19,8 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork_lb.dispatch.base import DispatchMode
 from prefork_lb.proxy.peers import TrustedPeers
-from prefork_lb.settings.base import flag_and_default
-from prefork_lb.sockets import Address, listen, naming, parse_address
+from prefork_lb.sockets import Address, listen, naming
 
 if TYPE_CHECKING:
     from prefork_lb.child import ChildContext, ChildProcess
@@ -31,17 +30,12 @@ WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive conne
 class ProxyMode(DispatchMode):
     name: ClassVar[str] = "proxy"
     helper_role: ClassVar[str | None] = "proxy"
+    admin_public: ClassVar[bool] = True
 
     def __init__(self, cfg: Any) -> None:
         super().__init__(cfg)
         secret = getattr(cfg, "sticky_secret", None)
         self.sticky_secret = secret.encode("utf-8") if secret else os.urandom(32)
-
-    def bind(self, addresses: list[Address], num_workers: int) -> None:
-        super().bind(addresses, num_workers)
-        if self.cfg.stats_bind not in ("off", "public", ""):
-            with naming(flag_and_default(self.cfg, "stats_bind")):
-                self.sockets.admin = [listen(parse_address(self.cfg.stats_bind), 64)]
 
     def resize(self, num_workers: int) -> bool:
         for slot in range(num_workers):
@@ -64,12 +58,28 @@ class ProxyMode(DispatchMode):
         return int(self.slot_listeners(slot)[0].getsockname()[1])
 
     def helper_sockets(self) -> list[socket.socket]:
-        return self.sockets.shared + self.sockets.admin
+        return self.sockets.shared + self.links()[:1]
 
     def helper_process(self, ctx: ChildContext) -> ChildProcess:
         from prefork_lb.proxy.process import ProxyChild
 
-        return ProxyChild(ctx, self.sockets.shared, self.sockets.admin, self.sticky_secret)
+        link = self.links()
+        return ProxyChild(
+            ctx, self.sockets.shared, [], self.sticky_secret, stats_link=link[0] if link else None
+        )
+
+    def links(self) -> list[socket.socket]:
+        """The proxy's and the admin process's ends of their channel (prefork_lb.admin.link),
+        made before the first of them is forked; per master, like the handoff channels. None
+        without an admin listener."""
+        if not self.sockets.link and self.sockets.admin:
+            from prefork_lb.admin.link import open_link
+
+            self.sockets.link = list(open_link())
+        return self.sockets.link
+
+    def admin_link(self) -> socket.socket | None:
+        return self.links()[1] if self.sockets.admin else None
 
     def configure_worker(self, options: Any) -> None:
         # Requests keep coming to a draining worker until the proxy reads on the scoreboard

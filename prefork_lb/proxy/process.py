@@ -1,10 +1,12 @@
 """The proxy process: event loop, backends (local worker slots and remote hosts), health
-checks, the admin endpoints, and a graceful stop.
+checks, the admin documents, and a graceful stop.
 
 Forked by the master like the handoff dispatcher and supervised the same way (heartbeat on
 the scoreboard; a dead proxy is replaced while the master keeps the listeners): :class:`ProxyChild`
 is its side of the child-process contract (prefork_lb.child), :class:`ProxyProcess` the proxy. It never
-imports the user's app: it only knows addresses.
+imports the user's app: it only knows addresses. Its /lb-health and /lb-stats documents go to
+the admin process (prefork_lb.admin, which serves --stats-bind) over a private channel, or to
+clients of the public listeners with --stats-bind public.
 
 Local workers (--dispatch proxy) are read from the scoreboard every :data:`SYNC` seconds: an
 entry's SLOT and PORT name the backend ``127.0.0.1:PORT``; a slot with no ready worker is
@@ -70,8 +72,10 @@ class ProxyProcess:
         child: ChildProcess | None,
         secret: bytes | None,
         loop: asyncio.AbstractEventLoop,
+        stats_link: socket.socket | None = None,
     ) -> None:
         self.cfg = cfg
+        self.stats_link = stats_link  # the admin process asks for our documents here
         self.loop = loop
         self.listeners = listeners
         self.admin = admin
@@ -233,6 +237,32 @@ class ProxyProcess:
             "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()],
         }
 
+    def document(self, what: str) -> dict[str, Any] | None:
+        """What the admin process asked for over its channel (prefork_lb.admin.link)."""
+        if what == "health":
+            return self.health_doc()
+        if what == "stats":
+            return self.stats_doc()
+        if what == "metrics":
+            return self.metrics_doc()
+        return None
+
+    def metrics_doc(self) -> dict[str, Any]:
+        """What /metrics shows beyond /lb-stats: per backend, its pool and a latency histogram
+        at the workers' bucket bounds."""
+        backends = {}
+        for b in self.proxy.backends.values():
+            h = b.stats.histogram
+            counts, total = h.cumulative(sb.DURATION_BUCKETS)
+            backends[b.key] = {
+                "idle": len(b.idle),
+                "connecting": b.connecting,
+                "buckets": counts,
+                "count": h.count,
+                "sum": total,
+            }
+        return {"bounds": list(sb.DURATION_BUCKETS), "backends": backends}
+
     def admin_response(self, req: Any) -> bytes:
         path = req.split_target()[0]
         if req.method not in ("GET", "HEAD"):
@@ -270,6 +300,12 @@ class ProxyProcess:
         for s in self.admin:
             s.setblocking(False)
             self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
+        link = self.stats_link
+        if link is not None:
+            from prefork_lb.admin.link import answer
+
+            link.setblocking(False)
+            loop.add_reader(link.fileno(), answer, link, self.document)
         self.sync()
         dns = Resolution(proxy, resolver(loop, cfg.upstream_connect_timeout), cfg.health_check_interval)
         for b in await dns.start(list(proxy.backends.values())):
@@ -354,11 +390,13 @@ class ProxyChild(ChildProcess):
         listeners: list[socket.socket],
         admin: list[socket.socket],
         secret: bytes | None,
+        stats_link: socket.socket | None = None,
     ) -> None:
         super().__init__(ctx)
         self.listeners = listeners
         self.admin = admin
         self.secret = secret
+        self.stats_link = stats_link
         self.loop: asyncio.AbstractEventLoop | None = None
         self.proc: ProxyProcess | None = None
 
@@ -366,7 +404,7 @@ class ProxyChild(ChildProcess):
         self.loop = loop = new_loop(self.cfg.proxy_loop)
         asyncio.set_event_loop(loop)
         self.proc = ProxyProcess(
-            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop
+            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop, self.stats_link
         )
         return 0
 

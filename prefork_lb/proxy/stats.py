@@ -74,6 +74,25 @@ class LatencyHistogram:
             return self.max  # past the range: the largest samples, of which max is one
         return min(max(_midpoint(i), self.min), self.max)
 
+    def cumulative(self, bounds: tuple[float, ...]) -> tuple[list[int], float]:
+        """For /metrics: how many samples are at or below each bound (seconds, ascending),
+        placing each bucket's samples at its midpoint (within 3.2%, as the percentiles), and
+        their approximate sum. Read at scrape time, never on the request path."""
+        counts = [0] * len(bounds)
+        total = 0.0
+        for i, n in enumerate(self.buckets):
+            if not n:
+                continue
+            if i == NBUCKETS - 1:
+                at = self.max
+            else:
+                at = min(max(_midpoint(i), self.min), self.max)
+            total += n * at
+            for j, b in enumerate(bounds):
+                if at <= b:
+                    counts[j] += n
+        return counts, total
+
     def reset(self) -> None:
         self.buckets = [0] * NBUCKETS
         self.count = 0

@@ -36,19 +36,6 @@ class ProxySettings:
         summary="Remote backends of the proxy: HOST:PORT[=WEIGHT],...",
     )
 
-    stats_bind = Setting(
-        str,
-        "127.0.0.1:9000",
-        "Admin address of the proxy, serving /lb-health and /lb-stats (JSON). 'off' disables it; "
-        "'public' serves them on the public listeners instead (otherwise those paths are "
-        "forwarded to backends like any other).",
-        flags=("--stats-bind",),
-        section="Proxy",
-        metavar="ADDRESS",
-        common=True,
-        summary="Admin address of the proxy (/lb-health, /lb-stats); 'off' disables it",
-    )
-
     worker_base_port = Setting(
         non_negative_int,
         0,

@@ -190,10 +190,10 @@ class WorkerChild(ChildProcess):
                 self.stop(True)
                 return
             if rss is not None and not self.retiring and rss.over():
-                self.retire()
+                self.retire("max_rss")
             if limit and not self.retiring and self.server.requests_served >= limit:
                 # Ask the master for a replacement; it sends TERM once that one is ready.
-                self.retire()
+                self.retire("max_requests")
                 log.info(
                     "Worker %d served %d requests: asking to be replaced",
                     os.getpid(),
@@ -201,9 +201,9 @@ class WorkerChild(ChildProcess):
                 )
             gevent.sleep(interval)
 
-    def retire(self) -> None:
+    def retire(self, reason: str) -> None:
         self.retiring = True
-        self.entry.set_state(sb.RETIRING)
+        self.entry.retiring(reason)
 
 
 class RssLimit:

@@ -428,6 +428,7 @@ class Connection(ResponseWriter, BodySource):
         if board is not None:
             board.request_started(req.method, req.target)
         result: Any = None
+        failed = 0  # the status class of an error response we sent (for the metrics)
         deadline = None
         if server.options.request_timeout:
             deadline = gevent.Timeout(server.options.request_timeout, _RequestDeadline(time.monotonic()))
@@ -474,14 +475,17 @@ class Connection(ResponseWriter, BodySource):
         except HTTPError as exc:
             # The body the app was reading turned out malformed or too large.
             if not self.headers_sent:
+                failed = exc.status // 100
                 self._send_error(exc)
             return False
         except (ClientDisconnected, ConnectionError, ReadDeadline):
             return False
         except _RequestDeadline as exc:
+            failed = 0 if self.headers_sent else 5
             self._timed_out(req, env, exc)
             return False
         except Exception:
+            failed = 0 if self.headers_sent else 5
             self._app_failed(req, env, access, t0)
             return False
         finally:
@@ -496,7 +500,10 @@ class Connection(ResponseWriter, BodySource):
             if admission is not None:
                 admission.release()
             if board is not None:
-                board.request_finished()
+                if not failed:
+                    status = self.status  # "200 OK"; None: no response went out
+                    failed = ord(status[0]) - 48 if status and self.headers_sent else 0
+                board.request_finished(req.method, failed if 0 < failed < 6 else 0)
         server.requests_served += 1
         if access is not None:
             access.log(env, self, time.time() - t0)

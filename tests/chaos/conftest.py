@@ -64,7 +64,7 @@ class Server:
         wait_for(lambda: len(self.workers()) == workers, what=f"{workers} workers")
 
     def workers(self) -> list[int]:
-        """Live worker pids: children of the master that are not its dispatcher or proxy."""
+        """Live worker pids: children of the master that are not its dispatcher, proxy or admin process."""
         pids = []
         try:
             children = psutil.Process(self.pid).children()
@@ -73,7 +73,8 @@ class Server:
         for c in children:
             try:
                 title = " ".join(c.cmdline())
-                if c.status() != psutil.STATUS_ZOMBIE and "dispatcher" not in title and "proxy" not in title:
+                helper = any(h in title for h in ("dispatcher", "proxy", "prefork_lb: admin"))
+                if c.status() != psutil.STATUS_ZOMBIE and not helper:
                     pids.append(c.pid)
             except psutil.Error:
                 pass

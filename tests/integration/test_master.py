@@ -32,7 +32,11 @@ from tests.helpers import (
 )
 
 MODES = DISPATCH_MODES
-HELPERS = ("prefork_lb: dispatcher", "prefork_lb: proxy")  # children that are not workers
+HELPERS = (
+    "prefork_lb: dispatcher",
+    "prefork_lb: proxy",
+    "prefork_lb: admin",
+)  # children that are not workers
 
 
 def get(port: int, path: str = "/json", timeout: float = 5.0) -> tuple[int, bytes]:

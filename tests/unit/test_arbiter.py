@@ -231,7 +231,11 @@ def test_fast_stop_sends_quit(fake: FakeOS) -> None:
 
 
 def test_reuseport_gives_each_slot_its_own_listener() -> None:
-    cfg = build({"workers": 2, "dispatch": "reuseport", "bind": ["127.0.0.1:0"]}, environ={}, app_uri="x:app")
+    cfg = build(
+        {"workers": 2, "dispatch": "reuseport", "bind": ["127.0.0.1:0"], "stats_bind": "off"},
+        environ={},
+        app_uri="x:app",
+    )
     arb = Arbiter(cfg)
     try:
         arb.bind()

@@ -150,7 +150,8 @@ class ProxyProcess:
         out = []
         for c in self.children():
             try:
-                if "prefork_lb: proxy" not in " ".join(c.cmdline()):
+                title = " ".join(c.cmdline())
+                if "prefork_lb: proxy" not in title and "prefork_lb: admin" not in title:
                     out.append(c.pid)
             except psutil.NoSuchProcess:
                 pass

@@ -113,7 +113,7 @@ def test_integrated_term_exits_cleanly(integrated: ProxyProcess) -> None:
     p = integrated
     group = p.pid
     kids = [c.pid for c in p.children()]
-    assert len(kids) == 3
+    assert len(kids) == 4  # the proxy, the admin process and two workers
     os.kill(p.pid, signal.SIGTERM)
     assert p.proc is not None
     assert p.proc.wait(15) == 0, p.text()

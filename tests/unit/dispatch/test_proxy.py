@@ -38,12 +38,18 @@ def test_worker_base_port_numbers_the_slots(make_mode) -> None:
     assert mode.slot_port(0) == base
 
 
-def test_admin_listener_goes_to_the_proxy_and_to_the_next_master(make_mode) -> None:
+def test_admin_listener_goes_to_the_admin_process_and_to_the_next_master(make_mode) -> None:
+    """Issue 13: the admin process serves --stats-bind; the proxy answers it over a private
+    channel (one end each), which is per master and never handed over."""
     mode = make_mode("proxy", stats_bind=f"127.0.0.1:{free_port()}")
     mode.bind([parse_address("127.0.0.1:0")], 1)
     (admin,) = mode.sockets.admin
-    assert mode.helper_sockets() == [*mode.sockets.shared, admin]
+    proxy_end, admin_end = mode.links()
+    assert mode.helper_sockets() == [*mode.sockets.shared, proxy_end]
+    assert mode.admin_sockets() == [admin, admin_end]
     assert mode.handover()["admin"] == [admin.fileno()]
+    handed = mode.handover()
+    assert not {proxy_end.fileno(), admin_end.fileno()} & {fd for fds in handed.values() for fd in fds}
 
 
 def test_resize_adds_a_slot_port_and_never_replaces_the_proxy(make_mode) -> None:
@@ -119,3 +125,14 @@ def test_workers_believe_their_proxy_whatever_forwarded_allow_ips_lists(make_mod
     mode.configure_worker(options)
     assert "127.0.0.1" in options.trusted_peers
     assert "10.9.9.9" not in options.trusted_peers
+
+
+def test_stats_bind_public_is_for_the_proxy_only(make_mode) -> None:
+    """Issue 13: without a proxy nothing could answer on the public port: one clear line."""
+    public = make_mode("proxy", stats_bind="public")
+    public.bind([parse_address("127.0.0.1:0")], 1)
+    assert public.sockets.admin == [] and public.admin_sockets() == []
+    shared = make_mode("shared", stats_bind="public")
+    with pytest.raises(BindError) as info:
+        shared.bind([parse_address("127.0.0.1:0")], 1)
+    assert str(info.value) == "--stats-bind public needs --dispatch proxy (this is --dispatch shared)"

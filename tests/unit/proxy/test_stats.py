@@ -127,3 +127,13 @@ def test_underflow_bucket_in_the_middle() -> None:
     for s in (1e-6, 2e-6, 8e-6, 1.0):
         h.record(s)
     assert h.percentile(50) == 5e-6  # the middle of [0, 10 us)
+
+
+def test_cumulative_counts_at_prometheus_bounds() -> None:
+    h = LatencyHistogram()
+    for s in (0.001, 0.002, 0.02, 0.2, 2.0, 200.0):
+        h.record(s)
+    counts, total = h.cumulative((0.005, 0.05, 0.5, 5.0))
+    assert counts == [2, 3, 4, 5]  # the 200 s sample is only in +Inf (the count)
+    assert 200.0 < total < 200.0 + 2.3 * 1.04
+    assert LatencyHistogram().cumulative((1.0,)) == ([0], 0.0)

@@ -1,0 +1,126 @@
+"""The admin process: the --stats-bind listener, in every dispatch mode.
+
+A child of the master like the workers and the helper (prefork_lb.child: the master binds the
+listener and keeps it, supervises this process through its heartbeat on the scoreboard
+(slot ADMIN_SLOT) and starts another when it dies). It never imports the app and never
+serves the public listeners. It reads the scoreboard and the master's totals
+(prefork_lb.admin.totals), and in --dispatch proxy asks the proxy for its documents over a
+private channel (prefork_lb.admin.link).
+
+Routes: ``/lb-health`` and ``/lb-stats`` (JSON), ``/metrics`` (Prometheus text format).
+Something new served here (a dashboard page, an event stream) is one more entry in
+:meth:`AdminChild.routes`; something that pushes (a StatsD client) is one more thread started in
+:meth:`AdminChild.run` reading the same collector.
+
+Threads: the main thread beats and waits for a stop signal; the HTTP server runs in its own
+thread (one more per client connection).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+from typing import Any, ClassVar
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from prefork_lb.admin.documents import health_doc, stats_doc
+from prefork_lb.admin.link import ProxyLink
+from prefork_lb.admin.metrics import ServerCollector
+from prefork_lb.admin.server import AdminServer, Reply, Route, json_reply
+from prefork_lb.admin.totals import Totals
+from prefork_lb.child import ChildContext, ChildProcess
+
+NOT_ANSWERING = "the proxy is not answering (it may be restarting)"
+
+
+class AdminChild(ChildProcess):
+    role: ClassVar[str] = "admin"
+
+    def __init__(
+        self,
+        ctx: ChildContext,
+        totals: Totals,
+        dispatch: str,
+        helper_role: str | None,
+        listener: socket.socket,
+        link: socket.socket | None = None,
+    ) -> None:
+        super().__init__(ctx)
+        self.totals = totals
+        self.dispatch = dispatch
+        self.helper_role = helper_role
+        self.listener = listener
+        self.link = ProxyLink(link) if link is not None else None
+        self.stopping = False
+        self._wake_r = self._wake_w = -1
+        self.server: AdminServer | None = None
+
+    # -- what it serves -------------------------------------------------------------------------
+
+    def collector(self) -> ServerCollector:
+        proxy = None
+        link = self.link
+        if link is not None:
+
+            def proxy_docs() -> dict[str, Any] | None:
+                stats = link.ask("stats")
+                if stats is None:
+                    return None
+                return {"stats": stats, "health": link.ask("health"), "metrics": link.ask("metrics")}
+
+            proxy = proxy_docs
+        return ServerCollector(self.ctx.board, self.totals, self.dispatch, self.helper_role, proxy)
+
+    def routes(self) -> dict[str, Route]:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(self.collector())
+        board, totals, link = self.ctx.board, self.totals, self.link
+
+        def metrics(_req: Any) -> Reply:
+            return Reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+        def health(_req: Any) -> Reply:
+            doc = health_doc(board, totals) if link is None else link.ask("health")
+            if doc is None:
+                doc = {"status": "down", "healthy": 0, "total": 0, "backends": [], "reason": NOT_ANSWERING}
+            return json_reply(doc, 200 if doc.get("healthy") else 503)
+
+        def stats(_req: Any) -> Reply:
+            if link is None:
+                return json_reply(stats_doc(board, totals, self.dispatch))
+            doc = link.ask("stats")
+            return json_reply(doc) if doc is not None else json_reply({"error": NOT_ANSWERING}, 503)
+
+        return {"/lb-health": health, "/lb-stats": stats, "/metrics": metrics}
+
+    # -- the child-process contract -----------------------------------------------------------------
+
+    def boot(self) -> int:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self.server = AdminServer(self.listener, self.cfg.stats_token)
+        self.server.routes.update(self.routes())
+        return 0
+
+    def run(self) -> int:
+        assert self.server is not None
+        threading.Thread(target=self.server.serve_forever, name="admin-http", daemon=True).start()
+        self.notify_ready()
+        interval = max(0.05, min(1.0, (self.cfg.timeout or 4.0) / 4))
+        while not self.stopping:
+            select.select([self._wake_r], [], [], interval)
+            if not self.beat():
+                break  # the master is gone
+        self.server.shutdown()
+        return 0
+
+    def stop(self, graceful: bool) -> None:
+        self.stopping = True
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass

@@ -1,0 +1,193 @@
+"""The /metrics collector on a scoreboard built here: what a scrape shows after workers counted,
+exited and were replaced (prometheus_client's own parser reads the text back)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from prefork_lb import scoreboard as sb
+from prefork_lb.admin.metrics import ServerCollector
+from prefork_lb.admin.totals import Totals
+
+
+def scrape(
+    board: sb.Scoreboard, totals: Totals, **kw: Any
+) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    registry = CollectorRegistry(auto_describe=False)
+    info = kw.pop("process_info", lambda pid: (1024.0, 0.5))
+    registry.register(ServerCollector(board, totals, "shared", process_info=info, clock=lambda: 100.0, **kw))
+    text = generate_latest(registry).decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def worker(board: sb.Scoreboard, pid: int, slot: int) -> sb.WorkerEntry:
+    i = board.allocate(0, slot)
+    board.set_pid(i, pid)
+    entry = board.handle(i)
+    entry.set_state(sb.READY)
+    return entry
+
+
+def serve(entry: sb.WorkerEntry, method: str, status_class: int, n: int = 1) -> None:
+    for _ in range(n):
+        entry.request_started(method, b"/")
+        entry.request_finished(method, status_class)
+
+
+def test_requests_by_status_class_method_and_duration() -> None:
+    board, totals = sb.Scoreboard(8), Totals(8)
+    w0 = worker(board, 101, 0)
+    serve(w0, "GET", 2, 3)
+    serve(w0, "POST", 5)
+    serve(w0, "BREW", 4)
+    serve(w0, "GET", 0)  # the client left before any response
+    m = scrape(board, totals)
+    assert m[("prefork_lb_requests_total", (("code", "2xx"), ("worker", "0")))] == 3
+    assert m[("prefork_lb_requests_total", (("code", "5xx"), ("worker", "0")))] == 1
+    assert m[("prefork_lb_requests_total", (("code", "4xx"), ("worker", "0")))] == 1
+    assert m[("prefork_lb_requests_total", (("code", "none"), ("worker", "0")))] == 1
+    assert m[("prefork_lb_requests_by_method_total", (("method", "GET"), ("worker", "0")))] == 4
+    assert m[("prefork_lb_requests_by_method_total", (("method", "other"), ("worker", "0")))] == 1
+    assert m[("prefork_lb_request_duration_seconds_count", (("worker", "0"),))] == 6
+    assert m[("prefork_lb_request_duration_seconds_bucket", (("le", "+Inf"), ("worker", "0")))] == 6
+    assert m[("prefork_lb_request_duration_seconds_bucket", (("le", "10.0"), ("worker", "0")))] == 6
+    assert m[("prefork_lb_requests_in_flight", (("worker", "0"),))] == 0
+
+
+def test_a_slow_request_lands_in_its_bucket() -> None:
+    board, totals = sb.Scoreboard(4), Totals(4)
+    w = worker(board, 7, 0)
+    w.request_started("GET", b"/slow")
+    board.putf(0, sb.REQ_START, board.getf(0, sb.REQ_START) - 0.3)  # started 0.3 s ago
+    w.request_finished("GET", 2)
+    m = scrape(board, totals)
+    assert m[("prefork_lb_request_duration_seconds_bucket", (("le", "0.25"), ("worker", "0")))] == 0
+    assert m[("prefork_lb_request_duration_seconds_bucket", (("le", "0.5"), ("worker", "0")))] == 1
+    assert 0.3 <= m[("prefork_lb_request_duration_seconds_sum", (("worker", "0"),))] < 0.5
+
+
+def test_a_reaped_workers_counts_stay_in_its_slots_totals() -> None:
+    board, totals = sb.Scoreboard(8), Totals(8)
+    old = worker(board, 201, 1)
+    serve(old, "GET", 2, 5)
+    before = scrape(board, totals)[("prefork_lb_requests_total", (("code", "2xx"), ("worker", "1")))]
+    totals.reaped(board, 0, 1)  # what the master does once it reaped pid 201
+    assert board.entries_in_use() == []
+    new = worker(board, 202, 1)
+    serve(new, "GET", 2, 2)
+    m = scrape(board, totals)
+    assert before == 5
+    assert m[("prefork_lb_requests_total", (("code", "2xx"), ("worker", "1")))] == 7
+    assert m[("prefork_lb_request_duration_seconds_count", (("worker", "1"),))] == 7
+    assert ("prefork_lb_worker_heartbeat_age_seconds", (("pid", "201"), ("worker", "1"))) not in m
+    assert ("prefork_lb_worker_heartbeat_age_seconds", (("pid", "202"), ("worker", "1"))) in m
+
+
+def test_the_sequence_lock_makes_a_reader_wait_for_a_fold() -> None:
+    board, totals = sb.Scoreboard(4), Totals(4)
+    serve(worker(board, 5, 0), "GET", 2, 4)
+    totals.q[0] += 1  # a fold in progress (odd): the reader cannot trust what it reads
+    assert totals.read_counters(board, tries=3) == {}
+    totals.q[0] += 1
+    assert sum(totals.read_counters(board)[0][1:7]) == 4
+
+
+def test_workers_master_counters_and_process_gauges() -> None:
+    board, totals = sb.Scoreboard(8), Totals(8)
+    totals.started(99, 1_700_000_000.0)
+    totals.set_target(3)
+    totals.spawned("start")
+    totals.spawned("start")
+    totals.spawned("crash")
+    w = worker(board, 301, 0)
+    board.putf(0, sb.HEARTBEAT, 98.5)
+    booting = board.allocate(302, 1)
+    assert board.state(booting) == sb.BOOTING
+    w.request_started("GET", b"/busy")
+    m = scrape(board, totals)
+    assert m[("prefork_lb_workers_target", ())] == 3
+    assert m[("prefork_lb_workers", (("state", "ready"),))] == 1
+    assert m[("prefork_lb_workers", (("state", "booting"),))] == 1
+    assert m[("prefork_lb_worker_spawns_total", (("reason", "start"),))] == 2
+    assert m[("prefork_lb_worker_spawns_total", (("reason", "crash"),))] == 1
+    assert m[("prefork_lb_worker_heartbeat_age_seconds", (("pid", "301"), ("worker", "0")))] == 1.5
+    assert m[("prefork_lb_worker_state", (("pid", "301"), ("state", "ready"), ("worker", "0")))] == 1
+    assert m[("prefork_lb_requests_in_flight", (("worker", "0"),))] == 1
+    assert (
+        m[("prefork_lb_process_resident_memory_bytes", (("pid", "301"), ("role", "worker"), ("worker", "0")))]
+        == 1024
+    )
+    assert (
+        m[("prefork_lb_process_cpu_seconds_total", (("pid", "99"), ("role", "master"), ("worker", "")))]
+        == 0.5
+    )
+    assert m[("prefork_lb_master_start_time_seconds", ())] == 1_700_000_000.0
+    build = [k for k in m if k[0] == "prefork_lb_build_info"]
+    assert len(build) == 1 and ("dispatch", "shared") in build[0][1]
+
+
+def test_admission_sheds_and_backends_from_the_proxys_documents() -> None:
+    board, totals = sb.Scoreboard(4), Totals(4)
+    worker(board, 401, 0)
+    board.put(0, sb.COUNTERS, 3)  # the admission helper's 503 counter
+    docs = {
+        "stats": {
+            "requests": 9,
+            "active_connections": 1,
+            "queued": 0,
+            "backends": [
+                {
+                    "name": "10.0.0.1:80",
+                    "requests": 9,
+                    "errors": 1,
+                    "retries": 2,
+                    "websockets": 0,
+                    "pipelined": 0,
+                    "responses": {"2xx": 8, "3xx": 0, "4xx": 0, "5xx": 1},
+                    "latency_ms": {"p50": 2.0, "p90": 4.0, "p99": None, "max": 9.0},
+                }
+            ],
+        },
+        "health": {"backends": [{"name": "10.0.0.1:80", "healthy": True, "in_flight": 2}]},
+        "metrics": {
+            "bounds": [0.005, 0.01],
+            "backends": {
+                "10.0.0.1:80": {"idle": 3, "connecting": 0, "buckets": [7, 8], "count": 9, "sum": 0.5}
+            },
+        },
+    }
+    m = scrape(board, totals, proxy=lambda: docs)
+    assert m[("prefork_lb_admission_rejected_total", (("worker", "0"),))] == 3
+    assert m[("prefork_lb_backend_requests_total", (("backend", "10.0.0.1:80"),))] == 9
+    assert m[("prefork_lb_backend_retries_total", (("backend", "10.0.0.1:80"),))] == 2
+    assert m[("prefork_lb_backend_responses_total", (("backend", "10.0.0.1:80"), ("code", "5xx")))] == 1
+    assert (
+        m[("prefork_lb_backend_latency_quantile_seconds", (("backend", "10.0.0.1:80"), ("quantile", "0.5")))]
+        == 0.002
+    )
+    assert (
+        "prefork_lb_backend_latency_quantile_seconds",
+        (("backend", "10.0.0.1:80"), ("quantile", "0.99")),
+    ) not in m
+    assert m[("prefork_lb_backend_up", (("backend", "10.0.0.1:80"),))] == 1
+    assert m[("prefork_lb_backend_in_flight", (("backend", "10.0.0.1:80"),))] == 2
+    assert m[("prefork_lb_proxy_requests_total", ())] == 9
+    assert m[("prefork_lb_backend_idle_connections", (("backend", "10.0.0.1:80"),))] == 3
+    hist = "prefork_lb_backend_latency_seconds_bucket"
+    assert m[(hist, (("backend", "10.0.0.1:80"), ("le", "0.005")))] == 7
+    assert m[(hist, (("backend", "10.0.0.1:80"), ("le", "+Inf")))] == 9
+    assert m[("prefork_lb_backend_latency_seconds_sum", (("backend", "10.0.0.1:80"),))] == 0.5
+
+
+def test_a_proxy_that_does_not_answer_leaves_out_its_backends() -> None:
+    board, totals = sb.Scoreboard(4), Totals(4)
+    m = scrape(board, totals, proxy=lambda: None)
+    assert not [k for k in m if k[0].startswith("prefork_lb_backend_")]
+    assert m[("prefork_lb_workers_target", ())] == 0
