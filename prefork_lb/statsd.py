@@ -7,8 +7,8 @@ gunicorn's where gunicorn has one, so dashboards built on them keep working:
 
 =================================  =====  =============================================
 ``gunicorn.requests``              ``c``  requests answered since the last push
-``gunicorn.request.status.NNN``    ``c``  by status code (``NNN`` as the scoreboard counts
-                                          it: ``2xx``-style classes, see docs)
+``gunicorn.request.status.2xx``    ``c``  by status class (gunicorn: one per code; the
+                                          workers count classes)
 ``gunicorn.request.duration``      ``ms`` request durations, as histogram samples
 ``gunicorn.workers``               ``g``  worker processes running
 =================================  =====  =============================================
