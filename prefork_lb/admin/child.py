@@ -7,7 +7,9 @@ serves the public listeners. It reads the scoreboard and the master's totals
 (prefork_lb.admin.totals), and in --dispatch proxy asks the proxy for its documents over a
 private channel (prefork_lb.admin.link).
 
-Routes: ``/lb-health`` and ``/lb-stats`` (JSON), ``/metrics`` (Prometheus text format).
+Routes: ``/lb-health`` and ``/lb-stats`` (JSON), ``/metrics`` (Prometheus text format), the
+live dashboard at ``/`` with the document it polls, ``/dashboard.json`` (prefork_lb.admin.dashboard).
+With --statsd-host a thread pushes StatsD lines (prefork_lb.statsd) from the same shared memory.
 Something new served here (a dashboard page, an event stream) is one more entry in
 :meth:`AdminChild.routes`; something that pushes (a StatsD client) is one more thread started in
 :meth:`AdminChild.run` reading the same collector.
@@ -27,12 +29,14 @@ from typing import Any, ClassVar
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from prefork_lb.admin.dashboard import dashboard_doc, page, statsd_sample
 from prefork_lb.admin.documents import health_doc, stats_doc
 from prefork_lb.admin.link import ProxyLink
-from prefork_lb.admin.metrics import ServerCollector
+from prefork_lb.admin.metrics import ServerCollector, psutil_info
 from prefork_lb.admin.server import AdminServer, Reply, Route, json_reply
 from prefork_lb.admin.totals import Totals
 from prefork_lb.child import ChildContext, ChildProcess
+from prefork_lb.statsd import Pusher, parse_target
 
 NOT_ANSWERING = "the proxy is not answering (it may be restarting)"
 
@@ -56,6 +60,7 @@ class AdminChild(ChildProcess):
         self.listener = listener
         self.link = ProxyLink(link) if link is not None else None
         self.stopping = False
+        self._stop_event = threading.Event()
         self._wake_r = self._wake_w = -1
         self.server: AdminServer | None = None
 
@@ -95,7 +100,43 @@ class AdminChild(ChildProcess):
             doc = link.ask("stats")
             return json_reply(doc) if doc is not None else json_reply({"error": NOT_ANSWERING}, 503)
 
-        return {"/lb-health": health, "/lb-stats": stats, "/metrics": metrics}
+        proxy_docs = self.proxy_docs
+
+        def dashboard_page(_req: Any) -> Reply:
+            return Reply(200, page(), "text/html; charset=utf-8")
+
+        def dashboard_data(_req: Any) -> Reply:
+            docs = proxy_docs() if link is not None else None
+            return json_reply(dashboard_doc(board, totals, self.dispatch, psutil_info, docs))
+
+        return {
+            "/lb-health": health,
+            "/lb-stats": stats,
+            "/metrics": metrics,
+            "/": dashboard_page,
+            "/dashboard.json": dashboard_data,
+        }
+
+    def proxy_docs(self) -> dict[str, Any] | None:
+        """The proxy's /lb-stats and /lb-health (None without a proxy, or while it does not answer)."""
+        link = self.link
+        if link is None:
+            return None
+        stats = link.ask("stats")
+        return None if stats is None else {"stats": stats, "health": link.ask("health")}
+
+    def push_statsd(self) -> None:
+        """The StatsD thread: once per --statsd-interval, what changed since the last push."""
+        cfg = self.cfg
+        pusher = Pusher(parse_target(cfg.statsd_host), cfg.statsd_prefix, cfg.dogstatsd_tags)
+        board, totals = self.ctx.board, self.totals
+        try:
+            while not self.stopping:
+                pusher.push(statsd_sample(board, totals))
+                self._stop_event.wait(cfg.statsd_interval)
+            pusher.push(statsd_sample(board, totals))  # the last counts before a stop
+        finally:
+            pusher.close()
 
     # -- the child-process contract -----------------------------------------------------------------
 
@@ -104,22 +145,31 @@ class AdminChild(ChildProcess):
         os.set_blocking(self._wake_w, False)
         self.server = AdminServer(self.listener, self.cfg.stats_token)
         self.server.routes.update(self.routes())
+        self.server.public.add("/")
         return 0
 
     def run(self) -> int:
         assert self.server is not None
         threading.Thread(target=self.server.serve_forever, name="admin-http", daemon=True).start()
+        pushing = None
+        if self.cfg.statsd_host:
+            pushing = threading.Thread(target=self.push_statsd, name="admin-statsd", daemon=True)
+            pushing.start()
         self.notify_ready()
         interval = max(0.05, min(1.0, (self.cfg.timeout or 4.0) / 4))
         while not self.stopping:
             select.select([self._wake_r], [], [], interval)
             if not self.beat():
                 break  # the master is gone
+        self._stop_event.set()
+        if pushing is not None:
+            pushing.join(2.0)
         self.server.shutdown()
         return 0
 
     def stop(self, graceful: bool) -> None:
         self.stopping = True
+        self._stop_event.set()
         try:
             os.write(self._wake_w, b"x")
         except OSError:

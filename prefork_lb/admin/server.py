@@ -8,7 +8,8 @@ one more entry (see prefork_lb.admin.child, which fills the table).
 
 Invariants: only GET and HEAD (405 otherwise); only the paths in the table (404 otherwise);
 with --stats-token every request must carry ``Authorization: Bearer TOKEN`` (401 otherwise,
-before the path is looked at, compared in constant time); a client gets at most
+compared in constant time), except for the paths in :attr:`AdminServer.public` (the dashboard's
+static page, which holds no data and fetches its data with the token); a client gets at most
 :data:`CLIENT_TIMEOUT` seconds per read.
 """
 
@@ -77,6 +78,7 @@ class _Listener(socketserver.ThreadingMixIn, http.server.HTTPServer):
 class AdminServer:
     def __init__(self, sock: socket.socket, token: str | None = None) -> None:
         self.routes: dict[str, Route] = {}
+        self.public: set[str] = set()  # paths served without the token: pages that hold no data
         self.token = token
         sock.setblocking(True)
         self.listener = _Listener(sock, self._handler_class())
@@ -88,11 +90,11 @@ class AdminServer:
         self.listener.shutdown()
 
     def respond(self, handler: http.server.BaseHTTPRequestHandler) -> Reply:
-        if not authorized(handler.headers.get("Authorization"), self.token):
+        path = handler.path.split("?", 1)[0]
+        if path not in self.public and not authorized(handler.headers.get("Authorization"), self.token):
             return text_reply(
                 401, "a bearer token is required", **{"WWW-Authenticate": 'Bearer realm="prefork_lb"'}
             )
-        path = handler.path.split("?", 1)[0]
         route = self.routes.get(path)
         if route is None:
             return text_reply(404, "not found: try " + ", ".join(sorted(self.routes)))

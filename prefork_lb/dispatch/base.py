@@ -101,6 +101,10 @@ class DispatchMode:
         if value == "public" and not self.admin_public:
             raise BindError(f"--stats-bind public needs --dispatch proxy (this is --dispatch {self.name})")
         if value in ("off", "public", ""):
+            if self.cfg.statsd_host:
+                raise BindError(
+                    f"--statsd-host needs the admin process, which --stats-bind {value} does not start"
+                )
             return
         setting = flag_and_default(self.cfg, "stats_bind")
         try:

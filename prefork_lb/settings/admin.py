@@ -1,4 +1,5 @@
-"""The Admin settings: the --stats-bind listener (/lb-health, /lb-stats, /metrics), every mode.
+"""The Admin settings: the --stats-bind listener (/lb-health, /lb-stats, /metrics, the dashboard),
+every mode, and the StatsD push from the admin process.
 
 Declared once here; :class:`prefork_lb.config.Config` inherits them (see prefork_lb.settings).
 """
@@ -41,6 +42,38 @@ def bearer_token(value: Any) -> str | None:
     return text
 
 
+def statsd_target(value: Any) -> str | None:
+    """HOST:PORT, [IPV6]:PORT or unix:PATH (gunicorn's --statsd-host forms)."""
+    if value is None or str(value).strip() in ("", "off"):
+        return None
+    from prefork_lb.statsd import parse_target
+
+    return str(parse_target(str(value)))
+
+
+def tag_list(value: Any) -> str:
+    from prefork_lb.statsd import parse_tags
+
+    return parse_tags(str(value or ""))
+
+
+def prefix_text(value: Any) -> str:
+    text = str(value or "").strip()
+    if len(text) > 200 or any(c.isspace() or c in "|:@#" for c in text):
+        raise ValueError("a StatsD prefix is at most 200 characters, without spaces or | : @ #")
+    return text
+
+
+def push_interval(value: Any) -> float:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected seconds, got {value!r}") from None
+    if not 0.1 <= f <= 3600:
+        raise ValueError(f"must be between 0.1 and 3600 seconds, got {value!r}")
+    return f
+
+
 class AdminSettings:
     """Admin section: where the admin process listens, and who may ask it."""
 
@@ -69,4 +102,45 @@ class AdminSettings:
         section="Admin",
         metavar="TOKEN",
         default_doc="none",
+    )
+
+    statsd_host = Setting(
+        statsd_target,
+        None,
+        "Push metrics to this StatsD server (HOST:PORT over UDP, or unix:PATH), from the admin "
+        "process once per --statsd-interval, with gunicorn's names (gunicorn.requests, "
+        "gunicorn.request.duration, gunicorn.workers, ...): see docs/observability.md. Needs the "
+        "admin process (--stats-bind not off).",
+        flags=("--statsd-host",),
+        section="Admin",
+        metavar="ADDRESS",
+        default_doc="none",
+    )
+
+    statsd_prefix = Setting(
+        prefix_text,
+        "",
+        "Put this in front of every StatsD name (a dot is added), as gunicorn's --statsd-prefix.",
+        flags=("--statsd-prefix",),
+        section="Admin",
+        metavar="PREFIX",
+    )
+
+    dogstatsd_tags = Setting(
+        tag_list,
+        "",
+        "DogStatsD tags added to every StatsD line: comma-separated key:value (or bare) tags, "
+        "as gunicorn's --dogstatsd-tags.",
+        flags=("--dogstatsd-tags",),
+        section="Admin",
+        metavar="TAGS",
+    )
+
+    statsd_interval = Setting(
+        push_interval,
+        1.0,
+        "Seconds between two StatsD pushes (each sends what changed since the last).",
+        flags=("--statsd-interval",),
+        section="Admin",
+        metavar="SECONDS",
     )
