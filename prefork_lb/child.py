@@ -161,6 +161,7 @@ class ChildProcess:
             code = 1
         finally:
             try:
+                self.entry.publish()  # the last counts, for the master to fold into its totals
                 sys.stdout.flush()
                 sys.stderr.flush()
             except Exception:

@@ -97,3 +97,21 @@ def test_shed_counts_in_word_32_and_queued_requests_count_as_load() -> None:
     assert board.ready_load({0}, time.monotonic())[0][0] == 2, "in the app, and one waiting"
     entry.queued(-1)
     assert board.ready_load({0}, time.monotonic())[0][0] == 1
+
+
+def test_request_counters_are_published_at_the_heartbeat_and_leave_shed_alone() -> None:
+    from prefork_lb import scoreboard as sb
+
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, 0)
+    e = board.handle(i)
+    e.shed(3)  # written straight into the entry by the guard thread
+    e.request_started("GET", b"/")
+    e.request_finished("GET", 2)
+    c = board.counters(i)
+    assert c[sb.BY_STATUS - sb.COUNTERS + 2] == 0, "published before the heartbeat"
+    e.beat()
+    c = board.counters(i)
+    assert c[sb.BY_STATUS - sb.COUNTERS + 2] == 1 and c[sb.BY_METHOD - sb.COUNTERS] == 1
+    assert sum(c[sb.HISTOGRAM - sb.COUNTERS : sb.COUNTERS_END - sb.COUNTERS]) == 1
+    assert c[0] == 3 and board.get(i, sb.SERVED) == 1

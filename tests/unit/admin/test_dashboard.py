@@ -27,6 +27,7 @@ def test_the_document_has_the_master_the_workers_and_growing_totals() -> None:
     for status in (2, 2, 5):
         wa.request_started("GET", b"/x")
         wa.request_finished("GET", status)
+        wa.publish()  # what the heartbeat does
     wb = board.handle(b)
     wb.request_started("POST", b"/slow?q=1")  # still being served
     board.putf(b, sb.REQ_START, 50.0)
@@ -121,6 +122,7 @@ def test_statsd_sample() -> None:
     for status in (2, 4):
         wa.request_started("GET", b"/")
         wa.request_finished("GET", status)
+        wa.publish()  # what the heartbeat does
     totals.spawned("start")
     totals.spawned("start")
     totals.spawned("crash")

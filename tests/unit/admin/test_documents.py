@@ -33,10 +33,12 @@ def test_stats_sum_the_requests_of_live_and_exited_workers() -> None:
     for _ in range(4):
         e.request_started("GET", b"/")
         e.request_finished("GET", 2)
+        e.publish()  # what the heartbeat does
     totals.reaped(board, i, 0)
     e = board.handle(board.allocate(22, 0))
     e.request_started("GET", b"/")
     e.request_finished("GET", 3)
+    e.publish()  # what the heartbeat does
     doc = stats_doc(board, totals, "shared")
     assert doc["requests"] == 5 and doc["master_pid"] == 5 and doc["dispatch"] == "shared"
     assert [w["pid"] for w in doc["workers"]] == [22]

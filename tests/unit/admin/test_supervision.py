@@ -111,6 +111,7 @@ def test_a_reaped_workers_counters_join_its_slots_totals(fake: FakeOS, arb: Arbi
     for _ in range(3):
         entry.request_started("GET", b"/")
         entry.request_finished("GET", 2)
+        entry.publish()  # what the heartbeat does
     fake.exit(pid, code=1)
     arb.reap()
     counts = arb.totals.read_counters(arb.board)
