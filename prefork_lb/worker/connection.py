@@ -35,6 +35,7 @@ from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
+from prefork_lb.request_id import ENVIRON_KEY, valid_request_id
 from prefork_lb.worker.response import LISTED, YIELDED, BodyNotBytes, ResponseWriter, is_bytes
 from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
@@ -173,6 +174,7 @@ class Connection(ResponseWriter, BodySource):
         self.is_head = False
         self.resp_length = None
         self.continue_sent = False
+        self.rid_line = ""
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -414,6 +416,17 @@ class Connection(ResponseWriter, BodySource):
             self.is_head = True
         env = self._environ(req)
         server = self.server
+        rid_key = server.rid_key
+        if rid_key is not None:
+            # The request id: the client's (or our proxy's) when valid, else a new one.
+            rid = env.get(rid_key)
+            if rid is None or not valid_request_id(rid):
+                gen = server.rid_generate
+                rid = gen() if gen is not None else None
+            if rid is not None:
+                env[ENVIRON_KEY] = rid
+                if server.rid_prefix:
+                    self.rid_line = server.rid_prefix + rid + "\r\n"
         if server.before_request is not None:
             server.before_request(env, req)
         access = server.access_log

@@ -34,6 +34,7 @@ import gevent.socket
 
 from prefork_lb.http.parser import Request, RequestMemo
 from prefork_lb.http.response import refresh_date
+from prefork_lb.request_id import RequestIds, environ_name
 from prefork_lb.worker.connection import Connection, ReadDeadline, recv_handoff
 from prefork_lb.worker.options import ServerOptions, WSGIApp
 
@@ -82,6 +83,12 @@ class Server:
         # Admission control: at most max_concurrency requests in the app, queue_size waiting.
         self.admission = gevent.lock.BoundedSemaphore(opts.max_concurrency) if opts.max_concurrency else None
         self.waiting = 0
+        header = opts.request_id_header
+        self.rid_key = environ_name(header) if header else None
+        self.rid_generate: Callable[[], str] | None = (
+            RequestIds() if header and opts.request_id_generate else None
+        )
+        self.rid_prefix = header + ": " if header and opts.request_id_echo else ""
 
     # -- sockets in ----------------------------------------------------------------------------
 
