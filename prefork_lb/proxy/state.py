@@ -65,7 +65,7 @@ class ProxyState:
         rid = cfg.request_id_header
         self.rid_name: bytes | None = rid.encode("ascii") if rid else None
         self.rid_lname: str | None = rid.lower() if rid else None
-        self.rid_generate: Callable[[], str] | None = RequestIds() if rid and cfg.request_id else None
+        self.rid_generate: Callable[[], str] | None = RequestIds().new if rid and cfg.request_id else None
         self.request_rewriter = RequestRewriter(
             trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers, drop=self.rid_lname
         )

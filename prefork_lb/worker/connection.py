@@ -418,15 +418,9 @@ class Connection(ResponseWriter, BodySource):
         server = self.server
         rid_key = server.rid_key
         if rid_key is not None:
-            # The request id: the client's (or our proxy's) when valid, else a new one.
             rid = env.get(rid_key)
-            if rid is None or not valid_request_id(rid):
-                gen = server.rid_generate
-                rid = gen() if gen is not None else None
-            if rid is not None:
-                env[ENVIRON_KEY] = rid
-                if server.rid_prefix:
-                    self.rid_line = server.rid_prefix + rid + "\r\n"
+            if rid is not None or server.rid_generate is not None:
+                self._request_id(env, rid)
         if server.before_request is not None:
             server.before_request(env, req)
         access = server.access_log
@@ -515,6 +509,19 @@ class Connection(ResponseWriter, BodySource):
         if not req.complete:
             return self._skip_body(req)
         return True
+
+    def _request_id(self, env: dict[str, Any], rid: str | None) -> None:
+        """The request's id: the one that came (from a client, or our proxy) when valid, else
+        a new one when --request-id says so; into the environ, and the response's head."""
+        server = self.server
+        if rid is None or not valid_request_id(rid):
+            gen = server.rid_generate
+            if gen is None:
+                return
+            rid = gen()
+        env[ENVIRON_KEY] = rid
+        if server.rid_prefix:
+            self.rid_line = server.rid_prefix + rid + "\r\n"
 
     def _timed_out(self, req: Request, env: dict[str, Any]) -> None:
         """The app ran past --request-timeout: 504 if nothing was sent yet."""

@@ -86,7 +86,7 @@ class Server:
         header = opts.request_id_header
         self.rid_key = environ_name(header) if header else None
         self.rid_generate: Callable[[], str] | None = (
-            RequestIds() if header and opts.request_id_generate else None
+            RequestIds().new if header and opts.request_id_generate else None
         )
         self.rid_prefix = header + ": " if header and opts.request_id_echo else ""
 

@@ -15,7 +15,7 @@ from tests.helpers import wait_for
 from tests.server import HTTPStream, Response, ServerProcess, connect, request
 
 APP = "tests.apps:request_id"
-GENERATED = re.compile(r"[0-9a-f]{12}-[0-9a-f]+")
+GENERATED = re.compile(r"[0-9a-f]{12}-[0-9]+")
 
 
 def log_lines(path: Path, n: int) -> list[dict[str, Any]]:
