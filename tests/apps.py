@@ -498,3 +498,17 @@ def deadlines(environ: Environ, start_response: StartResponse) -> Iterable[bytes
         body = str(os.getpid()).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+def request_id(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """The request ids the app saw, as JSON: the canonical one (``prefork_lb.request_id``),
+    the incoming headers as they arrived, and the worker's pid."""
+    return _json_response(
+        start_response,
+        {
+            "canonical": environ.get("prefork_lb.request_id"),
+            "incoming": environ.get("HTTP_X_REQUEST_ID"),
+            "correlation": environ.get("HTTP_X_CORRELATION_ID"),
+            "pid": os.getpid(),
+        },
+    )

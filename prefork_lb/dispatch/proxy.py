@@ -89,6 +89,10 @@ class ProxyMode(DispatchMode):
         # --forwarded-allow-ips to its own clients: the worker believes what the proxy says of
         # the scheme (X-Forwarded-Proto), whatever that setting lists.
         options.trusted_peers = TrustedPeers("127.0.0.1")
+        # The proxy gives each request its id (generating one when it has to) and puts it in the
+        # response: a worker behind it takes the proxy's and does not repeat it in a head that
+        # would then differ on every response (the proxy's response memo keys on head bytes).
+        options.request_id_echo = False
 
     def ready_message(self, num_workers: int) -> str:
         if not num_workers:

@@ -27,6 +27,7 @@ from prefork_lb.proxy.failures import IDEMPOTENT, ExchangeFailures
 from prefork_lb.proxy.headers import cookie_value
 from prefork_lb.proxy.memo import ResponseMemo
 from prefork_lb.proxy.upstream import Upstream
+from prefork_lb.request_id import incoming_id
 
 __all__ = ["Exchange"]
 
@@ -36,6 +37,7 @@ REPLAY_MAX = 64 * 1024  # body bytes kept for a retry of an idempotent request
 FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used this recently
 PIPELINE_BODY_MAX = 64 * 1024  # a pipelined GET's last answer had at most this much body
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
+RID = "request id"  # key in Request.memo: the valid request id this head carries, or None
 
 
 class Exchange(ExchangeFailures):
@@ -68,6 +70,7 @@ class Exchange(ExchangeFailures):
         self.pipelined = False  # may share a backend connection with others sent in the same pass
         self.length: int | None = None  # the response's Content-Length
         self.fresh = False  # sent again on a new connection after a pooled one was found closed
+        self.request_id: bytes | None = None
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -94,6 +97,21 @@ class Exchange(ExchangeFailures):
             self.head = proxy.request_rewriter.head(
                 req, client.peer_ip, client.scheme, self.websocket, authority
             )
+        lname = proxy.rid_lname
+        if lname is not None:
+            # The request id: the client's when valid (the same head carries the same one), or
+            # a new one. The rewriter dropped the client's line: the canonical id's goes in.
+            if memo is not None:
+                rid = memo.get(RID, False)
+                if rid is False:
+                    rid = memo[RID] = incoming_id(req.headers, lname)
+            else:
+                rid = incoming_id(req.headers, lname)
+            if rid is None and proxy.rid_generate is not None:
+                rid = proxy.rid_generate()
+            if rid is not None:
+                self.request_id = value = rid.encode("latin-1")
+                self.head = self.head[:-2] + proxy.rid_line(value) + b"\r\n"
         proxy.budget.on_request()
         proxy.requests += 1
         if req.expect_continue and not req.complete:
@@ -282,7 +300,8 @@ class Exchange(ExchangeFailures):
             set_cookie=self.set_cookie,
         )
         self.head_at = client.mark()
-        client.write(head)
+        rid = self.request_id
+        client.write(head if rid is None else head[:-2] + proxy.rid_line(rid) + b"\r\n")
         self.responded = True
         raw = up.raw_head
         if (
@@ -318,7 +337,8 @@ class Exchange(ExchangeFailures):
         self.length = memo.length
         self.responded = True
         client.keep_alive = keep
-        client.write(head)
+        rid = self.request_id
+        client.write(head if rid is None else head[:-2] + self.proxy.rid_line(rid) + b"\r\n")
         if memo.length:
             client.write(body)
         self.response_done(up, memo.upstream_keep)
@@ -394,20 +414,20 @@ class Exchange(ExchangeFailures):
         self.done = True
         up.ex = None
         self.up = None
-        client.write(
-            proxy.response_rewriter.head(
-                101,
-                up.reason,
-                up.headers,
-                framing="none",
-                content_length=None,
-                keep_alive=True,
-                version=self.req.version,
-                backend=self.backend.name,
-                set_cookie=None,
-                upgrade=True,
-            )
+        head = proxy.response_rewriter.head(
+            101,
+            up.reason,
+            up.headers,
+            framing="none",
+            content_length=None,
+            keep_alive=True,
+            version=self.req.version,
+            backend=self.backend.name,
+            set_cookie=None,
+            upgrade=True,
         )
+        rid = self.request_id
+        client.write(head if rid is None else head[:-2] + proxy.rid_line(rid) + b"\r\n")
         if rest:
             client.write(rest)
         proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)

@@ -62,6 +62,7 @@ class ExchangeFailures:
         "pipelined",
         "length",
         "fresh",
+        "request_id",
     )
 
     client: ClientSide
@@ -79,6 +80,7 @@ class ExchangeFailures:
     until_close: bool
     head_at: tuple[int, int]
     fresh: bool
+    request_id: bytes | None  # the id this request goes by (prefork_lb.request_id), or None
 
     if TYPE_CHECKING:
 
@@ -240,6 +242,8 @@ class ExchangeFailures:
         if self.backend is not None and status >= 500:
             self.backend.stats.record_response(status, _now() - self.started)
         extra = "Retry-After: 1\r\n" if retry_after else ""
+        if self.request_id is not None:
+            extra += self.proxy.rid_line(self.request_id).decode("latin-1")
         client.write(simple_response(status, why, close=True, extra=extra))
         client.keep_alive = False
         client.exchange_done(self)

@@ -184,6 +184,7 @@ class RequestRewriter:
         lb_headers: bool = True,
         via: bytes = b"1.1 prefork_lb",
         name: bytes = b"prefork_lb",
+        drop: str | None = None,
     ) -> None:
         self.trusted = trusted
         self.lb_headers = lb_headers
@@ -196,6 +197,10 @@ class RequestRewriter:
         self._tails: dict[tuple[str, str, bytes | None, str], bytes] = {}
         # A client's X-Forwarded-By is replaced by ours when we add one.
         by = {"x-forwarded-by": _DROP} if lb_headers else {}
+        # ``drop``: a further field the caller replaces (the request id header: the exchange
+        # adds the canonical id's line itself).
+        if drop is not None:
+            by[drop] = _DROP
         self._codes = ({**_REQ_UNTRUSTED, **by}, {**_REQ_TRUSTED, **by})  # indexed by trust
 
     def head(
@@ -375,14 +380,13 @@ _RESP_CODES = {
     "x-backend-server": _R_BACKEND,
 }
 
-# Raw response header name -> what to do; memoised because backends repeat the same names.
-_RESP_NAMES: dict[bytes, int] = {}
 
-
-def _resp_code(raw: bytes) -> int:
-    code = _RESP_CODES.get(raw.decode("latin-1").lower(), _R_KEEP)
-    if len(_RESP_NAMES) < _CACHE_MAX:
-        _RESP_NAMES[raw] = code
+def _resp_code(raw: bytes, codes: dict[str, int], names: dict[bytes, int]) -> int:
+    """What to do with response field ``raw``; memoised in ``names`` (raw name -> code) because
+    backends repeat the same names."""
+    code = codes.get(raw.decode("latin-1").lower(), _R_KEEP)
+    if len(names) < _CACHE_MAX:
+        names[raw] = code
     return code
 
 
@@ -404,12 +408,18 @@ class ResponseRewriter:
     would have (RFC 9110 section 8.6); never on 1xx or 204, where it is forbidden.
     """
 
-    __slots__ = ("lb_headers", "via", "_status")
+    __slots__ = ("lb_headers", "via", "_status", "_codes", "_names")
 
-    def __init__(self, *, lb_headers: bool = True, via: bytes = b"1.1 prefork_lb") -> None:
+    def __init__(
+        self, *, lb_headers: bool = True, via: bytes = b"1.1 prefork_lb", drop: str | None = None
+    ) -> None:
         self.lb_headers = lb_headers
         self.via = via
         self._status: dict[tuple[int, bytes], bytes] = {}
+        # ``drop``: a further field the caller replaces (the request id header, whose line the
+        # exchange adds with the canonical id).
+        self._codes = {**_RESP_CODES, drop: _R_DROP} if drop is not None else _RESP_CODES
+        self._names: dict[bytes, int] = {}  # raw name -> code, as _resp_code found it
 
     def head(
         self,
@@ -467,11 +477,11 @@ class ResponseRewriter:
         via: list[bytes] | None = None
         up_value: bytes | None = None
         lb = self.lb_headers
-        names = _RESP_NAMES
+        names = self._names
         for raw, value in headers:
             code = names.get(raw)
             if code is None:
-                code = _resp_code(raw)
+                code = _resp_code(raw, self._codes, names)
             if code == _R_KEEP:
                 add((raw, b": ", value, b"\r\n"))
             elif code == _R_DROP:

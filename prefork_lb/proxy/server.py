@@ -58,6 +58,7 @@ from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE
 from prefork_lb.proxy.exchange import Exchange
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
+from prefork_lb.request_id import ENVIRON_KEY
 
 __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 
@@ -479,12 +480,15 @@ class Proxy(ProxyState):
         self.request_memo = RequestMemo()
         self.access: AccessLog | None = None
         if cfg.access_logfile:
-            self.access = AccessLog(cfg.access_log_format, cfg.access_logfile)
+            self.access = AccessLog(cfg.access_log_format, cfg.access_logfile, cfg.request_id_header)
 
     def log_access(self, client: ClientConn, ex: Exchange) -> None:
         """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``
-        names the backend, ``%(s)s`` is what the client got (502/503/504 included)."""
-        assert self.access is not None
+        names the backend, ``%(s)s`` is what the client got (502/503/504 included). A JSON
+        line has the backend as ``prefork_lb.backend`` and, when the response said it (a
+        Content-Length), the body's size."""
+        access = self.access
+        assert access is not None
         req = ex.req
         path, query = req.split_target()
         env: dict[str, Any] = {
@@ -498,10 +502,18 @@ class Proxy(ProxyState):
         for lname, _, value in req.headers:
             env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
         backend = ex.backend.key if ex.backend is not None else "-"
-        line = SimpleNamespace(
-            status=str(ex.status or "-"), bytes_sent=0, out_headers=[("X-Backend-Server", backend)]
-        )
-        self.access.log(env, line, _now() - ex.started)
+        out_headers = [("X-Backend-Server", backend)]
+        if ex.request_id is not None:
+            env[ENVIRON_KEY] = ex.request_id.decode("latin-1")
+        if access.json:
+            env["wsgi.url_scheme"] = client.scheme
+            line = SimpleNamespace(
+                status=str(ex.status or "-"), bytes_sent=ex.length, out_headers=out_headers
+            )
+            access.log(env, line, _now() - ex.started, ex.backend.key if ex.backend is not None else None)
+            return
+        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0, out_headers=out_headers)
+        access.log(env, line, _now() - ex.started)
 
     # -- the sweep ----------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from time import monotonic as _now
 from typing import Any, Protocol
 
@@ -27,6 +28,7 @@ from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedP
 from prefork_lb.proxy.health import RetryBudget
 from prefork_lb.proxy.memo import ResponseMemos
 from prefork_lb.proxy.upstream import Upstream
+from prefork_lb.request_id import RequestIds
 
 __all__ = ["Connecting", "Flushable", "ProxyState"]
 
@@ -58,10 +60,17 @@ class ProxyState:
         self.hashing = getattr(strategy, "name", "") == "hash"
         self.cookie_name = cfg.sticky_cookie
         self.backends: dict[str, Backend] = {}
+        # Request ids: the header (None: off), its lower-case name, the generator (None: only
+        # valid incoming ids). The rewriters drop the header either way and the exchange adds
+        # the id's own line, so what the backend and the client see is always the canonical id.
+        rid = cfg.request_id_header
+        self.rid_name: bytes | None = rid.encode("ascii") if rid else None
+        self.rid_lname: str | None = rid.lower() if rid else None
+        self.rid_generate: Callable[[], str] | None = RequestIds().new if rid and cfg.request_id else None
         self.request_rewriter = RequestRewriter(
-            trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers
+            trusted=TrustedPeers(cfg.forwarded_allow_ips), lb_headers=cfg.lb_headers, drop=self.rid_lname
         )
-        self.response_rewriter = ResponseRewriter(lb_headers=cfg.lb_headers)
+        self.response_rewriter = ResponseRewriter(lb_headers=cfg.lb_headers, drop=self.rid_lname)
         self.budget = RetryBudget(ratio=cfg.retry_budget)
         self.retries = cfg.retries
         self.connect_timeout = cfg.upstream_connect_timeout or 3600.0
@@ -81,6 +90,11 @@ class ProxyState:
         # worker slot past which a request is answered 503 here (0: none); ``shed`` counts them.
         self.worker_limit = limit(getattr(cfg, "max_concurrency", 0), getattr(cfg, "queue_size", 0))
         self.shed = 0
+
+    def rid_line(self, rid: bytes) -> bytes:
+        """The request id's header line."""
+        assert self.rid_name is not None
+        return self.rid_name + b": " + rid + b"\r\n"
 
     # -- writing ------------------------------------------------------------------------------------
 

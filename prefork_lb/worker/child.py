@@ -124,7 +124,11 @@ class WorkerChild(ChildProcess):
         from prefork_lb.worker.server import Server, ServerOptions
 
         cfg, mode = self.cfg, self.ctx.mode
-        self.access = AccessLog(cfg.access_log_format, cfg.access_logfile) if cfg.access_logfile else None
+        self.access = (
+            AccessLog(cfg.access_log_format, cfg.access_logfile, cfg.request_id_header)
+            if cfg.access_logfile
+            else None
+        )
         options = ServerOptions.from_config(cfg)
         mode.configure_worker(options)
         if self.n_offload:

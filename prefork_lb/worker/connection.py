@@ -37,6 +37,7 @@ from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
+from prefork_lb.request_id import ENVIRON_KEY, valid_request_id
 from prefork_lb.worker.response import LISTED, YIELDED, BodyNotBytes, ResponseWriter, is_bytes
 from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
@@ -55,7 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("prefork_lb.error")
 
 RECV_SIZE = 65536
-HANDOFF_BATCH = 64  # descriptors per handoff message
 # Unread request body we are willing to read and throw away to keep a connection alive.
 MAX_DRAIN = 1 << 20
 CORK_MAX = 16  # responses held at most for one write (_reply)
@@ -73,13 +73,6 @@ class _RequestDeadline(BaseException):
 
 class ReadDeadline(Exception):
     """Thrown into a connection greenlet by the watchdog (or by drain) while it waits to read."""
-
-
-def recv_handoff(channel: socket.socket) -> tuple[bytes, list[int]]:
-    """One message of connections a dispatcher passed (SCM_RIGHTS): (data, descriptors).
-    Both empty: the channel was closed."""
-    msg, fds, _, _ = socket.recv_fds(channel, 64, HANDOFF_BATCH)
-    return msg, fds
 
 
 def _listed_not_bytes(result: list[Any] | tuple[Any, ...]) -> Exception:
@@ -176,6 +169,7 @@ class Connection(ResponseWriter, BodySource):
         self.is_head = False
         self.resp_length = None
         self.continue_sent = False
+        self.rid_line = ""
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -417,6 +411,11 @@ class Connection(ResponseWriter, BodySource):
             self.is_head = True
         env = self._environ(req)
         server = self.server
+        rid_key = server.rid_key
+        if rid_key is not None:
+            rid = env.get(rid_key)
+            if rid is not None or server.rid_generate is not None:
+                self._request_id(env, rid)
         if server.before_request is not None:
             server.before_request(env, req)
         access = server.access_log
@@ -512,6 +511,19 @@ class Connection(ResponseWriter, BodySource):
         if not req.complete:
             return self._skip_body(req)
         return True
+
+    def _request_id(self, env: dict[str, Any], rid: str | None) -> None:
+        """The request's id: the one that came (from a client, or our proxy) when valid, else
+        a new one when --request-id says so; into the environ, and the response's head."""
+        server = self.server
+        if rid is None or not valid_request_id(rid):
+            gen = server.rid_generate
+            if gen is None:
+                return
+            rid = gen()
+        env[ENVIRON_KEY] = rid
+        if server.rid_prefix:
+            self.rid_line = server.rid_prefix + rid + "\r\n"
 
     def _timed_out(self, req: Request, env: dict[str, Any], exc: _RequestDeadline) -> None:
         """The app ran past --request-timeout (its greenlet waited: a blocked loop is the

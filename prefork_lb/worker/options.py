@@ -41,6 +41,13 @@ class ServerOptions:
     # reads on the scoreboard that we drain (every 0.1 s): they must find a worker, not a closed
     # connection or a dead backlog.
     idle_grace: float = 0.0
+    # Request ids (prefork_lb.request_id): the header carrying one (None: ids off), whether a
+    # request without a valid one gets a generated one, and whether the response carries the
+    # id (behind our own proxy it does not: the proxy answers the client with it, and a head
+    # that differs on every response would defeat the proxy's response memo).
+    request_id_header: str | None = None
+    request_id_generate: bool = False
+    request_id_echo: bool = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
@@ -61,6 +68,8 @@ class ServerOptions:
             queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
             trusted_peers=TrustedPeers(cfg.forwarded_allow_ips),
+            request_id_header=cfg.request_id_header,
+            request_id_generate=cfg.request_id,
         )
 
 
@@ -75,6 +84,11 @@ class ServerView(Protocol):
     board: Any  # the worker's scoreboard entry, or None
     before_request: Callable[[dict[str, Any], Request], None] | None
     access_log: Any
+    # Request ids, from the options: the environ key of the id header (None: ids off), the
+    # generator (None: generation off), the response line's start ("" : no echo).
+    rid_key: str | None
+    rid_generate: Callable[[], str] | None
+    rid_prefix: str
     admission: gevent.lock.BoundedSemaphore | None
     waiting: int  # requests queued for admission
     requests_served: int

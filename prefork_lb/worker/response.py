@@ -75,6 +75,7 @@ class ResponseWriter:
         "bytes_sent",
         "is_head",
         "resp_length",
+        "rid_line",
     )
 
     # Provided by the connection.
@@ -89,6 +90,7 @@ class ResponseWriter:
     bytes_sent: int
     is_head: bool
     resp_length: int | None
+    rid_line: str  # the request id header line the response carries, or ""
     cork: list[bytes]  # whole responses held back (the connection's _reply)
 
     def _send(self, data: bytes) -> None:  # pragma: no cover - the connection's
@@ -162,6 +164,7 @@ class ResponseWriter:
             out += _resp.current_date_line or refresh_date()
         if not ah.has_server and opts.server_header:
             out += SERVER_LINE
+        out += self.rid_line
         if not keep:
             self.close_after = True
         if self.close_after:  # already set if this is a second head (a file_wrapper after write())

@@ -41,7 +41,8 @@ import gevent.socket
 from prefork_lb.admission import room
 from prefork_lb.http.parser import Request, RequestMemo
 from prefork_lb.http.response import refresh_date
-from prefork_lb.worker.connection import Connection, ReadDeadline, recv_handoff
+from prefork_lb.request_id import RequestIds, environ_name
+from prefork_lb.worker.connection import Connection, ReadDeadline
 from prefork_lb.worker.options import ServerOptions, WSGIApp
 
 # ServerOptions and WSGIApp live in options.py (a leaf) and are imported from here as ever.
@@ -52,6 +53,16 @@ log = logging.getLogger("prefork_lb.error")
 TICK = 0.05  # with admission control: how often the loop shows the guard thread it runs
 GATE_AGE = 0.05  # a new connection's request arrives this soon after the accept, or it is slow
 GATE_POLL = 0.001
+
+
+HANDOFF_BATCH = 64  # descriptors per handoff message
+
+
+def recv_handoff(channel: socket.socket) -> tuple[bytes, list[int]]:
+    """One message of connections a dispatcher passed (SCM_RIGHTS): (data, descriptors).
+    Both empty: the channel was closed."""
+    msg, fds, _, _ = socket.recv_fds(channel, 64, HANDOFF_BATCH)
+    return msg, fds
 
 
 class Server:
@@ -100,6 +111,12 @@ class Server:
         self.tick = time.monotonic()
         self.guard: Any = None
         self._ticker: gevent.Greenlet | None = None
+        header = opts.request_id_header
+        self.rid_key = environ_name(header) if header else None
+        self.rid_generate: Callable[[], str] | None = (
+            RequestIds().new if header and opts.request_id_generate else None
+        )
+        self.rid_prefix = header + ": " if header and opts.request_id_echo else ""
 
     # -- admission control --------------------------------------------------------------------
 

@@ -71,6 +71,12 @@ CASES = {
         False,
     ),
     "sticky_without_proxy": (["tests.apps:echo", "--strategy", "sticky"], "sticky", False),
+    "bad_request_id_header": (
+        ["tests.apps:echo", "--request-id-header", "X Request"],
+        "request_id_header",
+        False,
+    ),
+    "bad_request_id": (["tests.apps:echo", "--request-id", "maybe"], "request_id", False),
 }
 
 

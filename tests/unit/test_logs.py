@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from prefork_lb.config import BY_NAME
-from prefork_lb.logs import AccessLog, setup_error_log
+from prefork_lb.logs import AccessLog, json_line, json_record, setup_error_log
 
 ENV: dict[str, Any] = {
     "REMOTE_ADDR": "10.1.2.3",
@@ -152,6 +153,128 @@ def test_dash_writes_to_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     access = AccessLog("%(m)s %(U)s %(s)s", "-")
     access.log(ENV, fake_conn(), 0.0)
     assert capsys.readouterr().out == "POST /items/7 201\n"
+
+
+def test_request_id_out_atom_reads_the_id_the_request_got(tmp_path: Path) -> None:
+    """The server adds the request id header after the app's: ``{x-request-id}o`` reads the id
+    the request got (generated, or the client's when valid); ``{x-request-id}i`` what came."""
+    path = tmp_path / "access.log"
+    access = AccessLog("%({x-request-id}i)s %({X-Request-ID}o)s", str(path), "X-Request-ID")
+    try:
+        access.log({**ENV, "HTTP_X_REQUEST_ID": "bad id", "prefork_lb.request_id": "abc-7"}, fake_conn(), 0.0)
+        access.log({"PATH_INFO": "/"}, fake_conn(), 0.0)  # no id at all
+    finally:
+        access.stream.close()
+    assert path.read_text() == "bad id abc-7\n- -\n"
+
+
+# -- JSON lines ------------------------------------------------------------------------------------
+
+
+def test_json_record_fields() -> None:
+    env = {
+        **ENV,
+        "HTTP_HOST": "example.org:8080",
+        "wsgi.url_scheme": "https",
+        "prefork_lb.request_id": "abc-123",
+    }
+    rec = json_record(env, "201 Created", 17, 0.0015, 4242, 1700000000.25)
+    assert rec == {
+        "timestamp": "2023-11-14T22:13:20.250Z",
+        "http.request.method": "POST",
+        "url.path": "/items/7",
+        "url.query": "full=1",
+        "url.scheme": "https",
+        "http.response.status_code": 201,
+        "http.server.request.duration": 0.0015,
+        "http.response.body.size": 17,
+        "network.protocol.version": "1.1",
+        "client.address": "10.1.2.3",
+        "server.address": "example.org",
+        "server.port": 8080,
+        "user_agent.original": "curl/8.5.0",
+        "http.request.header.referer": "http://example.org/",
+        "http.request.id": "abc-123",
+        "process.pid": 4242,
+    }
+
+
+def test_json_record_leaves_out_what_it_does_not_know() -> None:
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "SERVER_PROTOCOL": "HTTP/1.0"}
+    rec = json_record(env, None, None, 0.0, 1, 0.0, backend="127.0.0.1:8001")
+    assert rec == {
+        "timestamp": "1970-01-01T00:00:00.000Z",
+        "http.request.method": "GET",
+        "url.path": "/",
+        "http.server.request.duration": 0.0,
+        "network.protocol.version": "1.0",
+        "process.pid": 1,
+        "prefork_lb.backend": "127.0.0.1:8001",
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "address", "port"),
+    [
+        ("example.org", "example.org", None),
+        ("[::1]:8000", "::1", 8000),
+        ("[::1]", "::1", None),
+        ("a:b", "a:b", None),
+    ],
+)
+def test_json_record_server_address(host: str, address: str, port: int | None) -> None:
+    rec = json_record({"HTTP_HOST": host}, "200 OK", 0, 0.0, 1, 0.0)
+    assert rec["server.address"] == address and rec.get("server.port") == port
+
+
+# Header values as the servers hold them: the raw bytes decoded as latin-1 (PEP 3333).
+HOSTILE = {
+    "quote": b'x" "y',
+    "backslash": b"C:\\temp\\",
+    "newline": b"a\nb\r\nc",
+    "controls": bytes(range(32)) + b"\x7f",
+    "separators": "\u2028\u2029".encode(),
+    "invalid utf-8": b"\xff\xfe\xc3(",
+    "fake field": b'", "http.response.status_code": 200, "x": "',
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_json_line_contains_hostile_values(name: str) -> None:
+    raw = HOSTILE[name]
+    env = {"REQUEST_METHOD": "GET", "PATH_INFO": "/p", "HTTP_USER_AGENT": raw.decode("latin-1")}
+    line = json_line(json_record(env, "404 Not Found", 0, 0.0, 1, 0.0))
+    assert line.isascii() and "\n" not in line and "\r" not in line
+    assert len(line.splitlines()) == 1  # str.splitlines splits on U+2028, \x1c, \x85...: none left
+    rec = json.loads(line)
+    assert rec["http.response.status_code"] == 404
+    agent = rec["user_agent.original"]
+    # UTF-8 reads as text; bytes that are not UTF-8 stay visible as \xNN.
+    assert agent == raw.decode("utf-8", "backslashreplace")
+
+
+def test_json_utf8_values_read_as_text() -> None:
+    env = {"PATH_INFO": "/caf\xc3\xa9", "HTTP_USER_AGENT": "agent \xe2\x9c\x93"}  # latin-1 of UTF-8
+    rec = json.loads(json_line(json_record(env, "200 OK", 0, 0.0, 1, 0.0)))
+    assert rec["url.path"] == "/caf\u00e9" and rec["user_agent.original"] == "agent \u2713"
+
+
+def test_json_access_log_writes_one_object_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "access.log"
+    access = AccessLog("json", str(path))
+    try:
+        access.log(ENV, fake_conn(), 0.25)
+        access.log({**ENV, "HTTP_USER_AGENT": 'evil\n{"forged": 1}'}, fake_conn(status="500 Oops"), 0.0)
+    finally:
+        access.stream.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2
+    first, second = (json.loads(line) for line in lines)
+    assert first["http.request.method"] == "POST" and first["http.response.status_code"] == 201
+    assert first["http.server.request.duration"] == 0.25 and first["http.response.body.size"] == 17
+    assert first["process.pid"] == os.getpid()
+    assert second["http.response.status_code"] == 500
+    assert second["user_agent.original"] == 'evil\n{"forged": 1}' and "forged" not in second
 
 
 # -- the error log ---------------------------------------------------------------------------------
