@@ -140,7 +140,7 @@ def test_lb_health_and_lb_stats_answer_in_every_mode(admin_server: Any, mode: st
     else:
         assert sorted(w["pid"] for w in stats["workers"]) == worker_pids(srv), stats
         assert stats["master_pid"] == srv.pid and stats["dispatch"] == mode
-    assert ask(admin, "/")[0] == 404 and ask(admin, "/lb-stats/../etc")[0] == 404
+    assert ask(admin, "/nope")[0] == 404 and ask(admin, "/lb-stats/../etc")[0] == 404  # "/" is the dashboard
 
 
 def test_the_admin_process_is_respawned_after_kill_9(admin_server: Any) -> None:

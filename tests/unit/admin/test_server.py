@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from prefork_lb.admin.server import AdminServer, authorized, json_reply
+from prefork_lb.admin.server import AdminServer, Reply, authorized, json_reply
 
 TOKEN = "s3cr3t-token-0123456789"
 
@@ -67,3 +67,24 @@ def test_the_token_is_required_when_set(admin: tuple[int, str | None]) -> None:
     assert ask(port, "GET", "/nowhere", None)[0] == 401  # paths are not revealed either
     assert ask(port, "GET", "/lb-health", "wrong-token-0123456789")[0] == 401
     assert ask(port, "GET", "/lb-health", token)[0] == 200
+
+
+def test_a_public_path_needs_no_token_and_the_others_still_do() -> None:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    server = AdminServer(sock, "a-token-0123456789abcdef")
+    server.routes["/"] = lambda req: Reply(200, b"<html></html>", "text/html")
+    server.routes["/data"] = lambda req: json_reply({"secret": 1})
+    server.public.add("/")
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        port = sock.getsockname()[1]
+        assert ask(port, "GET", "/", None) == (200, b"<html></html>")
+        assert ask(port, "GET", "/data", None)[0] == 401
+        assert ask(port, "GET", "/data", "a-token-0123456789abcdef")[0] == 200
+    finally:
+        server.shutdown()
+        t.join(5)
+        sock.close()
