@@ -66,18 +66,16 @@ _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
 _BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
 _FIRST_US = _BUCKETS_US[0]
-# A worker counts into a list of its own (WorkerEntry.counts: words BY_STATUS..COUNTERS_END) and
-# publishes it into its entry at each heartbeat and when it exits. A write to the shared mapping
-# costs ten times a list increment, and these are four per request. Published in this order, so
-# that a reader who sees a request in its status class sees it everywhere else too.
-_LOCAL = BY_STATUS
-_NLOCAL = COUNTERS_END - _LOCAL
-_L_METHOD = {m: i - _LOCAL for m, i in _METHOD_WORD.items()}
-_L_OTHER_METHOD = _OTHER_METHOD - _LOCAL
-_L_STATUS = BY_STATUS - _LOCAL
-_L_DURATION = DURATION_US - _LOCAL
-_L_HISTOGRAM = HISTOGRAM - _LOCAL
-_PUBLISH_ORDER = tuple(range(BY_METHOD - _LOCAL, _NLOCAL)) + tuple(range(0, BY_METHOD - _LOCAL))
+# A worker counts into memory of its own and publishes into its entry at each heartbeat and when
+# it exits (WorkerEntry.publish): a write to the shared mapping costs several times a list
+# increment. Per request it bumps one cell of a table by (status class, method, duration bucket)
+# and adds the duration; publish() sums the table into the words above. Published with the
+# status classes last, so that a reader who sees a request there sees it everywhere else too.
+_NBUCKETS = len(DURATION_BUCKETS) + 1
+_CELL_METHOD = {m: i * _NBUCKETS for i, m in enumerate(METHODS)}
+_CELL_OTHER = (len(METHODS) - 1) * _NBUCKETS
+_CELL_STATUS = tuple(k * len(METHODS) * _NBUCKETS for k in range(len(STATUS_CLASSES)))
+_NCELLS = len(STATUS_CLASSES) * len(METHODS) * _NBUCKETS
 assert HISTOGRAM + len(DURATION_BUCKETS) + 1 == RETIRE_REASON
 SHED = COUNTERS  # 503s for a full server (--max-concurrency + --queue-size), by this process
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
@@ -277,7 +275,20 @@ class Scoreboard:
 class WorkerEntry:
     """A worker's writer for its own entry. The per-request methods are on the hot path."""
 
-    __slots__ = ("q", "d", "base", "mv", "text", "in_flight", "conns", "ewma", "fresh", "counts")
+    __slots__ = (
+        "q",
+        "d",
+        "base",
+        "mv",
+        "text",
+        "in_flight",
+        "conns",
+        "ewma",
+        "fresh",
+        "cells",
+        "duration_us",
+        "served",
+    )
 
     def __init__(self, board: Scoreboard, i: int) -> None:
         self.q = board.q
@@ -289,7 +300,11 @@ class WorkerEntry:
         self.conns = 0
         self.fresh = 0  # connections with no request yet: load that in_flight cannot see
         self.ewma = 0.0
-        self.counts = [0] * _NLOCAL  # words BY_STATUS.. of the entry, until publish()
+        # What publish() writes into the entry: requests by (status class, method, bucket), the
+        # sum of their durations, and the count served.
+        self.cells = [0] * _NCELLS
+        self.duration_us = 0.0
+        self.served = 0
 
     def set_state(self, state: int) -> None:
         self.q[self.base + STATE] = state
@@ -301,9 +316,29 @@ class WorkerEntry:
     def publish(self) -> None:
         """Copy this process's request counters into its entry (at each heartbeat and at exit;
         a process killed without warning loses what it counted since its last beat)."""
-        q, base, c = self.q, self.base + _LOCAL, self.counts
-        for i in _PUBLISH_ORDER:
-            q[base + i] = c[i]
+        q, base = self.q, self.base
+        by_status = [0] * len(STATUS_CLASSES)
+        by_method = [0] * len(METHODS)
+        buckets = [0] * _NBUCKETS
+        cells = self.cells
+        k = 0
+        for st in range(len(STATUS_CLASSES)):
+            for m in range(len(METHODS)):
+                for b in range(_NBUCKETS):
+                    n = cells[k]
+                    k += 1
+                    if n:
+                        by_status[st] += n
+                        by_method[m] += n
+                        buckets[b] += n
+        for i, n in enumerate(buckets):
+            q[base + HISTOGRAM + i] = n
+        q[base + DURATION_US] = int(self.duration_us)
+        for i, n in enumerate(by_method):
+            q[base + BY_METHOD + i] = n
+        for i, n in enumerate(by_status):
+            q[base + BY_STATUS + i] = n
+        q[base + SERVED] = self.served
 
     def request_started(self, method: str, path: bytes) -> None:
         base = self.base
@@ -327,16 +362,17 @@ class WorkerEntry:
         self.in_flight -= 1
         q = self.q
         q[base + IN_FLIGHT] = self.in_flight
-        q[base + SERVED] += 1
+        self.served += 1
         took = (time.monotonic() - self.d[base + REQ_START]) * 1e6
-        # The metrics: four increments of this process's own list (published by beat()), no
-        # lock, no shared write, no call into prometheus_client.
-        c = self.counts
-        c[_L_STATUS + status_class] += 1
-        c[_L_METHOD.get(method, _L_OTHER_METHOD)] += 1
-        c[_L_DURATION] += int(took)
-        # Most requests are quicker than the first bound: one comparison instead of a search.
-        c[_L_HISTOGRAM + (0 if took <= _FIRST_US else bisect_left(_BUCKETS_US, took))] += 1
+        # The metrics: one cell of this process's own table and a sum (published by beat()); no
+        # lock, no shared write, no call into prometheus_client. Most requests are quicker than
+        # the first bound: one comparison instead of a search.
+        self.cells[
+            _CELL_STATUS[status_class]
+            + _CELL_METHOD.get(method, _CELL_OTHER)
+            + (0 if took <= _FIRST_US else bisect_left(_BUCKETS_US, took))
+        ] += 1
+        self.duration_us += took
         ewma = self.ewma
         self.ewma = ewma = took if ewma == 0.0 else ewma + LATENCY_ALPHA * (took - ewma)
         q[base + LATENCY] = int(ewma)

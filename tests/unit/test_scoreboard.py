@@ -38,7 +38,9 @@ def test_worker_writes_are_read_back_typed() -> None:
     assert (e.state, e.in_flight, e.fresh, e.conns, e.received) == (sb.READY, 1, 0, 1, 3)
     entry.request_finished()
     entry.connection_closed()
-    assert not board.busy(i) and board.get(i, sb.SERVED) == 1
+    assert not board.busy(i) and board.get(i, sb.SERVED) == 0  # counted; published at the beat
+    entry.beat()
+    assert board.get(i, sb.SERVED) == 1
     assert board.entries_in_use()[0].latency >= 0
 
 
@@ -115,3 +117,37 @@ def test_request_counters_are_published_at_the_heartbeat_and_leave_shed_alone() 
     assert c[sb.BY_STATUS - sb.COUNTERS + 2] == 1 and c[sb.BY_METHOD - sb.COUNTERS] == 1
     assert sum(c[sb.HISTOGRAM - sb.COUNTERS : sb.COUNTERS_END - sb.COUNTERS]) == 1
     assert c[0] == 3 and board.get(i, sb.SERVED) == 1
+
+
+def test_published_counters_add_up_by_status_method_and_bucket() -> None:
+    from prefork_lb import scoreboard as sb
+
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, 0)
+    e = board.handle(i)
+    for method, status in (("GET", 2), ("GET", 2), ("POST", 5), ("BREW", 4), ("HEAD", 0)):
+        e.request_started(method, b"/")
+        e.request_finished(method, status)
+    board.putf(i, sb.REQ_START, 0.0)  # a request that took since boot: the last bucket
+    e.in_flight += 1
+    e.request_finished("PUT", 3)
+    e.beat()
+    c = board.counters(i)
+
+    def words(first: int, n: int) -> list[int]:
+        return c[first - sb.COUNTERS : first - sb.COUNTERS + n]
+
+    assert words(sb.BY_STATUS, 6) == [1, 0, 2, 1, 1, 1]  # none, 1xx..5xx
+    assert dict(zip(sb.METHODS, words(sb.BY_METHOD, 8), strict=True)) == {
+        "GET": 2,
+        "HEAD": 1,
+        "POST": 1,
+        "PUT": 1,
+        "DELETE": 0,
+        "PATCH": 0,
+        "OPTIONS": 0,
+        "other": 1,
+    }
+    hist = words(sb.HISTOGRAM, len(sb.DURATION_BUCKETS) + 1)
+    assert sum(hist) == 6 and hist[-1] == 1
+    assert words(sb.DURATION_US, 1)[0] > 0 and board.get(i, sb.SERVED) == 6
