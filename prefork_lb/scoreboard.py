@@ -317,6 +317,8 @@ class WorkerEntry:
         """Copy this process's request counters into its entry (at each heartbeat and at exit;
         a process killed without warning loses what it counted since its last beat)."""
         q, base = self.q, self.base
+        if q[base + SERVED] == self.served:
+            return  # nothing finished since the last publish (and never, in a helper process)
         by_status = [0] * len(STATUS_CLASSES)
         by_method = [0] * len(METHODS)
         buckets = [0] * _NBUCKETS
