@@ -260,3 +260,17 @@ def test_max_rss_setting_takes_mib_or_a_percentage() -> None:
 def test_workers_default_follows_the_affinity_mask(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(resources, "affinity_count", lambda: 1)
     assert build({}, environ={}).workers == 1
+
+
+def test_a_worker_divides_the_percentage_by_the_most_workers_that_may_run(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prefork_lb.worker.child import max_rss
+
+    monkeypatch.setattr(resources, "memory_limit", lambda root="/": 4 * GIB)
+    assert max_rss(build({"max_rss": "50%", "workers": 2}, environ={})) == 1024
+    assert max_rss(build({"max_rss": "50%", "workers": 2, "max_workers": 4}, environ={})) == 512
+    assert max_rss(build({"max_rss": "300", "workers": 2}, environ={})) == 300
+    monkeypatch.setattr(resources, "memory_limit", lambda root="/": None)
+    assert max_rss(build({"max_rss": "50%"}, environ={})) == 0  # prefork_lb.run() skips the CLI check
+    assert "--max-rss 50%: no cgroup memory limit found; give a size" in caplog.text
