@@ -179,7 +179,8 @@ class WorkerChild(ChildProcess):
         limit = cfg.max_requests
         if limit:
             limit += random.randint(0, cfg.max_requests_jitter) if cfg.max_requests_jitter else 0
-        rss = RssLimit(max_rss(cfg), cfg.max_rss_jitter) if cfg.max_rss else None
+        rss_mib = max_rss(cfg) if cfg.max_rss else 0
+        rss = RssLimit(rss_mib, cfg.max_rss_jitter) if rss_mib else None
         entry = self.entry
         while True:
             alive = self.beat()
