@@ -162,6 +162,13 @@ def check(cfg: Config) -> None:
         TrustedPeers(cfg.forwarded_allow_ips)
     except ValueError as exc:
         raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
+    if isinstance(cfg.max_rss, str):  # N% needs a cgroup memory limit: refused now, not per worker
+        from prefork_lb.resources import resolve_max_rss
+
+        try:
+            resolve_max_rss(cfg.max_rss, max(cfg.workers, cfg.max_workers))
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.dispatch != "proxy":
         if cfg.strategy == "sticky":
             raise ConfigError("--strategy sticky needs --dispatch proxy (handoff sees no cookies)")

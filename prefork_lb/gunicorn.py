@@ -130,9 +130,11 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         # The offload pool (prefork_lb.offload) is offered here as in our own workers: sized
-        # by PREFORK_LB_OFFLOAD_PROCESSES, else the CPUs divided among gunicorn's workers.
+        # by PREFORK_LB_OFFLOAD_PROCESSES, else the usable CPUs (prefork_lb.resources) divided among gunicorn's workers.
         if "PREFORK_LB_OFFLOAD_PROCESSES" not in os.environ:
-            share = max(1, (os.cpu_count() or 1) // max(1, self.cfg.workers))
+            from prefork_lb.resources import cpu_count
+
+            share = max(1, cpu_count() // max(1, self.cfg.workers))
             os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(share)
         self.patch()
         hub.reinit()

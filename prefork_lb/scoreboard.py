@@ -319,20 +319,16 @@ class WorkerEntry:
         q, base = self.q, self.base
         if q[base + SERVED] == self.served:
             return  # nothing finished since the last publish (and never, in a helper process)
-        by_status = [0] * len(STATUS_CLASSES)
-        by_method = [0] * len(METHODS)
-        buckets = [0] * _NBUCKETS
         cells = self.cells
-        k = 0
-        for st in range(len(STATUS_CLASSES)):
-            for m in range(len(METHODS)):
-                for b in range(_NBUCKETS):
-                    n = cells[k]
-                    k += 1
-                    if n:
-                        by_status[st] += n
-                        by_method[m] += n
-                        buckets[b] += n
+        # Sums of slices (in C): a status class is a block of the table, a method a row in each
+        # block, a bucket every _NBUCKETS-th cell.
+        block = len(METHODS) * _NBUCKETS
+        by_status = [sum(cells[k : k + block]) for k in range(0, _NCELLS, block)]
+        by_method = [
+            sum(sum(cells[k + m * _NBUCKETS : k + (m + 1) * _NBUCKETS]) for k in range(0, _NCELLS, block))
+            for m in range(len(METHODS))
+        ]
+        buckets = [sum(cells[b::_NBUCKETS]) for b in range(_NBUCKETS)]
         for i, n in enumerate(buckets):
             q[base + HISTOGRAM + i] = n
         q[base + DURATION_US] = int(self.duration_us)

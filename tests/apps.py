@@ -424,7 +424,8 @@ def fib(n: int) -> int:
 
 def compute(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     """/offload/N: fib(N) in the worker's offload pool; /inline/N: in the worker; /pids: the
-    worker's pid and its pool processes; anything else: 'ok' at once."""
+    worker's pid and its pool processes; /pool-size: the size of its pool; anything else: 'ok'
+    at once."""
     parts = environ["PATH_INFO"].strip("/").split("/")
     if parts[0] == "offload":
         body = str(environ["prefork_lb.offload"](fib, int(parts[1]))).encode()
@@ -434,6 +435,10 @@ def compute(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         from prefork_lb.offload import default_pool
 
         body = json.dumps({"worker": os.getpid(), "pool": default_pool().pids()}).encode()
+    elif parts[0] == "pool-size":
+        from prefork_lb.offload import default_pool
+
+        body = str(default_pool().stats()["size"]).encode()
     else:
         body = b"ok"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])

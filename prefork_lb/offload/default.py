@@ -2,7 +2,7 @@
 
 Invariants:
 - nothing is started until something uses it: ``default_pool()`` makes it on first use, sized
-  by ``PREFORK_LB_OFFLOAD_PROCESSES`` (else ``os.cpu_count()``); ``default_pool_if_started()``
+  by ``PREFORK_LB_OFFLOAD_PROCESSES`` (else the usable CPUs, ``prefork_lb.resources``); ``default_pool_if_started()``
   only looks;
 - it belongs to this process: after ``fork()`` the child forgets the inherited one (the pool
   module has dropped its fds) and makes its own on first use; one closed directly is replaced

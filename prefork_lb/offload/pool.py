@@ -3,7 +3,8 @@
 ``OffloadPool(size=N)`` runs picklable functions in child processes; ``submit()`` blocks only the
 calling greenlet (or thread): the wait is on a socket, through gevent's own fd waits when the
 ``socket`` module is monkey-patched, plain ``poll`` otherwise. A pool made without a size has
-``PREFORK_LB_OFFLOAD_PROCESSES`` processes, else ``os.cpu_count()``. The per-process default
+``PREFORK_LB_OFFLOAD_PROCESSES`` processes, else the usable CPUs (``prefork_lb.resources``:
+affinity and cgroup quota). The per-process default
 pool that ``prefork_lb.offload(fn, *args)`` uses is kept in ``prefork_lb.offload.default``.
 
 multiprocessing.Pool and ProcessPoolExecutor are not used: their helper threads hang under
@@ -551,7 +552,9 @@ def reap_orphans() -> None:
 def _default_size() -> int:
     raw = os.environ.get(_ENV_PROCESSES, "").strip()
     if not raw:
-        return os.cpu_count() or 1
+        from prefork_lb.resources import cpu_count
+
+        return cpu_count()
     try:
         size = int(raw)
     except ValueError:

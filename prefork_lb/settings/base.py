@@ -18,7 +18,6 @@ Invariants:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
@@ -219,8 +218,24 @@ def offload_count(value: Any) -> int:
 
 
 def cpu_count() -> int:
-    """The default of --workers."""
-    return os.cpu_count() or 1
+    """The default of --workers: the CPUs this process may use (its affinity mask and its
+    cgroup's CPU quota rounded up, see prefork_lb.resources), not every CPU of the host."""
+    from prefork_lb.resources import cpu_count as usable
+
+    return usable()
+
+
+def rss_limit(value: Any) -> int | str:
+    """--max-rss: MiB (an int, 0: off) or a percentage of the cgroup memory limit ("80%")."""
+    from prefork_lb.resources import parse_percent
+
+    s = str(value).strip()
+    if s.endswith("%"):
+        pct = parse_percent(s)
+        if pct is None:
+            raise ValueError("a percentage must be above 0% and at most 100%")
+        return f"{pct:g}%"
+    return non_negative_int(s)
 
 
 def flag_and_default(cfg: Any, name: str) -> str:

@@ -17,6 +17,7 @@ from prefork_lb.settings.base import (
     offload_count,
     optional_str,
     positive_int,
+    rss_limit,
 )
 
 
@@ -40,7 +41,10 @@ class ServerSettings:
     workers = Setting(
         positive_int,
         cpu_count,
-        "Number of worker processes.",
+        "Number of worker processes. The default is the number of CPUs this process may use: "
+        "the CPUs of its affinity mask (taskset, a cpuset), capped by its cgroup's CPU quota "
+        "(cpu.max, cpu.cfs_quota_us) rounded up (a 1.5-CPU quota gives 2, below one CPU 1), "
+        "not every CPU of the host.",
         flags=("-w", "--workers"),
         extra_env=("WEB_CONCURRENCY",),
         metavar="N",
@@ -127,7 +131,8 @@ class ServerSettings:
         offload_count,
         -1,
         "Processes in each worker's CPU offload pool (prefork_lb.offload, also "
-        "environ['prefork_lb.offload']). auto: the CPUs divided among the workers, at least 1, so "
+        "environ['prefork_lb.offload']). auto: the usable CPUs (as for --workers: affinity and "
+        "cgroup quota) divided among the workers, at least 1, so "
         "all pools together fill the machine without oversubscribing it; they start on first "
         "use. 0: no pool is offered in the environ.",
         flags=("--offload-processes",),
@@ -213,13 +218,17 @@ class ServerSettings:
     )
 
     max_rss = Setting(
-        non_negative_int,
+        rss_limit,
         0,
         "Recycle a worker whose resident memory passes this many MiB (0: never), after a random "
-        "delay of up to --max-rss-jitter seconds; its replacement is ready before it drains.",
+        "delay of up to --max-rss-jitter seconds; its replacement is ready before it drains. "
+        "N% is a share of the cgroup memory limit (memory.max, memory.limit_in_bytes) that all "
+        "workers together may use: each worker gets N% of the limit divided by the number of "
+        "workers (--max-workers when autoscaling), so 80% in a 2 GiB container with 4 workers "
+        "is 409 MiB per worker. Without a cgroup memory limit N% is an error at start.",
         flags=("--max-rss",),
         section="Overload",
-        metavar="MIB",
+        metavar="MIB|N%",
         commands=(SERVER,),
     )
 

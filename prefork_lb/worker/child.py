@@ -95,7 +95,9 @@ class WorkerChild(ChildProcess):
         cfg = self.cfg
         n = cfg.offload_processes
         if n < 0:
-            n = max(1, (os.cpu_count() or 1) // max(1, cfg.workers))
+            from prefork_lb.resources import cpu_count
+
+            n = max(1, cpu_count() // max(1, cfg.workers))
         if n:
             os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(n)
         self.n_offload = n
@@ -181,7 +183,8 @@ class WorkerChild(ChildProcess):
         limit = cfg.max_requests
         if limit:
             limit += random.randint(0, cfg.max_requests_jitter) if cfg.max_requests_jitter else 0
-        rss = RssLimit(cfg.max_rss, cfg.max_rss_jitter) if cfg.max_rss else None
+        rss_mib = max_rss(cfg) if cfg.max_rss else 0
+        rss = RssLimit(rss_mib, cfg.max_rss_jitter) if rss_mib else None
         entry = self.entry
         while True:
             alive = self.beat()
@@ -208,6 +211,18 @@ class WorkerChild(ChildProcess):
     def retire(self, reason: str) -> None:
         self.retiring = True
         self.entry.retiring(reason)
+
+
+def max_rss(cfg: Any) -> int:
+    """--max-rss in MiB for this worker; a percentage is resolved against the cgroup memory
+    limit (the CLI refused N% without one at start; prefork_lb.run() did not check: 0, off)."""
+    from prefork_lb.resources import resolve_max_rss
+
+    try:
+        return resolve_max_rss(cfg.max_rss, max(cfg.workers, cfg.max_workers))
+    except ValueError as exc:
+        log.error("Worker %d: %s", os.getpid(), exc)
+        return 0
 
 
 class RssLimit:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from prefork_lb import config
+from prefork_lb import config, resources
 from prefork_lb.config import BY_NAME, SETTINGS, ConfigError, build
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +28,7 @@ def test_defaults_without_any_source() -> None:
     for s in SETTINGS:
         assert getattr(cfg, s.name) == s.resolve_default(), s.name
     assert cfg.bind == ["127.0.0.1:8000"]
-    assert cfg.workers == (os.cpu_count() or 1)
+    assert cfg.workers == resources.cpu_count()  # the usable CPUs, not os.cpu_count()
     assert cfg.keepalive == 5.0
     assert cfg.require_host is True
     assert cfg.app_uri is None
@@ -87,7 +87,7 @@ def test_command_line_config_file_wins_over_environment_one(tmp_path: Path) -> N
 def test_empty_environment_variable_is_ignored() -> None:
     cfg = build({}, environ={"PREFORK_LB_BACKLOG": "", "WEB_CONCURRENCY": ""})
     assert cfg.backlog == 2048
-    assert cfg.workers == (os.cpu_count() or 1)
+    assert cfg.workers == resources.cpu_count()  # the usable CPUs, not os.cpu_count()
 
 
 def test_environment_values_are_converted() -> None:
@@ -318,7 +318,7 @@ def test_config_file_misspelt_setting_is_ignored_today(tmp_path: Path) -> None:
     # ignored even when it looks like a misspelt one ("worker" for "workers").
     path = write_config(tmp_path, "worker = 3\nkeep_alive = 9\n")
     cfg = build({"config": path}, environ={})
-    assert cfg.workers == (os.cpu_count() or 1)
+    assert cfg.workers == resources.cpu_count()  # the usable CPUs, not os.cpu_count()
     assert cfg.keepalive == 5.0
 
 
@@ -480,7 +480,7 @@ def test_assigning_a_setting_attribute_is_refused() -> None:
     cfg = build({}, environ={})
     with pytest.raises(AttributeError, match=r"workers is a setting: use cfg.set\('workers'"):
         cfg.workers = 3
-    assert cfg.workers == (os.cpu_count() or 1)
+    assert cfg.workers == resources.cpu_count()  # the usable CPUs, not os.cpu_count()
     cfg.app_uri = "pkg:app"  # not a setting: a plain attribute
     assert cfg.app_uri == "pkg:app"
 
