@@ -173,6 +173,22 @@ class ServerProcess:
             return []
         return kids or [self.pid]
 
+    def children_titled(self, role: str) -> list[int]:
+        """The master's live children whose process title says ``prefork_lb: ROLE`` (worker,
+        admin, proxy, dispatcher), sorted."""
+        out = []
+        try:
+            kids = psutil.Process(self.pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        for c in kids:
+            try:
+                if c.status() != psutil.STATUS_ZOMBIE and f"prefork_lb: {role}" in " ".join(c.cmdline()):
+                    out.append(c.pid)
+            except psutil.NoSuchProcess:
+                pass
+        return sorted(out)
+
 
 # -- raw HTTP ------------------------------------------------------------------------------------
 

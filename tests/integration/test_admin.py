@@ -12,7 +12,6 @@ import subprocess
 import sys
 from typing import Any
 
-import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,25 +49,11 @@ def total(samples: Samples, name: str, **labels: str) -> float:
 
 
 def admin_pids(srv: ServerProcess) -> list[int]:
-    out = []
-    for c in psutil.Process(srv.pid).children():
-        try:
-            if c.status() != psutil.STATUS_ZOMBIE and "prefork_lb: admin" in " ".join(c.cmdline()):
-                out.append(c.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return srv.children_titled("admin")
 
 
 def worker_pids(srv: ServerProcess) -> list[int]:
-    out = []
-    for c in psutil.Process(srv.pid).children():
-        try:
-            if c.status() != psutil.STATUS_ZOMBIE and "prefork_lb: worker" in " ".join(c.cmdline()):
-                out.append(c.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return sorted(out)
+    return srv.children_titled("worker")
 
 
 def answers(port: int, token: str | None = None) -> bool:

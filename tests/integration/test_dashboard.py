@@ -13,7 +13,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 
 from tests.helpers import HOST, free_port, wait_for
@@ -34,14 +33,7 @@ if not (CHROMIUM and CHROMEDRIVER):
 
 
 def worker_pids(srv: ServerProcess) -> set[int]:
-    out = set()
-    for c in psutil.Process(srv.pid).children():
-        try:
-            if c.status() != psutil.STATUS_ZOMBIE and "prefork_lb: worker" in " ".join(c.cmdline()):
-                out.add(c.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
+    return set(srv.children_titled("worker"))
 
 
 @pytest.fixture
