@@ -21,6 +21,8 @@ opens new connections in a new process; pymemcache's pool is empty until the fir
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -49,13 +51,11 @@ class SessionStore(Protocol):
 
 
 class MemoryStore:
-    """Sessions in this process's memory (tests, a single worker): versioned like the others.
-    The ``now`` clock is only for the TTL; it is not shared across workers or hosts."""
+    """Sessions in this process's memory, versioned like the others: for tests and a single
+    process only (it is not shared across workers or hosts). ``clock`` measures the TTL."""
 
-    def __init__(self, clock: Any = None) -> None:
-        import time
-
-        self._clock = clock or time.monotonic
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._items: dict[str, tuple[bytes, int, float]] = {}
         self._lock = threading.Lock()
 

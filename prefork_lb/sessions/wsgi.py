@@ -10,7 +10,9 @@ error page) saves nothing.
 A save that loses the concurrent-write rule raises SessionConflict from ``start_response``, and
 a store failure raises SessionStoreError where the app touches the session: the app may catch
 either. What it does not catch, the middleware answers: 409 for a conflict, 503 for the store
-(logged with the store's address, which the client is not shown).
+(logged with the store's address, which the client is not shown). That fallback covers what
+is raised while the app is called; an app returning a generator that only then calls
+``start_response`` raises to the server instead (a 500).
 """
 
 from __future__ import annotations

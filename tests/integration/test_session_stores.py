@@ -4,10 +4,12 @@ concurrent-write rule rests on, the TTL, and errors that name the store."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from prefork_lb.sessions import SessionStore, SessionStoreError, store_from_url
+from prefork_lb.sessions import ASGISessionMiddleware, SessionStore, SessionStoreError, store_from_url
+from tests.asgi_client import asgi_get
 from tests.stores import StoreProcess
 
 
@@ -62,3 +64,20 @@ def test_a_stopped_store_fails_with_its_address(store: tuple[StoreProcess, Sessi
     server.stop()
     with pytest.raises(SessionStoreError, match=f"session store {server.url}"):
         client.save("sid", b"{}", None, 60)
+
+
+async def asgi_counter(scope: Any, receive: Any, send: Any) -> None:
+    session = scope["session"]
+    session["count"] = session.get("count", 0) + 1
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": str(session["count"]).encode()})
+
+
+def test_asgi_middleware_over_a_real_store(store: tuple[StoreProcess, SessionStore]) -> None:
+    _, client = store
+    apps = [ASGISessionMiddleware(asgi_counter, client, "an integration secret, long") for _ in range(2)]
+    cookie = None
+    for n in range(1, 5):
+        status, headers, body = asgi_get(apps[n % 2], cookie)
+        assert (status, body) == (200, str(n).encode())
+        cookie = headers[b"set-cookie"].decode().split(";")[0]

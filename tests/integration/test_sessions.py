@@ -4,11 +4,13 @@ stops answering is a clear 503 from the demo app (tests/apps_sessions.py), not a
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from http.cookiejar import CookieJar
 
 import pytest
@@ -64,7 +66,9 @@ def serve(start_server: StartServer, store: StoreProcess, workers: int = 2, **en
     return srv
 
 
-def count_until(browser: Browser, srv: ServerProcess, start: int, done: object) -> tuple[int, set[int]]:
+def count_until(
+    browser: Browser, srv: ServerProcess, start: int, done: Callable[[set[int]], object]
+) -> tuple[int, set[int]]:
     """Count from ``start`` (each answer must be the next number) until ``done(pids seen)``."""
     seen: set[int] = set()
     n = start
@@ -73,7 +77,7 @@ def count_until(browser: Browser, srv: ServerProcess, start: int, done: object) 
         assert answer["count"] == n, (answer, n)
         seen.add(int(str(answer["pid"])))
         n += 1
-        if done(seen):  # type: ignore[operator]
+        if done(seen):
             return n, seen
     raise AssertionError(f"after {MAX_REQUESTS} requests only these workers answered: {seen}")
 
@@ -131,3 +135,29 @@ def test_on_error_empty_serves_an_empty_session_while_redis_is_gone(
     redis_server.stop()
     answer = browser.count(srv)
     assert answer == {"count": 1, "pid": answer["pid"], "unavailable": True}
+
+
+def set_cookie_over(srv: ServerProcess, forwarded_proto: str) -> str:
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+    try:
+        conn.request("GET", "/count", headers={"X-Forwarded-Proto": forwarded_proto})
+        resp = conn.getresponse()
+        resp.read()
+        assert resp.status == 200
+        return resp.getheader("Set-Cookie") or ""
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_cookie_is_secure_when_a_trusted_proxy_says_https(
+    start_server: StartServer, redis_server: StoreProcess, trusted: bool
+) -> None:
+    allow = "127.0.0.1" if trusted else "10.9.9.9"
+    srv = start_server(
+        APP, "--forwarded-allow-ips", allow, env={"PREFORK_LB_TEST_SESSION_STORE": redis_server.url}
+    )
+    cookie = set_cookie_over(srv, "https")
+    assert cookie.startswith("session=") and "; HttpOnly" in cookie and cookie.endswith("; SameSite=Lax")
+    assert ("; Secure" in cookie) is trusted, cookie
+    assert "; Secure" not in set_cookie_over(srv, "http")

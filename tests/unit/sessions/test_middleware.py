@@ -19,6 +19,7 @@ from prefork_lb.sessions import (
     SessionMiddleware,
     SessionStoreError,
 )
+from tests.asgi_client import asgi_get
 
 SECRET = "a unit test secret, long enough"
 
@@ -231,8 +232,7 @@ def test_concurrent_writes_the_later_save_loses_and_is_told(catch: bool) -> None
 
 def test_a_failing_store_raises_to_the_app_then_answers_503() -> None:
     client = Client(middleware(store=FailingStore()))
-    client.cookie = Client(middleware()).get() and None  # no cookie: a new session needs no read
-    assert client.get("/untouched") == ("200 OK", b"-")
+    assert client.get("/untouched") == ("200 OK", b"-")  # a session not touched is not read
     seen: list[str] = []
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -277,23 +277,6 @@ async def asgi_counter(scope: Any, receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": str(session["count"]).encode()})
 
 
-def asgi_get(app: Any, cookie: str | None, scheme: str = "http") -> tuple[int, dict[bytes, bytes], bytes]:
-    """One request through an ASGI app, as a server would drive it: (status, headers, body)."""
-    headers = [(b"host", b"example.org")] + ([(b"cookie", cookie.encode())] if cookie else [])
-    scope = {"type": "http", "method": "GET", "path": "/", "scheme": scheme, "headers": headers}
-    sent: list[dict[str, Any]] = []
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    asyncio.run(app(scope, receive, send))
-    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
-    return start["status"], dict(start["headers"]), body
-
-
 def test_asgi_counter_keeps_its_session_in_the_store() -> None:
     store = MemoryStore()
     app = ASGISessionMiddleware(asgi_counter, store, SECRET)
@@ -329,3 +312,12 @@ def test_asgi_lifespan_and_other_scopes_pass_through() -> None:
 
     asyncio.run(ASGISessionMiddleware(app, MemoryStore(), SECRET)({"type": "lifespan"}, None, None))  # type: ignore[arg-type]
     assert seen == ["none"]
+
+
+def test_the_package_imports_no_store_client_until_a_store_is_made() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, prefork_lb.sessions; print(sorted({'redis', 'pymemcache'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
