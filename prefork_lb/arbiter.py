@@ -216,7 +216,8 @@ class Arbiter(Supervisor):
 
     def handle_term(self) -> None:
         delay = self.cfg.shutdown_delay
-        if delay > 0 and not self.stopping and not self.shutdown_at:
+        # After USR2 the TERM comes from the new master, which serves already: no delay.
+        if delay > 0 and not self.stopping and not self.shutdown_at and not self.handed_over:
             # Serve on; /readyz says 503 from now, so the load balancer in front stops sending.
             log.info(
                 "SIGTERM: serving %g s more (--shutdown-delay, /readyz answers 503), then a graceful "

@@ -543,11 +543,16 @@ class Supervisor(Watchdog):
         self.stop_signal = sig
         # The helper stops first (handoff: the dispatcher). Workers drain once it has exited, so nothing is
         # passed to a worker after it has emptied its channel for the last time. On a graceful
-        # stop the admin process stops last, so that /readyz says 503 until the end.
+        # stop the admin process stops last, so that /readyz says 503 until the end; not after
+        # USR2, when the new master's admin process answers on the same listener.
         dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
+        admin_now = how == "fast" or self.handed_over
         for w in list(self.workers.values()):
             w.term_at = 0.0
-            if how == "fast" or w.slot == DISPATCHER_SLOT or (not dispatchers and w.slot != ADMIN_SLOT):
+            if w.slot == ADMIN_SLOT:
+                if admin_now:
+                    self.stop_worker(w, sig)
+            elif how == "fast" or w.slot == DISPATCHER_SLOT or not dispatchers:
                 self.stop_worker(w, sig)
         self.stop_admin_last()
 

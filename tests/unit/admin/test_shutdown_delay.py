@@ -118,3 +118,16 @@ def test_int_during_the_delay_stops_everything_at_once(fake: FakeOS, arb: Arbite
 def test_the_master_beats_for_livez(fake: FakeOS, arb: Arbiter) -> None:
     arb.totals.beat(123.5)
     assert arb.totals.master_beat() == 123.5
+
+
+def test_after_usr2_term_drains_at_once_and_stops_the_admin_process(fake: FakeOS, arb: Arbiter) -> None:
+    # The new master serves already, and its admin process answers on the same listener: no
+    # delay, and this master's /readyz must not keep answering 503 there.
+    workers, admin = started(arb)
+    arb.argv = ["x:app"]
+    arb.handle_usr2()
+    assert arb.handed_over and arb.new_master
+    arb.handle_term()
+    assert arb.stopping == "graceful" and not arb.shutdown_at
+    for pid in [*workers, admin]:
+        assert fake.signals_to(pid) == [signal.SIGTERM]
