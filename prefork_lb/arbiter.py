@@ -11,8 +11,9 @@ between --dispatch modes (listeners, the sockets a slot gets, the helper process
 USR2's hand-over) is asked of the mode object (prefork_lb.dispatch), never branched on here.
 
 Signals, as gunicorn uses them: TERM graceful stop within --graceful-timeout (after
---shutdown-delay seconds of serving on, /readyz saying 503 meanwhile); INT and QUIT fast stop; HUP reload (config and app code; new workers first, old ones drain once the new are
-ready); TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
+--shutdown-delay seconds of serving on, /readyz saying 503 meanwhile); INT and QUIT fast stop;
+HUP reload (config and app code; new workers first, old ones drain once the new are ready);
+TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
 """
 
 from __future__ import annotations
