@@ -305,3 +305,25 @@ def test_user_without_root_is_one_line(tmp_path: Path) -> None:
         pytest.skip("as root the switch is allowed")
     done = run_cli(["tests.apps:echo", "--user", "root", "--check-config"], tmp_path)
     assert done.returncode == 2 and "need the master to run as root" in done.stderr
+
+
+def test_hup_rereads_the_found_config_file_after_chdir(servers, tmp_path: Path) -> None:
+    import signal
+
+    cwd = tmp_path / "app"
+    elsewhere = tmp_path / "elsewhere"
+    cwd.mkdir()
+    elsewhere.mkdir()
+    conf = cwd / "gunicorn.conf.py"
+
+    def prepare(port: int) -> tuple[list[str], dict[str, str]]:
+        conf.write_text(f'bind = "{HOST}:{port}"\nworkers = 1\nchdir = {str(elsewhere)!r}\n')
+        return [sys.executable, "-m", "prefork_lb", "tests.apps:echo"], {}
+
+    srv = servers(cwd, prepare)
+    wait_for(lambda: len(srv.children_titled("worker")) == 1, 30.0, "1 worker")
+    conf.write_text(conf.read_text().replace("workers = 1", "workers = 3\nthreads = 2"))
+    os.kill(srv.pid, signal.SIGHUP)
+    srv.wait_log("Reload finished", 30.0)
+    wait_for(lambda: len(srv.children_titled("worker")) == 3, 30.0, "3 workers after HUP")
+    assert unsupported_names(srv.log_text()) == [["threads"]]
