@@ -128,6 +128,9 @@ def check_flags(argv: Sequence[str], command: str) -> None:
     if others:  # an abbreviation of several flags of other commands
         where = " or ".join(COMMAND_LINES[c] for c in others)
         raise UsageError(f"{name} does not apply to {COMMAND_LINES[command]}, only to {where}")
+    why = gn.refusal(name)
+    if why is not None:  # -k gevent, --preload: said as what they are in gunicorn
+        raise UsageError(why)
     near = usage.closest(name, flags)
     raise UsageError(
         f"unrecognized arguments: {name} " + (f"(did you mean {near}?)" if near else "(see --help)")
@@ -139,6 +142,7 @@ class UsageError(Exception):
 
 
 def _parse_args(argv: Sequence[str], command: str) -> argparse.Namespace:
+    argv, _ = gn.translate_argv(argv, drop_unsupported=False)  # gunicorn's --reuse-port, ...
     parser = make_parser(command)
     try:
         check_flags(argv, command)
@@ -153,13 +157,13 @@ def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def _env_layers(
     environ: Mapping[str, str], command: str
-) -> tuple[list[tuple[dict[str, Any], str]], str | None, list[str]]:
-    """The flags of :data:`CMD_ARGS` as layers for :func:`build`: ([(values, variable)], the
-    app one of them names, the warnings). gunicorn's flags are translated
+) -> tuple[list[tuple[dict[str, Any], str]], tuple[str, str] | None, list[str]]:
+    """The flags of :data:`CMD_ARGS` as layers for :func:`build`: ([(values, variable)], (the
+    app the last of them names, that variable) or None, the warnings). gunicorn's flags are translated
     (settings/gunicorn_names.py); one without an equivalent is dropped and named in a warning.
     A bad flag or value is one line naming the variable."""
     layers: list[tuple[dict[str, Any], str]] = []
-    app: str | None = None
+    app: tuple[str, str] | None = None
     warnings: list[str] = []
     for var in CMD_ARGS:
         text = environ.get(var, "")
@@ -187,7 +191,8 @@ def _env_layers(
         if any(getattr(args, a) for a in ACTIONS):
             error("--check-config, --print-config and --json belong on the command line")
         layers.append((_settings_of(args), var))
-        app = args.app or app
+        if args.app:
+            app = (args.app, var)
     return layers, app, warnings
 
 
@@ -207,8 +212,7 @@ def parse_command(
     if command == PROXY:
         cfg = _proxy_config(args, layers, environ)
     else:
-        app = args.app or env_app
-        app_source = "command line" if args.app else next((v for _, v in layers[::-1] if env_app), None)
+        app, app_source = (args.app, "command line") if args.app else env_app or (None, None)
         cfg = build(
             _settings_of(args),
             environ,

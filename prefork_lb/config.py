@@ -238,6 +238,13 @@ def split_hooks(
     return hooks, rest
 
 
+def _ours(name: str, value: Any, g: gn.GunicornName | None) -> tuple[str, Any]:
+    """(our setting, the value in our shape) for a setting named ``name``, ours or gunicorn's."""
+    if g is None or g.kind != gn.SETTING:
+        return name, value
+    return g.target, (g.convert(value) if g.convert is not None else value)
+
+
 def gunicorn_keywords(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """``prefork_lb.run(app, accesslog="-", loglevel="DEBUG")``: gunicorn's names as ours, and
     the gunicorn names given that have no equivalent here (for the one warning line)."""
@@ -245,11 +252,12 @@ def gunicorn_keywords(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[s
     unsupported: list[str] = []
     for name, value in values.items():
         g = gn.BY_GUNICORN_NAME.get(name)
-        if name in BY_NAME or name in HOOK_NAMES or g is None or g.kind == gn.HOOK:
-            out[name] = value
-        elif g.kind == gn.SETTING:
-            out[g.target] = g.convert(value) if g.convert is not None else value
-        elif g.kind != gn.APP:
+        if name in HOOK_NAMES or g is None or g.kind in (gn.HOOK, gn.CONFIG):
+            out[name] = value  # an unknown name: build() refuses it in one line
+        elif name in BY_NAME or g.kind == gn.SETTING:
+            target, converted = _ours(name, value, g)
+            out[target] = converted
+        else:  # wsgi_app too: run() takes the app object
             unsupported.append(name)
     unsupported += [
         name for name in HOOK_NAMES if name in values and gn.BY_GUNICORN_NAME[name].kind == gn.NONE
@@ -300,16 +308,13 @@ def load_config_file(cfg: Config, path: str, command: str = SERVER) -> None:
                 unsupported.append(name)
             cfg.hooks[name] = value
             cfg.sources[name] = source
-        elif name in BY_NAME:
-            if not _ignored(cfg, BY_NAME[name], command, source):
-                cfg.set(name, value, source)
+        elif name in BY_NAME or (g is not None and g.kind == gn.SETTING):
+            target, value = _ours(name, value, g)
+            if not _ignored(cfg, BY_NAME[target], command, source):
+                cfg.set(target, value, source if target == name else f"{source}, as {name}")
         elif name == "wsgi_app":
             cfg.app_uri = str(value)
             cfg.sources[name] = source
-        elif g is not None and g.kind == gn.SETTING:
-            converted = g.convert(value) if g.convert is not None else value
-            if not _ignored(cfg, BY_NAME[g.target], command, source):
-                cfg.set(g.target, converted, f"{source}, as {name}")
         elif g is not None and g.kind in (gn.NONE, gn.ACTION):
             unsupported.append(name)
     if unsupported:

@@ -56,6 +56,15 @@ def _reuse_port(value: Any) -> str:
     return "reuseport" if value else "shared"
 
 
+def _header_count(value: Any) -> Any:
+    """gunicorn reads limit_request_fields 0 (or past 32768) as its maximum, 32768."""
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        return value  # the setting's converter says what is wrong with it
+    return 32768 if n <= 0 or n > 32768 else n
+
+
 def _same(name: str, flags: tuple[str, ...], note: str = "", **kw: Any) -> GunicornName:
     return GunicornName(name, SETTING, flags, name, note, **kw)
 
@@ -96,7 +105,12 @@ GUNICORN: tuple[GunicornName, ...] = (
     _same("graceful_timeout", ("--graceful-timeout",)),
     _same("keepalive", ("--keep-alive",), "default 5 s (gunicorn: 2 s)"),
     _same("limit_request_line", ("--limit-request-line",), "414 past it"),
-    _same("limit_request_fields", ("--limit-request-fields",), "431 past it"),
+    _same(
+        "limit_request_fields",
+        ("--limit-request-fields",),
+        "431 past it; in a config file 0 is gunicorn's 32768",
+        convert=_header_count,
+    ),
     _same(
         "limit_request_field_size",
         ("--limit-request-field_size",),
@@ -245,11 +259,13 @@ def unsupported_warning(names: Iterable[str], source: str) -> str:
     )
 
 
-def translate_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+def translate_argv(argv: Sequence[str], drop_unsupported: bool = True) -> tuple[list[str], list[str]]:
     """``GUNICORN_CMD_ARGS`` (split) as prefork_lb's flags: (argv, the gunicorn settings dropped
     for having no equivalent). A gunicorn flag spelt otherwise here becomes ours
     (``--limit-request-field_size``, ``--reuse-port``); every other token stays as it is, so
-    prefork_lb's own flags are fine there too and a typo is still refused."""
+    prefork_lb's own flags are fine there too and a typo is still refused. With
+    ``drop_unsupported=False`` (the command line itself) those stay too, for the parser to
+    refuse with :func:`refusal`."""
     out: list[str] = []
     dropped: list[str] = []
     tokens = list(argv)
@@ -265,6 +281,9 @@ def translate_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         if g is None:
             out.append(token)
             continue
+        if g.kind == NONE and not drop_unsupported:
+            out.append(token)
+            continue
         if g.kind == NONE:
             if g.name not in dropped:
                 dropped.append(g.name)
@@ -276,6 +295,15 @@ def translate_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             out.append(token)
     return out, dropped
+
+
+def refusal(flag: str) -> str | None:
+    """Why the command line refuses ``flag`` when it is a gunicorn flag with no equivalent here
+    (one line), else None."""
+    g = _BY_FLAG.get(flag)
+    if g is None or g.kind != NONE:
+        return None
+    return f"{flag} is gunicorn's {g.name}, which has no equivalent in prefork_lb: {g.note} (see docs/gunicorn.md)"
 
 
 def our_flags(g: GunicornName, settings: dict[str, Any]) -> str:

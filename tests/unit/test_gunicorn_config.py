@@ -106,6 +106,8 @@ def test_gunicorn_names_and_shapes_in_a_config_file(tmp_path: Path) -> None:
         umask = "022"
         reuse_port = False
         proc_name = "myapp"
+        limit_request_fields = 0
+        user = 0
         """,
     )
     cfg = build({"config": path}, environ={})
@@ -119,6 +121,8 @@ def test_gunicorn_names_and_shapes_in_a_config_file(tmp_path: Path) -> None:
     assert cfg.umask == 0o22
     assert cfg.dispatch == "shared"
     assert cfg.proc_name == "myapp"
+    assert cfg.limit_request_fields == 32768  # gunicorn's 0: its maximum
+    assert cfg.user == "0"
     assert cfg.warnings == []
     assert cfg.source_of("log_level") == f"config file {path!r}, as loglevel"
 
@@ -161,10 +165,17 @@ def test_a_bad_gunicorn_value_is_one_line_naming_the_file(tmp_path: Path) -> Non
 
 def test_run_takes_gunicorns_names_too() -> None:
     values, unsupported = gunicorn_keywords(
-        {"accesslog": "-", "loglevel": "WARNING", "workers": 2, "threads": 3}
+        {
+            "accesslog": "-",
+            "loglevel": "WARNING",
+            "workers": 2,
+            "threads": 3,
+            "wsgi_app": "x:y",
+            "post_fork": print,
+        }
     )
-    assert values == {"access_logfile": "-", "log_level": "warning", "workers": 2}
-    assert unsupported == ["threads"]
+    assert values == {"access_logfile": "-", "log_level": "warning", "workers": 2, "post_fork": print}
+    assert unsupported == ["threads", "wsgi_app"]
 
 
 # -- discovery -------------------------------------------------------------------------------------
@@ -372,3 +383,26 @@ def test_switch_sets_groups_then_gid_then_uid(monkeypatch: pytest.MonkeyPatch) -
     privileges.switch(privileges.Identity(0, 0, "root"))  # already that: nothing to do
     privileges.switch(None)
     assert calls == []
+
+
+def test_the_command_line_takes_gunicorns_spellings_and_names_what_it_refuses(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cfg = cli.parse([APP, "--limit-request-field_size", "99", "--reuse-port"], environ={})
+    assert (cfg.limit_request_field_size, cfg.dispatch) == (99, "reuseport")
+    with pytest.raises(SystemExit) as done:
+        cli.parse([APP, "-k", "gevent"], environ={})
+    assert done.value.code == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "prefork_lb: error: -k is gunicorn's worker_class, which has no equivalent in prefork_lb: "
+        "one worker type (gevent + httptools); see --dispatch (see docs/gunicorn.md)\n"
+    )
+
+
+def test_the_app_source_is_the_variable_that_named_it() -> None:
+    environ = {"GUNICORN_CMD_ARGS": "tests.apps:echo", "PREFORK_LB_CMD_ARGS": "-w 2"}
+    cfg = cli.parse([], environ=environ)
+    assert (cfg.app_uri, cfg.source_of("wsgi_app")) == ("tests.apps:echo", "GUNICORN_CMD_ARGS")
+    cfg = cli.parse([APP], environ=environ)
+    assert (cfg.app_uri, cfg.source_of("wsgi_app")) == (APP, "command line")
