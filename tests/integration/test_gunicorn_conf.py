@@ -87,6 +87,12 @@ def test_gunicorn_conf_py_in_the_working_directory_applies(servers, tmp_path: Pa
 
             def worker_int(worker):
                 pass
+
+            def post_fork(server, worker):  # gunicorn's server.log and worker attributes
+                server.log.warning("post_fork hook: worker %s is pid %s", worker.slot, worker.pid)
+
+            def when_ready(server):
+                server.log.warning("when_ready hook")
             """,
         )
         return [sys.executable, "-m", "prefork_lb"], {}
@@ -97,6 +103,9 @@ def test_gunicorn_conf_py_in_the_working_directory_applies(servers, tmp_path: Pa
     log = srv.log_text()
     assert unsupported_names(log) == [["threads", "preload_app", "worker_int"]]
     assert "[INFO]" not in log  # loglevel = "WARNING": no info lines
+    srv.wait_log("when_ready hook", 20.0)
+    for pid in srv.children_titled("worker"):
+        assert re.search(rf"post_fork hook: worker \d is pid {pid}\b", srv.log_text()), srv.log_text()
     srv.wait_log('"GET / HTTP/1.1" 200', 20.0, stdout=True)  # accesslog = "-": stdout
 
 
@@ -143,9 +152,13 @@ def test_check_config_exits_0_or_2_with_one_line(tmp_path: Path) -> None:
         (["tests.apps:echo"], "workers = (\n", "syntax error"),
     ):
         (tmp_path / "gunicorn.conf.py").write_text(conf)
-        bad = run_cli([*args, "--check-config"], tmp_path)
-        assert bad.returncode == 2, bad.stderr
-        assert bad.stderr.count("\n") == 1 and why in bad.stderr and "Traceback" not in bad.stderr
+        # a bad config stops a plain start too, before it binds; a bad app only a check does
+        # (a plain start reports it once a worker fails to import it)
+        checks = (["--check-config"],) if "no_such_app" in args[0] else (["--check-config"], [])
+        for check in checks:
+            bad = run_cli([*args, *check, "-b", f"{HOST}:1"], tmp_path)  # never bound: it stops first
+            assert bad.returncode == 2, bad.stderr
+            assert bad.stderr.count("\n") == 1 and why in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_print_config_says_where_each_value_came_from(tmp_path: Path) -> None:
