@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from prefork_lb import __version__, usage
-from prefork_lb.config import SETTINGS, Config, ConfigError, build
+from prefork_lb.config import BY_NAME, SETTINGS, Config, ConfigError, build
 from prefork_lb.config_check import check, log_warnings
 from prefork_lb.settings import gunicorn_names as gn
 from prefork_lb.settings.base import COMMAND_LINES, COMMANDS, PROXY, SERVER
@@ -177,21 +177,32 @@ def _env_layers(
             tokens, dropped = gn.translate_argv(tokens)
             if dropped:
                 warnings.append(gn.unsupported_warning(dropped, f"environment variable {var}"))
-        parser = make_parser(command)
+        # The server's flags, for either command: the variable may be shared by the server and
+        # the proxy, so a flag of the server only is ignored by the proxy with a warning, as a
+        # config file's setting is (the server's flags are a superset of the proxy's).
+        parser = make_parser(SERVER)
 
         def error(message: str, var: str = var) -> NoReturn:
             raise ConfigError(f"environment variable {var}: {message}")
 
         parser.error = error  # type: ignore[method-assign]
         try:
-            check_flags(tokens, command)
+            check_flags(tokens, SERVER)
         except UsageError as exc:
             error(str(exc))
         args = parser.parse_args(tokens)
         if any(getattr(args, a) for a in ACTIONS):
             error("--check-config, --print-config and --json belong on the command line")
-        layers.append((_settings_of(args), var))
-        if args.app:
+        values = _settings_of(args)
+        for name in [n for n, v in values.items() if v is not None and not BY_NAME[n].applies_to(command)]:
+            warnings.append(
+                f"environment variable {var}: {name} does not apply to {COMMAND_LINES[command]}; ignored"
+            )
+            del values[name]
+        layers.append((values, var))
+        if args.app and command == PROXY:
+            warnings.append(f"environment variable {var}: the proxy takes no app ({args.app}); ignored")
+        elif args.app:
             app = (args.app, var)
     return layers, app, warnings
 

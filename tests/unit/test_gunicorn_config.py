@@ -406,3 +406,13 @@ def test_the_app_source_is_the_variable_that_named_it() -> None:
     assert (cfg.app_uri, cfg.source_of("wsgi_app")) == ("tests.apps:echo", "GUNICORN_CMD_ARGS")
     cfg = cli.parse([APP], environ=environ)
     assert (cfg.app_uri, cfg.source_of("wsgi_app")) == (APP, "command line")
+
+
+def test_the_proxy_ignores_the_servers_flags_in_a_shared_variable_with_a_warning() -> None:
+    environ = {"GUNICORN_CMD_ARGS": "-w 4 -t 7 prefork_lb.demo:app"}
+    cfg = cli.parse(["proxy", "--backends", "127.0.0.1:8001"], environ=environ)
+    assert cfg.timeout == 7 and cfg.workers == 0
+    assert cfg.warnings == [
+        "environment variable GUNICORN_CMD_ARGS: workers does not apply to prefork_lb proxy; ignored",
+        "environment variable GUNICORN_CMD_ARGS: the proxy takes no app (prefork_lb.demo:app); ignored",
+    ]
