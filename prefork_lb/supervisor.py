@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from prefork_lb import dispatch
 from prefork_lb import scoreboard as sb
@@ -47,7 +47,10 @@ _HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
 
 @dataclass
 class WorkerProc:
-    """The master's record of one child (worker or helper); config hooks receive it as ``worker``."""
+    """The master's record of one child (worker or helper); config hooks receive it as ``worker``.
+    ``worker.log`` is the error log, as gunicorn's hooks have it (``worker.log.info(...)``)."""
+
+    log: ClassVar[logging.Logger] = log
 
     pid: int
     slot: int
@@ -93,6 +96,8 @@ class BootError(Exception):
 
 class Supervisor(Watchdog):
     """The master's children; the Arbiter adds the listeners' binding, signals and the loop."""
+
+    log: ClassVar[logging.Logger] = log  # hooks' ``server.log``, as in gunicorn
 
     def __init__(
         self,

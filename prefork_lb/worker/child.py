@@ -69,6 +69,8 @@ class WorkerChild(ChildProcess):
     def boot(self) -> int:
         self.enable_faulthandler()
         self.size_offload_pool()
+        if not self.switch_user():
+            return EXIT_APP_LOAD
         patch()
         app, code = self.load_app()
         if app is None:
@@ -77,6 +79,18 @@ class WorkerChild(ChildProcess):
         self.ctx.hook("post_worker_init", self.ctx.record)
         self.server = self.make_server(app)
         return 0
+
+    def switch_user(self) -> bool:
+        """--user/--group: become that user before the app is imported (False: one line on
+        the boot pipe, the master reports it)."""
+        from prefork_lb.privileges import identity, switch
+
+        try:
+            switch(identity(self.cfg.user, self.cfg.group))
+        except (OSError, KeyError) as exc:
+            os.write(self.ctx.boot_fd, f"cannot switch to --user/--group: {exc}\n".encode())
+            return False
+        return True
 
     def enable_faulthandler(self) -> None:
         """SIGABRT from the master (missed heartbeat) dumps the stack into the error log."""
