@@ -23,6 +23,7 @@ class DaskCluster:
     """One LocalCluster (scheduler and one in-process worker) on a free loopback port."""
 
     def __init__(self, workdir: Path) -> None:
+        Path(workdir).mkdir(parents=True, exist_ok=True)
         self.log_path = Path(workdir) / "dask-cluster.log"
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -37,14 +38,15 @@ class DaskCluster:
         assert self.proc is not None
         return self.proc.pid
 
-    def start(self) -> DaskCluster:
+    def start(self, port: int = 0) -> DaskCluster:
+        """Start on ``port`` (0: a free one, retried if taken meanwhile)."""
         import pytest
 
         from tests.helpers import free_port, server_env, spawn, wait_for
 
         pytest.importorskip("distributed", reason=f"distributed (dask) is not installed: {INSTALL}")
         for attempt in range(3):
-            self.port = free_port()
+            self.port = port or free_port()
             with open(self.log_path, "ab") as log:
                 self.proc = spawn(
                     [sys.executable, "-m", "tests.dask_cluster", str(self.port)],
@@ -62,7 +64,7 @@ class DaskCluster:
                 return self
             text = self.log_text()
             self.stop()
-            if "already in use" not in text and "Address in use" not in text or attempt == 2:
+            if port or "already in use" not in text and "Address in use" not in text or attempt == 2:
                 raise AssertionError(f"the Dask cluster did not start:\n{text}")
         return self
 

@@ -3,7 +3,8 @@ ThreadPoolExecutor factory (MODULE:FACTORY), behind a real server (tests.apps_of
 
 What must hold: the task runs on the executor (not in the worker); the worker's loop keeps
 serving while a slow task is in flight; a timeout answers as the local pool's does (504 in the
-app); a scheduler SIGKILLed answers the OffloadError path (503) at once, in flight or not;
+app); a scheduler SIGKILLed answers the OffloadError path (503) at once, in flight or not,
+and one back on the same address is used again;
 a factory that fails at boot is one line and exit 2."""
 
 from __future__ import annotations
@@ -147,9 +148,18 @@ def test_dask_scheduler_killed_gives_offload_error(tmp_path: Path) -> None:
         status, body = get_json(srv.port, "/fast")
         assert status == 200, body
         assert srv.alive
+        # A scheduler back on the same address: the worker reconnects by itself.
+        cluster = DaskCluster(tmp_path / "again").start(port=cluster.port)
+        body = wait_for(lambda: ran_on(srv.port), 60.0, "an offload on the restarted cluster")
+        assert body["ran"]["pid"] == cluster.pid
     finally:
         srv.stop()
         cluster.stop()
+
+
+def ran_on(port: int) -> dict[str, Any] | None:
+    status, body = get_json(port, "/run/10")
+    return body if status == 200 else None
 
 
 # -- MODULE:FACTORY ------------------------------------------------------------------------------
