@@ -4,7 +4,7 @@
 /run/N: fib(N) offloaded, with where it ran (pid, thread, Dask worker) and the worker's pid;
 /sleep/S?timeout=T: time.sleep(S) offloaded with that timeout; /gate?path=P[&timeout=T]: waits
 offloaded until the file P exists (P.started says it began); /fail: the task raises ValueError
-(500); anything else: 'ok' at once, never offloaded.
+(500); /stats: offload.stats(); anything else: 'ok' at once, never offloaded.
 A timeout answers 504 and an OffloadError 503, whichever executor ran it (the local pool too).
 
 Factories for ``--offload-executor tests.apps_offload:NAME``: ``thread_executor`` (a
@@ -97,6 +97,8 @@ def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
             data["slept"] = offload(sleep, float(parts[1]), timeout=timeout)
         elif parts[0] == "gate":
             data["gate"] = offload(wait_gate, query["path"], timeout=timeout)
+        elif parts[0] == "stats":
+            data["stats"] = offload.stats()
         elif parts[0] == "fail":
             offload(fail, "as asked", timeout=timeout)
         else:

@@ -69,8 +69,12 @@ class DaskExecutor(concurrent.futures.Executor):
         client = self._client
         if client is None:
             return 0
-        try:
-            workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        try:  # asynchronous: the client's cached copy, refreshed every few seconds
+            try:
+                info = client.scheduler_info(n_workers=-1)
+            except TypeError:  # distributed before 2025: no n_workers
+                info = client.scheduler_info()
+            workers = info.get("workers", {})
         except Exception:
             return 0
         return sum(int(w.get("nthreads", 0)) for w in workers.values())

@@ -99,6 +99,8 @@ def test_dask_runs_the_task_on_the_cluster(dask_server: ServerProcess, cluster: 
     assert body["ran"]["pid"] == cluster.pid != body["worker"]
     assert body["ran"]["dask_worker"].startswith("tcp://127.0.0.1:")
     assert body["worker"] in dask_server.worker_pids()
+    status, body = get_json(dask_server.port, "/stats")  # the cluster's 4 threads, none busy now
+    assert status == 200 and body["stats"] == {"size": 4, "busy": 0, "idle": 4, "restarts": 0}, body
 
 
 def test_dask_errors_propagate(dask_server: ServerProcess) -> None:
