@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
@@ -267,6 +268,31 @@ def offload_count(value: Any) -> int:
     if str(value).strip().lower() in ("auto", "-1"):
         return -1
     return non_negative_int(value)
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_FACTORY = re.compile(rf"^({_DOTTED}):({_DOTTED})$")
+
+
+def offload_executor(value: Any) -> str | None:
+    """The setting's converter: None for the local pool ('local', empty), else the spec,
+    checked: ``dask://HOST:PORT`` (port 1-65535) or ``MODULE:FACTORY`` (dotted names)."""
+    if value is None:
+        return None
+    spec = str(value).strip()
+    if spec.lower() in ("", "local"):
+        return None
+    if spec.lower().startswith("dask://"):
+        m = _HOST_PORT.match(spec[7:])
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            raise ValueError(f"expected dask://HOST:PORT, not {spec!r}")
+        return "dask://" + spec[7:]
+    if "://" in spec:
+        raise ValueError(f"unknown scheme in {spec!r} (expected dask://HOST:PORT or MODULE:FACTORY)")
+    if _FACTORY.match(spec) is None:
+        raise ValueError(f"expected 'local', dask://HOST:PORT or MODULE:FACTORY, not {spec!r}")
+    return spec
 
 
 def cpu_count() -> int:

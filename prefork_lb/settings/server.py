@@ -16,6 +16,7 @@ from prefork_lb.settings.base import (
     non_negative_float,
     non_negative_int,
     offload_count,
+    offload_executor,
     optional_str,
     positive_int,
     rss_limit,
@@ -141,6 +142,20 @@ class ServerSettings:
         flags=("--offload-processes",),
         metavar="N|auto",
         default_doc="auto",
+        commands=(SERVER,),
+    )
+
+    offload_executor = Setting(
+        offload_executor,
+        None,
+        "Where prefork_lb.offload(fn, *args) runs: local (each worker's own pool, "
+        "--offload-processes), dask://HOST:PORT (a Dask distributed scheduler; needs "
+        "prefork_lb[dask]) or MODULE:FACTORY (a function returning a concurrent.futures.Executor). "
+        "Each worker makes its own executor after fork; waits never block the worker's loop, "
+        "and the local pool's timeout and error rules hold (a lost scheduler: OffloadError).",
+        flags=("--offload-executor",),
+        metavar="local|dask://HOST:PORT|MODULE:FACTORY",
+        default_doc="local",
         commands=(SERVER,),
     )
 
