@@ -168,6 +168,17 @@ class ProxySettings:
         metavar="SECONDS",
     )
 
+    retry_on_timeout = Setting(
+        boolean,
+        False,
+        "Also try an idempotent request on another backend when its backend sent no byte of a "
+        "response within --upstream-timeout (a host cut off the network mid-request), within "
+        "--retries and --retry-budget; false: 504 at once.",
+        flags=("--retry-on-timeout",),
+        section="Proxy",
+        metavar="BOOL",
+    )
+
     upstream_keepalive = Setting(
         non_negative_int,
         256,
