@@ -176,9 +176,8 @@ class Arbiter(Supervisor):
                 pass
 
     def cleanup(self) -> None:
-        admin_paths = [
-            n for n in (s.getsockname() for s in self.mode.sockets.admin) if isinstance(n, str) and n
-        ]
+        own = self.mode.sockets.admin + self.mode.sockets.control
+        admin_paths = [n for n in (s.getsockname() for s in own) if isinstance(n, str) and n]
         for s in self.all_sockets():
             s.close()
         if self.handed_over:
@@ -189,7 +188,7 @@ class Arbiter(Supervisor):
                     os.unlink(a.path)
                 except OSError:
                     pass
-        for path in admin_paths:  # --stats-bind unix:PATH
+        for path in admin_paths:  # --stats-bind unix:PATH, --control-socket
             try:
                 os.unlink(path)
             except OSError:
@@ -209,8 +208,11 @@ class Arbiter(Supervisor):
         pass  # reap() runs after every wake-up
 
     def handle_term(self) -> None:
-        log.info("SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
-        self.begin_stop("graceful")
+        grace = self.totals.take_stop_grace()  # `prefork_lb ctl stop --graceful-timeout S`
+        log.info(
+            "SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout if grace is None else grace
+        )
+        self.begin_stop("graceful", grace)
 
     def handle_int(self) -> None:
         log.info("SIGINT: fast stop")
@@ -238,8 +240,18 @@ class Arbiter(Supervisor):
             w.retry_at = 0.0  # an operator's HUP tries again now, whatever failed before
 
     def handle_ttin(self) -> None:
+        target = self.totals.take_scale()  # `prefork_lb ctl scale N` wrote a count, then sent TTIN
+        if target > 0:
+            self.scale_to(target)
+            return
         self.add_slot()
         log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def scale_to(self, target: int) -> None:
+        if target != self.num_workers:
+            self.num_workers = target
+            self.resized()  # fewer: shrink() drains the slots past the count on the next tick
+        log.info("Control socket: scale to %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
         if self.num_workers > 1:

@@ -71,15 +71,15 @@ class ProxyMode(DispatchMode):
     def links(self) -> list[socket.socket]:
         """The proxy's and the admin process's ends of their channel (prefork_lb.admin.link),
         made before the first of them is forked; per master, like the handoff channels. None
-        without an admin listener."""
-        if not self.sockets.link and self.sockets.admin:
+        without an admin process."""
+        if not self.sockets.link and self.has_admin():
             from prefork_lb.admin.link import open_link
 
             self.sockets.link = list(open_link())
         return self.sockets.link
 
     def admin_link(self) -> socket.socket | None:
-        return self.links()[1] if self.sockets.admin else None
+        return self.links()[1] if self.has_admin() else None
 
     def configure_worker(self, options: Any) -> None:
         # Requests keep coming to a draining worker until the proxy reads on the scoreboard

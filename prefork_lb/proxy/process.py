@@ -34,6 +34,7 @@ from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
+from prefork_lb.proxy.operator import OperatorError, apply, state_of
 from prefork_lb.proxy.resolve import Resolution, resolver
 from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
@@ -202,13 +203,14 @@ class ProxyProcess:
         healthy = 0
         for b in proxy.backends.values():
             m = snap.get(b.key)
-            up = bool(m and m["state"] == "up")
-            healthy += up
             lat = m["latency"] if m else None
+            up = bool(m and m["state"] != "down")  # health, whatever an operator's drain says
+            healthy += up
             backends.append(
                 {
                     "name": b.key,
                     "healthy": up,
+                    "state": state_of(proxy, b),
                     "in_flight": m["in_flight"] if m else 0,
                     "latency_ms": None if lat is None else round(lat * 1000, 3),
                     **({"slot": b.slot} if b.slot is not None else {}),
@@ -234,7 +236,10 @@ class ProxyProcess:
             "local_workers": sum(
                 1 for b in proxy.backends.values() if b.slot is not None and proxy.strategy.members[b.key].up
             ),
-            "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()],
+            "backends": [
+                {**b.stats.as_dict(b.key), "state": state_of(proxy, b), "weight": b.weight}
+                for b in proxy.backends.values()
+            ],
         }
 
     def document(self, what: str) -> dict[str, Any] | None:
@@ -245,7 +250,30 @@ class ProxyProcess:
             return self.stats_doc()
         if what == "metrics":
             return self.metrics_doc()
+        if what.startswith("backend "):
+            return self.operate(what[len("backend ") :])
         return None
+
+    def operate(self, question: str) -> dict[str, Any]:
+        """A change of the backend pool from the control socket (prefork_lb.proxy.operator)."""
+        cfg = self.cfg
+        try:
+            req = json.loads(question)
+            if not isinstance(req, dict):
+                raise OperatorError("not a JSON object")
+            checks = (cfg.health_check_rise, cfg.health_check_fall) if cfg.health_check_interval > 0 else None
+            before = set(self.proxy.backends)
+            doc = apply(self.proxy, req, checks)
+        except (OperatorError, ValueError) as exc:
+            return {"error": str(exc)}
+        for key in set(self.proxy.backends) - before:
+            b = self.proxy.backends[key]
+            log.info("proxy: backend %s added (control socket)", key)
+            if b.health is not None:
+                self.tasks.append(self.loop.create_task(self.check_loop(b)))
+        if req.get("op") != "add":
+            log.info("proxy: backend %s: %s (control socket)", req.get("name"), doc["backend"]["state"])
+        return doc
 
     def metrics_doc(self) -> dict[str, Any]:
         """What /metrics shows beyond /lb-stats: per backend, its pool and a latency histogram
