@@ -185,8 +185,21 @@ def find_socket(opts: Options, environ: Mapping[str, str]) -> str:
     return path
 
 
+def check_owner(path: str, uid: int | None = None) -> None:
+    """Refuse a socket another user made (in a shared /tmp, anyone can create the default
+    path first): only the server's user may talk to it, and only to its own server."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # connect() says what is wrong
+    me = os.getuid() if uid is None else uid
+    if st.st_uid != me and me != 0:
+        raise Unreachable(f"{path} belongs to another user (uid {st.st_uid}): not talking to it")
+
+
 def ask(path: str, request: Mapping[str, Any], timeout: float = ANSWER_TIMEOUT) -> dict[str, Any]:
     """One request, one answer (Unreachable when nothing answers on ``path``)."""
+    check_owner(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(CONNECT_TIMEOUT)
@@ -393,7 +406,7 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> NoRet
         fail(f"{exc} (see prefork_lb ctl --help)")
     try:
         path = find_socket(opts, env)
-        doc = ask(path, opts.request)
+        doc = ask_once_more(path, opts.request)
         if not doc.get("ok"):
             fail(str(doc.get("error", "refused")), int(doc.get("exit", p.EXIT_USAGE)))
         code, text = run(path, opts, doc)
@@ -401,6 +414,19 @@ def main(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> NoRet
         fail(str(exc))
     sys.stdout.write(text)
     sys.exit(code)
+
+
+def ask_once_more(path: str, request: dict[str, Any]) -> dict[str, Any]:
+    """:func:`ask`, and for a question that changes nothing, once more after a dropped
+    connection (an admin process being replaced by a reload closes the ones it holds)."""
+    try:
+        return ask(path, request)
+    except Unreachable as exc:
+        reading = request["cmd"] in ("status", "workers") or request.get("op") == "list"
+        if not reading or "closed" not in str(exc):
+            raise
+    time.sleep(POLL)
+    return ask(path, request)
 
 
 def run(path: str, opts: Options, doc: dict[str, Any]) -> tuple[int, str]:

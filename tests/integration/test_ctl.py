@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import ROOT, http_get, server_env, wait_for
+from tests.helpers import DISPATCH_MODES, ROOT, http_get, server_env, wait_for
 from tests.integration.conftest import StartServer
 from tests.integration.proxy.backends import Backend
 from tests.integration.proxy.driver import ProxyProcess
@@ -81,6 +81,13 @@ def server(start_server: StartServer, sock_path: Path) -> Iterator[ServerProcess
     yield srv
 
 
+@pytest.fixture(params=DISPATCH_MODES)
+def any_mode(request: pytest.FixtureRequest, start_server: StartServer, sock_path: Path) -> ServerProcess:
+    srv = start_server(APP, "-w", "2", "--dispatch", request.param, "--control-socket", str(sock_path))
+    wait_for(lambda: len(srv.children_titled("worker")) == 2, 20, "2 workers")
+    return srv
+
+
 def ready_workers(sock: Path) -> list[int]:
     return sorted(w["pid"] for w in ctl_json(sock, "status")["workers"] if w["state"] == "ready")
 
@@ -93,7 +100,8 @@ def test_socket_is_private(server: ServerProcess, sock_path: Path) -> None:
     assert stat.S_ISSOCK(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o600
 
 
-def test_status_lists_the_real_worker_pids(server: ServerProcess, sock_path: Path) -> None:
+def test_status_lists_the_real_worker_pids(any_mode: ServerProcess, sock_path: Path) -> None:
+    server = any_mode
     pids = server.children_titled("worker")
     r = ctl(sock_path, "status")
     assert r.returncode == 0, r
@@ -117,7 +125,8 @@ def test_scale_up_and_down(server: ServerProcess, sock_path: Path) -> None:
     wait_for(lambda: len(server.children_titled("worker")) == 1, 20, "1 worker process")
 
 
-def test_reload_starts_new_workers(server: ServerProcess, sock_path: Path) -> None:
+def test_reload_starts_new_workers(any_mode: ServerProcess, sock_path: Path) -> None:
+    server = any_mode
     before = set(server.children_titled("worker"))
     r = ctl(sock_path, "reload")
     assert r.returncode == 0 and "reloaded" in r.stdout, r
@@ -329,3 +338,27 @@ def test_standalone_proxy_add_and_remove(proxy: Any, sock_path: Path) -> None:
         assert r.returncode == 0 and b0.addr in r.stdout and extra.addr not in r.stdout, r
     finally:
         extra.stop()
+
+
+def test_integrated_proxy_drains_a_local_worker_slot(start_server: StartServer, sock_path: Path) -> None:
+    srv = start_server(APP, "-w", "2", "--dispatch", "proxy", "--control-socket", str(sock_path))
+
+    def two_backends() -> dict[str, Any] | None:
+        d = ctl_json(sock_path, "status")
+        return d if len(d["backends"]) == 2 else None
+
+    doc = wait_for(two_backends, 20, "2 local backends")
+    by_slot = {b["slot"]: b["name"] for b in doc["backends"]}
+    r = ctl(sock_path, "backend", "drain", by_slot[1])
+    assert r.returncode == 0 and "draining" in r.stdout, r
+
+    def sent() -> dict[int, int]:
+        return {b["slot"]: b["requests"] for b in ctl_json(sock_path, "backend", "list")["backends"]}
+
+    before = sent()
+    for _ in range(10):
+        assert http_get(srv.port)[0] == 200
+    after = sent()
+    assert after[1] == before[1] and after[0] == before[0] + 10  # only slot 0 got them
+    r = ctl(sock_path, "backend", "remove", by_slot[0])
+    assert r.returncode == 2 and "scale the workers" in r.stderr, r

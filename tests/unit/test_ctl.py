@@ -166,3 +166,12 @@ def test_backend_changes_for_a_person() -> None:
         "backend a:1: disabled, weight 1\n"
     )
     assert ctl.format_backend_change({**req, "op": "remove"}, {}) == "backend a:1 removed\n"
+
+
+def test_a_socket_of_another_user_is_refused(tmp_path: Any) -> None:
+    path = tmp_path / "s"
+    path.write_text("")
+    ctl.check_owner(str(path), uid=path.stat().st_uid)
+    ctl.check_owner(str(tmp_path / "missing"), uid=12345)
+    with pytest.raises(ctl.Unreachable, match="belongs to another user"):
+        ctl.check_owner(str(path), uid=path.stat().st_uid + 1)
