@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import subprocess
@@ -362,3 +363,34 @@ def test_integrated_proxy_drains_a_local_worker_slot(start_server: StartServer, 
     assert after[1] == before[1] and after[0] == before[0] + 10  # only slot 0 got them
     r = ctl(sock_path, "backend", "remove", by_slot[0])
     assert r.returncode == 2 and "scale the workers" in r.stderr, r
+
+
+def test_usr2_hands_the_control_socket_to_the_new_master(server: ServerProcess, sock_path: Path) -> None:
+    old = server.pid
+    os.kill(old, signal.SIGUSR2)
+    assert server.proc is not None and server.proc.wait(30) == 0  # it drains once the new one is ready
+
+    def new_master() -> int | None:
+        r = ctl(sock_path, "--json", "status")
+        pid = json.loads(r.stdout)["master"]["pid"] if r.returncode == 0 else None
+        return pid if pid not in (None, old) else None
+
+    pid = wait_for(new_master, 30, "the new master answering on the control socket")
+    assert stat.S_IMODE(os.stat(sock_path).st_mode) == 0o600
+    r = ctl(sock_path, "stop")
+    assert r.returncode == 0 and str(pid) in r.stdout, r
+
+
+def test_standalone_proxy_reload_waits_for_the_new_proxy(proxy: Any, sock_path: Path) -> None:
+    p, _ = proxy(1)
+    old = p.proxy_pid()
+    r = ctl(sock_path, "reload")
+    assert r.returncode == 0 and "reloaded" in r.stdout, r
+    new = [
+        r
+        for r in ctl_json(sock_path, "status")["processes"]
+        if r["role"] == "helper" and r["state"] == "ready"
+    ]
+    assert new and old not in [r["pid"] for r in new]
+    r = ctl(sock_path, "scale", "+1")
+    assert r.returncode == 2 and "no workers" in r.stderr, r

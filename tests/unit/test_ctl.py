@@ -175,3 +175,16 @@ def test_a_socket_of_another_user_is_refused(tmp_path: Any) -> None:
     ctl.check_owner(str(tmp_path / "missing"), uid=12345)
     with pytest.raises(ctl.Unreachable, match="belongs to another user"):
         ctl.check_owner(str(path), uid=path.stat().st_uid + 1)
+
+
+def test_help_and_bad_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        ctl.main(["--help"], {})
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("usage: prefork_lb ctl")
+    with pytest.raises(SystemExit) as done:
+        ctl.main(["scale"], {})
+    err = capsys.readouterr().err
+    assert done.value.code == 2 and err.count("\n") == 1 and err.startswith("prefork_lb ctl: scale takes one")
+    with pytest.raises(SystemExit) as done:
+        ctl.main(["--socket", "off", "status"], {})
+    assert done.value.code == 2 and "off" in capsys.readouterr().err
