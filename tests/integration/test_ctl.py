@@ -78,19 +78,23 @@ def sock_path() -> Iterator[Path]:
 @pytest.fixture
 def server(start_server: StartServer, sock_path: Path) -> Iterator[ServerProcess]:
     srv = start_server(APP, "-w", "2", "--control-socket", str(sock_path))
-    wait_for(lambda: len(srv.children_titled("worker")) == 2, 20, "2 workers")
+    wait_for(lambda: len(ready_workers(sock_path)) == 2, 30, "2 ready workers")
     yield srv
 
 
 @pytest.fixture(params=DISPATCH_MODES)
 def any_mode(request: pytest.FixtureRequest, start_server: StartServer, sock_path: Path) -> ServerProcess:
     srv = start_server(APP, "-w", "2", "--dispatch", request.param, "--control-socket", str(sock_path))
-    wait_for(lambda: len(srv.children_titled("worker")) == 2, 20, "2 workers")
+    wait_for(lambda: len(ready_workers(sock_path)) == 2, 30, "2 ready workers")
     return srv
 
 
 def ready_workers(sock: Path) -> list[int]:
-    return sorted(w["pid"] for w in ctl_json(sock, "status")["workers"] if w["state"] == "ready")
+    """The pids of the ready workers ctl reports ([] while it cannot say)."""
+    r = ctl(sock, "--json", "status")
+    if r.returncode != 0:
+        return []
+    return sorted(w["pid"] for w in json.loads(r.stdout)["workers"] if w["state"] == "ready")
 
 
 # -- the server ----------------------------------------------------------------------------------
@@ -391,6 +395,30 @@ def test_standalone_proxy_reload_waits_for_the_new_proxy(proxy: Any, sock_path: 
         for r in ctl_json(sock_path, "status")["processes"]
         if r["role"] == "helper" and r["state"] == "ready"
     ]
-    assert new and old not in [r["pid"] for r in new]
+    assert {r["pid"] for r in new} - {old}  # a new proxy is ready (the old one drains, then exits)
     r = ctl(sock_path, "scale", "+1")
     assert r.returncode == 2 and "no workers" in r.stderr, r
+
+
+def test_backend_changes_outlive_a_reload_of_the_proxy(proxy: Any, sock_path: Path) -> None:
+    p, (b0, b1) = proxy()
+    extra = Backend(name="extra").start()
+    try:
+        assert ctl(sock_path, "backend", "disable", b1.addr).returncode == 0
+        assert ctl(sock_path, "backend", "add", f"{extra.addr}=3").returncode == 0
+        old = p.proxy_pid()
+        r = ctl(sock_path, "reload")
+        assert r.returncode == 0, r
+        ready = [
+            r["pid"]
+            for r in ctl_json(sock_path, "status")["processes"]
+            if r["role"] == "helper" and r["state"] == "ready"
+        ]
+        assert set(ready) - {old}
+        states = {b["name"]: (b["state"], b["weight"]) for b in p.stats()["backends"]}
+        assert states == {b0.addr: ("up", 1), b1.addr: ("disabled", 1), extra.addr: ("up", 3)}
+        seen = len(b1.requests)
+        send(p, 8)
+        assert len(b1.requests) == seen and extra.requests
+    finally:
+        extra.stop()

@@ -136,3 +136,55 @@ def test_a_drained_local_slot_is_not_the_last_resort_either() -> None:
         assert state.pick(None, []) is None
     finally:
         loop.close()
+
+
+def test_compact_keeps_the_last_change_of_each_kind() -> None:
+    from prefork_lb.proxy.operator import compact
+
+    e = [
+        {"op": "drain", "key": "a"},
+        {"op": "weight", "key": "a", "weight": 2},
+        {"op": "enable", "key": "a"},
+        {"op": "add", "key": "b"},
+        {"op": "disable", "key": "b"},
+        {"op": "remove", "key": "b"},
+        {"op": "weight", "key": "a", "weight": 3},
+    ]
+    assert compact(e) == [
+        {"op": "enable", "key": "a"},
+        {"op": "remove", "key": "b"},
+        {"op": "weight", "key": "a", "weight": 3},
+    ]
+
+
+def test_the_journal_replays_into_a_new_pool() -> None:
+    from prefork_lb.proxy.operator import Journal, journal_entry
+
+    journal = Journal(bytearray(4096))
+    assert journal.entries() == []
+    old = Pool("10.0.0.1:80", "10.0.0.2:80")
+    for req in (
+        {"op": "add", "name": "10.0.0.3:80=4"},
+        {"op": "disable", "name": "10.0.0.2:80"},
+        {"op": "weight", "name": "10.0.0.1:80", "weight": 6},
+        {"op": "remove", "name": "10.0.0.1:80"},
+        {"op": "add", "name": "10.0.0.1:80"},
+    ):
+        journal.record(journal_entry(req, apply(old, req)))
+    new = Pool("10.0.0.1:80", "10.0.0.2:80")  # the configuration, as a new proxy reads it
+    assert journal.replay(new, None) == 2  # the add of 10.0.0.1:80 no longer applies: it is there
+    assert {k: (b.weight, state_of(new, b)) for k, b in new.backends.items()} == {
+        "10.0.0.1:80": (1, "up"),
+        "10.0.0.2:80": (1, "disabled"),
+        "10.0.0.3:80": (4, "up"),
+    }
+
+
+def test_a_full_journal_drops_the_oldest() -> None:
+    from prefork_lb.proxy.operator import Journal
+
+    journal = Journal(bytearray(200))
+    for i in range(20):
+        journal.record({"op": "drain", "key": f"10.0.0.{i}:80", "name": f"10.0.0.{i}:80"})
+    keys = [e["key"] for e in journal.entries()]
+    assert keys and keys[-1] == "10.0.0.19:80" and "10.0.0.0:80" not in keys
