@@ -471,7 +471,8 @@ def run(path: str, opts: Options, doc: dict[str, Any]) -> tuple[int, str]:
 
 def stop_wait(doc: dict[str, Any], opts: Options, show: Callable[[Any, str], str]) -> tuple[int, str]:
     pid = int(doc["master_pid"])
-    deadline = time.monotonic() + max(opts.timeout, float(doc["graceful_timeout"]) + 10.0)
+    took = float(doc.get("shutdown_delay", 0.0)) + float(doc["graceful_timeout"])
+    deadline = time.monotonic() + max(opts.timeout, took + 10.0)
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(POLL)
     if alive(pid):

@@ -67,6 +67,7 @@ class ControlActions:
         link: ProxyLink | None,
         graceful_timeout: float,
         kill: Callable[[int, int], None] = os.kill,
+        shutdown_delay: float = 0.0,
         process_info: Callable[[int], tuple[float, float] | None] = psutil_info,
     ) -> None:
         self.board = board
@@ -74,6 +75,7 @@ class ControlActions:
         self.dispatch = dispatch
         self.link = link
         self.graceful_timeout = graceful_timeout
+        self.shutdown_delay = shutdown_delay  # --shutdown-delay: a TERM serves this long first
         self.kill = kill
         self.process_info = process_info
 
@@ -186,6 +188,7 @@ class ControlActions:
         answer = {
             "master_pid": self.master_pid,
             "graceful_timeout": self.graceful_timeout if grace is None else grace,
+            "shutdown_delay": self.shutdown_delay,
         }
         return answer, ask
 

@@ -10,6 +10,7 @@ from prefork_lb.settings.base import (
     SERVER,
     Setting,
     boolean,
+    comma_joined,
     non_negative_float,
     non_negative_int,
     optional_list,
@@ -202,7 +203,7 @@ class ProxySettings:
     )
 
     forwarded_allow_ips = Setting(
-        str,
+        comma_joined,
         "127.0.0.1,::1",
         "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
         "headers the proxy keeps and appends to; from any other peer they are replaced. The "
