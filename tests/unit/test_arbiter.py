@@ -392,3 +392,18 @@ def test_term_with_a_control_socket_grace(fake: FakeOS) -> None:
     fake.now += 3
     assert not arb.step_stop()
     assert fake.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+
+
+def test_a_control_socket_grace_holds_through_the_shutdown_delay(fake: FakeOS) -> None:
+    arb = make(fake, workers=1, graceful_timeout=30, shutdown_delay=5)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.totals.request_stop_grace(2)
+    arb.handle_term()
+    assert not arb.stopping and not fake.signals_to(pid)  # serving through the delay
+    fake.now += 5
+    arb.end_shutdown_delay()
+    assert arb.stopping == "graceful" and fake.signals_to(pid) == [signal.SIGTERM]
+    fake.now += 3
+    assert not arb.step_stop()
+    assert fake.signals_to(pid)[-1] == signal.SIGKILL
