@@ -81,6 +81,7 @@ class Arbiter(Supervisor):
         self.argv = argv  # for USR2: the new master runs the same command line
         self.sig_queue: list[str] = []
         self.exit_code = 0
+        self.stop_grace: float | None = None  # `prefork_lb ctl stop --graceful-timeout S`
 
     @property
     def sticky_secret(self) -> bytes | None:
@@ -183,9 +184,8 @@ class Arbiter(Supervisor):
                 pass
 
     def cleanup(self) -> None:
-        admin_paths = [
-            n for n in (s.getsockname() for s in self.mode.sockets.admin) if isinstance(n, str) and n
-        ]
+        own = self.mode.sockets.admin + self.mode.sockets.control
+        admin_paths = [n for n in (s.getsockname() for s in own) if isinstance(n, str) and n]
         for s in self.all_sockets():
             s.close()
         if self.handed_over:
@@ -196,7 +196,7 @@ class Arbiter(Supervisor):
                     os.unlink(a.path)
                 except OSError:
                     pass
-        for path in admin_paths:  # --stats-bind unix:PATH
+        for path in admin_paths:  # --stats-bind unix:PATH, --control-socket
             try:
                 os.unlink(path)
             except OSError:
@@ -216,6 +216,9 @@ class Arbiter(Supervisor):
         pass  # reap() runs after every wake-up
 
     def handle_term(self) -> None:
+        taken = self.totals.take_stop_grace()  # `prefork_lb ctl stop --graceful-timeout S`
+        if taken is not None:
+            self.stop_grace = taken
         delay = self.cfg.shutdown_delay
         # After USR2 the TERM comes from the new master, which serves already: no delay.
         if delay > 0 and not self.stopping and not self.shutdown_at and not self.handed_over:
@@ -224,21 +227,25 @@ class Arbiter(Supervisor):
                 "SIGTERM: serving %g s more (--shutdown-delay, /readyz answers 503), then a graceful "
                 "stop (up to %.0f s); another TERM stops now",
                 delay,
-                self.cfg.graceful_timeout,
+                self.graceful_timeout(),
             )
             self.shutdown_at = self.clock() + delay
             self.totals.set_shutdown(tt.DELAYING)
             sd_notify("STOPPING=1")
             return
-        log.info("SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
+        log.info("SIGTERM: graceful stop (up to %.0f s)", self.graceful_timeout())
         sd_notify("STOPPING=1")
-        self.begin_stop("graceful")
+        self.begin_stop("graceful", self.stop_grace)
+
+    def graceful_timeout(self) -> float:
+        """--graceful-timeout, or what `prefork_lb ctl stop --graceful-timeout S` asked for."""
+        return self.cfg.graceful_timeout if self.stop_grace is None else self.stop_grace
 
     def end_shutdown_delay(self) -> None:
         """--shutdown-delay is over: the graceful stop begins."""
         if self.shutdown_at and not self.stopping and self.clock() >= self.shutdown_at:
-            log.info("Shutdown delay over: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
-            self.begin_stop("graceful")
+            log.info("Shutdown delay over: graceful stop (up to %.0f s)", self.graceful_timeout())
+            self.begin_stop("graceful", self.stop_grace)
 
     def handle_int(self) -> None:
         log.info("SIGINT: fast stop")
@@ -266,8 +273,18 @@ class Arbiter(Supervisor):
             w.retry_at = 0.0  # an operator's HUP tries again now, whatever failed before
 
     def handle_ttin(self) -> None:
+        target = self.totals.take_scale()  # `prefork_lb ctl scale N` wrote a count, then sent TTIN
+        if target > 0:
+            self.scale_to(target)
+            return
         self.add_slot()
         log.info("SIGTTIN: %d workers", self.num_workers)
+
+    def scale_to(self, target: int) -> None:
+        if target != self.num_workers:
+            self.num_workers = target
+            self.resized()  # fewer: shrink() drains the slots past the count on the next tick
+        log.info("Control socket: scale to %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
         if self.num_workers > 1:

@@ -1,4 +1,5 @@
-"""The command line: ``python -m prefork_lb MODULE:APP [options]`` and ``... proxy [options]``.
+"""The command line: ``python -m prefork_lb MODULE:APP [options]``, ``... proxy [options]`` and
+``... ctl COMMAND`` (the control socket's client, prefork_lb.ctl).
 
 The argparse parser of each command is generated from the settings registry in ``config.py``:
 a command has the flags of the settings that apply to it (``Setting.commands``). ``--help`` is
@@ -272,6 +273,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     from prefork_lb.sockets import BindError
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:
+        from prefork_lb import ctl
+
+        ctl.main(argv[1:])
 
     try:
         cfg, args = parse_command(argv)

@@ -110,6 +110,25 @@ def listen(addr: Address, backlog: int = 2048, reuseport: bool = False) -> socke
     return sock
 
 
+def listen_private(path: str, backlog: int = 128) -> socket.socket:
+    """A unix socket only its owner can connect to: created 0600 (umask set around bind, so it
+    never exists with wider rights), a stale one replaced, a live one refused (BindError)."""
+    _remove_stale_unix_socket(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+        os.chmod(path, 0o600)
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise BindError(f"cannot listen on unix:{path}: {exc.strerror or exc}") from None
+    finally:
+        os.umask(old)
+    sock.setblocking(False)
+    return sock
+
+
 def refuse_taken(addr: Address) -> None:
     """BindError when another socket holds this TCP address, even one with SO_REUSEPORT.
 

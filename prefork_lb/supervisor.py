@@ -254,7 +254,7 @@ class Supervisor(Watchdog):
         slots = list(range(self.num_workers))
         if self.mode.helper_role:
             slots.append(DISPATCHER_SLOT)
-        if self.mode.sockets.admin:
+        if self.mode.has_admin():
             slots.append(ADMIN_SLOT)
         return slots
 
@@ -536,13 +536,15 @@ class Supervisor(Watchdog):
 
     # -- stopping -----------------------------------------------------------------------------
 
-    def begin_stop(self, how: str) -> None:
+    def begin_stop(self, how: str, grace: float | None = None) -> None:
+        """``grace``: seconds before SIGKILL for a graceful stop (default --graceful-timeout)."""
         if self.stopping == "fast":
             return
         self.stopping = how
         self.shutdown_at = 0.0
         self.totals.set_shutdown(tt.DRAINING)
-        grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
+        if grace is None:
+            grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig

@@ -128,6 +128,7 @@ def short_help(settings: Iterable[Setting[Any]], command: str) -> str:
             "A prefork WSGI server and load balancer. Commands:",
             *_entry("MODULE:APP", "serve the WSGI app (e.g. prefork_lb.demo:app) from worker processes"),
             *_entry("proxy", "the standalone load balancer in front of --backends (see proxy --help)"),
+            *_entry("ctl COMMAND", "talk to a running server: status, reload, scale, stop (see ctl --help)"),
         ]
     lines += ["", "Common options:"]
     for s in settings:

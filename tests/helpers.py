@@ -106,13 +106,15 @@ def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0, group: bool
 
 def server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment for a server: ours without settings that would change its behaviour.
-    No admin process unless asked for: servers started at once would share its default port."""
+    No admin process unless asked for: servers started at once would share its default port
+    (and the control socket its default path)."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("PREFORK_LB_") and k not in ("WEB_CONCURRENCY", "PYTHONUNBUFFERED")
     }
     env["PREFORK_LB_STATS_BIND"] = "off"
+    env["PREFORK_LB_CONTROL_SOCKET"] = "off"  # the default path is one per user
     env.update(extra or {})
     return env
 

@@ -1,4 +1,4 @@
-"""The admin process: the --stats-bind listener, in every dispatch mode.
+"""The admin process: the --stats-bind listener and the --control-socket, in every dispatch mode.
 
 A child of the master like the workers and the helper (prefork_lb.child: the master binds the
 listener and keeps it, supervises this process through its heartbeat on the scoreboard
@@ -12,6 +12,8 @@ live dashboard at ``/`` with the document it polls, ``/dashboard.json`` (prefork
 and the orchestrators' probes ``/livez`` and ``/readyz`` (prefork_lb.admin.probes; public, like
 the dashboard's page). The master stops this process last on a graceful stop, so that /readyz
 answers 503 through the --shutdown-delay and the drain.
+The control socket (prefork_lb.admin.control, the server ``prefork_lb ctl`` talks to) is served
+by a thread of its own; the process runs when either listener is on (both are optional).
 With --statsd-host a thread pushes StatsD lines (prefork_lb.statsd) from the same shared memory.
 Something new served here (a dashboard page, an event stream) is one more entry in
 :meth:`AdminChild.routes`; something that pushes (a StatsD client) is one more thread started in
@@ -34,6 +36,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from prefork_lb import scoreboard as sb
+from prefork_lb.admin.control import ControlActions, ControlServer
 from prefork_lb.admin.dashboard import dashboard_doc, page, statsd_sample
 from prefork_lb.admin.documents import health_doc, stats_doc
 from prefork_lb.admin.link import ProxyLink
@@ -65,8 +68,9 @@ class AdminChild(ChildProcess):
         totals: Totals,
         dispatch: str,
         helper_role: str | None,
-        listener: socket.socket,
+        listener: socket.socket | None,
         link: socket.socket | None = None,
+        control: socket.socket | None = None,
     ) -> None:
         super().__init__(ctx)
         self.totals = totals
@@ -78,6 +82,8 @@ class AdminChild(ChildProcess):
         self._stop_event = threading.Event()
         self._wake_r = self._wake_w = -1
         self.server: AdminServer | None = None
+        self.control = control
+        self.control_server: ControlServer | None = None
 
     # -- what it serves -------------------------------------------------------------------------
 
@@ -190,15 +196,28 @@ class AdminChild(ChildProcess):
     def boot(self) -> int:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.server = AdminServer(self.listener, self.cfg.stats_token)
-        self.server.routes.update(self.routes())
-        self.server.public.add("/")
-        self.server.public.update(PROBE_PATHS)  # a kubelet's probe cannot easily send a token
+        if self.listener is not None:
+            self.server = AdminServer(self.listener, self.cfg.stats_token)
+            self.server.routes.update(self.routes())
+            self.server.public.add("/")
+            self.server.public.update(PROBE_PATHS)  # a kubelet's probe cannot easily send a token
+        if self.control is not None:
+            actions = ControlActions(
+                self.ctx.board,
+                self.totals,
+                self.dispatch,
+                self.link,
+                self.cfg.graceful_timeout,
+                shutdown_delay=self.cfg.shutdown_delay,
+            )
+            self.control_server = ControlServer(self.control, actions.handle)
         return 0
 
     def run(self) -> int:
-        assert self.server is not None
-        threading.Thread(target=self.server.serve_forever, name="admin-http", daemon=True).start()
+        if self.server is not None:
+            threading.Thread(target=self.server.serve_forever, name="admin-http", daemon=True).start()
+        if self.control_server is not None:
+            threading.Thread(target=self.control_server.serve_forever, name="admin-ctl", daemon=True).start()
         pushing = None
         if self.cfg.statsd_host:
             pushing = threading.Thread(target=self.push_statsd, name="admin-statsd", daemon=True)
@@ -212,7 +231,10 @@ class AdminChild(ChildProcess):
         self._stop_event.set()
         if pushing is not None:
             pushing.join(2.0)
-        self.server.shutdown()
+        if self.control_server is not None:
+            self.control_server.shutdown()
+        if self.server is not None:
+            self.server.shutdown()
         return 0
 
     def stop(self, graceful: bool) -> None:

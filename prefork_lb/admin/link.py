@@ -6,9 +6,10 @@ socketpair that the master creates and keeps open (like a handoff channel), so e
 can be replaced and its successor inherits its end. Nothing listens: no other process on the
 machine can reach the proxy's numbers without going through the admin listener (and its token).
 
-A question is one datagram ``ID WHAT`` (WHAT: ``health``, ``stats``); the answer is
-``ID JSON``, the document the proxy's /lb-health or /lb-stats served before this channel
-existed. Invariants: the proxy never blocks on the channel (a reply that does not fit is
+A question is one datagram ``ID WHAT`` (WHAT: ``health``, ``stats``, ``metrics``, or
+``backend JSON``: a change of the backend pool asked on the control socket, see
+prefork_lb.proxy.operator); the answer is ``ID JSON``: the document the proxy's /lb-health or
+/lb-stats served before this channel existed, or ``{"backend": ...}`` / ``{"error": LINE}``. Invariants: the proxy never blocks on the channel (a reply that does not fit is
 dropped: the admin process times out and says the proxy is not answering); the admin process
 asks one question at a time and discards answers to other IDs (a predecessor's questions).
 """
@@ -28,7 +29,7 @@ from typing import Any
 log = logging.getLogger("prefork_lb.error")
 
 BUFFER = 1 << 22  # the largest answer read (the kernel's socket buffer limits it first)
-QUESTION_MAX = 256
+QUESTION_MAX = 1024
 
 
 def open_link() -> tuple[socket.socket, socket.socket]:

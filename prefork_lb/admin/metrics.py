@@ -316,21 +316,34 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
     flying = GaugeMetricFamily(
         PREFIX + "backend_in_flight", "Requests at the backend now.", labels=["backend"]
     )
+    weight = GaugeMetricFamily(
+        PREFIX + "backend_weight", "The backend's balancing weight.", labels=["backend"]
+    )
+    state = GaugeMetricFamily(
+        PREFIX + "backend_state",
+        "1 for the state the backend is in: up, down, or an operator's draining or disabled.",
+        labels=["backend", "state"],
+    )
     for b in stats.get("backends", []):
         name = str(b["name"])
         for key in ("requests", "errors", "retries", "websockets", "pipelined"):
             fams[key].add_metric([name], b.get(key, 0))
         for cls, n in (b.get("responses") or {}).items():
             responses.add_metric([name, cls], n)
+        if "weight" in b:
+            weight.add_metric([name], b["weight"])
+        if "state" in b:
+            state.add_metric([name, str(b["state"])], 1)
         for q, label in (("p50", "0.5"), ("p90", "0.9"), ("p99", "0.99")):
             ms = (b.get("latency_ms") or {}).get(q)
             if ms is not None:
                 latency.add_metric([name, label], ms / 1000.0)
     for b in health.get("backends", []):
-        up.add_metric([str(b["name"])], 1 if b.get("healthy") else 0)
+        sending = b.get("healthy") and b.get("state", "up") not in ("draining", "disabled")
+        up.add_metric([str(b["name"])], 1 if sending else 0)
         flying.add_metric([str(b["name"])], b.get("in_flight", 0))
     yield from fams.values()
-    yield from (responses, latency, up, flying)
+    yield from (responses, latency, up, flying, weight, state)
     yield from backend_pools(docs.get("metrics") or {})
     if stats:
         yield GaugeMetricFamily(

@@ -11,6 +11,11 @@ scoreboard), written by the master only and read by the admin process at scrape 
 * one row per slot (HELPER_SLOT and ADMIN_SLOT included) holding the counter words
   (scoreboard COUNTERS..COUNTERS_END) of that slot's processes that have exited.
 
+Two header words go the other way (:data:`CTL_TARGET`, :data:`CTL_GRACE`): the admin process
+writes what the control socket asked for (a worker count, a stop's grace) and then signals the
+master (TTIN, TERM), which takes the word (reads it and sets it back to 0) when it handles the
+signal. Signals of one kind can merge; the word carries the value, the signal only wakes.
+
 Invariants: a counter on /metrics never goes backwards. When the master reaps a process it
 adds the process's counters to its slot's row and clears the scoreboard entry (the only place
 an entry with counters is cleared, after the pid was reaped, so nothing writes to it any more),
@@ -38,6 +43,7 @@ SEQ, MASTER_PID, START_TIME, TARGET, BOOT_FAILED, TIMEOUTS, SCALE_UP, SCALE_DOWN
 SPAWNS = 8  # SPAWNS + i: spawns for SPAWN_REASONS[i]
 SHUTDOWN = SPAWNS + len(SPAWN_REASONS)  # the master's shutdown phase (SERVING, DELAYING, DRAINING)
 MASTER_BEAT = SHUTDOWN + 1  # float: CLOCK_MONOTONIC of the master's last loop tick
+CTL_TARGET, CTL_GRACE = 24, 25  # written by the admin process (the control socket), taken by the master
 HEADER = 32
 assert MASTER_BEAT < HEADER and NCOUNTERS <= ROW
 # Shutdown phases (header word SHUTDOWN).
@@ -98,6 +104,24 @@ class Totals:
         if not 0 <= r < self.rows:
             r = self.rows - 1  # a slot past the table (never: the scoreboard is as large)
         return HEADER + r * ROW
+
+    def take_scale(self) -> int:
+        """The worker count the control socket asked for (0: none), cleared."""
+        target, self.q[CTL_TARGET] = self.q[CTL_TARGET], 0
+        return int(target)
+
+    def take_stop_grace(self) -> float | None:
+        """The graceful timeout ``ctl stop --graceful-timeout`` asked for (None: none), cleared."""
+        grace, self.d[CTL_GRACE] = self.d[CTL_GRACE], 0.0
+        return grace - 1.0 if grace > 0 else None
+
+    # -- admin process side (the control socket) ---------------------------------------------------
+
+    def request_scale(self, target: int) -> None:
+        self.q[CTL_TARGET] = target
+
+    def request_stop_grace(self, seconds: float) -> None:
+        self.d[CTL_GRACE] = seconds + 1.0  # 0 means "none": 0 seconds is stored as 1.0
 
     # -- reader side ------------------------------------------------------------------------
 

@@ -7,7 +7,8 @@ The arbiter holds one :class:`DispatchMode` and asks it, never ``cfg.dispatch``:
 * what a slot's worker gets (:meth:`~DispatchMode.worker_sockets`) and what the helper process
   gets (:meth:`~DispatchMode.helper_sockets`), and the helper itself (:attr:`helper_role`,
   :meth:`~DispatchMode.helper_process`: none, the handoff dispatcher, the proxy);
-* the admin listener (--stats-bind, every mode: :meth:`~DispatchMode.bind_admin`) and what the
+* the admin listener (--stats-bind, every mode: :meth:`~DispatchMode.bind_admin`), the control
+  socket (--control-socket: :meth:`~DispatchMode.bind_control`), and what the
   admin process gets (:meth:`~DispatchMode.admin_sockets`, :meth:`~DispatchMode.admin_link`);
 * resizing (:meth:`~DispatchMode.resize`: slot listeners, SO_REUSEPORT steering, channels);
 * what USR2 hands to the next master (:meth:`~DispatchMode.handover`);
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from prefork_lb.settings.base import flag_and_default
-from prefork_lb.sockets import Address, BindError, listen, naming, parse_address
+from prefork_lb.sockets import Address, BindError, listen, listen_private, naming, parse_address
 
 if TYPE_CHECKING:
     from prefork_lb.admin.totals import Totals
@@ -50,6 +51,7 @@ class SocketSet:
     slots: dict[int, list[socket.socket]] = field(default_factory=dict)  # a slot's own listeners
     channels: dict[int, tuple[socket.socket, socket.socket]] = field(default_factory=dict)  # handoff
     admin: list[socket.socket] = field(default_factory=list)  # the --stats-bind listener
+    control: list[socket.socket] = field(default_factory=list)  # the --control-socket listener
     link: list[socket.socket] = field(default_factory=list)  # proxy: its end, the admin's end
 
     def all(self) -> list[socket.socket]:
@@ -58,6 +60,7 @@ class SocketSet:
             + [s for socks in self.slots.values() for s in socks]
             + [s for pair in self.channels.values() for s in pair]
             + self.admin
+            + self.control
             + self.link
         )
 
@@ -93,6 +96,7 @@ class DispatchMode:
                     self.sockets.shared.append(listen(addr, self.cfg.backlog))
         self.resize(num_workers)  # a slot's listeners say which setting they come from
         self.bind_admin()  # last: a public address that fails leaves nothing bound here
+        self.bind_control()
 
     def bind_admin(self) -> None:
         """The --stats-bind listener, unless 'off' or 'public'. The default address taken (by
@@ -115,6 +119,25 @@ class DispatchMode:
                 raise
             log.warning("No admin listener: %s; set --stats-bind to another address, or off", exc)
 
+    def bind_control(self) -> None:
+        """The --control-socket listener (prefork_lb.admin.control), unless 'off'. Like
+        --stats-bind, the default path taken by a running server is a warning, not a failure."""
+        from prefork_lb.admin.protocol import socket_path
+
+        path = socket_path(self.cfg.control_socket, self.cfg.pidfile, os.environ, os.getuid())
+        if path is None:
+            return
+        try:
+            self.sockets.control = [listen_private(path)]
+        except BindError as exc:
+            if self.cfg.control_socket:
+                raise BindError(f"--control-socket: {exc}") from None
+            log.warning("No control socket: %s; set --control-socket to another path, or off", exc)
+
+    def has_admin(self) -> bool:
+        """Whether the admin process runs: it serves --stats-bind and --control-socket."""
+        return bool(self.sockets.admin or self.sockets.control)
+
     def shares(self, addr: Address) -> bool:
         """Whether an address is one listener shared by all (else one per slot)."""
         return True
@@ -126,6 +149,7 @@ class DispatchMode:
         s.shared = [adopt_fd(fd) for fd in spec["shared"]]
         s.slots = {int(k): [adopt_fd(fd) for fd in v] for k, v in spec["slots"].items()}
         s.admin = [adopt_fd(fd) for fd in spec.get("admin", [])]
+        s.control = [adopt_fd(fd) for fd in spec.get("control", [])]
         self.resize(num_workers)  # channels are per master: the new one makes its own
 
     def adopt_systemd(self, fds: list[int], num_workers: int) -> DispatchMode:
@@ -135,6 +159,7 @@ class DispatchMode:
         self.sockets.addresses = [Address("fd", fd=fd) for fd in fds]
         self.resize(num_workers)
         self.bind_admin()
+        self.bind_control()
         return self
 
     def handover(self) -> dict[str, Any]:
@@ -144,6 +169,7 @@ class DispatchMode:
             "shared": [x.fileno() for x in s.shared],
             "slots": {str(k): [x.fileno() for x in v] for k, v in s.slots.items()},
             "admin": [x.fileno() for x in s.admin],
+            "control": [x.fileno() for x in s.control],
         }
 
     def reconfigure(self, cfg: Any) -> None:
@@ -192,12 +218,21 @@ class DispatchMode:
 
     def admin_sockets(self) -> list[socket.socket]:
         link = self.admin_link()
-        return self.sockets.admin + ([link] if link is not None else [])
+        return self.sockets.admin + self.sockets.control + ([link] if link is not None else [])
 
     def admin_process(self, ctx: ChildContext, totals: Totals) -> ChildProcess:
         from prefork_lb.admin.child import AdminChild
 
-        return AdminChild(ctx, totals, self.name, self.helper_role, self.sockets.admin[0], self.admin_link())
+        s = self.sockets
+        return AdminChild(
+            ctx,
+            totals,
+            self.name,
+            self.helper_role,
+            s.admin[0] if s.admin else None,
+            self.admin_link(),
+            control=s.control[0] if s.control else None,
+        )
 
     # -- inside the worker ------------------------------------------------------------------------
 

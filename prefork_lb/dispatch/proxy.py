@@ -7,12 +7,14 @@ in that slot's backlog. A slot's port goes on the scoreboard, where the proxy pr
 serves --backends only. The admin process (--stats-bind) asks the proxy for its /lb-health and
 /lb-stats over a private channel the master keeps (prefork_lb.admin.link).
 
-Invariant: one sticky-cookie secret per master (from --sticky-secret, else drawn once), so a
-replaced proxy honours the cookies its predecessor set.
+Invariants: one sticky-cookie secret per master (from --sticky-secret, else drawn once), so a
+replaced proxy honours the cookies its predecessor set; one journal of the backend changes made
+on the control socket per master, so a replaced proxy keeps them (prefork_lb.proxy.operator).
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -24,6 +26,7 @@ from prefork_lb.sockets import Address, listen, naming
 if TYPE_CHECKING:
     from prefork_lb.child import ChildContext, ChildProcess
 
+JOURNAL_SIZE = 1 << 16  # bytes of control socket changes kept for the next proxy process
 WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive connections (see Server)
 
 
@@ -36,6 +39,9 @@ class ProxyMode(DispatchMode):
         super().__init__(cfg)
         secret = getattr(cfg, "sticky_secret", None)
         self.sticky_secret = secret.encode("utf-8") if secret else os.urandom(32)
+        # What `prefork_lb ctl backend ...` changed, for the next proxy process (see
+        # prefork_lb.proxy.operator.Journal): shared, made before the first fork, per master.
+        self.journal = mmap.mmap(-1, JOURNAL_SIZE, flags=mmap.MAP_SHARED)
 
     def resize(self, num_workers: int) -> bool:
         for slot in range(num_workers):
@@ -65,21 +71,26 @@ class ProxyMode(DispatchMode):
 
         link = self.links()
         return ProxyChild(
-            ctx, self.sockets.shared, [], self.sticky_secret, stats_link=link[0] if link else None
+            ctx,
+            self.sockets.shared,
+            [],
+            self.sticky_secret,
+            stats_link=link[0] if link else None,
+            journal=self.journal,
         )
 
     def links(self) -> list[socket.socket]:
         """The proxy's and the admin process's ends of their channel (prefork_lb.admin.link),
         made before the first of them is forked; per master, like the handoff channels. None
-        without an admin listener."""
-        if not self.sockets.link and self.sockets.admin:
+        without an admin process."""
+        if not self.sockets.link and self.has_admin():
             from prefork_lb.admin.link import open_link
 
             self.sockets.link = list(open_link())
         return self.sockets.link
 
     def admin_link(self) -> socket.socket | None:
-        return self.links()[1] if self.sockets.admin else None
+        return self.links()[1] if self.has_admin() else None
 
     def configure_worker(self, options: Any) -> None:
         # Requests keep coming to a draining worker until the proxy reads on the scoreboard

@@ -42,6 +42,7 @@ class Backend:
         "connecting",
         "down_reason",
         "batch",
+        "admin_state",
     )
 
     def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
@@ -60,3 +61,4 @@ class Backend:
         self.connecting = 0
         self.down_reason = ""
         self.batch: Upstream | None = None  # a connection whose pipelined GETs go out at the end of this pass
+        self.admin_state = ""  # "", "draining" or "disabled": an operator's (prefork_lb.proxy.operator)

@@ -34,6 +34,7 @@ from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
+from prefork_lb.proxy.operator import Journal, OperatorError, apply, journal_entry, state_of
 from prefork_lb.proxy.resolve import Resolution, resolver
 from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
@@ -73,9 +74,11 @@ class ProxyProcess:
         secret: bytes | None,
         loop: asyncio.AbstractEventLoop,
         stats_link: socket.socket | None = None,
+        journal: Any = None,
     ) -> None:
         self.cfg = cfg
         self.stats_link = stats_link  # the admin process asks for our documents here
+        self.journal = Journal(journal) if journal is not None else None  # control socket changes
         self.loop = loop
         self.listeners = listeners
         self.admin = admin
@@ -202,13 +205,14 @@ class ProxyProcess:
         healthy = 0
         for b in proxy.backends.values():
             m = snap.get(b.key)
-            up = bool(m and m["state"] == "up")
-            healthy += up
             lat = m["latency"] if m else None
+            up = bool(m and m["state"] != "down")  # health, whatever an operator's drain says
+            healthy += up
             backends.append(
                 {
                     "name": b.key,
                     "healthy": up,
+                    "state": state_of(proxy, b),
                     "in_flight": m["in_flight"] if m else 0,
                     "latency_ms": None if lat is None else round(lat * 1000, 3),
                     **({"slot": b.slot} if b.slot is not None else {}),
@@ -234,7 +238,10 @@ class ProxyProcess:
             "local_workers": sum(
                 1 for b in proxy.backends.values() if b.slot is not None and proxy.strategy.members[b.key].up
             ),
-            "backends": [b.stats.as_dict(b.key) for b in proxy.backends.values()],
+            "backends": [
+                {**b.stats.as_dict(b.key), "state": state_of(proxy, b), "weight": b.weight}
+                for b in proxy.backends.values()
+            ],
         }
 
     def document(self, what: str) -> dict[str, Any] | None:
@@ -245,7 +252,35 @@ class ProxyProcess:
             return self.stats_doc()
         if what == "metrics":
             return self.metrics_doc()
+        if what.startswith("backend "):
+            return self.operate(what[len("backend ") :])
         return None
+
+    def operate(self, question: str) -> dict[str, Any]:
+        """A change of the backend pool from the control socket (prefork_lb.proxy.operator)."""
+        try:
+            req = json.loads(question)
+            if not isinstance(req, dict):
+                raise OperatorError("not a JSON object")
+            before = set(self.proxy.backends)
+            doc = apply(self.proxy, req, self.health_settings())
+        except (OperatorError, ValueError) as exc:
+            return {"error": str(exc)}
+        if self.journal is not None:
+            self.journal.record(journal_entry(req, doc))
+        for key in set(self.proxy.backends) - before:
+            b = self.proxy.backends[key]
+            log.info("proxy: backend %s added (control socket)", key)
+            if b.health is not None:
+                self.tasks.append(self.loop.create_task(self.check_loop(b)))
+        if req.get("op") != "add":
+            log.info("proxy: backend %s: %s (control socket)", req.get("name"), doc["backend"]["state"])
+        return doc
+
+    def health_settings(self) -> tuple[int, int] | None:
+        """(rise, fall) of the active checks of a backend added at run time, None without them."""
+        cfg = self.cfg
+        return (cfg.health_check_rise, cfg.health_check_fall) if cfg.health_check_interval > 0 else None
 
     def metrics_doc(self) -> dict[str, Any]:
         """What /metrics shows beyond /lb-stats: per backend, its pool and a latency histogram
@@ -300,13 +335,9 @@ class ProxyProcess:
         for s in self.admin:
             s.setblocking(False)
             self.servers.append(await loop.create_server(lambda: AdminConn(self), sock=s, backlog=64))
-        link = self.stats_link
-        if link is not None:
-            from prefork_lb.admin.link import answer
-
-            link.setblocking(False)
-            loop.add_reader(link.fileno(), answer, link, self.document)
+        self.answer_admin(True)
         self.sync()
+        self.replay_changes()
         dns = Resolution(proxy, resolver(loop, cfg.upstream_connect_timeout), cfg.health_check_interval)
         for b in await dns.start(list(proxy.backends.values())):
             self.tasks.append(loop.create_task(dns.retry(b)))
@@ -317,6 +348,9 @@ class ProxyProcess:
         if self.child is not None:
             self.child.notify_ready()
         await self.stopped.wait()
+        # A successor (a reload) answers the admin process from now on: questions, and backend
+        # changes, go to the proxy that serves new connections.
+        self.answer_admin(False)
         # Stop accepting; let exchanges in flight finish (graceful) within the deadline.
         proxy.stopping = True
         for srv in self.servers:
@@ -332,6 +366,25 @@ class ProxyProcess:
         for b in proxy.backends.values():
             for up in list(b.idle):
                 up.close()
+
+    def answer_admin(self, on: bool) -> None:
+        """Answer the admin process's questions on the link (prefork_lb.admin.link), or stop."""
+        link = self.stats_link
+        if link is None:
+            return
+        if not on:
+            self.loop.remove_reader(link.fileno())
+            return
+        from prefork_lb.admin.link import answer
+
+        link.setblocking(False)
+        self.loop.add_reader(link.fileno(), answer, link, self.document)
+
+    def replay_changes(self) -> None:
+        """What ``prefork_lb ctl backend ...`` changed for our predecessors (the journal)."""
+        if self.journal is not None and self.journal.entries():
+            n = self.journal.replay(self.proxy, self.health_settings())
+            log.info("proxy: %d backend change%s from the control socket kept", n, "" if n == 1 else "s")
 
     def stop(self, graceful: bool) -> None:
         self.graceful = self.graceful and graceful
@@ -391,8 +444,10 @@ class ProxyChild(ChildProcess):
         admin: list[socket.socket],
         secret: bytes | None,
         stats_link: socket.socket | None = None,
+        journal: Any = None,
     ) -> None:
         super().__init__(ctx)
+        self.journal = journal
         self.listeners = listeners
         self.admin = admin
         self.secret = secret
@@ -404,7 +459,15 @@ class ProxyChild(ChildProcess):
         self.loop = loop = new_loop(self.cfg.proxy_loop)
         asyncio.set_event_loop(loop)
         self.proc = ProxyProcess(
-            self.cfg, self.listeners, self.admin, self.ctx.board, self, self.secret, loop, self.stats_link
+            self.cfg,
+            self.listeners,
+            self.admin,
+            self.ctx.board,
+            self,
+            self.secret,
+            loop,
+            self.stats_link,
+            self.journal,
         )
         return 0
 

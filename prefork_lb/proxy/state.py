@@ -141,7 +141,7 @@ class ProxyState:
             # Local worker slots hold their port in the master: a slot whose worker is being
             # replaced still queues the connection, so use it rather than answer 503.
             for b in backends.values():
-                if b.slot is not None and b not in tried and not b.ejected_until:
+                if b.slot is not None and b not in tried and not b.ejected_until and not b.admin_state:
                     return b
             return None
         return backends[key]

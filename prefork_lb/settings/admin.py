@@ -30,6 +30,20 @@ def admin_address(value: Any) -> str:
     return text
 
 
+def control_path(value: Any) -> str | None:
+    """'off', or the path of a unix socket (None: the default path)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if text in ("", "auto"):
+        return None
+    if text.startswith("unix:"):
+        text = text[5:]
+    if text != "off" and (len(text.encode()) > 100 or "\0" in text):
+        raise ValueError("a unix socket path must be at most 100 bytes long")
+    return text
+
+
 def bearer_token(value: Any) -> str | None:
     """A token as RFC 6750 allows it (letters, digits, -._~+/=), 16 to 512 characters."""
     if value is None:
@@ -91,6 +105,21 @@ class AdminSettings:
         metavar="ADDRESS",
         common=True,
         summary="Admin address (/lb-health, /lb-stats, /metrics); 'off' disables it",
+    )
+
+    control_socket = Setting(
+        control_path,
+        None,
+        "The control socket that 'prefork_lb ctl' talks to: a unix socket (mode 0600) the master "
+        "binds and the admin process serves (status, reload, scale, stop, proxy backends; see "
+        "docs/operations.md). 'off' creates none. The default path is taken (a stale socket is "
+        "replaced; one a running server answers on is a warning and no control socket); a path "
+        "given explicitly must be free.",
+        flags=("--control-socket",),
+        section="Admin",
+        metavar="PATH",
+        default_doc="PIDFILE with .ctl for .pid when -p is set, else $XDG_RUNTIME_DIR/prefork_lb.ctl, "
+        "else /tmp/prefork_lb-UID.ctl",
     )
 
     stats_token = Setting(

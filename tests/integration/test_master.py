@@ -51,7 +51,10 @@ class Master:
         if "proxy" in args and "--stats-bind" not in args:
             args = (*args, "--stats-bind", "off")  # the default admin port may be taken here
         cmd = [sys.executable, "-m", "prefork_lb", app, "-b", f"127.0.0.1:{self.port}", *args]
-        self.proc = spawn(cmd, stdout=self._log_f, stderr=subprocess.STDOUT)
+        # No control socket: its default path is one per user, and its admin process would
+        # add a child (and a child_exit hook call) to what these tests watch.
+        env = dict(os.environ, PREFORK_LB_CONTROL_SOCKET="off")
+        self.proc = spawn(cmd, stdout=self._log_f, stderr=subprocess.STDOUT, env=env)
         self.pid = self.proc.pid
 
     def text(self) -> str:

@@ -366,3 +366,44 @@ def test_hup_cannot_change_the_dispatch_mode(fake: FakeOS, caplog: pytest.LogCap
         arb.handle_hup()
     assert arb.cfg.dispatch == "shared" and arb.mode.name == "shared"
     assert "--dispatch handoff needs a restart or USR2; keeping shared" in caplog.text
+
+
+def test_ttin_with_a_control_socket_target_sets_the_count(fake: FakeOS) -> None:
+    arb = make(fake, workers=2)
+    arb.manage()
+    arb.totals.request_scale(4)  # what `prefork_lb ctl scale 4` writes before its TTIN
+    arb.handle_ttin()
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values()) == [0, 1, 2, 3]
+    arb.totals.request_scale(1)
+    arb.handle_ttin()
+    arb.manage()
+    assert sorted(w.slot for w in arb.workers.values() if not w.term_at) == [0]
+    arb.handle_ttin()  # a plain TTIN again: one more
+    assert arb.num_workers == 2
+
+
+def test_term_with_a_control_socket_grace(fake: FakeOS) -> None:
+    arb = make(fake, workers=1, graceful_timeout=30)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.totals.request_stop_grace(2)  # `prefork_lb ctl stop --graceful-timeout 2`
+    arb.handle_term()
+    fake.now += 3
+    assert not arb.step_stop()
+    assert fake.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
+
+
+def test_a_control_socket_grace_holds_through_the_shutdown_delay(fake: FakeOS) -> None:
+    arb = make(fake, workers=1, graceful_timeout=30, shutdown_delay=5)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.totals.request_stop_grace(2)
+    arb.handle_term()
+    assert not arb.stopping and not fake.signals_to(pid)  # serving through the delay
+    fake.now += 5
+    arb.end_shutdown_delay()
+    assert arb.stopping == "graceful" and fake.signals_to(pid) == [signal.SIGTERM]
+    fake.now += 3
+    assert not arb.step_stop()
+    assert fake.signals_to(pid)[-1] == signal.SIGKILL

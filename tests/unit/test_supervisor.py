@@ -33,7 +33,14 @@ def arbiters() -> Iterator[list[Arbiter]]:
 
 
 def bound(fake: FakeOS, arbiters: list[Arbiter], mode: str, workers: int = 2, **settings) -> Arbiter:
-    values = {"workers": workers, "dispatch": mode, "bind": ["127.0.0.1:0"], "stats_bind": "off", **settings}
+    values = {
+        "workers": workers,
+        "dispatch": mode,
+        "bind": ["127.0.0.1:0"],
+        "stats_bind": "off",
+        "control_socket": "off",
+        **settings,
+    }
     cfg = build(values, environ={}, app_uri="x:app")
     arb = Arbiter(cfg, clock=fake.clock, fork=fake.fork, kill=fake.kill, waitpid=fake.waitpid)
     arb.bind()

@@ -193,3 +193,28 @@ def test_a_proxy_that_does_not_answer_leaves_out_its_backends() -> None:
     m = scrape(board, totals, proxy=lambda: None)
     assert not [k for k in m if k[0].startswith("prefork_lb_backend_")]
     assert m[("prefork_lb_workers_target", ())] == 0
+
+
+def test_backend_weight_and_operator_state() -> None:
+    from prefork_lb.admin.metrics import backend_metrics
+
+    docs = {
+        "stats": {
+            "backends": [{"name": "a:1", "state": "draining", "weight": 4}, {"name": "b:1", "state": "up"}]
+        },
+        "health": {
+            "backends": [
+                {"name": "a:1", "healthy": True, "state": "draining"},
+                {"name": "b:1", "healthy": True},
+            ]
+        },
+    }
+    got = {
+        (m.name, s.labels.get("backend"), s.labels.get("state")): s.value
+        for m in backend_metrics(docs)
+        for s in m.samples
+    }
+    assert got[("prefork_lb_backend_weight", "a:1", None)] == 4
+    assert got[("prefork_lb_backend_state", "a:1", "draining")] == 1
+    assert got[("prefork_lb_backend_up", "a:1", None)] == 0  # healthy, but the proxy sends it nothing
+    assert got[("prefork_lb_backend_up", "b:1", None)] == 1

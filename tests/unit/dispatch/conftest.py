@@ -31,8 +31,16 @@ def make_mode() -> Iterator[Any]:
     made: list[DispatchMode] = []
 
     def make(name: str, **settings: Any) -> DispatchMode:
-        # No admin listener unless a test asks (every mode binds --stats-bind now, issue 13).
-        values = {"dispatch": name, "bind": ["127.0.0.1:0"], "workers": 2, "stats_bind": "off", **settings}
+        # No admin listener unless a test asks (every mode binds --stats-bind now, issue 13), and
+        # no control socket (its default path is one per user).
+        values = {
+            "dispatch": name,
+            "bind": ["127.0.0.1:0"],
+            "workers": 2,
+            "stats_bind": "off",
+            "control_socket": "off",
+            **settings,
+        }
         mode = dispatch.make(build(values, environ={}, app_uri="x:app"))
         made.append(mode)
         return mode

@@ -28,7 +28,7 @@ def test_handover_names_every_descriptor(make_mode) -> None:
     mode = make_mode("shared")
     mode.bind([parse_address("127.0.0.1:0")], 1)
     spec = mode.handover()
-    assert spec == {"shared": [mode.sockets.shared[0].fileno()], "slots": {}, "admin": []}
+    assert spec == {"shared": [mode.sockets.shared[0].fileno()], "slots": {}, "admin": [], "control": []}
 
 
 def test_adopt_takes_the_handed_down_descriptors(make_mode) -> None:
