@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from prefork_lb import scoreboard as sb
 
-ROW = 32  # words per slot row (the counter words, padded)
+ROW = 72  # words per slot row (the counter words, padded)
 NCOUNTERS = sb.COUNTERS_END - sb.COUNTERS
 SLOT_BASE = 2  # row of slot s is s + SLOT_BASE: ADMIN_SLOT (-2) and HELPER_SLOT (-1) come first
 # Why the master started a worker: the first ones, a replacement for one that died (crash), that
@@ -33,8 +33,11 @@ SPAWN_REASONS = ("start", "crash", "timeout", "max_requests", "max_rss", "recycl
 # Header word offsets.
 SEQ, MASTER_PID, START_TIME, TARGET, BOOT_FAILED, TIMEOUTS, SCALE_UP, SCALE_DOWN = range(8)
 SPAWNS = 8  # SPAWNS + i: spawns for SPAWN_REASONS[i]
+# Workers aborted for a request past --request-timeout while their loop was blocked (also
+# counted in TIMEOUTS, which counts every abort for a missed heartbeat).
+REQUEST_ABORTS = SPAWNS + len(SPAWN_REASONS)
 HEADER = 32
-assert SPAWNS + len(SPAWN_REASONS) <= HEADER and NCOUNTERS <= ROW
+assert REQUEST_ABORTS < HEADER and NCOUNTERS <= ROW
 
 
 class Totals:
@@ -57,7 +60,7 @@ class Totals:
         self.q[TARGET] = workers
 
     def count(self, word: int, n: int = 1) -> None:
-        """A header counter (BOOT_FAILED, TIMEOUTS, SCALE_UP, SCALE_DOWN) goes up."""
+        """A header counter (BOOT_FAILED, TIMEOUTS, REQUEST_ABORTS, SCALE_UP, SCALE_DOWN) goes up."""
         self.q[word] += n
 
     def spawned(self, reason: str) -> None:
@@ -93,6 +96,7 @@ class Totals:
             "target": q[TARGET],
             "boot_failed": q[BOOT_FAILED],
             "timeouts": q[TIMEOUTS],
+            "request_aborts": q[REQUEST_ABORTS],
             "scale_up": q[SCALE_UP],
             "scale_down": q[SCALE_DOWN],
         }

@@ -42,6 +42,8 @@ class Backend:
         "connecting",
         "down_reason",
         "batch",
+        "open",
+        "tunnels",
     )
 
     def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
@@ -60,3 +62,5 @@ class Backend:
         self.connecting = 0
         self.down_reason = ""
         self.batch: Upstream | None = None  # a connection whose pipelined GETs go out at the end of this pass
+        self.open = 0  # upstream connections open (idle, in use, or a tunnel)
+        self.tunnels = 0  # of which WebSocket tunnels

@@ -176,6 +176,7 @@ class WorkerChild(ChildProcess):
         import gevent
 
         from prefork_lb.offload import default_pool_if_started
+        from prefork_lb.offload.counters import TASKS
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -189,9 +190,10 @@ class WorkerChild(ChildProcess):
         while True:
             alive = self.beat()
             pool = default_pool_if_started()
-            if pool is not None:
-                st = pool.stats()
-                entry.offload(st["busy"], st["idle"])
+            tasks = TASKS.words()  # every pool of this process (the first word: submitted)
+            if pool is not None or tasks[0]:
+                st = pool.stats() if pool is not None else {}
+                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), tasks)
             if not alive:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 self.stop(True)

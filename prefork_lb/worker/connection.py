@@ -111,12 +111,14 @@ class Connection(ResponseWriter, BodySource):
         "cork",
         "forwarded",
         "env_memo",
+        "arrived",  # when the request arrived (its queue wait): the accept, or the read ending its head
     )
 
     raw: socket.socket | None  # the plain socket under gevent's, or None (see __init__)
 
-    def __init__(self, server: ServerView, sock: gevent.socket.socket, addr: Any) -> None:
+    def __init__(self, server: ServerView, sock: gevent.socket.socket, addr: Any, at: float = 0.0) -> None:
         self.server = server
+        self.arrived = at
         self.sock = sock
         self.app = server.app
         opts = server.options
@@ -213,6 +215,8 @@ class Connection(ResponseWriter, BodySource):
                         parser.feed(data)
                     self.wait_until = 0.0
                     self.idle = False
+                    if not fresh or not self.arrived:
+                        self.arrived = time.monotonic()
                 req = requests[0]
                 if fresh:
                     fresh = False
@@ -425,7 +429,7 @@ class Connection(ResponseWriter, BodySource):
             return False
         board = server.board
         if board is not None:
-            board.request_started(req.method, req.target)
+            board.request_started(req.method, req.target, self.arrived)
         result: Any = None
         failed = 0  # the status class of an error response we sent (for the metrics)
         deadline = None
@@ -481,6 +485,8 @@ class Connection(ResponseWriter, BodySource):
             return False
         except _RequestDeadline as exc:
             failed = 0 if self.headers_sent else 5
+            if board is not None:
+                board.deadline_passed()
             self._timed_out(req, env, exc)
             return False
         except Exception:
