@@ -90,8 +90,7 @@ _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
 _BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
 _FIRST_US = _BUCKETS_US[0]
-_QUEUE_US = tuple(b * 1e6 for b in QUEUE_BUCKETS)
-_QUEUE_FIRST_US = _QUEUE_US[0]
+_QUEUE_FIRST = QUEUE_BUCKETS[0]
 # A worker counts into memory of its own and publishes into its entry at each heartbeat and when
 # it exits (WorkerEntry.publish): a write to the shared mapping costs several times a list
 # increment. Per request it bumps one cell of a table by (status class, method, duration bucket)
@@ -314,8 +313,7 @@ class WorkerEntry:
         "duration_us",
         "served",
         "waits",
-        "wait_us",
-        "started",
+        "wait_s",
         "published",
     )
 
@@ -334,11 +332,10 @@ class WorkerEntry:
         self.cells = [0] * _NCELLS
         self.duration_us = 0.0
         self.served = 0
-        # The queue waits by QUEUE_BUCKETS bucket and their sum, and the requests started (all
-        # published as they are at each beat; ``published``: the count started at the last one).
+        # The queue waits by QUEUE_BUCKETS bucket and their sum in seconds (published as they
+        # are at each beat; ``published``: how many waits the last beat saw).
         self.waits = [0] * (len(QUEUE_BUCKETS) + 1)
-        self.wait_us = 0.0
-        self.started = 0
+        self.wait_s = 0.0
         self.published = 0
 
     def set_state(self, state: int) -> None:
@@ -352,13 +349,14 @@ class WorkerEntry:
         """Copy this process's request counters into its entry (at each heartbeat and at exit;
         a process killed without warning loses what it counted since its last beat)."""
         q, base = self.q, self.base
-        if q[base + SERVED] == self.served and self.published == self.started:
+        started = sum(self.waits)
+        if q[base + SERVED] == self.served and self.published == started:
             return  # nothing started or finished since the last publish (never, in a helper)
-        if self.published != self.started:
-            self.published = self.started
+        if self.published != started:
+            self.published = started
             for i, n in enumerate(self.waits):
                 q[base + QUEUE_HISTOGRAM + i] = n
-            q[base + QUEUE_WAIT_US] = int(self.wait_us)
+            q[base + QUEUE_WAIT_US] = int(self.wait_s * 1e6)
         cells = self.cells
         # Sums of slices (in C): a status class is a block of the table, a method a row in each
         # block, a bucket every _NBUCKETS-th cell.
@@ -380,17 +378,18 @@ class WorkerEntry:
 
     def request_started(self, method: str, path: bytes, arrived: float = 0.0) -> None:
         """The app is about to be called for a request that ``arrived`` then (CLOCK_MONOTONIC:
-        the accept, the dispatcher's accept, or the read that completed its head; 0: now)."""
+        the accept, the dispatcher's accept, the read that brought it with others pipelined,
+        the start of its wait for a place; 0.0: it waited for nothing)."""
         base = self.base
         self.in_flight += 1
         self.q[base + IN_FLIGHT] = self.in_flight
         self.d[base + REQ_START] = now = time.monotonic()
-        # The queue wait: one cell and a sum of this process's own, as the durations.
-        self.started += 1
+        # The queue wait: one cell and a sum of this process's own, as the durations (in
+        # seconds: no conversion per request). Most waits are under the first bound.
         if arrived:
-            wait = (now - arrived) * 1e6
-            self.waits[0 if wait <= _QUEUE_FIRST_US else bisect_left(_QUEUE_US, wait)] += 1
-            self.wait_us += wait
+            wait = now - arrived
+            self.wait_s += wait
+            self.waits[0 if wait <= _QUEUE_FIRST else bisect_left(QUEUE_BUCKETS, wait)] += 1
         else:
             self.waits[0] += 1
         # The request line, for the log of a worker that stops answering (it cannot write

@@ -176,7 +176,7 @@ class WorkerChild(ChildProcess):
         import gevent
 
         from prefork_lb.offload import default_pool_if_started
-        from prefork_lb.offload.counters import TASKS
+        from prefork_lb.offload.counters import SUBMITTED, TASKS
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -190,10 +190,9 @@ class WorkerChild(ChildProcess):
         while True:
             alive = self.beat()
             pool = default_pool_if_started()
-            tasks = TASKS.words()  # every pool of this process (the first word: submitted)
-            if pool is not None or tasks[0]:
+            if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
                 st = pool.stats() if pool is not None else {}
-                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), tasks)
+                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
             if not alive:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 self.stop(True)

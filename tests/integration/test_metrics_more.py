@@ -13,7 +13,7 @@ import pytest
 from tests.helpers import DISPATCH_MODES, HOST, free_port, http_get, wait_for
 from tests.integration.conftest import StartServer
 from tests.integration.test_admin import Samples, answers, scrape, total
-from tests.server import ServerProcess, build_request
+from tests.server import HTTPStream, ServerProcess, build_request
 
 WAIT = "prefork_lb_request_queue_wait_seconds"
 
@@ -43,6 +43,11 @@ def test_every_request_has_one_queue_wait(start_server: StartServer, mode: str) 
     n = 6
     for _ in range(n):
         assert http_get(srv.port)[0] == 200
+    with socket.create_connection((HOST, srv.port), timeout=20) as sock:  # and 3 pipelined in one write
+        sock.sendall(build_request("GET", "/") * 3)
+        stream = HTTPStream(sock)
+        assert [stream.read_response().status for _ in range(3)] == [200] * 3
+    n += 3
     after = moved(admin, before, "prefork_lb_requests_total", n, f"{n} requests counted")
     for name in (WAIT + "_count", WAIT + "_bucket"):
         labels = {"le": "+Inf"} if name.endswith("_bucket") else {}
