@@ -19,7 +19,11 @@ that of reuseport.
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,13 +35,58 @@ from bench import harness, openloop  # noqa: E402
 APP = "bench.apps:mixed"
 
 
-def offload_commands(port: int, workers: int) -> dict[str, list[str]]:
-    """The offload scenario: /compute is fib(27), inline or in the worker's offload pool."""
+DASK_CLUSTER = """
+import signal, sys
+from distributed import LocalCluster
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+n = int(sys.argv[2])
+c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1",
+                 scheduler_port=int(sys.argv[1]), dashboard_address=None)
+print("READY", c.scheduler_address, flush=True)
+signal.sigwait({signal.SIGTERM, signal.SIGINT})
+c.close()
+"""
+
+
+def start_dask_cluster(n_workers: int, log_path: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A Dask LocalCluster (n single-thread worker processes, as many as the local pools'
+    processes together) in its own session; (the process, the --offload-executor value)."""
+    port = harness.free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # its workers unpickle bench.apps._fib
+    proc = harness.start_server(
+        [sys.executable, "-c", DASK_CLUSTER, str(port), str(n_workers)], cwd=ROOT, env=env, log_path=log_path
+    )
+    deadline = time.monotonic() + 120
+    while "READY" not in log_path.read_text(errors="replace"):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            harness.stop(proc)
+            raise harness.ServerError(
+                f"the Dask cluster did not start: {log_path.read_text(errors='replace')}"
+            )
+        time.sleep(0.1)
+    return proc, f"dask://127.0.0.1:{port}"
+
+
+def offload_commands(port: int, workers: int, executor: str | None = None) -> dict[str, list[str]]:
+    """The offload scenario: /compute is fib(27), inline or in the worker's offload pool, or
+    (with ``executor``, an --offload-executor value) on that executor."""
     py = sys.executable
     b = ["-b", f"127.0.0.1:{port}", "-w", str(workers), "--log-level", "warning"]
+    dask = {}
+    if executor is not None:
+        dask["prefork_lb offload dask"] = [
+            py,
+            "-m",
+            "prefork_lb",
+            "bench.apps:compute_offload",
+            *b,
+            "--offload-executor",
+            executor,
+        ]
     return {
         "prefork_lb inline": [py, "-m", "prefork_lb", "bench.apps:compute_inline", *b],
         "prefork_lb offload": [py, "-m", "prefork_lb", "bench.apps:compute_offload", *b],
+        **dask,
         "gunicorn -k gevent inline": [
             py,
             "-m",
@@ -111,12 +160,39 @@ def main() -> None:
         help="dispatch: 1 ms / 50 ms CPU per request, compared over dispatch modes; offload: "
         "trivial requests and fib(27) (/compute) inline vs in the offload pool",
     )
+    ap.add_argument(
+        "--offload-executor",
+        default="",
+        metavar="dask|dask://HOST:PORT",
+        help="offload scenario: also run 'prefork_lb offload dask', with fib(27) on a Dask "
+        "cluster: 'dask' starts a LocalCluster here (as many single-thread worker processes as "
+        "there are CPUs), dask://HOST:PORT uses a running scheduler (needs prefork_lb[dask])",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     offload = args.scenario == "offload"
+    if args.offload_executor and not offload:
+        ap.error("--offload-executor needs --scenario offload")
+    cluster = None
+    executor = args.offload_executor or None
+    if executor == "dask":
+        from prefork_lb.resources import cpu_count
+
+        cluster, executor = start_dask_cluster(cpu_count(), Path(tempfile.mkdtemp()) / "dask-cluster.log")
+    try:
+        run(args, offload, executor)
+    finally:
+        if cluster is not None:
+            harness.stop(cluster)
+
+
+def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
     fast, slow = ("/", "/compute") if offload else ("/fast", "/slow")
     mix = [(fast, 1 - args.slow_share), (slow, args.slow_share)]
-    make_commands = offload_commands if offload else commands
+
+    def make_commands(port: int, workers: int) -> dict[str, list[str]]:
+        return offload_commands(port, workers, executor) if offload else commands(port, workers)
+
     base_name = "prefork_lb inline" if offload else "prefork_lb reuseport"
     rows = []
     base_p99 = None
@@ -189,6 +265,21 @@ def main() -> None:
                 "Target: trivial-request p99 with offload <= 0.2x inline's."
                 if offload
                 else "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's.",
+                *(
+                    [
+                        f"prefork_lb offload dask: --offload-executor {executor}"
+                        + (
+                            ", a LocalCluster started by this run on the same machine (one "
+                            "single-thread worker process per CPU): the cluster, the server and "
+                            "the load generator share its CPUs, so this measures the cost of the "
+                            "round trip through the scheduler, not the gain of more machines"
+                            if args.offload_executor == "dask"
+                            else ""
+                        )
+                    ]
+                    if executor
+                    else []
+                ),
             ],
             "machine": harness.machine_info(),
         }

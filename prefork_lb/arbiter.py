@@ -10,9 +10,10 @@ ready, fill slots, replace outdated, retire predecessors, shrink, announce ready
 between --dispatch modes (listeners, the sockets a slot gets, the helper process, resizing,
 USR2's hand-over) is asked of the mode object (prefork_lb.dispatch), never branched on here.
 
-Signals, as gunicorn uses them: TERM graceful stop within --graceful-timeout; INT and QUIT fast
-stop; HUP reload (config and app code; new workers first, old ones drain once the new are
-ready); TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
+Signals, as gunicorn uses them: TERM graceful stop within --graceful-timeout (after
+--shutdown-delay seconds of serving on, /readyz saying 503 meanwhile); INT and QUIT fast stop;
+HUP reload (config and app code; new workers first, old ones drain once the new are ready);
+TTIN/TTOU one worker more/less; USR1 reopen log files; CHLD reap.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from prefork_lb.admin import totals as tt
 from prefork_lb.child import describe_exit, set_title
 from prefork_lb.sockets import parse_address, sd_notify, systemd_listen_fds
 from prefork_lb.supervisor import (
@@ -129,13 +131,16 @@ class Arbiter(Supervisor):
         self.setup()
         self.hook("on_starting", self)
         try:
+            self.totals.beat(time.monotonic())
             self.manage()
             while True:
                 self.sleep(self.sleep_time())
+                self.totals.beat(time.monotonic())  # for the admin process's /livez
                 while self.sig_queue:
                     name = self.sig_queue.pop(0)
                     getattr(self, "handle_" + name.lower())()
                 self.reap()
+                self.end_shutdown_delay()
                 if self.stopping:
                     if self.step_stop():
                         break
@@ -159,6 +164,8 @@ class Arbiter(Supervisor):
         if self.stopping:
             return 0.1
         due = [t for t in self.next_spawn.values() if t > 0]
+        if self.shutdown_at:
+            due.append(self.shutdown_at)
         if due:
             return max(0.0, min(0.5, min(due) - self.clock()))
         return 0.5
@@ -209,8 +216,29 @@ class Arbiter(Supervisor):
         pass  # reap() runs after every wake-up
 
     def handle_term(self) -> None:
+        delay = self.cfg.shutdown_delay
+        # After USR2 the TERM comes from the new master, which serves already: no delay.
+        if delay > 0 and not self.stopping and not self.shutdown_at and not self.handed_over:
+            # Serve on; /readyz says 503 from now, so the load balancer in front stops sending.
+            log.info(
+                "SIGTERM: serving %g s more (--shutdown-delay, /readyz answers 503), then a graceful "
+                "stop (up to %.0f s); another TERM stops now",
+                delay,
+                self.cfg.graceful_timeout,
+            )
+            self.shutdown_at = self.clock() + delay
+            self.totals.set_shutdown(tt.DELAYING)
+            sd_notify("STOPPING=1")
+            return
         log.info("SIGTERM: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
+        sd_notify("STOPPING=1")
         self.begin_stop("graceful")
+
+    def end_shutdown_delay(self) -> None:
+        """--shutdown-delay is over: the graceful stop begins."""
+        if self.shutdown_at and not self.stopping and self.clock() >= self.shutdown_at:
+            log.info("Shutdown delay over: graceful stop (up to %.0f s)", self.cfg.graceful_timeout)
+            self.begin_stop("graceful")
 
     def handle_int(self) -> None:
         log.info("SIGINT: fast stop")

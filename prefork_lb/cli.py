@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NoReturn
 
 from prefork_lb import __version__, usage
-from prefork_lb.config import SETTINGS, Config, ConfigError, build
+from prefork_lb.config import BY_NAME, SETTINGS, Config, ConfigError, build
+from prefork_lb.config_check import check, log_warnings
+from prefork_lb.settings import gunicorn_names as gn
 from prefork_lb.settings.base import COMMAND_LINES, COMMANDS, PROXY, SERVER
 
 EXIT_USAGE = 2
+# Flags in environment variables, lowest precedence first; both above PREFORK_LB_* settings and
+# below the command line (gunicorn: config file < GUNICORN_CMD_ARGS < command line).
+CMD_ARGS = ("GUNICORN_CMD_ARGS", "PREFORK_LB_CMD_ARGS")
+# What the command line does besides settings (not settings themselves: no config-file name).
+ACTIONS = ("check_config", "print_config", "json")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +81,18 @@ def make_parser(command: str = SERVER) -> argparse.ArgumentParser:
     )
     parser.add_argument("--help-all", action=_Help, text=parser.format_help, help="this help")
     parser.add_argument("--version", action="version", version=f"prefork_lb {__version__}")
+    parser.add_argument(
+        "--check-config",
+        action="store_true",
+        help="load the config and import the app, then exit: 0, or one line and exit code 2",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print every setting, its value and where it came from (default, config file, "
+        "environment, command line), then exit",
+    )
+    parser.add_argument("--json", action="store_true", help="with --print-config: as one JSON object")
     groups: dict[str, Any] = {}
     for s in SETTINGS:
         if not s.flags or not s.cli or not s.applies_to(command):
@@ -108,6 +128,9 @@ def check_flags(argv: Sequence[str], command: str) -> None:
     if others:  # an abbreviation of several flags of other commands
         where = " or ".join(COMMAND_LINES[c] for c in others)
         raise UsageError(f"{name} does not apply to {COMMAND_LINES[command]}, only to {where}")
+    why = gn.refusal(name)
+    if why is not None:  # -k gevent, --preload: said as what they are in gunicorn
+        raise UsageError(why)
     near = usage.closest(name, flags)
     raise UsageError(
         f"unrecognized arguments: {name} " + (f"(did you mean {near}?)" if near else "(see --help)")
@@ -119,6 +142,7 @@ class UsageError(Exception):
 
 
 def _parse_args(argv: Sequence[str], command: str) -> argparse.Namespace:
+    argv, _ = gn.translate_argv(argv, drop_unsupported=False)  # gunicorn's --reuse-port, ...
     parser = make_parser(command)
     try:
         check_flags(argv, command)
@@ -127,78 +151,113 @@ def _parse_args(argv: Sequence[str], command: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+def _settings_of(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: v for k, v in vars(args).items() if k != "app" and k not in ACTIONS}
+
+
+def _env_layers(
+    environ: Mapping[str, str], command: str
+) -> tuple[list[tuple[dict[str, Any], str]], tuple[str, str] | None, list[str]]:
+    """The flags of :data:`CMD_ARGS` as layers for :func:`build`: ([(values, variable)], (the
+    app the last of them names, that variable) or None, the warnings). gunicorn's flags are translated
+    (settings/gunicorn_names.py); one without an equivalent is dropped and named in a warning.
+    A bad flag or value is one line naming the variable."""
+    layers: list[tuple[dict[str, Any], str]] = []
+    app: tuple[str, str] | None = None
+    warnings: list[str] = []
+    for var in CMD_ARGS:
+        text = environ.get(var, "")
+        if not text.strip():
+            continue
+        try:
+            tokens = shlex.split(text)
+        except ValueError as exc:
+            raise ConfigError(f"environment variable {var}: {exc}") from None
+        if var == "GUNICORN_CMD_ARGS":
+            tokens, dropped = gn.translate_argv(tokens)
+            if dropped:
+                warnings.append(gn.unsupported_warning(dropped, f"environment variable {var}"))
+        # The server's flags, for either command: the variable may be shared by the server and
+        # the proxy, so a flag of the server only is ignored by the proxy with a warning, as a
+        # config file's setting is (the server's flags are a superset of the proxy's).
+        parser = make_parser(SERVER)
+
+        def error(message: str, var: str = var) -> NoReturn:
+            raise ConfigError(f"environment variable {var}: {message}")
+
+        parser.error = error  # type: ignore[method-assign]
+        try:
+            check_flags(tokens, SERVER)
+        except UsageError as exc:
+            error(str(exc))
+        args = parser.parse_args(tokens)
+        if any(getattr(args, a) for a in ACTIONS):
+            error("--check-config, --print-config and --json belong on the command line")
+        values = _settings_of(args)
+        for name in [n for n, v in values.items() if v is not None and not BY_NAME[n].applies_to(command)]:
+            warnings.append(
+                f"environment variable {var}: {name} does not apply to {COMMAND_LINES[command]}; ignored"
+            )
+            del values[name]
+        layers.append((values, var))
+        if args.app and command == PROXY:
+            warnings.append(f"environment variable {var}: the proxy takes no app ({args.app}); ignored")
+        elif args.app:
+            app = (args.app, var)
+    return layers, app, warnings
+
+
+def parse_command(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+) -> tuple[Config, argparse.Namespace]:
+    """The config of a command line, and its parsed flags (the actions: --check-config ...)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["proxy"]:
-        return parse_proxy(argv[1:], environ)
-    args = _parse_args(argv, SERVER)
-    values = {k: v for k, v in vars(args).items() if k != "app"}
-    cfg = build(values, os.environ if environ is None else environ, app_uri=args.app)
-    if not cfg.app_uri:
-        raise ConfigError("no app given: pass MODULE:APP (for example prefork_lb.demo:app)")
+    environ = os.environ if environ is None else environ
+    command = PROXY if argv[:1] == ["proxy"] else SERVER
+    if command == PROXY:
+        argv = argv[1:]
+    args = _parse_args(argv, command)
+    if args.json and not args.print_config:
+        raise ConfigError("--json goes with --print-config")
+    layers, env_app, warnings = _env_layers(environ, command)
+    if command == PROXY:
+        cfg = _proxy_config(args, layers, environ)
+    else:
+        app, app_source = (args.app, "command line") if args.app else env_app or (None, None)
+        cfg = build(
+            _settings_of(args),
+            environ,
+            app_uri=app,
+            arg_layers=layers,
+            discover=True,
+            app_source=app_source,
+        )
+        if not cfg.app_uri:
+            raise ConfigError("no app given: pass MODULE:APP (for example prefork_lb.demo:app)")
+    cfg.warnings[:0] = warnings
     check(cfg)
+    return cfg, args
+
+
+def parse(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    return parse_command(argv, environ)[0]
+
+
+def _proxy_config(
+    args: argparse.Namespace, layers: list[tuple[dict[str, Any], str]], environ: Mapping[str, str]
+) -> Config:
+    """``python -m prefork_lb proxy --backends ...``: the standalone load balancer (no app)."""
+    if args.app:
+        raise ConfigError(f"the proxy takes no app (got {args.app!r}); use --backends")
+    cfg = build(_settings_of(args), environ, command=PROXY, arg_layers=layers, discover=True)
+    if not cfg.backends:
+        raise ConfigError("the proxy needs --backends HOST:PORT[,HOST:PORT...]")
+    cfg.drop_local_workers("the proxy subcommand")
     return cfg
 
 
 def parse_proxy(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
-    """``python -m prefork_lb proxy --backends ...``: the standalone load balancer (no app)."""
-    args = _parse_args(argv, PROXY)
-    if args.app:
-        raise ConfigError(f"the proxy takes no app (got {args.app!r}); use --backends")
-    values = {k: v for k, v in vars(args).items() if k != "app"}
-    cfg = build(values, os.environ if environ is None else environ, command=PROXY)
-    if not cfg.backends:
-        raise ConfigError("the proxy needs --backends HOST:PORT[,HOST:PORT...]")
-    cfg.drop_local_workers("the proxy subcommand")
-    check(cfg)
-    return cfg
-
-
-def check(cfg: Config) -> None:
-    """Settings that are only wrong together, or that name files: one line, exit code 2."""
-    from prefork_lb.proxy.peers import TrustedPeers
-
-    try:  # read by the proxy and by the workers (wsgi.url_scheme) alike
-        TrustedPeers(cfg.forwarded_allow_ips)
-    except ValueError as exc:
-        raise ConfigError(f"--forwarded-allow-ips: {exc}") from None
-    if isinstance(cfg.max_rss, str):  # N% needs a cgroup memory limit: refused now, not per worker
-        from prefork_lb.resources import resolve_max_rss
-
-        try:
-            resolve_max_rss(cfg.max_rss, max(cfg.workers, cfg.max_workers))
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-    if cfg.dispatch != "proxy":
-        if cfg.strategy == "sticky":
-            raise ConfigError("--strategy sticky needs --dispatch proxy (handoff sees no cookies)")
-        return
-    if cfg.backends:
-        from prefork_lb.proxy.health import parse_backends
-
-        try:
-            parse_backends(cfg.backends)
-        except ValueError as exc:
-            raise ConfigError(f"--backends: {exc}") from None
-    if cfg.keyfile and not cfg.certfile:
-        raise ConfigError("--keyfile needs --certfile")
-    if cfg.certfile:
-        import ssl
-
-        from prefork_lb.proxy.process import tls_context
-
-        try:
-            tls_context(cfg.certfile, cfg.keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"cannot use --certfile {cfg.certfile!r}: {exc}") from None
-
-
-def log_warnings(cfg: Config) -> None:
-    """The settings a config file or the environment gave that this command ignores."""
-    import logging
-
-    for line in cfg.warnings:
-        logging.getLogger("prefork_lb.error").warning(line)
+    return parse(["proxy", *argv], environ)
 
 
 def fail(message: str) -> NoReturn:
@@ -209,17 +268,24 @@ def fail(message: str) -> NoReturn:
 def main(argv: Sequence[str] | None = None) -> None:
     from prefork_lb.arbiter import Arbiter
     from prefork_lb.logs import setup_error_log
+    from prefork_lb.privileges import prepare_master
     from prefork_lb.sockets import BindError
 
     argv = list(sys.argv[1:] if argv is None else argv)
 
-    def reload_config() -> Config:
-        new = parse(argv)
-        log_warnings(new)
-        return new
-
     try:
-        cfg = parse(argv)
+        cfg, args = parse_command(argv)
+        if args.print_config or args.check_config:
+            sys.exit(report(cfg, args))
+        # A reload reads the same config file, whatever --chdir did to the working directory.
+        reload_argv = [*argv, "-c", cfg.config] if cfg.config and "--" not in argv else argv
+
+        def reload_config() -> Config:
+            new = parse(reload_argv)
+            log_warnings(new)
+            return new
+
+        prepare_master(cfg)
         setup_error_log(cfg.log_level, cfg.error_logfile)
         log_warnings(cfg)
         if cfg.chdir:
@@ -231,3 +297,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except OSError as exc:  # e.g. an error log file or --chdir that cannot be used
         fail(f"{exc.strerror or exc}: {getattr(exc, 'filename', '') or ''}".rstrip(": "))
     sys.exit(arbiter.run())
+
+
+def report(cfg: Config, args: argparse.Namespace) -> int:
+    """--print-config (stdout) and --check-config (the app imported): the exit code."""
+    from prefork_lb import config_report
+
+    if args.print_config:
+        sys.stdout.write((config_report.render_json if args.json else config_report.render_text)(cfg))
+    else:  # --print-config shows them as comments
+        for line in cfg.warnings:
+            sys.stderr.write(f"prefork_lb: warning: {line}\n")
+    if args.check_config:
+        why = config_report.check_app(cfg)
+        if why is not None:
+            fail(why)
+    return 0

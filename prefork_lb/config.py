@@ -7,7 +7,14 @@ so ``cfg.workers`` is an ``int`` to mypy and a plain attribute read at run time.
 ``PREFORK_LB_*`` environment variables, the Python config file (``-c``) and the generated
 ``docs/reference/settings.md`` (``python -m prefork_lb.config``).
 
-Precedence, lowest first: defaults < config file < environment < command line.
+Precedence, lowest first: defaults < config file < environment (``PREFORK_LB_*``) <
+``GUNICORN_CMD_ARGS`` < ``PREFORK_LB_CMD_ARGS`` < command line. The config file is the one
+``-c`` names (on the command line, in one of the ``*_CMD_ARGS``, or ``PREFORK_LB_CONFIG``), else
+``./prefork_lb.conf.py`` or ``./gunicorn.conf.py`` when the command line asks to look
+(:data:`DISCOVERED`). A config file may use gunicorn's names (``accesslog``, ``loglevel``): the
+table in ``settings/gunicorn_names.py`` says what each is here, and one warning line names the
+gunicorn settings it gave that have no equivalent. ``cfg.sources`` says where each value came
+from (``--print-config``).
 
 Invariants:
 
@@ -24,9 +31,10 @@ from __future__ import annotations
 
 import os
 import runpy
-from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from typing import Any
 
+from prefork_lb.settings import gunicorn_names as gn
 from prefork_lb.settings.admin import AdminSettings
 from prefork_lb.settings.base import (
     COMMAND_LINES,
@@ -44,6 +52,7 @@ from prefork_lb.settings.server import ServerSettings
 
 __all__ = [
     "BY_NAME",
+    "DISCOVERED",
     "ENV_PREFIX",
     "HOOK_NAMES",
     "SETTINGS",
@@ -80,6 +89,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
     app_object: Any  # prefork_lb.run(app): an app given as an object, not a path
     local_workers: bool  # False only for the standalone proxy (see drop_local_workers)
     warnings: list[str]  # settings a config file or the environment gave that the command ignores
+    sources: dict[str, str]  # setting -> where its value came from ("default" when not given)
 
     def __init__(
         self,
@@ -95,6 +105,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
         d["app_object"] = app_object
         d["local_workers"] = True
         d["warnings"] = []
+        d["sources"] = {}
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in BY_NAME:  # a bare assignment would skip conversion and validation
@@ -114,6 +125,11 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
             self.__dict__[name] = 0
             return
         self.__dict__[name] = setting.convert(value, source)
+        self.sources[name] = source
+
+    def source_of(self, name: str) -> str:
+        """Where the value of setting ``name`` came from: ``"default"`` when nothing set it."""
+        return self.sources.get(name, "default")
 
     def drop_local_workers(self, source: str) -> None:
         """The standalone proxy (``python -m prefork_lb proxy``): dispatch proxy, no WSGI workers.
@@ -136,7 +152,9 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Config):
             return NotImplemented
-        return self.__dict__ == other.__dict__
+        # the same settings from other sources are the same config
+        mine = {k: v for k, v in self.__dict__.items() if k != "sources"}
+        return mine == {k: v for k, v in other.__dict__.items() if k != "sources"}
 
     __hash__ = None  # type: ignore[assignment]  # mutable, compared by value (as the dataclass was)
 
@@ -220,6 +238,33 @@ def split_hooks(
     return hooks, rest
 
 
+def _ours(name: str, value: Any, g: gn.GunicornName | None) -> tuple[str, Any]:
+    """(our setting, the value in our shape) for a setting named ``name``, ours or gunicorn's."""
+    if g is None or g.kind != gn.SETTING:
+        return name, value
+    return g.target, (g.convert(value) if g.convert is not None else value)
+
+
+def gunicorn_keywords(values: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """``prefork_lb.run(app, accesslog="-", loglevel="DEBUG")``: gunicorn's names as ours, and
+    the gunicorn names given that have no equivalent here (for the one warning line)."""
+    out: dict[str, Any] = {}
+    unsupported: list[str] = []
+    for name, value in values.items():
+        g = gn.BY_GUNICORN_NAME.get(name)
+        if name in HOOK_NAMES or g is None or g.kind in (gn.HOOK, gn.CONFIG):
+            out[name] = value  # an unknown name: build() refuses it in one line
+        elif name in BY_NAME or g.kind == gn.SETTING:
+            target, converted = _ours(name, value, g)
+            out[target] = converted
+        else:  # wsgi_app too: run() takes the app object
+            unsupported.append(name)
+    unsupported += [
+        name for name in HOOK_NAMES if name in values and gn.BY_GUNICORN_NAME[name].kind == gn.NONE
+    ]
+    return out, unsupported
+
+
 def _ignored(cfg: Config, setting: Setting[Any], command: str, source: str) -> bool:
     """Whether ``setting`` does not apply to ``command``: then a config file's or an
     environment variable's value for it is ignored, with a warning (a file or environment
@@ -230,29 +275,59 @@ def _ignored(cfg: Config, setting: Setting[Any], command: str, source: str) -> b
     return True
 
 
-def load_config_file(cfg: Config, path: str, command: str = SERVER) -> None:
-    """Run a Python config file; its module-level names that are settings or hooks apply
-    (settings of another command are ignored with a warning)."""
+# Looked for in the working directory, in this order, when nothing names a config file.
+DISCOVERED = ("prefork_lb.conf.py", "gunicorn.conf.py")
+
+
+def _run_file(path: str) -> dict[str, Any]:
     if not os.path.isfile(path):
         raise ConfigError(f"config file {path!r} does not exist")
     try:
-        namespace = runpy.run_path(path)
+        return runpy.run_path(path)
     except SyntaxError as exc:
         raise ConfigError(f"config file {path!r}: syntax error at line {exc.lineno}: {exc.msg}") from None
     except Exception as exc:  # the user's file raised: one line, not a traceback
         raise ConfigError(f"config file {path!r} failed: {type(exc).__name__}: {exc}") from None
-    for name, value in namespace.items():
+
+
+def load_config_file(cfg: Config, path: str, command: str = SERVER) -> None:
+    """Run a Python config file; its module-level names that are settings or hooks apply, by
+    prefork_lb's names or gunicorn's (``accesslog``, ``loglevel``: settings/gunicorn_names.py).
+    Settings of another command are ignored with a warning; so are gunicorn's settings without
+    an equivalent here, all named in one warning line."""
+    source = f"config file {path!r}"
+    unsupported: list[str] = []
+    for name, value in _run_file(path).items():
         if name.startswith("_") or name == "config":
             continue
-        if name in HOOK_NAMES:
+        g = gn.BY_GUNICORN_NAME.get(name)
+        if name in HOOK_NAMES or (g is not None and g.kind == gn.HOOK):
             if not callable(value):
-                raise ConfigError(f"config file {path!r}: hook {name} is not callable")
+                raise ConfigError(f"{source}: hook {name} is not callable")
+            if g is not None and g.kind == gn.NONE:  # pre_request, post_request
+                unsupported.append(name)
             cfg.hooks[name] = value
-        elif name in BY_NAME:
-            if not _ignored(cfg, BY_NAME[name], command, f"config file {path!r}"):
-                cfg.set(name, value, f"config file {path!r}")
+            cfg.sources[name] = source
+        elif name in BY_NAME or (g is not None and g.kind == gn.SETTING):
+            target, value = _ours(name, value, g)
+            if not _ignored(cfg, BY_NAME[target], command, source):
+                cfg.set(target, value, source if target == name else f"{source}, as {name}")
         elif name == "wsgi_app":
             cfg.app_uri = str(value)
+            cfg.sources[name] = source
+        elif g is not None and g.kind in (gn.NONE, gn.ACTION):
+            unsupported.append(name)
+    if unsupported:
+        cfg.warnings.append(gn.unsupported_warning(unsupported, source))
+
+
+def discover_config(cwd: str | None = None) -> str | None:
+    """The config file found in ``cwd`` (the working directory): :data:`DISCOVERED`'s first."""
+    for name in DISCOVERED:
+        path = os.path.join(cwd or os.getcwd(), name)
+        if os.path.isfile(path):
+            return path
+    return None
 
 
 def apply_env(cfg: Config, environ: Mapping[str, str], command: str = SERVER) -> None:
@@ -274,23 +349,43 @@ def build(
     app_uri: str | None = None,
     source: str = "command line",
     command: str = SERVER,
+    arg_layers: Sequence[tuple[Mapping[str, Any], str]] = (),
+    discover: bool = False,
+    app_source: str | None = None,
 ) -> Config:
-    """Resolve defaults < config file < environment < command line (``cli_values``; ``source``
-    names them in errors: ``"run()"`` for prefork_lb.run's keywords) for ``command``: a config
-    file's or environment variable's setting of another command is ignored (``cfg.warnings``
-    says so); the command line has only ``command``'s flags."""
+    """Resolve defaults < config file < environment < ``arg_layers`` (the flags of
+    ``GUNICORN_CMD_ARGS`` then ``PREFORK_LB_CMD_ARGS``, each (values, source)) < command line
+    (``cli_values``; ``source`` names them in errors: ``"run()"`` for prefork_lb.run's keywords)
+    for ``command``. The config file: the last layer's ``config``, else ``PREFORK_LB_CONFIG``,
+    else (``discover``) one found in the working directory. A config file's or environment
+    variable's setting of another command is ignored (``cfg.warnings`` says so); the command
+    line has only ``command``'s flags. ``app_source`` says where ``app_uri`` came from (default:
+    ``source``)."""
     environ = os.environ if environ is None else environ
     cfg = defaults()
-    config_path = cli_values.get("config") or environ.get(BY_NAME["config"].env) or None
+    layers = [*arg_layers, (cli_values, source)]
+    config_path, config_source = None, ""
+    for values, where in layers:
+        if values.get("config"):
+            config_path, config_source = values["config"], where
+    if not config_path and environ.get(BY_NAME["config"].env):
+        config_path, config_source = (
+            environ[BY_NAME["config"].env],
+            f"environment variable {BY_NAME['config'].env}",
+        )
+    if not config_path and discover:
+        config_path, config_source = discover_config(), "found in the working directory"
     if config_path:
         load_config_file(cfg, config_path, command)
-        cfg.set("config", config_path, "config file path")
+        cfg.set("config", os.path.abspath(config_path), config_source)
     apply_env(cfg, environ, command)
-    for name, value in cli_values.items():
-        if value is not None and name != "config":
-            cfg.set(name, value, source)
+    for values, where in layers:
+        for name, value in values.items():
+            if value is not None and name != "config":
+                cfg.set(name, value, where)
     if app_uri:
         cfg.app_uri = app_uri
+        cfg.sources["wsgi_app"] = app_source or source
     return cfg
 
 
@@ -303,7 +398,10 @@ def reference_markdown(settings: Iterable[Setting[Any]] = SETTINGS) -> str:
         "do not edit by hand.",
         "",
         "Each setting can be given, lowest precedence first, as its default, in a Python config file",
-        "(`-c FILE`, a module-level name), as an environment variable, or on the command line.",
+        "(`-c FILE`, else `./prefork_lb.conf.py` or `./gunicorn.conf.py`; a module-level name, or",
+        "gunicorn's name for it: [migrating from gunicorn](../gunicorn.md)), as an environment",
+        "variable, as a flag in `GUNICORN_CMD_ARGS` then `PREFORK_LB_CMD_ARGS`, or on the command line.",
+        "`--print-config` shows every value and where it came from.",
         "`prefork_lb MODULE:APP --help` shows the common flags, `--help-all` every flag (both with",
         'their defaults). A setting marked "only for" is not a flag of the other command',
         "(`prefork_lb proxy -w 4` is refused); a config file or environment variable that sets it for",
@@ -333,4 +431,7 @@ def reference_markdown(settings: Iterable[Setting[Any]] = SETTINGS) -> str:
 
 
 if __name__ == "__main__":
-    print(reference_markdown(), end="")
+    import sys
+
+    # ``python -m prefork_lb.config gunicorn``: docs/gunicorn.md's table of gunicorn's settings
+    print(gn.markdown_table(BY_NAME) if sys.argv[1:] == ["gunicorn"] else reference_markdown(), end="")

@@ -23,7 +23,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from prefork_lb import dispatch
 from prefork_lb import scoreboard as sb
@@ -47,7 +47,10 @@ _HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
 
 @dataclass
 class WorkerProc:
-    """The master's record of one child (worker or helper); config hooks receive it as ``worker``."""
+    """The master's record of one child (worker or helper); config hooks receive it as ``worker``.
+    ``worker.log`` is the error log, as gunicorn's hooks have it (``worker.log.info(...)``)."""
+
+    log: ClassVar[logging.Logger] = log
 
     pid: int
     slot: int
@@ -94,6 +97,8 @@ class BootError(Exception):
 class Supervisor(Watchdog):
     """The master's children; the Arbiter adds the listeners' binding, signals and the loop."""
 
+    log: ClassVar[logging.Logger] = log  # hooks' ``server.log``, as in gunicorn
+
     def __init__(
         self,
         cfg: Any,
@@ -120,6 +125,7 @@ class Supervisor(Watchdog):
         self.stopping: str | None = None  # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
         self.stop_deadline = 0.0
+        self.shutdown_at = 0.0  # TERM with --shutdown-delay: when the graceful stop begins
         self.boot_error: BootError | None = None
         self.generation = 0  # HUP: processes of an older generation are replaced
         self.reload: ReloadProgress | None = None  # the HUP being rolled out, until it is done
@@ -364,7 +370,7 @@ class Supervisor(Watchdog):
         for s in self.mode.sockets.admin:
             where = s.getsockname()
             at = f"unix:{where}" if isinstance(where, str) else f"http://{where[0]}:{where[1]}"
-            log.info("Admin endpoints /lb-health, /lb-stats and /metrics at %s", at)
+            log.info("Admin endpoints /lb-health, /lb-stats, /metrics, /livez and /readyz at %s", at)
         log.info(self.mode.ready_message(self.num_workers))
         self.hook("when_ready", self)
         sd_notify(f"READY=1\nMAINPID={self.pid}")
@@ -534,17 +540,26 @@ class Supervisor(Watchdog):
         if self.stopping == "fast":
             return
         self.stopping = how
+        self.shutdown_at = 0.0
+        self.totals.set_shutdown(tt.DRAINING)
         grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig
         # The helper stops first (handoff: the dispatcher). Workers drain once it has exited, so nothing is
-        # passed to a worker after it has emptied its channel for the last time.
+        # passed to a worker after it has emptied its channel for the last time. On a graceful
+        # stop the admin process stops last, so that /readyz says 503 until the end; not after
+        # USR2, when the new master's admin process answers on the same listener.
         dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
+        admin_now = how == "fast" or self.handed_over
         for w in list(self.workers.values()):
             w.term_at = 0.0
-            if w.slot == DISPATCHER_SLOT or not dispatchers or how == "fast":
+            if w.slot == ADMIN_SLOT:
+                if admin_now:
+                    self.stop_worker(w, sig)
+            elif how == "fast" or w.slot == DISPATCHER_SLOT or not dispatchers:
                 self.stop_worker(w, sig)
+        self.stop_admin_last()
 
     def step_stop(self) -> bool:
         """True once every worker is gone."""
@@ -552,14 +567,22 @@ class Supervisor(Watchdog):
             return True
         if not any(w.slot == DISPATCHER_SLOT for w in self.workers.values()):
             for w in list(self.workers.values()):
-                if not w.term_at:
+                if not w.term_at and w.slot != ADMIN_SLOT:
                     self.stop_worker(w, self.stop_signal)
+        self.stop_admin_last()
         if self.clock() >= self.stop_deadline:
             for w in list(self.workers.values()):
                 log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
                 self.signal_pid(w.pid, signal.SIGKILL)
             self.stop_deadline = self.clock() + 5
         return False
+
+    def stop_admin_last(self) -> None:
+        """The admin process gets the stop signal once it is the only process left."""
+        if all(w.slot == ADMIN_SLOT for w in self.workers.values()):
+            for w in list(self.workers.values()):
+                if not w.term_at:
+                    self.stop_worker(w, self.stop_signal)
 
     # -- hooks ----------------------------------------------------------------------------------
 

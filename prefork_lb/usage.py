@@ -25,7 +25,7 @@ from typing import Any
 
 from prefork_lb.settings.base import COMMAND_LINES, PROXY, SERVER, Setting
 
-HELP_FLAGS = ("-h", "--help", "--help-all", "--version")
+HELP_FLAGS = ("-h", "--help", "--help-all", "--version", "--check-config", "--print-config", "--json")
 DOCS = "docs/reference/settings.md"
 WIDTH = 100  # the short help's lines fit this many columns
 FLAG_COLUMN = 30
@@ -137,6 +137,8 @@ def short_help(settings: Iterable[Setting[Any]], command: str) -> str:
         *_entry("-h, --help", "this help"),
         *_entry("--help-all", "every option of this command, by section, with defaults"),
         *_entry("--version", "the version"),
+        *_entry("--check-config", "load the config and import the app, then exit (0, or one line and 2)"),
+        *_entry("--print-config", "every setting with its value and source, then exit (--json: JSON)"),
         "",
         "Every option (--help-all), and its environment variable and config file name",
         f"({DOCS}).",

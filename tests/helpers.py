@@ -8,7 +8,7 @@
 * :func:`server_env`: our environment without the settings that would change a server's
   behaviour, and with no admin listener (``PREFORK_LB_STATS_BIND=off``: tests that want one
   pass ``--stats-bind`` with a free port, which the command line's value overrides); :func:`start_on_free_port`: retry a start when the port was taken meanwhile.
-* :func:`listen_ports` / :func:`unread_connections`: what the kernel holds for a server, to
+* :func:`listen_ports` / :func:`unread_requests`: what the kernel holds for a server, to
   poll for "these connections are queued" instead of sleeping until they probably are.
 * ``DISPATCH_MODES``: the modes every mode-parametrized test runs in, read from the package.
 
@@ -149,19 +149,26 @@ def listen_ports(pid: int) -> set[int]:
     return ports
 
 
-def unread_connections(ports: set[int]) -> int:
-    """How many established IPv4 connections to one of ``ports`` hold bytes nobody has read
-    yet: connections waiting in an accept queue, or accepted by a process that is stopped
-    (from /proc/net/tcp, the kernel's own table: rx_queue is the unread byte count)."""
-    count = 0
+def unread_requests(ports: set[int]) -> int:
+    """How many requests sit unread on established IPv4 connections to one of ``ports``:
+    connections waiting in an accept queue, or accepted by a process that is stopped (from
+    /proc/net/tcp, the kernel's own table: rx_queue is the unread byte count).
+
+    A connection may hold more than one request: the proxy pipelines requests to a backend
+    that is slow to answer. The tests send one request repeatedly, so every request arriving
+    at one port has the same size; a connection holding ``n`` times the smallest unread count
+    seen on its port holds ``n`` requests.
+    """
+    unread: dict[int, list[int]] = {}
     with open("/proc/net/tcp") as f:
         next(f)  # the header line
         for line in f:
             fields = line.split()
             local, state, queues = fields[1], fields[3], fields[4]
-            if state == "01" and int(local.rsplit(":", 1)[1], 16) in ports:
-                count += int(queues.split(":")[1], 16) > 0
-    return count
+            port, rx = int(local.rsplit(":", 1)[1], 16), int(queues.split(":")[1], 16)
+            if state == "01" and port in ports and rx > 0:
+                unread.setdefault(port, []).append(rx)
+    return sum(rx // min(sizes) for sizes in unread.values() for rx in sizes)
 
 
 def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:

@@ -8,7 +8,10 @@ serves the public listeners. It reads the scoreboard and the master's totals
 private channel (prefork_lb.admin.link).
 
 Routes: ``/lb-health`` and ``/lb-stats`` (JSON), ``/metrics`` (Prometheus text format), the
-live dashboard at ``/`` with the document it polls, ``/dashboard.json`` (prefork_lb.admin.dashboard).
+live dashboard at ``/`` with the document it polls, ``/dashboard.json`` (prefork_lb.admin.dashboard),
+and the orchestrators' probes ``/livez`` and ``/readyz`` (prefork_lb.admin.probes; public, like
+the dashboard's page). The master stops this process last on a graceful stop, so that /readyz
+answers 503 through the --shutdown-delay and the drain.
 With --statsd-host a thread pushes StatsD lines (prefork_lb.statsd) from the same shared memory.
 Something new served here (a dashboard page, an event stream) is one more entry in
 :meth:`AdminChild.routes`; something that pushes (a StatsD client) is one more thread started in
@@ -24,15 +27,27 @@ import os
 import select
 import socket
 import threading
+import time
 from typing import Any, ClassVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
+from prefork_lb import scoreboard as sb
 from prefork_lb.admin.dashboard import dashboard_doc, page, statsd_sample
 from prefork_lb.admin.documents import health_doc, stats_doc
 from prefork_lb.admin.link import ProxyLink
 from prefork_lb.admin.metrics import ServerCollector, psutil_info
+from prefork_lb.admin.probes import (
+    HELPER_SLOT,
+    PROBE_PATHS,
+    HelperView,
+    http_status,
+    liveness,
+    readiness,
+    ready_slots,
+    stale_after,
+)
 from prefork_lb.admin.server import AdminServer, Reply, Route, json_reply
 from prefork_lb.admin.totals import Totals
 from prefork_lb.child import ChildContext, ChildProcess
@@ -115,7 +130,39 @@ class AdminChild(ChildProcess):
             "/metrics": metrics,
             "/": dashboard_page,
             "/dashboard.json": dashboard_data,
+            "/livez": self.livez,
+            "/readyz": self.readyz,
         }
+
+    # -- the probes (prefork_lb.admin.probes decides) ----------------------------------------------
+
+    def helper_view(self, entries: list[sb.EntryState], now: float) -> HelperView | None:
+        if not self.helper_role:
+            return None
+        board = self.ctx.board
+        mine = [e for e in entries if e.slot == HELPER_SLOT]
+        ages = tuple(now - board.heartbeat(e.entry) for e in mine)
+        return HelperView(self.helper_role, ages, any(e.state == sb.READY for e in mine))
+
+    def livez(self, _req: Any) -> Reply:
+        now = time.monotonic()
+        helper = self.helper_view(self.ctx.board.entries_in_use(), now)
+        doc = liveness(
+            os.getppid() == self.ctx.master_pid,
+            now - self.totals.master_beat(),
+            helper,
+            self.totals.shutdown(),
+            stale_after(self.cfg.timeout),
+        )
+        return json_reply(doc, http_status(doc))
+
+    def readyz(self, _req: Any) -> Reply:
+        now = time.monotonic()
+        entries = self.ctx.board.entries_in_use()
+        ready = ready_slots((e.slot, e.state in (sb.READY, sb.RETIRING)) for e in entries)
+        helper = self.helper_view(entries, now)
+        doc = readiness(ready, helper, self.totals.shutdown(), stale_after(self.cfg.timeout))
+        return json_reply(doc, http_status(doc))
 
     def proxy_docs(self) -> dict[str, Any] | None:
         """The proxy's /lb-stats and /lb-health (None without a proxy, or while it does not answer)."""
@@ -146,6 +193,7 @@ class AdminChild(ChildProcess):
         self.server = AdminServer(self.listener, self.cfg.stats_token)
         self.server.routes.update(self.routes())
         self.server.public.add("/")
+        self.server.public.update(PROBE_PATHS)  # a kubelet's probe cannot easily send a token
         return 0
 
     def run(self) -> int:

@@ -9,7 +9,8 @@ one more entry (see prefork_lb.admin.child, which fills the table).
 Invariants: only GET and HEAD (405 otherwise); only the paths in the table (404 otherwise);
 with --stats-token every request must carry ``Authorization: Bearer TOKEN`` (401 otherwise,
 compared in constant time), except for the paths in :attr:`AdminServer.public` (the dashboard's
-static page, which holds no data and fetches its data with the token); a client gets at most
+static page, which holds no data and fetches its data with the token, and the probes /livez and
+/readyz, which a kubelet cannot easily send a token with); a client gets at most
 :data:`CLIENT_TIMEOUT` seconds per read.
 """
 

@@ -3,8 +3,11 @@
 A second anonymous shared mapping, created by the master before it forks (next to the
 scoreboard), written by the master only and read by the admin process at scrape time:
 
-* a header: the master's pid and start time, the target worker count, and counters of what
-  the master did (spawns by reason, boot failures, watchdog aborts, autoscaling changes);
+* a header: the master's pid and start time, the target worker count, counters of what the
+  master did (spawns by reason, boot failures, watchdog aborts, autoscaling changes), the
+  master's own heartbeat (CLOCK_MONOTONIC, once per loop tick) and whether it is shutting down
+  (:data:`SERVING`, :data:`DELAYING`: TERM arrived and --shutdown-delay runs, :data:`DRAINING`),
+  which the admin process's /livez and /readyz read (prefork_lb.admin.probes);
 * one row per slot (HELPER_SLOT and ADMIN_SLOT included) holding the counter words
   (scoreboard COUNTERS..COUNTERS_END) of that slot's processes that have exited.
 
@@ -33,11 +36,16 @@ SPAWN_REASONS = ("start", "crash", "timeout", "max_requests", "max_rss", "recycl
 # Header word offsets.
 SEQ, MASTER_PID, START_TIME, TARGET, BOOT_FAILED, TIMEOUTS, SCALE_UP, SCALE_DOWN = range(8)
 SPAWNS = 8  # SPAWNS + i: spawns for SPAWN_REASONS[i]
+SHUTDOWN = SPAWNS + len(SPAWN_REASONS)  # the master's shutdown phase (SERVING, DELAYING, DRAINING)
+MASTER_BEAT = SHUTDOWN + 1  # float: CLOCK_MONOTONIC of the master's last loop tick
 # Workers aborted for a request past --request-timeout while their loop was blocked (also
 # counted in TIMEOUTS, which counts every abort for a missed heartbeat).
-REQUEST_ABORTS = SPAWNS + len(SPAWN_REASONS)
+REQUEST_ABORTS = MASTER_BEAT + 1
 HEADER = 32
 assert REQUEST_ABORTS < HEADER and NCOUNTERS <= ROW
+# Shutdown phases (header word SHUTDOWN).
+SERVING, DELAYING, DRAINING = 0, 1, 2
+PHASE_NAMES = {SERVING: "serving", DELAYING: "shutdown delay", DRAINING: "draining"}
 
 
 class Totals:
@@ -55,6 +63,14 @@ class Totals:
     def started(self, pid: int, wall_time: float) -> None:
         self.q[MASTER_PID] = pid
         self.d[START_TIME] = wall_time
+
+    def beat(self, now: float) -> None:
+        """The master's loop ticked (``now``: time.monotonic())."""
+        self.d[MASTER_BEAT] = now
+
+    def set_shutdown(self, phase: int) -> None:
+        """SERVING, DELAYING (TERM, --shutdown-delay running) or DRAINING."""
+        self.q[SHUTDOWN] = phase
 
     def set_target(self, workers: int) -> None:
         self.q[TARGET] = workers
@@ -100,6 +116,13 @@ class Totals:
             "scale_up": q[SCALE_UP],
             "scale_down": q[SCALE_DOWN],
         }
+
+    def shutdown(self) -> int:
+        return self.q[SHUTDOWN]
+
+    def master_beat(self) -> float:
+        """CLOCK_MONOTONIC of the master's last tick (0.0: it never ticked)."""
+        return self.d[MASTER_BEAT]
 
     def spawns(self) -> dict[str, int]:
         return {r: self.q[SPAWNS + i] for i, r in enumerate(SPAWN_REASONS)}

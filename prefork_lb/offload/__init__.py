@@ -19,7 +19,9 @@ same object typed as ``OffloadModule``. ``default_pool()`` gives the default poo
 first use), ``default_pool_if_started()`` gives it only if something has used it (else None).
 
 The package: ``pool`` is the parent side (``OffloadPool``), ``default`` the per-process default
-pool, ``child`` the code the pool's processes run (stdlib only), ``wire`` the frames between them.
+pool, ``child`` the code the pool's processes run (stdlib only), ``wire`` the frames between them;
+``external`` an executor outside the pool (``--offload-executor``: ``dask`` or MODULE:FACTORY)
+that the module's calls use instead of the default pool once a worker has configured one.
 
 Invariants: the module object is the callable (its class is ``OffloadModule``, set below, as
 ``sys.modules`` hands the same object to every importer); importing it starts no process;
@@ -31,10 +33,13 @@ from __future__ import annotations
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from prefork_lb.offload.default import close_default_pool, default_pool, default_pool_if_started
 from prefork_lb.offload.pool import OffloadError, OffloadPool
+
+if TYPE_CHECKING:
+    from prefork_lb.offload.external import ExecutorOffload
 
 __all__ = ["OffloadError", "OffloadPool", "default_pool", "default_pool_if_started", "offload"]
 
@@ -47,18 +52,22 @@ class OffloadModule(types.ModuleType):
         self, fn: Callable[..., Any], /, *args: Any, timeout: float | None = None, **kwargs: Any
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in the default pool: see ``OffloadPool.submit``."""
-        return default_pool().submit(fn, *args, timeout=timeout, **kwargs)
+        return _runner().submit(fn, *args, timeout=timeout, **kwargs)
 
     def map(self, fn: Callable[..., Any], iterable: Iterable[Any], timeout: float | None = None) -> list[Any]:
         """``OffloadPool.map`` on the default pool."""
-        return default_pool().map(fn, iterable, timeout=timeout)
+        return _runner().map(fn, iterable, timeout=timeout)
 
     def stats(self) -> dict[str, int]:
         """``OffloadPool.stats`` of the default pool (which this starts, if nothing has)."""
-        return default_pool().stats()
+        return _runner().stats()
 
     def close(self) -> None:
-        """Close the default pool (the next call makes a new one)."""
+        """Close the default pool (the next call makes a new one) and a configured executor
+        (the next call uses the default pool)."""
+        from prefork_lb.offload.external import close_configured
+
+        close_configured()
         close_default_pool()
 
     # An old private name, kept for pool processes started by code loaded before an upgrade.
@@ -69,6 +78,16 @@ class OffloadModule(types.ModuleType):
         from prefork_lb.offload.child import main
 
         return main
+
+
+def _runner() -> OffloadPool | ExecutorOffload:
+    """What the module's calls run on: the executor --offload-executor configured in this
+    process (``prefork_lb.offload.external``, imported here so that pool processes, which
+    import this package, never load it), else the default pool."""
+    from prefork_lb.offload.external import configured
+
+    runner = configured()
+    return default_pool() if runner is None else runner
 
 
 sys.modules[__name__].__class__ = OffloadModule

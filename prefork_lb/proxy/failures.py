@@ -214,10 +214,21 @@ class ExchangeFailures:
         if self.done:
             return
         backend = self.backend
+        up = self.up
+        silent = up is not None and not up.got_bytes and not self.responded
         self.drop_upstream()
         if backend is not None:
             self.try_failed(backend, "response timed out")
+            # --retry-on-timeout: nothing came back, so an idempotent request whose body is
+            # still held may go to another backend (nginx's proxy_next_upstream timeout).
+            if silent and self.proxy.retry_on_timeout and self.replayable() and self.may_retry(backend, True):
+                return
         self.give_up(504, "the backend did not answer in time")
+
+    def replayable(self) -> bool:
+        """The request can be sent whole again: idempotent, its body (if any) held and read."""
+        req = self.req
+        return req.method in IDEMPOTENT and self.replay is not None and (req.complete or not req.body_size)
 
     def timed_out_client(self) -> None:
         """The client stopped sending its body: 408, and the backend connection is dropped."""

@@ -75,6 +75,7 @@ class ProxyState:
         self.retries = cfg.retries
         self.connect_timeout = cfg.upstream_connect_timeout or 3600.0
         self.upstream_timeout = cfg.upstream_timeout or 86400.0
+        self.retry_on_timeout = bool(getattr(cfg, "retry_on_timeout", False))
         # The workers' --request-timeout: a local worker lost after it is a worker the master
         # aborted for a blocked request (prefork_lb.request_deadline), see upstream_lost.
         self.request_timeout = getattr(cfg, "request_timeout", 0.0) or 0.0

@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
 
@@ -210,11 +211,88 @@ def boolean(value: Any) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def user_name(value: Any) -> str | None:
+    """--user: a user name or a numeric uid that exists on this machine."""
+    import pwd
+
+    s = optional_str(value)
+    if s is None:
+        return None
+    try:
+        pwd.getpwuid(int(s)) if s.isdigit() else pwd.getpwnam(s)
+    except KeyError:
+        raise ValueError(f"no such user: {s}") from None
+    return s
+
+
+def group_name(value: Any) -> str | None:
+    """--group: a group name or a numeric gid that exists on this machine."""
+    import grp
+
+    s = optional_str(value)
+    if s is None:
+        return None
+    try:
+        grp.getgrgid(int(s)) if s.isdigit() else grp.getgrnam(s)
+    except KeyError:
+        raise ValueError(f"no such group: {s}") from None
+    return s
+
+
+def umask_value(value: Any) -> int | None:
+    """--umask: an int (a config file's 0o22), or a string read as gunicorn does ('022' is
+    octal, '0o22' and '0x12' too, '18' decimal)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        s = value.strip()
+        if len(s) > 1 and s[0] == "0" and s[1].isdigit():
+            s = "0o" + s[1:]
+        n = int(s, 0)
+    else:
+        n = int(value)
+    if not 0 <= n <= 0o777:
+        raise ValueError(f"must be between 0 and 0o777, got {n:#o}")
+    return n
+
+
+def comma_joined(value: Any) -> str:
+    """A comma-separated list given as a string or (config file) a list of strings."""
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v).strip() for v in value)
+    return str(value)
+
+
 def offload_count(value: Any) -> int:
     """'auto' (-1: CPUs divided among the workers) or a count (0: off)."""
     if str(value).strip().lower() in ("auto", "-1"):
         return -1
     return non_negative_int(value)
+
+
+_HOST_PORT = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+_DOTTED = r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*"
+_FACTORY = re.compile(rf"^({_DOTTED}):({_DOTTED})$")
+
+
+def offload_executor(value: Any) -> str | None:
+    """The setting's converter: None for the local pool ('local', empty), else the spec,
+    checked: ``dask://HOST:PORT`` (port 1-65535) or ``MODULE:FACTORY`` (dotted names)."""
+    if value is None:
+        return None
+    spec = str(value).strip()
+    if spec.lower() in ("", "local"):
+        return None
+    if spec.lower().startswith("dask://"):
+        m = _HOST_PORT.match(spec[7:])
+        if m is None or not 0 < int(m.group(2)) < 65536:
+            raise ValueError(f"expected dask://HOST:PORT, not {spec!r}")
+        return "dask://" + spec[7:]
+    if "://" in spec:
+        raise ValueError(f"unknown scheme in {spec!r} (expected dask://HOST:PORT or MODULE:FACTORY)")
+    if _FACTORY.match(spec) is None:
+        raise ValueError(f"expected 'local', dask://HOST:PORT or MODULE:FACTORY, not {spec!r}")
+    return spec
 
 
 def cpu_count() -> int:

@@ -7,7 +7,22 @@ gunicorn's names and defaults.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefork_lb.settings.base import Setting, boolean, non_negative_float, non_negative_int, positive_int
+
+SHUTDOWN_DELAY_MAX = 3600.0
+
+
+def delay_seconds(value: Any) -> float:
+    """Seconds, 0 to SHUTDOWN_DELAY_MAX."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected seconds, got {value!r}") from None
+    if not 0 <= x <= SHUTDOWN_DELAY_MAX:  # (NaN fails this too)
+        raise ValueError(f"must be between 0 and {SHUTDOWN_DELAY_MAX:g} seconds, got {value!r}")
+    return x
 
 
 class HttpSettings:
@@ -53,6 +68,20 @@ class HttpSettings:
         section="Timeouts",
         metavar="SECONDS",
         common=True,
+    )
+
+    shutdown_delay = Setting(
+        delay_seconds,
+        0.0,
+        "On TERM, keep serving this many seconds before the graceful stop begins, while the admin "
+        "listener's /readyz answers 503 from the TERM on: the load balancer in front (a Kubernetes "
+        "Service, a cloud load balancer polling /readyz) stops sending new connections before the "
+        "listeners close. A second TERM ends the delay at once; INT and QUIT stop at once. Give "
+        "the orchestrator a grace period of at least this plus --graceful-timeout.",
+        flags=("--shutdown-delay",),
+        section="Timeouts",
+        metavar="SECONDS",
+        summary="Seconds to keep serving after TERM, /readyz saying 503, before draining",
     )
 
     # --- limits (gunicorn's names and defaults)

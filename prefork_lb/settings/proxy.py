@@ -10,6 +10,7 @@ from prefork_lb.settings.base import (
     SERVER,
     Setting,
     boolean,
+    comma_joined,
     non_negative_float,
     non_negative_int,
     optional_list,
@@ -167,6 +168,17 @@ class ProxySettings:
         metavar="SECONDS",
     )
 
+    retry_on_timeout = Setting(
+        boolean,
+        False,
+        "Also try an idempotent request on another backend when its backend sent no byte of a "
+        "response within --upstream-timeout (a host cut off the network mid-request), within "
+        "--retries and --retry-budget; false: 504 at once.",
+        flags=("--retry-on-timeout",),
+        section="Proxy",
+        metavar="BOOL",
+    )
+
     upstream_keepalive = Setting(
         non_negative_int,
         256,
@@ -202,7 +214,7 @@ class ProxySettings:
     )
 
     forwarded_allow_ips = Setting(
-        str,
+        comma_joined,
         "127.0.0.1,::1",
         "Peers (IPs or CIDRs, comma-separated, '*' for all) whose X-Forwarded-* and Forwarded "
         "headers the proxy keeps and appends to; from any other peer they are replaced. The "

@@ -12,12 +12,16 @@ from prefork_lb.settings.base import (
     bind_list,
     boolean,
     cpu_count,
+    group_name,
     non_negative_float,
     non_negative_int,
     offload_count,
+    offload_executor,
     optional_str,
     positive_int,
     rss_limit,
+    umask_value,
+    user_name,
 )
 
 
@@ -138,6 +142,20 @@ class ServerSettings:
         flags=("--offload-processes",),
         metavar="N|auto",
         default_doc="auto",
+        commands=(SERVER,),
+    )
+
+    offload_executor = Setting(
+        offload_executor,
+        None,
+        "Where prefork_lb.offload(fn, *args) runs: local (each worker's own pool, "
+        "--offload-processes), dask://HOST:PORT (a Dask distributed scheduler; needs "
+        "prefork_lb[dask]) or MODULE:FACTORY (a function returning a concurrent.futures.Executor). "
+        "Each worker makes its own executor after fork; waits never block the worker's loop, "
+        "and the local pool's timeout and error rules hold (a lost scheduler: OffloadError).",
+        flags=("--offload-executor",),
+        metavar="local|dask://HOST:PORT|MODULE:FACTORY",
+        default_doc="local",
         commands=(SERVER,),
     )
 
@@ -275,6 +293,40 @@ class ServerSettings:
         flags=("--chdir",),
         metavar="DIR",
         common=True,
+    )
+
+    user = Setting(
+        user_name,
+        None,
+        "Run the workers as this user (a name or a uid): each switches to it right after fork, "
+        "before it imports the app, as gunicorn's --user. The master stays as it was started "
+        "(root is needed to switch); the log files are handed to the user so workers can reopen "
+        "them.",
+        flags=("-u", "--user"),
+        metavar="USER",
+        default_doc="unset (the user that started it)",
+        commands=(SERVER,),
+    )
+
+    group = Setting(
+        group_name,
+        None,
+        "Run the workers with this group (a name or a gid); default with --user: that user's "
+        "primary group. Supplementary groups are the user's (initgroups).",
+        flags=("-g", "--group"),
+        metavar="GROUP",
+        default_doc="unset (the user's group with --user)",
+        commands=(SERVER,),
+    )
+
+    umask = Setting(
+        umask_value,
+        None,
+        "The master's umask, set at start, so the files and unix sockets it and the workers make "
+        "get it (022, 0o22 or 18 are the same). Unset: the umask it was started with.",
+        flags=("-m", "--umask"),
+        metavar="MASK",
+        default_doc="unset (inherited)",
     )
 
     server_header = Setting(

@@ -69,14 +69,31 @@ class WorkerChild(ChildProcess):
     def boot(self) -> int:
         self.enable_faulthandler()
         self.size_offload_pool()
+        if not self.switch_user():
+            return EXIT_APP_LOAD
         patch()
         app, code = self.load_app()
         if app is None:
+            return code
+        code = self.start_offload_executor()  # after the app: its --chdir and sys.path hold
+        if code:
             return code
         os.close(self.ctx.boot_fd)
         self.ctx.hook("post_worker_init", self.ctx.record)
         self.server = self.make_server(app)
         return 0
+
+    def switch_user(self) -> bool:
+        """--user/--group: become that user before the app is imported (False: one line on
+        the boot pipe, the master reports it)."""
+        from prefork_lb.privileges import identity, switch
+
+        try:
+            switch(identity(self.cfg.user, self.cfg.group))
+        except (OSError, KeyError) as exc:
+            os.write(self.ctx.boot_fd, f"cannot switch to --user/--group: {exc}\n".encode())
+            return False
+        return True
 
     def enable_faulthandler(self) -> None:
         """SIGABRT from the master (missed heartbeat) dumps the stack into the error log."""
@@ -101,6 +118,20 @@ class WorkerChild(ChildProcess):
         if n:
             os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(n)
         self.n_offload = n
+
+    def start_offload_executor(self) -> int:
+        """--offload-executor: this worker's own executor, made after fork (never in the master);
+        0, or EXIT_APP_LOAD with one line on the boot pipe (a factory that fails to import)."""
+        if self.cfg.offload_executor is None:
+            return 0
+        from prefork_lb.offload import external
+
+        try:
+            external.configure(self.cfg.offload_executor)
+        except external.ExecutorSetupError as exc:
+            os.write(self.ctx.boot_fd, (str(exc) + "\n").encode())
+            return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
+        return 0
 
     def load_app(self) -> tuple[Any, int]:
         """(the app, 0), or (None, exit code) with one line on the boot pipe for the master."""
@@ -133,7 +164,7 @@ class WorkerChild(ChildProcess):
         )
         options = ServerOptions.from_config(cfg)
         mode.configure_worker(options)
-        if self.n_offload:
+        if self.n_offload or cfg.offload_executor is not None:
             from prefork_lb.offload import offload
 
             options.extra_environ["prefork_lb.offload"] = offload
@@ -177,6 +208,7 @@ class WorkerChild(ChildProcess):
 
         from prefork_lb.offload import default_pool_if_started
         from prefork_lb.offload.counters import SUBMITTED, TASKS
+        from prefork_lb.offload.external import configured
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -189,7 +221,7 @@ class WorkerChild(ChildProcess):
         entry = self.entry
         while True:
             alive = self.beat()
-            pool = default_pool_if_started()
+            pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
             if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
                 st = pool.stats() if pool is not None else {}
                 entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.server import ServerProcess
+from tests.stores import StoreProcess
 
 StartServer = Callable[..., ServerProcess]
 
@@ -52,3 +53,23 @@ def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServ
     finally:
         for srv in started:
             srv.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreProcess]:
+    """A redis-server of its own on a free loopback port (skipped where it is not installed)."""
+    store = StoreProcess("redis", tmp_path_factory.mktemp("redis"))
+    try:
+        yield store.start()
+    finally:
+        store.stop()
+
+
+@pytest.fixture
+def memcached_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreProcess]:
+    """A memcached of its own on a free loopback port (skipped where it is not installed)."""
+    store = StoreProcess("memcached", tmp_path_factory.mktemp("memcached"))
+    try:
+        yield store.start()
+    finally:
+        store.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import unread_connections, wait_for
+from tests.helpers import unread_requests, wait_for
 from tests.integration.proxy.driver import Client, ProxyProcess, connect, http_request, stats_for
 from tests.server import HTTPStream, Response, build_request, exchange, parse_responses
 
@@ -174,7 +174,7 @@ def burst_rounds(
             try:
                 for s in socks:
                     s.sendall(request)
-                wait_for(lambda: unread_connections({p.port}) == clients, 5, "every request held unread")
+                wait_for(lambda: unread_requests({p.port}) == clients, 5, "every request held unread")
             finally:
                 os.kill(pid, signal.SIGCONT)
             got.extend(st.read_response() for st in streams)

@@ -176,11 +176,14 @@ def test_integrated_sticky_cookie_survives_a_proxy_restart(start_proxy) -> None:
 
 
 def two_free_ports() -> int:
-    """A port P with P and P+1 free a moment ago."""
-    for _ in range(50):
+    """A port P with P and P+1 free a moment ago, for a server that binds with SO_REUSEADDR
+    as ours does: without it, a connection of another test in TIME_WAIT on P+1 (connect()
+    prefers the even ports that bind(0) leaves) would make a free port look taken."""
+    for _ in range(200):
         base = free_port()
         try:
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind((HOST, base + 1))
             return base
         except OSError:

@@ -63,3 +63,22 @@ def test_words_are_outcomes_then_the_sum_then_the_buckets() -> None:
     c.ended(1, 0.004)
     words = c.words()
     assert words[:5] == [1, 1, 0, 0, 0] and words[5] == 4000 and words[6] == 1 and sum(words[6:]) == 1
+
+
+def test_an_executors_tasks_count_as_the_pools() -> None:
+    import concurrent.futures
+
+    from prefork_lb.offload.external import ExecutorOffload
+
+    before = outcomes()
+    threads = concurrent.futures.ThreadPoolExecutor(2)
+    runner = ExecutorOffload(threads, "threads")
+    try:
+        assert runner.submit(abs, -1) == 1 and runner.map(abs, [-2, -3]) == [2, 3]
+        with pytest.raises(ValueError):
+            runner.submit(raise_value_error, 4)
+        with pytest.raises(TimeoutError):
+            runner.submit(time.sleep, 2, timeout=0.05)
+    finally:
+        runner.close()
+    assert moved(before) == {"submitted": 5, "completed": 3, "failed": 1, "timed_out": 1}

@@ -182,6 +182,36 @@ def test_no_answer_in_time_is_504(loop) -> None:
     assert len(rig.backends[0].ejector.failures) == 1
 
 
+def test_retry_on_timeout_sends_a_silent_get_to_the_other_backend(loop) -> None:
+    rig = Rig(loop, backends=2, retry_on_timeout=True)
+    c, t = rig.client()
+    c.data_received(GET)
+    up, _ = rig.open()
+    c.deadline = 0.0
+    rig.proxy.sweep()
+    assert up.closed and not t.closed and b"504" not in got(t)
+    assert [b for b, _ in rig.connects] == [rig.backends[1]] and rig.backends[0].stats.errors == 1
+    up2, ut2 = rig.open()
+    assert got(ut2).startswith(b"GET /x HTTP/1.1")
+    up2.data_received(OK)
+    assert got(t).startswith(b"HTTP/1.1 200 OK") and rig.in_flight() == [0, 0]
+
+
+@pytest.mark.parametrize("case", ["post", "answer started", "off"])
+def test_retry_on_timeout_never_retries_a_post_a_started_answer_or_when_off(loop, case) -> None:
+    rig = Rig(loop, backends=2, retry_on_timeout=case != "off")
+    c, t = rig.client()
+    c.data_received(POST if case == "post" else GET)
+    up, _ = rig.open()
+    if case == "answer started":
+        up.data_received(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    c.deadline = 0.0
+    rig.proxy.sweep()
+    assert rig.connects == [] and up.closed and t.closed
+    if case != "answer started":
+        assert got(t).startswith(b"HTTP/1.1 504")
+
+
 def test_a_stalled_response_closes_the_client(loop) -> None:
     rig = Rig(loop)
     c, t = rig.client()

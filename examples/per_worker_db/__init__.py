@@ -1,0 +1,1 @@
+"""A connection pool opened in each worker after fork: see docs/gunicorn.md (per-worker resources)."""
