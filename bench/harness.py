@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -300,3 +301,36 @@ def write_results(
     md.write_text(report_markdown(meta, table))
     js.write_text(json.dumps({"meta": meta, "rows": list(rows)}, indent=2, default=str) + "\n")
     return md, js
+
+
+class Scraper:
+    """GET /metrics every ``interval`` seconds in a thread, as Prometheus would (counted)."""
+
+    def __init__(self, port: int, interval: float) -> None:
+        self.port = port
+        self.interval = interval
+        self.scrapes = 0
+        self.failures = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.interval):
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/metrics")
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                self.scrapes += resp.status == 200
+                self.failures += resp.status != 200
+            except (OSError, http.client.HTTPException):
+                self.failures += 1
+
+    def __enter__(self) -> Scraper:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=10)

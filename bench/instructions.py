@@ -1,7 +1,7 @@
 """Instructions per request, counted by callgrind: a measure of code cost that machine noise cannot move.
 
 Usage: python bench/instructions.py [--trees DIR,DIR...] [--targets worker,proxy] [--rounds 2]
-                                    [--small 400] [--large 2400] [--no-save]
+                                    [--stats default|off,on] [--small 400] [--large 2400] [--no-save]
 
 On a shared machine wrk's req/s swings by 30% from one run to the next, which hides a 5% change
 in what the code costs. This counts machine instructions instead. For each source tree (a
@@ -14,6 +14,11 @@ is what one request costs there: start-up, imports and warm-up cancel out.
 - ``worker``: ``python -m prefork_lb bench.apps:hello --workers 1``, counted in the worker;
 - ``proxy``: ``python -m prefork_lb proxy`` in front of 2 backends (the same app, not under
   valgrind, started once), counted in the proxy process.
+
+``--stats off,on`` measures each tree twice, interleaved: with ``--stats-bind off`` (no admin
+process) and with an admin process on a free port that is scraped (``GET /metrics``) once after
+the warm-up of every run, so its cost cancels out like the start-up's (a scrape costs per
+scrape, not per request). The default, ``default``, passes no ``--stats-bind``.
 
 Trees are measured in turn, ``--rounds`` times, interleaved. Runs of the same code differ by
 about 1%. Needs valgrind (bench/install-tools.sh installs it). All traffic goes to 127.0.0.1;
@@ -84,21 +89,44 @@ def busiest(out_dir: str) -> int:
     return max(totals)
 
 
-def count(tree: Path, target: str, requests: int, backends: Sequence[int]) -> int:
+def scrape(port: int) -> None:
+    """One GET /metrics on the admin listener (answered 200)."""
+    conn = http.client.HTTPConnection(harness.HOST, port, timeout=120)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        resp.read()
+        if resp.status != 200:
+            raise harness.ServerError(f"/metrics answered {resp.status}")
+    finally:
+        conn.close()
+
+
+def count(tree: Path, target: str, requests: int, backends: Sequence[int], stats: str = "default") -> int:
+    """``stats``: "default" (no --stats-bind: the proxy gets a free port), "off", or "on" (a
+    free port, scraped once after the warm-up)."""
     out = tempfile.mkdtemp(prefix="prefork-cg-")
     port = harness.free_port()
+    admin = harness.free_port()
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", PY, "-m", "prefork_lb"]
     if target == "worker":
         cmd += [APP, "-b", f"{harness.HOST}:{port}", "--workers", "1", "--offload-processes", "0"]
     else:
         upstreams = ",".join(f"{harness.HOST}:{b}" for b in backends)
-        stats = f"{harness.HOST}:{harness.free_port()}"
-        cmd += ["proxy", "-b", f"{harness.HOST}:{port}", "--backends", upstreams, "--stats-bind", stats]
+        cmd += ["proxy", "-b", f"{harness.HOST}:{port}", "--backends", upstreams]
         cmd += ["--health-check-interval", "0", "--strategy", "least_connections"]
+        if stats == "default":
+            cmd += ["--stats-bind", f"{harness.HOST}:{admin}"]
+    if stats == "off":
+        cmd += ["--stats-bind", "off"]
+    elif stats == "on":
+        cmd += ["--stats-bind", f"{harness.HOST}:{admin}"]
     proc = harness.start_server(cmd, cwd=tree)
     try:
         harness.wait_http(port, deadline=180, proc=proc)
         load(port, 80)  # warm-up: imports, memos
+        if stats == "on":
+            scrape(admin)
         load(port, requests)
     finally:
         harness.stop(proc, timeout=120)
@@ -118,12 +146,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--trees", default=str(REPO), help="comma-separated prefork_lb checkouts")
     ap.add_argument("--targets", default="worker,proxy")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument(
+        "--stats",
+        default="default",
+        help="comma-separated: default (no --stats-bind), off (--stats-bind off), on (admin, scraped)",
+    )
     ap.add_argument("--small", type=int, default=400)
     ap.add_argument("--large", type=int, default=2400)
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
     trees = [Path(t).resolve() for t in args.trees.split(",") if t]
     targets = [t for t in args.targets.split(",") if t]
+    variants = [v for v in args.stats.split(",") if v]
+    if unknown := [v for v in variants if v not in ("default", "off", "on")]:
+        ap.error(f"unknown --stats {unknown} (default, off, on)")
     for t in targets:
         if t not in ("worker", "proxy"):
             ap.error(f"unknown target {t!r} (worker, proxy)")
@@ -140,17 +176,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         for rnd in range(1, args.rounds + 1):
             for target in targets:
                 for tree in trees:
-                    small = count(tree, target, args.small, backends)
-                    large = count(tree, target, args.large, backends)
-                    per = (large - small) / (args.large - args.small)
-                    row = {
-                        "round": rnd,
-                        "target": target,
-                        "tree": str(tree),
-                        "instructions/request": round(per),
-                    }
-                    print(f"[{target}] round {rnd} {tree}: {per:,.0f} instructions per request", flush=True)
-                    rows.append(row)
+                    for stats in variants:
+                        small = count(tree, target, args.small, backends, stats)
+                        large = count(tree, target, args.large, backends, stats)
+                        per = (large - small) / (args.large - args.small)
+                        row = {
+                            "round": rnd,
+                            "target": target,
+                            "tree": str(tree),
+                            "commit": commit(tree),
+                            "stats": stats,
+                            "instructions/request": round(per),
+                        }
+                        print(
+                            f"[{target}] round {rnd} {tree} stats={stats}: {per:,.0f} instructions per request",
+                            flush=True,
+                        )
+                        rows.append(row)
     finally:
         for p in backend_procs:
             harness.stop(p)

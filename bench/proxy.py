@@ -3,7 +3,11 @@
 Usage: python bench/proxy.py [--duration 10] [--warmup 2] [--connections 64]
                              [--fronts prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,
                                        prefork_lb-proxy-pipeline-1]
-                             [--no-save]
+                             [--scrape-interval 0] [--no-save]
+
+``--fronts prefork_lb-proxy-stats-off,prefork_lb-proxy,... --scrape-interval 1`` compares the proxy
+with /metrics off (``--stats-bind off``) and on (scraped every second); --fronts may repeat a
+front end, so that runs can be interleaved.
 
 Two backends (``python -m prefork_lb bench.apps:hello --workers 1``, each on its own 127.0.0.1
 port) are started once for the whole run. Then each front end in turn is started on a free
@@ -155,6 +159,15 @@ def front_prefork_proxy_unpipelined(backends: list[int], workdir: Path, connecti
     )
 
 
+def front_prefork_proxy_stats_off(backends: list[int], workdir: Path, connections: int) -> Front:
+    """prefork_lb-proxy with ``--stats-bind off``: no admin process (compare /metrics off and on)."""
+    front = front_prefork_proxy(backends, workdir, connections)
+    assert front.cmd is not None
+    cmd = list(front.cmd)
+    cmd[cmd.index("--stats-bind") + 1] = "off"
+    return Front("prefork_lb-proxy-stats-off", cmd, front.port, None)
+
+
 def front_prefork_integrated(backends: list[int], workdir: Path, connections: int) -> Front:
     port, sport = harness.free_port(), harness.free_port()
     cmd = [
@@ -266,6 +279,7 @@ def front_direct(backends: list[int], workdir: Path, connections: int) -> Front:
 FRONTS: dict[str, Callable[[list[int], Path, int], Front]] = {
     "prefork_lb-proxy": front_prefork_proxy,
     "prefork_lb-proxy-pipeline-1": front_prefork_proxy_unpipelined,
+    "prefork_lb-proxy-stats-off": front_prefork_proxy_stats_off,
     "nginx": front_nginx,
     "haproxy": front_haproxy,
     "direct-worker": front_direct,
@@ -474,7 +488,12 @@ def bench_front(
             return machine_busy_s(), own_cpu_s(), tree_cpu(proc.pid) if proc else {}, back
 
         t0, (busy0, own0, f0, b0) = time.monotonic(), snap()
-        res = harness.run_wrk(url, args.connections, args.duration)
+        if front.stats_port and args.scrape_interval > 0:  # /metrics scraped during the run
+            with harness.Scraper(front.stats_port, args.scrape_interval) as scraper:
+                res = harness.run_wrk(url, args.connections, args.duration)
+            row.update(scrapes=scraper.scrapes, scrape_failures=scraper.failures)
+        else:
+            res = harness.run_wrk(url, args.connections, args.duration)
         busy1, own1, f1, b1 = snap()
         wall = time.monotonic() - t0
         if proc is not None and proc.poll() is not None:
@@ -551,6 +570,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--fronts", default=DEFAULT_FRONTS, help=f"comma-separated, in order; known: {', '.join(FRONTS)}"
     )
+    ap.add_argument(
+        "--scrape-interval",
+        type=float,
+        default=0.0,
+        help="seconds between GET /metrics of a prefork_lb front end's admin listener during the run (0: none)",
+    )
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.fronts.split(",") if s.strip()]
@@ -623,6 +648,7 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
+        "scrape_interval_s": args.scrape_interval,
         "app": APP,
         "backends": "2 x prefork_lb --workers 1",
         "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections, args.duration)),

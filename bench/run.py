@@ -1,7 +1,11 @@
 """Hello-world throughput benchmark: prefork_lb against gunicorn (gevent) and granian.
 
-Usage: python bench/run.py [--duration 10] [--connections 64]
+Usage: python bench/run.py [--duration 10] [--connections 64] [--rounds 1]
                            [--servers prefork_lb,gunicorn-gevent,granian] [--workers 1] [--threads 1]
+
+``--servers prefork_lb-stats-off,prefork_lb-stats-on --rounds 3`` compares /metrics off and on,
+interleaved: ``--stats-bind off`` against an admin process on a free port that is scraped
+(GET /metrics) every ``--scrape-interval`` seconds during the measured run.
 
 Each server serves bench.apps:hello on a free 127.0.0.1 port; after a warmup, wrk measures
 req/s and latency; the table goes to stdout and to bench/results/ (.md and .json).
@@ -45,6 +49,12 @@ def _prefork_lb(dispatch: str) -> Callable[[int, int], list[str]]:
 
 SERVERS: dict[str, Callable[[int, int], list[str]]] = {
     "prefork_lb": lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w)],
+    "prefork_lb-stats-off": lambda port, w: [*SERVERS["prefork_lb"](port, w), "--stats-bind", "off"],
+    "prefork_lb-stats-on": lambda port, w: [
+        *SERVERS["prefork_lb"](port, w),
+        "--stats-bind",
+        f"127.0.0.1:{harness.free_port()}",
+    ],
     **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in DISPATCH_MODES if mode != "proxy"},
     "gunicorn-gevent": lambda port, w: [
         PY,
@@ -125,6 +135,15 @@ NOTES = [
 ]
 
 
+def admin_port(cmd: list[str]) -> int | None:
+    """The admin port a prefork_lb command line names with --stats-bind HOST:PORT, else None."""
+    if "--stats-bind" not in cmd:
+        return None
+    value = cmd[cmd.index("--stats-bind") + 1]
+    host, _, port = value.rpartition(":")
+    return int(port) if host and port.isdigit() else None
+
+
 def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, Any]:
     port = harness.free_port()
     cmd = SERVERS[name](port, args.workers)
@@ -146,7 +165,13 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
         url = f"http://127.0.0.1:{port}/"
         if args.warmup > 0:
             harness.run_wrk(url, args.connections, args.warmup, args.threads, args.new_connection)
-        res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
+        admin = admin_port(cmd)
+        if admin is not None:
+            with harness.Scraper(admin, args.scrape_interval) as scraper:
+                res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
+            row.update(scrapes=scraper.scrapes, scrape_failures=scraper.failures)
+        else:
+            res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
         if proc.poll() is not None:
             raise harness.ServerError(f"server exited with status {proc.returncode} during the run")
         row.update(
@@ -191,31 +216,47 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="a new TCP connection per request (wrk -H 'Connection: close')",
     )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run the --servers list this many times, interleaved"
+    )
+    ap.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="seconds between GET /metrics of an admin listener"
+    )
     ap.add_argument("--name", default="hello", help="result file name part (default: hello)")
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
     names = [s.strip() for s in args.servers.split(",") if s.strip()]
     if unknown := [n for n in names if n not in SERVERS]:
         ap.error(f"unknown server(s) {unknown}; known: {list(SERVERS)}")
-    if args.duration < 1 or args.connections < 1 or args.workers < 1 or args.threads < 1:
-        ap.error("--duration, --connections, --workers and --threads must be >= 1")
+    if args.duration < 1 or args.connections < 1 or args.workers < 1 or args.threads < 1 or args.rounds < 1:
+        ap.error("--duration, --connections, --workers, --threads and --rounds must be >= 1")
 
     kind = "a new connection per request" if args.new_connection else "keep-alive"
     meta: dict[str, Any] = {"title": f"Hello world, {kind} (bench/run.py)", "machine": harness.machine_info()}
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefork_lb-bench-") as logdir:
-        for name in names:
-            print(
-                f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
-                file=sys.stderr,
-            )
-            rows.append(bench_one(name, args, Path(logdir)))
+        for rnd in range(1, args.rounds + 1):
+            for name in names:
+                print(
+                    f"[{name}] round {rnd}: {args.warmup}s warmup + {args.duration}s with "
+                    f"{args.connections} connections ...",
+                    file=sys.stderr,
+                )
+                row = bench_one(name, args, Path(logdir))
+                row["round"] = rnd
+                rows.append(row)
     base = next((r for r in rows if r["rps"]), None)
     for r in rows:
-        r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
+        # Relative to the baseline server's run in the same round (the machine's load drifts).
+        same = base and next(
+            (b for b in rows if b["server"] == base["server"] and b["round"] == r["round"]), None
+        )
+        ref = same if same and same["rps"] else base
+        r["ratio"] = round(r["rps"] / ref["rps"], 3) if ref and r["rps"] else None
     table = harness.markdown_table(
         [
             "server",
+            "round",
             "workers",
             "req/s",
             "p50 ms",
@@ -227,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             [
                 r["server"],
+                r["round"],
                 r["workers"],
                 harness.fmt(r["rps"], ",.0f"),
                 harness.fmt(r["p50_ms"], ".2f"),
@@ -245,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         "connections": args.connections,
         "wrk_threads": args.threads,
         "workers": args.workers,
+        "rounds": args.rounds,
+        "scrape_interval_s": args.scrape_interval,
         "app": APP,
         "wrk": " ".join(
             harness.wrk_command(

@@ -18,14 +18,16 @@ from __future__ import annotations
 import mmap
 import time
 from bisect import bisect_left
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from typing import NamedTuple
 
-ENTRY_SIZE = 512
+ENTRY_SIZE = 1024
 _WORDS = ENTRY_SIZE // 8
-# Layout of an entry: words 0-15 are the fields below; bytes 128-255 the current request line;
-# words 32-62 (bytes 256-503) counters that only grow (the master folds them into its running
-# totals, prefork_lb.admin.totals, when it reaps the process); word 63 why the worker retires.
+# Layout of an entry: words 0-15 are the fields below (15: why the worker retires); bytes
+# 128-255 the current request line; words 32-100 counters that only grow (the master folds them
+# into its running totals, prefork_lb.admin.totals, when it reaps the process); words 101-102
+# more gauges (QUEUED, OFFLOAD_SIZE); 103-127 free. tests/unit/test_scoreboard.py checks that
+# no two of these overlap and that everything fits in ENTRY_SIZE.
 # word offsets inside an entry
 (
     PID,
@@ -43,11 +45,12 @@ _WORDS = ENTRY_SIZE // 8
     OFFLOAD_BUSY,
     OFFLOAD_IDLE,
     PORT,
-) = range(15)  # PORT: --dispatch proxy, the slot's loopback port
+    RETIRE_REASON,
+) = range(16)  # PORT: --dispatch proxy, the slot's loopback port; RETIRE_REASON: RETIRE_REASONS
 _TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
 _TEXT_MAX = 128
 COUNTERS = 32  # the first counter word: 503s shed by admission control
-COUNTERS_END = 63  # one past the last counter word (what the master folds)
+COUNTERS_END = 101  # one past the last counter word (what the master folds)
 # The metrics' counters (prefork_lb.admin.metrics reads them), written by request_finished:
 # requests by status class (none: the client left before any response, 1xx..5xx), by method,
 # their total duration in microseconds, and a histogram of it (one word per bucket of
@@ -60,12 +63,34 @@ DURATION_US = BY_METHOD + len(METHODS)  # 47
 # Prometheus' default buckets, which are chosen for web latency, in seconds.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 HISTOGRAM = DURATION_US + 1  # 48-62: the buckets, then +Inf
-RETIRE_REASON = 63  # why the worker asked to be replaced (RETIRE_REASONS), read by the master
+# 504s from the worker's own --request-timeout (the cooperative deadline), written straight
+# into the entry as they happen (off the hot path, as SHED).
+DEADLINES = HISTOGRAM + len(DURATION_BUCKETS) + 1  # 63
+# Queue wait: from a request's arrival to the app being called (published by publish(), as the
+# durations): the sum in microseconds, then a histogram over QUEUE_BUCKETS (+Inf last). Finer
+# than the durations at the low end: most requests wait well under a millisecond.
+QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+QUEUE_WAIT_US = DEADLINES + 1  # 64
+QUEUE_HISTOGRAM = QUEUE_WAIT_US + 1  # 65-79
+# The offload pool (prefork_lb.offload.pool.TaskCounters), copied at each heartbeat: tasks by
+# outcome (OFFLOAD_OUTCOMES; "submitted" counts each task handed to a pool process), the sum of
+# the durations of the tasks that ran to an end (returned or raised) in microseconds, and their
+# histogram over DURATION_BUCKETS (+Inf last).
+OFFLOAD_OUTCOMES = ("submitted", "completed", "failed", "timed_out", "cancelled")
+OFFLOAD_TASKS = QUEUE_HISTOGRAM + len(QUEUE_BUCKETS) + 1  # 80-84
+OFFLOAD_US = OFFLOAD_TASKS + len(OFFLOAD_OUTCOMES)  # 85
+OFFLOAD_HISTOGRAM = OFFLOAD_US + 1  # 86-100
+assert OFFLOAD_HISTOGRAM + len(DURATION_BUCKETS) + 1 == COUNTERS_END
+# Gauges past the counters: requests waiting for a place in the app (--max-concurrency), written
+# as they change (off the hot path: only a full worker queues), and the offload pool's size.
+QUEUED = COUNTERS_END  # 101
+OFFLOAD_SIZE = QUEUED + 1  # 102
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
 _BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
 _FIRST_US = _BUCKETS_US[0]
+_QUEUE_FIRST = QUEUE_BUCKETS[0]
 # A worker counts into memory of its own and publishes into its entry at each heartbeat and when
 # it exits (WorkerEntry.publish): a write to the shared mapping costs several times a list
 # increment. Per request it bumps one cell of a table by (status class, method, duration bucket)
@@ -76,7 +101,6 @@ _CELL_METHOD = {m: i * _NBUCKETS for i, m in enumerate(METHODS)}
 _CELL_OTHER = (len(METHODS) - 1) * _NBUCKETS
 _CELL_STATUS = tuple(k * len(METHODS) * _NBUCKETS for k in range(len(STATUS_CLASSES)))
 _NCELLS = len(STATUS_CLASSES) * len(METHODS) * _NBUCKETS
-assert HISTOGRAM + len(DURATION_BUCKETS) + 1 == RETIRE_REASON
 SHED = COUNTERS  # 503s for a full server (--max-concurrency + --queue-size), by this process
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
@@ -288,6 +312,9 @@ class WorkerEntry:
         "cells",
         "duration_us",
         "served",
+        "waits",
+        "wait_s",
+        "published",
     )
 
     def __init__(self, board: Scoreboard, i: int) -> None:
@@ -305,6 +332,11 @@ class WorkerEntry:
         self.cells = [0] * _NCELLS
         self.duration_us = 0.0
         self.served = 0
+        # The queue waits by QUEUE_BUCKETS bucket and their sum in seconds (published as they
+        # are at each beat; ``published``: how many waits the last beat saw).
+        self.waits = [0] * (len(QUEUE_BUCKETS) + 1)
+        self.wait_s = 0.0
+        self.published = 0
 
     def set_state(self, state: int) -> None:
         self.q[self.base + STATE] = state
@@ -317,8 +349,14 @@ class WorkerEntry:
         """Copy this process's request counters into its entry (at each heartbeat and at exit;
         a process killed without warning loses what it counted since its last beat)."""
         q, base = self.q, self.base
-        if q[base + SERVED] == self.served:
-            return  # nothing finished since the last publish (and never, in a helper process)
+        started = sum(self.waits)
+        if q[base + SERVED] == self.served and self.published == started:
+            return  # nothing started or finished since the last publish (never, in a helper)
+        if self.published != started:
+            self.published = started
+            for i, n in enumerate(self.waits):
+                q[base + QUEUE_HISTOGRAM + i] = n
+            q[base + QUEUE_WAIT_US] = int(self.wait_s * 1e6)
         cells = self.cells
         # Sums of slices (in C): a status class is a block of the table, a method a row in each
         # block, a bucket every _NBUCKETS-th cell.
@@ -338,11 +376,22 @@ class WorkerEntry:
             q[base + BY_STATUS + i] = n
         q[base + SERVED] = self.served
 
-    def request_started(self, method: str, path: bytes) -> None:
+    def request_started(self, method: str, path: bytes, arrived: float = 0.0) -> None:
+        """The app is about to be called for a request that ``arrived`` then (CLOCK_MONOTONIC:
+        the accept, the dispatcher's accept, the read that brought it with others pipelined,
+        the start of its wait for a place; 0.0: it waited for nothing)."""
         base = self.base
         self.in_flight += 1
         self.q[base + IN_FLIGHT] = self.in_flight
-        self.d[base + REQ_START] = time.monotonic()
+        self.d[base + REQ_START] = now = time.monotonic()
+        # The queue wait: one cell and a sum of this process's own, as the durations (in
+        # seconds: no conversion per request). Most waits are under the first bound.
+        if arrived:
+            wait = now - arrived
+            self.wait_s += wait
+            self.waits[0 if wait <= _QUEUE_FIRST else bisect_left(QUEUE_BUCKETS, wait)] += 1
+        else:
+            self.waits[0] += 1
         # The request line, for the log of a worker that stops answering (it cannot write
         # anything once stuck, so it is written for every request; no padding, no copies).
         mb = _METHOD_BYTES.get(method)
@@ -397,16 +446,28 @@ class WorkerEntry:
         self.q[self.base + RETIRE_REASON] = RETIRE_REASONS.index(reason) if reason in RETIRE_REASONS else 0
         self.q[self.base + STATE] = RETIRING
 
-    def offload(self, busy: int, idle: int) -> None:
-        """The worker's offload pool, as of its last heartbeat."""
-        self.q[self.base + OFFLOAD_BUSY] = busy
-        self.q[self.base + OFFLOAD_IDLE] = idle
+    def offload(self, busy: int, idle: int, size: int = 0, tasks: Sequence[int] = ()) -> None:
+        """The worker's offload pool, as of its last heartbeat: processes busy and idle, its
+        size, and ``tasks``, the words OFFLOAD_TASKS..COUNTERS_END (by outcome, the duration sum
+        in µs, the histogram; prefork_lb.offload.pool.TaskCounters.words)."""
+        q, base = self.q, self.base
+        q[base + OFFLOAD_BUSY] = busy
+        q[base + OFFLOAD_IDLE] = idle
+        q[base + OFFLOAD_SIZE] = size
+        for i, n in enumerate(tasks[: COUNTERS_END - OFFLOAD_TASKS]):
+            q[base + OFFLOAD_TASKS + i] = n
 
     def queued(self, n: int) -> None:
         """``n`` more (or, negative, fewer) requests wait for a place under --max-concurrency.
         They count with the fresh connections: load that in_flight does not show yet."""
         self.fresh += n
-        self.q[self.base + FRESH] = self.fresh
+        q = self.q
+        q[self.base + FRESH] = self.fresh
+        q[self.base + QUEUED] += n
+
+    def deadline_passed(self) -> None:
+        """A request ran past --request-timeout in this worker (the cooperative deadline)."""
+        self.q[self.base + DEADLINES] += 1
 
     def shed(self, n: int = 1) -> None:
         """``n`` more refused with 503 for being full (off the hot path: overload only)."""

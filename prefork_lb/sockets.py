@@ -6,6 +6,7 @@ Address forms: ``HOST:PORT``, ``[IPV6]:PORT``, ``unix:PATH``, ``fd://N``.
 
 from __future__ import annotations
 
+import array
 import errno
 import logging
 import os
@@ -254,3 +255,29 @@ def sd_notify(message: str) -> None:
     except OSError as exc:
         if exc.errno != errno.ENOENT:
             log.warning("sd_notify failed: %s", exc)
+
+
+# -- handoff messages (the dispatcher's sendmsg, the worker's recv_fds) ---------------------------
+
+# A handoff message's data: b"t", then the CLOCK_MONOTONIC time (system-wide) at which the
+# dispatcher accepted each connection, as float64 in the order of the descriptors: the worker
+# measures its first request's queue wait from there.
+HANDOFF_TIMES = b"t"
+
+
+def handoff_data_size(fds: int) -> int:
+    """The most data bytes a handoff message of ``fds`` descriptors carries."""
+    return len(HANDOFF_TIMES) + 8 * fds
+
+
+def handoff_message(accepted: list[float]) -> bytes:
+    """The data of a handoff message for connections accepted at these times."""
+    return HANDOFF_TIMES + array.array("d", accepted).tobytes()
+
+
+def accept_times(msg: bytes, n: int) -> list[float]:
+    """The accept times a handoff message carries for its ``n`` descriptors (0.0: unknown, as
+    from a dispatcher older than the worker during an upgrade, which sent b"c")."""
+    if msg[:1] == HANDOFF_TIMES and len(msg) == handoff_data_size(n):
+        return array.array("d", msg[1:]).tolist()
+    return [0.0] * n

@@ -57,6 +57,8 @@ class Watchdog:
                 log.critical(
                     request_deadline.abort_line(w.slot, w.pid, req, self.cfg.request_timeout, elapsed, age)
                 )
+                if w.slot >= 0:
+                    self.totals.count(tt.REQUEST_ABORTS)
             elif timeout and age > timeout:
                 log.critical(
                     "WORKER TIMEOUT: worker %d (pid %d) missed its heartbeat for %.1f s %s; aborting it",

@@ -423,12 +423,26 @@ def fib(n: int) -> int:
 
 
 def compute(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """/offload/N: fib(N) in the worker's offload pool; /inline/N: in the worker; /pids: the
-    worker's pid and its pool processes; /pool-size: the size of its pool; anything else: 'ok'
-    at once."""
+    """/offload/N: fib(N) in the worker's offload pool; /offload-fail: a task that raises
+    (answers 'failed'); /offload-sleep/S/T: a task sleeping S s with timeout T (answers
+    'timeout' past it); /inline/N: fib(N) in the worker; /pids: the worker's pid and its pool
+    processes; /pool-size: the size of its pool; anything else: 'ok' at once."""
     parts = environ["PATH_INFO"].strip("/").split("/")
+    offload = environ.get("prefork_lb.offload")
     if parts[0] == "offload":
-        body = str(environ["prefork_lb.offload"](fib, int(parts[1]))).encode()
+        body = str(offload(fib, int(parts[1]))).encode()
+    elif parts[0] == "offload-fail":
+        try:
+            offload(int, "not a number")
+            body = b"no error"
+        except ValueError:
+            body = b"failed"
+    elif parts[0] == "offload-sleep":
+        try:
+            offload(time.sleep, float(parts[1]), timeout=float(parts[2]))
+            body = b"slept"
+        except TimeoutError:
+            body = b"timeout"
     elif parts[0] == "inline":
         body = str(fib(int(parts[1]))).encode()
     elif parts[0] == "pids":
@@ -449,7 +463,8 @@ _HOARD: list[bytes] = []
 
 
 def overload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-    """/sleep/S: waits S seconds cooperatively; /leak/MB: keeps MB more MiB for good;
+    """/sleep/S: waits S seconds cooperatively; /hold: waits cooperatively (at most 30 s) until
+    the file named by PREFORK_LB_TEST_GATE exists; /leak/MB: keeps MB more MiB for good;
     /pid: the worker's pid; anything else: 'ok'."""
     import gevent
 
@@ -457,6 +472,11 @@ def overload(environ: Environ, start_response: StartResponse) -> Iterable[bytes]
     body = b"ok"
     if parts[0] == "sleep":
         gevent.sleep(float(parts[1]))
+    elif parts[0] == "hold":
+        gate = os.environ["PREFORK_LB_TEST_GATE"]
+        deadline = time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            gevent.sleep(0.01)
     elif parts[0] == "leak":
         _HOARD.append(b"x" * (int(parts[1]) << 20))
     elif parts[0] == "pid":

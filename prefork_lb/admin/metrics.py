@@ -26,6 +26,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prefork_lb import scoreboard as sb
 from prefork_lb.admin.totals import (
     BOOT_FAILED,
+    REQUEST_ABORTS,
     SCALE_DOWN,
     SCALE_UP,
     TIMEOUTS,
@@ -42,6 +43,13 @@ _DURATION = sb.DURATION_US - sb.COUNTERS
 _HISTOGRAM = sb.HISTOGRAM - sb.COUNTERS
 _SHED = 0  # word COUNTERS: 503s from admission control
 _BOUNDS = [str(b) for b in sb.DURATION_BUCKETS] + ["+Inf"]
+_DEADLINES = sb.DEADLINES - sb.COUNTERS
+_QUEUE_US = sb.QUEUE_WAIT_US - sb.COUNTERS
+_QUEUE_HISTOGRAM = sb.QUEUE_HISTOGRAM - sb.COUNTERS
+_QUEUE_BOUNDS = [str(b) for b in sb.QUEUE_BUCKETS] + ["+Inf"]
+_OFFLOAD = [(sb.OFFLOAD_TASKS - sb.COUNTERS + i, o) for i, o in enumerate(sb.OFFLOAD_OUTCOMES)]
+_OFFLOAD_US = sb.OFFLOAD_US - sb.COUNTERS
+_OFFLOAD_HISTOGRAM = sb.OFFLOAD_HISTOGRAM - sb.COUNTERS
 
 
 def psutil_info(pid: int) -> tuple[float, float] | None:
@@ -94,17 +102,16 @@ class ServerCollector:
         return []  # no collect() at registration: the scoreboard is read at scrape time only
 
     def collect(self) -> Iterator[Metric]:
-        yield from self.request_metrics()
+        docs = self.proxy() if self.proxy is not None else None
+        yield from self.request_metrics(docs)
         yield from self.process_metrics()
         yield from self.master_metrics()
-        if self.proxy is not None:
-            docs = self.proxy()
-            if docs is not None:
-                yield from backend_metrics(docs)
+        if docs is not None:
+            yield from backend_metrics(docs)
 
     # -- requests (counters per slot) --------------------------------------------------------------
 
-    def request_metrics(self) -> Iterator[Metric]:
+    def request_metrics(self, docs: dict[str, Any] | None = None) -> Iterator[Metric]:
         per_slot = self.totals.read_counters(self.board)
         requests = CounterMetricFamily(
             PREFIX + "requests",
@@ -126,6 +133,23 @@ class ServerCollector:
             "Requests answered 503 by admission control (the worker was full), by slot.",
             labels=["worker"],
         )
+        queue_wait = HistogramMetricFamily(
+            PREFIX + "request_queue_wait_seconds",
+            "Time from a request's arrival (the accept, the dispatcher's accept, or the read that "
+            "completed its head) to the app being called, by worker slot.",
+            labels=["worker"],
+        )
+        tasks = CounterMetricFamily(
+            PREFIX + "offload_tasks",
+            "Offload tasks handed to a pool process (submitted), and how they ended, by worker slot.",
+            labels=["worker", "outcome"],
+        )
+        task_duration = HistogramMetricFamily(
+            PREFIX + "offload_task_duration_seconds",
+            "Time from handing an offload task to a pool process to its answer, by worker slot.",
+            labels=["worker"],
+        )
+        deadlines = 0
         for slot in sorted(per_slot):
             c = per_slot[slot]
             worker = str(slot) if slot >= 0 else role_of(slot)
@@ -133,17 +157,32 @@ class ServerCollector:
                 shed.add_metric([worker], c[_SHED])
             if slot < 0:
                 continue
+            deadlines += c[_DEADLINES]
             for k, name in _STATUS:
                 requests.add_metric([worker, name], c[k])
             for k, name in _METHOD:
                 methods.add_metric([worker, name], c[k])
-            cumulative = 0
-            buckets = []
-            for i, bound in enumerate(_BOUNDS):
-                cumulative += c[_HISTOGRAM + i]
-                buckets.append((bound, cumulative))
-            duration.add_metric([worker], buckets, c[_DURATION] / 1e6)
-        yield from (requests, methods, duration, shed)
+            duration.add_metric([worker], _cumulative(c, _HISTOGRAM, _BOUNDS), c[_DURATION] / 1e6)
+            queue_wait.add_metric(
+                [worker], _cumulative(c, _QUEUE_HISTOGRAM, _QUEUE_BOUNDS), c[_QUEUE_US] / 1e6
+            )
+            for k, name in _OFFLOAD:
+                tasks.add_metric([worker, name], c[k])
+            task_duration.add_metric(
+                [worker], _cumulative(c, _OFFLOAD_HISTOGRAM, _BOUNDS), c[_OFFLOAD_US] / 1e6
+            )
+        timeouts = CounterMetricFamily(
+            PREFIX + "request_timeouts",
+            "Requests past --request-timeout (504 when nothing was sent yet), by where the deadline "
+            "was kept: the worker's own deadline, the master aborting a blocked worker, the proxy.",
+            labels=["where"],
+        )
+        timeouts.add_metric(["worker"], deadlines)
+        timeouts.add_metric(["master"], self.totals.q[REQUEST_ABORTS])
+        stats = (docs or {}).get("stats")
+        if stats:
+            timeouts.add_metric(["proxy"], stats.get("timeouts", 0))
+        yield from (requests, methods, duration, shed, queue_wait, timeouts, tasks, task_duration)
 
     # -- processes (gauges per process) ------------------------------------------------------------
 
@@ -169,6 +208,16 @@ class ServerCollector:
         idle = GaugeMetricFamily(
             PREFIX + "offload_idle_processes", "Offload pool processes idle.", labels=["worker"]
         )
+        size = GaugeMetricFamily(
+            PREFIX + "offload_pool_size",
+            "Processes the offload pool may run (0 until the worker first offloads).",
+            labels=["worker"],
+        )
+        queued = GaugeMetricFamily(
+            PREFIX + "requests_queued",
+            "Requests read and waiting for a place in the app (--max-concurrency, --queue-size).",
+            labels=["worker"],
+        )
         rss = GaugeMetricFamily(
             PREFIX + "process_resident_memory_bytes",
             "Resident memory of each process.",
@@ -183,6 +232,8 @@ class ServerCollector:
         slot_conns: dict[str, int] = {}
         slot_busy: dict[str, int] = {}
         slot_idle: dict[str, int] = {}
+        slot_size: dict[str, int] = {}
+        slot_queued: dict[str, int] = {}
         by_state = dict.fromkeys(("booting", "ready", "retiring", "draining"), 0)
         for e in board.entries_in_use():
             role = role_of(e.slot)
@@ -199,6 +250,8 @@ class ServerCollector:
                 slot_conns[worker] = slot_conns.get(worker, 0) + e.conns
                 slot_busy[worker] = slot_busy.get(worker, 0) + board.get(e.entry, sb.OFFLOAD_BUSY)
                 slot_idle[worker] = slot_idle.get(worker, 0) + board.get(e.entry, sb.OFFLOAD_IDLE)
+                slot_size[worker] = slot_size.get(worker, 0) + board.get(e.entry, sb.OFFLOAD_SIZE)
+                slot_queued[worker] = slot_queued.get(worker, 0) + board.get(e.entry, sb.QUEUED)
             info = self.process_info(e.pid)
             if info is not None:
                 rss.add_metric([role, worker, pid], info[0])
@@ -215,10 +268,12 @@ class ServerCollector:
             (conns, slot_conns),
             (busy, slot_busy),
             (idle, slot_idle),
+            (size, slot_size),
+            (queued, slot_queued),
         ):
             for worker in sorted(values, key=int):
                 fam.add_metric([worker], values[worker])
-        yield from (in_flight, conns, workers, beat, state, busy, idle, rss, cpu)
+        yield from (in_flight, queued, conns, workers, beat, state, busy, idle, size, rss, cpu)
 
     # -- the master -------------------------------------------------------------------------------
 
@@ -264,6 +319,16 @@ class ServerCollector:
         yield info
 
 
+def _cumulative(c: list[int], first: int, bounds: list[str]) -> list[tuple[str, float]]:
+    """A histogram's buckets, from its counter words (per bucket) to Prometheus' cumulative."""
+    total = 0
+    out: list[tuple[str, float]] = []
+    for i, bound in enumerate(bounds):
+        total += c[first + i]
+        out.append((bound, total))
+    return out
+
+
 def backend_pools(doc: dict[str, Any]) -> Iterator[Metric]:
     """The proxy's upstream pools and per-backend latency histograms (its "metrics" answer)."""
     idle = GaugeMetricFamily(
@@ -271,6 +336,14 @@ def backend_pools(doc: dict[str, Any]) -> Iterator[Metric]:
     )
     connecting = GaugeMetricFamily(
         PREFIX + "backend_connecting", "Upstream connections being opened.", labels=["backend"]
+    )
+    active = GaugeMetricFamily(
+        PREFIX + "backend_active_connections",
+        "Upstream connections in use: a request on them, or a WebSocket tunnel.",
+        labels=["backend"],
+    )
+    websockets = GaugeMetricFamily(
+        PREFIX + "backend_websockets_open", "WebSocket tunnels open through the backend.", labels=["backend"]
     )
     hist = HistogramMetricFamily(
         PREFIX + "backend_latency_seconds",
@@ -281,10 +354,12 @@ def backend_pools(doc: dict[str, Any]) -> Iterator[Metric]:
     for name, b in sorted((doc.get("backends") or {}).items()):
         idle.add_metric([name], b.get("idle", 0))
         connecting.add_metric([name], b.get("connecting", 0))
+        active.add_metric([name], b.get("active", 0))
+        websockets.add_metric([name], b.get("websockets", 0))
         counts = list(b.get("buckets", [])) + [b.get("count", 0)]
         if len(counts) == len(bounds):
             hist.add_metric([name], list(zip(bounds, counts, strict=True)), b.get("sum", 0.0))
-    yield from (idle, connecting, hist)
+    yield from (idle, connecting, active, websockets, hist)
 
 
 def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
@@ -358,4 +433,9 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
         )
         yield CounterMetricFamily(
             PREFIX + "proxy_requests", "Requests the proxy received.", value=stats.get("requests", 0)
+        )
+        yield CounterMetricFamily(
+            PREFIX + "proxy_websockets",
+            "Connections the proxy upgraded to WebSocket tunnels.",
+            value=stats.get("websockets", 0),
         )

@@ -31,7 +31,7 @@ from collections.abc import Iterable
 
 from prefork_lb import scoreboard as sb
 
-ROW = 32  # words per slot row (the counter words, padded)
+ROW = 72  # words per slot row (the counter words, padded)
 NCOUNTERS = sb.COUNTERS_END - sb.COUNTERS
 SLOT_BASE = 2  # row of slot s is s + SLOT_BASE: ADMIN_SLOT (-2) and HELPER_SLOT (-1) come first
 # Why the master started a worker: the first ones, a replacement for one that died (crash), that
@@ -44,8 +44,11 @@ SPAWNS = 8  # SPAWNS + i: spawns for SPAWN_REASONS[i]
 SHUTDOWN = SPAWNS + len(SPAWN_REASONS)  # the master's shutdown phase (SERVING, DELAYING, DRAINING)
 MASTER_BEAT = SHUTDOWN + 1  # float: CLOCK_MONOTONIC of the master's last loop tick
 CTL_TARGET, CTL_GRACE = 24, 25  # written by the admin process (the control socket), taken by the master
+# Workers aborted for a request past --request-timeout while their loop was blocked (also
+# counted in TIMEOUTS, which counts every abort for a missed heartbeat).
+REQUEST_ABORTS = MASTER_BEAT + 1
 HEADER = 32
-assert MASTER_BEAT < HEADER and NCOUNTERS <= ROW
+assert REQUEST_ABORTS < CTL_TARGET < CTL_GRACE < HEADER and NCOUNTERS <= ROW
 # Shutdown phases (header word SHUTDOWN).
 SERVING, DELAYING, DRAINING = 0, 1, 2
 PHASE_NAMES = {SERVING: "serving", DELAYING: "shutdown delay", DRAINING: "draining"}
@@ -79,7 +82,7 @@ class Totals:
         self.q[TARGET] = workers
 
     def count(self, word: int, n: int = 1) -> None:
-        """A header counter (BOOT_FAILED, TIMEOUTS, SCALE_UP, SCALE_DOWN) goes up."""
+        """A header counter (BOOT_FAILED, TIMEOUTS, REQUEST_ABORTS, SCALE_UP, SCALE_DOWN) goes up."""
         self.q[word] += n
 
     def spawned(self, reason: str) -> None:
@@ -133,6 +136,7 @@ class Totals:
             "target": q[TARGET],
             "boot_failed": q[BOOT_FAILED],
             "timeouts": q[TIMEOUTS],
+            "request_aborts": q[REQUEST_ABORTS],
             "scale_up": q[SCALE_UP],
             "scale_down": q[SCALE_DOWN],
         }

@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 from prefork_lb import scoreboard as sb
 from prefork_lb.admission import Shedder, limit
 from prefork_lb.child import ChildContext, ChildProcess
+from prefork_lb.sockets import handoff_message
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -54,7 +55,8 @@ class Dispatcher:
         self.strategy = _make_strategy(cfg.strategy)
         self.sent: dict[int, int] = {}
         self.entries: dict[int, int] = {}  # slot -> scoreboard entry of its newest ready worker
-        self.pending: list[tuple[socket.socket, Any]] = []  # (connection, client address)
+        # (connection, client address, when it was accepted: CLOCK_MONOTONIC)
+        self.pending: list[tuple[socket.socket, Any, float]] = []
         self.stopping = False
         self.reopen = False  # USR1 arrived: reopen the error log in the loop
         self.last_sync = 0.0
@@ -101,7 +103,7 @@ class Dispatcher:
         """Pass every pending connection to a worker; keep those no worker can take yet."""
         if not self.pending:
             return
-        by_slot: dict[int, list[tuple[socket.socket, Any]]] = {}
+        by_slot: dict[int, list[tuple[socket.socket, Any, float]]] = {}
         left = []
         strategy = self.strategy
         for item in self.pending:
@@ -123,9 +125,9 @@ class Dispatcher:
         for slot, conns in by_slot.items():
             for i in range(0, len(conns), BATCH):
                 part = conns[i : i + BATCH]
-                if self.send(slot, [c for c, _ in part]):
+                if self.send(slot, [c for c, _, _ in part], [t for _, _, t in part]):
                     self.sent[slot] = self.sent.get(slot, 0) + len(part)
-                    for c, _ in part:
+                    for c, _, _ in part:
                         c.close()
                 else:
                     left.extend(part)
@@ -151,10 +153,11 @@ class Dispatcher:
         if self.ep is not None:
             self.ep.unregister(fd)
 
-    def send(self, slot: int, conns: list[socket.socket]) -> bool:
+    def send(self, slot: int, conns: list[socket.socket], accepted: list[float]) -> bool:
         fds = array.array("i", [c.fileno() for c in conns])
+        data = handoff_message(accepted)
         try:
-            self.channels[slot].sendmsg([b"c"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+            self.channels[slot].sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
         except (BlockingIOError, InterruptedError):
             self.strategy.mark_down(slot)  # its channel is full: the worker is not reading
             return False
@@ -166,6 +169,7 @@ class Dispatcher:
 
     def accept(self, lsock: socket.socket) -> None:
         is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+        now = time.monotonic()  # one clock read per wake-up: the batch arrived together
         for _ in range(BATCH):
             try:
                 conn, addr = lsock.accept()
@@ -176,7 +180,7 @@ class Dispatcher:
                 return
             if is_tcp:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pending.append((conn, addr))
+            self.pending.append((conn, addr, now))
 
     def run(self) -> None:
         ep = self.ep = select.epoll()
@@ -224,7 +228,7 @@ class Dispatcher:
                 self.dispatch()
                 if self.pending:
                     time.sleep(0.01)
-            for conn, _ in self.pending:
+            for conn, _, _ in self.pending:
                 conn.close()
             self.shedder.close_all()
             ep.close()

@@ -26,10 +26,12 @@ import concurrent.futures
 import importlib
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefork_lb.offload import wire
+from prefork_lb.offload.counters import CANCELLED, COMPLETED, FAILED, TASKS, TIMED_OUT
 from prefork_lb.offload.pool import OffloadError, _gevent_active
 
 __all__ = [
@@ -133,6 +135,8 @@ class ExecutorOffload:
         finally:
             for f in futures:
                 f.cancel()
+                if not getattr(f, "prefork_lb_ended", True):  # never waited for: a sibling failed
+                    _ended(f, CANCELLED)
 
     def stats(self) -> dict[str, int]:
         """As the pool's: ``size`` is the executor's worker count where it says (else 0)."""
@@ -165,6 +169,9 @@ class ExecutorOffload:
             raise OffloadError(f"offload: the executor ({self.description}) refused the task: {exc}") from exc
         with self._lock:
             self._busy += 1
+        TASKS.submitted()  # counted as the local pool's (prefork_lb.offload.counters)
+        future.prefork_lb_started = time.monotonic()  # type: ignore[attr-defined]
+        future.prefork_lb_ended = False  # type: ignore[attr-defined]
 
         def finished(_f: concurrent.futures.Future[Any]) -> None:
             with self._lock:
@@ -178,18 +185,25 @@ class ExecutorOffload:
             done = wait_future(future, timeout)
         except BaseException:  # the greenlet was killed (request timeout, shutdown): let it go
             future.cancel()
+            _ended(future, CANCELLED)
             raise
         if not done:
             future.cancel()
+            _ended(future, TIMED_OUT)
             raise TimeoutError(
                 f"offload: {name} did not finish within {timeout} s (on {self.description}; cancelled)"
             )
         if future.cancelled():
             self._lost()
+            _ended(future, FAILED)
             raise OffloadError(f"offload: {name} was cancelled on {self.description}")
         error = future.exception()
         if error is None:
+            _ended(future, COMPLETED, answered=True)
             return future.result()
+        _ended(
+            future, FAILED, answered=not isinstance(error, (OffloadError, concurrent.futures.BrokenExecutor))
+        )
         if isinstance(error, OffloadError):
             self._lost()
             raise error
@@ -201,6 +215,14 @@ class ExecutorOffload:
     def _lost(self) -> None:
         with self._lock:
             self._restarts += 1
+
+
+def _ended(future: concurrent.futures.Future[Any], outcome: int, answered: bool = False) -> None:
+    """Count a task's end once (its duration, from submission, when the executor answered)."""
+    if getattr(future, "prefork_lb_ended", True):
+        return
+    future.prefork_lb_ended = True  # type: ignore[attr-defined]
+    TASKS.ended(outcome, time.monotonic() - future.prefork_lb_started if answered else None)  # type: ignore[attr-defined]
 
 
 _configured: ExecutorOffload | None = None

@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from prefork_lb.offload import wire
+from prefork_lb.offload.counters import CANCELLED, COMPLETED, FAILED, TASKS, TIMED_OUT
 
 __all__ = ["OffloadError", "OffloadPool", "reap_orphans"]
 
@@ -120,14 +121,15 @@ class _Child:
 
 
 class _Job:
-    __slots__ = ("index", "task_id", "fn_name", "deadline", "timeout")
+    __slots__ = ("index", "task_id", "fn_name", "deadline", "timeout", "started")
 
     def __init__(self, index: int, task_id: int, fn_name: str, timeout: float | None) -> None:
         self.index = index
         self.task_id = task_id
         self.fn_name = fn_name
         self.timeout = timeout
-        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.started = now = time.monotonic()
+        self.deadline = None if timeout is None else now + timeout
 
 
 _POOLS: weakref.WeakSet[OffloadPool] = weakref.WeakSet()
@@ -251,14 +253,27 @@ class OffloadPool:
                     index = pending.popleft()
                     job = _Job(index, self._new_id(), fn_name, timeout)
                     running[child] = job
-                    self._send(child, job, payloads[index])
+                    TASKS.submitted()
+                    try:
+                        self._send(child, job, payloads[index])
+                    except TimeoutError:
+                        del running[child]  # (discarded by _send)
+                        TASKS.ended(TIMED_OUT)
+                        raise
                 for child, job in self._wait_responses(running):
                     del running[child]
-                    results[job.index] = self._finish(child, job)
+                    took = time.monotonic() - job.started
+                    try:
+                        results[job.index] = self._finish(child, job)
+                    except BaseException:
+                        TASKS.ended(FAILED, took)
+                        raise
+                    TASKS.ended(COMPLETED, took)
                     self._slots.release()
                     held -= 1
         finally:
             for child in running:
+                TASKS.ended(CANCELLED)
                 self._discard(child)
             for _ in range(held):
                 self._slots.release()
@@ -276,6 +291,7 @@ class OffloadPool:
             if expired:
                 child, job = expired[0]
                 del running[child]
+                TASKS.ended(TIMED_OUT)
                 self._discard(child)
                 raise TimeoutError(
                     f"offload: {job.fn_name} did not finish within {job.timeout} s "
@@ -284,7 +300,12 @@ class OffloadPool:
             deadlines = [j.deadline for j in running.values() if j.deadline is not None]
             wait = None if not deadlines else max(0.0, min(deadlines) - now)
             for child in self._wait_readable(running, wait):
-                self._fill(child, running[child])
+                try:
+                    self._fill(child, running[child])
+                except OffloadError:  # its process died
+                    del running[child]
+                    TASKS.ended(FAILED)
+                    raise
 
     def _fill(self, child: _Child, job: _Job) -> None:
         """Read what is there; EOF means the child died."""

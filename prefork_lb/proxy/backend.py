@@ -43,6 +43,8 @@ class Backend:
         "down_reason",
         "batch",
         "admin_state",
+        "open",
+        "tunnels",
     )
 
     def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
@@ -62,3 +64,5 @@ class Backend:
         self.down_reason = ""
         self.batch: Upstream | None = None  # a connection whose pipelined GETs go out at the end of this pass
         self.admin_state = ""  # "", "draining" or "disabled": an operator's (prefork_lb.proxy.operator)
+        self.open = 0  # upstream connections open (idle, in use, or a tunnel)
+        self.tunnels = 0  # of which WebSocket tunnels

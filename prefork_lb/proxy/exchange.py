@@ -433,6 +433,8 @@ class Exchange(ExchangeFailures):
         proxy.strategy.on_finish(self.backend.key, _now() - self.started, True)
         # A WebSocket counts as a connection, not a request.
         self.backend.stats.websockets += 1
+        self.backend.tunnels += 1
+        up.tunneled = True
         self.backend.stats.requests -= 1
         proxy.requests -= 1
         proxy.websockets += 1

@@ -252,6 +252,8 @@ class ExchangeFailures:
         client = self.client
         if self.backend is not None and status >= 500:
             self.backend.stats.record_response(status, _now() - self.started)
+        if status == 504:
+            self.proxy.timeouts += 1  # /metrics: prefork_lb_request_timeouts_total{where="proxy"}
         extra = "Retry-After: 1\r\n" if retry_after else ""
         if self.request_id is not None:
             extra += self.proxy.rid_line(self.request_id).decode("latin-1")

@@ -229,6 +229,7 @@ class ProxyProcess:
             "strategy": self.cfg.strategy,
             "requests": proxy.requests,
             "websockets": proxy.websockets,
+            "timeouts": proxy.timeouts,  # 504s the proxy answered itself
             "connections": proxy.connections,
             "active_connections": proxy.active,
             "queued": len(proxy.waiting),
@@ -292,6 +293,8 @@ class ProxyProcess:
             backends[b.key] = {
                 "idle": len(b.idle),
                 "connecting": b.connecting,
+                "active": max(0, b.open - len(b.idle)),
+                "websockets": b.tunnels,
                 "buckets": counts,
                 "count": h.count,
                 "sum": total,

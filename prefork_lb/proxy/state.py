@@ -85,6 +85,7 @@ class ProxyState:
         self.pass_end: list[Flushable] = []  # connections with writes for the end of this pass
         self.requests = 0
         self.websockets = 0
+        self.timeouts = 0  # 504s of our own: --upstream-timeout, a connect timeout, a worker aborted
         self.stopping = False
         self.response_memo: ResponseMemos = {}  # None: seen once
         # Admission control for local workers (--dispatch proxy): requests in flight to one

@@ -44,6 +44,8 @@ class Pool(Protocol):
     idle: list[Upstream]  # the keep-alive pool; a closed connection leaves it
     batch: Upstream | None  # this pass's pipelining connection; cleared by its flush
     stats: BackendStats
+    open: int  # connections made and not lost yet
+    tunnels: int  # of which WebSocket tunnels (counted by the exchange's upgrade)
 
 
 class Peer(Protocol):
@@ -98,6 +100,7 @@ class Upstream(asyncio.Protocol):
         "raw_head",
         "queue",
         "out",
+        "tunneled",
     )
 
     def __init__(self, backend: Pool, memos: ResponseMemos) -> None:
@@ -118,11 +121,13 @@ class Upstream(asyncio.Protocol):
         self.raw_head: bytes | None = None  # the head of the response being parsed, when whole
         self.queue: deque[Responder] = deque()  # sent after ``ex``, answered after it
         self.out: list[bytes] = []  # to write at the end of this pass of the loop
+        self.tunneled = False  # upgraded to a tunnel (counted in backend.tunnels until lost)
 
     # -- asyncio callbacks ------------------------------------------------------------------------
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+        self.backend.open += 1
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -189,6 +194,11 @@ class Upstream(asyncio.Protocol):
             self.salvage()
         self.closed = True
         backend = self.backend
+        if self.transport is not None:
+            backend.open -= 1
+        if self.tunneled:
+            self.tunneled = False
+            backend.tunnels -= 1
         idle = backend.idle
         if self in idle:
             idle.remove(self)

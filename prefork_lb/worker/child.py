@@ -207,6 +207,8 @@ class WorkerChild(ChildProcess):
         import gevent
 
         from prefork_lb.offload import default_pool_if_started
+        from prefork_lb.offload.counters import SUBMITTED, TASKS
+        from prefork_lb.offload.external import configured
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -219,10 +221,10 @@ class WorkerChild(ChildProcess):
         entry = self.entry
         while True:
             alive = self.beat()
-            pool = default_pool_if_started()
-            if pool is not None:
-                st = pool.stats()
-                entry.offload(st["busy"], st["idle"])
+            pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
+            if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
+                st = pool.stats() if pool is not None else {}
+                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
             if not alive:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 self.stop(True)

@@ -75,14 +75,6 @@ class ReadDeadline(Exception):
     """Thrown into a connection greenlet by the watchdog (or by drain) while it waits to read."""
 
 
-def _listed_not_bytes(result: list[Any] | tuple[Any, ...]) -> Exception:
-    """The error for a response list that b"".join refused: which item is not bytes."""
-    for item in result:
-        if not is_bytes(item):
-            return BodyNotBytes(item, LISTED)
-    return TypeError("the app's response list could not be joined")  # pragma: no cover
-
-
 def _decode_path(path: bytes) -> str:
     if b"%" in path:
         path = unquote_to_bytes(path)
@@ -111,12 +103,14 @@ class Connection(ResponseWriter, BodySource):
         "cork",
         "forwarded",
         "env_memo",
+        "arrived",  # the accept (CLOCK_MONOTONIC): the first request's queue wait counts from it
     )
 
     raw: socket.socket | None  # the plain socket under gevent's, or None (see __init__)
 
-    def __init__(self, server: ServerView, sock: gevent.socket.socket, addr: Any) -> None:
+    def __init__(self, server: ServerView, sock: gevent.socket.socket, addr: Any, at: float = 0.0) -> None:
         self.server = server
+        self.arrived = at
         self.sock = sock
         self.app = server.app
         opts = server.options
@@ -178,6 +172,7 @@ class Connection(ResponseWriter, BodySource):
         requests = parser.requests
         opts = self.server.options
         fresh = True
+        batch = 0.0  # when pipelined requests (several in one read) came; 0.0: one, it did not wait
         try:
             while True:
                 if not requests:
@@ -213,14 +208,17 @@ class Connection(ResponseWriter, BodySource):
                         parser.feed(data)
                     self.wait_until = 0.0
                     self.idle = False
+                    batch = time.monotonic() if len(requests) > 1 else 0.0
                 req = requests[0]
+                arrived = batch
                 if fresh:
+                    arrived = self.arrived or batch
                     fresh = False
                     self.had_request = True
                     board = self.server.board
                     if board is not None:
                         board.first_request()
-                if not self._handle_request(req):
+                if not self._handle_request(req, arrived):
                     return
                 requests.popleft()
                 if not req.keep_alive or not opts.keepalive:
@@ -404,8 +402,9 @@ class Connection(ResponseWriter, BodySource):
             env["wsgi.url_scheme"] = scheme
         return env
 
-    def _handle_request(self, req: Request) -> bool:
-        """Run the app for one request and send its response. False: close the connection."""
+    def _handle_request(self, req: Request, arrived: float = 0.0) -> bool:
+        """Run the app for one request and send its response (False: close the connection);
+        ``arrived``: when it came, if it may have waited (0.0: it did not, see serve)."""
         self._reset(req)
         if req.method == "HEAD":
             self.is_head = True
@@ -421,11 +420,14 @@ class Connection(ResponseWriter, BodySource):
         access = server.access_log
         t0 = time.time() if access is not None else 0.0
         admission = server.admission
-        if admission is not None and not self._admit(admission):
-            return False
+        if admission is not None:
+            waited = self._admit(admission)
+            if waited < 0:
+                return False
+            arrived = arrived or waited
         board = server.board
         if board is not None:
-            board.request_started(req.method, req.target)
+            board.request_started(req.method, req.target, arrived)
         result: Any = None
         failed = 0  # the status class of an error response we sent (for the metrics)
         deadline = None
@@ -442,7 +444,7 @@ class Connection(ResponseWriter, BodySource):
                     try:
                         body = b"".join(result)
                     except TypeError:
-                        raise _listed_not_bytes(result) from None
+                        raise BodyNotBytes.in_list(result) from None
                 if self.headers_sent:
                     self.write(body)
                     self._finish()
@@ -481,6 +483,8 @@ class Connection(ResponseWriter, BodySource):
             return False
         except _RequestDeadline as exc:
             failed = 0 if self.headers_sent else 5
+            if board is not None:
+                board.deadline_passed()
             self._timed_out(req, env, exc)
             return False
         except Exception:
@@ -564,17 +568,19 @@ class Connection(ResponseWriter, BodySource):
                 self.out_headers = []
                 access.log(env, self, time.time() - t0)
 
-    def _admit(self, admission: gevent.lock.BoundedSemaphore) -> bool:
-        """Take a place in the app, waiting in the queue if there is room there; else 503."""
+    def _admit(self, admission: gevent.lock.BoundedSemaphore) -> float:
+        """Take a place in the app, waiting in the queue if there is room there; else 503.
+        When it waited since (CLOCK_MONOTONIC), 0.0 when it did not, -1 when it refused."""
         if admission.acquire(blocking=False):
-            return True
+            return 0.0
         server = self.server
         board = server.board
         if server.waiting >= server.options.queue_size:
             if board is not None:
                 board.shed()
             self._send_error(ServiceUnavailable(BUSY_DETAIL), retry_after=RETRY_AFTER)
-            return False
+            return -1.0
+        since = time.monotonic()
         server.waiting += 1
         if board is not None:
             board.queued(1)  # the dispatcher's load: a queued request is not in flight yet
@@ -584,7 +590,7 @@ class Connection(ResponseWriter, BodySource):
             server.waiting -= 1
             if board is not None:
                 board.queued(-1)
-        return True
+        return since
 
     def _send_error(self, exc: HTTPError, retry_after: int = 0) -> None:
         extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""

@@ -53,7 +53,7 @@ class Guarded(Protocol):
     """What the guard reads and writes of its server (prefork_lb.worker.server.Server)."""
 
     tick: float  # CLOCK_MONOTONIC of the loop's last tick
-    parked: deque[tuple[Any, Any]]  # (socket, address) accepted here for the loop
+    parked: deque[tuple[Any, Any, float]]  # (socket, address, when) accepted here for the loop
     board: Any  # the worker's scoreboard entry, or None
 
     def room_while_blocked(self) -> int: ...
@@ -155,7 +155,7 @@ class AdmissionGuard:
             taken += 1
             sock = _socket.socket(ls.family, ls.type, ls.proto, fileno=fd)
             if server.room_while_blocked() > 0:
-                server.parked.append((sock, addr))
+                server.parked.append((sock, addr, time.monotonic()))
             else:
                 self.refused += 1
                 board = server.board

@@ -52,6 +52,14 @@ class BodyNotBytes(TypeError):
         hint = ": encode it (e.g. text.encode('utf-8'))" if isinstance(data, str) else ""
         super().__init__(f"the app {where.format(type(data).__name__)}, not bytes{hint}")
 
+    @staticmethod
+    def in_list(result: list[Any] | tuple[Any, ...]) -> Exception:
+        """The error for a response list that b"".join refused: which item is not bytes."""
+        for item in result:
+            if not is_bytes(item):
+                return BodyNotBytes(item, LISTED)
+        return TypeError("the app's response list could not be joined")  # pragma: no cover
+
 
 def is_bytes(data: object) -> bool:
     """What may be sent as a body chunk: bytes, or another buffer of bytes."""

@@ -42,6 +42,7 @@ from prefork_lb.admission import room
 from prefork_lb.http.parser import Request, RequestMemo
 from prefork_lb.http.response import refresh_date
 from prefork_lb.request_id import RequestIds, environ_name
+from prefork_lb.sockets import accept_times, handoff_data_size
 from prefork_lb.worker.connection import Connection, ReadDeadline
 from prefork_lb.worker.options import ServerOptions, WSGIApp
 
@@ -61,7 +62,7 @@ HANDOFF_BATCH = 64  # descriptors per handoff message
 def recv_handoff(channel: socket.socket) -> tuple[bytes, list[int]]:
     """One message of connections a dispatcher passed (SCM_RIGHTS): (data, descriptors).
     Both empty: the channel was closed."""
-    msg, fds, _, _ = socket.recv_fds(channel, 64, HANDOFF_BATCH)
+    msg, fds, _, _ = socket.recv_fds(channel, handoff_data_size(HANDOFF_BATCH), HANDOFF_BATCH)
     return msg, fds
 
 
@@ -107,7 +108,7 @@ class Server:
         # With admission control: connections accepted a moment ago with no request yet (time,
         # connection), those the guard thread accepted for the loop, and the loop's last tick.
         self.young: list[tuple[float, Connection]] = []
-        self.parked: deque[tuple[Any, Any]] = deque()
+        self.parked: deque[tuple[Any, Any, float]] = deque()
         self.tick = time.monotonic()
         self.guard: Any = None
         self._ticker: gevent.Greenlet | None = None
@@ -162,11 +163,11 @@ class Server:
     def _take_parked(self) -> None:
         parked = self.parked
         while parked:
-            sock, addr = parked.popleft()
+            sock, addr, accepted = parked.popleft()
             gs = _cooperative(socket.socket(sock.family, sock.type, sock.proto, fileno=sock.detach()))
             if gs.family in (socket.AF_INET, socket.AF_INET6):
                 gs.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.pool.spawn(self._handle, gs, addr)
+            self.pool.spawn(self._handle, gs, addr, False, accepted)
 
     # -- sockets in ----------------------------------------------------------------------------
 
@@ -204,24 +205,24 @@ class Server:
                 continue
             if not msg and not fds:
                 return  # the channel was closed
-            self._take(fds)
+            self._take(fds, accept_times(msg, len(fds)))
 
-    def _take(self, fds: list[int]) -> None:
+    def _take(self, fds: list[int], accepted: list[float]) -> None:
         board = self.board
-        for fd in fds:
+        for fd, t in zip(fds, accepted, strict=True):
             if board is not None:
                 # Counted as open (load) before it counts as received: the dispatcher's load
                 # (in flight + fresh + sent - received) never misses it in between.
                 board.connection_opened()
-            self.serve_connection(socket.socket(fileno=fd), opened=True)
+            self.serve_connection(socket.socket(fileno=fd), opened=True, accepted=t)
         if board is not None:
             board.received(len(fds))
 
     def serve_connection(
-        self, sock: socket.socket, addr: Any = None, opened: bool = False
+        self, sock: socket.socket, addr: Any = None, opened: bool = False, accepted: float = 0.0
     ) -> gevent.Greenlet:
         """Serve an already-accepted connection (handoff dispatch); ``opened``: already
-        counted in the scoreboard entry."""
+        counted in the scoreboard entry; ``accepted``: when (CLOCK_MONOTONIC; 0: now)."""
         self._ensure_watchdog()
         gs = _cooperative(sock)
         if addr is None:
@@ -229,7 +230,7 @@ class Server:
                 addr = gs.getpeername()
             except OSError:
                 addr = ""
-        return self.pool.spawn(self._handle, gs, addr, opened)
+        return self.pool.spawn(self._handle, gs, addr, opened, accepted or time.monotonic())
 
     def _accept_loop(self, lsock: gevent.socket.socket) -> None:
         pool = self.pool
@@ -250,14 +251,16 @@ class Server:
                 continue
             if is_tcp:
                 csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            pool.spawn(self._handle, csock, addr)
+            pool.spawn(self._handle, csock, addr, False, time.monotonic())
             if self.shared_accept or gated:
                 # Shared: spread a burst over the workers. Gated: let it read its request
                 # (and be admitted, queued or refused) before the next accept.
                 gevent.sleep(0)
 
-    def _handle(self, sock: gevent.socket.socket, addr: Any, opened: bool = False) -> None:
-        conn = Connection(self, sock, addr)
+    def _handle(
+        self, sock: gevent.socket.socket, addr: Any, opened: bool = False, accepted: float = 0.0
+    ) -> None:
+        conn = Connection(self, sock, addr, accepted)
         self.connections.add(conn)
         if self.guard is not None:  # accepted from a listener (or parked): the gate's
             self.young.append((time.monotonic(), conn))
@@ -343,7 +346,7 @@ class Server:
                 csock.settimeout(None)
                 if ls.family in (socket.AF_INET, socket.AF_INET6):
                     csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                self.pool.spawn(self._handle, csock, addr)
+                self.pool.spawn(self._handle, csock, addr, False, time.monotonic())
             try:
                 ls.close()
             except OSError:
@@ -354,12 +357,12 @@ class Server:
             ch.settimeout(0.0)
             for _ in range(10_000):
                 try:
-                    _, fds = recv_handoff(ch)
+                    msg, fds = recv_handoff(ch)
                 except OSError:
                     break
                 if not fds:
                     break
-                self._take(fds)
+                self._take(fds, accept_times(msg, len(fds)))
 
     def drain(self, timeout: float) -> bool:
         """Graceful stop: True when every connection finished within the timeout."""

@@ -115,7 +115,7 @@ def test_request_counters_are_published_at_the_heartbeat_and_leave_shed_alone() 
     e.beat()
     c = board.counters(i)
     assert c[sb.BY_STATUS - sb.COUNTERS + 2] == 1 and c[sb.BY_METHOD - sb.COUNTERS] == 1
-    assert sum(c[sb.HISTOGRAM - sb.COUNTERS : sb.COUNTERS_END - sb.COUNTERS]) == 1
+    assert sum(c[sb.HISTOGRAM - sb.COUNTERS : sb.DEADLINES - sb.COUNTERS]) == 1
     assert c[0] == 3 and board.get(i, sb.SERVED) == 1
 
 

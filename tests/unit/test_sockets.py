@@ -207,3 +207,14 @@ def test_listen_fd_that_is_not_a_socket(tmp_path: Path) -> None:
         with pytest.raises(BindError) as info:
             listen(parse_address(f"fd://{fd}"))
     assert str(info.value) == f"fd://{fd} is not a usable socket: Socket operation on non-socket"
+
+
+def test_handoff_messages_carry_the_accept_times_of_their_descriptors() -> None:
+    from prefork_lb.sockets import accept_times, handoff_data_size, handoff_message
+
+    msg = handoff_message([1.5, 2.25, 3.0])
+    assert len(msg) == handoff_data_size(3)
+    assert accept_times(msg, 3) == [1.5, 2.25, 3.0]
+    assert accept_times(b"c", 2) == [0.0, 0.0], "an older dispatcher's message: times unknown"
+    assert accept_times(msg, 2) == [0.0, 0.0], "a count that does not match: unknown, not garbage"
+    assert handoff_data_size(64) == 513

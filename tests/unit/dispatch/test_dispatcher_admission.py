@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import socket
+import time
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -49,7 +50,7 @@ class Rig:
         client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         self.clients.append(client)
         self.ours.append(ours)
-        self.d.pending.append((ours, ("127.0.0.1", 40000 + len(self.clients))))
+        self.d.pending.append((ours, ("127.0.0.1", 40000 + len(self.clients)), time.monotonic()))
         return client
 
     def received(self, slot: int) -> int:

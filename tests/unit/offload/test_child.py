@@ -90,6 +90,7 @@ def test_pool_process_imports_only_the_offload_package() -> None:
         "prefork_lb",
         "prefork_lb.offload",
         "prefork_lb.offload.child",
+        "prefork_lb.offload.counters",
         "prefork_lb.offload.default",
         "prefork_lb.offload.pool",
         "prefork_lb.offload.wire",
