@@ -334,3 +334,47 @@ class Scraper:
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
         self.thread.join(timeout=10)
+
+
+def tree_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``pid`` and each of its descendants, by process
+    title (a prefork_lb child's role: ``prefork_lb: worker 0 ...``, ``prefork_lb: admin``);
+    the CPU per request of a measured window is the difference of two of these."""
+    import psutil
+
+    out: dict[str, float] = {}
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return out
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+            title = " ".join(proc.cmdline()).strip() or str(proc.pid)
+        except psutil.Error:
+            continue
+        key = f"{proc.pid} {title[:60]}"
+        out[key] = times.user + times.system
+    return out
+
+
+def cpu_per_request(
+    before: Mapping[str, float], after: Mapping[str, float], requests: int
+) -> dict[str, float]:
+    """Milliseconds of CPU per 1,000 requests between two :func:`tree_cpu` snapshots: in all the
+    server's processes (``total``), in its workers (``workers``) and in its admin process
+    (``admin``)."""
+    if requests <= 0:
+        return {}
+    delta = {k: after[k] - before.get(k, 0.0) for k in after}
+    scale = 1e6 / requests  # seconds per request -> ms per 1,000 requests
+
+    def pick(word: str) -> float:
+        return round(scale * sum(v for k, v in delta.items() if word in k), 3)
+
+    return {
+        "total": round(scale * sum(delta.values()), 3),
+        "workers": pick(": worker"),
+        "admin": pick(": admin"),
+    }

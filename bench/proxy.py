@@ -147,6 +147,7 @@ def front_prefork_proxy(backends: list[int], workdir: Path, connections: int) ->
         f"127.0.0.1:{sport}",
         "--upstream-keepalive",
         str(_keepalive(connections)),
+        *("--control-socket", "off"),  # so that "stats off" has no admin process at all
     ]
     return Front("prefork_lb-proxy", cmd, port, sport)
 

@@ -49,11 +49,14 @@ def _prefork_lb(dispatch: str) -> Callable[[int, int], list[str]]:
 
 SERVERS: dict[str, Callable[[int, int], list[str]]] = {
     "prefork_lb": lambda port, w: [PY, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", str(w)],
-    "prefork_lb-stats-off": lambda port, w: [*SERVERS["prefork_lb"](port, w), "--stats-bind", "off"],
+    # /metrics off and on; no control socket in either, so "off" has no admin process at all.
+    "prefork_lb-stats-off": lambda port, w: [
+        *SERVERS["prefork_lb"](port, w),
+        *("--stats-bind", "off", "--control-socket", "off"),
+    ],
     "prefork_lb-stats-on": lambda port, w: [
         *SERVERS["prefork_lb"](port, w),
-        "--stats-bind",
-        f"127.0.0.1:{harness.free_port()}",
+        *("--stats-bind", f"127.0.0.1:{harness.free_port()}", "--control-socket", "off"),
     ],
     **{f"prefork_lb-{mode}": _prefork_lb(mode) for mode in DISPATCH_MODES if mode != "proxy"},
     "gunicorn-gevent": lambda port, w: [
@@ -128,6 +131,9 @@ NOTES = [
     "granian runs with its defaults except --http 1: per worker 1 runtime thread and "
     "backlog/2 = 512 blocking (WSGI) threads.",
     "ratio = req/s relative to the first server in --servers that ran successfully.",
+    "CPU ms/1k req: user + system CPU of the server's worker processes (and of all its processes: "
+    "master, admin, workers) during the measured run, per 1,000 requests; steadier than req/s "
+    "on a shared machine.",
     "p50/p99 come from wrk's histogram after its coordinated-omission correction (wrk 4 adds "
     "synthetic samples for every request slower than twice the mean per-connection interval), so a "
     "server that stalls some connections while serving others shows a p99 above what any request saw. "
@@ -166,12 +172,18 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path) -> dict[str, An
         if args.warmup > 0:
             harness.run_wrk(url, args.connections, args.warmup, args.threads, args.new_connection)
         admin = admin_port(cmd)
+        cpu_before = harness.tree_cpu(proc.pid)
         if admin is not None:
             with harness.Scraper(admin, args.scrape_interval) as scraper:
                 res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
             row.update(scrapes=scraper.scrapes, scrape_failures=scraper.failures)
         else:
             res = harness.run_wrk(url, args.connections, args.duration, args.threads, args.new_connection)
+        # CPU per request is steadier than req/s on a shared machine: another process's load
+        # takes the server's time slices, not (much) the work each request needs.
+        row["cpu_ms_per_1k"] = harness.cpu_per_request(
+            cpu_before, harness.tree_cpu(proc.pid), res["requests"]
+        )
         if proc.poll() is not None:
             raise harness.ServerError(f"server exited with status {proc.returncode} during the run")
         row.update(
@@ -263,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "p99 ms",
             "errors",
             f"ratio vs {base['server'] if base else '-'}",
+            "worker CPU ms/1k req",
+            "all CPU ms/1k req",
             "status",
         ],
         [
@@ -275,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
                 harness.fmt(r["p99_ms"], ".2f"),
                 "-" if r["errors_total"] is None else r["errors_total"],
                 harness.fmt(r["ratio"], ".2f"),
+                harness.fmt((r.get("cpu_ms_per_1k") or {}).get("workers"), ".1f"),
+                harness.fmt((r.get("cpu_ms_per_1k") or {}).get("total"), ".1f"),
                 r["status"],
             ]
             for r in rows

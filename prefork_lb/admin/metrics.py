@@ -373,6 +373,7 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
         ("retries", "Requests retried after a failure at the backend."),
         ("websockets", "WebSocket upgrades through the backend."),
         ("pipelined", "Requests sent behind another on one connection."),
+        ("ejections", "Times the backend was taken out of rotation (passive ejection, a failed connect)."),
     ):
         fams[key] = CounterMetricFamily(PREFIX + "backend_" + key, doc, labels=["backend"])
     responses = CounterMetricFamily(
@@ -401,7 +402,7 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
     )
     for b in stats.get("backends", []):
         name = str(b["name"])
-        for key in ("requests", "errors", "retries", "websockets", "pipelined"):
+        for key in ("requests", "errors", "retries", "websockets", "pipelined", "ejections"):
             fams[key].add_metric([name], b.get(key, 0))
         for cls, n in (b.get("responses") or {}).items():
             responses.add_metric([name, cls], n)

@@ -199,6 +199,7 @@ class ProxyState:
             return
         if not backend.ejected_until:
             log.warning("proxy: backend %s is down (%s)", backend.key, why)
+            backend.stats.ejections += 1
         backend.ejected_until = until
         backend.down_reason = why
         self.strategy.mark_down(backend.key)

@@ -117,9 +117,20 @@ _REPORTED = CLASSES[1:]  # /lb-stats shows 2xx..5xx (a 101 becomes a websocket, 
 class BackendStats:
     """Counters for one backend. The engine bumps ``requests`` (on each try sent), ``errors``,
     ``retries``, ``websockets`` and ``pipelined`` directly; :meth:`record_response` counts a final response by
-    class and records its latency, without touching ``requests``."""
+    class and records its latency, without touching ``requests``; ``ejections`` counts the times the
+    backend was taken out of rotation (passive ejection or a failed connect), not its re-ejections
+    while already out."""
 
-    __slots__ = ("requests", "errors", "retries", "websockets", "pipelined", "responses", "histogram")
+    __slots__ = (
+        "requests",
+        "errors",
+        "retries",
+        "websockets",
+        "pipelined",
+        "ejections",
+        "responses",
+        "histogram",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -127,6 +138,7 @@ class BackendStats:
         self.retries = 0
         self.websockets = 0
         self.pipelined = 0  # requests sent behind another on the same connection
+        self.ejections = 0
         self.responses = [0, 0, 0, 0, 0]
         self.histogram = LatencyHistogram()
 
@@ -152,6 +164,7 @@ class BackendStats:
             "retries": self.retries,
             "websockets": self.websockets,
             "pipelined": self.pipelined,
+            "ejections": self.ejections,
             "responses": {cls: self.responses[i + 1] for i, cls in enumerate(_REPORTED)},
             "latency_ms": {
                 "p50": _ms(h.percentile(50)),

@@ -63,3 +63,19 @@ def test_keep_alive_connections_are_idle_between_requests_and_active_during_one(
     assert total(m, "prefork_lb_backend_active_connections", **name) == 0
     assert total(m, "prefork_lb_backend_idle_connections", **name) == 1  # one connection, reused
     assert total(m, "prefork_lb_backend_requests_total", **name) == n
+
+
+def test_a_backend_that_refuses_connections_counts_one_ejection(start_proxy, backends) -> None:
+    from tests.helpers import free_port, http_get
+
+    b = backends(1)[0]
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there: the connect is refused
+    p = start_proxy([b, dead], "--health-check-interval", "0", "--strategy", "round_robin")
+    before = scrape(p.admin_port)
+    assert total(before, "prefork_lb_backend_ejections_total", backend=dead) == 0
+    # Round robin sends one of the first two requests to the dead backend: refused, ejected,
+    # and the GET is retried on the live one, so both answer 200.
+    assert [http_get(p.port, "/")[0] for _ in range(4)] == [200] * 4
+    m = scrape(p.admin_port)
+    assert total(m, "prefork_lb_backend_ejections_total", backend=dead) == 1
+    assert total(m, "prefork_lb_backend_ejections_total", backend=b.addr) == 0

@@ -152,6 +152,7 @@ def test_admission_sheds_and_backends_from_the_proxys_documents() -> None:
                     "retries": 2,
                     "websockets": 0,
                     "pipelined": 0,
+                    "ejections": 4,
                     "responses": {"2xx": 8, "3xx": 0, "4xx": 0, "5xx": 1},
                     "latency_ms": {"p50": 2.0, "p90": 4.0, "p99": None, "max": 9.0},
                 }
@@ -169,6 +170,7 @@ def test_admission_sheds_and_backends_from_the_proxys_documents() -> None:
     assert m[("prefork_lb_admission_rejected_total", (("worker", "0"),))] == 3
     assert m[("prefork_lb_backend_requests_total", (("backend", "10.0.0.1:80"),))] == 9
     assert m[("prefork_lb_backend_retries_total", (("backend", "10.0.0.1:80"),))] == 2
+    assert m[("prefork_lb_backend_ejections_total", (("backend", "10.0.0.1:80"),))] == 4
     assert m[("prefork_lb_backend_responses_total", (("backend", "10.0.0.1:80"), ("code", "5xx")))] == 1
     assert (
         m[("prefork_lb_backend_latency_quantile_seconds", (("backend", "10.0.0.1:80"), ("quantile", "0.5")))]

@@ -95,6 +95,7 @@ def test_backend_stats_as_dict() -> None:
         "retries": 0,
         "websockets": 0,
         "pipelined": 0,
+        "ejections": 0,
         "responses": {"2xx": 0, "3xx": 0, "4xx": 0, "5xx": 0},
         "latency_ms": {"p50": None, "p90": None, "p99": None, "max": None},
     }
@@ -137,3 +138,28 @@ def test_cumulative_counts_at_prometheus_bounds() -> None:
     assert counts == [2, 3, 4, 5]  # the 200 s sample is only in +Inf (the count)
     assert 200.0 < total < 200.0 + 2.3 * 1.04
     assert LatencyHistogram().cumulative((1.0,)) == ([0], 0.0)
+
+
+def test_ejections_count_each_time_a_backend_is_taken_out_not_re_ejections() -> None:
+    import asyncio
+
+    from prefork_lb.balance import make
+    from prefork_lb.config import defaults
+    from prefork_lb.proxy.backend import Backend
+    from prefork_lb.proxy.state import ProxyState
+
+    loop = asyncio.new_event_loop()
+    try:
+        state = ProxyState(defaults(), make("round_robin"), loop)
+        b = Backend("127.0.0.1", 9)
+        state.add_backend(b)
+        state.connect_failure(b, "connection refused")
+        state.connect_failure(b, "connection refused")  # already out: not one more ejection
+        assert b.stats.ejections == 1
+        state.check_ejections(b.ejected_until)  # back on trial
+        assert not b.ejected_until
+        state.connect_failure(b, "connection refused")
+        assert b.stats.ejections == 2
+        assert b.stats.as_dict(b.key)["ejections"] == 2
+    finally:
+        loop.close()
