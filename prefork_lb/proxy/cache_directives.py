@@ -86,10 +86,8 @@ def parse_http_date(value: bytes | None) -> float | None:
     parsed = parsedate_tz(value.decode("latin-1").strip())
     if parsed is None or not (1 <= parsed[2] <= 31 and parsed[3] < 24 and parsed[4] < 60 and parsed[5] <= 60):
         return None
-    if parsed[9] is None:  # no zone: HTTP-dates are GMT (asctime form has none)
-        parsed = (*parsed[:9], 0)
-    try:
-        return float(mktime_tz(parsed))
+    try:  # no zone (None on some Pythons) means GMT: HTTP-dates are GMT, asctime has none
+        return float(mktime_tz((*parsed[:9], parsed[9] or 0)))
     except (OverflowError, ValueError):
         return None
 
