@@ -53,8 +53,11 @@ class ProxyCache:
             return None
         return self.store.primary_key(scheme, req.host.decode("latin-1"), req.target.decode("latin-1"))
 
-    def answer(self, req: Any, scheme: str) -> bytes | None:
-        """The whole response to ``req`` from the cache, or None when it must go to a backend."""
+    def answer(self, req: Any, scheme: str, close: bool = False) -> bytes | None:
+        """The whole response to ``req`` from the cache, or None when it must go to a backend.
+
+        ``close``: the proxy closes the connection after it (it is draining), so it says so.
+        """
         key = self.key(req, scheme)
         if key is None:
             return None
@@ -77,9 +80,9 @@ class ProxyCache:
             return None
         status_value = cache_status(hit=True, ttl=lifetime - age)
         if should_answer_not_modified(req.method, fields, found.status, found.headers):
-            return _response(req, 304, not_modified_headers(found.headers), b"", age, status_value)
+            return _response(req, 304, not_modified_headers(found.headers), b"", age, status_value, close)
         body = b"" if req.method == "HEAD" else found.body
-        return _response(req, found.status, found.headers, body, age, status_value)
+        return _response(req, found.status, found.headers, body, age, status_value, close)
 
     def wants(self, req: Any, scheme: str, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether the response to ``req`` with this head is to be stored once its body is in."""
@@ -116,7 +119,9 @@ def response_fields(headers: list[tuple[bytes, bytes]]) -> Headers:
     return [(n.decode("latin-1").lower(), v) for n, v in headers]
 
 
-def _response(req: Any, status: int, headers: Headers, body: bytes, age: float, status_value: bytes) -> bytes:
+def _response(
+    req: Any, status: int, headers: Headers, body: bytes, age: float, status_value: bytes, close: bool
+) -> bytes:
     """The bytes of a response from the cache: stored fields less ``Age`` (sent anew)."""
     try:
         reason = HTTPStatus(status).phrase
@@ -126,7 +131,7 @@ def _response(req: Any, status: int, headers: Headers, body: bytes, age: float, 
     lines.extend(n.encode("latin-1") + b": " + v + b"\r\n" for n, v in headers if n != "age")
     lines.append(b"age: " + age_header(age) + b"\r\n")
     lines.append(b"cache-status: " + status_value + b"\r\n")
-    if not req.keep_alive:
+    if close or not req.keep_alive:
         lines.append(b"connection: close\r\n")
     elif req.version == "1.0":
         lines.append(b"connection: keep-alive\r\n")

@@ -214,7 +214,7 @@ class ClientConn(asyncio.Protocol):
                 continue
             cache = proxy.cache
             if cache is not None:
-                hit = cache.answer(req, self.scheme)
+                hit = cache.answer(req, self.scheme, proxy.stopping)
                 if hit is not None:
                     parser.requests.popleft()
                     self.write(hit)

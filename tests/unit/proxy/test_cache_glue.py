@@ -59,6 +59,8 @@ def test_connection_close_and_http_1_0_keep_alive() -> None:
     cache = filled()
     closing = cache.answer(Req(keep_alive=False), "http")
     assert closing is not None and b"connection: close\r\n" in closing
+    draining = cache.answer(Req(), "http", close=True)
+    assert draining is not None and b"connection: close\r\n" in draining
     old = cache.answer(Req(version="1.0"), "http")
     assert old is not None and b"connection: keep-alive\r\n" in old
 
