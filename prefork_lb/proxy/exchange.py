@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from time import monotonic as _now
+from time import time as _wall
 from typing import Any
 
 from prefork_lb.admission import BUSY_DETAIL
@@ -71,6 +72,7 @@ class Exchange(ExchangeFailures):
         self.length: int | None = None  # the response's Content-Length
         self.fresh = False  # sent again on a new connection after a pooled one was found closed
         self.request_id: bytes | None = None
+        self.cache_body: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -287,6 +289,15 @@ class Exchange(ExchangeFailures):
             self.until_close = True  # the backend ends the body by closing
         self.framing = framing
         self.length = length if framing == "length" else None
+        cache = proxy.cache
+        if (
+            cache is not None
+            and framing == "length"
+            and length is not None
+            and length <= cache.store.max_object
+            and cache.wants(req, client.scheme, status, headers)
+        ):
+            self.cache_body = (status, headers, [])
         client.responding(keep)
         head = proxy.response_rewriter.head(
             status,
@@ -354,6 +365,8 @@ class Exchange(ExchangeFailures):
             client.write(b"\r\n")
         else:
             client.write(body)
+        if self.cache_body is not None:
+            self.cache_body[2].append(body)
         client.deadline = _now() + self.proxy.upstream_timeout
 
     def response_done(self, up: Upstream, reusable: bool) -> None:
@@ -370,6 +383,11 @@ class Exchange(ExchangeFailures):
         assert backend is not None
         now = _now()
         latency = now - self.started
+        kept = self.cache_body
+        if kept is not None and proxy.cache is not None:
+            body = b"".join(kept[2])
+            if len(body) == self.length:
+                proxy.cache.keep(self.req, client.scheme, kept[0], kept[1], body, _wall() - latency)
         memo = self.req.memo
         if memo is not None:
             # Pipelining needs answers that are quick, small (a client that does not read one

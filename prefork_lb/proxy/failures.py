@@ -63,6 +63,7 @@ class ExchangeFailures:
         "length",
         "fresh",
         "request_id",
+        "cache_body",
     )
 
     client: ClientSide

@@ -212,6 +212,16 @@ class ClientConn(asyncio.Protocol):
                     self.keep_alive = False
                     break
                 continue
+            cache = proxy.cache
+            if cache is not None:
+                hit = cache.answer(req, self.scheme, proxy.stopping)
+                if hit is not None:
+                    parser.requests.popleft()
+                    self.write(hit)
+                    if not req.keep_alive:
+                        self.keep_alive = False
+                        break
+                    continue
             if req.complete:
                 self.deadline_kind = D_NONE
             else:

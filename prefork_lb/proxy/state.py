@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from prefork_lb.admission import limit
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.cache import ProxyCache
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.headers import RequestRewriter, ResponseRewriter, TrustedPeers
 from prefork_lb.proxy.health import RetryBudget
@@ -88,6 +89,8 @@ class ProxyState:
         self.timeouts = 0  # 504s of our own: --upstream-timeout, a connect timeout, a worker aborted
         self.stopping = False
         self.response_memo: ResponseMemos = {}  # None: seen once
+        size = getattr(cfg, "cache_size", 0)
+        self.cache: ProxyCache | None = ProxyCache(size, cfg.cache_max_object) if size else None
         # Admission control for local workers (--dispatch proxy): requests in flight to one
         # worker slot past which a request is answered 503 here (0: none); ``shed`` counts them.
         self.worker_limit = limit(getattr(cfg, "max_concurrency", 0), getattr(cfg, "queue_size", 0))

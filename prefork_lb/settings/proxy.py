@@ -202,6 +202,27 @@ class ProxySettings:
         metavar="N",
     )
 
+    cache_size = Setting(
+        non_negative_int,
+        0,
+        "MiB of memory for the proxy's response cache (RFC 9111 shared cache), per proxy process; "
+        "0: no cache. Stores GET responses with explicit freshness (s-maxage, max-age, Expires) "
+        "and a Content-Length, never private, no-store or Set-Cookie ones; answers fresh hits "
+        "with Age and Cache-Status. See docs/proxy.md, Response cache.",
+        flags=("--cache-size",),
+        section="Proxy",
+        metavar="MIB",
+    )
+
+    cache_max_object = Setting(
+        positive_int,
+        1024,
+        "KiB: the largest response (body and headers) the response cache stores (--cache-size).",
+        flags=("--cache-max-object",),
+        section="Proxy",
+        metavar="KIB",
+    )
+
     upstream_pipeline_latency = Setting(
         non_negative_float,
         0.010,

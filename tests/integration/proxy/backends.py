@@ -11,7 +11,8 @@ did *not* send. Its ``mode`` says how it answers:
                 ``/close`` answers with ``Connection: close`` and closes; ``/eof-body`` has no
                 Content-Length (the body ends at the close); ``/chunked`` is chunked with a
                 trailer; ``/status/N`` answers status N with no body; ``/hop`` carries
-                hop-by-hop response headers. ``delay`` seconds are added before each answer
+                hop-by-hop response headers; ``/with-headers?h=NAME:VALUE&h=...`` adds each
+                ``h`` to an ordinary answer (cache tests). ``delay`` seconds are added before each answer
                 (not to /health); an idle connection is closed after ``idle_timeout``, and
                 after ``answers_per_connection`` answers (if set) without answering the rest.
                 With ``close_reused``, a connection that has answered closes as soon as its next
@@ -471,6 +472,8 @@ class Backend:
                 ("Connection", "X-Private"),
                 ("Upgrade", "h2c"),
             ]
+        if url.path == "/with-headers":
+            extra += [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in query.get("h", []))]
         body = self.name.encode()
         conn.sendall(self._head(200, len(body), rec, extra) + (b"" if rec.method == "HEAD" else body))
         return keep

@@ -1,0 +1,218 @@
+"""The response cache's memory: stored responses, LRU by bytes; pure, no I/O, no clock.
+
+One :class:`CacheStore` per proxy process. Responses are found in two steps (RFC 9111 4.1):
+
+* the **primary key** is the scheme, the host (lower-cased) and the request target; a HEAD is
+  answered from a stored GET (the same head without the body) and otherwise from a stored HEAD,
+  a GET only from a stored GET;
+* within it, the **variants**: one per secondary key, the request's values of the fields the
+  response's ``Vary`` nominates (:func:`~prefork_lb.proxy.cache_rules.secondary_key`). The
+  newest matching variant wins.
+
+Memory is bounded by ``capacity`` bytes: an entry is charged its body, its header bytes and
+:data:`ENTRY_OVERHEAD`; storing past the bound evicts least-recently-used entries (a hit makes an
+entry most recent). An entry larger than ``max_object`` is never stored. Times are passed in by
+the caller, so the store needs no clock and the rules stay testable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+from prefork_lb.proxy.cache_directives import Headers
+from prefork_lb.proxy.cache_rules import secondary_key, stored_headers, vary_names
+
+__all__ = ["ENTRY_OVERHEAD", "CacheCounts", "CacheStore", "Entry", "Lookup", "PrimaryKey"]
+
+ENTRY_OVERHEAD = 256
+"""Bytes charged per entry on top of its body and headers (keys, object headers, bookkeeping)."""
+
+PrimaryKey = tuple[str, str, str]
+"""``(scheme, host, target)``."""
+
+_VariantKey = tuple[PrimaryKey, str, tuple[str, ...], tuple[str | None, ...]]
+
+
+@dataclass
+class Entry:
+    """One stored response (its head, its body, and when the cache asked for and got it)."""
+
+    method: str
+    status: int
+    headers: list[tuple[str, bytes]]
+    body: bytes
+    request_time: float
+    response_time: float
+    vary: tuple[str, ...] = ()
+    vary_key: tuple[str | None, ...] = ()
+    size: int = 0
+
+    def charge(self) -> int:
+        """The bytes this entry counts for against the store's capacity."""
+        return ENTRY_OVERHEAD + len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+
+
+@dataclass
+class CacheCounts:
+    """What the cache did since the process started; shown in /lb-stats and /metrics."""
+
+    hits: int = 0
+    misses: int = 0
+    stale: int = 0
+    coalesced: int = 0
+    stored: int = 0
+    evicted: int = 0
+    purged: int = 0
+    too_big: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """What a lookup found: an entry, or why not (``uri-miss``/``vary-miss``, RFC 9211 2.2)."""
+
+    entry: Entry | None
+    miss: str | None = None
+
+
+@dataclass
+class CacheStore:
+    """Stored responses under a byte bound; see the module docstring."""
+
+    capacity: int
+    max_object: int
+    counts: CacheCounts = field(default_factory=CacheCounts)
+    _lru: OrderedDict[_VariantKey, Entry] = field(default_factory=OrderedDict)
+    _by_primary: dict[PrimaryKey, list[_VariantKey]] = field(default_factory=dict)
+    _bytes: int = 0
+
+    @staticmethod
+    def primary_key(scheme: str, host: str, target: str) -> PrimaryKey:
+        """The primary key of a request: scheme and host lower-cased, the target as sent."""
+        return scheme.lower(), host.lower(), target
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes charged by the entries held now."""
+        return self._bytes
+
+    def __len__(self) -> int:
+        return len(self._lru)
+
+    def keys(self) -> Iterator[PrimaryKey]:
+        """The primary keys held now, oldest used first."""
+        return iter(dict.fromkeys(k[0] for k in self._lru))
+
+    def lookup(self, method: str, key: PrimaryKey, request_headers: Headers) -> Lookup:
+        """The newest variant under ``key`` that this request selects (RFC 9111 4.1).
+
+        Marks the entry most recently used. Does not count hits or misses: whether a found entry
+        is a hit depends on its freshness, which the caller decides.
+        """
+        variants = self._by_primary.get(key)
+        if not variants:
+            return Lookup(None, "uri-miss")
+        methods = ("GET", "HEAD") if method == "HEAD" else (method,)
+        for wanted in methods:
+            for vkey in reversed(variants):  # newest first
+                if vkey[1] != wanted:
+                    continue
+                if secondary_key(vkey[2], request_headers) == vkey[3]:
+                    self._lru.move_to_end(vkey)
+                    return Lookup(self._lru[vkey])
+        return Lookup(None, "vary-miss")
+
+    def store(
+        self,
+        method: str,
+        key: PrimaryKey,
+        request_headers: Headers,
+        status: int,
+        response_headers: Headers,
+        body: bytes,
+        request_time: float,
+        response_time: float,
+    ) -> Entry | None:
+        """Store a response the rules allow storing; None when it exceeds ``max_object`` or the
+        response's ``Vary`` is ``*``. Replaces the variant with the same secondary key."""
+        names = vary_names(response_headers)
+        if names is None:
+            return None
+        entry = Entry(
+            method=method,
+            status=status,
+            headers=stored_headers(response_headers),
+            body=body,
+            request_time=request_time,
+            response_time=response_time,
+            vary=names,
+            vary_key=secondary_key(names, request_headers),
+        )
+        entry.size = entry.charge()
+        if entry.size > self.max_object or entry.size > self.capacity:
+            self.counts.too_big += 1
+            return None
+        vkey: _VariantKey = (key, method, names, entry.vary_key)
+        self._drop(vkey)
+        self._lru[vkey] = entry
+        self._by_primary.setdefault(key, []).append(vkey)
+        self._bytes += entry.size
+        self.counts.stored += 1
+        self._evict()
+        return entry
+
+    def refresh(
+        self,
+        entry: Entry,
+        headers: Sequence[tuple[str, bytes]],
+        request_time: float,
+        response_time: float,
+    ) -> None:
+        """Replace a stored entry's headers and times after a 304 (RFC 9111 4.3.4)."""
+        self._bytes -= entry.size
+        entry.headers = stored_headers(headers)
+        entry.request_time = request_time
+        entry.response_time = response_time
+        entry.size = entry.charge()
+        self._bytes += entry.size
+        self._evict()
+
+    def invalidate(self, key: PrimaryKey) -> int:
+        """Drop every variant under ``key`` (RFC 9111 4.4: after an unsafe method succeeds)."""
+        removed = 0
+        for vkey in list(self._by_primary.get(key, ())):
+            removed += self._drop(vkey)
+        return removed
+
+    def purge(self, prefix: str = "") -> int:
+        """Drop every entry whose target (a prefix starting with ``/``) or ``host`` + target
+        (any other prefix) starts with ``prefix``; everything for ``""``. Returns how many."""
+        removed = 0
+        for key in list(self._by_primary):
+            _, host, target = key
+            subject = target if prefix.startswith("/") else host + target
+            if subject.startswith(prefix):
+                removed += self.invalidate(key)
+        self.counts.purged += removed
+        return removed
+
+    def _drop(self, vkey: _VariantKey) -> int:
+        entry = self._lru.pop(vkey, None)
+        if entry is None:
+            return 0
+        self._bytes -= entry.size
+        variants = self._by_primary[vkey[0]]
+        variants.remove(vkey)
+        if not variants:
+            del self._by_primary[vkey[0]]
+        return 1
+
+    def _evict(self) -> None:
+        while self._bytes > self.capacity and self._lru:
+            oldest = next(iter(self._lru))
+            self._drop(oldest)
+            self.counts.evicted += 1
