@@ -363,7 +363,9 @@ def format_status(doc: Mapping[str, Any], workers_only: bool = False) -> str:
             f"master {m['pid']}, dispatch {doc['mode']}, health {doc['health']}, "
             f"up {'-' if up is None else f'{up:g} s'}, prefork_lb {m.get('version', '?')}"
         )
-    if workers or m["workers_target"] or workers_only:
+    if workers_only and not workers and not m["workers_target"]:
+        lines.append("workers: none (the standalone proxy; its backends: prefork_lb ctl backend list)")
+    elif workers or m["workers_target"] or workers_only:
         lines.append(
             f"workers: {len(workers)} (target {m['workers_target']}), in flight {doc['in_flight']}, "
             f"served {doc['served']}"
@@ -440,7 +442,8 @@ def run(path: str, opts: Options, doc: dict[str, Any]) -> tuple[int, str]:
         before, failed, helper = doc["before"], doc["boot_failed"], doc.get("before_helper", [])
         got = poll(path, opts.timeout, lambda s: reload_outcome(before, failed, s, helper))
         if got == "done":
-            return 0, show({**doc, "result": "done"}, "reloaded: every worker was replaced and is ready\n")
+            what = "every worker was replaced" if before else "the proxy process was replaced"
+            return 0, show({**doc, "result": "done"}, f"reloaded: {what} and is ready\n")
         why = (
             "a new worker failed to boot (see the server's error log); the running workers keep serving"
             if got == "failed"

@@ -148,6 +148,12 @@ def _check_backend(req: dict[str, Any]) -> None:
         raise CommandError(f"backend {op}: takes no weight")
     if op == "list" and "name" in req:
         raise CommandError("backend list: takes no backend")
+    if op == "add" and "=" in req["name"]:  # HOST:PORT=WEIGHT: the same range as backend weight
+        weight = req["name"].rpartition("=")[2]
+        if not weight.isdigit() or not 1 <= int(weight) <= MAX_WEIGHT:
+            raise CommandError(
+                f"backend add: weight must be an integer from 1 to {MAX_WEIGHT}, got {weight!r}"
+            )
 
 
 def scale_target(spec: str, current: int, most: int) -> int:

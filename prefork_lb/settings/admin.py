@@ -94,8 +94,9 @@ class AdminSettings:
     stats_bind = Setting(
         admin_address,
         "127.0.0.1:9000",
-        "Admin address, in every dispatch mode: /lb-health and /lb-stats (JSON) and /metrics "
-        "(Prometheus), served by an admin process the master supervises. 'off' starts none. When "
+        "Admin address, in every dispatch mode: /lb-health and /lb-stats (JSON), /metrics "
+        "(Prometheus), the probes /livez and /readyz (public even with --stats-token) and the "
+        "dashboard at /, served by an admin process the master supervises. 'off' starts none. When "
         "the default address is taken the server starts without it (a warning says so); an "
         "address given explicitly must be free. With --dispatch proxy, 'public' serves /lb-health "
         "and /lb-stats on the public listeners instead (otherwise those paths are forwarded to "
@@ -104,7 +105,7 @@ class AdminSettings:
         section="Admin",
         metavar="ADDRESS",
         common=True,
-        summary="Admin address (/lb-health, /lb-stats, /metrics); 'off' disables it",
+        summary="Admin address (/metrics, /livez, /readyz, /lb-stats, dashboard); 'off' disables it",
     )
 
     control_socket = Setting(

@@ -134,7 +134,7 @@ def test_reload_starts_new_workers(any_mode: ServerProcess, sock_path: Path) -> 
     server = any_mode
     before = set(server.children_titled("worker"))
     r = ctl(sock_path, "reload")
-    assert r.returncode == 0 and "reloaded" in r.stdout, r
+    assert r.returncode == 0 and "reloaded: every worker was replaced" in r.stdout, r
     now = ready_workers(sock_path)
     assert len(now) == 2 and not set(now) & before
     wait_for(lambda: set(server.children_titled("worker")) == set(now), 30, "the old workers gone")
@@ -389,7 +389,7 @@ def test_standalone_proxy_reload_waits_for_the_new_proxy(proxy: Any, sock_path: 
     p, _ = proxy(1)
     old = p.proxy_pid()
     r = ctl(sock_path, "reload")
-    assert r.returncode == 0 and "reloaded" in r.stdout, r
+    assert r.returncode == 0 and "reloaded: the proxy process was replaced" in r.stdout, r
     new = [
         r
         for r in ctl_json(sock_path, "status")["processes"]

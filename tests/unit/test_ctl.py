@@ -158,6 +158,10 @@ def test_status_for_a_person() -> None:
     assert lines[6].split() == ["127.0.0.1:9001", "draining", "3", "1", "7", "0", "1.5", "ms", "-"]
     workers_only = ctl.format_status(doc, workers_only=True)
     assert workers_only.startswith("workers: 1") and "backends" not in workers_only
+    standalone = {**doc, "master": {**doc["master"], "workers_target": 0}, "workers": []}
+    assert ctl.format_status(standalone, workers_only=True).startswith(
+        "workers: none (the standalone proxy; its backends: prefork_lb ctl backend list)"
+    )
 
 
 def test_backend_changes_for_a_person() -> None:

@@ -24,6 +24,10 @@ def line(**req: object) -> bytes:
         ({"cmd": "stop", "graceful_timeout": None}, {"cmd": "stop"}),
         ({"cmd": "backend", "op": "list"}, {"cmd": "backend", "op": "list"}),
         (
+            {"cmd": "backend", "op": "add", "name": "a:1=1000"},
+            {"cmd": "backend", "op": "add", "name": "a:1=1000"},
+        ),
+        (
             {"cmd": "backend", "op": "weight", "name": "a:1", "weight": 4},
             {"cmd": "backend", "op": "weight", "name": "a:1", "weight": 4},
         ),
@@ -53,6 +57,11 @@ def test_good_requests(req: dict[str, object], want: dict[str, object]) -> None:
         (line(cmd="backend", op="weight", name="a:1", weight=0), "1 to 1000"),
         (line(cmd="backend", op="drain", name="a:1", weight=2), "takes no weight"),
         (line(cmd="backend", op="list", name="a:1"), "takes no backend"),
+        (
+            line(cmd="backend", op="add", name="a:1=5000"),
+            "backend add: weight must be an integer from 1 to 1000",
+        ),
+        (line(cmd="backend", op="add", name="a:1=x"), "backend add: weight must be"),
         (line(cmd="backend", op="drain", name="a\nb"), "backend name"),
         (line(cmd="backend", op="drain", name=7), "backend name"),
     ],
