@@ -37,6 +37,7 @@ from prefork_lb.proxy.cache_directives import (
     parse_delta_seconds,
     parse_http_date,
 )
+from prefork_lb.proxy.headers import HOP_BY_HOP
 
 __all__ = [
     "ERROR_STATUSES",
@@ -72,20 +73,11 @@ CACHEABLE_METHODS: frozenset[str] = frozenset({"GET", "HEAD"})
 
 # Fields never stored (RFC 9111 3.1: hop-by-hop and proxy-specific) and, with Content-Length,
 # never updated from a 304 (3.2).
-_NOT_STORED: frozenset[str] = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "transfer-encoding",
-        "upgrade",
-        "trailer",
-        "proxy-authenticate",
-        "proxy-authentication-info",
-        "proxy-authorization",
-    }
-)
+_NOT_STORED: frozenset[str] = HOP_BY_HOP | {
+    "proxy-authenticate",
+    "proxy-authentication-info",
+    "proxy-authorization",
+}
 _NOT_UPDATED: frozenset[str] = _NOT_STORED | {"content-length"}
 
 # What a 304 carries from the stored 200 (RFC 9110 15.4.5), plus Last-Modified.
