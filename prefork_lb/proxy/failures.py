@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from prefork_lb.http.parser import Request
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.cache_plan import Plan
 from prefork_lb.proxy.client_side import ClientSide
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import Upstream
@@ -64,6 +65,7 @@ class ExchangeFailures:
         "fresh",
         "request_id",
         "cache_body",
+        "cache_plan",
     )
 
     client: ClientSide
@@ -82,6 +84,7 @@ class ExchangeFailures:
     head_at: tuple[int, int]
     fresh: bool
     request_id: bytes | None  # the id this request goes by (prefork_lb.request_id), or None
+    cache_plan: Plan | None  # the response cache's part in it (prefork_lb.proxy.cache)
 
     if TYPE_CHECKING:
 
@@ -130,6 +133,7 @@ class ExchangeFailures:
         out, cutting the client off (all that can be done then)."""
         if self.responded:
             self.done = True
+            self.release_cache_lock()
             self.client.close()
         else:
             self.fail(status, why)
@@ -245,6 +249,13 @@ class ExchangeFailures:
         if self.backend is not None:
             self.proxy.strategy.on_finish(self.backend.key, None, True)
         self.drop_upstream()  # its response has no reader; the connection cannot be reused
+        self.release_cache_lock()
+
+    def release_cache_lock(self) -> None:
+        """Requests waiting for this one's response (cache coalescing) go on without it."""
+        cache = self.proxy.cache
+        if self.cache_plan is not None and cache is not None:
+            cache.release(self)
 
     def fail(self, status: int, why: str, retry_after: bool = False) -> None:
         """Answer the client with an error of our own; the connection closes after it."""
@@ -255,6 +266,13 @@ class ExchangeFailures:
             self.backend.stats.record_response(status, _now() - self.started)
         if status == 504:
             self.proxy.timeouts += 1  # /metrics: prefork_lb_request_timeouts_total{where="proxy"}
+        cache = self.proxy.cache
+        if self.cache_plan is not None and cache is not None:
+            stale = cache.failed(self, status)  # stale-if-error: the stored answer instead
+            if stale is not None:
+                client.write(stale)
+                client.exchange_done(self)
+                return
         extra = "Retry-After: 1\r\n" if retry_after else ""
         if self.request_id is not None:
             extra += self.proxy.rid_line(self.request_id).decode("latin-1")
