@@ -97,11 +97,9 @@ class BackgroundClient:
         self.closed = True
         self.deadline_kind = D_NONE
         cache = self._proxy.cache
-        if cache is not None:
-            cache.background.discard(self)
-            ex = self.ex
-            if ex is not None and ex.cache_plan is not None:
-                cache.release(ex)
+        assert cache is not None and self.ex is not None
+        cache.background.discard(self)
+        cache.release(self.ex)
 
     def expire(self, now: float) -> None:
         """The cache's sweep found the deadline passed: the exchange times out."""
@@ -119,6 +117,6 @@ def start_refresh(proxy: ProxyState, client: Any, req: Request, plan: Plan) -> N
     ex = Exchange(bg, req)
     ex.cache_plan = plan
     bg.ex = ex
-    if proxy.cache is not None:
-        proxy.cache.background.add(bg)
+    assert proxy.cache is not None
+    proxy.cache.background.add(bg)
     ex.start()
