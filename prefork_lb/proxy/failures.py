@@ -10,7 +10,9 @@ connection the backend closed before a byte of the answer is sent again once on 
 connection to the same backend, not counted as a failure (``send_again_fresh``); a POST that
 was sent is never retried; nor is a request whose local worker was lost past the workers'
 --request-timeout (504: the master aborted that worker for it, ``past_request_timeout``); an
-answer of our own closes the client connection (``fail``).
+answer of our own closes the client connection (``fail``), unless the response cache answers
+instead with a stale entry its ``stale-if-error`` covers (the connection then stays open).
+Every end of an exchange lets go of its cache lock (requests coalesced behind it go on).
 """
 
 from __future__ import annotations
@@ -258,7 +260,8 @@ class ExchangeFailures:
             cache.release(self)
 
     def fail(self, status: int, why: str, retry_after: bool = False) -> None:
-        """Answer the client with an error of our own; the connection closes after it."""
+        """Answer the client with an error of our own; the connection closes after it (or the
+        stale entry stale-if-error allows, when the cache is on)."""
         self.done = True
         self.status = status
         client = self.client
