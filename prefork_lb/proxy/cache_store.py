@@ -216,3 +216,8 @@ class CacheStore:
             oldest = next(iter(self._lru))
             self._drop(oldest)
             self.counts.evicted += 1
+
+    def holds(self, key: PrimaryKey, entry: Entry) -> bool:
+        """Whether ``entry`` (found under ``key`` earlier) is still stored, not replaced,
+        evicted or purged since (a revalidation refreshes only an entry still held)."""
+        return self._lru.get((key, entry.method, entry.vary, entry.vary_key)) is entry

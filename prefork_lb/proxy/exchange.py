@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 from time import monotonic as _now
-from time import time as _wall
 from typing import Any
 
 from prefork_lb.admission import BUSY_DETAIL
 from prefork_lb.http.framing import NONE, response_framing
 from prefork_lb.http.parser import Request, seen_before
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.cache_plan import Plan, conditional_head, forwarded_status
 from prefork_lb.proxy.client_side import ClientSide
 from prefork_lb.proxy.failures import IDEMPOTENT, ExchangeFailures
 from prefork_lb.proxy.headers import cookie_value
@@ -73,6 +73,7 @@ class Exchange(ExchangeFailures):
         self.fresh = False  # sent again on a new connection after a pooled one was found closed
         self.request_id: bytes | None = None
         self.cache_body: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
+        self.cache_plan: Plan | None = None  # set by the client when the cache is on
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -118,6 +119,13 @@ class Exchange(ExchangeFailures):
         proxy.requests += 1
         if req.expect_continue and not req.complete:
             client.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        plan = self.cache_plan
+        if plan is not None:
+            if plan.conditional and plan.entry is not None:
+                self.head = conditional_head(self.head, plan.entry.headers)
+            if plan.wait and proxy.cache is not None:
+                proxy.cache.park(self)  # another request for this key is in flight
+                return
         self.route()
 
     def pick(self) -> Backend | None:
@@ -289,15 +297,9 @@ class Exchange(ExchangeFailures):
             self.until_close = True  # the backend ends the body by closing
         self.framing = framing
         self.length = length if framing == "length" else None
-        cache = proxy.cache
-        if (
-            cache is not None
-            and framing == "length"
-            and length is not None
-            and length <= cache.store.max_object
-            and cache.wants(req, client.scheme, status, headers)
-        ):
-            self.cache_body = (status, headers, [])
+        plan = self.cache_plan
+        if plan is not None and self.cache_head(up, status, headers, reusable):
+            return
         client.responding(keep)
         head = proxy.response_rewriter.head(
             status,
@@ -312,7 +314,10 @@ class Exchange(ExchangeFailures):
         )
         self.head_at = client.mark()
         rid = self.request_id
-        client.write(head if rid is None else head[:-2] + proxy.rid_line(rid) + b"\r\n")
+        if plan is None:
+            client.write(head if rid is None else head[:-2] + proxy.rid_line(rid) + b"\r\n")
+        else:
+            client.write(self.with_cache_status(head, plan, status))
         self.responded = True
         raw = up.raw_head
         if (
@@ -332,11 +337,36 @@ class Exchange(ExchangeFailures):
         if req.method == "HEAD":
             self.response_done(up, reusable)
 
+    def cache_head(
+        self, up: Upstream, status: int, headers: list[tuple[bytes, bytes]], reusable: bool
+    ) -> bool:
+        """The cache's part in the response head. True when the response is the cache's (a 304
+        to our revalidation, an error stale-if-error covers): its body is dropped and the client
+        is answered from the cache in response_done."""
+        cache = self.proxy.cache
+        if cache is None or not cache.on_head(self, status, headers):
+            return False
+        if self.req.method == "HEAD":
+            self.response_done(up, reusable)
+        return True
+
+    def with_cache_status(self, head: bytes, plan: Plan, status: int) -> bytes:
+        """``head`` with the request id line, if any, and ``Cache-Status`` (the cache is on)."""
+        rid = self.request_id
+        extra = b"cache-status: " + forwarded_status(plan, status) + b"\r\n"
+        return head[:-2] + (b"" if rid is None else self.proxy.rid_line(rid)) + extra + b"\r\n"
+
     def fast_response(self, up: Upstream, memo: ResponseMemo, body: bytes) -> bool:
         """A whole response whose head was seen before: relay it without parsing. False when
         the memo does not fit this exchange (the caller parses instead)."""
         req = self.req
-        if req.method == "HEAD" or self.set_cookie is not None or self.websocket or self.backend is None:
+        if (
+            req.method == "HEAD"
+            or self.set_cookie is not None
+            or self.websocket
+            or self.backend is None
+            or self.cache_plan is not None  # (the cache keeps the response, adds Cache-Status)
+        ):
             return False
         keep = req.keep_alive and not self.proxy.stopping
         head = memo.heads.get((req.version, keep, self.backend.name))
@@ -383,11 +413,6 @@ class Exchange(ExchangeFailures):
         assert backend is not None
         now = _now()
         latency = now - self.started
-        kept = self.cache_body
-        if kept is not None and proxy.cache is not None:
-            body = b"".join(kept[2])
-            if len(body) == self.length:
-                proxy.cache.keep(self.req, client.scheme, kept[0], kept[1], body, _wall() - latency)
         memo = self.req.memo
         if memo is not None:
             # Pipelining needs answers that are quick, small (a client that does not read one
@@ -421,6 +446,8 @@ class Exchange(ExchangeFailures):
             backend.idle.append(up)
         else:
             up.close()
+        if self.cache_plan is not None and proxy.cache is not None:
+            proxy.cache.finish(self, client.scheme)  # kept; answered from the cache; waiters go on
         client.exchange_done(self)
 
     def upgraded(self, rest: bytes) -> None:

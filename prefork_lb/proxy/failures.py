@@ -10,7 +10,9 @@ connection the backend closed before a byte of the answer is sent again once on 
 connection to the same backend, not counted as a failure (``send_again_fresh``); a POST that
 was sent is never retried; nor is a request whose local worker was lost past the workers'
 --request-timeout (504: the master aborted that worker for it, ``past_request_timeout``); an
-answer of our own closes the client connection (``fail``).
+answer of our own closes the client connection (``fail``), unless the response cache answers
+instead with a stale entry its ``stale-if-error`` covers (the connection then stays open).
+Every end of an exchange lets go of its cache lock (requests coalesced behind it go on).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 from prefork_lb.http.parser import Request
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.cache_plan import Plan
 from prefork_lb.proxy.client_side import ClientSide
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import Upstream
@@ -64,6 +67,7 @@ class ExchangeFailures:
         "fresh",
         "request_id",
         "cache_body",
+        "cache_plan",
     )
 
     client: ClientSide
@@ -82,6 +86,7 @@ class ExchangeFailures:
     head_at: tuple[int, int]
     fresh: bool
     request_id: bytes | None  # the id this request goes by (prefork_lb.request_id), or None
+    cache_plan: Plan | None  # the response cache's part in it (prefork_lb.proxy.cache)
 
     if TYPE_CHECKING:
 
@@ -130,6 +135,7 @@ class ExchangeFailures:
         out, cutting the client off (all that can be done then)."""
         if self.responded:
             self.done = True
+            self.release_cache_lock()
             self.client.close()
         else:
             self.fail(status, why)
@@ -245,9 +251,17 @@ class ExchangeFailures:
         if self.backend is not None:
             self.proxy.strategy.on_finish(self.backend.key, None, True)
         self.drop_upstream()  # its response has no reader; the connection cannot be reused
+        self.release_cache_lock()
+
+    def release_cache_lock(self) -> None:
+        """Requests waiting for this one's response (cache coalescing) go on without it."""
+        cache = self.proxy.cache
+        if self.cache_plan is not None and cache is not None:
+            cache.release(self)
 
     def fail(self, status: int, why: str, retry_after: bool = False) -> None:
-        """Answer the client with an error of our own; the connection closes after it."""
+        """Answer the client with an error of our own; the connection closes after it (or the
+        stale entry stale-if-error allows, when the cache is on)."""
         self.done = True
         self.status = status
         client = self.client
@@ -255,6 +269,13 @@ class ExchangeFailures:
             self.backend.stats.record_response(status, _now() - self.started)
         if status == 504:
             self.proxy.timeouts += 1  # /metrics: prefork_lb_request_timeouts_total{where="proxy"}
+        cache = self.proxy.cache
+        if self.cache_plan is not None and cache is not None:
+            stale = cache.failed(self, status)  # stale-if-error: the stored answer instead
+            if stale is not None:
+                client.write(stale)
+                client.exchange_done(self)
+                return
         extra = "Retry-After: 1\r\n" if retry_after else ""
         if self.request_id is not None:
             extra += self.proxy.rid_line(self.request_id).decode("latin-1")

@@ -45,6 +45,7 @@ import select
 import socket
 from collections import deque
 from collections.abc import Callable
+from functools import partial
 from time import monotonic as _now
 from types import SimpleNamespace
 from typing import Any
@@ -54,6 +55,7 @@ from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.backend import Backend
+from prefork_lb.proxy.cache_refresh import start_refresh
 from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
 from prefork_lb.proxy.exchange import Exchange
 from prefork_lb.proxy.state import ProxyState
@@ -213,20 +215,23 @@ class ClientConn(asyncio.Protocol):
                     break
                 continue
             cache = proxy.cache
+            plan = None
             if cache is not None:
-                hit = cache.answer(req, self.scheme, proxy.stopping)
-                if hit is not None:
+                answer = cache.answer(req, self.scheme, proxy.stopping, self)
+                if isinstance(answer, bytes):
                     parser.requests.popleft()
-                    self.write(hit)
+                    self.write(answer)
                     if not req.keep_alive:
                         self.keep_alive = False
                         break
                     continue
+                plan = answer
             if req.complete:
                 self.deadline_kind = D_NONE
             else:
                 self.deadline_kind, self.deadline = D_BODY, _now() + proxy.body_timeout
             ex = self.ex = Exchange(self, req)
+            ex.cache_plan = plan
             ex.start()
         if self.ex is None:
             self.after_exchanges()
@@ -469,6 +474,8 @@ class Proxy(ProxyState):
 
     def __init__(self, cfg: Any, strategy: Any, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__(cfg, strategy, loop)
+        if self.cache is not None:
+            self.cache.start_refresh = partial(start_refresh, self)
         self.limits = Limits(
             cfg.limit_request_line,
             cfg.limit_request_fields,
@@ -535,6 +542,8 @@ class Proxy(ProxyState):
                 if c.wbuf:
                     c.flush()
         self.check_ejections(now)
+        if self.cache is not None:
+            self.cache.sweep(now)  # coalescing waits and background revalidations
 
     def admit_next(self) -> None:
         waiting = self.waiting

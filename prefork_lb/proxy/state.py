@@ -90,7 +90,9 @@ class ProxyState:
         self.stopping = False
         self.response_memo: ResponseMemos = {}  # None: seen once
         size = getattr(cfg, "cache_size", 0)
-        self.cache: ProxyCache | None = ProxyCache(size, cfg.cache_max_object) if size else None
+        self.cache: ProxyCache | None = None
+        if size:
+            self.cache = ProxyCache(size, cfg.cache_max_object, getattr(cfg, "cache_lock_timeout", 5.0))
         # Admission control for local workers (--dispatch proxy): requests in flight to one
         # worker slot past which a request is answered 503 here (0: none); ``shed`` counts them.
         self.worker_limit = limit(getattr(cfg, "max_concurrency", 0), getattr(cfg, "queue_size", 0))

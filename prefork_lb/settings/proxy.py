@@ -208,7 +208,8 @@ class ProxySettings:
         "MiB of memory for the proxy's response cache (RFC 9111 shared cache), per proxy process; "
         "0: no cache. Stores GET responses with explicit freshness (s-maxage, max-age, Expires) "
         "and a Content-Length, never private, no-store or Set-Cookie ones; answers fresh hits "
-        "with Age and Cache-Status. See docs/proxy.md, Response cache.",
+        "with Age and Cache-Status, revalidates stale ones, honours stale-while-revalidate and "
+        "stale-if-error, coalesces concurrent misses. See docs/proxy.md, Response cache.",
         flags=("--cache-size",),
         section="Proxy",
         metavar="MIB",
@@ -221,6 +222,18 @@ class ProxySettings:
         flags=("--cache-max-object",),
         section="Proxy",
         metavar="KIB",
+    )
+
+    cache_lock_timeout = Setting(
+        non_negative_float,
+        5.0,
+        "Seconds a request that misses the response cache waits for another request for the same "
+        "URI already on its way to a backend (request coalescing: one backend request for many "
+        "clients), then goes to the backend itself (nginx's proxy_cache_lock_timeout). "
+        "0: no waiting, no coalescing.",
+        flags=("--cache-lock-timeout",),
+        section="Proxy",
+        metavar="SECONDS",
     )
 
     upstream_pipeline_latency = Setting(

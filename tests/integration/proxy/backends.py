@@ -12,7 +12,10 @@ did *not* send. Its ``mode`` says how it answers:
                 Content-Length (the body ends at the close); ``/chunked`` is chunked with a
                 trailer; ``/status/N`` answers status N with no body; ``/hop`` carries
                 hop-by-hop response headers; ``/with-headers?h=NAME:VALUE&h=...`` adds each
-                ``h`` to an ordinary answer (cache tests). ``delay`` seconds are added before each answer
+                ``h`` to an ordinary answer (cache tests); ``/validated?h=...&n=...`` is the same
+                but answers 304 with the ``n`` headers when the request's If-None-Match or
+                If-Modified-Since matches the ``ETag`` or ``Last-Modified`` among the ``h`` ones.
+                With ``fail_status`` set, every answer but /health is that status. ``delay`` seconds are added before each answer
                 (not to /health); an idle connection is closed after ``idle_timeout``, and
                 after ``answers_per_connection`` answers (if set) without answering the rest.
                 With ``close_reused``, a connection that has answered closes as soon as its next
@@ -212,6 +215,7 @@ class Backend:
     idle_timeout: float = 30.0
     answers_per_connection: int = 0  # then the connection closes with what follows unanswered (0: no limit)
     close_reused: bool = False  # a connection that has answered closes when the next request comes
+    fail_status: int = 0  # every answer (not /health) is this status, with no body (0: off)
     host: str = HOST
     requests: list[Recorded] = field(default_factory=list)
     health_checks: int = 0
@@ -456,8 +460,8 @@ class Backend:
             head = head.replace(b"Content-Length: 0\r\n", b"")
             conn.sendall(head + b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-Sum: 11\r\n\r\n")
             return keep
-        if url.path.startswith("/status/"):
-            status = int(url.path.rsplit("/", 1)[1])
+        if url.path.startswith("/status/") or self.fail_status:
+            status = self.fail_status or int(url.path.rsplit("/", 1)[1])
             head = self._head(status, 0, rec)
             if status in (204, 304):
                 head = head.replace(b"Content-Length: 0\r\n", b"")
@@ -472,11 +476,27 @@ class Backend:
                 ("Connection", "X-Private"),
                 ("Upgrade", "h2c"),
             ]
-        if url.path == "/with-headers":
+        if url.path in ("/with-headers", "/validated"):
             extra += [(n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in query.get("h", []))]
+        if url.path == "/validated" and self._not_modified(rec, extra):
+            not_modified = [
+                (n.strip(), v.strip()) for n, _, v in (h.partition(":") for h in query.get("n", []))
+            ]
+            head = self._head(304, 0, rec, not_modified).replace(b"Content-Length: 0\r\n", b"")
+            conn.sendall(head)
+            return keep
         body = self.name.encode()
         conn.sendall(self._head(200, len(body), rec, extra) + (b"" if rec.method == "HEAD" else body))
         return keep
+
+    @staticmethod
+    def _not_modified(rec: Recorded, fields: list[tuple[str, str]]) -> bool:
+        """The request's condition matches the validators in ``fields`` (exact comparison)."""
+        have = {n.lower(): v for n, v in fields}
+        inm, ims = rec.header("if-none-match"), rec.header("if-modified-since")
+        if inm is not None:
+            return "etag" in have and have["etag"] in [t.strip() for t in inm.split(",")]
+        return ims is not None and have.get("last-modified") == ims
 
     def _websocket(self, conn: socket.socket, reader: _Reader, rec: Recorded) -> None:
         key = rec.header("sec-websocket-key") or ""

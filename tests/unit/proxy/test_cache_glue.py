@@ -7,6 +7,7 @@ from time import time
 
 from prefork_lb.proxy.cache import ProxyCache
 from prefork_lb.proxy.cache_directives import format_http_date
+from prefork_lb.proxy.cache_plan import Plan
 
 
 @dataclass
@@ -36,12 +37,13 @@ def filled(res: list[tuple[bytes, bytes]] = RES) -> ProxyCache:
 
 def test_a_miss_then_a_hit_with_age_and_cache_status() -> None:
     cache = ProxyCache(1, 64)
-    assert cache.answer(Req(), "http") is None
+    miss = cache.answer(Req(), "http")
+    assert isinstance(miss, Plan) and miss.fwd == "uri-miss" and miss.lock is not None
     assert cache.store.counts.misses == 1
     cache.wants(Req(), "http", 200, RES)
     cache.keep(Req(), "http", 200, RES, b"ok", time())
     hit = cache.answer(Req(), "http")
-    assert hit is not None
+    assert isinstance(hit, bytes)
     head, _, body = hit.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
     assert lines[0] == b"HTTP/1.1 200 OK" and body == b"ok"
@@ -74,15 +76,21 @@ def test_conditional_request_is_answered_304_without_body() -> None:
 def test_stale_is_a_miss_unless_max_stale() -> None:
     old = format_http_date(time() - 120)
     cache = filled([(b"Cache-Control", b"max-age=60"), (b"Date", old)])
-    assert cache.answer(Req(), "http") is None
-    assert cache.answer(Req(headers=hdr(("Cache-Control", "max-stale"))), "http") is not None
+    stale = cache.answer(Req(), "http")
+    assert isinstance(stale, Plan) and stale.fwd == "stale" and stale.entry is not None
+    assert not stale.conditional  # no validator to send
+    assert isinstance(cache.answer(Req(headers=hdr(("Cache-Control", "max-stale"))), "http"), bytes)
     assert cache.store.counts.stale == 1 and cache.store.counts.misses == 1
 
 
 def test_bypassed_requests_and_unwanted_responses() -> None:
     cache = filled()
-    assert cache.answer(Req(host=None), "http") is None
-    assert cache.answer(Req(headers=hdr(("Range", "bytes=0-1"))), "http") is None
+    no_host = cache.answer(Req(host=None), "http")
+    assert isinstance(no_host, Plan) and no_host.key is None and no_host.fwd == "bypass"
+    ranged = cache.answer(Req(headers=hdr(("Range", "bytes=0-1"))), "http")
+    assert isinstance(ranged, Plan) and ranged.key is None and ranged.fwd == "bypass"
+    post = cache.answer(Req(method="POST"), "http")
+    assert isinstance(post, Plan) and post.key is None and post.fwd == "method"
     assert not cache.wants(Req(method="HEAD"), "http", 200, RES)
     assert not cache.wants(Req(), "http", 200, [(b"Set-Cookie", b"a=1"), *RES])
 
