@@ -24,7 +24,16 @@ from dataclasses import dataclass, field
 from prefork_lb.proxy.cache_directives import Headers
 from prefork_lb.proxy.cache_rules import secondary_key, stored_headers, vary_names
 
-__all__ = ["ENTRY_OVERHEAD", "CacheCounts", "CacheStore", "Entry", "Lookup", "PrimaryKey"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "CacheCounts",
+    "CacheStore",
+    "Entry",
+    "Lookup",
+    "PrimaryKey",
+    "purge_prefix",
+    "purge_subject",
+]
 
 ENTRY_OVERHEAD = 256
 """Bytes charged per entry on top of its body and headers (keys, object headers, bookkeeping)."""
@@ -188,17 +197,32 @@ class CacheStore:
             removed += self._drop(vkey)
         return removed
 
-    def purge(self, prefix: str = "") -> int:
-        """Drop every entry whose target (a prefix starting with ``/``) or ``host`` + target
-        (any other prefix) starts with ``prefix``; everything for ``""``. Returns how many."""
+    def purge(self, prefix: str | None = None) -> int:
+        """Drop every entry whose URL starts with ``prefix``; everything for None or ``""``.
+        Returns how many entries (variants) went, and counts them as purged.
+
+        What ``prefix`` is matched against depends on how it starts (:func:`purge_subject`):
+        ``/...``: the request target (path and query) on any host; ``SCHEME://HOST/...``: the
+        whole URL; anything else: ``HOST`` + target on either scheme. ``HOST`` is the request's
+        ``Host`` as sent (with its port, if it had one), matched case-insensitively.
+        """
         removed = 0
+        want = purge_prefix(prefix or "")
         for key in list(self._by_primary):
-            _, host, target = key
-            subject = target if prefix.startswith("/") else host + target
-            if subject.startswith(prefix):
+            if purge_subject(key, want).startswith(want):
                 removed += self.invalidate(key)
         self.counts.purged += removed
         return removed
+
+    def stats(self) -> dict[str, int]:
+        """The counts and the memory in use: the ``cache`` section of /lb-stats."""
+        return {
+            **self.counts.as_dict(),
+            "entries": len(self._lru),
+            "bytes": self._bytes,
+            "capacity_bytes": self.capacity,
+            "max_object_bytes": self.max_object,
+        }
 
     def _drop(self, vkey: _VariantKey) -> int:
         entry = self._lru.pop(vkey, None)
@@ -216,3 +240,24 @@ class CacheStore:
             oldest = next(iter(self._lru))
             self._drop(oldest)
             self.counts.evicted += 1
+
+
+def purge_prefix(prefix: str) -> str:
+    """A purge prefix with its host part lower-cased, as the primary keys hold it."""
+    if prefix.startswith("/"):
+        return prefix
+    scheme, sep, rest = prefix.partition("://")
+    if not sep:
+        scheme, rest = "", prefix
+    host, slash, target = rest.partition("/")
+    return (scheme.lower() + sep if sep else "") + host.lower() + slash + target
+
+
+def purge_subject(key: PrimaryKey, prefix: str) -> str:
+    """What of ``key`` a purge ``prefix`` is compared with (see :meth:`CacheStore.purge`)."""
+    scheme, host, target = key
+    if prefix.startswith("/"):
+        return target
+    if "://" in prefix:
+        return f"{scheme}://{host}{target}"
+    return host + target
