@@ -653,14 +653,26 @@ def set_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
 
 
 def summary_table(rows: list[dict[str, Any]], baseline: str) -> str:
-    """Per front end over the rounds: median, lowest and highest req/s, median over baseline's."""
+    """Per front end over the rounds: median, lowest and highest req/s, the median over the
+    baseline's median, and the median of its per-round ratios."""
     by: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
     for r in rows:
         if r["rps"]:
             by.setdefault(r["front"], []).append(float(r["rps"]))
+        if r.get("ratio"):
+            ratios.setdefault(r["front"], []).append(float(r["ratio"]))
     base = statistics.median(by[baseline]) if baseline in by else None
     return harness.markdown_table(
-        ["front end", "runs", "median req/s", "min", "max", f"ratio vs {baseline} (medians)"],
+        [
+            "front end",
+            "runs",
+            "median req/s",
+            "min",
+            "max",
+            f"median / {baseline}'s median",
+            "median of the per-round ratios",
+        ],
         [
             [
                 name,
@@ -669,6 +681,7 @@ def summary_table(rows: list[dict[str, Any]], baseline: str) -> str:
                 harness.fmt(min(v), ",.0f"),
                 harness.fmt(max(v), ",.0f"),
                 harness.fmt(statistics.median(v) / base if base else None, ".2f"),
+                harness.fmt(statistics.median(ratios[name]) if name in ratios else None, ".2f"),
             ]
             for name, v in by.items()
         ],
@@ -790,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     if args.rounds > 1:
-        table += "\n\nSummary over the rounds (ratio: of the medians):\n\n" + summary_table(rows, baseline)
+        table += "\n\nSummary over the rounds:\n\n" + summary_table(rows, baseline)
     print(table)
     meta["params"] = {
         "scenario": args.scenario,
