@@ -2,7 +2,8 @@
 
 ``hello`` sends a fixed body with Content-Length (the keep-alive fast path);
 ``hello_nolen`` omits Content-Length, so HTTP/1.1 servers must fall back to
-chunked transfer encoding (or close the connection).
+chunked transfer encoding (or close the connection); ``cacheable`` is ``hello`` that a shared
+cache may store (``Cache-Control: public, max-age=3600``).
 """
 
 from __future__ import annotations
@@ -65,3 +66,13 @@ def compute_offload(environ: WSGIEnvironment, start_response: StartResponse) -> 
         body = BODY
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
+
+
+_CACHEABLE_HEADERS = [*_HEADERS, ("Cache-Control", "public, max-age=3600")]
+
+
+def cacheable(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+    """``hello`` with ``Cache-Control: public, max-age=3600``: what a shared cache may keep an hour
+    (the cache scenario of bench/proxy.py)."""
+    start_response("200 OK", list(_CACHEABLE_HEADERS))
+    return [BODY]

@@ -7,7 +7,16 @@ Usage: python bench/proxy.py [--duration 10] [--warmup 2] [--connections 64]
 
 ``--fronts prefork_lb-proxy-stats-off,prefork_lb-proxy,... --scrape-interval 1`` compares the proxy
 with /metrics off (``--stats-bind off``) and on (scraped every second); --fronts may repeat a
-front end, so that runs can be interleaved.
+front end, so that runs can be interleaved; ``--rounds N`` runs the whole --fronts list N times
+(interleaved) and adds a summary: each front end's median req/s and its ratio to the baseline's.
+
+``--scenario cache``: the response cache. The backends serve ``bench.apps:cacheable`` (``hello``
+with ``Cache-Control: public, max-age=3600``) and the default front ends are ``nginx-cache`` (1
+worker, ``proxy_cache`` in the run's temp dir, honouring the backend's Cache-Control) and
+``prefork_lb-proxy-cache`` (``--cache-size 64``); the warmup fills the caches, a check request
+must come back as a hit (nginx's ``$upstream_cache_status``, prefork_lb's ``Cache-Status``), and
+the measured run is hits only (prefork_lb: cache misses during the run are recorded from
+/lb-stats; both: the backends' CPU). The baseline is ``nginx-cache``.
 
 Two backends (``python -m prefork_lb bench.apps:hello --workers 1``, each on its own 127.0.0.1
 port) are started once for the whole run. Then each front end in turn is started on a free
@@ -38,6 +47,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,8 +69,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench import harness  # noqa: E402
 
 APP = "bench.apps:hello"
+CACHE_APP = "bench.apps:cacheable"  # --scenario cache
+CACHE_MIB = 64  # each front end's cache: far more than the one response it keeps
 PY = sys.executable
 BASELINE = "nginx"
+CACHE_BASELINE = "nginx-cache"
 PROXY_TITLE = "prefork_lb: proxy"  # process title of prefork_lb's proxy process
 DEFAULT_FRONTS = (
     "prefork_lb-proxy,nginx,haproxy,direct-worker,prefork_lb-integrated,prefork_lb-proxy-pipeline-1"
@@ -99,6 +112,27 @@ NOTES = [
     "after the run (per-backend request split, latencies).",
     "upstream_connections in the .json: established TCP connections from the front end's processes "
     "to the backends right after the measured run (its pool of idle upstream connections).",
+]
+
+
+CACHE_NOTES = [
+    "Cache scenario (--scenario cache): both backends serve bench.apps:cacheable, `hello` plus "
+    "`Cache-Control: public, max-age=3600`. wrk asks for GET / only, so after the warmup every "
+    "request is a hit of one stored 13-byte response: this measures the hit path (a lookup, the "
+    "freshness and Age, the response written), not the backends. Checked per run: one GET after "
+    "the warmup must be a hit (nginx `X-Cache-Status: HIT`, prefork_lb `Cache-Status: ...; hit`), "
+    "and for prefork_lb `cache_misses_during_run` (from /lb-stats) must be 0.",
+    "nginx-cache: the nginx front end above plus `proxy_cache_path DIR/cache levels=1:2 "
+    f"keys_zone=bench:8m max_size={CACHE_MIB}m inactive=60m use_temp_path=off`, `proxy_cache bench` "
+    "(no proxy_cache_valid: nginx honours the backend's Cache-Control max-age) and `add_header "
+    "X-Cache-Status $upstream_cache_status` (one added header, as prefork_lb adds Age and "
+    "Cache-Status). Its hits are read from a file in the page cache (open_file_cache is off, "
+    "nginx's default). 1 worker process.",
+    f"prefork_lb-proxy-cache: the prefork_lb-proxy command plus `--cache-size {CACHE_MIB}`: one "
+    "proxy process (the standalone proxy runs one, under its master, with its admin process), "
+    "its cache in that process's memory. So the comparison is 1 nginx worker against 1 "
+    "prefork_lb proxy process; front CPU counts nginx's master + worker and prefork_lb's master + "
+    "proxy + admin process.",
 ]
 
 
@@ -169,6 +203,14 @@ def front_prefork_proxy_stats_off(backends: list[int], workdir: Path, connection
     return Front("prefork_lb-proxy-stats-off", cmd, front.port, None)
 
 
+def front_prefork_proxy_cache(backends: list[int], workdir: Path, connections: int) -> Front:
+    """prefork_lb-proxy with its response cache (``--cache-size``)."""
+    front = front_prefork_proxy(backends, workdir, connections)
+    assert front.cmd is not None
+    cmd = [*front.cmd, "--cache-size", str(CACHE_MIB)]
+    return Front("prefork_lb-proxy-cache", cmd, front.port, front.stats_port)
+
+
 def front_prefork_integrated(backends: list[int], workdir: Path, connections: int) -> Front:
     port, sport = harness.free_port(), harness.free_port()
     cmd = [
@@ -192,7 +234,7 @@ def front_prefork_integrated(backends: list[int], workdir: Path, connections: in
     return Front("prefork_lb-integrated", cmd, port, sport, owns_workers=True)
 
 
-def front_nginx(backends: list[int], workdir: Path, connections: int) -> Front:
+def front_nginx(backends: list[int], workdir: Path, connections: int, cache: bool = False) -> Front:
     d = Path(tempfile.mkdtemp(prefix="nginx-", dir=workdir))  # one per start: --fronts may repeat
     d.chmod(0o755)  # as root, nginx's worker runs as nobody and must reach its temp paths
     port = harness.free_port()
@@ -201,6 +243,15 @@ def front_nginx(backends: list[int], workdir: Path, connections: int) -> Front:
         f"    {kind}_temp_path {d}/{kind}_temp;"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
+    cache_path, cache_use = "", ""
+    if cache:  # honours the backend's Cache-Control (no proxy_cache_valid)
+        cache_path = (
+            f"    proxy_cache_path {d}/cache levels=1:2 keys_zone=bench:8m max_size={CACHE_MIB}m "
+            "inactive=60m use_temp_path=off;\n"
+        )
+        cache_use = (
+            "            proxy_cache bench;\n            add_header X-Cache-Status $upstream_cache_status;\n"
+        )
     conf = f"""daemon off;
 master_process on;
 worker_processes 1;
@@ -213,7 +264,7 @@ http {{
     access_log off;
     keepalive_requests 1000000;
 {temps}
-    upstream backends {{
+{cache_path}    upstream backends {{
         least_conn;
 {servers}
         keepalive {_keepalive(connections)};
@@ -229,14 +280,19 @@ http {{
             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
             proxy_set_header X-Forwarded-Proto $scheme;
             proxy_set_header X-Forwarded-Host $host;
-        }}
+{cache_use}        }}
     }}
 }}
 """
     (d / "nginx.conf").write_text(conf)
     # -e: the error log before the config is read (else nginx tries its compiled-in /var/log path)
     cmd = [_tool("nginx"), "-p", f"{d}/", "-c", str(d / "nginx.conf"), "-e", str(d / "error.log")]
-    return Front("nginx", cmd, port, files={"nginx.conf": conf}, error_log=d / "error.log")
+    name = "nginx-cache" if cache else "nginx"
+    return Front(name, cmd, port, files={"nginx.conf": conf}, error_log=d / "error.log")
+
+
+def front_nginx_cache(backends: list[int], workdir: Path, connections: int) -> Front:
+    return front_nginx(backends, workdir, connections, cache=True)
 
 
 def front_haproxy(backends: list[int], workdir: Path, connections: int) -> Front:
@@ -285,6 +341,8 @@ FRONTS: dict[str, Callable[[list[int], Path, int], Front]] = {
     "haproxy": front_haproxy,
     "direct-worker": front_direct,
     "prefork_lb-integrated": front_prefork_integrated,
+    "prefork_lb-proxy-cache": front_prefork_proxy_cache,
+    "nginx-cache": front_nginx_cache,
 }
 
 
@@ -372,6 +430,27 @@ def wait_all_healthy(port: int, proc: subprocess.Popen[bytes], deadline: float =
     raise harness.ServerError(f"/lb-health on port {port} not all healthy within {deadline:g}s: {last}")
 
 
+def check_cache_hit(url: str) -> str:
+    """One GET that must come from the front end's cache (after the warmup): its cache header."""
+    with urllib.request.urlopen(url, timeout=5.0) as resp:
+        resp.read()
+        nginx, ours = resp.headers.get("X-Cache-Status"), resp.headers.get("Cache-Status")
+    if nginx == "HIT" or (ours and "; hit" in ours):
+        return str(nginx or ours)
+    raise harness.ServerError(
+        f"not a cache hit after the warmup (X-Cache-Status={nginx!r}, Cache-Status={ours!r})"
+    )
+
+
+def cache_counts(port: int) -> dict[str, int]:
+    """The ``cache`` section of a prefork_lb front end's /lb-stats."""
+    doc = get_json(port, "/lb-stats")[1]
+    cache = doc.get("cache") if isinstance(doc, dict) else None
+    if not isinstance(cache, dict):
+        raise harness.ServerError(f"/lb-stats has no cache section: {doc!r}")
+    return cache
+
+
 # -- running ------------------------------------------------------------------------------------
 
 
@@ -416,7 +495,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subprocess.Popen[bytes]], list[str]]:
+def start_backends(
+    procs: Procs, logdir: Path, app: str = APP
+) -> tuple[list[int], list[subprocess.Popen[bytes]], list[str]]:
     ports, started, cmds = [], [], []
     for i in (1, 2):
         port = harness.free_port()
@@ -424,7 +505,7 @@ def start_backends(procs: Procs, logdir: Path) -> tuple[list[int], list[subproce
             PY,
             "-m",
             "prefork_lb",
-            APP,
+            app,
             "--workers",
             "1",
             "-b",
@@ -480,6 +561,10 @@ def bench_front(
         url = f"http://127.0.0.1:{front.port}/"
         if args.warmup > 0:
             harness.run_wrk(url, args.connections, args.warmup)
+        caching = name.endswith("-cache")
+        if caching:
+            row["cache_check"] = check_cache_hit(url)
+        cache0 = cache_counts(front.stats_port) if caching and front.stats_port else None
         back_pids = [p.pid for p in backend_procs]
 
         def snap() -> tuple[float, float, CpuTree, CpuTree]:
@@ -499,6 +584,10 @@ def bench_front(
         wall = time.monotonic() - t0
         if proc is not None and proc.poll() is not None:
             raise harness.ServerError(f"exited with status {proc.returncode} during the run")
+        if cache0 is not None and front.stats_port:
+            cache1 = cache_counts(front.stats_port)
+            row["cache_hits_during_run"] = cache1["hits"] - cache0["hits"]
+            row["cache_misses_during_run"] = cache1["misses"] - cache0["misses"]
 
         fd, bd = cpu_delta(f0, f1), cpu_delta(b0, b1)
         accounted = sum(v[1] for v in fd.values()) + sum(v[1] for v in bd.values())
@@ -552,6 +641,53 @@ def bench_front(
     return row
 
 
+def set_ratios(rows: list[dict[str, Any]], baseline: str) -> None:
+    """Each row's req/s over the baseline's in the same round (the first baseline row when its
+    round has none)."""
+    first = next((r for r in rows if r["front"] == baseline and r["rps"]), None)
+    for r in rows:
+        base = next(
+            (b for b in rows if b["front"] == baseline and b["rps"] and b["round"] == r["round"]), first
+        )
+        r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
+
+
+def summary_table(rows: list[dict[str, Any]], baseline: str) -> str:
+    """Per front end over the rounds: median, lowest and highest req/s, the median over the
+    baseline's median, and the median of its per-round ratios."""
+    by: dict[str, list[float]] = {}
+    ratios: dict[str, list[float]] = {}
+    for r in rows:
+        if r["rps"]:
+            by.setdefault(r["front"], []).append(float(r["rps"]))
+        if r.get("ratio"):
+            ratios.setdefault(r["front"], []).append(float(r["ratio"]))
+    base = statistics.median(by[baseline]) if baseline in by else None
+    return harness.markdown_table(
+        [
+            "front end",
+            "runs",
+            "median req/s",
+            "min",
+            "max",
+            f"median / {baseline}'s median",
+            "median of the per-round ratios",
+        ],
+        [
+            [
+                name,
+                len(v),
+                harness.fmt(statistics.median(v), ",.0f"),
+                harness.fmt(min(v), ",.0f"),
+                harness.fmt(max(v), ",.0f"),
+                harness.fmt(statistics.median(v) / base if base else None, ".2f"),
+                harness.fmt(statistics.median(ratios[name]) if name in ratios else None, ".2f"),
+            ]
+            for name, v in by.items()
+        ],
+    )
+
+
 def versions() -> dict[str, str]:
     out = {}
     for name, flag in (("nginx", "-v"), ("haproxy", "-v")):
@@ -569,7 +705,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first (0: none)")
     ap.add_argument("--connections", type=int, default=64, help="concurrent keep-alive connections (wrk -c)")
     ap.add_argument(
-        "--fronts", default=DEFAULT_FRONTS, help=f"comma-separated, in order; known: {', '.join(FRONTS)}"
+        "--fronts",
+        default=None,
+        help=f"comma-separated, in order (default: {DEFAULT_FRONTS}; with --scenario cache: "
+        f"{CACHE_BASELINE},prefork_lb-proxy-cache); known: {', '.join(FRONTS)}",
     )
     ap.add_argument(
         "--scrape-interval",
@@ -577,16 +716,30 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="seconds between GET /metrics of a prefork_lb front end's admin listener during the run (0: none)",
     )
+    ap.add_argument(
+        "--scenario",
+        choices=("plain", "cache"),
+        default="plain",
+        help="plain: bench.apps:hello; cache: cacheable backends, nginx-cache vs prefork_lb-proxy-cache",
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="run the --fronts list this many times, interleaved"
+    )
     ap.add_argument("--no-save", action="store_true", help="print the table only, write no result files")
     args = ap.parse_args(argv)
+    cache = args.scenario == "cache"
+    baseline = CACHE_BASELINE if cache else BASELINE
+    if args.fronts is None:
+        args.fronts = f"{CACHE_BASELINE},prefork_lb-proxy-cache" if cache else DEFAULT_FRONTS
     names = [s.strip() for s in args.fronts.split(",") if s.strip()]
     if unknown := [n for n in names if n not in FRONTS]:
         ap.error(f"unknown front end(s) {unknown}; known: {list(FRONTS)}")
-    if args.duration < 1 or args.connections < 1 or args.warmup < 0:
-        ap.error("--duration and --connections must be >= 1, --warmup >= 0")
+    if args.duration < 1 or args.connections < 1 or args.warmup < 0 or not 1 <= args.rounds <= 20:
+        ap.error("--duration and --connections must be >= 1, --warmup >= 0, --rounds 1 to 20")
 
+    title = "proxy response cache: hits only" if cache else "L7 proxy in front of 2 workers"
     meta: dict[str, Any] = {
-        "title": "L7 proxy in front of 2 workers (bench/proxy.py)",
+        "title": f"{title} (bench/proxy.py)",
         "machine": harness.machine_info(),
     }
     tools = versions()
@@ -596,13 +749,18 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         workdir.chmod(0o755)  # nginx workers (nobody, when run as root) must reach their temp paths
         try:
-            backends, backend_procs, backend_cmds = start_backends(procs, workdir)
-            for name in names:
-                print(
-                    f"[{name}] {args.warmup}s warmup + {args.duration}s with {args.connections} connections ...",
-                    file=sys.stderr,
-                )
-                rows.append(bench_front(name, args, procs, backends, backend_procs, workdir))
+            backends, backend_procs, backend_cmds = start_backends(
+                procs, workdir, CACHE_APP if cache else APP
+            )
+            for rnd in range(1, args.rounds + 1):
+                for name in names:
+                    print(
+                        f"[{name}] round {rnd}/{args.rounds}: {args.warmup}s warmup + {args.duration}s "
+                        f"with {args.connections} connections ...",
+                        file=sys.stderr,
+                    )
+                    row = bench_front(name, args, procs, backends, backend_procs, workdir)
+                    rows.append({"round": rnd, **row})
         except KeyboardInterrupt:
             print("interrupted: stopping every process started", file=sys.stderr)
             return 130
@@ -612,11 +770,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.stop_all()
 
-    base = next((r for r in rows if r["front"] == BASELINE and r["rps"]), None)  # the first nginx row
-    for r in rows:
-        r["ratio"] = round(r["rps"] / base["rps"], 3) if base and r["rps"] else None
+    set_ratios(rows, baseline)
     table = harness.markdown_table(
         [
+            "round",
             "front end",
             "req/s",
             "p50 ms",
@@ -624,12 +781,13 @@ def main(argv: list[str] | None = None) -> int:
             "errors",
             "front CPU s/10k req",
             "backend CPU s/10k req",
-            f"ratio vs {BASELINE}",
+            f"ratio vs {baseline}",
             "other CPU %",
             "status",
         ],
         [
             [
+                r["round"],
                 r["front"],
                 harness.fmt(r["rps"], ",.0f"),
                 harness.fmt(r["p50_ms"], ".2f"),
@@ -644,13 +802,17 @@ def main(argv: list[str] | None = None) -> int:
             for r in rows
         ],
     )
+    if args.rounds > 1:
+        table += "\n\nSummary over the rounds:\n\n" + summary_table(rows, baseline)
     print(table)
     meta["params"] = {
+        "scenario": args.scenario,
+        "rounds": args.rounds,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "connections": args.connections,
         "scrape_interval_s": args.scrape_interval,
-        "app": APP,
+        "app": CACHE_APP if cache else APP,
         "backends": "2 x prefork_lb --workers 1",
         "wrk": " ".join(harness.wrk_command("http://127.0.0.1:PORT/", args.connections, args.duration)),
         **tools,
@@ -660,9 +822,9 @@ def main(argv: list[str] | None = None) -> int:
         "backend 2": backend_cmds[1],
         **{r["front"]: r.get("command", "-") for r in rows},
     }
-    meta["notes"] = NOTES
+    meta["notes"] = NOTES + (CACHE_NOTES if cache else [])
     if not args.no_save:
-        md, js = harness.write_results("proxy", rows, meta, table)
+        md, js = harness.write_results("proxy-cache" if cache else "proxy", rows, meta, table)
         print(f"wrote {md.relative_to(REPO)} and {js.name}", file=sys.stderr)
     return 0 if any(r["rps"] for r in rows) else 1
 

@@ -45,6 +45,8 @@ commands:
   backend weight NAME W        set NAME's weight (1 to 1000)
   backend add HOST:PORT[=W]    a new backend (remote backends only)
   backend remove NAME          forget a remote backend
+  cache purge [PREFIX]         drop cached responses: all, or those whose URL starts with PREFIX
+                               (/PATH on any host, HOST/PATH, or SCHEME://HOST/PATH)
 options:
   --socket PATH   the control socket (default: as the server: next to -p PIDFILE, else the
                   runtime directory; or $PREFORK_LB_CONTROL_SOCKET)
@@ -128,11 +130,13 @@ def parse_argv(argv: Sequence[str]) -> Options:
 
 def request_of(words: list[str]) -> dict[str, Any]:
     if not words:
-        raise UsageError("no command given (status, workers, reload, scale, reopen-logs, stop, backend)")
+        raise UsageError(
+            "no command given (status, workers, reload, scale, reopen-logs, stop, backend, cache)"
+        )
     cmd, rest = words[0], words[1:]
     if cmd not in p.COMMANDS:
         raise UsageError(
-            f"unknown command {cmd!r} (status, workers, reload, scale, reopen-logs, stop, backend)"
+            f"unknown command {cmd!r} (status, workers, reload, scale, reopen-logs, stop, backend, cache)"
         )
     if cmd == "scale":
         if len(rest) != 1:
@@ -140,6 +144,8 @@ def request_of(words: list[str]) -> dict[str, Any]:
         return {"cmd": cmd, "workers": rest[0]}
     if cmd == "backend":
         return backend_request(rest)
+    if cmd == "cache":
+        return cache_request(rest)
     if rest:
         raise UsageError(f"{cmd} takes no argument (got {rest[0]!r})")
     return {"cmd": cmd}
@@ -166,6 +172,18 @@ def backend_request(rest: list[str]) -> dict[str, Any]:
         if not args[1].isdigit():
             raise UsageError(f"backend weight: expected an integer from 1 to {p.MAX_WEIGHT}, got {args[1]!r}")
         req["weight"] = int(args[1])
+    return req
+
+
+def cache_request(rest: list[str]) -> dict[str, Any]:
+    if not rest or rest[0] not in p.CACHE_OPS:
+        got = f" (got {rest[0]!r})" if rest else ""
+        raise UsageError(f"cache needs an operation: {', '.join(p.CACHE_OPS)}{got}")
+    if len(rest) > 2:
+        raise UsageError("usage: cache purge [PREFIX]")
+    req: dict[str, Any] = {"cmd": "cache", "op": rest[0]}
+    if len(rest) == 2:
+        req["prefix"] = rest[1]
     return req
 
 
@@ -392,6 +410,16 @@ def format_backend_change(req: Mapping[str, Any], doc: Mapping[str, Any]) -> str
 # -- main ------------------------------------------------------------------------------------------
 
 
+def format_purge(doc: Mapping[str, Any]) -> str:
+    n = int(doc.get("purged", 0))
+    what = f" under {doc['prefix']}" if doc.get("prefix") else ""
+    left = doc.get("cache") or {}
+    return (
+        f"purged {n} cached response{'' if n == 1 else 's'}{what}; "
+        f"{left.get('entries', '?')} left ({_size(left.get('bytes'))}) in the proxy process (pid {doc.get('pid', '?')})\n"
+    )
+
+
 def fail(message: str, code: int = p.EXIT_USAGE) -> NoReturn:
     sys.stderr.write(f"prefork_lb ctl: {message}\n")
     sys.exit(code)
@@ -465,6 +493,8 @@ def run(path: str, opts: Options, doc: dict[str, Any]) -> tuple[int, str]:
         return 0, show(doc, f"asked the master (pid {doc['master_pid']}) to reopen its log files\n")
     if cmd == "stop":
         return stop_wait(doc, opts, show)
+    if cmd == "cache":
+        return 0, show(doc, format_purge(doc))
     if req["op"] == "list":
         return 0, show(
             doc, "\n".join(format_backends(doc["backends"])) + "\n" if doc["backends"] else "no backends\n"

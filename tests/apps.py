@@ -537,3 +537,22 @@ def request_id(environ: Environ, start_response: StartResponse) -> Iterable[byte
             "pid": os.getpid(),
         },
     )
+
+
+_served = [0]
+
+
+def cacheable(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+    """``Cache-Control: public, max-age=60``; the body names the worker and how many requests
+    it has answered, so a response from a cache is told apart from a new one."""
+    _served[0] += 1
+    body = f"{os.getpid()} {_served[0]}\n".encode()
+    start_response(
+        "200 OK",
+        [
+            ("Content-Type", "text/plain"),
+            ("Cache-Control", "public, max-age=60"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    return [body]

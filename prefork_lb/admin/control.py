@@ -13,7 +13,8 @@ How a command acts, without a new channel to the master:
   (HUP, USR1, TERM) once the answer is written; ``stop --graceful-timeout`` and ``scale`` first
   write their value into a control word of the totals (prefork_lb.admin.totals), which the
   master takes when it handles the signal (TERM, TTIN);
-* ``backend ...`` is a question on the link; the proxy applies it (prefork_lb.proxy.operator).
+* ``backend ...`` and ``cache purge`` are questions on the link; the proxy applies them
+  (prefork_lb.proxy.operator).
 
 Waiting is the client's part: ``reload`` answers with the workers it saw before the HUP and
 the client polls ``status`` until their successors are ready (prefork_lb.ctl), so the answer
@@ -94,6 +95,8 @@ class ControlActions:
             return self.status(), None
         if cmd == "backend":
             return self.backend(req), None
+        if cmd == "cache":
+            return self.cache(req), None
         return getattr(self, cmd.replace("-", "_"))(req)  # type: ignore[no-any-return]
 
     # -- reading ----------------------------------------------------------------------------------
@@ -208,6 +211,18 @@ class ControlActions:
             raise p.CommandError(NOT_ANSWERING, p.EXIT_FAILED)
         if "error" in got:
             raise p.CommandError(f"backend {req['op']}: {got['error']}")
+        return got
+
+    def cache(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``cache purge [PREFIX]``: the proxy process drops what matches from its cache."""
+        if self.link is None:
+            raise p.CommandError(f"cache: {NO_PROXY}")
+        question = {k: v for k, v in req.items() if k != "cmd"}
+        got = self.link.ask("cache " + json.dumps(question, separators=(",", ":")))
+        if got is None:
+            raise p.CommandError(NOT_ANSWERING, p.EXIT_FAILED)
+        if "error" in got:
+            raise p.CommandError(f"cache {req['op']}: {got['error']}")
         return got
 
 

@@ -440,3 +440,40 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
             "Connections the proxy upgraded to WebSocket tunnels.",
             value=stats.get("websockets", 0),
         )
+        if isinstance(stats.get("cache"), dict):
+            yield from cache_metrics(stats["cache"])
+
+
+CACHE_RESULTS = (("hit", "hits"), ("miss", "misses"), ("stale", "stale"), ("coalesced", "coalesced"))
+CACHE_COUNTERS = (
+    ("stored", "Responses the cache stored."),
+    ("evicted", "Entries evicted to stay within --cache-size (least recently used first)."),
+    ("purged", "Entries removed by prefork_lb ctl cache purge."),
+    ("too_big", "Storable responses not stored for being larger than --cache-max-object or the cache."),
+)
+
+
+def cache_metrics(cache: dict[str, Any]) -> Iterator[Metric]:
+    """The proxy's response cache (--cache-size), from the ``cache`` section of its /lb-stats."""
+    requests = CounterMetricFamily(
+        PREFIX + "proxy_cache_requests",
+        "Requests that looked in the response cache, by result: hit (fresh), stale (served stale), "
+        "miss, coalesced (waited for another request's response).",
+        labels=["result"],
+    )
+    for label, key in CACHE_RESULTS:
+        requests.add_metric([label], cache.get(key, 0))
+    yield requests
+    for key, doc in CACHE_COUNTERS:
+        yield CounterMetricFamily(PREFIX + "proxy_cache_" + key, doc, value=cache.get(key, 0))
+    yield GaugeMetricFamily(
+        PREFIX + "proxy_cache_bytes", "Bytes charged by the entries held now.", value=cache.get("bytes", 0)
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "proxy_cache_entries", "Responses (variants) held now.", value=cache.get("entries", 0)
+    )
+    yield GaugeMetricFamily(
+        PREFIX + "proxy_cache_capacity_bytes",
+        "The cache's bound in bytes (--cache-size).",
+        value=cache.get("capacity_bytes", 0),
+    )

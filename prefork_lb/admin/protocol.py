@@ -35,6 +35,8 @@ SOCKET_NAME = "prefork_lb.ctl"
 MAX_WEIGHT = 1000
 
 BACKEND_OPS = ("list", "drain", "disable", "enable", "weight", "add", "remove")
+CACHE_OPS = ("purge",)
+PREFIX_MAX = 400  # characters: the question to the proxy must fit in one link datagram (1 KiB)
 # Command -> the arguments it takes (name -> kind). Kinds: see _check_arg.
 COMMANDS: dict[str, dict[str, str]] = {
     "status": {},
@@ -44,8 +46,10 @@ COMMANDS: dict[str, dict[str, str]] = {
     "reopen-logs": {},
     "stop": {"graceful_timeout": "seconds?"},
     "backend": {"op": "op", "name": "name?", "weight": "weight?"},
+    "cache": {"op": "cache_op", "prefix": "prefix?"},
 }
 _SCALE = re.compile(r"^[+-]?\d{1,6}$")
+_URL_TEXT = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
 class CommandError(ValueError):
@@ -128,6 +132,17 @@ def _check_arg(cmd: str, name: str, kind: str, value: Any) -> Any:
     if kind == "weight":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_WEIGHT:
             raise CommandError(f"{cmd}: weight must be an integer from 1 to {MAX_WEIGHT}, got {value!r}")
+        return value
+    if kind == "cache_op":
+        if value not in CACHE_OPS:
+            raise CommandError(f"cache: unknown operation {value!r} (one of {', '.join(CACHE_OPS)})")
+        return value
+    if kind == "prefix":
+        if not isinstance(value, str) or not 1 <= len(value) <= PREFIX_MAX or not _URL_TEXT.fullmatch(value):
+            raise CommandError(
+                f"cache purge: the prefix must be 1 to {PREFIX_MAX} printable ASCII characters without "
+                f"spaces (/PATH, HOST/PATH or SCHEME://HOST/PATH), got {value!r}"
+            )
         return value
     if kind == "op":
         if value not in BACKEND_OPS:

@@ -52,11 +52,12 @@ from prefork_lb.proxy.cache_rules import (
     usability,
     validates,
 )
-from prefork_lb.proxy.cache_store import CacheStore, Entry, PrimaryKey
+from prefork_lb.proxy.cache_store import CacheStore, Entry, PrimaryKey, plain_request
 
 __all__ = ["ProxyCache"]
 
 MIB = 1024 * 1024
+SEEN = "cache"  # key in Request.memo (a head seen before): (scheme, primary key, fields, plain)
 
 
 def request_fields(req: Any) -> list[tuple[str, bytes]]:
@@ -85,6 +86,9 @@ class ProxyCache:
         """The whole response to ``req`` from the cache, or the :class:`Plan` it goes to a
         backend with. ``close``: the proxy closes the connection after it (it is draining);
         ``client``: the client connection (for a background revalidation)."""
+        hit = self.fresh_answer(req, scheme, close)
+        if hit is not None:
+            return hit
         fields = request_fields(req)
         if req.host is None:
             return Plan(None, "bypass", fields)
@@ -193,6 +197,31 @@ class ProxyCache:
                 bg.expire(now)
 
     # -- the response side -----------------------------------------------------------------------
+
+    def fresh_answer(self, req: Any, scheme: str, close: bool = False) -> bytes | None:
+        """The hot path of :meth:`answer`: a *plain* request (no directives, no preconditions,
+        cache_store.plain_request) whose stored response is fresh, answered from what the entry
+        memoises (cache_store.Entry.fresh_hit), and counted as a hit; None for anything else,
+        which :meth:`answer` then decides. What the request's head gives (its key, its fields)
+        is kept in ``req.memo`` when the parser keeps the request (the same head comes back)."""
+        memo = getattr(req, "memo", None)
+        seen = memo.get(SEEN) if memo is not None else None
+        if seen is None or seen[0] != scheme:
+            key = self.key(req, scheme)
+            fields = request_fields(req)
+            seen = (scheme, key, fields, key is not None and plain_request(fields))
+            if memo is not None and len(memo) < 64:
+                memo[SEEN] = seen
+        _, key, fields, plain = seen
+        if not plain or key is None:
+            return None
+        found = self.store.lookup(req.method, key, fields).entry
+        if found is None:
+            return None
+        hit = found.fresh_hit(_wall(), req.method == "HEAD", _connection(req, close))
+        if hit is not None:
+            self.store.counts.hits += 1
+        return hit
 
     def wants(self, req: Any, scheme: str, status: int, headers: list[tuple[bytes, bytes]]) -> bool:
         """Whether the response to ``req`` with this head is to be stored once its body is in."""
@@ -386,3 +415,13 @@ def _response(
     if body:
         lines.append(body)
     return b"".join(lines)
+
+
+def _connection(req: Any, close: bool) -> bytes:
+    """The ``Connection`` line of a response from the cache (as :func:`_response` writes it),
+    b"" for a persistent HTTP/1.1 one."""
+    if close or not req.keep_alive:
+        return b"connection: close\r\n"
+    if req.version == "1.0":
+        return b"connection: keep-alive\r\n"
+    return b""

@@ -20,11 +20,30 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
-from prefork_lb.proxy.cache_directives import Headers
-from prefork_lb.proxy.cache_rules import secondary_key, stored_headers, vary_names
+from prefork_lb.proxy.cache_directives import DELTA_MAX, Headers, cache_control_of
+from prefork_lb.proxy.cache_rules import (
+    current_age,
+    freshness_lifetime,
+    secondary_key,
+    stored_headers,
+    vary_names,
+)
 
-__all__ = ["ENTRY_OVERHEAD", "CacheCounts", "CacheStore", "Entry", "Lookup", "PrimaryKey"]
+__all__ = [
+    "ENTRY_OVERHEAD",
+    "CacheCounts",
+    "CacheStore",
+    "Entry",
+    "Lookup",
+    "PLAIN_EXCEPT",
+    "HitMemo",
+    "PrimaryKey",
+    "plain_request",
+    "purge_prefix",
+    "purge_subject",
+]
 
 ENTRY_OVERHEAD = 256
 """Bytes charged per entry on top of its body and headers (keys, object headers, bookkeeping)."""
@@ -33,6 +52,35 @@ PrimaryKey = tuple[str, str, str]
 """``(scheme, host, target)``."""
 
 _VariantKey = tuple[PrimaryKey, str, tuple[str, ...], tuple[str | None, ...]]
+
+PLAIN_EXCEPT = frozenset({"cache-control", "pragma", "if-none-match", "if-modified-since"})
+"""Request fields that a fresh hit's answer depends on: a request with none of them is *plain*
+(:func:`plain_request`), and a fresh stored response answers it as :meth:`Entry.fresh_hit` says."""
+
+
+def plain_request(request_headers: Headers) -> bool:
+    """No request directives (``Cache-Control``, ``Pragma``) and no preconditions: only the
+    stored response's freshness decides whether it answers (RFC 9111 4.2, RFC 9110 13.2.2)."""
+    for name, _ in request_headers:
+        if name in PLAIN_EXCEPT:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class HitMemo:
+    """What every fresh hit of one entry shares, computed once per stored head (the hot path)."""
+
+    headers: list[tuple[str, bytes]]  # the entry's headers it was made from (compared by identity)
+    request_time: float
+    response_time: float
+    lifetime: float  # freshness lifetime (RFC 9111 4.2.1)
+    initial_age: float  # corrected_initial_age (4.2.3): the age is this plus the time held
+    no_cache: bool  # the response's no-cache: every use is revalidated (5.2.2.4)
+    head: bytes  # status line and stored fields less Age, as sent
+    # (connection line, head only) -> (Age, ttl, the whole response): Age and ttl are whole
+    # seconds, so the bytes of a hit change at most twice a second
+    sent: dict[tuple[bytes, bool], tuple[int, int, bytes]] = field(default_factory=dict)
 
 
 @dataclass
@@ -49,9 +97,78 @@ class Entry:
     vary_key: tuple[str | None, ...] = ()
     size: int = 0
 
+    _memo: HitMemo | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def found(self) -> Lookup:
+        """This entry as a lookup's result (made once: a lookup per hit)."""
+        got = self.__dict__.get("_found")
+        if got is None:
+            got = self.__dict__["_found"] = Lookup(self)
+        return got
+
     def charge(self) -> int:
         """The bytes this entry counts for against the store's capacity."""
         return ENTRY_OVERHEAD + len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers)
+
+    def memo(self) -> HitMemo:
+        """The parts of a hit that depend on the stored head only; made again once the head or
+        the times change (a 304's refresh gives the entry new headers and times)."""
+        m = self._memo
+        if (
+            m is not None
+            and m.headers is self.headers
+            and m.request_time == self.request_time
+            and m.response_time == self.response_time
+        ):
+            return m
+        try:
+            reason = HTTPStatus(self.status).phrase
+        except ValueError:
+            reason = ""
+        lines = [f"HTTP/1.1 {self.status} {reason}\r\n".encode("latin-1")]
+        lines.extend(n.encode("latin-1") + b": " + v + b"\r\n" for n, v in self.headers if n != "age")
+        m = self._memo = HitMemo(
+            headers=self.headers,
+            request_time=self.request_time,
+            response_time=self.response_time,
+            lifetime=freshness_lifetime(self.headers, self.response_time),
+            initial_age=current_age(self.headers, self.request_time, self.response_time, self.response_time),
+            no_cache=cache_control_of(self.headers).has("no-cache"),
+            head=b"".join(lines),
+        )
+        return m
+
+    def fresh_hit(self, now: float, head_only: bool, connection: bytes) -> bytes | None:
+        """The whole response to a *plain* request (:func:`plain_request`) when this entry is
+        fresh at ``now``, else None (the caller's general path decides: stale, revalidate).
+
+        The same bytes as prefork_lb.proxy.cache's general path: the stored head less ``Age``,
+        then ``Age``, ``Cache-Status: prefork_lb; hit; ttl=N``, ``connection`` (a whole
+        ``Connection`` line, or b""), and the body unless ``head_only``.
+        """
+        m = self._memo
+        if m is None or m.headers is not self.headers or m.response_time != self.response_time:
+            m = self.memo()
+        age = m.initial_age + (now - m.response_time)
+        if m.no_cache or not m.lifetime > age:
+            return None
+        age_s, ttl = min(DELTA_MAX, max(0, int(age))), int(m.lifetime - age)
+        got = m.sent.get((connection, head_only))
+        if got is not None and got[0] == age_s and got[1] == ttl:
+            return got[2]
+        whole = b"".join(
+            (
+                m.head,
+                b"age: %d\r\ncache-status: prefork_lb; hit; ttl=%d\r\n" % (age_s, ttl),
+                connection,
+                b"\r\n",
+                b"" if head_only else self.body,
+            )
+        )
+        if len(m.sent) < 8:
+            m.sent[(connection, head_only)] = (age_s, ttl, whole)
+        return whole
 
 
 @dataclass
@@ -116,6 +233,10 @@ class CacheStore:
         variants = self._by_primary.get(key)
         if not variants:
             return Lookup(None, "uri-miss")
+        vkey = variants[0]
+        if len(variants) == 1 and not vkey[2] and (vkey[1] == method or (method, vkey[1]) == ("HEAD", "GET")):
+            self._lru.move_to_end(vkey)  # the common case: one stored response, without Vary
+            return self._lru[vkey].found
         methods = ("GET", "HEAD") if method == "HEAD" else (method,)
         for wanted in methods:
             for vkey in reversed(variants):  # newest first
@@ -123,7 +244,7 @@ class CacheStore:
                     continue
                 if secondary_key(vkey[2], request_headers) == vkey[3]:
                     self._lru.move_to_end(vkey)
-                    return Lookup(self._lru[vkey])
+                    return self._lru[vkey].found
         return Lookup(None, "vary-miss")
 
     def store(
@@ -188,17 +309,32 @@ class CacheStore:
             removed += self._drop(vkey)
         return removed
 
-    def purge(self, prefix: str = "") -> int:
-        """Drop every entry whose target (a prefix starting with ``/``) or ``host`` + target
-        (any other prefix) starts with ``prefix``; everything for ``""``. Returns how many."""
+    def purge(self, prefix: str | None = None) -> int:
+        """Drop every entry whose URL starts with ``prefix``; everything for None or ``""``.
+        Returns how many entries (variants) went, and counts them as purged.
+
+        What ``prefix`` is matched against depends on how it starts (:func:`purge_subject`):
+        ``/...``: the request target (path and query) on any host; ``SCHEME://HOST/...``: the
+        whole URL; anything else: ``HOST`` + target on either scheme. ``HOST`` is the request's
+        ``Host`` as sent (with its port, if it had one), matched case-insensitively.
+        """
         removed = 0
+        want = purge_prefix(prefix or "")
         for key in list(self._by_primary):
-            _, host, target = key
-            subject = target if prefix.startswith("/") else host + target
-            if subject.startswith(prefix):
+            if purge_subject(key, want).startswith(want):
                 removed += self.invalidate(key)
         self.counts.purged += removed
         return removed
+
+    def stats(self) -> dict[str, int]:
+        """The counts and the memory in use: the ``cache`` section of /lb-stats."""
+        return {
+            **self.counts.as_dict(),
+            "entries": len(self._lru),
+            "bytes": self._bytes,
+            "capacity_bytes": self.capacity,
+            "max_object_bytes": self.max_object,
+        }
 
     def _drop(self, vkey: _VariantKey) -> int:
         entry = self._lru.pop(vkey, None)
@@ -221,3 +357,24 @@ class CacheStore:
         """Whether ``entry`` (found under ``key`` earlier) is still stored, not replaced,
         evicted or purged since (a revalidation refreshes only an entry still held)."""
         return self._lru.get((key, entry.method, entry.vary, entry.vary_key)) is entry
+
+
+def purge_prefix(prefix: str) -> str:
+    """A purge prefix with its host part lower-cased, as the primary keys hold it."""
+    if prefix.startswith("/"):
+        return prefix
+    scheme, sep, rest = prefix.partition("://")
+    if not sep:
+        scheme, rest = "", prefix
+    host, slash, target = rest.partition("/")
+    return (scheme.lower() + sep if sep else "") + host.lower() + slash + target
+
+
+def purge_subject(key: PrimaryKey, prefix: str) -> str:
+    """What of ``key`` a purge ``prefix`` is compared with (see :meth:`CacheStore.purge`)."""
+    scheme, host, target = key
+    if prefix.startswith("/"):
+        return target
+    if "://" in prefix:
+        return f"{scheme}://{host}{target}"
+    return host + target

@@ -33,11 +33,12 @@ from typing import Any
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.health import HealthState, parse_backends
 
-__all__ = ["Journal", "OperatorError", "apply", "state_of"]
+__all__ = ["CACHE_OFF", "Journal", "OperatorError", "apply", "cache_operation", "state_of"]
 
 log = logging.getLogger("prefork_lb.error")
 
 ENABLED, DRAINING, DISABLED = "", "draining", "disabled"
+CACHE_OFF = "the response cache is off (start the proxy with --cache-size MIB)"
 
 
 class OperatorError(ValueError):
@@ -99,6 +100,22 @@ def apply(proxy: Any, req: dict[str, Any], health: tuple[int, int] | None = None
     else:
         raise OperatorError(f"unknown operation {op!r}")
     return {"backend": describe(proxy, b)}
+
+
+def cache_operation(proxy: Any, req: dict[str, Any]) -> dict[str, Any]:
+    """``prefork_lb ctl cache purge [PREFIX]``: drop what the prefix matches from this proxy
+    process's response cache (prefork_lb.proxy.cache_store.CacheStore.purge). Not journalled:
+    a new proxy process starts with an empty cache anyway."""
+    cache = getattr(proxy, "cache", None)
+    if cache is None:
+        raise OperatorError(CACHE_OFF)
+    if req.get("op") != "purge":
+        raise OperatorError(f"unknown cache operation {req.get('op')!r}")
+    prefix = req.get("prefix")
+    if prefix is not None and not isinstance(prefix, str):
+        raise OperatorError("the prefix must be a string")
+    n = cache.store.purge(prefix)
+    return {"purged": n, "prefix": prefix, "cache": cache.store.stats()}
 
 
 def add(proxy: Any, spec: str, health: tuple[int, int] | None) -> Backend:

@@ -34,7 +34,14 @@ from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
-from prefork_lb.proxy.operator import Journal, OperatorError, apply, journal_entry, state_of
+from prefork_lb.proxy.operator import (
+    Journal,
+    OperatorError,
+    apply,
+    cache_operation,
+    journal_entry,
+    state_of,
+)
 from prefork_lb.proxy.resolve import Resolution, resolver
 from prefork_lb.proxy.server import SWEEP, Backend, ClientConn, Proxy
 
@@ -243,6 +250,8 @@ class ProxyProcess:
                 {**b.stats.as_dict(b.key), "state": state_of(proxy, b), "weight": b.weight}
                 for b in proxy.backends.values()
             ],
+            # --cache-size: the response cache's counts and memory; null when it is off
+            "cache": proxy.cache.store.stats() if proxy.cache is not None else None,
         }
 
     def document(self, what: str) -> dict[str, Any] | None:
@@ -255,7 +264,23 @@ class ProxyProcess:
             return self.metrics_doc()
         if what.startswith("backend "):
             return self.operate(what[len("backend ") :])
+        if what.startswith("cache "):
+            return self.operate_cache(what[len("cache ") :])
         return None
+
+    def operate_cache(self, question: str) -> dict[str, Any]:
+        """``prefork_lb ctl cache ...`` from the control socket (prefork_lb.proxy.operator)."""
+        try:
+            req = json.loads(question)
+            if not isinstance(req, dict):
+                raise OperatorError("not a JSON object")
+            doc = cache_operation(self.proxy, req)
+        except (OperatorError, ValueError) as exc:
+            return {"error": str(exc)}
+        log.info(
+            "proxy: cache purge %r: %d entries purged (control socket)", doc["prefix"] or "", doc["purged"]
+        )
+        return {**doc, "pid": os.getpid()}
 
     def operate(self, question: str) -> dict[str, Any]:
         """A change of the backend pool from the control socket (prefork_lb.proxy.operator)."""

@@ -27,6 +27,8 @@ from prefork_lb import ctl
             {},
         ),
         (["backend", "add", "a:1=2"], {"cmd": "backend", "op": "add", "name": "a:1=2"}, {}),
+        (["cache", "purge"], {"cmd": "cache", "op": "purge"}, {}),
+        (["cache", "purge", "/img/"], {"cmd": "cache", "op": "purge", "prefix": "/img/"}, {}),
     ],
 )
 def test_command_lines(argv: list[str], want: dict[str, Any], extra: dict[str, Any]) -> None:
@@ -56,6 +58,10 @@ def test_command_lines(argv: list[str], want: dict[str, Any], extra: dict[str, A
         (["backend", "weight", "a:1", "x"], "expected an integer"),
         (["backend", "weight", "a:1", "0"], "1 to 1000"),
         (["backend", "list", "a:1"], "usage: backend list"),
+        (["cache"], "cache needs an operation: purge$"),
+        (["cache", "drop"], "cache needs an operation: purge \\(got 'drop'\\)"),
+        (["cache", "purge", "/a", "/b"], "usage: cache purge \\[PREFIX\\]"),
+        (["cache", "purge", "a b"], "printable ASCII"),
     ],
 )
 def test_bad_command_lines(argv: list[str], message: str) -> None:
@@ -170,6 +176,15 @@ def test_backend_changes_for_a_person() -> None:
         "backend a:1: disabled, weight 1\n"
     )
     assert ctl.format_backend_change({**req, "op": "remove"}, {}) == "backend a:1 removed\n"
+
+
+def test_a_purge_for_a_person() -> None:
+    doc = {"purged": 2, "prefix": "/img/", "cache": {"entries": 1, "bytes": 2048}, "pid": 7}
+    assert ctl.format_purge(doc) == (
+        "purged 2 cached responses under /img/; 1 left (2.0 KiB) in the proxy process (pid 7)\n"
+    )
+    one = {"purged": 1, "prefix": None, "cache": {"entries": 0, "bytes": 0}, "pid": 7}
+    assert ctl.format_purge(one).startswith("purged 1 cached response; 0 left")
 
 
 def test_a_socket_of_another_user_is_refused(tmp_path: Any) -> None:

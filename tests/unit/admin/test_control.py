@@ -91,6 +91,43 @@ def test_backend_without_a_proxy_is_refused(actions: Any) -> None:
         run(acts, cmd="backend", op="list")
 
 
+def test_cache_without_a_proxy_is_refused(actions: Any) -> None:
+    acts, _ = actions
+    with pytest.raises(p.CommandError, match="^cache: this server has no proxy"):
+        run(acts, cmd="cache", op="purge")
+
+
+class Link:
+    """The admin process's end of the link, answering as a given proxy would."""
+
+    def __init__(self, answer: dict[str, Any] | None) -> None:
+        self.answer = answer
+        self.asked: list[str] = []
+
+    def ask(self, what: str) -> dict[str, Any] | None:
+        self.asked.append(what)
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "message"),
+    [
+        (None, p.EXIT_FAILED, "the proxy is not answering"),
+        ({"error": "the response cache is off"}, p.EXIT_USAGE, "^cache purge: the response cache is off$"),
+    ],
+)
+def test_cache_purge_asks_the_proxy(actions: Any, answer: Any, code: int, message: str) -> None:
+    acts, _ = actions
+    acts.link = Link(answer)
+    with pytest.raises(p.CommandError, match=message) as err:
+        run(acts, cmd="cache", op="purge", prefix="/a")
+    assert err.value.code == code
+    assert acts.link.asked == ['cache {"op":"purge","prefix":"/a"}']
+    acts.link = Link({"purged": 3})
+    assert run(acts, cmd="cache", op="purge") == {"purged": 3}
+    assert acts.link.asked == ['cache {"op":"purge"}']
+
+
 def test_backend_list_joins_stats_and_health() -> None:
     docs = {
         "stats": {

@@ -220,3 +220,43 @@ def test_backend_weight_and_operator_state() -> None:
     assert got[("prefork_lb_backend_state", "a:1", "draining")] == 1
     assert got[("prefork_lb_backend_up", "a:1", None)] == 0  # healthy, but the proxy sends it nothing
     assert got[("prefork_lb_backend_up", "b:1", None)] == 1
+
+
+def test_the_response_cache_counts_and_memory() -> None:
+    from prefork_lb.admin.metrics import backend_metrics
+
+    cache = {
+        "hits": 5,
+        "misses": 2,
+        "stale": 1,
+        "coalesced": 3,
+        "stored": 2,
+        "evicted": 1,
+        "purged": 4,
+        "too_big": 6,
+        "entries": 7,
+        "bytes": 900,
+        "capacity_bytes": 1048576,
+        "max_object_bytes": 1024,
+    }
+    got = {
+        (s.name, s.labels.get("result")): s.value
+        for m in backend_metrics({"stats": {"backends": [], "cache": cache}})
+        for s in m.samples
+        if s.name.startswith("prefork_lb_proxy_cache_")
+    }
+    assert got == {
+        ("prefork_lb_proxy_cache_requests_total", "hit"): 5,
+        ("prefork_lb_proxy_cache_requests_total", "miss"): 2,
+        ("prefork_lb_proxy_cache_requests_total", "stale"): 1,
+        ("prefork_lb_proxy_cache_requests_total", "coalesced"): 3,
+        ("prefork_lb_proxy_cache_stored_total", None): 2,
+        ("prefork_lb_proxy_cache_evicted_total", None): 1,
+        ("prefork_lb_proxy_cache_purged_total", None): 4,
+        ("prefork_lb_proxy_cache_too_big_total", None): 6,
+        ("prefork_lb_proxy_cache_entries", None): 7,
+        ("prefork_lb_proxy_cache_bytes", None): 900,
+        ("prefork_lb_proxy_cache_capacity_bytes", None): 1048576,
+    }
+    off = [m.name for m in backend_metrics({"stats": {"backends": [], "cache": None}})]
+    assert off and not [n for n in off if n.startswith("prefork_lb_proxy_cache_")]

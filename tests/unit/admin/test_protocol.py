@@ -31,6 +31,11 @@ def line(**req: object) -> bytes:
             {"cmd": "backend", "op": "weight", "name": "a:1", "weight": 4},
             {"cmd": "backend", "op": "weight", "name": "a:1", "weight": 4},
         ),
+        ({"cmd": "cache", "op": "purge"}, {"cmd": "cache", "op": "purge"}),
+        (
+            {"cmd": "cache", "op": "purge", "prefix": "https://a.example/img/?x=1"},
+            {"cmd": "cache", "op": "purge", "prefix": "https://a.example/img/?x=1"},
+        ),
     ],
 )
 def test_good_requests(req: dict[str, object], want: dict[str, object]) -> None:
@@ -64,6 +69,14 @@ def test_good_requests(req: dict[str, object], want: dict[str, object]) -> None:
         (line(cmd="backend", op="add", name="a:1=x"), "backend add: weight must be"),
         (line(cmd="backend", op="drain", name="a\nb"), "backend name"),
         (line(cmd="backend", op="drain", name=7), "backend name"),
+        (line(cmd="cache"), "missing 'op'"),
+        (line(cmd="cache", op="drop"), "cache: unknown operation 'drop' \\(one of purge\\)"),
+        (line(cmd="cache", op="purge", prefix=""), "1 to 400 printable ASCII"),
+        (line(cmd="cache", op="purge", prefix="a b"), "without spaces"),
+        (line(cmd="cache", op="purge", prefix="/\n"), "printable ASCII"),
+        (line(cmd="cache", op="purge", prefix="/é"), "printable ASCII"),
+        (line(cmd="cache", op="purge", prefix="/" * 401), "1 to 400"),
+        (line(cmd="cache", op="purge", prefix=3), "printable ASCII"),
     ],
 )
 def test_bad_requests_are_one_line_and_exit_2(data: bytes, message: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prefork_lb.proxy.cache_store import ENTRY_OVERHEAD, CacheStore, Entry
+import pytest
+
+from prefork_lb.proxy.cache_store import ENTRY_OVERHEAD, CacheStore, Entry, purge_prefix, purge_subject
 
 KEY = CacheStore.primary_key("HTTP", "Example.COM", "/a?x=1")
 CC = [("cache-control", b"max-age=60")]
@@ -139,6 +141,47 @@ def test_purge_by_target_prefix_host_prefix_and_all() -> None:
     put(store)
     put(store, CacheStore.primary_key("http", "z", "/"))
     assert store.purge() == 2 and store.size_bytes == 0
+
+
+def test_purge_by_url_with_scheme_and_any_case_of_host() -> None:
+    store = big_store()
+    for scheme, host, target in [("http", "a:8000", "/x"), ("https", "a:8000", "/x"), ("http", "b", "/x")]:
+        put(store, CacheStore.primary_key(scheme, host, target))
+    assert store.purge("HTTPS://A:8000/") == 1
+    assert store.purge("http://b") == 1
+    assert store.purge("A:8000/x") == 1
+    assert store.purge("/") == 0 and store.purge(None) == 0
+    assert store.counts.purged == 3 and store.size_bytes == 0
+
+
+@pytest.mark.parametrize(
+    ("prefix", "want"),
+    [
+        ("/Img/", "/Img/"),
+        ("Ex.COM/Img", "ex.com/Img"),
+        ("Ex.COM", "ex.com"),
+        ("HTTP://Ex.COM/Img", "http://ex.com/Img"),
+        ("", ""),
+    ],
+)
+def test_a_purge_prefix_has_its_scheme_and_host_lower_cased(prefix: str, want: str) -> None:
+    assert purge_prefix(prefix) == want
+
+
+def test_purge_subject() -> None:
+    key = ("http", "ex.com", "/a?b")
+    assert purge_subject(key, "/a") == "/a?b"
+    assert purge_subject(key, "http://ex") == "http://ex.com/a?b"
+    assert purge_subject(key, "ex.com/") == "ex.com/a?b"
+
+
+def test_stats_are_the_counts_and_the_memory() -> None:
+    store = big_store()
+    put(store)
+    stats = store.stats()
+    assert stats["stored"] == 1 and stats["entries"] == 1
+    assert stats["bytes"] == store.size_bytes > ENTRY_OVERHEAD
+    assert (stats["capacity_bytes"], stats["max_object_bytes"]) == (store.capacity, store.max_object)
 
 
 def test_counts_as_dict() -> None:

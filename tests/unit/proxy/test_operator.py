@@ -188,3 +188,41 @@ def test_a_full_journal_drops_the_oldest() -> None:
         journal.record({"op": "drain", "key": f"10.0.0.{i}:80", "name": f"10.0.0.{i}:80"})
     keys = [e["key"] for e in journal.entries()]
     assert keys and keys[-1] == "10.0.0.19:80" and "10.0.0.0:80" not in keys
+
+
+class Cached:
+    """A proxy with a response cache: the part cache_operation uses."""
+
+    def __init__(self) -> None:
+        from prefork_lb.proxy.cache import ProxyCache
+
+        self.cache: Any = ProxyCache(1, 64)
+        for target in ("/a/1", "/a/2", "/b"):
+            self.cache.store.store(
+                "GET", ("http", "h", target), [], 200, [("cache-control", b"max-age=60")], b"x", 0.0, 0.0
+            )
+
+
+def test_cache_purge_by_prefix_and_everything() -> None:
+    from prefork_lb.proxy.operator import cache_operation
+
+    proxy = Cached()
+    doc = cache_operation(proxy, {"op": "purge", "prefix": "/a/"})
+    assert doc["purged"] == 2 and doc["prefix"] == "/a/"
+    assert doc["cache"]["entries"] == 1 and doc["cache"]["purged"] == 2
+    assert cache_operation(proxy, {"op": "purge"})["purged"] == 1
+
+
+@pytest.mark.parametrize(
+    ("proxy", "req", "message"),
+    [
+        (Pool(), {"op": "purge"}, "^the response cache is off"),
+        (Cached(), {"op": "drop"}, "unknown cache operation 'drop'"),
+        (Cached(), {"op": "purge", "prefix": 3}, "the prefix must be a string"),
+    ],
+)
+def test_cache_operations_refused(proxy: Any, req: dict[str, Any], message: str) -> None:
+    from prefork_lb.proxy.operator import cache_operation
+
+    with pytest.raises(OperatorError, match=message):
+        cache_operation(proxy, req)
