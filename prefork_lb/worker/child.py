@@ -59,6 +59,7 @@ class WorkerChild(ChildProcess):
         self.server: Any = None
         self.access: Any = None
         self.n_offload = 0
+        self.offload: Any = None  # prefork_lb.offload.lifecycle.WorkerOffload, made at boot
         self.retiring = False  # asked the master for a replacement (max-requests, max-rss)
 
     def title(self) -> str:
@@ -107,31 +108,22 @@ class WorkerChild(ChildProcess):
 
     def size_offload_pool(self) -> None:
         """The offload pool (prefork_lb.offload) reads its size from the environment when the app
-        first uses it; its processes are fresh interpreters, so they inherit neither the gevent
-        hub nor any listener, and they exit with this worker (SIGKILL included)."""
-        cfg = self.cfg
-        n = cfg.offload_processes
-        if n < 0:
-            from prefork_lb.resources import cpu_count
+        first uses it (prefork_lb.offload.lifecycle, shared with the asyncio worker); its
+        processes are fresh interpreters, so they inherit neither the gevent hub nor any
+        listener, and they exit with this worker (SIGKILL included)."""
+        from prefork_lb.offload.lifecycle import WorkerOffload
 
-            n = max(1, cpu_count() // max(1, cfg.workers))
-        if n:
-            os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(n)
-        self.n_offload = n
+        self.offload = WorkerOffload.from_config(self.cfg)
+        self.n_offload = self.offload.processes
 
     def start_offload_executor(self) -> int:
         """--offload-executor: this worker's own executor, made after fork (never in the master);
         0, or EXIT_APP_LOAD with one line on the boot pipe (a factory that fails to import)."""
-        if self.cfg.offload_executor is None:
+        error = self.offload.start_executor()
+        if error is None:
             return 0
-        from prefork_lb.offload import external
-
-        try:
-            external.configure(self.cfg.offload_executor)
-        except external.ExecutorSetupError as exc:
-            os.write(self.ctx.boot_fd, (str(exc) + "\n").encode())
-            return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
-        return 0
+        os.write(self.ctx.boot_fd, (error + "\n").encode())
+        return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
 
     def load_app(self) -> tuple[Any, int]:
         """(the app, 0), or (None, exit code) with one line on the boot pipe for the master."""
@@ -164,7 +156,7 @@ class WorkerChild(ChildProcess):
         )
         options = ServerOptions.from_config(cfg)
         mode.configure_worker(options)
-        if self.n_offload or cfg.offload_executor is not None:
+        if self.offload.offered:
             from prefork_lb.offload import offload
 
             options.extra_environ["prefork_lb.offload"] = offload
@@ -206,9 +198,6 @@ class WorkerChild(ChildProcess):
     def heartbeat_loop(self) -> None:
         import gevent
 
-        from prefork_lb.offload import default_pool_if_started
-        from prefork_lb.offload.counters import SUBMITTED, TASKS
-        from prefork_lb.offload.external import configured
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -221,10 +210,7 @@ class WorkerChild(ChildProcess):
         entry = self.entry
         while True:
             alive = self.beat()
-            pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
-            if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
-                st = pool.stats() if pool is not None else {}
-                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
+            self.offload.report(entry)  # the pool's (or executor's) use, once it has been used
             if not alive:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 self.stop(True)
