@@ -1,5 +1,5 @@
 """A process that uses offload the way an asyncio worker does: ``python -m tests.offload_async_driver
-GATE_DIR [EXECUTOR]``. Not gevent-patched: it sets offload up with ``WorkerOffload`` (2 pool
+GATE_DIR [EXECUTOR]`` (``PREFORK_LB_TEST_UVLOOP=1``: on a uvloop loop). Not gevent-patched: it sets offload up with ``WorkerOffload`` (2 pool
 processes; EXECUTOR is an --offload-executor value, or none for the local pool), then runs
 ``asyncio.run`` over the checks below and prints one JSON line per check, ``{"check": name, ...}``,
 then ``DONE``.
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import prefork_lb
-from prefork_lb.offload import OffloadError, offload
+from prefork_lb.offload import offload
 from prefork_lb.offload.counters import CANCELLED, OUTCOMES, TASKS
 from prefork_lb.offload.lifecycle import WorkerOffload
 from tests import apps_offload
@@ -185,7 +185,8 @@ async def main(gates: Path, executor: str | None) -> None:
         except Exception:
             emit("crashed", traceback=traceback.format_exc())
     await asyncio.get_running_loop().run_in_executor(None, check_sync_call_from_a_thread)
-    emit("counters", **dict(zip(OUTCOMES, TASKS.tasks)))
+    emit("counters", **dict(zip(OUTCOMES, TASKS.tasks, strict=True)))
+    emit("loop", name=type(asyncio.get_running_loop()).__module__)
 
 
 if __name__ == "__main__":
@@ -196,6 +197,10 @@ if __name__ == "__main__":
     if error is not None:
         print("SETUP", error, flush=True)
         sys.exit(2)
+    if os.environ.get("PREFORK_LB_TEST_UVLOOP") == "1":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     try:
         asyncio.run(main(gates, executor))
     finally:

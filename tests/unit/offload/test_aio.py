@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[3]
 FACTORY = "tests.apps_offload:thread_executor"
 
 
-def run_driver(workdir: Path, *args: str) -> dict[str, dict[str, Any]]:
+def run_driver(workdir: Path, *args: str, uvloop: bool = False) -> dict[str, dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFORK_LB_")}
+    if uvloop:
+        env["PREFORK_LB_TEST_UVLOOP"] = "1"
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.run(
         [sys.executable, "-m", "tests.offload_async_driver", str(workdir), *args],
@@ -48,11 +50,15 @@ def run_driver(workdir: Path, *args: str) -> dict[str, dict[str, Any]]:
     return checks
 
 
-@pytest.fixture(scope="module", params=["local", "factory"])
+@pytest.fixture(scope="module", params=["local", "local-uvloop", "factory"])
 def checks(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    args = () if request.param == "local" else (FACTORY,)
-    result = run_driver(tmp_path_factory.mktemp("gates"), *args)
-    result["kind"] = request.param
+    kind, _, loop = request.param.partition("-")
+    if loop:
+        pytest.importorskip("uvloop")
+    args = () if kind == "local" else (FACTORY,)
+    result = run_driver(tmp_path_factory.mktemp("gates"), *args, uvloop=bool(loop))
+    assert result["loop"]["name"] == ("uvloop" if loop else "asyncio.unix_events"), result["loop"]
+    result["kind"] = kind
     return result
 
 
@@ -70,7 +76,7 @@ def test_the_functions_exception_is_raised_in_the_awaiting_task(checks: dict[str
     assert (error["type"], error["message"]) == ("ValueError", "as asked")
     if checks["kind"] == "local":  # with the pool process's traceback
         assert "Remote traceback (offload worker pid" in error["notes"][0]
-        assert 'in fail\n    raise ValueError(message)' in error["notes"][0]
+        assert "in fail\n    raise ValueError(message)" in error["notes"][0]
 
 
 def test_past_its_timeout_the_task_is_abandoned_with_timeout_error(checks: dict[str, Any]) -> None:
