@@ -59,7 +59,6 @@ class WorkerChild(ChildProcess):
         self.server: Any = None
         self.access: Any = None
         self.n_offload = 0
-        self.offload: Any = None  # prefork_lb.offload.lifecycle.WorkerOffload, made at boot
         self.retiring = False  # asked the master for a replacement (max-requests, max-rss)
 
     def title(self) -> str:
@@ -108,9 +107,9 @@ class WorkerChild(ChildProcess):
 
     def size_offload_pool(self) -> None:
         """The offload pool (prefork_lb.offload) reads its size from the environment when the app
-        first uses it (prefork_lb.offload.lifecycle, shared with the asyncio worker); its
-        processes are fresh interpreters, so they inherit neither the gevent hub nor any
-        listener, and they exit with this worker (SIGKILL included)."""
+        first uses it; its processes are fresh interpreters, so they inherit neither the gevent
+        hub nor any listener, and they exit with this worker (SIGKILL included). The steps are
+        prefork_lb.offload.lifecycle.WorkerOffload's, which any worker process shares."""
         from prefork_lb.offload.lifecycle import WorkerOffload
 
         self.offload = WorkerOffload.from_config(self.cfg)
@@ -156,7 +155,7 @@ class WorkerChild(ChildProcess):
         )
         options = ServerOptions.from_config(cfg)
         mode.configure_worker(options)
-        if self.offload.offered:
+        if self.n_offload or cfg.offload_executor is not None:
             from prefork_lb.offload import offload
 
             options.extra_environ["prefork_lb.offload"] = offload
@@ -198,6 +197,9 @@ class WorkerChild(ChildProcess):
     def heartbeat_loop(self) -> None:
         import gevent
 
+        from prefork_lb.offload import default_pool_if_started
+        from prefork_lb.offload.counters import SUBMITTED, TASKS
+        from prefork_lb.offload.external import configured
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
@@ -210,7 +212,10 @@ class WorkerChild(ChildProcess):
         entry = self.entry
         while True:
             alive = self.beat()
-            self.offload.report(entry)  # the pool's (or executor's) use, once it has been used
+            pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
+            if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
+                st = pool.stats() if pool is not None else {}
+                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
             if not alive:
                 log.warning("Worker %d: master is gone; stopping", os.getpid())
                 self.stop(True)
