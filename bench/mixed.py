@@ -15,7 +15,7 @@ machine, against 0.45x at 40 req/s). With more workers the overlap shrinks.
 Target (the handoff issue): fast-request p99 with handoff + a load-aware strategy at most 0.5x
 that of reuseport.
 
-``--interface asgi`` runs the same scenarios on ASGI apps (bench/apps_asgi.py: the compute app
+``--interface asgi`` runs the same scenarios on ASGI apps (bench/asgi_compute.py: the compute app
 awaits ``prefork_lb.offload_async`` or computes on the loop) with ``--interface asgi`` passed to
 prefork_lb, uvicorn as the outside reference, and bench/asgi_server.py (a minimal asyncio server
 of this bench, setting offload up as a worker child does) as a floor that runs without
@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 from bench import harness, openloop  # noqa: E402
 
 APP = "bench.apps:mixed"
-ASGI_APPS = "bench.apps_asgi"
+ASGI_APPS = "bench.asgi_compute"
 
 
 DASK_CLUSTER = """
