@@ -14,6 +14,13 @@ machine, against 0.45x at 40 req/s). With more workers the overlap shrinks.
 
 Target (the handoff issue): fast-request p99 with handoff + a load-aware strategy at most 0.5x
 that of reuseport.
+
+``--interface asgi`` runs the same scenarios on ASGI apps (bench/asgi_compute.py: the compute app
+awaits ``prefork_lb.offload_async`` or computes on the loop) with ``--interface asgi`` passed to
+prefork_lb, uvicorn as the outside reference, and bench/asgi_server.py (a minimal asyncio server
+of this bench, setting offload up as a worker child does) as a floor that runs without
+prefork_lb's ASGI worker. A server that does not start (e.g. a prefork_lb without the ASGI
+worker) is reported and left out of the table; the others still run.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ if str(ROOT) not in sys.path:
 from bench import harness, openloop  # noqa: E402
 
 APP = "bench.apps:mixed"
+ASGI_APPS = "bench.asgi_compute"
 
 
 DASK_CLUSTER = """
@@ -104,20 +112,94 @@ def offload_commands(port: int, workers: int, executor: str | None = None) -> di
     }
 
 
-def commands(port: int, workers: int) -> dict[str, list[str]]:
+def asgi_offload_commands(port: int, workers: int, executor: str | None = None) -> dict[str, list[str]]:
+    """The offload scenario on ASGI: /compute is fib(27) on the loop, or awaited with
+    offload_async (with ``executor``: on that --offload-executor too)."""
     py = sys.executable
+    b = ["-b", f"127.0.0.1:{port}", "-w", str(workers)]
+    extra = ["--offload-executor", executor] if executor is not None else []
+
+    def ours(app: str, *flags: str) -> list[str]:
+        return [
+            py,
+            "-m",
+            "prefork_lb",
+            f"{ASGI_APPS}:{app}",
+            "--interface",
+            "asgi",
+            *b,
+            "--log-level",
+            "warning",
+            *flags,
+        ]
+
+    def floor(app: str, *flags: str) -> list[str]:
+        return [py, "-m", "bench.asgi_server", f"{ASGI_APPS}:{app}", *b, *flags]
+
+    return {
+        "prefork_lb asgi inline": ours("compute_inline"),
+        "prefork_lb asgi offload": ours("compute_offload"),
+        **({"prefork_lb asgi offload dask": ours("compute_offload", *extra)} if extra else {}),
+        "bench asyncio inline": floor("compute_inline"),
+        "bench asyncio offload": floor("compute_offload"),
+        **({"bench asyncio offload dask": floor("compute_offload", *extra)} if extra else {}),
+        "uvicorn inline": uvicorn(f"{ASGI_APPS}:compute_inline", port, workers),
+    }
+
+
+def uvicorn(app: str, port: int, workers: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "warning",
+    ]
+
+
+def commands(port: int, workers: int, interface: str = "wsgi") -> dict[str, list[str]]:
+    py = sys.executable
+    asgi = interface == "asgi"
     base = [
         py,
         "-m",
         "prefork_lb",
-        APP,
+        f"{ASGI_APPS}:mixed" if asgi else APP,
         "-b",
         f"127.0.0.1:{port}",
         "-w",
         str(workers),
         "--log-level",
         "warning",
+        *(["--interface", "asgi"] if asgi else []),
     ]
+    reference = (
+        {"uvicorn": uvicorn(f"{ASGI_APPS}:mixed", port, workers)}
+        if asgi
+        else {
+            "gunicorn -k gevent": [
+                py,
+                "-m",
+                "gunicorn",
+                "-k",
+                "gevent",
+                "-w",
+                str(workers),
+                "-b",
+                f"127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+                APP,
+            ]
+        }
+    )
     return {
         "prefork_lb reuseport": [*base, "--dispatch", "reuseport"],
         "prefork_lb shared": [*base, "--dispatch", "shared"],
@@ -129,20 +211,7 @@ def commands(port: int, workers: int) -> dict[str, list[str]]:
             "least_connections",
         ],
         "prefork_lb handoff least_latency": [*base, "--dispatch", "handoff", "--strategy", "least_latency"],
-        "gunicorn -k gevent": [
-            py,
-            "-m",
-            "gunicorn",
-            "-k",
-            "gevent",
-            "-w",
-            str(workers),
-            "-b",
-            f"127.0.0.1:{port}",
-            "--log-level",
-            "warning",
-            APP,
-        ],
+        **reference,
     }
 
 
@@ -168,6 +237,13 @@ def main() -> None:
         "cluster: 'dask' starts a LocalCluster here (as many single-thread worker processes as "
         "there are CPUs), dask://HOST:PORT uses a running scheduler (needs prefork_lb[dask])",
     )
+    ap.add_argument(
+        "--interface",
+        choices=("wsgi", "asgi"),
+        default="wsgi",
+        help="asgi: the same scenario on ASGI apps (offload: offload_async vs on the loop), "
+        "prefork_lb with --interface asgi, uvicorn and this bench's own asyncio server",
+    )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
     offload = args.scenario == "offload"
@@ -190,10 +266,18 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
     fast, slow = ("/", "/compute") if offload else ("/fast", "/slow")
     mix = [(fast, 1 - args.slow_share), (slow, args.slow_share)]
 
-    def make_commands(port: int, workers: int) -> dict[str, list[str]]:
-        return offload_commands(port, workers, executor) if offload else commands(port, workers)
+    asgi = args.interface == "asgi"
 
-    base_name = "prefork_lb inline" if offload else "prefork_lb reuseport"
+    def make_commands(port: int, workers: int) -> dict[str, list[str]]:
+        if offload:
+            make = asgi_offload_commands if asgi else offload_commands
+            return make(port, workers, executor)
+        return commands(port, workers, args.interface)
+
+    base_name = (
+        ("prefork_lb asgi inline" if asgi else "prefork_lb inline") if offload else "prefork_lb reuseport"
+    )
+    skipped: list[str] = []
     rows = []
     base_p99 = None
     names = list(make_commands(0, args.workers))
@@ -204,16 +288,23 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
         port = harness.free_port()
         cmd = make_commands(port, args.workers)[name]
         print(f"[{name}] {args.rate:g} req/s for {args.duration:g} s ...", file=sys.stderr)
-        proc = harness.start_server(cmd, cwd=ROOT)
+        log_path = Path(tempfile.mkdtemp()) / "server.log"
+        proc = harness.start_server(cmd, cwd=ROOT, log_path=log_path)
         try:
-            harness.wait_http(port, proc=proc)
+            try:
+                harness.wait_http(port, proc=proc)
+            except harness.ServerError as exc:
+                tail = " | ".join(harness.log_tail(log_path, 2))
+                print(f"[{name}] did not start, left out: {exc}: {tail}", file=sys.stderr)
+                skipped.append(f"{name}: did not start ({exc}; {tail})")
+                continue
             openloop.run("127.0.0.1", port, args.rate, 2.0, mix, seed=7)  # warm-up
             res = openloop.run("127.0.0.1", port, args.rate, args.duration, mix, seed=11)
         finally:
             harness.stop(proc)
         fast_p99 = res.pct(fast, 0.99) * 1000
-        if name == base_name:
-            base_p99 = fast_p99
+        if name == base_name or (base_p99 is None and asgi and name == "bench asyncio inline"):
+            base_name, base_p99 = name, fast_p99  # the bench's own server, until prefork_lb's runs
         lag = sorted(res.send_lag)
         rows.append(
             {
@@ -247,7 +338,7 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
             "Offload: trivial requests and fib(27), open loop"
             if offload
             else "Mixed workload (95% ~1 ms, 5% ~50 ms CPU), open loop"
-        )
+        ) + (", ASGI" if asgi else "")
         meta = {
             "title": title,
             "params": {
@@ -255,6 +346,7 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
                 "duration (s)": args.duration,
                 "workers": args.workers,
                 "slow share": args.slow_share,
+                "interface": args.interface,
                 "load generator (this run)": "bench/openloop.py: asyncio, Poisson arrivals, a new "
                 "connection per request, latency from the intended send time",
             },
@@ -262,6 +354,7 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
             "notes": [
                 "wrk is only used for its version line in the machine summary; it does not run here.",
                 f"base: {base_name}",
+                *skipped,
                 "Target: trivial-request p99 with offload <= 0.2x inline's."
                 if offload
                 else "Target: handoff + a load-aware strategy, fast p99 <= 0.5x reuseport's.",
@@ -283,7 +376,8 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
             ],
             "machine": harness.machine_info(),
         }
-        harness.write_results("offload" if offload else "mixed", rows, meta, table=table)
+        kind = ("offload" if offload else "mixed") + ("-asgi" if asgi else "")
+        harness.write_results(kind, rows, meta, table=table)
 
 
 if __name__ == "__main__":

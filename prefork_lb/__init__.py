@@ -5,17 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["OffloadPool", "__version__", "offload", "run"]
+__all__ = ["OffloadPool", "__version__", "offload", "offload_async", "run"]
 
 
 def __getattr__(name: str) -> Any:
     # Imported on first use: the offload module is not needed by a master or a proxy.
     # ``prefork_lb.offload`` is a module that can be called like the function it exports.
-    if name in ("offload", "OffloadPool"):
+    if name in ("offload", "OffloadPool", "offload_async"):
         import importlib
 
         module = importlib.import_module("prefork_lb.offload")
-        return module if name == "offload" else module.OffloadPool
+        return module if name == "offload" else getattr(module, name)
     raise AttributeError(name)
 
 

@@ -9,7 +9,10 @@ log and access_log_format (gunicorn's own logger), forwarded_allow_ips (addresse
 networks) with secure_scheme_headers, then ``Forwarded: proto=``, reuse_port (gunicorn binds),
 and the hooks pre_request, post_request, worker_int, worker_abort and post_worker_init. The CPU
 offload pool is there too (``from prefork_lb import offload``, or
-``environ["prefork_lb.offload"]``).
+``environ["prefork_lb.offload"]``), sized by ``PREFORK_LB_OFFLOAD_PROCESSES``; an external
+executor comes from ``PREFORK_LB_OFFLOAD_EXECUTOR`` (``dask://HOST:PORT`` or MODULE:FACTORY, as
+``--offload-executor``; set it in the environment or with gunicorn's ``-e``/``raw_env``), made in
+each worker after the app is loaded; a bad value is one error line and gunicorn stops (exit 4).
 """
 
 from __future__ import annotations
@@ -22,13 +25,18 @@ from typing import Any
 import gevent
 from gevent import hub, monkey
 from gevent import socket as gsocket
+from gunicorn.arbiter import Arbiter
 from gunicorn.config import PostRequest, PreRequest
 from gunicorn.workers.base import Worker as _BaseWorker
 
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Limits, Request
+from prefork_lb.offload.lifecycle import ENV_PROCESSES, WorkerOffload
 from prefork_lb.proxy.peers import TrustedPeers
+from prefork_lb.settings.base import offload_executor
 from prefork_lb.worker.server import Server, ServerOptions
+
+ENV_EXECUTOR = "PREFORK_LB_OFFLOAD_EXECUTOR"  # prefork_lb's own env name of --offload-executor
 
 
 class GunicornRequest:
@@ -119,6 +127,7 @@ class Worker(_BaseWorker):  # type: ignore[misc]
     """gunicorn worker class: ``-k prefork_lb.gunicorn.Worker``."""
 
     server: Server | None = None
+    offload: WorkerOffload
     sockets: list[Any]  # gunicorn's, set in its __init__
     alive: bool
 
@@ -130,12 +139,20 @@ class Worker(_BaseWorker):  # type: ignore[misc]
 
     def init_process(self) -> None:
         # The offload pool (prefork_lb.offload) is offered here as in our own workers: sized
-        # by PREFORK_LB_OFFLOAD_PROCESSES, else the usable CPUs (prefork_lb.resources) divided among gunicorn's workers.
-        if "PREFORK_LB_OFFLOAD_PROCESSES" not in os.environ:
+        # by PREFORK_LB_OFFLOAD_PROCESSES, else the usable CPUs (prefork_lb.resources) divided
+        # among gunicorn's workers; PREFORK_LB_OFFLOAD_EXECUTOR is --offload-executor (gunicorn
+        # parses its command line before it imports the worker class, so it cannot take the flag).
+        if ENV_PROCESSES not in os.environ:
             from prefork_lb.resources import cpu_count
 
             share = max(1, cpu_count() // max(1, self.cfg.workers))
-            os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(share)
+            os.environ[ENV_PROCESSES] = str(share)
+        try:
+            spec = offload_executor(os.environ.get(ENV_EXECUTOR))
+        except ValueError as exc:
+            self.log.error("%s: %s", ENV_EXECUTOR, exc)
+            sys.exit(Arbiter.APP_LOAD_ERROR)  # gunicorn's master stops: "App failed to load."
+        self.offload = WorkerOffload(1, spec)  # the pool is always offered here
         self.patch()
         hub.reinit()
         super().init_process()  # load_wsgi, init_signals, post_worker_init, then run()
@@ -147,6 +164,10 @@ class Worker(_BaseWorker):  # type: ignore[misc]
             sys.exit(0)
 
     def run(self) -> None:
+        error = self.offload.start_executor()  # after load_wsgi: the app's sys.path holds
+        if error is not None:
+            self.log.error("%s", error.replace("--offload-executor", ENV_EXECUTOR, 1))
+            sys.exit(Arbiter.APP_LOAD_ERROR)
         cfg = self.cfg
         options = ServerOptions(
             limits=Limits(

@@ -82,6 +82,11 @@ def fail(message: str) -> None:
     raise ValueError(message)
 
 
+def die(code: int) -> None:
+    """The process running the task ends at once (a pool process dying mid-task)."""
+    os._exit(code)
+
+
 def app(environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
     from prefork_lb.offload import OffloadError
 

@@ -13,7 +13,9 @@ run the task (shut down, broken, a lost scheduler, a cancelled future) gives ``O
 
 Waiting never blocks gevent's loop: ``wait_future`` parks the greenlet on an ``AsyncResult``
 that the future's done-callback (run in whatever thread completes it) sets through
-``hub.loop.run_callback_threadsafe``; without gevent it is ``future.result(timeout)``.
+``hub.loop.run_callback_threadsafe``; without gevent it is ``future.result(timeout)``; an
+asyncio task awaits ``asyncio.wrap_future`` instead (``prefork_lb.offload.aio``), and
+``settle`` applies the same rules to the outcome.
 
 Invariants: importing this module imports neither gevent nor dask; a configured executor
 belongs to the process that made it (forgotten in a forked child, like the default pool).
@@ -184,9 +186,23 @@ class ExecutorOffload:
         try:
             done = wait_future(future, timeout)
         except BaseException:  # the greenlet was killed (request timeout, shutdown): let it go
-            future.cancel()
-            _ended(future, CANCELLED)
+            self.abandon(future)
             raise
+        return self.settle(future, name, timeout, done)
+
+    @staticmethod
+    def abandon(future: concurrent.futures.Future[Any]) -> None:
+        """The caller stopped waiting (interrupted, cancelled): cancel the task where the
+        executor can, and count it cancelled."""
+        future.cancel()
+        _ended(future, CANCELLED)
+
+    def settle(
+        self, future: concurrent.futures.Future[Any], name: str, timeout: float | None, done: bool
+    ) -> Any:
+        """The result of a future waited for (``done``: it finished within ``timeout``), by the
+        rules above: TimeoutError (cancelled), OffloadError, what ``fn`` raised, or its value.
+        Shared by the gevent/thread wait here and the asyncio one (``prefork_lb.offload.aio``)."""
         if not done:
             future.cancel()
             _ended(future, TIMED_OUT)

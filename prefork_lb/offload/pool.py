@@ -2,7 +2,8 @@
 
 ``OffloadPool(size=N)`` runs picklable functions in child processes; ``submit()`` blocks only the
 calling greenlet (or thread): the wait is on a socket, through gevent's own fd waits when the
-``socket`` module is monkey-patched, plain ``poll`` otherwise. A pool made without a size has
+``socket`` module is monkey-patched, plain ``poll`` otherwise; outside gevent an asyncio task
+waits on the loop instead (``prefork_lb.offload.aio``, through these same children). A pool made without a size has
 ``PREFORK_LB_OFFLOAD_PROCESSES`` processes, else the usable CPUs (``prefork_lb.resources``:
 affinity and cgroup quota). The per-process default
 pool that ``prefork_lb.offload(fn, *args)`` uses is kept in ``prefork_lb.offload.default``.
@@ -40,6 +41,7 @@ from typing import Any
 
 from prefork_lb.offload import wire
 from prefork_lb.offload.counters import CANCELLED, COMPLETED, FAILED, TASKS, TIMED_OUT
+from prefork_lb.offload.slots import Slots
 
 __all__ = ["OffloadError", "OffloadPool", "reap_orphans"]
 
@@ -160,7 +162,7 @@ class OffloadPool:
 
             self._slots: Any = Semaphore(size)
         else:
-            self._slots = threading.BoundedSemaphore(size)
+            self._slots = Slots(size)  # waited on by threads and by asyncio tasks (offload_async)
         _POOLS.add(self)
 
     # -- public API ---------------------------------------------------------------------------

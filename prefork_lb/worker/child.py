@@ -108,30 +108,21 @@ class WorkerChild(ChildProcess):
     def size_offload_pool(self) -> None:
         """The offload pool (prefork_lb.offload) reads its size from the environment when the app
         first uses it; its processes are fresh interpreters, so they inherit neither the gevent
-        hub nor any listener, and they exit with this worker (SIGKILL included)."""
-        cfg = self.cfg
-        n = cfg.offload_processes
-        if n < 0:
-            from prefork_lb.resources import cpu_count
+        hub nor any listener, and they exit with this worker (SIGKILL included). The steps are
+        prefork_lb.offload.lifecycle.WorkerOffload's, which any worker process shares."""
+        from prefork_lb.offload.lifecycle import WorkerOffload
 
-            n = max(1, cpu_count() // max(1, cfg.workers))
-        if n:
-            os.environ["PREFORK_LB_OFFLOAD_PROCESSES"] = str(n)
-        self.n_offload = n
+        self.offload = WorkerOffload.from_config(self.cfg)
+        self.n_offload = self.offload.processes
 
     def start_offload_executor(self) -> int:
         """--offload-executor: this worker's own executor, made after fork (never in the master);
         0, or EXIT_APP_LOAD with one line on the boot pipe (a factory that fails to import)."""
-        if self.cfg.offload_executor is None:
+        error = self.offload.start_executor()
+        if error is None:
             return 0
-        from prefork_lb.offload import external
-
-        try:
-            external.configure(self.cfg.offload_executor)
-        except external.ExecutorSetupError as exc:
-            os.write(self.ctx.boot_fd, (str(exc) + "\n").encode())
-            return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
-        return 0
+        os.write(self.ctx.boot_fd, (error + "\n").encode())
+        return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
 
     def load_app(self) -> tuple[Any, int]:
         """(the app, 0), or (None, exit code) with one line on the boot pipe for the master."""

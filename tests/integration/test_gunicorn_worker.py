@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import signal
 import socket
@@ -210,3 +211,43 @@ def test_worker_int_hook_and_keepalive_timeout(gunicorn, tmp_path: Path) -> None
     assert worker == serving
     os.kill(worker, signal.SIGINT)
     wait_for(lambda: out.exists() and "worker_int" in out.read_text(), what="worker_int hook")
+
+
+def test_offload_executor_from_prefork_lbs_env_name(gunicorn) -> None:
+    """gunicorn parses its command line before it imports the worker class, so the executor is
+    named by PREFORK_LB_OFFLOAD_EXECUTOR (here through gunicorn's own -e)."""
+    g = gunicorn(
+        "tests.apps_offload:app",
+        "-w",
+        "1",
+        "-e",
+        "PREFORK_LB_OFFLOAD_EXECUTOR=tests.apps_offload:thread_executor",
+    )
+    status, body = get(g.port, "/run/20")
+    assert status == 200, body
+    ran = json.loads(body)
+    assert ran["ran"]["result"] == 6765 and ran["ran"]["thread"].startswith("test-executor"), ran
+    assert ran["ran"]["pid"] == ran["worker"] in g.workers()  # a thread pool runs in the worker itself
+    status, body = get(g.port, "/stats")
+    assert json.loads(body)["stats"]["size"] == 4
+
+
+@pytest.mark.parametrize(
+    ("value", "must"),
+    [
+        (
+            "tests.apps_offload:failing_factory",
+            "PREFORK_LB_OFFLOAD_EXECUTOR tests.apps_offload:failing_factory: the factory raised RuntimeError",
+        ),
+        ("dask://nohost", "PREFORK_LB_OFFLOAD_EXECUTOR: expected dask://HOST:PORT, not 'dask://nohost'"),
+    ],
+)
+def test_a_bad_offload_executor_stops_gunicorn_with_one_line(tmp_path: Path, value: str, must: str) -> None:
+    g = Gunicorn(tmp_path, "tests.apps_offload:app", "-w", "1", "-e", f"PREFORK_LB_OFFLOAD_EXECUTOR={value}")
+    try:
+        wait_for(lambda: g.proc.poll() is not None, 60.0, "gunicorn to stop")
+    finally:
+        g.stop()
+    assert g.proc.returncode == 4, g.text()  # gunicorn's "App failed to load."
+    assert sum(must in line for line in g.text().splitlines()) == 1, g.text()
+    assert "Traceback" not in g.text()

@@ -93,6 +93,7 @@ def test_pool_process_imports_only_the_offload_package() -> None:
         "prefork_lb.offload.counters",
         "prefork_lb.offload.default",
         "prefork_lb.offload.pool",
+        "prefork_lb.offload.slots",
         "prefork_lb.offload.wire",
     }, modules
     assert "prefork_lb.offload.child" in modules
