@@ -4,7 +4,8 @@ an app sends, and the response head they come to. No I/O (prefork_lb.asgi.http d
 Invariants:
 
 * A scope's keys are the ASGI 3.0 HTTP connection scope's (spec_version 2.4); ``headers`` hold
-  lower-cased names and raw values, both bytes, in the order they came.
+  lower-cased names and raw values, both bytes, in the order they came, less names with "_"
+  (dropped by both engines).
 * An event the app may not send now raises :class:`AppEventError`, whose message names the
   event and why, before anything of it goes out.
 * A response head is validated and serialised once per distinct (status, headers) pair
@@ -95,7 +96,9 @@ def _request_part(req: Request, root_path: str, forwarded: bool) -> dict[str, An
         # The proxy in front took the mount point off: the path is the full one (ASGI 2.4).
         path = root_path + path
         raw_path = root_path.encode("utf-8") + raw_path
-    headers = [(raw.lower(), value) for _lname, raw, value in req.headers]
+    # A name with "_" is dropped, as the WSGI engine drops it (its CGI key would collide with
+    # the "-" spelling): the two engines give an app the same headers.
+    headers = [(raw.lower(), value) for lname, raw, value in req.headers if "_" not in lname]
     part: dict[str, Any] = {
         "http_version": HTTP_VERSIONS.get(req.version, "1.1"),
         "method": req.method,
