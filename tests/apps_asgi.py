@@ -56,7 +56,9 @@ def describe(scope: Scope, body: bytes) -> dict[str, Any]:
 
 async def _json(send: Any, data: Any, status: int = 200) -> None:
     out = json.dumps(data).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]}
+    )
     await send({"type": "http.response.body", "body": out})
 
 

@@ -75,7 +75,9 @@ def main() -> None:
 class AsgiProcess:
     """One AsgiServer process (stderr and stdout to files under ``workdir``)."""
 
-    def __init__(self, app: str, options: dict[str, Any] | None, workdir: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app: str, options: dict[str, Any] | None, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.app = app
         self.options = options or {}
         self.workdir = workdir
@@ -123,7 +125,9 @@ class AsgiProcess:
         return self.out_path.read_text("utf-8", "replace")
 
     def wait_log(self, text: str, timeout: float = 5.0) -> str:
-        return wait_for(lambda: self.log_text() if text in self.log_text() else "", timeout, f"{text!r} in stderr")
+        return wait_for(
+            lambda: self.log_text() if text in self.log_text() else "", timeout, f"{text!r} in stderr"
+        )
 
     @property
     def alive(self) -> bool:

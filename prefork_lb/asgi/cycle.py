@@ -66,6 +66,7 @@ class RequestCycle:
         "late",
         "abandoned",
         "is_head",
+        "trailer_block",
     )
 
     def __init__(self, conn: Any, req: Request, scope: dict[str, Any]) -> None:
@@ -94,6 +95,7 @@ class RequestCycle:
         self.late = False  # cancelled past --request-timeout
         self.abandoned = False  # the server answered for it (a bad body): its sends are dropped
         self.is_head = req.method == "HEAD"
+        self.trailer_block = b""  # trailer lines of http.response.trailers with more_trailers
 
     # -- the app's task -----------------------------------------------------------------------
 
@@ -107,14 +109,10 @@ class RequestCycle:
                 conn.cycle_done(self, False)
                 return
             admitted = True
-        started = server.hook_started
         finished = server.hook_finished
         t0 = time.monotonic() if finished is not None else 0.0
-        if started is not None:
-            try:
-                started(conn, self.scope)
-            except Exception:
-                log.exception("request_started hook failed")
+        if server.hook_started is not None:
+            self._hook(server.hook_started, conn, self.scope)
         timeout = server.options.request_timeout
         if timeout:
             self.deadline = server.now + timeout
@@ -130,18 +128,7 @@ class RequestCycle:
             self.keep = False
             self._app_failed(exc)
         else:
-            if not self.complete:
-                self.keep = False
-                if self.error:
-                    self._say(self.error, "")
-                elif not self.started:
-                    self._say("returned without sending http.response.start", "")
-                else:
-                    self._say("returned before the response body ended (more_body was still true)", "")
-                self._answer_500()
-            elif self.error:
-                self.keep = False
-                self._say(self.error, "")
+            self._returned()
         finally:
             server.in_flight -= 1
             if admitted:
@@ -151,27 +138,42 @@ class RequestCycle:
                 server.served += 1
             if finished is not None:
                 code = self.head.code if self.head is not None and self.head_sent else 0
-                try:
-                    finished(conn, self.scope, code, self.sent, time.monotonic() - t0)
-                except Exception:
-                    log.exception("request_finished hook failed")
+                self._hook(finished, conn, self.scope, code, self.sent, time.monotonic() - t0)
             self.wake()
             conn.cycle_done(self, self.keep and not self.abandoned)
 
-    def _say(self, what: str, tail: str) -> None:
+    @staticmethod
+    def _hook(hook: Any, *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("the %s hook failed", getattr(hook, "__name__", "request"))
+
+    def _returned(self) -> None:
+        """The app returned: was its response whole, and were its events right?"""
+        if not self.complete:
+            self.keep = False
+            if self.error:
+                self._say(self.error)
+            elif not self.started:
+                self._say("returned without sending http.response.start")
+            else:
+                self._say("returned before the response body ended (more_body was still true)")
+            self._answer_500()
+        elif self.error:
+            self.keep = False
+            self._say(self.error)
+
+    def _say(self, what: str) -> None:
+        """The one error line of an app's mistake: the app, the request, what it did."""
         req = self.req
         log.error(
-            "ASGI app %s, %s %s: %s%s",
-            self.conn.server.app_name,
-            req.method,
-            self.scope.get("path", ""),
-            what,
-            tail,
+            "ASGI app %s, %s %s: %s", self.conn.server.app_name, req.method, self.scope.get("path", ""), what
         )
 
     def _app_failed(self, exc: BaseException) -> None:
         if isinstance(exc, AppEventError):
-            self._say(str(exc), "")
+            self._say(str(exc))
         else:
             req = self.req
             log.error(
@@ -271,19 +273,7 @@ class RequestCycle:
             kind = message["type"]
         except (TypeError, KeyError):
             raise self._bad(f"sent {message!r}, not an event (a dict with a 'type')") from None
-        if not self.started:
-            if kind == "http.response.start":
-                try:
-                    self.head = response_head(message.get("status"), message.get("headers", ()))
-                except AppEventError as exc:
-                    raise self._bad(str(exc)) from None
-                self.trailers = bool(message.get("trailers", False))
-                self.started = True
-                return
-            if kind in _KNOWN:
-                raise self._bad(f"sent {kind} before http.response.start")
-            raise self._bad(f"sent an unknown event type {kind!r}")
-        if kind == "http.response.body":
+        if kind == "http.response.body" and self.started:
             if self.body_done:
                 raise self._bad("sent http.response.body after the body ended")
             try:
@@ -297,17 +287,10 @@ class RequestCycle:
             conn = self.conn
             if conn.write_paused:
                 await conn.drain()
+        elif not self.started:
+            self._start(kind, message)
         elif kind == "http.response.trailers":
-            if not self.trailers or not self.body_done or self.complete:
-                raise self._bad("sent http.response.trailers it did not announce, or before the body ended")
-            try:
-                lines = trailer_lines(message)
-            except AppEventError as exc:
-                raise self._bad(str(exc)) from None
-            if not message.get("more_trailers", False):
-                if self.chunked and not self.disconnected:
-                    self.conn.write(b"0\r\n" + lines + b"\r\n")
-                self._completed()
+            self._trailers(message)
         elif kind == "http.response.pathsend":
             if self.head_sent or self.body_done:
                 raise self._bad("sent http.response.pathsend after the body began")
@@ -319,6 +302,31 @@ class RequestCycle:
             raise self._bad("sent a second http.response.start")
         else:
             raise self._bad(f"sent an unknown event type {kind!r}")
+
+    def _start(self, kind: Any, message: Any) -> None:
+        if kind == "http.response.start":
+            try:
+                self.head = response_head(message.get("status"), message.get("headers", ()))
+            except AppEventError as exc:
+                raise self._bad(str(exc)) from None
+            self.trailers = bool(message.get("trailers", False))
+            self.started = True
+            return
+        if kind in _KNOWN:
+            raise self._bad(f"sent {kind} before http.response.start")
+        raise self._bad(f"sent an unknown event type {kind!r}")
+
+    def _trailers(self, message: Any) -> None:
+        if not self.trailers or not self.body_done or self.complete:
+            raise self._bad("sent http.response.trailers it did not announce, or before the body ended")
+        try:
+            self.trailer_block += trailer_lines(message)
+        except AppEventError as exc:
+            raise self._bad(str(exc)) from None
+        if not message.get("more_trailers", False):
+            if self.chunked and not self.disconnected:
+                self.conn.write(b"0\r\n" + self.trailer_block + b"\r\n")
+            self._completed()
 
     def _head_bytes(self, known_length: int | None) -> bytes:
         """Serialise the response head; the framing of the body is response_framing's."""

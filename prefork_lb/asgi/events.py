@@ -177,6 +177,7 @@ def _status_line(status: Any) -> bytes:
 def response_head(status: Any, headers: Any) -> AsgiHead:
     """Validate and serialise an http.response.start's status and headers (memoised)."""
     try:
+        headers = list(headers)  # (an iterator would be spent by the key)
         key: Any = (status, tuple(map(tuple, headers)))
         head = _HEADS.get(key)
     except TypeError:
@@ -184,13 +185,26 @@ def response_head(status: Any, headers: Any) -> AsgiHead:
     if head is not None:
         return head
     line = _status_line(status)
-    out = [line]
-    length: int | None = None
-    has_date = has_server = close = False
     try:
         pairs = [(n, v) for n, v in headers]
     except (TypeError, ValueError):
         raise AppEventError("http.response.start with headers that are not (name, value) pairs") from None
+    out, length, has_date, has_server, close = _header_lines(pairs)
+    out.insert(0, line)
+    head = AsgiHead(b"".join(out), status, length, has_date, has_server, close)
+    if key is not None:
+        if len(_HEADS) >= _HEADS_MAX:
+            _HEADS.clear()
+        _HEADS[key] = head
+    return head
+
+
+def _header_lines(pairs: list[tuple[Any, Any]]) -> tuple[list[bytes], int | None, bool, bool, bool]:
+    """The app's end-to-end header lines, its Content-Length, whether it gave Date and Server,
+    and whether it asked to close."""
+    out = []
+    length: int | None = None
+    has_date = has_server = close = False
     for name, value in pairs:
         if type(name) is not bytes or type(value) is not bytes:
             raise AppEventError(f"http.response.start with a header that is not bytes: {name!r}: {value!r}")
@@ -204,23 +218,19 @@ def response_head(status: Any, headers: Any) -> AsgiHead:
                 close = True
             continue
         if lname == b"content-length":
-            try:
-                length = int(value)
-                if length < 0:
-                    raise ValueError
-            except ValueError:
-                raise AppEventError(f"http.response.start with an invalid Content-Length {value!r}") from None
+            length = _content_length(value)
         elif lname == b"date":
             has_date = True
         elif lname == b"server":
             has_server = True
         out.append(b"%s: %s\r\n" % (name, value))
-    head = AsgiHead(b"".join(out), status, length, has_date, has_server, close)
-    if key is not None:
-        if len(_HEADS) >= _HEADS_MAX:
-            _HEADS.clear()
-        _HEADS[key] = head
-    return head
+    return out, length, has_date, has_server, close
+
+
+def _content_length(value: bytes) -> int:
+    if not value.isdigit():
+        raise AppEventError(f"http.response.start with an invalid Content-Length {value!r}")
+    return int(value)
 
 
 def body_of(message: Any) -> tuple[bytes, bool]:

@@ -33,7 +33,6 @@ from prefork_lb.http.errors import HTTPError, RequestTimeout
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import simple_response
 
-
 log = logging.getLogger("prefork_lb.error")
 
 BODY_HIGH = 1 << 18  # request body bytes buffered for the app before reading pauses

@@ -68,7 +68,9 @@ def test_lifespan_state_reaches_each_request(asgi_shared: Any) -> None:
 
 def test_keep_alive_and_pipelining_in_order(echo: Any) -> None:
     data = b"".join(build_request("GET", f"/p{i}") for i in range(5))
-    data += build_request("POST", "/post", body=b"abc") + build_request("GET", "/last", headers=[("Connection", "close")])
+    data += build_request("POST", "/post", body=b"abc") + build_request(
+        "GET", "/last", headers=[("Connection", "close")]
+    )
     got = exchange(echo.port, data, half_close=False)
     responses, rest = parse_responses(got)
     assert rest == b"" and got.closed
@@ -83,13 +85,17 @@ def test_http10_closes_unless_keep_alive(echo: Any) -> None:
     with connect(echo.port) as sock:
         stream = HTTPStream(sock)
         for _ in range(2):
-            sock.sendall(build_request("GET", "/", version="HTTP/1.0", headers=[("Connection", "keep-alive")]))
+            sock.sendall(
+                build_request("GET", "/", version="HTTP/1.0", headers=[("Connection", "keep-alive")])
+            )
             r = stream.read_response()
             assert r.status == 200 and r.header("connection") == "keep-alive"
 
 
 def test_chunked_request_body_and_upload_in_pieces(behave: Any, echo: Any) -> None:
-    r = request(echo.port, "POST", "/", headers=[("Transfer-Encoding", "chunked")], body=chunked(b"ab", b"cde"))
+    r = request(
+        echo.port, "POST", "/", headers=[("Transfer-Encoding", "chunked")], body=chunked(b"ab", b"cde")
+    )
     assert r.json()["body"] == "abcde"
     body = b"z" * (3 << 20)
     r = request(behave.port, "POST", "/upload", body=body, timeout=20)
@@ -98,7 +104,14 @@ def test_chunked_request_body_and_upload_in_pieces(behave: Any, echo: Any) -> No
 
 def test_expect_100_continue_on_first_receive(echo: Any) -> None:
     with connect(echo.port) as sock:
-        sock.sendall(build_request("POST", "/", headers=[("Expect", "100-continue"), ("Content-Length", "4")], content_length=False))
+        sock.sendall(
+            build_request(
+                "POST",
+                "/",
+                headers=[("Expect", "100-continue"), ("Content-Length", "4")],
+                content_length=False,
+            )
+        )
         stream = HTTPStream(sock)
         assert stream.read_response().status == 100
         sock.sendall(b"data")

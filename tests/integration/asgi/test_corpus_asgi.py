@@ -79,7 +79,11 @@ def check_valid(srv: AsgiProcess, case: Case, mode: str, require_host: bool) -> 
         statuses.append(200)
         expected_calls.append(r)
     assert [r.status for r in responses] == statuses, responses
-    reached = [{k: v for k, v in r.json().items() if k in expected_scope(case.expect["requests"][0])} for r in responses if r.status == 200]
+    reached = [
+        {k: v for k, v in r.json().items() if k in expected_scope(case.expect["requests"][0])}
+        for r in responses
+        if r.status == 200
+    ]
     assert reached == [expected_scope(r) for r in expected_calls]
     assert len(srv.calls()) - before == len(expected_calls)
 
