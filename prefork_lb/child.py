@@ -182,8 +182,13 @@ class ChildProcess:
         if code:
             return code
         self.init_signals()
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork
+        self.unblock_signals()
         return self.run()
+
+    def unblock_signals(self) -> None:
+        """Blocked since the fork; unblocked once the handlers are set (a loop that only sees
+        signals while it runs, as uvloop's, unblocks them from its first callback instead)."""
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     def title(self) -> str:
         return self.role

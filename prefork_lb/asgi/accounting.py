@@ -6,9 +6,12 @@ request line in the entry's text (so the master's abort line names a request who
 the loop), in-flight, the metrics cells; and the access log line, through the same
 prefork_lb.logs.AccessLog, from a WSGI-like view of the scope (:func:`access_environ`).
 
-The other methods (connection_opened, connection_closed, first_request, received, queued, shed,
-deadline_passed) are the entry's load and overload counters under the names the WSGI server
-calls them; an AsgiServer that has such events may call them (each is optional for it).
+The connection hooks keep the entry's load counters as the WSGI server does (open
+connections, the fresh ones that have not sent a request yet, connections received from a
+handoff channel): the server calls ``connection_opened(conn)`` from the protocol's
+connection_made, ``connection_closed(conn)`` from its connection_lost, ``received(n)`` per
+handoff message. A connection's first request marks it no longer fresh (an attribute set on
+the connection object: no per-worker table to keep).
 
 Invariant: nothing here blocks or allocates more than a request line per request; the access
 log's environ is built only when there is an access log.
@@ -70,7 +73,11 @@ class WorkerHooks:
         self.access_log = access_log
 
     def request_started(self, conn_info: Any, scope: dict[str, Any]) -> None:
-        arrived = getattr(conn_info, "arrived", 0.0) or 0.0
+        arrived = 0.0  # later requests of a connection waited for nothing of ours
+        if getattr(conn_info, "lb_fresh", False):
+            conn_info.lb_fresh = False
+            self.entry.first_request()
+            arrived = getattr(conn_info, "accepted_at", 0.0)  # the queue wait: since the accept
         self.entry.request_started(scope.get("method", "GET"), request_target(scope), arrived)
 
     def request_finished(
@@ -83,14 +90,12 @@ class WorkerHooks:
 
     # -- load and overload counters, as the WSGI server keeps them -------------------------------
 
-    def connection_opened(self) -> None:
+    def connection_opened(self, conn: Any) -> None:
+        conn.lb_fresh = True
         self.entry.connection_opened()
 
-    def first_request(self) -> None:
-        self.entry.first_request()
-
-    def connection_closed(self, had_request: bool = True) -> None:
-        self.entry.connection_closed(had_request)
+    def connection_closed(self, conn: Any) -> None:
+        self.entry.connection_closed(not getattr(conn, "lb_fresh", False))
 
     def received(self, n: int) -> None:
         self.entry.received(n)

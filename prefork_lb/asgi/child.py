@@ -97,8 +97,9 @@ class AsgiWorkerChild(WorkerChild):
         try:
             self.loop.run_until_complete(self.lifespan.startup())
         except LifespanFailed as exc:
-            line = str(exc).strip().splitlines()[0] if str(exc).strip() else "no reason given"
-            os.write(self.ctx.boot_fd, f"the app's lifespan startup failed: {line}\n".encode())
+            text = str(exc).strip()
+            line = text.splitlines()[0] if text else "the app's lifespan startup failed"
+            os.write(self.ctx.boot_fd, (line + "\n").encode())
             return EXIT_BOOT
         return 0
 
@@ -127,6 +128,9 @@ class AsgiWorkerChild(WorkerChild):
     def install(self, sig: signal.Signals, handler: Callable[[], None]) -> None:
         assert self.loop is not None
         self.loop.add_signal_handler(sig, handler)
+
+    def unblock_signals(self) -> None:
+        pass  # from the loop's first callback (run)
 
     def stop(self, graceful: bool) -> None:
         """Graceful: drain, then the lifespan shutdown; fast (or a fast stop during a graceful
@@ -167,6 +171,9 @@ class AsgiWorkerChild(WorkerChild):
         assert loop is not None
         self.done = loop.create_future()
         self.interval = self.heartbeat_setup()
+        # uvloop sees a signal only while it runs: one that came while booting (TERM waits
+        # blocked) is delivered from the loop's first callback, not lost before it.
+        loop.call_soon(signal.pthread_sigmask, signal.SIG_SETMASK, set())
         loop.call_soon(self.heartbeat)
         self.notify_ready()
         try:

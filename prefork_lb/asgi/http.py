@@ -80,6 +80,8 @@ class HttpConnection(asyncio.Protocol):
         self.forwarded = peers is not None and self.client is not None and self.client[0] in peers
         self.base = connection_scope(self.client, self.local, opts.root_path, opts.url_scheme)
         server.connections.add(self)
+        if server.hook_opened is not None:
+            server.hook_opened(self)
         self.wait_until = server.now + opts.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -74,6 +74,10 @@ class AsgiServer:
         self.hooks = hooks
         self.hook_started = getattr(hooks, "request_started", None)
         self.hook_finished = getattr(hooks, "request_finished", None)
+        # The worker's load counters (prefork_lb.asgi.accounting): each optional.
+        self.hook_opened = getattr(hooks, "connection_opened", None)
+        self.hook_closed = getattr(hooks, "connection_closed", None)
+        self.hook_received = getattr(hooks, "received", None)
         self.state = state if state is not None else {}
         self.connections: set[HttpConnection] = set()
         self.in_flight = 0
@@ -215,6 +219,8 @@ class AsgiServer:
             return
         for fd, t in zip(fds, accept_times(msg, len(fds)), strict=True):
             self.add_connection(socket.socket(fileno=fd), t)
+        if self.hook_received is not None:
+            self.hook_received(len(fds))
 
     def _drop_channel(self, ch: socket.socket) -> None:
         if ch in self.channels:
@@ -223,6 +229,8 @@ class AsgiServer:
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        if self.hook_closed is not None:
+            self.hook_closed(conn)
         if not self._accepting and self._room():
             self._resume_accepting()
         self._check_empty()

@@ -82,15 +82,22 @@ def test_the_json_access_log_has_the_status() -> None:
 def test_load_counters_go_to_the_entry() -> None:
     board, i, entry = board_entry()
     hooks = WorkerHooks(entry)
-    hooks.connection_opened()
-    hooks.first_request()
+    q, base = board.q, i * sb._WORDS
+    served, silent = SimpleNamespace(accepted_at=0.0), SimpleNamespace(accepted_at=0.0)
+    hooks.connection_opened(served)
+    hooks.connection_opened(silent)
+    assert (q[base + sb.CONNS], q[base + sb.FRESH]) == (2, 2)
+    hooks.request_started(served, SCOPE)
+    assert q[base + sb.FRESH] == 1, "a connection with a request is not fresh any more"
+    hooks.request_finished(served, SCOPE, 200, 1, 0.0)
+    hooks.request_started(served, SCOPE)  # its second request changes nothing
+    hooks.request_finished(served, SCOPE, 200, 1, 0.0)
+    hooks.connection_closed(served)
+    hooks.connection_closed(silent)
+    assert (q[base + sb.CONNS], q[base + sb.FRESH]) == (0, 0)
     hooks.received(3)
     hooks.queued(2)
     hooks.queued(-2)
     hooks.shed()
     hooks.deadline_passed()
-    hooks.connection_closed(True)
-    q = board.q
-    base = i * sb._WORDS
-    assert (q[base + sb.CONNS], q[base + sb.FRESH], q[base + sb.RECEIVED]) == (0, 0, 3)
-    assert (q[base + sb.SHED], q[base + sb.DEADLINES]) == (1, 1)
+    assert (q[base + sb.RECEIVED], q[base + sb.SHED], q[base + sb.DEADLINES]) == (3, 1, 1)
