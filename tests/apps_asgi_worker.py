@@ -58,7 +58,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         time.sleep(float(qs or "1"))  # blocks the loop: what the heartbeat watchdog is for
     if path == "/state":
         body = json.dumps(dict(scope.get("state", {}))).encode()
-    elif path == "/root":
+    elif path.endswith("/root"):
         body = json.dumps({"root_path": scope.get("root_path", ""), "path": path}).encode()
     else:
         body = json.dumps({"pid": os.getpid(), "served": _served, "path": path}).encode()
