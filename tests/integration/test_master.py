@@ -32,6 +32,10 @@ from tests.helpers import (
 )
 
 MODES = DISPATCH_MODES
+# The same master tests over both interfaces (--interface auto): the ASGI app answers /json too.
+APPS = pytest.mark.parametrize(
+    "app", ["prefork_lb.demo:app", "tests.apps_asgi_worker:app"], ids=["wsgi", "asgi"]
+)
 HELPERS = (
     "prefork_lb: dispatcher",
     "prefork_lb: proxy",
@@ -153,9 +157,10 @@ def start(tmp_path: Path) -> Iterator:
         m.stop()
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_killed_worker_is_replaced_and_serving_continues(start, mode: str) -> None:
-    m = start("-w", "2", "--dispatch", mode)
+def test_killed_worker_is_replaced_and_serving_continues(start, mode: str, app: str) -> None:
+    m = start("-w", "2", "--dispatch", mode, app=app)
     first = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     os.kill(first[0], signal.SIGKILL)
     wait_for(lambda: len(m.workers()) == 2 and first[0] not in m.workers(), what="replacement")
@@ -164,12 +169,13 @@ def test_killed_worker_is_replaced_and_serving_continues(start, mode: str) -> No
     assert "died unexpectedly: killed by SIGKILL" in m.text()
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> None:
+def test_connections_queued_for_a_dead_worker_are_served(start, mode: str, app: str) -> None:
     """A stopped worker accepts nothing; connections wait in the kernel. When it is killed,
     its replacement (reuseport: same slot socket, kept by the master) or the other worker
     (shared) serves them: no request is lost."""
-    m = start("-w", "2", "--dispatch", mode)
+    m = start("-w", "2", "--dispatch", mode, app=app)
     workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     victim = workers[0]
     os.kill(victim, signal.SIGSTOP)
@@ -212,9 +218,10 @@ def test_connections_queued_for_a_dead_worker_are_served(start, mode: str) -> No
     assert results.count(200) == 16, results
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_reload_under_load_fails_no_request(start, mode: str) -> None:
-    m = start("-w", "2", "--dispatch", mode, "--graceful-timeout", "10")
+def test_reload_under_load_fails_no_request(start, mode: str, app: str) -> None:
+    m = start("-w", "2", "--dispatch", mode, "--graceful-timeout", "10", app=app)
     old = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     with Load(m.port) as load:
         load.wait_more()
@@ -227,9 +234,10 @@ def test_reload_under_load_fails_no_request(start, mode: str) -> None:
     assert load.failures == []
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_ttin_ttou(start, mode: str) -> None:
-    m = start("-w", "1", "--dispatch", mode)
+def test_ttin_ttou(start, mode: str, app: str) -> None:
+    m = start("-w", "1", "--dispatch", mode, app=app)
     wait_for(lambda: len(m.workers()) == 1, what="1 worker")
     m.signal(signal.SIGTTIN)
     wait_for(lambda: len(m.workers()) == 2, what="2 workers after TTIN")
@@ -238,9 +246,10 @@ def test_ttin_ttou(start, mode: str) -> None:
     assert {get(m.port)[0] for _ in range(10)} == {200}
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_term_exits_zero_and_leaves_no_process(start, mode: str) -> None:
-    m = start("-w", "2", "--dispatch", mode)
+def test_term_exits_zero_and_leaves_no_process(start, mode: str, app: str) -> None:
+    m = start("-w", "2", "--dispatch", mode, app=app)
     workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     m.signal(signal.SIGTERM)
     assert m.proc.wait(timeout=15) == 0
@@ -468,14 +477,15 @@ def test_run_api_takes_hooks_as_a_config_file_does(tmp_path: Path) -> None:
         proc.wait(timeout=5)
 
 
-def test_run_api_refuses_an_asgi_app_with_one_line(tmp_path: Path) -> None:
+def test_run_api_refuses_an_asgi_app_under_interface_wsgi_with_one_line(tmp_path: Path) -> None:
     proc, log_path = _run_script(
         tmp_path,
         "import prefork_lb\n"
         "async def app(scope, receive, send):\n"
         "    pass\n"
         "if __name__ == '__main__':\n"
-        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{free_port()}'], workers=2))\n",
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{free_port()}'], workers=2,"
+        " interface='wsgi'))\n",
     )
     try:
         assert proc.wait(timeout=20) == 2
@@ -485,17 +495,17 @@ def test_run_api_refuses_an_asgi_app_with_one_line(tmp_path: Path) -> None:
     lines = [ln for ln in text.splitlines() if ln.startswith("prefork_lb: error:")]
     assert lines == [
         "prefork_lb: error: app 'app' is an ASGI application (async def app(scope, receive, send)), "
-        "not a WSGI one: prefork_lb serves WSGI apps (environ, start_response) only; ASGI is not "
-        "supported yet"
+        "not a WSGI one: start it with --interface asgi (or auto)"
     ], text
     assert "Traceback" not in text
 
 
+@APPS
 @pytest.mark.parametrize("mode", MODES)
-def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str) -> None:
+def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str, app: str) -> None:
     """Removing a worker slot drains it: in reuseport mode the master steers new connections
     away from the slot (BPF) and its worker accepts what was queued before closing."""
-    m = start("-w", "3", "--dispatch", mode)
+    m = start("-w", "3", "--dispatch", mode, app=app)
     wait_for(lambda: len(m.workers()) == 3, what="3 workers")
     with Load(m.port) as load:
         for n_after, sig in (

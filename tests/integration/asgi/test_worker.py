@@ -1,0 +1,246 @@
+"""The ASGI worker under the master (``--interface asgi`` and ``auto``), in every dispatch mode:
+what a user sees of it. The master's behaviours shared with the WSGI worker (respawn, reload
+under load, TTIN/TTOU, TERM) run over both interfaces in tests/integration/test_master.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import DISPATCH_MODES, free_port, http_get, kill_group, spawn, wait_for
+from tests.integration.test_master import Master
+
+APP = "tests.apps_asgi_worker:app"
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    started: list[Master] = []
+
+    def _start(*args: str, ready: bool = True, app: str = APP) -> Master:
+        if "--stats-bind" not in args:
+            args = (*args, "--stats-bind", "off")  # no admin process among the children watched
+        m = Master(tmp_path, *args, app=app)
+        started.append(m)
+        if ready:
+            m.wait_ready()
+        return m
+
+    yield _start
+    for m in started:
+        m.stop()
+
+
+def json_get(port: int, path: str = "/json") -> dict:
+    status, body = http_get(port, path)
+    assert status == 200, body
+    return json.loads(body)
+
+
+def error_lines(text: str) -> list[str]:
+    return [ln for ln in text.splitlines() if ln.startswith("prefork_lb: error:")]
+
+
+@pytest.mark.parametrize("interface", ["asgi", "auto"])
+@pytest.mark.parametrize("mode", DISPATCH_MODES)
+def test_every_mode_serves_an_asgi_app_with_two_workers(start, mode: str, interface: str) -> None:
+    m = start("-w", "2", "--dispatch", mode, "--interface", interface)
+    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    pids = set()
+    for _ in range(40):
+        data = json_get(m.port)
+        assert data["path"] == "/json"
+        pids.add(data["pid"])
+        if pids == set(workers):
+            break
+    assert pids <= set(workers)
+    assert json_get(m.port, "/state")["started_by"] in workers, "the lifespan state reaches requests"
+    flipped = m.text().count("The app is an ASGI application: starting ASGI workers")
+    assert flipped == (1 if interface == "auto" else 0), m.text()
+    assert "Traceback" not in m.text()
+
+
+def test_a_blocked_loop_is_aborted_and_the_log_names_the_request(start) -> None:
+    """time.sleep in an async def stops the loop, so the heartbeat: the master aborts the
+    worker, and its line names the request; faulthandler's stack names the view."""
+    m = start("-w", "1", "--timeout", "2", "--interface", "asgi")
+    (victim,) = wait_for(lambda: m.workers(), what="worker")
+    try:
+        http_get(m.port, "/block?30", timeout=10)
+    except OSError:
+        pass  # the worker was killed under this request: the connection drops
+    wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
+    log = wait_for(
+        lambda: "WORKER TIMEOUT" in m.text() and "apps_asgi_worker.py" in m.text() and m.text(),
+        what="timeout log with the stack",
+    )
+    assert "while serving GET /block?30" in log
+    assert json_get(m.port)["path"] == "/json"
+
+
+def test_request_timeout_answers_504_and_the_worker_serves_on(start) -> None:
+    m = start("-w", "1", "--request-timeout", "0.5", "--interface", "asgi")
+    status, _ = http_get(m.port, "/sleep?5", timeout=10)
+    assert status == 504  # the app itself would answer 200 after 5 s
+    assert json_get(m.port)["path"] == "/json"
+
+
+@pytest.mark.parametrize("interface", ["asgi", "auto"])
+def test_a_failed_lifespan_startup_is_one_line_and_exit_3_without_respawning(start, interface: str) -> None:
+    m = start("-w", "2", "--interface", interface, ready=False, app="tests.apps_asgi_worker:lifespan_fails")
+    assert m.proc.wait(timeout=30) == 3
+    text = m.text()
+    assert error_lines(text) == [
+        "prefork_lb: error: the app's lifespan startup failed: no database at db.invalid"
+    ]
+    assert "died unexpectedly" not in text and "Traceback" not in text
+
+
+def test_a_reload_whose_lifespan_fails_keeps_the_old_workers(start, tmp_path: Path) -> None:
+    module = tmp_path / "flaky_lifespan.py"
+    module.write_text(
+        "import os\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] == 'lifespan':\n"
+        "        await receive()\n"
+        "        kind = 'failed' if os.path.exists(__file__ + '.fail') else 'complete'\n"
+        "        await send({'type': 'lifespan.startup.' + kind, 'message': 'broken config'})\n"
+        "        await receive()\n"
+        "        await send({'type': 'lifespan.shutdown.complete'})\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': b'ok'})\n"
+    )
+    m = start("-w", "1", "--chdir", str(tmp_path), app="flaky_lifespan:app")
+    old = wait_for(lambda: m.workers(), what="worker")
+    Path(str(module) + ".fail").write_text("")
+    m.signal(signal.SIGHUP)
+    wait_for(lambda: "failed to boot" in m.text(), what="the replacement's failure")
+    assert "the app's lifespan startup failed: broken config; the old worker keeps serving" in m.text()
+    assert m.workers() == old and http_get(m.port, "/") == (200, b"ok"), m.text()
+
+
+@pytest.mark.parametrize(
+    ("app", "interface", "line"),
+    [
+        ("not_an_app", "auto", "app 'tests.apps_asgi_worker:not_an_app' is not callable (it is a dict)"),
+        (
+            "async_gen",
+            "auto",
+            "app 'tests.apps_asgi_worker:async_gen' is neither a WSGI nor an ASGI application (async def "
+            "(with yield) async_gen(scope, receive, send): an async generator function",
+        ),
+        (
+            "app",
+            "wsgi",
+            "app 'tests.apps_asgi_worker:app' is an ASGI application (async def app(scope, receive",
+        ),
+    ],
+    ids=["not-callable", "async-generator", "asgi-app-as-wsgi"],
+)
+def test_an_app_of_neither_interface_is_one_line_and_exit_2(
+    start, app: str, interface: str, line: str
+) -> None:
+    m = start("-w", "2", "--interface", interface, ready=False, app=f"tests.apps_asgi_worker:{app}")
+    assert m.proc.wait(timeout=30) == 2
+    (got,) = error_lines(m.text())
+    assert got.startswith("prefork_lb: error: " + line), got
+    assert "Traceback" not in m.text()
+
+
+def test_a_wsgi_app_under_interface_asgi_is_one_line_and_exit_2(start) -> None:
+    m = start("-w", "1", "--interface", "asgi", ready=False, app="prefork_lb.demo:app")
+    assert m.proc.wait(timeout=30) == 2
+    assert error_lines(m.text()) == [
+        "prefork_lb: error: app 'prefork_lb.demo:app' is a WSGI application (def app(environ, "
+        "start_response)), not an ASGI one: start it with --interface wsgi (or auto)"
+    ]
+
+
+def test_an_asgi2_class_is_served(start) -> None:
+    m = start("-w", "1", app="tests.apps_asgi_worker:asgi2")
+    assert http_get(m.port, "/") == (200, b'{"asgi": 2}')
+
+
+def test_root_path_reaches_the_scope(start) -> None:
+    m = start("-w", "1", "--root-path", "/api/", "--interface", "asgi")
+    got = json_get(m.port, "/api/root")
+    assert got["root_path"] == "/api" and got["path"] == "/api/root"  # ASGI: path includes it
+
+
+def test_access_log_lines_and_graceful_stop_with_lifespan_shutdown(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.txt"
+    port = free_port()
+    log = tmp_path / "out.log"
+    cmd = [sys.executable, "-m", "prefork_lb", APP, "-b", f"127.0.0.1:{port}", "-w", "2"]
+    cmd += ["--access-logfile", "-", "--stats-bind", "off", "--control-socket", "off"]
+    env = dict(os.environ, PREFORK_LB_TEST_CALLS=str(calls))
+    with open(log, "wb") as out:
+        proc = spawn(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_for(lambda: "Ready:" in log.read_text(), what="ready")
+        assert http_get(port, "/json?x=1")[0] == 200
+        wait_for(lambda: '"GET /json?x=1 HTTP/1.1" 200 ' in log.read_text(), what="the access log line")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        kill_group(proc)
+        proc.wait(timeout=5)
+    assert calls.read_text().count("lifespan shutdown") == 2, "each worker ran its lifespan shutdown"
+
+
+def test_max_requests_recycles_an_asgi_worker_without_failures(start) -> None:
+    m = start("-w", "1", "--max-requests", "20", "--interface", "asgi")
+    first = wait_for(lambda: m.workers(), what="worker")
+    statuses = [http_get(m.port, "/json")[0] for _ in range(60)]
+    assert statuses == [200] * 60
+    wait_for(lambda: m.workers() and m.workers()[0] not in first, what="recycled worker")
+    assert "asking to be replaced" in m.text()
+
+
+def test_the_run_api_serves_an_asgi_app_object(tmp_path: Path) -> None:
+    port = free_port()
+    script = tmp_path / "serve.py"
+    script.write_text(
+        "import prefork_lb\n"
+        "from tests.apps_asgi_worker import app\n"
+        "if __name__ == '__main__':\n"
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{port}'], workers=1,"
+        " stats_bind='off', control_socket='off'))\n"
+    )
+    log = tmp_path / "run.log"
+    with open(log, "wb") as out:
+        proc = spawn([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: "Ready:" in log.read_text() or proc.poll() is not None, what="ready")
+        assert json_get(port)["path"] == "/json"
+        assert "The app is an ASGI application" not in log.read_text(), "detected in the master"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        finally:
+            kill_group(proc)
+
+
+def test_concurrent_requests_on_one_worker_are_served_at_once(start) -> None:
+    """The loop serves other requests while one sleeps (cooperatively)."""
+    m = start("-w", "1", "--interface", "asgi")
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(http_get(m.port, "/sleep?1", timeout=20)[0]))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert results == [200] * 8
