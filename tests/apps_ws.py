@@ -42,7 +42,12 @@ async def echo(scope: dict[str, Any], receive: Receive, send: Send) -> None:
 async def subprotocol(scope: dict[str, Any], receive: Receive, send: Send) -> None:
     chosen = scope["subprotocols"][-1] if scope["subprotocols"] else None
     await send({"type": "websocket.accept", "subprotocol": chosen, "headers": [(b"x-chosen", b"yes")]})
-    await send({"type": "websocket.send", "text": f"{scope['scheme']} {scope['path']} {scope['query_string'].decode()}"})
+    await send(
+        {
+            "type": "websocket.send",
+            "text": f"{scope['scheme']} {scope['path']} {scope['query_string'].decode()}",
+        }
+    )
     await _until_disconnect(scope, receive)
 
 

@@ -36,7 +36,9 @@ class Hooks:
     def request_started(self, conn: Any, scope: dict[str, Any]) -> None:
         pass
 
-    def request_finished(self, conn: Any, scope: dict[str, Any], status: int, sent: int, seconds: float) -> None:
+    def request_finished(
+        self, conn: Any, scope: dict[str, Any], status: int, sent: int, seconds: float
+    ) -> None:
         print(f"finished {scope['path']} {status}", file=sys.stderr, flush=True)
 
 
@@ -53,7 +55,9 @@ class Head(asyncio.Protocol):
         try:
             self.parser.feed(data)
         except HTTPError as exc:
-            self.transport.write(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % exc.status)
+            self.transport.write(
+                b"HTTP/1.1 %d X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n" % exc.status
+            )
             self.transport.close()
             return
         if not self.parser.requests:

@@ -3,10 +3,10 @@ ready once it has written its port; stopped (TERM, then KILL) after the test."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 

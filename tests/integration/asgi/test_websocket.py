@@ -13,8 +13,9 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 
-
-def handshake(path: str = "/echo", *, key: bytes | None = None, version: bytes = b"13", extra: bytes = b"") -> bytes:
+def handshake(
+    path: str = "/echo", *, key: bytes | None = None, version: bytes = b"13", extra: bytes = b""
+) -> bytes:
     key = base64.b64encode(os.urandom(16)) if key is None else key
     lines = [
         b"GET " + path.encode() + b" HTTP/1.1",
