@@ -1,4 +1,1 @@
-"""The ASGI worker on asyncio/uvloop, sharing ``prefork_lb.http`` with the WSGI worker.
-
-Invariant: nothing here imports gevent; the ASGI worker process is never monkey-patched.
-"""
+"""The ASGI worker's engine on asyncio (uvloop when installed) and httptools, sharing prefork_lb.http."""

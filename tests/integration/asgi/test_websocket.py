@@ -12,6 +12,13 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from tests.ws_fixture import ws_servers
+
+
+@pytest.fixture
+def ws_server(tmp_path):
+    yield from ws_servers(tmp_path)
+
 
 def handshake(
     path: str = "/echo", *, key: bytes | None = None, version: bytes = b"13", extra: bytes = b""

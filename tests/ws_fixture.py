@@ -1,5 +1,6 @@
-"""``ws_server(*args)``: the websocket test server (tests/ws_server.py) in its own process group,
-ready once it has written its port; stopped (TERM, then KILL) after the test."""
+"""The websocket test server (tests/ws_server.py) run for a test: :func:`ws_servers` is the body
+of a test module's ``ws_server(*args)`` fixture, which starts one in its own process group, ready
+once it has written its port, and stops every one it started (TERM, then KILL) after the test."""
 
 from __future__ import annotations
 
@@ -7,8 +8,6 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 from tests.helpers import spawn, stop_process, wait_for
 
@@ -39,8 +38,7 @@ class WsServer:
         return wait_for(lambda: self.log_text() if text in self.log_text() else "", timeout, repr(text))
 
 
-@pytest.fixture
-def ws_server(tmp_path: Path) -> Iterator[Callable[..., WsServer]]:
+def ws_servers(tmp_path: Path) -> Iterator[Callable[..., WsServer]]:
     started: list[WsServer] = []
 
     def start(*args: str) -> WsServer:
