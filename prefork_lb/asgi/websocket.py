@@ -29,7 +29,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping, Pong, TextMessage
@@ -103,10 +103,10 @@ class HandshakeRefused(asyncio.Protocol):
         self.settings = settings
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.WriteTransport)
+        out = cast(asyncio.WriteTransport, transport)  # (uvloop's: not a subclass, same methods)
         body = f"Bad Request: {self.why}\n".encode()
-        transport.write(response_head(400, self.settings, len(body), self.headers) + body)
-        transport.close()
+        out.write(response_head(400, self.settings, len(body), self.headers) + body)
+        out.close()
 
     def data_received(self, data: bytes) -> None:
         pass
@@ -140,6 +140,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self.side = AppSide(handshake.subprotocols)
         self.transport: asyncio.Transport | None = None
         self.conn: Connection | None = None  # after accept
+        self.client = scope.get("client")  # (for the hooks, which get this protocol as conn)
         self.status = 0  # what the handshake was answered: 101, 403, 500, the app's denial
         self.sent_bytes = 0
         self.task: asyncio.Task[None] | None = None
@@ -165,8 +166,8 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports are not asyncio.Transport subclasses, but have its methods)
+        self.transport = cast(asyncio.Transport, transport)
         self._loop = loop = asyncio.get_running_loop()
         self._started = time.monotonic()
         if len(self._early) >= EARLY_MAX:
@@ -483,7 +484,7 @@ class WebSocketProtocol(asyncio.Protocol):
         if fn is None:
             return
         try:
-            fn(self.transport, *args)
+            fn(self, *args)
         except Exception:
             log.exception("websocket %s hook failed", name)
 

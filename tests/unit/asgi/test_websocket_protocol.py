@@ -423,7 +423,7 @@ def test_hooks_get_the_transport_and_a_failing_hook_is_logged(caplog):
     async def main():
         proto, transport, peer = make(app, hooks=Hooks())
         await settle()
-        assert calls == [("started", transport, "/p")]
+        assert calls == [("started", proto, "/p")]
         assert bytes(transport.out).startswith(b"HTTP/1.1 403 ")
 
     with caplog.at_level(logging.ERROR, "prefork_lb.error"):

@@ -165,3 +165,29 @@ def test_settings_from_options():
         server_header=False,
     )
     assert WsSettings.from_options(opts) == WsSettings(10, 0.0, 0.0, False, 1.0, False)
+
+
+def test_settings_from_the_command_line():
+    from prefork_lb.asgi.options import AsgiOptions
+    from prefork_lb.cli import parse
+
+    argv = [
+        "app:app",
+        "--ws-max-size",
+        "1024",
+        "--ws-ping-interval",
+        "0",
+        "--ws-ping-timeout",
+        "3",
+        "--ws-per-message-deflate",
+        "false",
+    ]
+    cfg = parse(argv, environ={})
+    got = WsSettings.from_options(AsgiOptions.from_config(cfg))
+    assert (got.max_size, got.ping_interval, got.ping_timeout, got.per_message_deflate) == (
+        1024,
+        0.0,
+        3.0,
+        False,
+    )
+    assert WsSettings.from_options(AsgiOptions.from_config(parse(["app:app"], environ={}))) == WsSettings()
