@@ -113,11 +113,11 @@ class HandshakeRefused(asyncio.Protocol):
 
 
 def app_name(app: object) -> str:
-    """``module.qualname`` of the app (or of its class) for log lines."""
+    """``module:qualname`` of the app (or of its class) for log lines, as asgi.server names it."""
     target = app if hasattr(app, "__qualname__") else type(app)
     module = getattr(target, "__module__", "") or ""
     name = getattr(target, "__qualname__", "") or repr(app)
-    return f"{module}.{name}" if module else name
+    return f"{module}:{name}" if module else name
 
 
 class WebSocketProtocol(asyncio.Protocol):

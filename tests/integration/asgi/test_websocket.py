@@ -154,7 +154,7 @@ def test_app_crash_is_1011_and_the_server_keeps_serving(ws_server):
             ws.recv(timeout=10)
     assert info.value.rcvd is not None and info.value.rcvd.code == 1011
     log = srv.wait_log("RuntimeError: boom")
-    assert "websocket app tests.apps_ws.app raised RuntimeError: boom (websocket /crash)" in log
+    assert "websocket app tests.apps_ws:app raised RuntimeError: boom (websocket /crash)" in log
     with connect(srv.url("/echo"), open_timeout=10) as ws:
         ws.send("still here")
         assert ws.recv(timeout=10) == "still here"
@@ -177,7 +177,7 @@ def test_invalid_event_is_one_line_and_1011(ws_server):
     log = srv.wait_log("sent an invalid event")
     line = next(x for x in log.splitlines() if "invalid event" in x)
     assert line == (
-        "[ERROR] websocket app tests.apps_ws.app sent an invalid event "
+        "[ERROR] websocket app tests.apps_ws:app sent an invalid event "
         "'websocket.send': needs exactly one of bytes and text (websocket /invalid)"
     )
     assert "Traceback" not in log

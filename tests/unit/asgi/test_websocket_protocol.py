@@ -472,5 +472,5 @@ def test_app_name():
         async def __call__(self, scope, receive, send):
             pass
 
-    assert app_name(App()).endswith("test_websocket_protocol.test_app_name.<locals>.App")
-    assert app_name(test_app_name) == f"{__name__}.test_app_name"
+    assert app_name(App()).endswith("test_websocket_protocol:test_app_name.<locals>.App")
+    assert app_name(test_app_name) == f"{__name__}:test_app_name"
