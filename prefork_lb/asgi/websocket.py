@@ -66,6 +66,7 @@ log = logging.getLogger("prefork_lb.error")
 INBOX_HIGH = 16  # messages waiting for the app before reading pauses
 INBOX_LOW = 4  # ... and resumes
 EARLY_MAX = 65536  # bytes read before accept (frames a client sent too soon) before reading pauses
+INFLATE_SLICE = 4096  # compressed bytes fed to wsproto at once (at most ~4 MiB once inflated)
 
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -162,6 +163,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._deny_body = bytearray()
         self._ping_payload = b""
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._deflate = False  # permessage-deflate was agreed
+        self._hung_up = False  # the transport is being closed: what still comes is not read
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -182,11 +185,16 @@ class WebSocketProtocol(asyncio.Protocol):
                 if len(self._early) >= EARLY_MAX:
                     self._pause_reading()
             return  # after a refusal: ignored
-        if self.conn.state is ConnectionState.CLOSED:
-            return
-        self.conn.receive_data(data)
-        for event in self.conn.events():
-            self._on_event(event)
+        conn = self.conn
+        # Compressed, a read can inflate a thousandfold before the size check sees it: with
+        # permessage-deflate on, wsproto gets it in slices, each checked (see _on_data).
+        step = INFLATE_SLICE if self._deflate else len(data) or 1
+        for at in range(0, len(data), step):
+            if conn.state is ConnectionState.CLOSED or self._hung_up:
+                return
+            conn.receive_data(data[at : at + step])
+            for event in conn.events():
+                self._on_event(event)
         if len(self._inbox) >= INBOX_HIGH:
             self._pause_reading()
 
@@ -234,6 +242,7 @@ class WebSocketProtocol(asyncio.Protocol):
             reason = f"message bigger than {self.settings.max_size} bytes"
             self._close(1009, reason)
             self._deliver_disconnect(1009, reason)
+            self._hang_up()  # at once: the rest of the message is not even read
             return
         if event.message_finished:
             parts, self._parts, self._size = self._parts, [], 0
@@ -332,6 +341,7 @@ class WebSocketProtocol(asyncio.Protocol):
         self._write(accept_head(self.handshake, self.settings, action.subprotocol, action.headers, agreed))
         self.status = 101
         self.conn = Connection(ConnectionType.SERVER, extensions)
+        self._deflate = bool(extensions)
         early, self._early = bytes(self._early), bytearray()
         self._resume_reading()
         if early:
@@ -386,6 +396,7 @@ class WebSocketProtocol(asyncio.Protocol):
             self._later("close", self.settings.close_timeout, self._hang_up)
 
     def _hang_up(self) -> None:
+        self._hung_up = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
         self._later("abort", self.settings.close_timeout, self._abort)
