@@ -540,3 +540,46 @@ def test_a_compressed_bomb_stops_at_the_limit(monkeypatch):
         assert sum(inflated) < (1 << 20) + 4200 * 1032  # and inflating stopped at the limit
 
     run(main)
+
+
+@pytest.mark.parametrize("what", ["invalid", "raise", "deny"])
+def test_failures_after_accept_and_a_denial(caplog, what):
+    async def app(scope, receive, send):
+        await receive()
+        if what == "deny":
+            await send({"type": "websocket.http.response.start", "status": 404, "headers": [(b"x", b"y")]})
+            await send({"type": "websocket.http.response.body", "body": b"no", "more_body": True})
+            await send({"type": "websocket.http.response.body", "body": b"pe"})
+            return
+        await send({"type": "websocket.accept"})
+        if what == "invalid":
+            try:
+                await send({"type": "websocket.send", "text": 5})
+            except Exception:  # an app that swallows it: the connection is closed anyway
+                pass
+            return
+        raise KeyError("k")
+
+    async def main():
+        proto, transport, peer = make(app)
+        await settle()
+        if what == "deny":
+            assert bytes(transport.out) == (
+                b"HTTP/1.1 404 Not Found\r\nServer: prefork_lb\r\nx: y\r\nContent-Length: 4\r\nConnection: close\r\n\r\nnope"
+            )
+            assert transport.closed and proto.status == 404
+            return
+        (close,) = peer.events()
+        assert close.code == 1011
+
+    with caplog.at_level(logging.ERROR, "prefork_lb.error"):
+        run(main)
+    lines = [r.getMessage() for r in caplog.records]
+    want = {
+        "invalid": [
+            f"websocket app {app_name(app)} sent an invalid event 'websocket.send': text must be a str, not int (websocket /p)"
+        ],
+        "raise": [f"websocket app {app_name(app)} raised KeyError: 'k' (websocket /p)"],
+        "deny": [],
+    }
+    assert lines == want[what]
