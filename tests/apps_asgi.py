@@ -125,6 +125,7 @@ async def behave(scope: Scope, receive: Any, send: Any) -> None:
         await send({"type": "http.response.pathsend", "path": query})
     elif path == "/sleep":
         await asyncio.sleep(float(query or 1))
+        _record("done sleep")
         await send(START)
         await send({"type": "http.response.body", "body": b"slept"})
     elif path == "/sleep-after-start":

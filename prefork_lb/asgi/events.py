@@ -192,10 +192,10 @@ def response_head(status: Any, headers: Any) -> AsgiHead:
     out, length, has_date, has_server, close = _header_lines(pairs)
     out.insert(0, line)
     head = AsgiHead(b"".join(out), status, length, has_date, has_server, close)
-    if key is not None:
-        if len(_HEADS) >= _HEADS_MAX:
-            _HEADS.clear()
-        _HEADS[key] = head
+    # (A key that could not be made means a header that is not bytes: refused above.)
+    if len(_HEADS) >= _HEADS_MAX:
+        _HEADS.clear()
+    _HEADS[key] = head
     return head
 
 

@@ -245,30 +245,34 @@ def test_request_timeout_504_or_close(asgi_start: Any) -> None:
     assert request(srv.port).body == b"hello"
 
 
-def test_admission_queue_full_gets_503(asgi_start: Any) -> None:
-    srv = asgi_start(BEHAVE, max_concurrency=1, queue_size=1)
-    before = len(srv.calls())
-    results: list[int] = []
-
-    def slow() -> None:
-        results.append(request(srv.port, "GET", "/sleep?2", timeout=15).status)
-
-    threads = [threading.Thread(target=slow) for _ in range(2)]
-    threads[0].start()
-    wait_for(lambda: len(srv.calls()) > before, 5, "the first request in the app")
-    threads[1].start()  # waits in the queue
-    # The queue's place is taken once the second connection's request was read: poll with a
-    # third request until one is refused (the second may still be on its way).
-    refused = wait_for(lambda: _busy(srv.port), 5, "a 503 from the full server")
-    assert refused.header("retry-after") == "1" and refused.body == b"server busy, try again\n"
-    for t in threads:
-        t.join(20)
-    assert results == [200, 200]
+def _in_app(srv: Any, target: str, before: int) -> tuple[Any, HTTPStream]:
+    """A connection whose request is in the app (its call recorded)."""
+    sock = connect(srv.port, timeout=15)
+    sock.sendall(build_request("GET", target))
+    wait_for(lambda: len(srv.calls()) > before, 5, f"{target} in the app")
+    return sock, HTTPStream(sock, 15)
 
 
-def _busy(port: int) -> Any:
-    r = request(port, "GET", "/")
-    return r if r.status == 503 else None
+def test_admission_full_gets_503_with_retry_after(asgi_start: Any) -> None:
+    srv = asgi_start(BEHAVE, max_concurrency=1, queue_size=0)
+    sock, stream = _in_app(srv, "/sleep?1", 0)
+    with sock:
+        refused = request(srv.port, "GET", "/")
+        assert refused.status == 503 and refused.header("retry-after") == "1"
+        assert refused.body == b"server busy, try again\n" and refused.header("connection") == "close"
+        assert stream.read_response().status == 200
+    assert srv.calls() == ["GET /sleep", "done sleep"]
+    assert request(srv.port).status == 200  # the place is free again
+
+
+def test_admission_queue_waits_in_order(asgi_start: Any) -> None:
+    srv = asgi_start(BEHAVE, max_concurrency=1, queue_size=5)
+    sock, stream = _in_app(srv, "/sleep?1", 0)
+    with sock, connect(srv.port, timeout=15) as second:
+        second.sendall(build_request("GET", "/queued"))
+        assert HTTPStream(second, 15).read_response().body == b"hello"
+        assert stream.read_response().body == b"slept"
+    assert srv.calls() == ["GET /sleep", "done sleep", "GET /queued"]  # it waited for the place
 
 
 def test_header_timeout_408_and_idle_keepalive_close(asgi_start: Any) -> None:
