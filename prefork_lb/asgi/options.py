@@ -30,6 +30,11 @@ class AsgiOptions:
     request_timeout: float = 0.0  # 0: none
     # Seconds a drain first goes on serving as usual (see ServerOptions.idle_grace).
     idle_grace: float = 0.0
+    # Websockets (prefork_lb.asgi.ws_handshake.WsSettings reads these).
+    ws_max_size: int = 16 * 1024 * 1024
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_per_message_deflate: bool = True
 
     @classmethod
     def from_config(cls, cfg: Any) -> AsgiOptions:
@@ -50,4 +55,8 @@ class AsgiOptions:
             queue_size=cfg.queue_size,
             request_timeout=cfg.request_timeout,
             trusted_peers=TrustedPeers(cfg.forwarded_allow_ips),
+            ws_max_size=cfg.ws_max_size,
+            ws_ping_interval=cfg.ws_ping_interval,
+            ws_ping_timeout=cfg.ws_ping_timeout,
+            ws_per_message_deflate=cfg.ws_per_message_deflate,
         )

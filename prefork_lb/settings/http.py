@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefork_lb.settings.base import Setting, boolean, non_negative_float, non_negative_int, positive_int
+from prefork_lb.settings.base import (
+    SERVER,
+    Setting,
+    boolean,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+)
 
 SHUTDOWN_DELAY_MAX = 3600.0
 
@@ -128,4 +135,46 @@ class HttpSettings:
         flags=("--limit-request-body",),
         section="Limits",
         metavar="BYTES",
+    )
+
+    # --- websockets (the ASGI worker; uvicorn's names and defaults)
+    ws_max_size = Setting(
+        positive_int,
+        16 * 1024 * 1024,
+        "Largest websocket message in bytes (text counted as UTF-8) an ASGI app is handed; a "
+        "bigger one closes the connection with code 1009.",
+        flags=("--ws-max-size",),
+        section="Limits",
+        metavar="BYTES",
+        commands=(SERVER,),
+    )
+
+    ws_ping_interval = Setting(
+        non_negative_float,
+        20.0,
+        "Seconds between the pings the ASGI worker sends on each websocket. 0: none.",
+        flags=("--ws-ping-interval",),
+        section="Timeouts",
+        metavar="SECONDS",
+        commands=(SERVER,),
+    )
+
+    ws_ping_timeout = Setting(
+        non_negative_float,
+        20.0,
+        "Seconds a websocket ping may go unanswered before the connection is closed with code 1011. 0: forever.",
+        flags=("--ws-ping-timeout",),
+        section="Timeouts",
+        metavar="SECONDS",
+        commands=(SERVER,),
+    )
+
+    ws_per_message_deflate = Setting(
+        boolean,
+        True,
+        "Accept the permessage-deflate websocket extension (compressed messages) when a client offers it.",
+        flags=("--ws-per-message-deflate",),
+        section="Limits",
+        metavar="BOOL",
+        commands=(SERVER,),
     )
