@@ -72,7 +72,7 @@ class Case:
 
 
 def answer(srv: FrameworkServer, case: Case) -> Answer:
-    with httpx.Client(base_url=srv.url, timeout=TIMEOUT, follow_redirects=False) as client:
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT, follow_redirects=False, trust_env=False) as client:
         resp = client.request(case.method, case.path, **case.request)
     headers = sorted(((k.lower(), v) for k, v in resp.headers.multi_items()), key=lambda kv: kv[0])
     return Answer(resp.status_code, [(k, v) for k, v in headers if k not in IGNORED_HEADERS], resp.content)
@@ -263,7 +263,7 @@ def test_fastapi_background_task_runs_after_the_response(
 ) -> None:
     srv = framework_server(server, "fastapi")
     name = uuid.uuid4().hex
-    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as client:
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT, trust_env=False) as client:
         queued = client.post(f"/tasks/{name}")
         assert (queued.status_code, queued.json()) == (202, {"queued": name})
         wait_for(lambda: client.get(f"/tasks/{name}").json() == {"ran": True}, 5.0, "the background task")
@@ -286,7 +286,7 @@ def transcript(srv: FrameworkServer, case: WsCase) -> dict[str, Any]:
     """The handshake's outcome, every message received, and how the connection closed."""
     try:
         ws = connect(
-            srv.ws_url + case.path, subprotocols=case.subprotocols, open_timeout=TIMEOUT, close_timeout=5
+            srv.ws_url + case.path, subprotocols=case.subprotocols, open_timeout=TIMEOUT, close_timeout=5, proxy=None
         )  # type: ignore[arg-type]
     except InvalidStatus as exc:
         return {"rejected": exc.response.status_code, "body": exc.response.body}
