@@ -286,7 +286,11 @@ def transcript(srv: FrameworkServer, case: WsCase) -> dict[str, Any]:
     """The handshake's outcome, every message received, and how the connection closed."""
     try:
         ws = connect(
-            srv.ws_url + case.path, subprotocols=case.subprotocols, open_timeout=TIMEOUT, close_timeout=5, proxy=None
+            srv.ws_url + case.path,
+            subprotocols=case.subprotocols,
+            open_timeout=TIMEOUT,
+            close_timeout=5,
+            proxy=None,
         )  # type: ignore[arg-type]
     except InvalidStatus as exc:
         return {"rejected": exc.response.status_code, "body": exc.response.body}
