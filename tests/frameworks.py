@@ -1,6 +1,7 @@
-"""Servers for the real-framework ASGI tests: uvicorn (the reference) and prefork_lb.
+"""Servers for the real-framework ASGI tests (tests/integration/asgi/test_frameworks.py):
+uvicorn (the reference) and prefork_lb.
 
-``framework_server(kind, app)`` starts ``kind`` ("uvicorn" or "prefork_lb") serving ``app`` (a
+The ``framework_server`` fixture (:func:`framework_servers`): ``framework_server(kind, app)`` starts ``kind`` ("uvicorn" or "prefork_lb") serving ``app`` (a
 key of :data:`APPS`) once per session, on a free 127.0.0.1 port, in its own process group, with
 tests/apps/asgi/ on its PYTHONPATH, with each server's default lifespan handling (uvicorn's
 ``auto``: Django has no lifespan support). Ready when ``GET /`` gets any HTTP answer (polled, 20 s
@@ -85,7 +86,9 @@ class FrameworkServer:
     def _launch(self, port: int) -> bool:
         self.port = port
         self.cmd = command(self.kind, self.app, port)
-        env = server_env({"PYTHONPATH": f"{ROOT}:{APPS_DIR}", "PYTHONUNBUFFERED": "1"})
+        # One hash seed for both servers: what apps print from a set (Starlette's Allow header)
+        # comes out in the same order.
+        env = server_env({"PYTHONPATH": f"{ROOT}:{APPS_DIR}", "PYTHONUNBUFFERED": "1", "PYTHONHASHSEED": "0"})
         with open(self.log_path, "wb") as log:
             self.proc = spawn(
                 self.cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
@@ -115,8 +118,8 @@ class FrameworkServer:
 StartFramework = Callable[[str, str], FrameworkServer]
 
 
-@pytest.fixture(scope="session")
-def framework_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFramework]:
+def framework_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartFramework]:
+    """The body of the session fixture ``framework_server`` (see the module docstring)."""
     servers: dict[tuple[str, str], FrameworkServer] = {}
     failures: dict[tuple[str, str], str] = {}
 
