@@ -99,7 +99,9 @@ NOTES = [
     "processes other than the server's and the load generator's (/proc/stat minus both); well "
     "above 0 means another job took CPU and that row's numbers are depressed.",
     "ratio = prefork_lb's req/s (messages/s) over the peer's, within the same round; the summary "
-    "gives the median over rounds.",
+    "gives the median over rounds. On a shared machine the worker CPU per request is steadier than "
+    "req/s (another job takes time slices, not much of the work per request): the summary gives "
+    "the peer's worker CPU per request over prefork_lb's too.",
 ]
 
 
@@ -402,6 +404,7 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
     http_r, ws_r = ratios(rows, "http", "rps"), ratios(rows, "ws", "messages_per_s")
     mem_r = ratios(rows, "memory", "worker_pss_mib", higher_is_better=False)
+    cpu_r = ratios(rows, "http", "worker_cpu_ms_per_1k", higher_is_better=False)
     vs_uvicorn = ratios(rows, "http", "rps", base="uvicorn", higher_is_better=False)
 
     def ratio_cell(table: dict[str, list[float]], name: str) -> str:
@@ -421,6 +424,7 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 ratio_cell(http_r, n),
                 "-" if goal is None else f">= {goal:g}",
                 verdict,
+                ratio_cell(cpu_r, n),
                 ratio_cell(ws_r, n),
                 ratio_cell(mem_r, n),
                 ratio_cell(vs_uvicorn, n),
@@ -434,6 +438,7 @@ def summary(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "prefork_lb req/s ratio",
         "goal",
         "goal met",
+        "worker CPU/req: theirs/prefork_lb",
         "prefork_lb ws ratio",
         "PSS: theirs/prefork_lb",
         "req/s over uvicorn's",
