@@ -2,7 +2,8 @@
 what cannot be one.
 
 Invariants: every mistake a user can make in the app path, or an app object that cannot be a
-WSGI app (not callable, an ASGI application), ends in :class:`AppLoadError`, one line the
+WSGI app (not callable, an ASGI application, checked by :func:`load_app` and
+prefork_lb.asgi.detect), ends in :class:`AppLoadError`, one line the
 master prints before it exits 2. The checks only inspect the object: the app is never called
 here.
 """
@@ -22,6 +23,12 @@ class AppLoadError(Exception):
 
 
 def load_app(uri: str, chdir: str | None = None) -> Any:
+    """The WSGI app at ``uri`` (an ASGI one is refused: prefork_lb.asgi.detect tells both)."""
+    return wsgi_app(load_object(uri, chdir), uri)
+
+
+def load_object(uri: str, chdir: str | None = None) -> Any:
+    """The object at ``uri`` (``module:attr``, ``module:factory()``), whatever it is."""
     if chdir:
         try:
             os.chdir(chdir)
@@ -51,7 +58,7 @@ def load_app(uri: str, chdir: str | None = None) -> Any:
             raise AppLoadError(f"module {module_name!r} has no attribute {attr!r}") from None
     if call:
         obj = obj()
-    return wsgi_app(obj, uri)
+    return obj
 
 
 def wsgi_app(obj: Any, name: str | None) -> Any:
@@ -62,8 +69,8 @@ def wsgi_app(obj: Any, name: str | None) -> Any:
     shape = asgi_shape(obj)
     if shape is not None:
         raise AppLoadError(
-            f"app {name!r} is an ASGI application ({shape}), not a WSGI one: prefork_lb serves "
-            "WSGI apps (environ, start_response) only; ASGI is not supported yet"
+            f"app {name!r} is an ASGI application ({shape}), not a WSGI one: "
+            "start it with --interface asgi (or auto)"
         )
     return obj
 

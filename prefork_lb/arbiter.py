@@ -264,6 +264,7 @@ class Arbiter(Supervisor):
             workers = self.num_workers if new.workers == self.cfg.workers else new.workers
             new.set("workers", workers, "SIGHUP reload")
             self.mode.reconfigure(new)
+            self.interface.reconfigure(new)
             self.cfg = new
             self.num_workers = new.workers
             self.resized()

@@ -37,9 +37,12 @@ from prefork_lb import scoreboard as sb
 log = logging.getLogger("prefork_lb.error")
 
 # Exit codes the master understands: 0 normal, EXIT_APP_LOAD (the app path is wrong: the
-# message went through the boot pipe), EXIT_BOOT (the app raised on import).
+# message went through the boot pipe), EXIT_BOOT (the app raised on import, or its lifespan
+# startup failed), EXIT_WRONG_INTERFACE (--interface auto: the app is of the other interface
+# than this worker's, nothing on the boot pipe; see prefork_lb.interface).
 EXIT_APP_LOAD = 2
 EXIT_BOOT = 3
+EXIT_WRONG_INTERFACE = 4
 PR_SET_PDEATHSIG = 1
 MASTER_SIGNALS = (
     signal.SIGTERM,
@@ -179,8 +182,13 @@ class ChildProcess:
         if code:
             return code
         self.init_signals()
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())  # blocked since the fork
+        self.unblock_signals()
         return self.run()
+
+    def unblock_signals(self) -> None:
+        """Blocked since the fork; unblocked once the handlers are set (a loop that only sees
+        signals while it runs, as uvloop's, unblocks them from its first callback instead)."""
+        signal.pthread_sigmask(signal.SIG_SETMASK, set())
 
     def title(self) -> str:
         return self.role

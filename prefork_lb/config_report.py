@@ -51,16 +51,18 @@ def render_json(cfg: Config) -> str:
 
 
 def check_app(cfg: Config) -> str | None:
-    """Import the app as a worker would: None when it loads and is a WSGI app, else the one
-    line that says why not."""
+    """Import the app as a worker would: None when it loads and is an app of --interface,
+    else the one line that says why not."""
     if not cfg.local_workers or cfg.app_uri is None:
         return None  # the standalone proxy has no app
-    from prefork_lb.app import AppLoadError, load_app
+    from prefork_lb.app import AppLoadError, load_object
+    from prefork_lb.asgi.detect import resolve
     from prefork_lb.worker.child import patch
 
-    patch()
+    if cfg.interface != "asgi":
+        patch()
     try:
-        load_app(cfg.app_uri, cfg.chdir)
+        resolve(load_object(cfg.app_uri, cfg.chdir), cfg.app_uri, cfg.interface)
     except AppLoadError as exc:
         return str(exc)
     except BaseException as exc:  # the app raised on import: its one line, no traceback

@@ -31,6 +31,7 @@ from prefork_lb.admin import totals as tt
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
 from prefork_lb.dispatch.base import ADMIN_SLOT
+from prefork_lb.interface import EXIT_WRONG_INTERFACE, InterfaceChoice
 from prefork_lb.sockets import Address, sd_notify
 from prefork_lb.watchdog import ABORT_GRACE as ABORT_GRACE  # re-exported: the arbiter and tests
 from prefork_lb.watchdog import DISPATCHER_SLOT as DISPATCHER_SLOT
@@ -63,6 +64,7 @@ class WorkerProc:
     replaces: int = 0  # pid of the worker it takes over from
     reload_gen: int = 0  # the reload generation it was started in
     retry_at: float = 0.0  # its recycling replacement failed to boot: no new one before this
+    interface: str = ""  # a worker's: wsgi or asgi (prefork_lb.interface)
 
 
 @dataclass
@@ -122,6 +124,7 @@ class Supervisor(Watchdog):
         self.totals.started(self.pid, time.time())
         self.spawn_reason: dict[int, str] = {}  # slot -> why its next process starts
         self.mode = dispatch.make(cfg)  # everything that differs between --dispatch modes
+        self.interface = InterfaceChoice(cfg)  # the worker class: WSGI or ASGI
         self.stopping: str | None = None  # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
         self.stop_deadline = 0.0
@@ -174,6 +177,7 @@ class Supervisor(Watchdog):
         if port:
             self.board.set_port(entry, port)
         w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
+        w.interface = self.interface.current
         if not helper:
             self.hook("pre_fork", self, w)
         pid = self.fork_blocked()
@@ -231,9 +235,7 @@ class Supervisor(Watchdog):
                 proc = self.mode.helper_process(ctx)
             else:
                 self.hook("post_fork", self, w)
-                from prefork_lb.worker.child import WorkerChild
-
-                proc = WorkerChild(ctx)
+                proc = self.interface.child_class()(ctx)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -292,6 +294,7 @@ class Supervisor(Watchdog):
         for w in self.workers.values():
             if not w.ready and self.board.state(w.entry) in (sb.READY, sb.RETIRING):
                 w.ready = True
+                self.interface.ready(w.interface)
 
     def fill_slots(self, slots: list[int], now: float) -> None:
         """Empty slots (and the helper's) get a process, unless their back-off is not over."""
@@ -454,7 +457,10 @@ class Supervisor(Watchdog):
             if w.term_at:
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
                 continue
-            if code in (EXIT_APP_LOAD, EXIT_BOOT) and not w.ready:
+            if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong(w.interface):
+                self.predecessor(w)  # --interface auto: the slot starts again with the other class
+                continue
+            if code in (EXIT_APP_LOAD, EXIT_BOOT, EXIT_WRONG_INTERFACE) and not w.ready:
                 self.boot_failed(w, code)
                 if self.boot_error is not None:
                     return

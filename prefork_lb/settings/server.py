@@ -72,6 +72,21 @@ class ServerSettings:
         summary="How connections reach workers: reuseport, shared, handoff or proxy",
     )
 
+    interface = Setting(
+        str,
+        "auto",
+        "The app's interface: wsgi (app(environ, start_response), served by gevent workers), asgi "
+        "(async def app(scope, receive, send), or an ASGI 2 class, served by asyncio workers) or "
+        "auto (told from the app object's shape when a worker imports it; an object that is "
+        "neither stops the server with one line). The master never imports the app: under auto "
+        "it starts WSGI workers until one finds an ASGI app, then ASGI workers.",
+        flags=("--interface",),
+        choices=("auto", "wsgi", "asgi"),
+        commands=(SERVER,),
+        common=True,
+        summary="The app's interface: auto, wsgi or asgi",
+    )
+
     strategy = Setting(
         str,
         "least_connections",

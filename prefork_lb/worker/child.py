@@ -8,8 +8,9 @@ then gevent's monkey-patching (here, never in the master), then the app import (
 re-reads the code), then serving on what the master handed down.
 
 Exit codes the master understands (prefork_lb.child): 0 normal, EXIT_APP_LOAD (the app path is
-wrong, or the object is no WSGI app, e.g. an ASGI one: the message went through the boot pipe),
-EXIT_BOOT (the app raised on import).
+wrong, or the object is no app of --interface: the message went through the boot pipe),
+EXIT_BOOT (the app raised on import), EXIT_WRONG_INTERFACE (--interface auto and the app is an
+ASGI one: the master starts an ASGI worker instead, prefork_lb.interface).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from prefork_lb import scoreboard as sb
-from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildProcess
+from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, EXIT_WRONG_INTERFACE, ChildProcess
 
 __all__ = ["EXIT_APP_LOAD", "EXIT_BOOT", "WorkerChild", "patch", "stop_server"]
 
@@ -52,6 +53,7 @@ def stop_server(server: Any, graceful: bool, timeout: float) -> None:
 
 class WorkerChild(ChildProcess):
     role: ClassVar[str] = "worker"
+    interface: ClassVar[str] = "wsgi"  # what it serves (prefork_lb.asgi.detect)
     boot_mask: ClassVar[set[signal.Signals] | None] = {signal.SIGTERM}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -60,6 +62,8 @@ class WorkerChild(ChildProcess):
         self.access: Any = None
         self.n_offload = 0
         self.retiring = False  # asked the master for a replacement (max-requests, max-rss)
+        self.request_limit = 0  # --max-requests (jittered) for this worker; 0: none
+        self.rss: RssLimit | None = None
 
     def title(self) -> str:
         return f"worker {self.ctx.slot}"
@@ -134,15 +138,17 @@ class WorkerChild(ChildProcess):
         return 0
 
     def load_app(self) -> tuple[Any, int]:
-        """(the app, 0), or (None, exit code) with one line on the boot pipe for the master."""
-        from prefork_lb.app import AppLoadError, load_app, wsgi_app
+        """(the app, 0), or (None, exit code) with one line on the boot pipe for the master;
+        EXIT_WRONG_INTERFACE (nothing on the pipe) for an app of the other interface."""
+        from prefork_lb.app import AppLoadError, load_object
+        from prefork_lb.asgi.detect import resolve
 
         cfg, fd = self.cfg, self.ctx.boot_fd
         try:
-            if cfg.app_object is not None:  # prefork_lb.run(app): checked as a loaded one is
-                app = wsgi_app(cfg.app_object, cfg.app_uri)
-            else:
-                app = load_app(cfg.app_uri, cfg.chdir)
+            app = cfg.app_object  # prefork_lb.run(app): checked as a loaded one is
+            if app is None:
+                app = load_object(cfg.app_uri, cfg.chdir)
+            found = resolve(app, cfg.app_uri, cfg.interface)
         except AppLoadError as exc:
             os.write(fd, (str(exc) + "\n").encode())
             return None, EXIT_APP_LOAD
@@ -150,6 +156,12 @@ class WorkerChild(ChildProcess):
             traceback.print_exc()
             os.write(fd, f"the app failed to import: {type(exc).__name__}: {exc}\n".encode())
             return None, EXIT_BOOT
+        if found.interface != self.interface:
+            return None, EXIT_WRONG_INTERFACE
+        if found.asgi_version == "2.0":
+            from prefork_lb.asgi.detect import asgi2_adapter
+
+            app = asgi2_adapter(app)
         return app, 0
 
     def make_server(self, app: Any) -> Any:
@@ -206,40 +218,52 @@ class WorkerChild(ChildProcess):
     def heartbeat_loop(self) -> None:
         import gevent
 
-        from prefork_lb.offload import default_pool_if_started
-        from prefork_lb.offload.counters import SUBMITTED, TASKS
-        from prefork_lb.offload.external import configured
+        interval = self.heartbeat_setup()
+        while self.heartbeat_step():
+            gevent.sleep(interval)
+
+    def heartbeat_setup(self) -> float:
+        """The recycling limits of this worker (jittered once); the seconds between beats."""
         from prefork_lb.request_deadline import heartbeat_interval
 
         cfg = self.cfg
-        interval = heartbeat_interval(cfg.timeout, cfg.request_timeout)
         limit = cfg.max_requests
         if limit:
             limit += random.randint(0, cfg.max_requests_jitter) if cfg.max_requests_jitter else 0
+        self.request_limit = limit
         rss_mib = max_rss(cfg) if cfg.max_rss else 0
-        rss = RssLimit(rss_mib, cfg.max_rss_jitter) if rss_mib else None
+        self.rss = RssLimit(rss_mib, cfg.max_rss_jitter) if rss_mib else None
+        return heartbeat_interval(cfg.timeout, cfg.request_timeout)
+
+    def served(self) -> int:
+        return int(self.server.requests_served)
+
+    def heartbeat_step(self) -> bool:
+        """One beat: the heartbeat, the offload pool's numbers, recycling. False once the
+        master is gone (the worker stops)."""
+        from prefork_lb.offload import default_pool_if_started
+        from prefork_lb.offload.counters import SUBMITTED, TASKS
+        from prefork_lb.offload.external import configured
+
         entry = self.entry
-        while True:
-            alive = self.beat()
-            pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
-            if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
-                st = pool.stats() if pool is not None else {}
-                entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
-            if not alive:
-                log.warning("Worker %d: master is gone; stopping", os.getpid())
-                self.stop(True)
-                return
-            if rss is not None and not self.retiring and rss.over():
-                self.retire("max_rss")
-            if limit and not self.retiring and self.server.requests_served >= limit:
-                # Ask the master for a replacement; it sends TERM once that one is ready.
-                self.retire("max_requests")
-                log.info(
-                    "Worker %d served %d requests: asking to be replaced",
-                    os.getpid(),
-                    self.server.requests_served,
-                )
-            gevent.sleep(interval)
+        alive = self.beat()
+        pool = configured() or default_pool_if_started()  # --offload-executor, or the pool
+        if pool is not None or TASKS.tasks[SUBMITTED]:  # any pool of this process was used
+            st = pool.stats() if pool is not None else {}
+            entry.offload(st.get("busy", 0), st.get("idle", 0), st.get("size", 0), TASKS.words())
+        if not alive:
+            log.warning("Worker %d: master is gone; stopping", os.getpid())
+            self.stop(True)
+            return False
+        rss = self.rss
+        if rss is not None and not self.retiring and rss.over():
+            self.retire("max_rss")
+        limit = self.request_limit
+        if limit and not self.retiring and self.served() >= limit:
+            # Ask the master for a replacement; it sends TERM once that one is ready.
+            self.retire("max_requests")
+            log.info("Worker %d served %d requests: asking to be replaced", os.getpid(), self.served())
+        return True
 
     def retire(self, reason: str) -> None:
         self.retiring = True

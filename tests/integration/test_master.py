@@ -468,14 +468,15 @@ def test_run_api_takes_hooks_as_a_config_file_does(tmp_path: Path) -> None:
         proc.wait(timeout=5)
 
 
-def test_run_api_refuses_an_asgi_app_with_one_line(tmp_path: Path) -> None:
+def test_run_api_refuses_an_asgi_app_under_interface_wsgi_with_one_line(tmp_path: Path) -> None:
     proc, log_path = _run_script(
         tmp_path,
         "import prefork_lb\n"
         "async def app(scope, receive, send):\n"
         "    pass\n"
         "if __name__ == '__main__':\n"
-        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{free_port()}'], workers=2))\n",
+        f"    raise SystemExit(prefork_lb.run(app, bind=['127.0.0.1:{free_port()}'], workers=2,"
+        " interface='wsgi'))\n",
     )
     try:
         assert proc.wait(timeout=20) == 2
@@ -485,8 +486,7 @@ def test_run_api_refuses_an_asgi_app_with_one_line(tmp_path: Path) -> None:
     lines = [ln for ln in text.splitlines() if ln.startswith("prefork_lb: error:")]
     assert lines == [
         "prefork_lb: error: app 'app' is an ASGI application (async def app(scope, receive, send)), "
-        "not a WSGI one: prefork_lb serves WSGI apps (environ, start_response) only; ASGI is not "
-        "supported yet"
+        "not a WSGI one: start it with --interface asgi (or auto)"
     ], text
     assert "Traceback" not in text
 

@@ -270,8 +270,8 @@ def test_asgi_app_is_refused(write_module: WriteModule, attr: str, shape: str) -
     with pytest.raises(AppLoadError) as info:
         load_app(f"myapp_asgi:{attr}")
     assert str(info.value) == (
-        f"app 'myapp_asgi:{attr}' is an ASGI application ({shape}), not a WSGI one: prefork_lb "
-        "serves WSGI apps (environ, start_response) only; ASGI is not supported yet"
+        f"app 'myapp_asgi:{attr}' is an ASGI application ({shape}), not a WSGI one: "
+        "start it with --interface asgi (or auto)"
     )
 
 

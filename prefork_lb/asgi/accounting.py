@@ -1,0 +1,110 @@
+"""What the ASGI worker counts and logs of each request: the hooks it gives its AsgiServer.
+
+:class:`WorkerHooks` turns the server's ``request_started`` / ``request_finished`` calls into
+the scoreboard writes the WSGI worker's connection makes (prefork_lb.worker.connection): the
+request line in the entry's text (so the master's abort line names a request whose view blocks
+the loop), in-flight, the metrics cells; and the access log line, through the same
+prefork_lb.logs.AccessLog, from a WSGI-like view of the scope (:func:`access_environ`).
+
+The connection hooks keep the entry's load counters as the WSGI server does (open
+connections, the fresh ones that have not sent a request yet, connections received from a
+handoff channel): the server calls ``connection_opened(conn)`` from the protocol's
+connection_made, ``connection_closed(conn)`` from its connection_lost, ``received(n)`` per
+handoff message. A connection's first request marks it no longer fresh (an attribute set on
+the connection object: no per-worker table to keep).
+
+Invariant: nothing here blocks or allocates more than a request line per request; the access
+log's environ is built only when there is an access log.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# The scope keys an access log reads, as WSGI environ names.
+_PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
+
+
+class Sent:
+    """What AccessLog.log reads of a connection: the status line's start, bytes, headers."""
+
+    __slots__ = ("status", "bytes_sent", "out_headers")
+
+    def __init__(self, status: int, sent: int) -> None:
+        self.status = str(status) if status else None
+        self.bytes_sent = sent
+        self.out_headers: list[tuple[str, str]] = []
+
+
+def request_target(scope: dict[str, Any]) -> bytes:
+    """The request target as the client sent it (raw path and query), for the scoreboard."""
+    raw: bytes = scope.get("raw_path") or scope.get("path", "").encode("utf-8", "replace")
+    qs = scope.get("query_string") or b""
+    return raw + b"?" + qs if qs else raw
+
+
+def access_environ(scope: dict[str, Any]) -> dict[str, Any]:
+    """The environ keys prefork_lb.logs.AccessLog reads, from an ASGI scope."""
+    qs = (scope.get("query_string") or b"").decode("latin-1")
+    env: dict[str, Any] = {
+        "REQUEST_METHOD": scope.get("method", "GET"),
+        # As WSGI has it (PEP 3333): the decoded path's bytes, read as latin-1.
+        "PATH_INFO": scope.get("path", "").encode("utf-8", "surrogateescape").decode("latin-1"),
+        "QUERY_STRING": qs,
+        "RAW_URI": request_target(scope).decode("latin-1"),
+        "SERVER_PROTOCOL": _PROTOCOLS.get(scope.get("http_version", "1.1"), "HTTP/1.1"),
+        "wsgi.url_scheme": scope.get("scheme", "http"),
+    }
+    client = scope.get("client")
+    if client:
+        env["REMOTE_ADDR"] = client[0]
+    for name, value in scope.get("headers", ()):
+        key = "HTTP_" + name.decode("latin-1").upper().replace("-", "_")
+        text = value.decode("latin-1")
+        env[key] = env[key] + "," + text if key in env else text
+    return env
+
+
+class WorkerHooks:
+    """The AsgiServer hooks of one worker: its scoreboard entry and its access log (or None)."""
+
+    def __init__(self, entry: Any, access_log: Any = None) -> None:
+        self.entry = entry
+        self.access_log = access_log
+
+    def request_started(self, conn_info: Any, scope: dict[str, Any]) -> None:
+        arrived = 0.0  # later requests of a connection waited for nothing of ours
+        if getattr(conn_info, "lb_fresh", False):
+            conn_info.lb_fresh = False
+            self.entry.first_request()
+            arrived = getattr(conn_info, "accepted_at", 0.0)  # the queue wait: since the accept
+        self.entry.request_started(scope.get("method", "GET"), request_target(scope), arrived)
+
+    def request_finished(
+        self, conn_info: Any, scope: dict[str, Any], status: int, sent_bytes: int, seconds: float
+    ) -> None:
+        self.entry.request_finished(scope.get("method", "GET"), status // 100 if 100 <= status < 600 else 0)
+        access = self.access_log
+        if access is not None:
+            access.log(access_environ(scope), Sent(status, sent_bytes), seconds)
+
+    # -- load and overload counters, as the WSGI server keeps them -------------------------------
+
+    def connection_opened(self, conn: Any) -> None:
+        conn.lb_fresh = True
+        self.entry.connection_opened()
+
+    def connection_closed(self, conn: Any) -> None:
+        self.entry.connection_closed(not getattr(conn, "lb_fresh", False))
+
+    def received(self, n: int) -> None:
+        self.entry.received(n)
+
+    def queued(self, n: int) -> None:
+        self.entry.queued(n)
+
+    def shed(self, n: int = 1) -> None:
+        self.entry.shed(n)
+
+    def deadline_passed(self) -> None:
+        self.entry.deadline_passed()

@@ -1,0 +1,472 @@
+"""The cycle of one request on an ASGI connection (prefork_lb.asgi.http.HttpConnection): the
+app's task, its receive() and its send(), and the response they put on the wire.
+
+Invariants:
+
+* The response head goes out once, with the first body event (so a one-event body gets a
+  Content-Length), and says how the body is framed (prefork_lb.http.framing): Content-Length,
+  chunked (HTTP/1.1, length unknown, or trailers announced) or close-delimited (HTTP/1.0).
+* Never more body bytes than the announced Content-Length leave; fewer mark the connection to
+  close. A response to HEAD, or with a 1xx/204/304 status, carries no body bytes.
+* An event the app may not send raises AppEventError from send() before anything of it goes
+  out, and is remembered (``error``): an app that swallows it still gets its error line.
+* receive() returns http.disconnect once the client went away or the response is complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from prefork_lb.asgi.events import AppEventError, body_of, response_head, trailer_lines
+from prefork_lb.http.framing import CHUNKED, LENGTH, response_framing
+from prefork_lb.http.parser import Request
+from prefork_lb.http.response import CONTINUE, simple_response
+
+if TYPE_CHECKING:
+    from prefork_lb.asgi.events import AsgiHead
+
+log = logging.getLogger("prefork_lb.error")
+
+FILE_CHUNK = 1 << 16  # bytes of a file read at a time when the socket does not take sendfile
+DISCONNECT = {"type": "http.disconnect"}
+_KNOWN = frozenset(
+    {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
+)
+
+
+class RequestCycle:
+    """One request on a connection: the app's task and the events it exchanges with us."""
+
+    __slots__ = (
+        "conn",
+        "req",
+        "scope",
+        "task",
+        "head",
+        "started",
+        "head_sent",
+        "body_done",
+        "complete",
+        "chunked",
+        "length",
+        "sent",
+        "keep",
+        "trailers",
+        "disconnected",
+        "waiter",
+        "consumed",
+        "continue_sent",
+        "request_sent",
+        "error",
+        "deadline",
+        "late",
+        "abandoned",
+        "is_head",
+        "trailer_block",
+    )
+
+    def __init__(self, conn: Any, req: Request, scope: dict[str, Any]) -> None:
+        # conn: the HttpConnection (not imported: prefork_lb.asgi.http imports this module)
+        self.conn = conn
+        self.req = req
+        self.scope = scope
+        self.task: asyncio.Task[None] | None = None
+        self.head: AsgiHead | None = None
+        self.started = False  # http.response.start came
+        self.head_sent = False
+        self.body_done = False  # the last body event came
+        self.complete = False  # the whole response went out
+        self.chunked = False
+        self.length: int | None = None  # the Content-Length announced
+        self.sent = 0  # body bytes sent
+        self.keep = False
+        self.trailers = False
+        self.disconnected = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.consumed = 0  # body bytes handed to the app
+        self.continue_sent = False
+        self.request_sent = False  # the last http.request event went to the app
+        self.error = ""  # the first event error, for the log if the app swallows it
+        self.deadline = 0.0
+        self.late = False  # cancelled past --request-timeout
+        self.abandoned = False  # the server answered for it (a bad body): its sends are dropped
+        self.is_head = req.method == "HEAD"
+        self.trailer_block = b""  # trailer lines of http.response.trailers with more_trailers
+
+    # -- the app's task -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        conn = self.conn
+        server = conn.server
+        admitted = False
+        if server.admission_limit:
+            if not await server.admit():
+                conn.busy()
+                conn.cycle_done(self, False)
+                return
+            admitted = True
+        finished = server.hook_finished
+        t0 = time.monotonic() if finished is not None else 0.0
+        if server.hook_started is not None:
+            self._hook(server.hook_started, conn, self.scope)
+        timeout = server.options.request_timeout
+        if timeout:
+            self.deadline = server.now + timeout
+        server.in_flight += 1
+        try:
+            await server.app(self.scope, self.receive, self.send)
+        except asyncio.CancelledError:
+            if not self.late:
+                self.keep = False
+                raise
+            self._late()
+        except BaseException as exc:  # noqa: BLE001 - the app's error is logged, the server goes on
+            self.keep = False
+            self._app_failed(exc)
+        else:
+            self._returned()
+        finally:
+            server.in_flight -= 1
+            if admitted:
+                server.release()
+            self.deadline = 0.0
+            if self.complete:
+                server.served += 1
+            if finished is not None:
+                code = self.head.code if self.head is not None and self.head_sent else 0
+                self._hook(finished, conn, self.scope, code, self.sent, time.monotonic() - t0)
+            self.wake()
+            conn.cycle_done(self, self.keep and not self.abandoned)
+
+    @staticmethod
+    def _hook(hook: Any, *args: Any) -> None:
+        try:
+            hook(*args)
+        except Exception:
+            log.exception("the %s hook failed", getattr(hook, "__name__", "request"))
+
+    def _returned(self) -> None:
+        """The app returned: was its response whole, and were its events right?"""
+        if not self.complete:
+            self.keep = False
+            if self.error:
+                self._say(self.error)
+            elif not self.started:
+                self._say("returned without sending http.response.start")
+            else:
+                self._say("returned before the response body ended (more_body was still true)")
+            self._answer_500()
+        elif self.error:
+            self.keep = False
+            self._say(self.error)
+
+    def _say(self, what: str) -> None:
+        """The one error line of an app's mistake: the app, the request, what it did."""
+        req = self.req
+        log.error(
+            "ASGI app %s, %s %s: %s", self.conn.server.app_name, req.method, self.scope.get("path", ""), what
+        )
+
+    def _app_failed(self, exc: BaseException) -> None:
+        if isinstance(exc, AppEventError):
+            self._say(str(exc))
+        else:
+            req = self.req
+            log.error(
+                "ASGI app %s, %s %s: raised %s",
+                self.conn.server.app_name,
+                req.method,
+                self.scope.get("path", ""),
+                type(exc).__name__,
+                exc_info=exc,
+            )
+        self._answer_500()
+
+    def _answer_500(self) -> None:
+        if not self.head_sent and not self.abandoned:
+            self.head_sent = True
+            self.conn.write(simple_response(500))
+
+    def _late(self) -> None:
+        self.keep = False
+        req = self.req
+        log.error(
+            "ASGI app %s, %s %s: past --request-timeout (%gs), cancelled",
+            self.conn.server.app_name,
+            req.method,
+            self.scope.get("path", ""),
+            self.conn.server.options.request_timeout,
+        )
+        if not self.head_sent and not self.abandoned:
+            self.head_sent = True
+            self.conn.write(simple_response(504, "the request took too long"))
+
+    def cancel_late(self) -> None:
+        """The server's ticker: the deadline passed."""
+        self.deadline = 0.0
+        task = self.task
+        if task is not None and not task.done():
+            self.late = True
+            task.cancel()
+
+    def abandon(self) -> None:
+        """The request's body was malformed: the server answers; the app gets http.disconnect."""
+        self.abandoned = True
+        self.disconnected = True
+        self.wake()
+
+    # -- receive ------------------------------------------------------------------------------
+
+    def buffered(self) -> int:
+        return self.req.body_size - self.consumed
+
+    def wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def receive(self) -> dict[str, Any]:
+        conn = self.conn
+        while True:
+            if self.disconnected or self.complete:
+                return DISCONNECT
+            req = self.req
+            if not self.request_sent and (req.chunks or req.complete):
+                chunks = req.chunks
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.consumed += len(body)
+                more = not req.complete
+                self.request_sent = not more
+                if more:
+                    conn.resume()
+                return {"type": "http.request", "body": body, "more_body": more}
+            if not self.request_sent:
+                if req.expect_continue and not self.continue_sent and not self.head_sent:
+                    self.continue_sent = True
+                    conn.write(CONTINUE)
+                conn.wait_until = conn.server.now + conn.server.options.header_timeout
+                if len(conn.parser.requests) <= 1:
+                    conn.resume()
+            waiter = self.waiter = conn.server.loop.create_future()
+            try:
+                await waiter
+            finally:
+                if not self.request_sent:
+                    conn.wait_until = 0.0
+
+    # -- send ---------------------------------------------------------------------------------
+
+    def _bad(self, what: str) -> AppEventError:
+        if not self.error:
+            self.error = what
+        return AppEventError(what)
+
+    async def send(self, message: Any) -> None:
+        try:
+            kind = message["type"]
+        except (TypeError, KeyError):
+            raise self._bad(f"sent {message!r}, not an event (a dict with a 'type')") from None
+        if kind == "http.response.body" and self.started:
+            if self.body_done:
+                raise self._bad("sent http.response.body after the body ended")
+            try:
+                body, more = body_of(message)
+            except AppEventError as exc:
+                raise self._bad(str(exc)) from None
+            if self.abandoned or self.disconnected:
+                self.body_done = not more
+                return
+            self._body(body, more)
+            conn = self.conn
+            if conn.write_paused:
+                await conn.drain()
+        elif not self.started:
+            self._start(kind, message)
+        elif kind == "http.response.trailers":
+            self._trailers(message)
+        elif kind == "http.response.pathsend":
+            if self.head_sent or self.body_done:
+                raise self._bad("sent http.response.pathsend after the body began")
+            path = message.get("path")
+            if not isinstance(path, str):
+                raise self._bad(f"sent http.response.pathsend with path {path!r}, not a str")
+            await self._pathsend(path)
+        elif kind == "http.response.start":
+            raise self._bad("sent a second http.response.start")
+        else:
+            raise self._bad(f"sent an unknown event type {kind!r}")
+
+    def _start(self, kind: Any, message: Any) -> None:
+        if kind == "http.response.start":
+            try:
+                self.head = response_head(message.get("status"), message.get("headers", ()))
+            except AppEventError as exc:
+                raise self._bad(str(exc)) from None
+            self.trailers = bool(message.get("trailers", False))
+            self.started = True
+            return
+        if kind in _KNOWN:
+            raise self._bad(f"sent {kind} before http.response.start")
+        raise self._bad(f"sent an unknown event type {kind!r}")
+
+    def _trailers(self, message: Any) -> None:
+        if not self.trailers or not self.body_done or self.complete:
+            raise self._bad("sent http.response.trailers it did not announce, or before the body ended")
+        try:
+            self.trailer_block += trailer_lines(message)
+        except AppEventError as exc:
+            raise self._bad(str(exc)) from None
+        if not message.get("more_trailers", False):
+            if self.chunked and not self.disconnected:
+                self.conn.write(b"0\r\n" + self.trailer_block + b"\r\n")
+            self._completed()
+
+    def _head_bytes(self, known_length: int | None) -> bytes:
+        """Serialise the response head; the framing of the body is response_framing's."""
+        ah = self.head
+        assert ah is not None
+        conn = self.conn
+        server = conn.server
+        req = self.req
+        length = ah.length
+        out = ah.prefix
+        if length is None and known_length is not None and not ah.bodiless and not self.trailers:
+            length = known_length
+            out += b"Content-Length: %d\r\n" % known_length
+        framing, keep = response_framing(
+            ah.code,
+            self.is_head,
+            req.version,
+            length,
+            self.trailers and length is None,
+            req.keep_alive and (req.complete or conn.will_drain(req, self.continue_sent)),
+            ah.close or server.draining or not server.options.keepalive,
+        )
+        self.length = length if framing is LENGTH else None
+        if framing is CHUNKED:
+            self.chunked = True
+            out += b"Transfer-Encoding: chunked\r\n"
+        if not ah.has_date:
+            out += server.date
+        if not ah.has_server and server.options.server_header:
+            out += b"Server: prefork_lb\r\n"
+        self.keep = keep
+        self.head_sent = True
+        if not keep:
+            return out + b"Connection: close\r\n\r\n"
+        if req.version == "HTTP/1.0":
+            return out + b"Connection: keep-alive\r\n\r\n"
+        return out + b"\r\n"
+
+    def _clip(self, body: bytes) -> bytes:
+        n = self.length
+        if n is not None and self.sent + len(body) > n:
+            self.keep = False
+            return body[: max(0, n - self.sent)]
+        return body
+
+    def _body(self, body: bytes, more: bool) -> None:
+        conn = self.conn
+        if not self.head_sent:
+            head = self._head_bytes(None if more else len(body))
+            if self.is_head or self.head is not None and self.head.bodiless:
+                out = head
+            elif self.chunked:
+                out = head + b"%x\r\n%b\r\n" % (len(body), body) if body else head
+                self.sent += len(body)
+            else:
+                body = self._clip(body)
+                out = head + body
+                self.sent += len(body)
+        elif not body or self.is_head or self.head is not None and self.head.bodiless:
+            out = b""
+        elif self.chunked:
+            out = b"%x\r\n%b\r\n" % (len(body), body)
+            self.sent += len(body)
+        else:
+            out = self._clip(body)
+            self.sent += len(out)
+        if not more:
+            self.body_done = True
+            if self.chunked and not self.is_head:
+                if self.trailers:
+                    if out:
+                        conn.write(out)
+                    return  # the last chunk goes with the trailers
+                out += b"0\r\n\r\n"
+            if out:
+                conn.write(out)
+            self._completed()
+        elif out:
+            conn.write(out)
+
+    def _completed(self) -> None:
+        self.body_done = True
+        self.complete = True
+        if self.length is not None and self.sent < self.length and not self.is_head:
+            self.keep = False  # fewer bytes than announced: the framing is broken
+        self.wake()
+
+    async def _pathsend(self, path: str) -> None:
+        """http.response.pathsend: the file at ``path`` as the whole body, with os.sendfile."""
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as exc:
+            raise self._bad(f"sent http.response.pathsend of {path!r}: {exc.strerror}") from None
+        try:
+            size = os.fstat(fd).st_size
+            conn = self.conn
+            if self.abandoned or self.disconnected:
+                return
+            conn.write(self._head_bytes(size))
+            if not self.is_head and self.head is not None and not self.head.bodiless:
+                count = size if self.length is None else min(size, self.length)
+                await self._send_file(fd, count)
+            self.body_done = True
+            if self.chunked:  # the app announced no length and asked for trailers: impossible here
+                conn.write(b"0\r\n\r\n")
+            self._completed()
+        finally:
+            os.close(fd)
+
+    async def _send_file(self, fd: int, count: int) -> None:
+        """os.sendfile straight to the socket while the transport has nothing buffered (the
+        bytes must go in order); what the socket does not take goes through the transport."""
+        conn = self.conn
+        transport = conn.transport
+        assert transport is not None
+        sock = transport.get_extra_info("socket")
+        out = sock.fileno() if sock is not None else -1
+        offset = 0
+        chunked = self.chunked
+        while count > 0 and not conn.closed:
+            if out >= 0 and not chunked and transport.get_write_buffer_size() == 0:
+                try:
+                    n = os.sendfile(out, fd, offset, min(count, 1 << 20))
+                except BlockingIOError:
+                    n = -1
+                except OSError:
+                    return
+                if n == 0:
+                    return  # the file shrank: fewer bytes than announced (the framing says close)
+                if n > 0:
+                    offset += n
+                    count -= n
+                    self.sent += n
+                    continue
+            data = os.pread(fd, min(count, FILE_CHUNK), offset)
+            if not data:
+                return
+            offset += len(data)
+            count -= len(data)
+            self.sent += len(data)
+            conn.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            if conn.write_paused:
+                await conn.drain()

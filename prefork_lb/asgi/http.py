@@ -1,0 +1,280 @@
+"""One HTTP/1.1 connection of the ASGI server (an asyncio.Protocol), and the cycle of one request
+on it: the app's task, its receive() and send(). The server that owns them is
+prefork_lb.asgi.server; the pure parts (scope, event checks, heads) are prefork_lb.asgi.events.
+
+Invariants:
+
+* Requests are parsed by prefork_lb.http.parser, exactly as the WSGI engine parses them: a
+  malformed request is answered with the same status and body (simple_response) and closes the
+  connection, and never reaches the app.
+* One request's app runs at a time per connection; pipelined requests wait parsed in
+  ``parser.requests`` (reading pauses while one waits, so a client is held back by TCP), and
+  responses go out in request order.
+* Reading pauses while the body bytes the app has not taken pass BODY_HIGH; receive() resumes
+  it. Writing waits for the transport to drain when its buffer passed the high-water mark.
+* The connection keeps no timers: it sets ``wait_until`` (and the cycle ``deadline``), and the
+  server's ticker calls :meth:`HttpConnection.timed_out` / :meth:`RequestCycle.cancel_late`.
+* An app's mistake (an event it may not send, an exception, returning without a response) is
+  one error line naming the app and the event; the client gets 500 if nothing was sent, else
+  the connection closes. Other connections never notice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
+from prefork_lb.asgi.cycle import RequestCycle
+from prefork_lb.asgi.events import connection_scope, request_scope
+from prefork_lb.http.errors import HTTPError, RequestTimeout
+from prefork_lb.http.parser import Request, RequestParser
+from prefork_lb.http.response import simple_response
+
+log = logging.getLogger("prefork_lb.error")
+
+BODY_HIGH = 1 << 18  # request body bytes buffered for the app before reading pauses
+MAX_DRAIN = 1 << 20  # unread request body we read and drop to keep a connection alive
+
+
+def _addr(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return (str(value[0]), int(value[1]))
+    return None
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection: parses requests, runs one cycle at a time, keeps it alive."""
+
+    def __init__(self, server: Any, accepted_at: float = 0.0) -> None:
+        # server: the AsgiServer (not imported: prefork_lb.asgi.server imports this module)
+        self.server = server
+        self.accepted_at = accepted_at or time.monotonic()
+        self.parser = RequestParser(server.options.limits, server.request_memo)
+        self.transport: asyncio.Transport | None = None
+        self.cycle: RequestCycle | None = None
+        self.wait_until = 0.0
+        self.partial = False  # a request head has begun
+        self.reading = True
+        self.write_paused = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.closed = False
+        self.skipping: Request | None = None  # a body the app left unread, being dropped
+        self.had_request = False
+        self.client: tuple[str, int] | None = None
+        self.local: tuple[str, int] | None = None
+        self.forwarded = False
+        self.base: dict[str, Any] = {}
+
+    # -- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a uvloop TCPTransport: not a subclass
+        server = self.server
+        opts = server.options
+        self.client = _addr(transport.get_extra_info("peername"))
+        self.local = _addr(transport.get_extra_info("sockname"))
+        peers = opts.trusted_peers
+        self.forwarded = peers is not None and self.client is not None and self.client[0] in peers
+        self.base = connection_scope(self.client, self.local, opts.root_path, opts.url_scheme)
+        server.connections.add(self)
+        if server.hook_opened is not None:
+            server.hook_opened(self)
+        self.wait_until = server.now + opts.header_timeout
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.server.connection_closed(self)
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.disconnected = True
+            cycle.wake()
+        self._wake_writer()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None:
+            self.drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self.write_paused and not self.closed:
+            waiter = self.drain_waiter = self.server.loop.create_future()
+            await waiter
+
+    def data_received(self, data: bytes) -> None:
+        parser = self.parser
+        cycle = self.cycle
+        if cycle is None and not self.partial and self.skipping is None:
+            self.partial = True
+            self.wait_until = self.server.now + self.server.options.header_timeout
+        try:
+            parser.feed(data)
+        except HTTPError as exc:
+            self._refuse(exc)
+            return
+        if cycle is not None:
+            if len(parser.requests) > 1 or cycle.buffered() > BODY_HIGH:
+                self.pause()
+            cycle.wake()
+            return
+        skipping = self.skipping
+        if skipping is not None:
+            if not skipping.complete:
+                return
+            self.skipping = None
+        self._after()
+
+    # -- the flow of requests -----------------------------------------------------------------
+
+    def pause(self) -> None:
+        if self.reading and self.transport is not None:
+            self.reading = False
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.reading and self.transport is not None and not self.closed:
+            self.reading = True
+            self.transport.resume_reading()
+
+    def _after(self) -> None:
+        """Between requests: start the next one parsed, or wait for one (keep-alive)."""
+        parser = self.parser
+        if parser.requests:
+            self._start(parser.requests[0])
+            return
+        if parser.stopped:
+            if parser.error is not None:
+                self._refuse(parser.error)
+            else:
+                self.close()
+            return
+        if self.partial:
+            return  # the head of the next one has begun: its header timeout runs
+        if self.had_request:
+            if self.server.draining:
+                self.close()
+                return
+            self.wait_until = self.server.now + (
+                self.server.options.keepalive or self.server.options.header_timeout
+            )
+        self.resume()
+
+    def _start(self, req: Request) -> None:
+        self.partial = False
+        self.wait_until = 0.0
+        self.had_request = True
+        server = self.server
+        opts = server.options
+        if req.upgrade and req.method == "GET" and server.websocket is not None and _is_websocket(req):
+            self._upgrade(req)
+            return
+        scope = request_scope(self.base, req, opts.root_path, self.forwarded, server.state)
+        cycle = self.cycle = RequestCycle(self, req, scope)
+        if len(self.parser.requests) > 1:
+            self.pause()
+        cycle.task = server.loop.create_task(cycle.run())
+
+    def _upgrade(self, req: Request) -> None:
+        server = self.server
+        transport = self.transport
+        assert transport is not None and server.websocket is not None
+        base = request_scope(self.base, req, server.options.root_path, self.forwarded, server.state)
+        del base["type"]
+        server.connections.discard(self)
+        self.closed = True  # the websocket protocol owns the transport from now on
+        proto = server.websocket(
+            transport, server.app, req, self.parser.tail, base, server.options, server.hooks
+        )
+        transport.set_protocol(proto)
+        proto.connection_made(transport)
+
+    def cycle_done(self, cycle: RequestCycle, keep: bool) -> None:
+        """The cycle's app returned (or was given up on); ``keep``: the connection may serve
+        another request."""
+        self.cycle = None
+        parser = self.parser
+        if parser.requests and parser.requests[0] is cycle.req:
+            parser.requests.popleft()
+        if self.closed:
+            return
+        if not keep:
+            self.close()
+            return
+        req = cycle.req
+        if not req.complete:
+            # The app left body bytes unread that framing decided to skip (see _keep_alive).
+            req.discard = True
+            req.chunks.clear()
+            self.skipping = req
+            self.wait_until = self.server.now + self.server.options.header_timeout
+            self.resume()
+            return
+        self._after()
+
+    def will_drain(self, req: Request, continue_sent: bool) -> bool:
+        """Will the rest of an unread body be read and dropped (True), or the connection closed?"""
+        if req.expect_continue and not continue_sent:
+            return False  # the client may or may not send it: the stream is ambiguous
+        if req.content_length is None:
+            return False
+        return req.content_length - req.body_size <= MAX_DRAIN
+
+    def _refuse(self, exc: HTTPError, extra: str = "") -> None:
+        """A malformed request (or body): answer it if nothing of a response went out, and close."""
+        cycle = self.cycle
+        if cycle is not None:
+            cycle.abandon()
+            if cycle.head_sent:
+                self.close()
+                return
+        self.write(simple_response(exc.status, exc.detail, extra=extra))
+        self.close()
+
+    def timed_out(self) -> None:
+        """The server's ticker: ``wait_until`` passed."""
+        self.wait_until = 0.0
+        cycle = self.cycle
+        if cycle is None and self.partial and self.skipping is None:
+            self.write(simple_response(RequestTimeout.status, RequestTimeout().detail))
+        self.close()  # idle, or waiting for body bytes the client does not send
+
+    def busy(self) -> None:
+        """Refused by admission (the queue is full): 503, then close."""
+        self._refuse(_Busy(BUSY_DETAIL), extra=f"Retry-After: {RETRY_AFTER}\r\n")
+
+    def write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and not self.closed:
+            transport.write(data)
+
+    def close(self) -> None:
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.close()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests on a kept-alive connection, no byte of the next one here yet."""
+        return self.cycle is None and not self.partial and self.skipping is None and self.had_request
+
+
+class _Busy(HTTPError):
+    status, reason = 503, "Service Unavailable"
+
+
+def _is_websocket(req: Request) -> bool:
+    for lname, _raw, value in req.headers:
+        if lname == "upgrade" and b"websocket" in value.lower():
+            return True
+    return False

@@ -1,0 +1,316 @@
+"""The ASGI worker's HTTP/1.1 server on one asyncio loop (uvloop in the worker): accepts
+connections from listeners, takes handed-off ones, keeps time for them, admits requests and
+drains. Each connection is a prefork_lb.asgi.http.HttpConnection.
+
+Invariants:
+
+* Accepting stops while ``worker_connections`` connections are open (or on their way in): the
+  rest wait in the kernel's backlog, as with the WSGI engine.
+* One ticker (every TICK seconds) refreshes ``now`` and the Date line, and fires the timeouts
+  connections and cycles noted (``wait_until``, ``deadline``): no timer per request.
+* Admission (``max_concurrency`` / ``queue_size``): at most max_concurrency requests run in
+  the app; queue_size more wait in order; past both a request is answered 503 with Retry-After
+  (prefork_lb.admission's words) and its connection closed.
+* The server never imports gevent, nor prefork_lb.worker (whose modules do).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import time
+from collections import deque
+from typing import Any
+
+from prefork_lb.asgi.http import HttpConnection
+from prefork_lb.asgi.options import AsgiOptions
+from prefork_lb.http.parser import RequestMemo
+from prefork_lb.http.response import refresh_date
+from prefork_lb.sockets import accept_times, handoff_data_size
+
+__all__ = ["AsgiServer"]
+
+log = logging.getLogger("prefork_lb.error")
+
+TICK = 0.25
+ACCEPT_BATCH = 64  # connections accepted per readiness callback at most
+HANDOFF_BATCH = 64  # descriptors per handoff message (as prefork_lb.worker.server)
+
+
+def _websocket_upgrade() -> Any:
+    try:
+        from prefork_lb.asgi import websocket  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        return None
+    return getattr(websocket, "upgrade", None)
+
+
+def app_name(app: Any) -> str:
+    """How the log lines name the app: module:qualname, as it was given."""
+    target = app if hasattr(app, "__qualname__") else type(app)
+    module = getattr(target, "__module__", "") or ""
+    name = getattr(target, "__qualname__", repr(app))
+    return f"{module}:{name}" if module else str(name)
+
+
+class AsgiServer:
+    """Serves one ASGI app on listening sockets and/or connections handed to it."""
+
+    def __init__(
+        self,
+        app: Any,
+        options: AsgiOptions | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        hooks: Any = None,
+        state: dict[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.app_name = app_name(app)
+        self.options = options or AsgiOptions()
+        self.loop = loop or asyncio.get_event_loop()
+        self.hooks = hooks
+        self.hook_started = getattr(hooks, "request_started", None)
+        self.hook_finished = getattr(hooks, "request_finished", None)
+        # The worker's load counters (prefork_lb.asgi.accounting): each optional.
+        self.hook_opened = getattr(hooks, "connection_opened", None)
+        self.hook_closed = getattr(hooks, "connection_closed", None)
+        self.hook_received = getattr(hooks, "received", None)
+        self.state = state if state is not None else {}
+        self.connections: set[HttpConnection] = set()
+        self.in_flight = 0
+        self.served = 0
+        self.draining = False
+        self.request_memo = RequestMemo()
+        self.websocket = _websocket_upgrade()
+        self.now = time.monotonic()
+        self.date = refresh_date().encode("latin-1")
+        self.admission_limit = self.options.max_concurrency
+        self.admitted = 0
+        self.waiters: deque[asyncio.Future[None]] = deque()
+        self.refused = 0  # requests answered 503 by admission
+        self.listeners: list[socket.socket] = []
+        self.channels: list[socket.socket] = []
+        self._accepting = False  # the listeners' readers are installed
+        self._stopped = False
+        self._pending = 0  # accepted connections whose transport is being made
+        self._ticker: asyncio.TimerHandle | None = None
+        self._empty: asyncio.Future[None] | None = None
+
+    # -- time ---------------------------------------------------------------------------------
+
+    def _ensure_ticker(self) -> None:
+        if self._ticker is None:
+            self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def _tick(self) -> None:
+        self.now = now = time.monotonic()
+        self.date = refresh_date().encode("latin-1")
+        for conn in list(self.connections):
+            if conn.wait_until and now >= conn.wait_until:
+                conn.timed_out()
+            cycle = conn.cycle
+            if cycle is not None and cycle.deadline and now >= cycle.deadline:
+                cycle.cancel_late()
+        self._ticker = self.loop.call_later(TICK, self._tick)
+
+    def close(self) -> None:
+        """Stop the ticker (the loop is about to end)."""
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    # -- connections in -----------------------------------------------------------------------
+
+    def add_listener(self, sock: socket.socket) -> None:
+        """Start accepting on ``sock`` (a listening socket)."""
+        sock.setblocking(False)
+        self.listeners.append(sock)
+        self._ensure_ticker()
+        if self._stopped:
+            return
+        if self._room():
+            self.loop.add_reader(sock.fileno(), self._accept, sock)
+            self._accepting = True
+
+    def _room(self) -> bool:
+        return len(self.connections) + self._pending < self.options.worker_connections
+
+    def _pause_accepting(self) -> None:
+        if self._accepting:
+            self._accepting = False
+            for sock in self.listeners:
+                self.loop.remove_reader(sock.fileno())
+
+    def _resume_accepting(self) -> None:
+        if not self._accepting and not self._stopped and self.listeners:
+            self._accepting = True
+            for sock in self.listeners:
+                self.loop.add_reader(sock.fileno(), self._accept, sock)
+
+    def _accept(self, lsock: socket.socket) -> None:
+        is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+        for _ in range(ACCEPT_BATCH):
+            if not self._room():
+                self._pause_accepting()
+                return
+            try:
+                csock, _addr = lsock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("accept: %s; pausing accepts for 0.5 s", exc)
+                    self._pause_accepting()
+                    self.loop.call_later(0.5, self._resume_accepting)
+                return
+            if is_tcp:
+                try:
+                    csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                except OSError:
+                    pass
+            self.add_connection(csock, time.monotonic())
+
+    def add_connection(self, sock: socket.socket, accepted_at: float = 0.0) -> None:
+        """Serve an already-accepted connection; ``accepted_at``: when (CLOCK_MONOTONIC; 0: now)."""
+        self._ensure_ticker()
+        sock.setblocking(False)
+        at = accepted_at or time.monotonic()
+        self._pending += 1
+        task = self.loop.create_task(
+            self.loop.connect_accepted_socket(lambda: HttpConnection(self, at), sock)
+        )
+        task.add_done_callback(lambda t: self._made(t, sock))
+
+    def _made(self, task: asyncio.Task[Any], sock: socket.socket) -> None:
+        self._pending -= 1
+        if task.cancelled() or task.exception() is not None:
+            exc = None if task.cancelled() else task.exception()
+            if exc is not None and not isinstance(exc, OSError):
+                log.error("connection setup failed: %s", exc)
+            try:
+                sock.close()
+            except OSError:
+                pass
+            self._check_empty()
+
+    def add_handoff_channel(self, sock: socket.socket) -> None:
+        """Take connections a dispatcher passes over this channel (SCM_RIGHTS, as
+        prefork_lb.worker.server.recv_handoff reads them)."""
+        sock.setblocking(False)
+        self.channels.append(sock)
+        self._ensure_ticker()
+        if not self._stopped:
+            self.loop.add_reader(sock.fileno(), self._receive, sock)
+
+    def _receive(self, ch: socket.socket) -> None:
+        try:
+            msg, fds, _, _ = socket.recv_fds(ch, handoff_data_size(HANDOFF_BATCH), HANDOFF_BATCH)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            log.error("handoff channel: %s", exc)
+            self._drop_channel(ch)
+            return
+        if not msg and not fds:
+            self._drop_channel(ch)  # the channel was closed
+            return
+        for fd, t in zip(fds, accept_times(msg, len(fds)), strict=True):
+            self.add_connection(socket.socket(fileno=fd), t)
+        if self.hook_received is not None:
+            self.hook_received(len(fds))
+
+    def _drop_channel(self, ch: socket.socket) -> None:
+        if ch in self.channels:
+            self.channels.remove(ch)
+            self.loop.remove_reader(ch.fileno())
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if self.hook_closed is not None:
+            self.hook_closed(conn)
+        if not self._accepting and self._room():
+            self._resume_accepting()
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        empty = self._empty
+        if empty is not None and not self.connections and not self._pending and not empty.done():
+            empty.set_result(None)
+
+    # -- admission ----------------------------------------------------------------------------
+
+    async def admit(self) -> bool:
+        """A place in the app (waiting in the queue if there is room there); False: 503."""
+        if self.admitted < self.admission_limit:
+            self.admitted += 1
+            return True
+        if len(self.waiters) >= self.options.queue_size:
+            self.refused += 1
+            return False
+        fut = self.loop.create_future()
+        self.waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.release()  # the place came with the cancellation: pass it on
+            else:
+                try:
+                    self.waiters.remove(fut)
+                except ValueError:
+                    pass
+            raise
+        return True
+
+    def release(self) -> None:
+        """A request left the app: its place goes to the first one waiting."""
+        waiters = self.waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+                return
+        self.admitted -= 1
+
+    # -- stopping -----------------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        """Accept nothing more, from listeners or handoff channels."""
+        self._stopped = True
+        self._pause_accepting()
+        for ch in list(self.channels):
+            self.loop.remove_reader(ch.fileno())
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop accepting; busy connections finish their request (its response says
+        Connection: close); idle kept-alive ones are closed. True: all finished in time."""
+        deadline = time.monotonic() + timeout
+        self.draining = True
+        grace = min(self.options.idle_grace, timeout)
+        if grace > 0:
+            await asyncio.sleep(grace)
+        self.stop_accepting()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        if self.connections or self._pending:
+            self._empty = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._empty), max(0.0, deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                self._empty = None
+        done = not self.connections and not self._pending
+        if not done:
+            for conn in list(self.connections):
+                cycle = conn.cycle
+                if cycle is not None and cycle.task is not None:
+                    cycle.task.cancel()
+                if conn.transport is not None:
+                    conn.transport.abort()
+        self.close()
+        return done

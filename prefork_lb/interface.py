@@ -1,0 +1,80 @@
+"""The master's choice of worker class: the WSGI worker (gevent) or the ASGI worker (asyncio).
+
+The master never imports the app, so under ``--interface auto`` it cannot know which the app
+is; the worker that imports it finds out (prefork_lb.asgi.detect says why there). The master
+starts the class it last learned (WSGI at first); a worker that finds the other interface
+exits :data:`prefork_lb.child.EXIT_WRONG_INTERFACE` before it is ready, and :meth:`wrong`
+switches the class for every later start. An app given as an object (``prefork_lb.run(app)``)
+is detected here at once: the master holds it already.
+
+Invariant: the choice only flips on the word of a worker started with the current class (one
+started before a flip says nothing new), and at most :data:`MAX_FLIPS` times without a worker
+of the chosen class getting ready in between: an app whose shape changes on every import
+stops the master with one line instead of a respawn loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from prefork_lb.asgi.detect import ASGI, WSGI, resolve
+from prefork_lb.child import EXIT_WRONG_INTERFACE
+
+__all__ = ["EXIT_WRONG_INTERFACE", "MAX_FLIPS", "InterfaceChoice"]
+
+log = logging.getLogger("prefork_lb.error")
+
+MAX_FLIPS = 2
+
+
+class InterfaceChoice:
+    def __init__(self, cfg: Any) -> None:
+        self.setting = "auto"
+        self.current = WSGI
+        self.flips = 0
+        self.reconfigure(cfg)
+
+    def reconfigure(self, cfg: Any) -> None:
+        """The settings (at start, or a HUP's): an explicit --interface decides; auto keeps
+        what was learned (the reload's workers tell if the app changed)."""
+        self.setting = cfg.interface
+        if self.setting in (WSGI, ASGI):
+            self.current = self.setting
+        elif cfg.app_object is not None:
+            try:
+                self.current = resolve(cfg.app_object, cfg.app_uri, "auto").interface
+            except Exception:
+                self.current = WSGI  # the worker says why in one line, as for a path
+        self.flips = 0
+
+    def child_class(self) -> type:
+        """The class of the next worker (imported in the child, after the fork)."""
+        if self.current == ASGI:
+            from prefork_lb.asgi.child import AsgiWorkerChild
+
+            return AsgiWorkerChild
+        from prefork_lb.worker.child import WorkerChild
+
+        return WorkerChild
+
+    def wrong(self, started_as: str) -> bool:
+        """A worker started as ``started_as`` found the other interface: True, the class is
+        switched (or was already, on another worker's word); False when it flipped too often
+        (the master stops as for a failed boot)."""
+        if started_as != self.current:
+            return True
+        if self.flips >= MAX_FLIPS:
+            log.error("The app's interface changes from one import to the next; set --interface")
+            return False
+        self.flips += 1
+        self.current = ASGI if started_as == WSGI else WSGI
+        log.info(
+            "The app is an %s application: starting %s workers", self.current.upper(), self.current.upper()
+        )
+        return True
+
+    def ready(self, interface: str) -> None:
+        """A worker of ``interface`` got ready: the flips so far were the app telling its shape."""
+        if interface == self.current:
+            self.flips = 0

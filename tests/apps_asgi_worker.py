@@ -1,0 +1,94 @@
+"""ASGI apps for the tests that run the ASGI worker under the master (tests/integration/asgi/).
+
+``app`` answers as prefork_lb.demo:app does on /json (so the master's tests run unchanged over
+both interfaces), sleeps cooperatively on /sleep?S, blocks the loop on /block?S (time.sleep in
+an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
+/root. ``lifespan_fails`` refuses its startup; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
+``async_gen`` are neither interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from typing import Any
+
+_served = 0
+
+
+async def _reply(send: Any, status: int, body: bytes, ctype: bytes = b"application/json") -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Any, send: Any, state: dict[str, Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            state["started_by"] = os.getpid()
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            path = os.environ.get("PREFORK_LB_TEST_CALLS")
+            if path:
+                with open(path, "a") as f:
+                    f.write(f"lifespan shutdown {os.getpid()}\n")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    global _served
+    if scope["type"] == "lifespan":
+        await _lifespan(receive, send, scope.get("state", {}))
+        return
+    path = scope["path"]
+    qs = scope.get("query_string", b"").decode()
+    _served += 1
+    if path == "/sleep":
+        await asyncio.sleep(float(qs or "1"))
+    elif path == "/block":
+        time.sleep(float(qs or "1"))  # blocks the loop: what the heartbeat watchdog is for
+    if path == "/state":
+        body = json.dumps(dict(scope.get("state", {}))).encode()
+    elif path == "/root":
+        body = json.dumps({"root_path": scope.get("root_path", ""), "path": path}).encode()
+    else:
+        body = json.dumps({"pid": os.getpid(), "served": _served, "path": path}).encode()
+    await _reply(send, 200, body)
+
+
+async def lifespan_fails(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "lifespan":
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database at db.invalid"})
+        return
+    await _reply(send, 200, b"{}")
+
+
+class asgi2:  # noqa: N801 - named as an app attribute
+    """ASGI 2: made with the scope, awaited with (receive, send)."""
+
+    def __init__(self, scope: dict[str, Any]) -> None:
+        self.scope = scope
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        if self.scope["type"] == "lifespan":
+            message = await receive()
+            await send({"type": message["type"] + ".complete"})
+            return
+        await _reply(send, 200, b'{"asgi": 2}')
+
+
+not_an_app = {"routes": []}
+
+
+async def async_gen(scope: dict[str, Any], receive: Any, send: Any) -> Any:
+    yield b""
