@@ -234,7 +234,7 @@ class RequestCycle:
     async def receive(self) -> dict[str, Any]:
         conn = self.conn
         while True:
-            if self.disconnected or self.complete:
+            if self.disconnected or self.complete or (self.request_sent and conn.eof):
                 return DISCONNECT
             req = self.req
             if not self.request_sent and (req.chunks or req.complete):

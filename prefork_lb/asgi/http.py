@@ -62,6 +62,7 @@ class HttpConnection(asyncio.Protocol):
         self.drain_waiter: asyncio.Future[None] | None = None
         self.closed = False
         self.skipping: Request | None = None  # a body the app left unread, being dropped
+        self.eof = False  # the client shut its side of the connection
         self.had_request = False
         self.client: tuple[str, int] | None = None
         self.local: tuple[str, int] | None = None
@@ -92,6 +93,20 @@ class HttpConnection(asyncio.Protocol):
             cycle.disconnected = True
             cycle.wake()
         self._wake_writer()
+
+    def eof_received(self) -> bool:
+        """The client shut its side: what it sent is still answered, then the connection closes."""
+        self.eof = True
+        cycle = self.cycle
+        if cycle is not None:
+            # receive() now says http.disconnect (at once if the body will never end), but
+            # the response still goes out: the client may only have shut its sending side.
+            if not cycle.req.complete:
+                cycle.disconnected = True
+            cycle.wake()
+            return True
+        self._after()
+        return True
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -153,14 +168,19 @@ class HttpConnection(asyncio.Protocol):
         if parser.requests:
             self._start(parser.requests[0])
             return
-        if parser.stopped:
-            if parser.error is not None:
-                self._refuse(parser.error)
-            else:
-                self.close()
+        if parser.stopped and parser.error is not None:
+            self._refuse(parser.error)
             return
+        if parser.stopped or self.eof:
+            self.close()
+            return
+        if not self.partial and not parser.between_requests:
+            # The next head began while the app ran: its header timeout runs from now.
+            self.partial = True
+            self.wait_until = self.server.now + self.server.options.header_timeout
         if self.partial:
-            return  # the head of the next one has begun: its header timeout runs
+            self.resume()
+            return
         if self.had_request:
             if self.server.draining:
                 self.close()

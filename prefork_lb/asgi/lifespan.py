@@ -42,9 +42,10 @@ class Lifespan:
         self._started: asyncio.Event | None = None
         self._stopped: asyncio.Event | None = None
         self._sent = False  # the app sent an event
+        self._complete = False  # it sent lifespan.startup.complete
         self._startup_failed: str | None = None
         self._shutdown_failed: str | None = None
-        self._error: BaseException | None = None
+        self._error: Exception | None = None
 
     async def startup(self) -> None:
         if self.mode == "off":
@@ -57,19 +58,21 @@ class Lifespan:
         await self._started.wait()
         if self._startup_failed is not None:
             raise LifespanFailed(f"the app's lifespan startup failed: {self._startup_failed}")
+        if self._complete:
+            return
         error = self._error
         if error is not None:
             if self.mode == "on" or self._sent:
                 raise LifespanFailed(f"the app's lifespan startup raised {type(error).__name__}: {error}")
             self.supported = False
-        elif self._task.done():
+        else:
             self.supported = False  # it returned without a word: nothing to shut down
 
     async def _main(self) -> None:
         scope = {"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": self.state}
         try:
             await self.app(scope, self._receive, self._send)
-        except BaseException as exc:  # noqa: BLE001 - reported by startup/shutdown
+        except Exception as exc:  # reported by startup/shutdown; SystemExit & co. go through
             self._error = exc
             if self.mode == "auto" and not self._sent:
                 log.info(
@@ -78,8 +81,6 @@ class Lifespan:
                 )
             elif self._started is not None and self._started.is_set():
                 log.error("the app's lifespan raised after startup", exc_info=exc)
-            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-                raise
         finally:
             assert self._started is not None and self._stopped is not None
             self._started.set()
@@ -94,6 +95,7 @@ class Lifespan:
         self._sent = True
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "lifespan.startup.complete":
+            self._complete = True
             self._started.set()
         elif kind == "lifespan.startup.failed":
             self._startup_failed = str(message.get("message", "")) or "(no message)"
