@@ -485,7 +485,9 @@ class WebSocketProtocol(asyncio.Protocol):
             log.error("websocket app %s %s (websocket %s)", app_name(self.app), what, path)
         if self.conn is None:
             if self.status == 0 and not self._lost:
-                self._respond(500, [], b"")
+                self._respond(
+                    500, [(b"content-type", b"text/plain; charset=utf-8")], b"Internal Server Error"
+                )
         else:
             self._close(1011, "internal error")
             self._deliver_disconnect(1011, "internal error")
