@@ -7,8 +7,15 @@ from typing import Any
 import pytest
 
 from prefork_lb.asgi import events
-from prefork_lb.asgi.events import AppEventError, body_of, connection_scope, request_scope, response_head, trailer_lines
-from prefork_lb.http.parser import Request, RequestParser, RequestMemo
+from prefork_lb.asgi.events import (
+    AppEventError,
+    body_of,
+    connection_scope,
+    request_scope,
+    response_head,
+    trailer_lines,
+)
+from prefork_lb.http.parser import Request, RequestMemo, RequestParser
 
 
 def parse(raw: bytes, memo: RequestMemo | None = None) -> Request:
@@ -36,7 +43,13 @@ def test_connection_scope_keys() -> None:
 def test_request_scope_plain_target() -> None:
     req = parse(b"GET /a/b HTTP/1.0\r\nX-One: 1\r\nX_Under: dropped\r\n\r\n")
     s = request_scope(BASE, req, "", False, {"k": 1})
-    assert (s["method"], s["path"], s["raw_path"], s["query_string"], s["http_version"]) == ("GET", "/a/b", b"/a/b", b"", "1.0")
+    assert (s["method"], s["path"], s["raw_path"], s["query_string"], s["http_version"]) == (
+        "GET",
+        "/a/b",
+        b"/a/b",
+        b"",
+        "1.0",
+    )
     assert s["headers"] == [(b"x-one", b"1")]
     assert s["state"] == {"k": 1}
     assert "state" not in request_scope(BASE, req, "", False, None)
@@ -87,9 +100,26 @@ def test_memoised_request_reuses_its_part_but_not_its_header_list() -> None:
 def test_response_head_serialises_and_memoises() -> None:
     head = response_head(200, [(b"Content-Type", b"text/plain"), (b"Content-Length", b"5")])
     assert head.prefix == b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n"
-    assert (head.code, head.length, head.has_date, head.has_server, head.close, head.bodiless) == (200, 5, False, False, False, False)
+    assert (head.code, head.length, head.has_date, head.has_server, head.close, head.bodiless) == (
+        200,
+        5,
+        False,
+        False,
+        False,
+        False,
+    )
     assert response_head(200, [[b"Content-Type", b"text/plain"], [b"Content-Length", b"5"]]) is head
-    h = response_head(204, iter([(b"Date", b"d"), (b"Server", b"s"), (b"Connection", b"Close"), (b"Transfer-Encoding", b"chunked")]))
+    h = response_head(
+        204,
+        iter(
+            [
+                (b"Date", b"d"),
+                (b"Server", b"s"),
+                (b"Connection", b"Close"),
+                (b"Transfer-Encoding", b"chunked"),
+            ]
+        ),
+    )
     assert (h.has_date, h.has_server, h.close, h.bodiless) == (True, True, True, True)
     assert h.prefix == b"HTTP/1.1 204 No Content\r\nDate: d\r\nServer: s\r\n"
     assert response_head(599, []).prefix == b"HTTP/1.1 599 Unknown\r\n"

@@ -113,7 +113,12 @@ def test_announced_length_sent_short_closes_and_too_much_is_clipped() -> None:
 
 
 def test_http10_stream_is_close_delimited_and_trailers_dropped() -> None:
-    app = sender({**START, "trailers": True}, body(b"a", True), body(b"b"), {"type": "http.response.trailers", "headers": [(b"x", b"1")]})
+    app = sender(
+        {**START, "trailers": True},
+        body(b"a", True),
+        body(b"b"),
+        {"type": "http.response.trailers", "headers": [(b"x", b"1")]},
+    )
     out = exchange(app, b"GET / HTTP/1.0\r\n\r\n")
     assert out.endswith(b"\r\n\r\nab") and b"Transfer-Encoding" not in out
     r = responses(exchange(app, GET))[0]
@@ -122,7 +127,12 @@ def test_http10_stream_is_close_delimited_and_trailers_dropped() -> None:
 
 def test_trailers_in_several_events_and_head() -> None:
     tr = {"type": "http.response.trailers", "headers": [(b"x-a", b"1")], "more_trailers": True}
-    app = sender({**START, "trailers": True}, body(b"ab"), tr, {"type": "http.response.trailers", "headers": [(b"x-b", b"2")]})
+    app = sender(
+        {**START, "trailers": True},
+        body(b"ab"),
+        tr,
+        {"type": "http.response.trailers", "headers": [(b"x-b", b"2")]},
+    )
     r = responses(exchange(app, GET))[0]
     assert r.trailers == [("x-a", "1"), ("x-b", "2")]
     out = exchange(app, b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\n" + GET)
@@ -158,7 +168,11 @@ def test_app_date_and_server_headers_win() -> None:
     [
         ([START, body(b"a"), body(b"b")], "http.response.body after the body ended", 200),
         ([START, body(b"a"), {"type": "http.response.trailers"}], "did not announce", 200),
-        ([START, body(b"a", True), {"type": "http.response.pathsend", "path": "/etc/hostname"}], "pathsend after the body began", 200),
+        (
+            [START, body(b"a", True), {"type": "http.response.pathsend", "path": "/etc/hostname"}],
+            "pathsend after the body began",
+            200,
+        ),
         ([START, {"type": "http.response.pathsend", "path": 5}], "with path 5, not a str", 500),
         ([START, {"type": "http.response.pathsend", "path": "/nonexistent/x"}], "No such file", 500),
         (["not an event"], "not an event", 500),
@@ -179,7 +193,9 @@ def test_wrong_events(events: list[Any], words: str, status: int, caplog: pytest
     assert len(lines) == 1 and words in lines[0] and f"{__name__}:sender" in lines[0] and "GET /" in lines[0]
 
 
-def test_an_error_the_app_swallowed_after_a_whole_response_still_closes(caplog: pytest.LogCaptureFixture) -> None:
+def test_an_error_the_app_swallowed_after_a_whole_response_still_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send(START)
         await send(body(b"ok"))
@@ -223,14 +239,21 @@ def test_hooks(fail: bool, caplog: pytest.LogCaptureFixture) -> None:
 
     out, server = asyncio.run(go())
     assert len(responses(out)) == 2 and server.served == 2 and server.in_flight == 0
-    assert hooks.rows == [("started", "/"), ("finished", "/", 200, 4, True), ("started", "/b"), ("finished", "/b", 200, 4, True)]
+    assert hooks.rows == [
+        ("started", "/"),
+        ("finished", "/", 200, 4, True),
+        ("started", "/b"),
+        ("finished", "/b", 200, 4, True),
+    ]
     assert ("hook failed" in caplog.text) is fail
 
 
 HEAD_CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
 
 
-def run_later(app_factory: Callable[[asyncio.Event, list[Any]], App], then: bytes, **opts: Any) -> tuple[bytes, list[Any]]:
+def run_later(
+    app_factory: Callable[[asyncio.Event, list[Any]], App], then: bytes, **opts: Any
+) -> tuple[bytes, list[Any]]:
     seen: list[Any] = []
 
     async def go() -> bytes:
@@ -370,7 +393,9 @@ def test_websocket_requests_go_to_the_upgrade_function() -> None:
             transport.write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
             transport.close()
 
-    def upgrade(transport: Any, app: Any, request: Any, extra: bytes, base: dict[str, Any], options: Any, hooks: Any) -> Any:
+    def upgrade(
+        transport: Any, app: Any, request: Any, extra: bytes, base: dict[str, Any], options: Any, hooks: Any
+    ) -> Any:
         calls.append((request.method, extra, "type" in base, base["path"]))
         return Proto()
 
@@ -378,7 +403,11 @@ def test_websocket_requests_go_to_the_upgrade_function() -> None:
         server = AsgiServer(sender(START, body()), None, asyncio.get_running_loop())
         server.websocket = upgrade
         try:
-            return await talk(server, b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe", eof=False)
+            return await talk(
+                server,
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nframe",
+                eof=False,
+            )
         finally:
             server.close()
 
