@@ -281,7 +281,8 @@ class RequestCycle:
             except AppEventError as exc:
                 raise self._bad(str(exc)) from None
             if self.abandoned or self.disconnected:
-                self.body_done = not more
+                if not more:
+                    self._completed()  # nothing goes out: the client is gone, or answered
                 return
             self._body(body, more)
             conn = self.conn
@@ -395,11 +396,11 @@ class RequestCycle:
             self.sent += len(out)
         if not more:
             self.body_done = True
-            if self.chunked and not self.is_head:
-                if self.trailers:
-                    if out:
-                        conn.write(out)
-                    return  # the last chunk goes with the trailers
+            if self.trailers:
+                if out:
+                    conn.write(out)
+                return  # complete with http.response.trailers (the last chunk goes with them)
+            if self.chunked:
                 out += b"0\r\n\r\n"
             if out:
                 conn.write(out)
@@ -424,6 +425,7 @@ class RequestCycle:
             size = os.fstat(fd).st_size
             conn = self.conn
             if self.abandoned or self.disconnected:
+                self._completed()
                 return
             conn.write(self._head_bytes(size))
             if not self.is_head and self.head is not None and not self.head.bodiless:

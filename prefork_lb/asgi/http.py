@@ -233,6 +233,9 @@ class HttpConnection(asyncio.Protocol):
             return
         req = cycle.req
         if not req.complete:
+            if self.eof:
+                self.close()  # the rest of the body will never come
+                return
             # The app left body bytes unread that framing decided to skip (see _keep_alive).
             req.discard = True
             req.chunks.clear()
