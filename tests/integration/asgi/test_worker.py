@@ -39,6 +39,14 @@ def start(tmp_path: Path) -> Iterator:
         m.stop()
 
 
+def _json_or_none(port: int) -> dict | None:
+    """The /json answer, or None while nothing accepts on ``port`` yet."""
+    try:
+        return json_get(port)
+    except OSError:
+        return None
+
+
 def json_get(port: int, path: str = "/json") -> dict:
     status, body = http_get(port, path)
     assert status == 200, body
@@ -221,7 +229,8 @@ def test_the_run_api_serves_an_asgi_app_object(tmp_path: Path) -> None:
         proc = spawn([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: "Ready:" in log.read_text() or proc.poll() is not None, what="ready")
-        assert json_get(port)["path"] == "/json"
+        assert proc.poll() is None, log.read_text()
+        assert wait_for(lambda: _json_or_none(port), what="the first answer")["path"] == "/json"
         assert "The app is an ASGI application" not in log.read_text(), "detected in the master"
     finally:
         proc.send_signal(signal.SIGTERM)
