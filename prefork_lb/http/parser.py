@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import httptools
 
@@ -77,6 +78,17 @@ class Limits:
     request_field_size: int = 8190  # 0: unlimited
     request_body: int = 0  # 0: unlimited
     require_host: bool = True
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Limits:
+        """The limits the settings give (both engines, WSGI and ASGI, read them so)."""
+        return cls(
+            cfg.limit_request_line,
+            cfg.limit_request_fields,
+            cfg.limit_request_field_size,
+            cfg.limit_request_body,
+            cfg.require_host,
+        )
 
 
 # Lower-cased names of fields with framing, routing or authentication meaning: never allowed in

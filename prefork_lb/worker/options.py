@@ -52,13 +52,7 @@ class ServerOptions:
     @classmethod
     def from_config(cls, cfg: Any) -> ServerOptions:
         return cls(
-            limits=Limits(
-                cfg.limit_request_line,
-                cfg.limit_request_fields,
-                cfg.limit_request_field_size,
-                cfg.limit_request_body,
-                cfg.require_host,
-            ),
+            limits=Limits.from_config(cfg),
             keepalive=cfg.keepalive,
             header_timeout=cfg.header_timeout,
             root_path=cfg.root_path.rstrip("/"),
