@@ -15,7 +15,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DISPATCH_MODES, free_port, http_get, kill_group, spawn, wait_for
+from tests.helpers import (
+    DISPATCH_MODES,
+    ROOT,
+    free_port,
+    http_get,
+    kill_group,
+    server_env,
+    spawn,
+    wait_for,
+)
 from tests.integration.test_master import Master
 
 APP = "tests.apps_asgi_worker:app"
@@ -226,7 +235,11 @@ def test_the_run_api_serves_an_asgi_app_object(tmp_path: Path) -> None:
     )
     log = tmp_path / "run.log"
     with open(log, "wb") as out:
-        proc = spawn([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT)
+        # The script's own folder is sys.path[0], not the checkout: tests/ comes from PYTHONPATH.
+        env = server_env(
+            {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        )
+        proc = spawn([sys.executable, str(script)], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for(lambda: "Ready:" in log.read_text() or proc.poll() is not None, what="ready")
         assert proc.poll() is None, log.read_text()
