@@ -57,6 +57,9 @@ from prefork_lb.child import ChildContext, ChildProcess
 from prefork_lb.statsd import Pusher, parse_target
 
 NOT_ANSWERING = "the proxy is not answering (it may be restarting)"
+# How long a stopping admin process gives the ctl clients it already accepted to get an answer
+# (a reload replaces this process while clients keep coming: one it took must not be reset).
+CONTROL_DRAIN = 2.0
 
 
 class AdminChild(ChildProcess):
@@ -232,7 +235,7 @@ class AdminChild(ChildProcess):
         if pushing is not None:
             pushing.join(2.0)
         if self.control_server is not None:
-            self.control_server.shutdown()
+            self.control_server.shutdown(wait=CONTROL_DRAIN)
         if self.server is not None:
             self.server.shutdown()
         return 0

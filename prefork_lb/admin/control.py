@@ -264,8 +264,19 @@ class ControlServer:
         self.slots = threading.BoundedSemaphore(MAX_CLIENTS)
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe()
+        # Clients being answered, and the accept loop's end: shutdown() waits for both, so a
+        # connection this process accepted while its successor was starting still gets its answer.
+        self._active = 0
+        self._idle = threading.Condition()
+        self._accepting_done = threading.Event()
 
     def serve_forever(self) -> None:
+        try:
+            self._accept_until_stopped()
+        finally:
+            self._accepting_done.set()
+
+    def _accept_until_stopped(self) -> None:
         listener = self.listener
         listener.setblocking(False)
         while not self.stopping:
@@ -286,20 +297,32 @@ class ControlServer:
                 log.warning("control socket: accept failed: %s", exc.strerror or exc)
                 time.sleep(0.1)  # EMFILE and the like: do not spin
                 continue
+            with self._idle:
+                self._active += 1
             threading.Thread(target=self.serve_client, args=(conn,), name="admin-ctl", daemon=True).start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: float = 0.0) -> None:
+        """Stop accepting; with ``wait``, give the clients already accepted up to that many
+        seconds to get the answer to the request they are sending."""
         self.stopping = True
         try:
             os.write(self._wake_w, b"x")
         except OSError:
             pass
+        if wait <= 0:
+            return
+        deadline = time.monotonic() + wait
+        self._accepting_done.wait(wait)
+        with self._idle:
+            while self._active and (left := deadline - time.monotonic()) > 0:
+                self._idle.wait(left)
 
     def serve_client(self, conn: socket.socket) -> None:
         try:
             conn.setblocking(True)
             buf = b""
-            while not self.stopping:
+            answered = False
+            while not (answered and self.stopping):  # an accepted client gets one answer at least
                 line, buf = read_line(conn, buf)
                 if line is None:
                     return
@@ -308,6 +331,7 @@ class ControlServer:
                 reply, after = self.answer(line)
                 conn.settimeout(WRITE_TIMEOUT)
                 conn.sendall(reply)
+                answered = True
                 if after is not None:
                     after()
         except TooLong:
@@ -321,6 +345,9 @@ class ControlServer:
         finally:
             conn.close()
             self.slots.release()
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
 
     def answer(self, line: bytes) -> tuple[bytes, Callable[[], None] | None]:
         try:

@@ -212,3 +212,35 @@ def test_an_oversized_request_is_refused(server: str) -> None:
 
 def test_a_silent_client_is_hung_up_on(server: str) -> None:
     assert talk(server, b"") == []  # no line within READ_TIMEOUT: closed, nothing said
+
+
+def test_a_client_accepted_before_shutdown_still_gets_its_answer(tmp_path: Any) -> None:
+    """A reload stops this admin process while ctl clients keep connecting: one it accepted
+    must get its answer, not a reset (shutdown waits for it)."""
+    path = str(tmp_path / "c.sock")
+    lst = socket.socket(socket.AF_UNIX)
+    lst.bind(path)
+    lst.listen(8)
+    entered, release = threading.Event(), threading.Event()
+
+    def handle(req: dict[str, Any]) -> control.Reply:
+        entered.set()
+        release.wait(5)
+        return {"cmd": req["cmd"]}, None
+
+    srv = control.ControlServer(lst, handle)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    got: list[list[dict[str, Any]]] = []
+    client = threading.Thread(target=lambda: got.append(talk(path, b'{"cmd": "status"}\n')))
+    client.start()
+    assert entered.wait(5)
+    stopper = threading.Thread(target=srv.shutdown, kwargs={"wait": 5.0})
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive()  # still waiting for the client being answered
+    release.set()
+    stopper.join(5)
+    client.join(5)
+    assert not stopper.is_alive() and got and got[0][0]["cmd"] == "status"
+    lst.close()
