@@ -31,7 +31,7 @@ def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tu
 
 
 class Gunicorn:
-    def __init__(self, tmp: Path, app: str, *args: str) -> None:
+    def __init__(self, tmp: Path, app: str, *args: str, worker: str = "prefork_lb.gunicorn.Worker") -> None:
         self.port = free_port()
         self.log = tmp / "gunicorn.log"
         self._f = open(self.log, "wb")
@@ -40,7 +40,7 @@ class Gunicorn:
             "-m",
             "gunicorn",
             "-k",
-            "prefork_lb.gunicorn.Worker",
+            worker,
             "-b",
             f"127.0.0.1:{self.port}",
             "--control-socket",
