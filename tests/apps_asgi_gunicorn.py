@@ -48,14 +48,15 @@ async def seen() -> list[str]:
     return SEEN
 
 
+async def counted(n: int) -> AsyncIterator[bytes]:
+    for i in range(n):
+        await asyncio.sleep(0)  # each chunk its own send
+        yield b"chunk %d\n" % i
+
+
 @app.get("/stream")
 async def stream(n: int = 5) -> StreamingResponse:
-    async def chunks() -> AsyncIterator[bytes]:
-        for i in range(n):
-            yield f"chunk {i}\n".encode()
-            await asyncio.sleep(0)
-
-    return StreamingResponse(chunks(), media_type="text/plain")
+    return StreamingResponse(counted(n), media_type="text/plain")
 
 
 @app.get("/state")

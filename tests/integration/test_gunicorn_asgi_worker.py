@@ -18,7 +18,7 @@ pytest.importorskip("fastapi")
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 from tests.helpers import wait_for  # noqa: E402
-from tests.integration.test_gunicorn_worker import Gunicorn  # noqa: E402
+from tests.integration.test_gunicorn_worker import Gunicorn, starter  # noqa: E402
 
 APP = "tests.apps_asgi_gunicorn:app"
 WORKER = "prefork_lb.gunicorn.AsgiWorker"
@@ -26,17 +26,7 @@ WORKER = "prefork_lb.gunicorn.AsgiWorker"
 
 @pytest.fixture
 def gunicorn(tmp_path: Path) -> Iterator:
-    started: list[Gunicorn] = []
-
-    def _start(app: str, *args: str) -> Gunicorn:
-        g = Gunicorn(tmp_path, app, *args, worker=WORKER)
-        started.append(g)
-        g.wait_ready()
-        return g
-
-    yield _start
-    for g in started:
-        g.stop()
+    yield from starter(tmp_path, WORKER)
 
 
 def fresh_get(port: int, path: str = "/", **kw: object) -> httpx.Response:
@@ -67,7 +57,11 @@ def test_serves_fastapi_http_websocket_lifespan_with_gunicorns_settings(gunicorn
         assert r.status_code == 200 and r.json() == {"hello": "world", "pid": pid}
         assert client.get("/stream", params={"n": 3}).text == "chunk 0\nchunk 1\nchunk 2\n"
         # lifespan ran in this worker, before the first request, and its state reaches requests
-        assert client.get("/state").json() == {"greeting": "hello from lifespan", "started_by": pid, "pid": pid}
+        assert client.get("/state").json() == {
+            "greeting": "hello from lifespan",
+            "started_by": pid,
+            "pid": pid,
+        }
         assert client.get("/scope", headers={"X-Forwarded-Proto": "https"}).json() == {
             "scheme": "https",
             "root_path": "/api",
@@ -81,7 +75,9 @@ def test_serves_fastapi_http_websocket_lifespan_with_gunicorns_settings(gunicorn
             assert ws.recv(timeout=10) == "echo: " + text
     # A malformed request (Content-Length with Transfer-Encoding) is refused before the app.
     with socket.create_connection(("127.0.0.1", g.port), timeout=10) as s:
-        s.sendall(b"GET /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(
+            b"GET /smuggled HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         assert s.recv(100).startswith(b"HTTP/1.1 400")
     assert "/smuggled" not in fresh_get(g.port, "/seen").json()
     # %(U)s is the scope's path, root_path included (as uvicorn logs it)
@@ -141,6 +137,8 @@ def test_a_failed_lifespan_startup_stops_gunicorn_with_one_line(tmp_path: Path) 
     text = g.text()
     assert g.proc.returncode == 3, text  # gunicorn's "Worker failed to boot."
     lines = [line for line in text.splitlines() if "no database at db.invalid" in line]
-    assert len(lines) == 1 and "[ERROR] the app's lifespan startup failed: RuntimeError: no database" in lines[0], text
+    assert (
+        len(lines) == 1 and "[ERROR] the app's lifespan startup failed: RuntimeError: no database" in lines[0]
+    ), text
     assert "Traceback" not in text and "Worker failed to boot." in text
     assert text.count("Booting worker") == 1, text  # no respawn loop
