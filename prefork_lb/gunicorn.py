@@ -13,6 +13,13 @@ offload pool is there too (``from prefork_lb import offload``, or
 executor comes from ``PREFORK_LB_OFFLOAD_EXECUTOR`` (``dask://HOST:PORT`` or MODULE:FACTORY, as
 ``--offload-executor``; set it in the environment or with gunicorn's ``-e``/``raw_env``), made in
 each worker after the app is loaded; a bad value is one error line and gunicorn stops (exit 4).
+
+``gunicorn -k prefork_lb.gunicorn.AsgiWorker app`` runs an ASGI app the same way on our asyncio
+server (prefork_lb.asgi; uvloop when installed): the same settings (timeout through
+notifications from the event loop, so a view that blocks the loop is aborted), root_path, the
+lifespan (a failed startup: one line, exit WORKER_BOOT_ERROR, gunicorn stops), WebSockets and
+``offload_async``. Both classes share _PreforkWorker: the offload set-up, gunicorn's settings as
+our engines' options, the parent check and max_requests.
 """
 
 from __future__ import annotations
@@ -279,7 +286,7 @@ class AsgiWorker(_PreforkWorker):
 
     gunicorn's loaded app (``self.wsgi``) is the ASGI app; it runs on prefork_lb.asgi's server
     on a uvloop loop (asyncio's without uvloop), accepting on gunicorn's listeners. The loop
-    notifies gunicorn every second, so a view that blocks it (``time.sleep`` in an ``async
+    notifies gunicorn every timeout / 4 (a second at most), so a view that blocks it (``time.sleep`` in an ``async
     def``) meets gunicorn's timeout: SIGABRT, the worker_abort hook, exit. The lifespan startup
     runs before the first accept (a failure: one error line and exit WORKER_BOOT_ERROR, so
     gunicorn stops instead of respawning), its shutdown after the drain. TERM drains within

@@ -88,8 +88,15 @@ def test_serves_fastapi_http_websocket_lifespan_with_gunicorns_settings(gunicorn
     assert "Traceback" not in g.text()
 
 
-def test_max_requests_and_hup_replace_the_worker_without_a_failed_request(gunicorn) -> None:
-    g = gunicorn(APP, "-w", "1", "--max-requests", "3")
+def test_max_requests_hup_and_quit_replace_the_worker_without_a_failed_request(
+    gunicorn, tmp_path: Path
+) -> None:
+    out = tmp_path / "int.log"
+    conf = tmp_path / "gconf.py"
+    conf.write_text(
+        f"def worker_int(worker):\n    open({str(out)!r}, 'a').write(f'worker_int {{worker.pid}}\\n')\n"
+    )
+    g = gunicorn(APP, "-w", "1", "--max-requests", "3", "-c", str(conf))
     (first,) = wait_for(lambda: g.workers(), what="worker")
     pids = []
     for _ in range(4):
@@ -109,6 +116,12 @@ def test_max_requests_and_hup_replace_the_worker_without_a_failed_request(gunico
         if r.json()["pid"] != before or time.monotonic() > deadline:
             break
     assert r.json()["pid"] != before
+    # QUIT: gunicorn's quick stop of a worker, with its worker_int hook; gunicorn starts another.
+    (quitting,) = wait_for(lambda: len(g.workers()) == 1 and g.workers(), what="one worker")
+    os.kill(quitting, signal.SIGQUIT)
+    wait_for(lambda: out.exists() and f"worker_int {quitting}" in out.read_text(), what="worker_int hook")
+    wait_for(lambda: g.workers() and quitting not in g.workers(), what="a new worker")
+    assert fresh_get(g.port).status_code == 200
 
 
 def test_a_blocked_loop_meets_gunicorns_timeout(gunicorn, tmp_path: Path) -> None:
