@@ -96,7 +96,8 @@ def test_max_requests_hup_and_quit_replace_the_worker_without_a_failed_request(
     conf.write_text(
         f"def worker_int(worker):\n    open({str(out)!r}, 'a').write(f'worker_int {{worker.pid}}\\n')\n"
     )
-    g = gunicorn(APP, "-w", "1", "--max-requests", "3", "-c", str(conf))
+    # --preload: the app is imported once, in the master; each replacement is only a fork
+    g = gunicorn(APP, "-w", "1", "--max-requests", "3", "--preload", "-c", str(conf))
     (first,) = wait_for(lambda: g.workers(), what="worker")
     pids = []
     for _ in range(4):
@@ -128,7 +129,7 @@ def test_a_blocked_loop_meets_gunicorns_timeout(gunicorn, tmp_path: Path) -> Non
     out = tmp_path / "abort.log"
     conf = tmp_path / "gconf.py"
     conf.write_text(f"def worker_abort(worker):\n    open({str(out)!r}, 'a').write('worker_abort\\n')\n")
-    g = gunicorn(APP, "-w", "1", "--timeout", "2", "-c", str(conf))
+    g = gunicorn(APP, "-w", "1", "--timeout", "2", "--preload", "-c", str(conf))
     (first,) = wait_for(lambda: g.workers(), what="worker")
     # A wait longer than the timeout that leaves the loop free: the worker goes on notifying.
     r = fresh_get(g.port, "/sleep", params={"s": 2.5})
