@@ -1,4 +1,5 @@
-"""ASGI benchmark: prefork_lb --interface asgi against uvicorn, granian and gunicorn+UvicornWorker.
+"""ASGI benchmark: prefork_lb --interface asgi against uvicorn, granian and gunicorn+UvicornWorker
+(and, when named in --servers, gunicorn-prefork: gunicorn -k prefork_lb.gunicorn.AsgiWorker).
 
 Usage: python bench/asgi.py [--duration 10] [--warmup 2] [--rounds 3] [--connections 64]
                             [--servers prefork_lb,uvicorn,granian,gunicorn-uvicorn]
@@ -78,6 +79,11 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
         *(PY, "-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1"),
         *("-b", f"{HOST}:{port}", "--log-level", "warning", APP),
     ],
+    # Our engine in gunicorn's workers (prefork_lb.gunicorn.AsgiWorker): not in the defaults.
+    "gunicorn-prefork": lambda port: [
+        *(PY, "-m", "gunicorn", "-k", "prefork_lb.gunicorn.AsgiWorker", "-w", "1"),
+        *("-b", f"{HOST}:{port}", "--log-level", "warning", APP),
+    ],
 }
 GOALS = {"uvicorn": 1.5, "granian": 1.2, "gunicorn-uvicorn": 2.0}  # prefork_lb req/s over theirs
 NOTES = [
@@ -87,7 +93,8 @@ NOTES = [
     "others' default); prefork_lb runs without its admin process (--stats-bind off).",
     "uvicorn: --http httptools --loop uvloop --ws wsproto (the WebSocket library the ws part "
     "compares with); gunicorn-uvicorn: uvicorn_worker.UvicornWorker with its defaults (httptools, "
-    "uvloop and uvicorn's 'auto' WebSocket implementation); granian: --interface asgi --http 1, "
+    "uvloop and uvicorn's 'auto' WebSocket implementation); gunicorn-prefork (when asked for): "
+    "prefork_lb.gunicorn.AsgiWorker, gunicorn's master with our ASGI engine; granian: --interface asgi --http 1, "
     "otherwise its defaults.",
     "memory: psutil memory_full_info() of the worker process (for uvicorn without --workers the "
     "server process is the worker) right after the readiness GET; PSS shares pages among the "

@@ -36,7 +36,7 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT
 from prefork_lb.worker.child import WorkerChild
 
-__all__ = ["AsgiWorkerChild", "new_loop"]
+__all__ = ["AsgiWorkerChild", "new_loop", "stop_serving"]
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -51,6 +51,27 @@ def new_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
     loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
     return loop
+
+
+async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: float) -> None:
+    """Graceful: drain within ``timeout`` (requests in flight finish with Connection: close),
+    then the lifespan shutdown; fast: close what is open at once. Never raises but
+    CancelledError, when a fast stop takes over a graceful one (it finishes)."""
+    try:
+        if graceful:
+            log.info(
+                "Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout
+            )
+            if not await server.drain(timeout):
+                log.warning("Graceful timeout: closed the connections still busy")
+            await lifespan.shutdown()
+        else:
+            await asyncio.wait_for(server.drain(0), FAST_STOP)
+    except asyncio.CancelledError:
+        if graceful:
+            raise
+    except (asyncio.TimeoutError, Exception):
+        log.exception("Worker %d: error while stopping", os.getpid())
 
 
 class AsgiWorkerChild(WorkerChild):
@@ -90,15 +111,14 @@ class AsgiWorkerChild(WorkerChild):
     def start_lifespan(self, app: Any) -> int:
         """The app's lifespan startup (--lifespan); 0, or EXIT_BOOT with its one line on the
         boot pipe."""
-        from prefork_lb.asgi.lifespan import Lifespan, LifespanFailed
+        from prefork_lb.asgi.lifespan import Lifespan, LifespanFailed, failure_line
 
         assert self.loop is not None
         self.lifespan = Lifespan(app, getattr(self.cfg, "lifespan", "auto"))
         try:
             self.loop.run_until_complete(self.lifespan.startup())
         except LifespanFailed as exc:
-            text = str(exc).strip()
-            line = text.splitlines()[0] if text else "the app's lifespan startup failed"
+            line = failure_line(exc)
             os.write(self.ctx.boot_fd, (line + "\n").encode())
             return EXIT_BOOT
         return 0
@@ -144,23 +164,7 @@ class AsgiWorkerChild(WorkerChild):
         self.stopping = self.loop.create_task(self.drain_and_finish(graceful))
 
     async def drain_and_finish(self, graceful: bool) -> None:
-        server = self.server
-        try:
-            if graceful:
-                timeout = self.cfg.graceful_timeout
-                log.info(
-                    "Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout
-                )
-                if not await server.drain(timeout):
-                    log.warning("Graceful timeout: closed the connections still busy")
-                await self.lifespan.shutdown()
-            else:
-                await asyncio.wait_for(server.drain(0), FAST_STOP)
-        except asyncio.CancelledError:
-            if graceful:  # a fast stop took over: it finishes
-                raise
-        except (asyncio.TimeoutError, Exception):
-            log.exception("Worker %d: error while stopping", os.getpid())
+        await stop_serving(self.server, self.lifespan, graceful, self.cfg.graceful_timeout)
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from typing import Any
 
-__all__ = ["MODES", "Lifespan", "LifespanFailed"]
+__all__ = ["MODES", "Lifespan", "LifespanFailed", "failure_line"]
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -25,6 +25,19 @@ MODES = ("auto", "on", "off")
 
 class LifespanFailed(Exception):
     """The app's startup failed; str(exc) is the one line to log."""
+
+
+def failure_line(exc: LifespanFailed) -> str:
+    """The one line that says why a startup failed. Starlette (FastAPI) reports a failure with
+    the whole traceback as its message: its last line (``RuntimeError: no database``) names
+    the problem, its first (``Traceback (most recent call last):``) does not."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if not lines:
+        return "the app's lifespan startup failed"
+    head = lines[0]
+    if len(lines) > 1 and head.endswith("Traceback (most recent call last):"):
+        return head[: -len("Traceback (most recent call last):")] + lines[-1]
+    return head
 
 
 class Lifespan:
@@ -79,7 +92,7 @@ class Lifespan:
                     "the app does not support the ASGI lifespan protocol (it raised %s); going on without it",
                     type(exc).__name__,
                 )
-            elif self._started is not None and self._started.is_set():
+            elif self._started is not None and self._started.is_set() and self._startup_failed is None:
                 log.error("the app's lifespan raised after startup", exc_info=exc)
         finally:
             assert self._started is not None and self._stopped is not None

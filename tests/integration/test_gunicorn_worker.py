@@ -31,7 +31,7 @@ def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tu
 
 
 class Gunicorn:
-    def __init__(self, tmp: Path, app: str, *args: str) -> None:
+    def __init__(self, tmp: Path, app: str, *args: str, worker: str = "prefork_lb.gunicorn.Worker") -> None:
         self.port = free_port()
         self.log = tmp / "gunicorn.log"
         self._f = open(self.log, "wb")
@@ -40,7 +40,7 @@ class Gunicorn:
             "-m",
             "gunicorn",
             "-k",
-            "prefork_lb.gunicorn.Worker",
+            worker,
             "-b",
             f"127.0.0.1:{self.port}",
             "--control-socket",
@@ -76,12 +76,13 @@ class Gunicorn:
         self._f.close()
 
 
-@pytest.fixture
-def gunicorn(tmp_path: Path) -> Iterator:
+def starter(tmp_path: Path, worker: str = "prefork_lb.gunicorn.Worker") -> Iterator:
+    """A fixture's body: yields a function that starts gunicorn (and waits until it answers);
+    stops all it started afterwards."""
     started: list[Gunicorn] = []
 
     def _start(app: str, *args: str) -> Gunicorn:
-        g = Gunicorn(tmp_path, app, *args)
+        g = Gunicorn(tmp_path, app, *args, worker=worker)
         started.append(g)
         g.wait_ready()
         return g
@@ -89,6 +90,11 @@ def gunicorn(tmp_path: Path) -> Iterator:
     yield _start
     for g in started:
         g.stop()
+
+
+@pytest.fixture
+def gunicorn(tmp_path: Path) -> Iterator:
+    yield from starter(tmp_path)
 
 
 def test_serves_and_writes_gunicorns_access_log(gunicorn) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from prefork_lb.asgi.lifespan import Lifespan, LifespanFailed
+from prefork_lb.asgi.lifespan import Lifespan, LifespanFailed, failure_line
 
 
 def run(coro: Any) -> Any:
@@ -158,3 +158,40 @@ def test_off_sends_nothing_and_bad_modes_are_refused() -> None:
     assert app.events == [] and not ls.supported
     with pytest.raises(ValueError, match="lifespan mode must be one of auto, on, off, not 'yes'"):
         Lifespan(app, "yes")
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("the app's lifespan startup failed: no database", "the app's lifespan startup failed: no database"),
+        (
+            # Starlette's message: the whole traceback; its last line names the problem
+            "the app's lifespan startup failed: Traceback (most recent call last):\n"
+            '  File "app.py", line 3, in lifespan\n    raise RuntimeError("no db")\n'
+            "RuntimeError: no db\n",
+            "the app's lifespan startup failed: RuntimeError: no db",
+        ),
+        ("first line\nsecond line", "first line"),
+        ("", "the app's lifespan startup failed"),
+        ("  \n ", "the app's lifespan startup failed"),
+    ],
+)
+def test_failure_line_is_the_line_that_names_the_problem(text: str, line: str) -> None:
+    assert failure_line(LifespanFailed(text)) == line
+
+
+def test_a_startup_that_reports_its_failure_then_raises_logs_no_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Starlette sends lifespan.startup.failed, then re-raises: the failure is the message, not a
+    second error with a traceback."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "lifespan.startup.failed", "message": "no database"})
+        raise RuntimeError("no database")
+
+    with caplog.at_level(logging.DEBUG, "prefork_lb.error"):
+        with pytest.raises(LifespanFailed, match="no database"):
+            run(Lifespan(app, "auto").startup())
+    assert "raised after startup" not in caplog.text and "Traceback" not in caplog.text
