@@ -45,6 +45,10 @@ class Gunicorn:
             f"127.0.0.1:{self.port}",
             "--control-socket",
             str(tmp / "ctl.sock"),
+            # gunicorn waits 30 s by default for a worker to drain: the stop at the end of a
+            # test would outlast stop_process's 15 s and end in SIGKILL (a test can override).
+            "--graceful-timeout",
+            "3",
             *args,
             app,
         ]
