@@ -3,8 +3,9 @@
 ``app`` answers as prefork_lb.demo:app does on /json (so the master's tests run unchanged over
 both interfaces), sleeps cooperatively on /sleep?S, blocks the loop on /block?S (time.sleep in
 an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
-/root. ``lifespan_fails`` refuses its startup; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
-``async_gen`` are neither interface.
+/root, echoes websockets (noting the code of their websocket.disconnect in the file named by
+PREFORK_LB_TEST_CALLS, as its lifespan shutdown). ``lifespan_fails`` refuses its startup;
+``asgi2`` is an ASGI 2 class; ``not_an_app`` and ``async_gen`` are neither interface.
 """
 
 from __future__ import annotations
@@ -36,18 +37,37 @@ async def _lifespan(receive: Any, send: Any, state: dict[str, Any]) -> None:
             state["started_by"] = os.getpid()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            path = os.environ.get("PREFORK_LB_TEST_CALLS")
-            if path:
-                with open(path, "a") as f:
-                    f.write(f"lifespan shutdown {os.getpid()}\n")
+            _note(f"lifespan shutdown {os.getpid()}")
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _note(line: str) -> None:
+    path = os.environ.get("PREFORK_LB_TEST_CALLS")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+async def _echo(receive: Any, send: Any) -> None:
+    """A websocket echo that notes the close code its websocket.disconnect carried."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            _note(f"ws disconnect {message['code']} {os.getpid()}")
+            return
+        await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     global _served
     if scope["type"] == "lifespan":
         await _lifespan(receive, send, scope.get("state", {}))
+        return
+    if scope["type"] == "websocket":
+        await _echo(receive, send)
         return
     path = scope["path"]
     qs = scope.get("query_string", b"").decode()

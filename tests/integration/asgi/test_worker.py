@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect as ws_connect
 
 from tests.helpers import (
     DISPATCH_MODES,
@@ -266,3 +268,29 @@ def test_concurrent_requests_on_one_worker_are_served_at_once(start) -> None:
     for t in threads:
         t.join(timeout=30)
     assert results == [200] * 8
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["term", "reload"])
+def test_a_graceful_stop_closes_websockets_1001_and_awaits_their_app(
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("PREFORK_LB_TEST_CALLS", str(calls))
+    m = start("-w", "1", "--interface", "asgi", "--graceful-timeout", "10")
+    (old,) = wait_for(lambda: m.workers(), what="worker")
+    with ws_connect(f"ws://127.0.0.1:{m.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "hi"
+        m.signal(sig)
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=15)
+    assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+    wait_for(lambda: f"ws disconnect 1001 {old}" in calls.read_text(), what="the app's disconnect 1001")
+    if sig == signal.SIGTERM:
+        assert m.proc.wait(timeout=20) == 0
+        text = calls.read_text()
+        assert text.index("ws disconnect") < text.index("lifespan shutdown"), "awaited before the shutdown"
+    else:
+        wait_for(lambda: m.workers() and old not in m.workers(), what="the reload's new worker")
+        assert json_get(m.port)["path"] == "/json"
+    assert "Traceback" not in m.text()

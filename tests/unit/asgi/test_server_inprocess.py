@@ -436,3 +436,66 @@ def test_drain_gives_up_on_a_stuck_app() -> None:
         return done
 
     assert asyncio.run(go()) is False
+
+
+WS_GET = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+async def _ws_drain(app: App, timeout: float) -> tuple[bool, bytes, AsgiServer]:
+    """Open a websocket to ``app``, drain the server: (drain's answer, the bytes after the 101
+    head, the server)."""
+    loop = asyncio.get_running_loop()
+    server = AsgiServer(app, AsgiOptions(ws_ping_interval=0), loop)
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    with b:
+        server.add_connection(a)
+        await loop.sock_sendall(b, WS_GET)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+        assert got.startswith(b"HTTP/1.1 101") and server.websockets and not server.connections
+        drained = loop.create_task(server.drain(timeout))
+        frame = await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+        b.close()  # (the client hangs up instead of answering the close frame)
+        return await drained, frame, server
+
+
+def test_drain_closes_websockets_1001_and_awaits_their_app() -> None:
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+        await asyncio.sleep(0.05)  # the drain waits for the app, not just for the close frame
+        got.append("returned")
+
+    done, frame, server = asyncio.run(_ws_drain(app, 5))
+    assert frame[:4] == b"\x88\x16\x03\xe9"  # close, unmasked, code 1001 ...
+    assert frame[4:] == b"server shutting down"
+    assert got == [
+        {"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"},
+        "returned",
+    ]
+    assert done is True and not server.websockets
+
+
+def test_drain_cancels_a_websocket_app_that_does_not_return() -> None:
+    cancelled: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            await asyncio.sleep(30)  # never reads its disconnect
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    done, frame, _ = asyncio.run(_ws_drain(app, TICK))
+    assert frame[:4] == b"\x88\x16\x03\xe9"
+    assert done is False and cancelled == [True]
