@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -499,3 +500,53 @@ def test_drain_cancels_a_websocket_app_that_does_not_return() -> None:
     done, frame, _ = asyncio.run(_ws_drain(app, TICK))
     assert frame[:4] == b"\x88\x16\x03\xe9"
     assert done is False and cancelled == [True]
+
+
+@pytest.mark.parametrize("catch", [False, True], ids=["raised", "caught"])
+def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from prefork_lb.asgi.cycle import ClientDisconnected
+
+    raised: list[BaseException] = []
+    finished: asyncio.Event | None = None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert finished is not None
+        try:
+            await receive()  # http.request
+            assert (await receive())["type"] == "http.disconnect"
+            for event in (START, body(b"late")):
+                try:
+                    await send(event)
+                except OSError as exc:
+                    raised.append(exc)
+                    if not catch:
+                        raise
+        finally:
+            finished.set()
+
+    async def go() -> AsgiServer:
+        nonlocal finished
+        finished = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        server = AsgiServer(app, None, loop)
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            b = socket.create_connection(lsock.getsockname())
+            a, _ = lsock.accept()
+        server.add_connection(a)
+        b.sendall(GET)
+        # The client leaves before the response: a reset (a shut sending side, a plain close,
+        # could still read the answer).
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        b.close()
+        await asyncio.wait_for(finished.wait(), 5)
+        await asyncio.sleep(0)  # (the cycle's own ending, after the app's)
+        server.close()
+        return server
+
+    with caplog.at_level(logging.INFO, logger="prefork_lb.error"):
+        server = asyncio.run(go())
+    assert all(isinstance(e, ClientDisconnected) for e in raised)
+    assert len(raised) == (2 if catch else 1)
+    assert "http.response.start not sent" in str(raised[0])
+    assert caplog.records == [], "the client leaving is not the app's error"
+    assert server.served == 0
