@@ -5,7 +5,8 @@ both interfaces), sleeps cooperatively on /sleep?S, blocks the loop on /block?S 
 an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
 /root, echoes websockets (noting the code of their websocket.disconnect in the file named by
 PREFORK_LB_TEST_CALLS, as its lifespan shutdown). ``lifespan_fails`` refuses its startup;
-``asgi2`` is an ASGI 2 class; ``not_an_app`` and ``async_gen`` are neither interface.
+``no_lifespan`` raises on the lifespan scope; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
+``async_gen`` are neither interface.
 """
 
 from __future__ import annotations
@@ -91,6 +92,13 @@ async def lifespan_fails(scope: dict[str, Any], receive: Any, send: Any) -> None
         await send({"type": "lifespan.startup.failed", "message": "no database at db.invalid"})
         return
     await _reply(send, 200, b"{}")
+
+
+async def no_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app that knows only http (as many hand-written ones): it raises on the lifespan scope."""
+    if scope["type"] != "http":
+        raise ValueError(f"unsupported scope {scope['type']!r}")
+    await _reply(send, 200, b'{"path": "/json"}')
 
 
 class asgi2:  # noqa: N801 - named as an app attribute

@@ -123,6 +123,43 @@ def test_a_failed_lifespan_startup_is_one_line_and_exit_3_without_respawning(sta
     assert "died unexpectedly" not in text and "Traceback" not in text
 
 
+UNSUPPORTED = (
+    "the app does not support the ASGI lifespan protocol (it raised ValueError); going on without it"
+)
+
+
+@pytest.mark.parametrize(
+    ("lifespan", "app", "serves"),
+    [
+        ("auto", "no_lifespan", True),  # raises on the lifespan scope: unsupported, one info line
+        ("on", "no_lifespan", False),  # the same is a boot failure
+        ("off", "lifespan_fails", True),  # never sent: its failing startup never runs
+    ],
+)
+def test_the_lifespan_setting(start, lifespan: str, app: str, serves: bool) -> None:
+    m = start(
+        "-w",
+        "2",
+        "--interface",
+        "asgi",
+        "--lifespan",
+        lifespan,
+        ready=serves,
+        app=f"tests.apps_asgi_worker:{app}",
+    )
+    if serves:
+        assert http_get(m.port, "/json")[0] == 200
+        wait_for(lambda: m.text().count(UNSUPPORTED) == (2 if lifespan == "auto" else 0), what="info lines")
+        assert "lifespan startup failed" not in m.text()
+    else:
+        assert m.proc.wait(timeout=30) == 3
+        assert error_lines(m.text()) == [
+            "prefork_lb: error: the app's lifespan startup raised ValueError: unsupported scope 'lifespan'"
+        ]
+        assert "died unexpectedly" not in m.text()
+    assert "Traceback" not in m.text()
+
+
 def test_a_reload_whose_lifespan_fails_keeps_the_old_workers(start, tmp_path: Path) -> None:
     module = tmp_path / "flaky_lifespan.py"
     module.write_text(
