@@ -1,7 +1,7 @@
 """ASGI apps for the tests that run the ASGI worker under the master (tests/integration/asgi/).
 
 ``app`` answers as prefork_lb.demo:app does on /json (so the master's tests run unchanged over
-both interfaces), sleeps cooperatively on /sleep?S, blocks the loop on /block?S (time.sleep in
+both interfaces), sleeps cooperatively on /sleep?S and /sleep/S, blocks the loop on /block?S (time.sleep in
 an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
 /root, echoes websockets (noting the code of their websocket.disconnect in the file named by
 PREFORK_LB_TEST_CALLS, as its lifespan shutdown). ``lifespan_fails`` refuses its startup;
@@ -75,6 +75,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     _served += 1
     if path == "/sleep":
         await asyncio.sleep(float(qs or "1"))
+    elif path.startswith("/sleep/"):  # (as tests.apps:overload's /sleep/S)
+        await asyncio.sleep(float(path[len("/sleep/") :]))
     elif path == "/block":
         time.sleep(float(qs or "1"))  # blocks the loop: what the heartbeat watchdog is for
     if path == "/state":

@@ -711,7 +711,12 @@ def test_max_rss_recycles_without_failures(start) -> None:
     assert "over --max-rss 150 MiB" in m.text()
 
 
-def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
+@pytest.mark.parametrize(
+    ("app", "interface"),
+    [("tests.apps:overload", "wsgi"), ("tests.apps_asgi_worker:app", "asgi")],
+    ids=["wsgi", "asgi"],
+)
+def test_autoscaling_adds_under_load_and_removes_when_quiet(start, app: str, interface: str) -> None:
     m = start(
         "-w",
         "1",
@@ -721,7 +726,9 @@ def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
         "0.5",
         "--autoscale-down-after",
         "1",
-        app="tests.apps:overload",
+        "--interface",
+        interface,
+        app=app,  # (each sleeps cooperatively on /sleep/S)
     )
     wait_for(lambda: len(m.workers()) == 1, what="1 worker")
     stop = threading.Event()
