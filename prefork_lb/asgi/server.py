@@ -235,6 +235,10 @@ class AsgiServer:
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        self._gone(conn)
+
+    def _gone(self, conn: Any) -> None:
+        """A connection (HTTP or websocket) left: count it, make room, maybe end a drain."""
         if self.hook_closed is not None:
             self.hook_closed(conn)
         if not self._accepting and self._room():
@@ -254,11 +258,7 @@ class AsgiServer:
     def _websocket_finished(self, proto: Any) -> None:
         if proto in self.websockets:
             self.websockets.discard(proto)
-            if self.hook_closed is not None:
-                self.hook_closed(proto)
-            if not self._accepting and self._room():
-                self._resume_accepting()
-            self._check_empty()
+            self._gone(proto)
 
     def _busy(self) -> bool:
         return bool(self.connections or self.websockets or self._pending)

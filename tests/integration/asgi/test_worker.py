@@ -1,6 +1,8 @@
 """The ASGI worker under the master (``--interface asgi`` and ``auto``), in every dispatch mode:
 what a user sees of it. The master's behaviours shared with the WSGI worker (respawn, reload
-under load, TTIN/TTOU, TERM) run over both interfaces in tests/integration/test_master.py."""
+under load, TTIN/TTOU, TERM, a blocked loop's abort, autoscaling) run over both interfaces in
+tests/integration/test_master.py; admission and the /lb-stats and /metrics worker rows in
+test_admission.py and test_admin.py."""
 
 from __future__ import annotations
 
@@ -27,27 +29,14 @@ from tests.helpers import (
     spawn,
     wait_for,
 )
-from tests.integration.test_master import Master
+from tests.integration.test_master import start_masters
 
 APP = "tests.apps_asgi_worker:app"
 
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:
-    started: list[Master] = []
-
-    def _start(*args: str, ready: bool = True, app: str = APP) -> Master:
-        if "--stats-bind" not in args:
-            args = (*args, "--stats-bind", "off")  # no admin process among the children watched
-        m = Master(tmp_path, *args, app=app)
-        started.append(m)
-        if ready:
-            m.wait_ready()
-        return m
-
-    yield _start
-    for m in started:
-        m.stop()
+    yield from start_masters(tmp_path, APP, stats_off=True)
 
 
 def _json_or_none(port: int) -> dict | None:
@@ -85,24 +74,6 @@ def test_every_mode_serves_an_asgi_app_with_two_workers(start, mode: str, interf
     flipped = m.text().count("The app is an ASGI application: starting ASGI workers")
     assert flipped == (1 if interface == "auto" else 0), m.text()
     assert "Traceback" not in m.text()
-
-
-def test_a_blocked_loop_is_aborted_and_the_log_names_the_request(start) -> None:
-    """time.sleep in an async def stops the loop, so the heartbeat: the master aborts the
-    worker, and its line names the request; faulthandler's stack names the view."""
-    m = start("-w", "1", "--timeout", "2", "--interface", "asgi")
-    (victim,) = wait_for(lambda: m.workers(), what="worker")
-    try:
-        http_get(m.port, "/block?30", timeout=10)
-    except OSError:
-        pass  # the worker was killed under this request: the connection drops
-    wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
-    log = wait_for(
-        lambda: "WORKER TIMEOUT" in m.text() and "apps_asgi_worker.py" in m.text() and m.text(),
-        what="timeout log with the stack",
-    )
-    assert "while serving GET /block?30" in log
-    assert json_get(m.port)["path"] == "/json"
 
 
 def test_request_timeout_answers_504_and_the_worker_serves_on(start) -> None:
