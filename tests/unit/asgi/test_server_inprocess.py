@@ -445,11 +445,25 @@ WS_GET = (
 )
 
 
+class ConnectionCount:
+    """Hooks that count connections opened and closed (as prefork_lb.asgi.accounting's)."""
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+        self.closed: list[Any] = []
+
+    def connection_opened(self, conn: Any) -> None:
+        self.opened.append(conn)
+
+    def connection_closed(self, conn: Any) -> None:
+        self.closed.append(conn)
+
+
 async def _ws_drain(app: App, timeout: float) -> tuple[bool, bytes, AsgiServer]:
     """Open a websocket to ``app``, drain the server: (drain's answer, the bytes after the 101
     head, the server)."""
     loop = asyncio.get_running_loop()
-    server = AsgiServer(app, AsgiOptions(ws_ping_interval=0), loop)
+    server = AsgiServer(app, AsgiOptions(ws_ping_interval=0), loop, hooks=ConnectionCount())
     a, b = socket.socketpair()
     b.setblocking(False)
     with b:
@@ -483,6 +497,8 @@ def test_drain_closes_websockets_1001_and_awaits_their_app() -> None:
         "returned",
     ]
     assert done is True and not server.websockets
+    hooks = server.hooks
+    assert len(hooks.opened) == 1 and len(hooks.closed) == 1, "the upgraded connection is counted closed"
 
 
 def test_drain_cancels_a_websocket_app_that_does_not_return() -> None:
