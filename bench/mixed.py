@@ -16,11 +16,9 @@ Target (the handoff issue): fast-request p99 with handoff + a load-aware strateg
 that of reuseport.
 
 ``--interface asgi`` runs the same scenarios on ASGI apps (bench/asgi_compute.py: the compute app
-awaits ``prefork_lb.offload_async`` or computes on the loop) with ``--interface asgi`` passed to
-prefork_lb, uvicorn as the outside reference, and bench/asgi_server.py (a minimal asyncio server
-of this bench, setting offload up as a worker child does) as a floor that runs without
-prefork_lb's ASGI worker. A server that does not start (e.g. a prefork_lb without the ASGI
-worker) is reported and left out of the table; the others still run.
+awaits ``prefork_lb.offload_async`` or computes on the loop) in prefork_lb's own ASGI worker
+(``python -m prefork_lb ... --interface asgi``), with uvicorn as the outside reference. A server
+that does not start is reported and left out of the table; the others still run.
 """
 
 from __future__ import annotations
@@ -133,16 +131,10 @@ def asgi_offload_commands(port: int, workers: int, executor: str | None = None) 
             *flags,
         ]
 
-    def floor(app: str, *flags: str) -> list[str]:
-        return [py, "-m", "bench.asgi_server", f"{ASGI_APPS}:{app}", *b, *flags]
-
     return {
         "prefork_lb asgi inline": ours("compute_inline"),
         "prefork_lb asgi offload": ours("compute_offload"),
         **({"prefork_lb asgi offload dask": ours("compute_offload", *extra)} if extra else {}),
-        "bench asyncio inline": floor("compute_inline"),
-        "bench asyncio offload": floor("compute_offload"),
-        **({"bench asyncio offload dask": floor("compute_offload", *extra)} if extra else {}),
         "uvicorn inline": uvicorn(f"{ASGI_APPS}:compute_inline", port, workers),
     }
 
@@ -242,7 +234,7 @@ def main() -> None:
         choices=("wsgi", "asgi"),
         default="wsgi",
         help="asgi: the same scenario on ASGI apps (offload: offload_async vs on the loop), "
-        "prefork_lb with --interface asgi, uvicorn and this bench's own asyncio server",
+        "prefork_lb's ASGI worker (--interface asgi) and uvicorn",
     )
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args()
@@ -303,8 +295,8 @@ def run(args: argparse.Namespace, offload: bool, executor: str | None) -> None:
         finally:
             harness.stop(proc)
         fast_p99 = res.pct(fast, 0.99) * 1000
-        if name == base_name or (base_p99 is None and asgi and name == "bench asyncio inline"):
-            base_name, base_p99 = name, fast_p99  # the bench's own server, until prefork_lb's runs
+        if name == base_name:
+            base_p99 = fast_p99
         lag = sorted(res.send_lag)
         rows.append(
             {

@@ -1,9 +1,11 @@
 """ASGI apps for the tests that run the ASGI worker under the master (tests/integration/asgi/).
 
 ``app`` answers as prefork_lb.demo:app does on /json (so the master's tests run unchanged over
-both interfaces), sleeps cooperatively on /sleep?S, blocks the loop on /block?S (time.sleep in
+both interfaces), sleeps cooperatively on /sleep?S and /sleep/S, blocks the loop on /block?S (time.sleep in
 an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
-/root. ``lifespan_fails`` refuses its startup; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
+/root, echoes websockets (noting the code of their websocket.disconnect in the file named by
+PREFORK_LB_TEST_CALLS, as its lifespan shutdown). ``lifespan_fails`` refuses its startup;
+``no_lifespan`` raises on the lifespan scope; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
 ``async_gen`` are neither interface.
 """
 
@@ -36,12 +38,28 @@ async def _lifespan(receive: Any, send: Any, state: dict[str, Any]) -> None:
             state["started_by"] = os.getpid()
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
-            path = os.environ.get("PREFORK_LB_TEST_CALLS")
-            if path:
-                with open(path, "a") as f:
-                    f.write(f"lifespan shutdown {os.getpid()}\n")
+            _note(f"lifespan shutdown {os.getpid()}")
             await send({"type": "lifespan.shutdown.complete"})
             return
+
+
+def _note(line: str) -> None:
+    path = os.environ.get("PREFORK_LB_TEST_CALLS")
+    if path:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+
+async def _echo(receive: Any, send: Any) -> None:
+    """A websocket echo that notes the close code its websocket.disconnect carried."""
+    await receive()  # websocket.connect
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            _note(f"ws disconnect {message['code']} {os.getpid()}")
+            return
+        await send({"type": "websocket.send", "text": message.get("text"), "bytes": message.get("bytes")})
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -49,11 +67,16 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
         await _lifespan(receive, send, scope.get("state", {}))
         return
+    if scope["type"] == "websocket":
+        await _echo(receive, send)
+        return
     path = scope["path"]
     qs = scope.get("query_string", b"").decode()
     _served += 1
     if path == "/sleep":
         await asyncio.sleep(float(qs or "1"))
+    elif path.startswith("/sleep/"):  # (as tests.apps:overload's /sleep/S)
+        await asyncio.sleep(float(path[len("/sleep/") :]))
     elif path == "/block":
         time.sleep(float(qs or "1"))  # blocks the loop: what the heartbeat watchdog is for
     if path == "/state":
@@ -71,6 +94,13 @@ async def lifespan_fails(scope: dict[str, Any], receive: Any, send: Any) -> None
         await send({"type": "lifespan.startup.failed", "message": "no database at db.invalid"})
         return
     await _reply(send, 200, b"{}")
+
+
+async def no_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An app that knows only http (as many hand-written ones): it raises on the lifespan scope."""
+    if scope["type"] != "http":
+        raise ValueError(f"unsupported scope {scope['type']!r}")
+    await _reply(send, 200, b'{"path": "/json"}')
 
 
 class asgi2:  # noqa: N801 - named as an app attribute

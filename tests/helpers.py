@@ -182,3 +182,42 @@ def http_get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, byt
         return resp.status, resp.read()
     finally:
         conn.close()
+
+
+def shared_processes(make: Callable[..., Any]) -> Any:
+    """The body of a session fixture: ``get(*args, **kw)`` starts ``make(*args, **kw)`` (a
+    ServerProcess-like object: start(), stop(), alive, log_text()) once per distinct arguments
+    and hands the same one out again; every one is stopped at the end."""
+    procs: dict[str, Any] = {}
+
+    def get(*args: Any, **kw: Any) -> Any:
+        key = repr((args, sorted(kw.items())))
+        proc = procs.get(key)
+        if proc is None:
+            proc = procs[key] = make(*args, **kw)
+            proc.start()
+        assert proc.alive, f"shared server {args} {kw} died:\n{proc.log_text()}"
+        return proc
+
+    try:
+        yield get
+    finally:
+        for proc in procs.values():
+            proc.stop()
+
+
+def owned_processes(make: Callable[..., Any]) -> Any:
+    """The body of a test's fixture: ``start(*args, **kw)`` starts a fresh ``make(*args, **kw)``
+    (as for shared_processes) and returns what its start() returns; all are stopped at the end."""
+    procs: list[Any] = []
+
+    def start(*args: Any, **kw: Any) -> Any:
+        proc = make(*args, **kw)
+        procs.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in procs:
+            proc.stop()

@@ -114,7 +114,7 @@ class AsgiWorkerChild(WorkerChild):
         from prefork_lb.asgi.lifespan import Lifespan, LifespanFailed, failure_line
 
         assert self.loop is not None
-        self.lifespan = Lifespan(app, getattr(self.cfg, "lifespan", "auto"))
+        self.lifespan = Lifespan(app, self.cfg.lifespan)
         try:
             self.loop.run_until_complete(self.lifespan.startup())
         except LifespanFailed as exc:

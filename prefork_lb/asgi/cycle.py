@@ -10,7 +10,10 @@ Invariants:
   close. A response to HEAD, or with a 1xx/204/304 status, carries no body bytes.
 * An event the app may not send raises AppEventError from send() before anything of it goes
   out, and is remembered (``error``): an app that swallows it still gets its error line.
-* receive() returns http.disconnect once the client went away or the response is complete.
+* receive() returns http.disconnect once the client went away or the response is complete;
+  send() then raises ClientDisconnected (an OSError, as the spec asks), which ends the app's
+  task without an error line. A request the server answered itself (a malformed body) drops
+  the app's sends instead.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ DISCONNECT = {"type": "http.disconnect"}
 _KNOWN = frozenset(
     {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
 )
+
+
+class ClientDisconnected(OSError):
+    """``send`` after the client went away (the ASGI spec asks for an OSError subclass)."""
 
 
 class RequestCycle:
@@ -124,6 +131,8 @@ class RequestCycle:
                 self.keep = False
                 raise
             self._late()
+        except ClientDisconnected:
+            self.keep = False  # the client left: nothing to log, nothing to answer
         except BaseException as exc:  # noqa: BLE001 - the app's error is logged, the server goes on
             self.keep = False
             self._app_failed(exc)
@@ -151,7 +160,9 @@ class RequestCycle:
 
     def _returned(self) -> None:
         """The app returned: was its response whole, and were its events right?"""
-        if not self.complete:
+        if self.gone and not self.error:
+            self.keep = False  # it caught ClientDisconnected: nobody to answer
+        elif not self.complete:
             self.keep = False
             if self.error:
                 self._say(self.error)
@@ -268,11 +279,18 @@ class RequestCycle:
             self.error = what
         return AppEventError(what)
 
+    @property
+    def gone(self) -> bool:
+        """The client went away (not a request the server answered itself)."""
+        return self.disconnected and not self.abandoned
+
     async def send(self, message: Any) -> None:
         try:
             kind = message["type"]
         except (TypeError, KeyError):
             raise self._bad(f"sent {message!r}, not an event (a dict with a 'type')") from None
+        if self.gone:
+            raise ClientDisconnected(f"the client went away: {kind} not sent")
         if kind == "http.response.body" and self.started:
             if self.body_done:
                 raise self._bad("sent http.response.body after the body ended")

@@ -211,11 +211,11 @@ class HttpConnection(asyncio.Protocol):
         assert transport is not None and server.websocket is not None
         base = request_scope(self.base, req, server.options.root_path, self.forwarded, server.state)
         del base["type"]
-        server.connections.discard(self)
         self.closed = True  # the websocket protocol owns the transport from now on
         proto = server.websocket(
             transport, server.app, req, self.parser.tail, base, server.options, server.hooks
         )
+        server.upgraded(self, proto)
         transport.set_protocol(proto)
         proto.connection_made(transport)
 

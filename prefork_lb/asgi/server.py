@@ -8,6 +8,10 @@ Invariants:
   rest wait in the kernel's backlog, as with the WSGI engine.
 * One ticker (every TICK seconds) refreshes ``now`` and the Date line, and fires the timeouts
   connections and cycles noted (``wait_until``, ``deadline``): no timer per request.
+* An upgraded connection (a websocket) leaves ``connections`` for ``websockets`` until its app
+  returned and its transport closed; it counts towards ``worker_connections`` all the while.
+* A graceful drain sends every open websocket a close frame 1001 (going away), its app gets
+  websocket.disconnect 1001, and the drain waits for its task within the same timeout.
 * Admission (``max_concurrency`` / ``queue_size``): at most max_concurrency requests run in
   the app; queue_size more wait in order; past both a request is answered 503 with Retry-After
   (prefork_lb.admission's words) and its connection closed.
@@ -80,6 +84,7 @@ class AsgiServer:
         self.hook_received = getattr(hooks, "received", None)
         self.state = state if state is not None else {}
         self.connections: set[HttpConnection] = set()
+        self.websockets: set[Any] = set()  # prefork_lb.asgi.websocket protocols, until finished
         self.in_flight = 0
         self.served = 0
         self.draining = False
@@ -136,7 +141,8 @@ class AsgiServer:
             self._accepting = True
 
     def _room(self) -> bool:
-        return len(self.connections) + self._pending < self.options.worker_connections
+        open_now = len(self.connections) + len(self.websockets) + self._pending
+        return open_now < self.options.worker_connections
 
     def _pause_accepting(self) -> None:
         if self._accepting:
@@ -229,15 +235,37 @@ class AsgiServer:
 
     def connection_closed(self, conn: HttpConnection) -> None:
         self.connections.discard(conn)
+        self._gone(conn)
+
+    def _gone(self, conn: Any) -> None:
+        """A connection (HTTP or websocket) left: count it, make room, maybe end a drain."""
         if self.hook_closed is not None:
             self.hook_closed(conn)
         if not self._accepting and self._room():
             self._resume_accepting()
         self._check_empty()
 
+    def upgraded(self, conn: HttpConnection, proto: Any) -> None:
+        """``conn`` became the websocket ``proto`` (before its connection_made): it is tracked
+        until it finished, and keeps what the hooks noted of the connection."""
+        self.connections.discard(conn)
+        self.websockets.add(proto)
+        proto.accepted_at = conn.accepted_at
+        if hasattr(conn, "lb_fresh"):  # (prefork_lb.asgi.accounting's mark of a fresh connection)
+            proto.lb_fresh = conn.lb_fresh
+        proto.on_finished = self._websocket_finished
+
+    def _websocket_finished(self, proto: Any) -> None:
+        if proto in self.websockets:
+            self.websockets.discard(proto)
+            self._gone(proto)
+
+    def _busy(self) -> bool:
+        return bool(self.connections or self.websockets or self._pending)
+
     def _check_empty(self) -> None:
         empty = self._empty
-        if empty is not None and not self.connections and not self._pending and not empty.done():
+        if empty is not None and not self._busy() and not empty.done():
             empty.set_result(None)
 
     # -- admission ----------------------------------------------------------------------------
@@ -286,7 +314,8 @@ class AsgiServer:
 
     async def drain(self, timeout: float) -> bool:
         """Stop accepting; busy connections finish their request (its response says
-        Connection: close); idle kept-alive ones are closed. True: all finished in time."""
+        Connection: close); idle kept-alive ones are closed; websockets are closed 1001 and
+        their apps awaited. True: all finished in time."""
         deadline = time.monotonic() + timeout
         self.draining = True
         grace = min(self.options.idle_grace, timeout)
@@ -296,7 +325,9 @@ class AsgiServer:
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()
-        if self.connections or self._pending:
+        for proto in list(self.websockets):
+            proto.close(1001, "server shutting down")
+        if self._busy():
             self._empty = self.loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._empty), max(0.0, deadline - time.monotonic()))
@@ -304,7 +335,7 @@ class AsgiServer:
                 pass
             finally:
                 self._empty = None
-        done = not self.connections and not self._pending
+        done = not self._busy()
         if not done:
             for conn in list(self.connections):
                 cycle = conn.cycle
@@ -312,5 +343,7 @@ class AsgiServer:
                     cycle.task.cancel()
                 if conn.transport is not None:
                     conn.transport.abort()
+            for proto in list(self.websockets):
+                proto.abort()
         self.close()
         return done

@@ -102,15 +102,28 @@ class HandshakeRefused(asyncio.Protocol):
         self.why = why
         self.headers = list(headers)
         self.settings = settings
+        self.transport: asyncio.WriteTransport | None = None
+        self.on_finished: Callable[[Any], None] | None = None  # (the server's, as WebSocketProtocol's)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        out = cast(asyncio.WriteTransport, transport)  # (uvloop's: not a subclass, same methods)
+        self.transport = out = cast(asyncio.WriteTransport, transport)  # (uvloop's: same methods)
         body = f"Bad Request: {self.why}\n".encode()
         out.write(response_head(400, self.settings, len(body), self.headers) + body)
         out.close()
 
     def data_received(self, data: bytes) -> None:
         pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.on_finished is not None:
+            self.on_finished(self)
+
+    def close(self, code: int = 1001, reason: str = "") -> None:
+        pass  # (already closing)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def app_name(app: object) -> str:
@@ -165,6 +178,8 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._deflate = False  # permessage-deflate was agreed
         self._hung_up = False  # the transport is being closed: what still comes is not read
+        # Called once the app returned and the transport closed (the server's drain waits for it).
+        self.on_finished: Callable[[WebSocketProtocol], None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
 
@@ -208,6 +223,13 @@ class WebSocketProtocol(asyncio.Protocol):
         self._timers.clear()
         self._deliver_disconnect(1006, "")
         self._wake_drainers()
+        self._maybe_finished()
+
+    def _maybe_finished(self) -> None:
+        task = self.task
+        if self._lost and (task is None or task.done()) and self.on_finished is not None:
+            on_finished, self.on_finished = self.on_finished, None
+            on_finished(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -405,6 +427,12 @@ class WebSocketProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()  # the peer does not read what is left in the buffer
 
+    def abort(self) -> None:
+        """For the end of a drain that ran out of time: cancel the app, drop the connection."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self._abort()
+
     def close(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """For the server's drain: close an open websocket with ``code``; the app receives
         websocket.disconnect with it."""
@@ -465,6 +493,8 @@ class WebSocketProtocol(asyncio.Protocol):
             self._hook(
                 "request_finished", self.scope, self.status, self.sent_bytes, time.monotonic() - self._started
             )
+            if self._loop is not None:  # (once the task is done: see _maybe_finished)
+                self._loop.call_soon(self._maybe_finished)
 
     def _app_returned(self) -> None:
         state = self.side.state

@@ -223,7 +223,7 @@ GUNICORN: tuple[GunicornName, ...] = (
     _none("forwarder_headers", ("--forwarder-headers",), "SCRIPT_NAME comes from --root-path only"),
     _none("header_map", ("--header-map",), "headers with '_' are refused (400), never mapped"),
     _none("asgi_loop", ("--asgi-loop",), "WSGI only"),
-    _none("asgi_lifespan", ("--asgi-lifespan",), "WSGI only"),
+    _to("asgi_lifespan", ("--asgi-lifespan",), "lifespan", convert=_lower),
     _none("asgi_disconnect_grace_period", ("--asgi-disconnect-grace-period",), "WSGI only"),
     _none(
         "websocket_max_message_size",

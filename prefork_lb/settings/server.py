@@ -87,6 +87,22 @@ class ServerSettings:
         summary="The app's interface: auto, wsgi or asgi",
     )
 
+    lifespan = Setting(
+        str,
+        "auto",
+        "The ASGI lifespan protocol (ASGI workers only), as uvicorn's --lifespan: auto (run the "
+        "app's startup before the worker is ready and its shutdown after the drain; an app that "
+        "raises on the lifespan scope before sending anything does not support it: one info "
+        "line, and the worker serves without), on (the app must support it: any failure of its "
+        "startup is a boot failure, one line and exit 3, never a respawn loop) or off (the "
+        "lifespan scope is never sent). A startup the app reports failed "
+        "(lifespan.startup.failed) is a boot failure under auto too.",
+        flags=("--lifespan",),
+        choices=("auto", "on", "off"),
+        commands=(SERVER,),
+        summary="The ASGI lifespan protocol: auto, on or off",
+    )
+
     strategy = Setting(
         str,
         "least_connections",

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.helpers import owned_processes, shared_processes
 from tests.server import ServerProcess
 from tests.stores import StoreProcess
 
@@ -20,39 +21,18 @@ StartServer = Callable[..., ServerProcess]
 
 @pytest.fixture(scope="session")
 def shared_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
-    servers: dict[tuple[str, tuple[str, ...]], ServerProcess] = {}
+    def make(app: str, *flags: str) -> ServerProcess:
+        return ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"))
 
-    def get(app: str, *flags: str) -> ServerProcess:
-        key = (app, flags)
-        srv = servers.get(key)
-        if srv is None:
-            srv = ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"))
-            servers[key] = srv
-            srv.start()
-        assert srv.alive, f"shared server {app} {flags} died:\n{srv.log_text()}"
-        return srv
-
-    try:
-        yield get
-    finally:
-        for srv in servers.values():
-            srv.stop()
+    yield from shared_processes(make)
 
 
 @pytest.fixture
 def start_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StartServer]:
-    started: list[ServerProcess] = []
+    def make(app: str, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
+        return ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"), env=env)
 
-    def start(app: str, *flags: str, env: dict[str, str] | None = None) -> ServerProcess:
-        srv = ServerProcess(app, flags, workdir=tmp_path_factory.mktemp("server"), env=env)
-        started.append(srv)
-        return srv.start()
-
-    try:
-        yield start
-    finally:
-        for srv in started:
-            srv.stop()
+    yield from owned_processes(make)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from typing import Any
 
 import pytest
@@ -65,11 +66,21 @@ def answers(port: int, token: str | None = None) -> bool:
     return status == 200 and json.loads(body)["status"] == "ok"
 
 
+# The worker rows over both interfaces: each app sleeps cooperatively on /sleep/S.
+APP_OF = {"wsgi": "tests.apps:overload", "asgi": "tests.apps_asgi_worker:app"}
+INTERFACES = pytest.mark.parametrize("interface", list(APP_OF))
+
+
 @pytest.fixture
 def admin_server(start_server: Any) -> Any:
-    def start(*flags: str, env: dict[str, str] | None = None) -> tuple[ServerProcess, int]:
+    def start(
+        *flags: str, env: dict[str, str] | None = None, interface: str = ""
+    ) -> tuple[ServerProcess, int]:
         port = free_port()
-        srv = start_server("tests.apps:hello", "--stats-bind", f"{HOST}:{port}", *flags, env=env)
+        app = APP_OF[interface] if interface else "tests.apps:hello"
+        if interface:
+            flags = (*flags, "--interface", interface)
+        srv = start_server(app, "--stats-bind", f"{HOST}:{port}", *flags, env=env)
         token = (env or {}).get("PREFORK_LB_STATS_TOKEN")
         wait_for(lambda: answers(port, token), 10, "the admin listener saying every worker is ready")
         return srv, port
@@ -77,9 +88,10 @@ def admin_server(start_server: Any) -> Any:
     return start
 
 
+@INTERFACES
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
-def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str) -> None:
-    srv, admin = admin_server("-w", "2", "--dispatch", mode)
+def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str, interface: str) -> None:
+    srv, admin = admin_server("-w", "2", "--dispatch", mode, interface=interface)
     before = scrape(admin)
     n = 7
     for _ in range(n):
@@ -110,10 +122,35 @@ def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str)
         assert total(after, "prefork_lb_backend_up") == 2
 
 
+def _in_flight(admin: int) -> list[dict[str, Any]] | None:
+    """The /lb-stats worker rows once one of them has a request in flight, with /metrics's
+    per-worker in-flight series saying the same; else None."""
+    stats = json.loads(ask(admin, "/lb-stats")[1])
+    busy = [w for w in stats["workers"] if w["in_flight"]]
+    if stats["in_flight"] != 1 or len(busy) != 1:
+        return None
+    series = total(scrape(admin), "prefork_lb_requests_in_flight", worker=str(busy[0]["slot"]))
+    return stats["workers"] if series == 1 else None
+
+
+@INTERFACES
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
-def test_lb_health_and_lb_stats_answer_in_every_mode(admin_server: Any, mode: str) -> None:
-    srv, admin = admin_server("-w", "2", "--dispatch", mode)
+def test_lb_health_and_lb_stats_answer_in_every_mode(admin_server: Any, mode: str, interface: str) -> None:
+    srv, admin = admin_server("-w", "2", "--dispatch", mode, interface=interface)
     assert http_get(srv.port)[0] == 200
+    if mode != "proxy":  # the worker rows: a request in flight, then the requests served
+        slow = threading.Thread(target=http_get, args=(srv.port, "/sleep/1.5", 10))
+        slow.start()
+        try:
+            rows = wait_for(lambda: _in_flight(admin), 5, "a worker row with the request in flight")
+        finally:
+            slow.join(timeout=15)
+        assert [w["current_request"] for w in rows if w["in_flight"]] == ["GET /sleep/1.5"], rows
+        wait_for(
+            lambda: sum(w["served"] for w in json.loads(ask(admin, "/lb-stats")[1])["workers"]) == 2,
+            5,
+            "2 served",
+        )
     status, body = ask(admin, "/lb-health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["healthy"] == 2 == health["total"], health

@@ -1,5 +1,5 @@
 """--max-concurrency / --queue-size hold while the view blocks the worker's loop, in every
-dispatch mode: past both limits a client gets 503 with Retry-After while the first request is
+dispatch mode and over both interfaces: past both limits a client gets 503 with Retry-After while the first request is
 still being computed, not its turn after the requests before it."""
 
 from __future__ import annotations
@@ -45,13 +45,18 @@ def _wave(port: int, path: str, n: int) -> list[tuple[int, str | None]]:
     return results
 
 
+@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
 @pytest.mark.parametrize("mode", DISPATCH_MODES)
-def test_full_worker_answers_503_while_its_view_blocks_the_loop(start_server: StartServer, mode: str) -> None:
-    flags = ["--max-concurrency", "1", "--queue-size", "1", "--dispatch", mode]
+def test_full_worker_answers_503_while_its_view_blocks_the_loop(
+    start_server: StartServer, mode: str, interface: str
+) -> None:
+    """(The ASGI app's view waits instead: see tests/apps_blocking.py.)"""
+    flags = ["--max-concurrency", "1", "--queue-size", "1", "--dispatch", mode, "--interface", interface]
     stats_port = free_port()
     if mode == "proxy":
         flags += ["--stats-bind", f"{HOST}:{stats_port}"]
-    srv = start_server("tests.apps_blocking:app", *flags)
+    app = "tests.apps_blocking:app" if interface == "wsgi" else "tests.apps_blocking:asgi_app"
+    srv = start_server(app, *flags)
     results = _wave(srv.port, "/burn/1.5", CLIENTS)
     statuses = [s for s, _ in results]
     assert len(results) == CLIENTS and set(statuses) <= {200, 503}, (results, srv.log_text())

@@ -141,20 +141,34 @@ class Load:
             t.join(timeout=30)
 
 
-@pytest.fixture
-def start(tmp_path: Path) -> Iterator:
+def start_masters(
+    tmp_path: Path, default_app: str = "prefork_lb.demo:app", stats_off: bool = False
+) -> Iterator:
+    """The body of a ``start`` fixture: ``start(*args, ready=True, app=default_app)`` starts a
+    Master (waiting for Ready: unless ``ready`` is False); each is stopped at the end.
+    ``stats_off``: ``--stats-bind off`` unless the args name one (no admin process among the
+    children a test watches)."""
     started: list[Master] = []
 
-    def _start(*args: str, ready: bool = True, app: str = "prefork_lb.demo:app") -> Master:
+    def _start(*args: str, ready: bool = True, app: str = default_app) -> Master:
+        if stats_off and "--stats-bind" not in args:
+            args = (*args, "--stats-bind", "off")
         m = Master(tmp_path, *args, app=app)
         started.append(m)
         if ready:
             m.wait_ready()
         return m
 
-    yield _start
-    for m in started:
-        m.stop()
+    try:
+        yield _start
+    finally:
+        for m in started:
+            m.stop()
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator:
+    yield from start_masters(tmp_path)
 
 
 @APPS
@@ -520,19 +534,30 @@ def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str, app: str) ->
     assert load.failures == []
 
 
-def test_blocked_worker_is_aborted_and_the_log_names_the_request(start) -> None:
-    m = start("-w", "1", "--timeout", "2", app="tests.apps:block_loop")
+@pytest.mark.parametrize(
+    ("interface", "app", "path", "frame"),
+    [
+        ("wsgi", "tests.apps:block_loop", "/block?who=me", "in block_loop"),
+        # time.sleep in an async def stops the loop, so the heartbeat: the same abort.
+        ("asgi", "tests.apps_asgi_worker:app", "/block?30", "apps_asgi_worker.py"),
+    ],
+    ids=["wsgi", "asgi"],
+)
+def test_blocked_worker_is_aborted_and_the_log_names_the_request(
+    start, interface: str, app: str, path: str, frame: str
+) -> None:
+    m = start("-w", "1", "--timeout", "2", "--interface", interface, app=app)
     (victim,) = wait_for(lambda: m.workers(), what="worker")
     try:
-        get(m.port, "/block?who=me", timeout=8)
+        get(m.port, path, timeout=10)
     except OSError:
         pass  # the worker was killed under this request: the connection drops
     wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
     log = wait_for(
-        lambda: "WORKER TIMEOUT" in m.text() and "in block_loop" in m.text() and m.text(),
+        lambda: "WORKER TIMEOUT" in m.text() and frame in m.text() and m.text(),
         what="timeout log with the stack",
     )
-    assert "while serving GET /block?who=me" in log
+    assert f"while serving GET {path}" in log
     assert get(m.port, "/")[0] == 200
 
 
@@ -711,7 +736,12 @@ def test_max_rss_recycles_without_failures(start) -> None:
     assert "over --max-rss 150 MiB" in m.text()
 
 
-def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
+@pytest.mark.parametrize(
+    ("app", "interface"),
+    [("tests.apps:overload", "wsgi"), ("tests.apps_asgi_worker:app", "asgi")],
+    ids=["wsgi", "asgi"],
+)
+def test_autoscaling_adds_under_load_and_removes_when_quiet(start, app: str, interface: str) -> None:
     m = start(
         "-w",
         "1",
@@ -721,7 +751,9 @@ def test_autoscaling_adds_under_load_and_removes_when_quiet(start) -> None:
         "0.5",
         "--autoscale-down-after",
         "1",
-        app="tests.apps:overload",
+        "--interface",
+        interface,
+        app=app,  # (each sleeps cooperatively on /sleep/S)
     )
     wait_for(lambda: len(m.workers()) == 1, what="1 worker")
     stop = threading.Event()

@@ -1,6 +1,8 @@
 """The ASGI worker under the master (``--interface asgi`` and ``auto``), in every dispatch mode:
 what a user sees of it. The master's behaviours shared with the WSGI worker (respawn, reload
-under load, TTIN/TTOU, TERM) run over both interfaces in tests/integration/test_master.py."""
+under load, TTIN/TTOU, TERM, a blocked loop's abort, autoscaling) run over both interfaces in
+tests/integration/test_master.py; admission and the /lb-stats and /metrics worker rows in
+test_admission.py and test_admin.py."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from websockets.exceptions import ConnectionClosedOK
+from websockets.sync.client import connect as ws_connect
 
 from tests.helpers import (
     DISPATCH_MODES,
@@ -25,27 +29,14 @@ from tests.helpers import (
     spawn,
     wait_for,
 )
-from tests.integration.test_master import Master
+from tests.integration.test_master import start_masters
 
 APP = "tests.apps_asgi_worker:app"
 
 
 @pytest.fixture
 def start(tmp_path: Path) -> Iterator:
-    started: list[Master] = []
-
-    def _start(*args: str, ready: bool = True, app: str = APP) -> Master:
-        if "--stats-bind" not in args:
-            args = (*args, "--stats-bind", "off")  # no admin process among the children watched
-        m = Master(tmp_path, *args, app=app)
-        started.append(m)
-        if ready:
-            m.wait_ready()
-        return m
-
-    yield _start
-    for m in started:
-        m.stop()
+    yield from start_masters(tmp_path, APP, stats_off=True)
 
 
 def _json_or_none(port: int) -> dict | None:
@@ -85,24 +76,6 @@ def test_every_mode_serves_an_asgi_app_with_two_workers(start, mode: str, interf
     assert "Traceback" not in m.text()
 
 
-def test_a_blocked_loop_is_aborted_and_the_log_names_the_request(start) -> None:
-    """time.sleep in an async def stops the loop, so the heartbeat: the master aborts the
-    worker, and its line names the request; faulthandler's stack names the view."""
-    m = start("-w", "1", "--timeout", "2", "--interface", "asgi")
-    (victim,) = wait_for(lambda: m.workers(), what="worker")
-    try:
-        http_get(m.port, "/block?30", timeout=10)
-    except OSError:
-        pass  # the worker was killed under this request: the connection drops
-    wait_for(lambda: m.workers() and victim not in m.workers(), what="replacement")
-    log = wait_for(
-        lambda: "WORKER TIMEOUT" in m.text() and "apps_asgi_worker.py" in m.text() and m.text(),
-        what="timeout log with the stack",
-    )
-    assert "while serving GET /block?30" in log
-    assert json_get(m.port)["path"] == "/json"
-
-
 def test_request_timeout_answers_504_and_the_worker_serves_on(start) -> None:
     m = start("-w", "1", "--request-timeout", "0.5", "--interface", "asgi")
     status, _ = http_get(m.port, "/sleep?5", timeout=10)
@@ -119,6 +92,43 @@ def test_a_failed_lifespan_startup_is_one_line_and_exit_3_without_respawning(sta
         "prefork_lb: error: the app's lifespan startup failed: no database at db.invalid"
     ]
     assert "died unexpectedly" not in text and "Traceback" not in text
+
+
+UNSUPPORTED = (
+    "the app does not support the ASGI lifespan protocol (it raised ValueError); going on without it"
+)
+
+
+@pytest.mark.parametrize(
+    ("lifespan", "app", "serves"),
+    [
+        ("auto", "no_lifespan", True),  # raises on the lifespan scope: unsupported, one info line
+        ("on", "no_lifespan", False),  # the same is a boot failure
+        ("off", "lifespan_fails", True),  # never sent: its failing startup never runs
+    ],
+)
+def test_the_lifespan_setting(start, lifespan: str, app: str, serves: bool) -> None:
+    m = start(
+        "-w",
+        "2",
+        "--interface",
+        "asgi",
+        "--lifespan",
+        lifespan,
+        ready=serves,
+        app=f"tests.apps_asgi_worker:{app}",
+    )
+    if serves:
+        assert http_get(m.port, "/json")[0] == 200
+        wait_for(lambda: m.text().count(UNSUPPORTED) == (2 if lifespan == "auto" else 0), what="info lines")
+        assert "lifespan startup failed" not in m.text()
+    else:
+        assert m.proc.wait(timeout=30) == 3
+        assert error_lines(m.text()) == [
+            "prefork_lb: error: the app's lifespan startup raised ValueError: unsupported scope 'lifespan'"
+        ]
+        assert "died unexpectedly" not in m.text()
+    assert "Traceback" not in m.text()
 
 
 def test_a_reload_whose_lifespan_fails_keeps_the_old_workers(start, tmp_path: Path) -> None:
@@ -266,3 +276,29 @@ def test_concurrent_requests_on_one_worker_are_served_at_once(start) -> None:
     for t in threads:
         t.join(timeout=30)
     assert results == [200] * 8
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["term", "reload"])
+def test_a_graceful_stop_closes_websockets_1001_and_awaits_their_app(
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+) -> None:
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("PREFORK_LB_TEST_CALLS", str(calls))
+    m = start("-w", "1", "--interface", "asgi", "--graceful-timeout", "10")
+    (old,) = wait_for(lambda: m.workers(), what="worker")
+    with ws_connect(f"ws://127.0.0.1:{m.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "hi"
+        m.signal(sig)
+        with pytest.raises(ConnectionClosedOK):
+            ws.recv(timeout=15)
+    assert ws.close_code == 1001, (ws.close_code, ws.close_reason)
+    wait_for(lambda: f"ws disconnect 1001 {old}" in calls.read_text(), what="the app's disconnect 1001")
+    if sig == signal.SIGTERM:
+        assert m.proc.wait(timeout=20) == 0
+        text = calls.read_text()
+        assert text.index("ws disconnect") < text.index("lifespan shutdown"), "awaited before the shutdown"
+    else:
+        wait_for(lambda: m.workers() and old not in m.workers(), what="the reload's new worker")
+        assert json_get(m.port)["path"] == "/json"
+    assert "Traceback" not in m.text()

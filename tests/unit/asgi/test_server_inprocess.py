@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -436,3 +437,132 @@ def test_drain_gives_up_on_a_stuck_app() -> None:
         return done
 
     assert asyncio.run(go()) is False
+
+
+WS_GET = (
+    b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class ConnectionCount:
+    """Hooks that count connections opened and closed (as prefork_lb.asgi.accounting's)."""
+
+    def __init__(self) -> None:
+        self.opened: list[Any] = []
+        self.closed: list[Any] = []
+
+    def connection_opened(self, conn: Any) -> None:
+        self.opened.append(conn)
+
+    def connection_closed(self, conn: Any) -> None:
+        self.closed.append(conn)
+
+
+async def _ws_drain(app: App, timeout: float) -> tuple[bool, bytes, AsgiServer]:
+    """Open a websocket to ``app``, drain the server: (drain's answer, the bytes after the 101
+    head, the server)."""
+    loop = asyncio.get_running_loop()
+    server = AsgiServer(app, AsgiOptions(ws_ping_interval=0), loop, hooks=ConnectionCount())
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    with b:
+        server.add_connection(a)
+        await loop.sock_sendall(b, WS_GET)
+        got = b""
+        while b"\r\n\r\n" not in got:
+            got += await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+        assert got.startswith(b"HTTP/1.1 101") and server.websockets and not server.connections
+        drained = loop.create_task(server.drain(timeout))
+        frame = await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+        b.close()  # (the client hangs up instead of answering the close frame)
+        return await drained, frame, server
+
+
+def test_drain_closes_websockets_1001_and_awaits_their_app() -> None:
+    got: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        got.append(await receive())
+        await asyncio.sleep(0.05)  # the drain waits for the app, not just for the close frame
+        got.append("returned")
+
+    done, frame, server = asyncio.run(_ws_drain(app, 5))
+    assert frame[:4] == b"\x88\x16\x03\xe9"  # close, unmasked, code 1001 ...
+    assert frame[4:] == b"server shutting down"
+    assert got == [
+        {"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"},
+        "returned",
+    ]
+    assert done is True and not server.websockets
+    hooks = server.hooks
+    assert len(hooks.opened) == 1 and len(hooks.closed) == 1, "the upgraded connection is counted closed"
+
+
+def test_drain_cancels_a_websocket_app_that_does_not_return() -> None:
+    cancelled: list[bool] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            await asyncio.sleep(30)  # never reads its disconnect
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+
+    done, frame, _ = asyncio.run(_ws_drain(app, TICK))
+    assert frame[:4] == b"\x88\x16\x03\xe9"
+    assert done is False and cancelled == [True]
+
+
+@pytest.mark.parametrize("catch", [False, True], ids=["raised", "caught"])
+def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytest.LogCaptureFixture) -> None:
+    from prefork_lb.asgi.cycle import ClientDisconnected
+
+    raised: list[BaseException] = []
+    finished: asyncio.Event | None = None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        assert finished is not None
+        try:
+            await receive()  # http.request
+            assert (await receive())["type"] == "http.disconnect"
+            for event in (START, body(b"late")):
+                try:
+                    await send(event)
+                except OSError as exc:
+                    raised.append(exc)
+                    if not catch:
+                        raise
+        finally:
+            finished.set()
+
+    async def go() -> AsgiServer:
+        nonlocal finished
+        finished = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        server = AsgiServer(app, None, loop)
+        with socket.create_server(("127.0.0.1", 0)) as lsock:
+            b = socket.create_connection(lsock.getsockname())
+            a, _ = lsock.accept()
+        server.add_connection(a)
+        b.sendall(GET)
+        # The client leaves before the response: a reset (a shut sending side, a plain close,
+        # could still read the answer).
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        b.close()
+        await asyncio.wait_for(finished.wait(), 5)
+        await asyncio.sleep(0)  # (the cycle's own ending, after the app's)
+        server.close()
+        return server
+
+    with caplog.at_level(logging.INFO, logger="prefork_lb.error"):
+        server = asyncio.run(go())
+    assert all(isinstance(e, ClientDisconnected) for e in raised)
+    assert len(raised) == (2 if catch else 1)
+    assert "http.response.start not sent" in str(raised[0])
+    assert caplog.records == [], "the client leaving is not the app's error"
+    assert server.served == 0
