@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -68,7 +69,13 @@ async def check_timeout(gate: Path) -> None:
     # The gate never opens: the task is still running at its deadline.
     got = await attempt(prefork_lb.offload_async(apps_offload.wait_gate, str(gate), 30.0, timeout=0.3))
     gate.write_text("")  # let an abandoned executor thread end
-    emit("timeout", **got, stats=stats())
+    timeout_stats = stats()
+    # A thread executor can't stop a running task: wait (bounded) for the abandoned one to see
+    # the gate and end, so the next check's counts start from an idle executor.
+    deadline = time.monotonic() + 30
+    while stats()["busy"] and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    emit("timeout", **got, stats=timeout_stats)
 
 
 async def check_breakage() -> None:
