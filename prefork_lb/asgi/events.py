@@ -188,12 +188,19 @@ def _status_line(status: Any) -> bytes:
 
 def response_head(status: Any, headers: Any) -> AsgiHead:
     """Validate and serialise an http.response.start's status and headers (memoised)."""
+    # Per response: the key costs no copy of a list of (name, value) tuples (the usual shape);
+    # pairs given as lists are turned into tuples, anything else iterable is listed first.
     try:
-        headers = list(headers)  # (an iterator would be spent by the key)
-        key: Any = (status, tuple(map(tuple, headers)))
+        if type(headers) is not list:
+            headers = list(headers)  # (an iterator would be spent by the key)
+        key: Any = (status, *headers)
         head = _HEADS.get(key)
     except TypeError:
-        key = head = None
+        try:
+            key = (status, *map(tuple, headers))
+            head = _HEADS.get(key)
+        except TypeError:
+            key = head = None
     if head is not None:
         return head
     line = _status_line(status)
