@@ -36,6 +36,7 @@ log = logging.getLogger("prefork_lb.error")
 
 FILE_CHUNK = 1 << 16  # bytes of a file read at a time when the socket does not take sendfile
 DISCONNECT = {"type": "http.disconnect"}
+HEADS_MAX = 256  # response heads a server memoises (see RequestCycle._head_bytes)
 _KNOWN = frozenset(
     {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
 )
@@ -109,6 +110,7 @@ class RequestCycle:
     async def run(self) -> None:
         conn = self.conn
         server = conn.server
+        scope = self.scope
         admitted = False
         if server.admission_limit:
             if not await server.admit():
@@ -116,16 +118,21 @@ class RequestCycle:
                 conn.cycle_done(self, False)
                 return
             admitted = True
-        finished = server.hook_finished
-        t0 = time.monotonic() if finished is not None else 0.0
-        if server.hook_started is not None:
-            self._hook(server.hook_started, conn, self.scope)
+        # The hooks without a helper call (this runs per request); the clock only for a hook
+        # that reads the duration.
+        t0 = time.monotonic() if server.hook_timed else 0.0
+        started = server.hook_started
+        if started is not None:
+            try:
+                started(conn, scope)
+            except Exception:
+                log.exception("the request_started hook failed")
         timeout = server.options.request_timeout
         if timeout:
             self.deadline = server.now + timeout
         server.in_flight += 1
         try:
-            await server.app(self.scope, self.receive, self.send)
+            await server.app(scope, self.receive, self.send)
         except asyncio.CancelledError:
             if not self.late:
                 self.keep = False
@@ -137,26 +144,30 @@ class RequestCycle:
             self.keep = False
             self._app_failed(exc)
         else:
-            self._returned()
+            if not self.complete or self.error:
+                self._returned()
         finally:
             server.in_flight -= 1
             if admitted:
                 server.release()
-            self.deadline = 0.0
-            if self.complete:
-                server.served += 1
-            if finished is not None:
-                code = self.head.code if self.head is not None and self.head_sent else 0
-                self._hook(finished, conn, self.scope, code, self.sent, time.monotonic() - t0)
-            self.wake()
-            conn.cycle_done(self, self.keep and not self.abandoned)
+            self._finish(server.hook_finished, t0)
 
-    @staticmethod
-    def _hook(hook: Any, *args: Any) -> None:
-        try:
-            hook(*args)
-        except Exception:
-            log.exception("the %s hook failed", getattr(hook, "__name__", "request"))
+    def _finish(self, finished: Any, t0: float) -> None:
+        """The app is done: count it, call the finished hook, hand the connection back."""
+        server = self.conn.server
+        self.deadline = 0.0
+        if self.complete:
+            server.served += 1
+        if finished is not None:
+            code = self.head.code if self.head is not None and self.head_sent else 0
+            took = time.monotonic() - t0 if t0 else 0.0
+            try:
+                finished(self.conn, self.scope, code, self.sent, took)
+            except Exception:
+                log.exception("the request_finished hook failed")
+        if self.waiter is not None:
+            self.wake()
+        self.conn.cycle_done(self, self.keep and not self.abandoned)
 
     def _returned(self) -> None:
         """The app returned: was its response whole, and were its events right?"""
@@ -294,10 +305,14 @@ class RequestCycle:
         if kind == "http.response.body" and self.started:
             if self.body_done:
                 raise self._bad("sent http.response.body after the body ended")
-            try:
-                body, more = body_of(message)
-            except AppEventError as exc:
-                raise self._bad(str(exc)) from None
+            body = message.get("body", b"")
+            if type(body) is bytes:  # the usual body: body_of's checks, without its call
+                more = bool(message.get("more_body", False))
+            else:
+                try:
+                    body, more = body_of(message)
+                except AppEventError as exc:
+                    raise self._bad(str(exc)) from None
             if self.abandoned or self.disconnected:
                 if not more:
                     self._completed()  # nothing goes out: the client is gone, or answered
@@ -351,6 +366,36 @@ class RequestCycle:
         """Serialise the response head; the framing of the body is response_framing's."""
         ah = self.head
         assert ah is not None
+        conn = self.conn
+        server = conn.server
+        req = self.req
+        # The usual response (a whole kept-alive HTTP/1.1 request, not HEAD, no trailers, not
+        # draining) has the same head bytes for the same AsgiHead and body length until the
+        # Date line changes: memoised on the server, which empties the memo at each new Date.
+        usual = (
+            req.complete
+            and req.keep_alive
+            and not self.trailers
+            and not self.is_head
+            and not server.draining
+            and req.version == "HTTP/1.1"
+        )
+        if usual:
+            hit = server.heads.get(ah)
+            if hit is not None and hit[0] == known_length:
+                self.length, self.chunked, self.keep = hit[2], hit[3], hit[4]
+                self.head_sent = True
+                head: bytes = hit[1]
+                return head
+        out = self._new_head(ah, known_length)
+        if usual:
+            heads = server.heads
+            if len(heads) >= HEADS_MAX:
+                heads.clear()
+            heads[ah] = (known_length, out, self.length, self.chunked, self.keep)
+        return out
+
+    def _new_head(self, ah: AsgiHead, known_length: int | None) -> bytes:
         conn = self.conn
         server = conn.server
         req = self.req

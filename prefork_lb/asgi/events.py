@@ -33,6 +33,7 @@ __all__ = [
     "connection_scope",
     "request_scope",
     "response_head",
+    "scope_memo_key",
     "trailer_lines",
 ]
 
@@ -120,20 +121,31 @@ def _request_part(req: Request, root_path: str, forwarded: bool) -> dict[str, An
     return part
 
 
+def scope_memo_key(root_path: str, forwarded: bool) -> tuple[str, str, bool]:
+    """The key of a memoised request's scope entries (a connection makes it once)."""
+    return (SCOPE_MEMO, root_path, forwarded)
+
+
 def request_scope(
-    base: dict[str, Any], req: Request, root_path: str, forwarded: bool, state: dict[str, Any] | None
+    base: dict[str, Any],
+    req: Request,
+    root_path: str,
+    forwarded: bool,
+    state: dict[str, Any] | None,
+    key: tuple[str, str, bool] | None = None,
 ) -> dict[str, Any]:
     """The scope of ``req`` on a connection whose shared keys are ``base``; ``state``: the
-    lifespan state, of which the scope gets a shallow copy."""
+    lifespan state, of which the scope gets a shallow copy; ``key``: scope_memo_key's."""
     memo = req.memo
     part = None
-    key = (SCOPE_MEMO, root_path, forwarded)
     if memo is not None:
+        if key is None:
+            key = (SCOPE_MEMO, root_path, forwarded)
         part = memo.get(key)
-    if part is None:
+        if part is None:
+            part = memo[key] = _request_part(req, root_path, forwarded)
+    else:
         part = _request_part(req, root_path, forwarded)
-        if memo is not None:
-            memo[key] = part
     scope = base.copy()
     scope.update(part)
     scope["headers"] = list(part["headers"])  # the app may change its list, never the memo's
@@ -176,12 +188,19 @@ def _status_line(status: Any) -> bytes:
 
 def response_head(status: Any, headers: Any) -> AsgiHead:
     """Validate and serialise an http.response.start's status and headers (memoised)."""
+    # Per response: the key costs no copy of a list of (name, value) tuples (the usual shape);
+    # pairs given as lists are turned into tuples, anything else iterable is listed first.
     try:
-        headers = list(headers)  # (an iterator would be spent by the key)
-        key: Any = (status, tuple(map(tuple, headers)))
+        if type(headers) is not list:
+            headers = list(headers)  # (an iterator would be spent by the key)
+        key: Any = (status, *headers)
         head = _HEADS.get(key)
     except TypeError:
-        key = head = None
+        try:
+            key = (status, *map(tuple, headers))
+            head = _HEADS.get(key)
+        except TypeError:
+            key = head = None
     if head is not None:
         return head
     line = _status_line(status)

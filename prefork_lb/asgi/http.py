@@ -28,7 +28,7 @@ from typing import Any
 
 from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
 from prefork_lb.asgi.cycle import RequestCycle
-from prefork_lb.asgi.events import connection_scope, request_scope
+from prefork_lb.asgi.events import connection_scope, request_scope, scope_memo_key
 from prefork_lb.http.errors import HTTPError, RequestTimeout
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import simple_response
@@ -68,6 +68,7 @@ class HttpConnection(asyncio.Protocol):
         self.local: tuple[str, int] | None = None
         self.forwarded = False
         self.base: dict[str, Any] = {}
+        self.scope_key: tuple[str, str, bool] | None = None
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -80,6 +81,7 @@ class HttpConnection(asyncio.Protocol):
         peers = opts.trusted_peers
         self.forwarded = peers is not None and self.client is not None and self.client[0] in peers
         self.base = connection_scope(self.client, self.local, opts.root_path, opts.url_scheme)
+        self.scope_key = scope_memo_key(opts.root_path, self.forwarded)
         server.connections.add(self)
         if server.hook_opened is not None:
             server.hook_opened(self)
@@ -174,21 +176,21 @@ class HttpConnection(asyncio.Protocol):
         if parser.stopped or self.eof:
             self.close()
             return
+        server = self.server
         if not self.partial and not parser.between_requests:
             # The next head began while the app ran: its header timeout runs from now.
             self.partial = True
-            self.wait_until = self.server.now + self.server.options.header_timeout
+            self.wait_until = server.now + server.options.header_timeout
         if self.partial:
             self.resume()
             return
         if self.had_request:
-            if self.server.draining:
+            if server.draining:
                 self.close()
                 return
-            self.wait_until = self.server.now + (
-                self.server.options.keepalive or self.server.options.header_timeout
-            )
-        self.resume()
+            self.wait_until = server.now + server.idle_timeout
+        if not self.reading:  # (per request: no call when reading goes on)
+            self.resume()
 
     def _start(self, req: Request) -> None:
         self.partial = False
@@ -199,7 +201,7 @@ class HttpConnection(asyncio.Protocol):
         if req.upgrade and req.method == "GET" and server.websocket is not None and _is_websocket(req):
             self._upgrade(req)
             return
-        scope = request_scope(self.base, req, opts.root_path, self.forwarded, server.state)
+        scope = request_scope(self.base, req, opts.root_path, self.forwarded, server.state, self.scope_key)
         cycle = self.cycle = RequestCycle(self, req, scope)
         if len(self.parser.requests) > 1:
             self.pause()

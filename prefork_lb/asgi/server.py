@@ -74,10 +74,15 @@ class AsgiServer:
         self.app = app
         self.app_name = app_name(app)
         self.options = options or AsgiOptions()
+        # How long a kept-alive connection waits for its next request (read once per request).
+        self.idle_timeout = self.options.keepalive or self.options.header_timeout
         self.loop = loop or asyncio.get_event_loop()
         self.hooks = hooks
         self.hook_started = getattr(hooks, "request_started", None)
         self.hook_finished = getattr(hooks, "request_finished", None)
+        # Whether request_finished reads the duration it is given (prefork_lb.asgi.accounting
+        # says False without an access log): else the cycle skips two clock reads per request.
+        self.hook_timed = self.hook_finished is not None and getattr(hooks, "timed", True)
         # The worker's load counters (prefork_lb.asgi.accounting): each optional.
         self.hook_opened = getattr(hooks, "connection_opened", None)
         self.hook_closed = getattr(hooks, "connection_closed", None)
@@ -91,7 +96,10 @@ class AsgiServer:
         self.request_memo = RequestMemo()
         self.websocket = _websocket_upgrade()
         self.now = time.monotonic()
-        self.date = refresh_date().encode("latin-1")
+        self._date_line = refresh_date()
+        self.date = self._date_line.encode("latin-1")
+        # Serialised response heads by AsgiHead, for the current Date (prefork_lb.asgi.cycle).
+        self.heads: dict[Any, tuple[Any, ...]] = {}
         self.admission_limit = self.options.max_concurrency
         self.admitted = 0
         self.waiters: deque[asyncio.Future[None]] = deque()
@@ -112,7 +120,11 @@ class AsgiServer:
 
     def _tick(self) -> None:
         self.now = now = time.monotonic()
-        self.date = refresh_date().encode("latin-1")
+        line = refresh_date()
+        if line is not self._date_line:  # (the same str until the second changes)
+            self._date_line = line
+            self.date = line.encode("latin-1")
+            self.heads.clear()
         for conn in list(self.connections):
             if conn.wait_until and now >= conn.wait_until:
                 conn.timed_out()

@@ -47,6 +47,7 @@ from prefork_lb.asgi.ws_events import (
     DenyBody,
     Send,
     disconnect,
+    message_frame,
 )
 from prefork_lb.asgi.ws_handshake import (
     Handshake,
@@ -241,7 +242,7 @@ class WebSocketProtocol(asyncio.Protocol):
     # -- incoming frames -------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
-        if isinstance(event, TextMessage | BytesMessage):
+        if isinstance(event, (TextMessage, BytesMessage)):
             self._on_data(event)
         elif isinstance(event, Ping):
             if self._conn.state is ConnectionState.OPEN:
@@ -334,8 +335,11 @@ class WebSocketProtocol(asyncio.Protocol):
             if self._final is not None or self._conn.state is not ConnectionState.OPEN:
                 raise WebSocketDisconnected("the websocket connection is closed")
             data = action.data
-            frame = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
-            self._write(self._conn.send(frame))
+            if self._deflate:
+                frame = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+                self._write(self._conn.send(frame))
+            else:  # (per message: the frame wsproto would write, without its objects)
+                self._write(message_frame(data))
         elif isinstance(action, Accept):
             self._accept(action)
         elif isinstance(action, Close):

@@ -18,12 +18,14 @@ event the app receives when the connection ends.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import Any
 
 from prefork_lb.asgi.ws_handshake import valid_header
 
 __all__ = [
+    "message_frame",
     "CLOSED",
     "CONNECTING",
     "OPEN",
@@ -207,3 +209,21 @@ class AppSide:
         if not isinstance(text, str):
             raise AppEventError(f"text must be a str, not {type(text).__name__}")
         return text
+
+
+def message_frame(data: str | bytes) -> bytes:
+    """A whole message as one unmasked server frame (RFC 6455 section 5.2: FIN, the text or
+    binary opcode, the length in 7, 16 or 64 bits), the bytes wsproto writes for it when no
+    extension was agreed: the echo path builds it without wsproto's per-frame objects."""
+    if isinstance(data, str):
+        payload = data.encode("utf-8")
+        first = 0x81
+    else:
+        payload = data
+        first = 0x82
+    n = len(payload)
+    if n <= 125:
+        return bytes((first, n)) + payload
+    if n <= 0xFFFF:
+        return struct.pack("!BBH", first, 126, n) + payload
+    return struct.pack("!BBQ", first, 127, n) + payload

@@ -151,3 +151,19 @@ def test_published_counters_add_up_by_status_method_and_bucket() -> None:
     hist = words(sb.HISTOGRAM, len(sb.DURATION_BUCKETS) + 1)
     assert sum(hist) == 6 and hist[-1] == 1
     assert words(sb.DURATION_US, 1)[0] > 0 and board.get(i, sb.SERVED) == 6
+
+
+def test_the_request_line_follows_each_request_even_when_it_repeats() -> None:
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, 0)
+    e = board.handle(i)
+    path = b"/same"
+    for _ in range(3):
+        e.request_started("GET", path)  # the same objects again: the line is not rewritten
+        e.request_finished("GET", 2)
+    assert board.current_request(i) == "GET /same"
+    e.request_started("POST", b"/other?q=1")
+    assert board.current_request(i) == "POST /other?q=1" and board.in_flight(i) == 1
+    e.request_finished("POST", 2)
+    e.request_started("GET", path)
+    assert board.current_request(i) == "GET /same" and e.served == 4

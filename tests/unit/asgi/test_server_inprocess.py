@@ -566,3 +566,32 @@ def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytes
     assert "http.response.start not sent" in str(raised[0])
     assert caplog.records == [], "the client leaving is not the app's error"
     assert server.served == 0
+
+
+def test_memoised_heads_follow_the_date_and_draining(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The usual head is serialised once per Date line: a new Date empties the memo, and a
+    server that starts draining between two requests says close on the second."""
+    app = sender(START, body(b"x"))
+
+    async def go() -> list[bytes]:
+        server = AsgiServer(app, AsgiOptions(), asyncio.get_running_loop())
+        out = []
+        try:
+            out.append(await talk(server, GET + GET))
+            assert server.heads, "the usual head is memoised"
+            monkeypatch.setattr(
+                "prefork_lb.asgi.server.refresh_date", lambda: "Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
+            )
+            server._tick()  # a new second: a new Date line
+            out.append(await talk(server, GET))
+            server.draining = True
+            out.append(await talk(server, GET))
+        finally:
+            server.close()
+        return out
+
+    first, dated, drained = (responses(x) for x in asyncio.run(go()))
+    assert len(first) == 2 and first[0].header("date") == first[1].header("date")
+    assert [r.header("connection") for r in first] == [None, None]
+    assert dated[0].header("date") == "Thu, 01 Jan 2026 00:00:00 GMT"
+    assert drained[0].header("connection") == "close"

@@ -174,3 +174,25 @@ def test_reason_at_the_limit_passes():
 
 def test_disconnect_event():
     assert disconnect(1006) == {"type": "websocket.disconnect", "code": 1006, "reason": ""}
+
+
+def test_message_frame_is_the_frame_wsproto_writes() -> None:
+    from wsproto.connection import Connection, ConnectionType
+    from wsproto.events import BytesMessage, TextMessage
+
+    from prefork_lb.asgi.ws_events import message_frame
+
+    conn = Connection(ConnectionType.SERVER)
+    for data in [
+        "",
+        "h\u00e9",
+        "x" * 125,
+        "x" * 126,
+        "y" * 65535,
+        "z" * 65536,
+        b"",
+        b"\x00" * 200,
+        b"a" * 70000,
+    ]:
+        event = TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data)
+        assert message_frame(data) == bytes(conn.send(event))
