@@ -326,16 +326,19 @@ class RequestCycle:
         elif kind == "http.response.trailers":
             self._trailers(message)
         elif kind == "http.response.pathsend":
-            if self.head_sent or self.body_done:
-                raise self._bad("sent http.response.pathsend after the body began")
-            path = message.get("path")
-            if not isinstance(path, str):
-                raise self._bad(f"sent http.response.pathsend with path {path!r}, not a str")
-            await self._pathsend(path)
+            await self._pathsend(self._pathsend_path(message))
         elif kind == "http.response.start":
             raise self._bad("sent a second http.response.start")
         else:
             raise self._bad(f"sent an unknown event type {kind!r}")
+
+    def _pathsend_path(self, message: Any) -> str:
+        if self.head_sent or self.body_done:
+            raise self._bad("sent http.response.pathsend after the body began")
+        path = message.get("path")
+        if not isinstance(path, str):
+            raise self._bad(f"sent http.response.pathsend with path {path!r}, not a str")
+        return path
 
     def _start(self, kind: Any, message: Any) -> None:
         if kind == "http.response.start":
