@@ -273,8 +273,17 @@ class Arbiter(Supervisor):
         for w in self.workers.values():
             w.retry_at = 0.0  # an operator's HUP tries again now, whatever failed before
 
+    def fixed_pools(self, what: str) -> bool:
+        """--mount: each pool keeps the workers it was given (TTIN, TTOU and scale refused)."""
+        if self.cfg.mounts is None:
+            return False
+        log.warning("%s ignored: with --mount each pool has its workers= (change them and restart)", what)
+        return True
+
     def handle_ttin(self) -> None:
         target = self.totals.take_scale()  # `prefork_lb ctl scale N` wrote a count, then sent TTIN
+        if self.fixed_pools("Control socket: scale" if target > 0 else "SIGTTIN"):
+            return
         if target > 0:
             self.scale_to(target)
             return
@@ -288,6 +297,8 @@ class Arbiter(Supervisor):
         log.info("Control socket: scale to %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
+        if self.fixed_pools("SIGTTOU"):
+            return
         if self.num_workers > 1:
             self.num_workers -= 1
             self.resized()  # reuseport steers before the slot's worker drains: nothing new lands there

@@ -74,6 +74,7 @@ class Exchange(ExchangeFailures):
         self.request_id: bytes | None = None
         self.cache_body: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
         self.cache_plan: Plan | None = None  # set by the client when the cache is on
+        self.pool: str | None = None  # --mount: the route of the pool this request goes to
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -128,32 +129,35 @@ class Exchange(ExchangeFailures):
                 return
         self.route()
 
+    def hint(self) -> Any:
+        """What the pool's strategy keys on: the sticky cookie, the client address, or None."""
+        kind = self.proxy.hints[self.pool]
+        if kind == "sticky":
+            return cookie_value(self.req.headers, self.proxy.cookie_name)
+        return self.client.peer_ip if kind == "hash" else None
+
     def pick(self) -> Backend | None:
         """The backend for the next try (one not tried yet when there is one), or None."""
-        proxy = self.proxy
-        hint: Any = None
-        if proxy.sticky:
-            hint = cookie_value(self.req.headers, proxy.cookie_name)
-        elif proxy.hashing:
-            hint = self.client.peer_ip
-        return proxy.pick(hint, self.tried)
+        return self.proxy.pick(self.hint(), self.tried, self.pool)
 
     def route(self, backend: Backend | None = None) -> None:
         """Get a connection to ``backend``, or to the one picked here when none is given."""
         proxy = self.proxy
-        hint: Any = None
-        strategy = proxy.strategy
-        if proxy.sticky:
-            hint = cookie_value(self.req.headers, proxy.cookie_name)
-        elif proxy.hashing:
-            hint = self.client.peer_ip
+        pool = self.pool
+        if pool is None and proxy.mounts is not None:
+            pool = self.pool = proxy.pool_for(self.req)
+            if pool is None:
+                self.fail(404, "no --mount route matches this request")
+                return
+        strategy = proxy.strategy_for(pool)
+        hint = self.hint()
         if backend is None:
-            backend = proxy.pick(hint, self.tried)
+            backend = proxy.pick(hint, self.tried, pool)
             if backend is None:
                 self.fail(503, "no backend available", retry_after=True)
                 return
             if proxy.worker_limit and proxy.full(backend):
-                backend = proxy.with_room(self.tried)
+                backend = proxy.with_room(self.tried, pool)
                 if backend is None:  # every local worker is full: refused at once, here
                     proxy.shed += 1
                     self.fail(503, BUSY_DETAIL, retry_after=True)
@@ -162,7 +166,7 @@ class Exchange(ExchangeFailures):
         self.tries += 1
         self.tried.append(backend)
         strategy.on_start(backend.key)
-        if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
+        if proxy.hints[pool] == "sticky" and (hint is None or strategy.key_for(hint) != backend.key):
             self.set_cookie = proxy.cookie_header(backend.key)
         backend.stats.requests += 1  # tries: a retried request counts at each backend it tried
         req = self.req
