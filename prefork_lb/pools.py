@@ -25,6 +25,7 @@ def pool_config(cfg: Any, mount: Mount) -> Any:
     mine.__dict__["sources"] = dict(cfg.sources)
     mine.__dict__["warnings"] = list(cfg.warnings)
     mine.app_uri = mount.app
+    mine.mounts = None  # a worker serves one app: its own
     source = f"--mount {mount.route}"
     mine.set("interface", mount.interface, source)
     mine.set("strategy", mount.strategy, source)

@@ -287,3 +287,64 @@ def test_interfaces_per_pool() -> None:
     assert choice.for_slot(2) is site and site.current == "asgi"
     plain = interfaces_for(parse(["tests.apps:echo"], environ={}))
     assert not isinstance(plain, MountedInterfaces) and plain.for_slot(0) is plain
+
+
+# -- the master with pools: fake fork, real loopback listeners --------------------------------------
+
+MASTER = [*ARGS, "--workers", "1", "-b", "127.0.0.1:0", "--stats-bind", "off", "--control-socket", "off"]
+
+
+@pytest.fixture
+def master():
+    from prefork_lb.arbiter import Arbiter
+    from tests.unit.test_arbiter import FakeOS
+
+    fake = FakeOS()
+    later: list[list[str]] = []
+    arb = Arbiter(
+        parse(MASTER, environ={}),
+        reload_config=lambda: parse([*MASTER, *later[-1]] if later else MASTER, environ={}),
+        clock=fake.clock,
+        fork=fake.fork,
+        kill=fake.kill,
+        waitpid=fake.waitpid,
+    )
+    arb.bind()
+    arb.later = later  # type: ignore[attr-defined]
+    yield arb
+    for s in arb.all_sockets():
+        s.close()
+
+
+def test_the_master_starts_each_pools_workers_with_its_interface(master) -> None:
+    master.manage()
+    workers = sorted((w.slot, w.interface) for w in master.workers.values() if w.slot >= 0)
+    assert workers == [(0, "asgi"), (1, "asgi"), (2, "wsgi")]  # /api: 2 asgi; /: --workers (1) auto
+    assert master.num_workers == 3 and master.mode.ready_message(3) == (
+        "Ready: pools /api -> tests.apps_asgi:echo (2 asgi), / -> tests.apps:echo (1 auto)"
+    )
+    assert master.mode.slot_port(2) > 0
+
+
+def test_ttin_ttou_and_scale_leave_the_pools_as_they_are(master, caplog) -> None:
+    master.manage()
+    master.handle_ttin()
+    master.handle_ttou()
+    master.totals.request_scale(5)  # `prefork_lb ctl scale 5`
+    master.handle_ttin()
+    assert master.num_workers == 3
+    assert caplog.text.count("ignored: with --mount each pool has its workers=") == 3
+    assert "Control socket: scale ignored" in caplog.text
+
+
+def test_a_reload_replaces_every_pool_but_keeps_the_mounts(master, caplog) -> None:
+    master.manage()
+    before = master.cfg.mounts
+    master.later.append(["--mount", "/new=x:y"])
+    master.handle_hup()
+    assert "a --mount change needs a restart or USR2; keeping the running mounts" in caplog.text
+    assert master.cfg.mounts is before and master.num_workers == 3 and master.cfg.mount == ARGS[1::2]
+    assert master.generation == 1
+    master.later.append(["--workers", "1"])  # same mounts: a reload like any other
+    master.handle_hup()
+    assert master.cfg.mounts == before and master.generation == 2

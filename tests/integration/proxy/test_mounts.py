@@ -97,6 +97,16 @@ def test_a_bad_mount_is_one_line_and_exit_2() -> None:
         (["--mount", "/api"], "must be ROUTE=MODULE:APP"),
         (["--mount", "/api=x:y;threads=2"], "unknown key 'threads'"),
         (["--mount", "/=x:y", "--dispatch", "reuseport"], "--mount needs --dispatch proxy"),
+        (  # --check-config imports each pool's app as its workers would
+            [
+                "--mount",
+                "/=tests.apps:echo",
+                "--mount",
+                "/api=tests.apps_asgi:echo;interface=wsgi",
+                "--check-config",
+            ],
+            "--mount /api: app 'tests.apps_asgi:echo' is an ASGI application",
+        ),
     ):
         r = subprocess.run(
             [sys.executable, "-m", "prefork_lb", *args],

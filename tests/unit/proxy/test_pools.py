@@ -200,6 +200,24 @@ def test_the_scoreboard_slots_become_pool_backends_and_lb_stats_shows_the_pools(
     assert {b["pool"] for b in doc["backends"]} == {"/api", "/", "admin.example.com/"}
     assert {b["pool"] for b in proc.health_doc()["backends"]} == {"/api", "/", "admin.example.com/"}
 
+    from prefork_lb.admin.metrics import backend_metrics
+
+    got = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for m in backend_metrics({"stats": doc, "health": proc.health_doc()})
+        for sample in m.samples
+        if "mount" in sample.name
+    }
+    assert (
+        got[("prefork_lb_mount_workers", (("app", "a:app"), ("interface", "auto"), ("mount", "/api")))] == 2
+    )
+    assert got[("prefork_lb_mount_ready_workers", (("mount", "/"),))] == 1
+    assert (
+        got[("prefork_lb_backend_mount", (("backend", "127.0.0.1:9103"), ("mount", "admin.example.com/")))]
+        == 1
+    )
+    assert len([k for k in got if k[0] == "prefork_lb_backend_mount"]) == 4
+
 
 def test_without_mounts_nothing_changes(loop) -> None:
     cfg = parse(["tests.apps:echo", "--dispatch", "proxy"], environ={})
