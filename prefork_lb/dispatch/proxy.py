@@ -30,6 +30,11 @@ JOURNAL_SIZE = 1 << 16  # bytes of control socket changes kept for the next prox
 WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive connections (see Server)
 
 
+def layout(mounts: Any) -> list[tuple[str, int]] | None:
+    """What a reload cannot change of --mount: each pool's route and worker count, in order."""
+    return None if mounts is None else [(m.route, m.workers) for m in mounts.mounts]
+
+
 class ProxyMode(DispatchMode):
     name: ClassVar[str] = "proxy"
     helper_role: ClassVar[str | None] = "proxy"
@@ -106,11 +111,15 @@ class ProxyMode(DispatchMode):
         options.request_id_echo = False
 
     def reconfigure(self, cfg: Any) -> None:
-        """A reload's settings. The pools' layout (--mount) stays: a worker slot's pool is its
-        position (prefork_lb.mounts), which the running workers and proxy were started with."""
+        """A reload's settings. The pools' layout (--mount routes, their order and worker counts)
+        stays: a worker slot's pool is its position (prefork_lb.mounts), which the running
+        workers and proxy were started with. A pool's app and other keys may change."""
         old = self.cfg
-        if cfg.mount != old.mount:
-            log.warning("SIGHUP: a --mount change needs a restart or USR2; keeping the running mounts")
+        if layout(cfg.mounts) != layout(old.mounts):
+            log.warning(
+                "SIGHUP: a change of the --mount routes or their workers needs a restart or USR2; "
+                "keeping the running mounts"
+            )
             cfg.set("mount", old.mount, "SIGHUP reload")
             cfg.set("workers", old.workers, "SIGHUP reload (--mount kept)")
             cfg.mounts = old.mounts

@@ -337,14 +337,24 @@ def test_ttin_ttou_and_scale_leave_the_pools_as_they_are(master, caplog) -> None
     assert "Control socket: scale ignored" in caplog.text
 
 
-def test_a_reload_replaces_every_pool_but_keeps_the_mounts(master, caplog) -> None:
+def test_a_reload_replaces_every_pool_but_keeps_the_layout(master, caplog) -> None:
     master.manage()
     before = master.cfg.mounts
     master.later.append(["--mount", "/new=x:y"])
     master.handle_hup()
-    assert "a --mount change needs a restart or USR2; keeping the running mounts" in caplog.text
+    assert "a change of the --mount routes or their workers needs a restart or USR2" in caplog.text
     assert master.cfg.mounts is before and master.num_workers == 3 and master.cfg.mount == ARGS[1::2]
     assert master.generation == 1
+    caplog.clear()
+    changed = [ARGS[0], ARGS[1].replace("max-concurrency=4", "max-concurrency=9;strategy=p2c"), *ARGS[2:]]
     master.later.append(["--workers", "1"])  # same mounts: a reload like any other
     master.handle_hup()
     assert master.cfg.mounts == before and master.generation == 2
+    # the same routes and workers with other keys: taken, for the new workers and proxy
+    master.later.clear()
+    master.reload_config = lambda: parse([*changed, *MASTER[len(ARGS) :]], environ={})
+    master.handle_hup()
+    api = master.cfg.mounts.mounts[0]
+    assert (api.max_concurrency, api.strategy, master.num_workers) == (9, "p2c", 3)
+    assert master.interface.cfg_for(0, master.cfg).max_concurrency == 9
+    assert "restart or USR2" not in caplog.text
