@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefork_lb.admin import totals as tt
-from prefork_lb.child import describe_exit, set_title
+from prefork_lb.child import describe_exit, set_title, title_label
 from prefork_lb.sockets import parse_address, sd_notify, systemd_listen_fds
 from prefork_lb.supervisor import (
     ABORT_GRACE,
@@ -121,7 +121,7 @@ class Arbiter(Supervisor):
         if self.cfg.pidfile:
             with open(self.cfg.pidfile, "w") as f:
                 f.write(f"{self.pid}\n")
-        set_title(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri or 'proxy'}]")
+        set_title(f"prefork_lb: master [{title_label(self.cfg, 'proxy')}]")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only record it: the loop does the work (the wakeup fd has already woken it).

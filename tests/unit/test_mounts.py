@@ -358,3 +358,16 @@ def test_a_reload_replaces_every_pool_but_keeps_the_layout(master, caplog) -> No
     assert (api.max_concurrency, api.strategy, master.num_workers) == (9, "p2c", 3)
     assert master.interface.cfg_for(0, master.cfg).max_concurrency == 9
     assert "restart or USR2" not in caplog.text
+
+
+def test_process_titles_name_the_app_or_the_routes() -> None:
+    from prefork_lb.child import title_label
+
+    cfg = parse(ARGS, environ={})
+    assert title_label(cfg, "proxy") == "mount /api /"
+    assert title_label(pool_config(cfg, cfg.mounts.mounts[1]), "x") == "tests.apps:echo"
+    assert title_label(parse(["tests.apps:echo"], environ={}), "x") == "tests.apps:echo"
+    assert (
+        title_label(parse(["proxy", "--backends", "127.0.0.1:9"], environ={}), "standalone") == "standalone"
+    )
+    assert title_label(parse([*ARGS, "--name", "shop"], environ={}), "x") == "shop"
