@@ -122,9 +122,6 @@ class ProxyState:
         m = self.mounts.route(request_host(req.host), req.split_target()[0].decode("latin-1"))
         return None if m is None else m.route
 
-    def strategy_for(self, pool: str | None) -> Any:
-        return self.strategy if pool is None else self.strategy.pools[pool]
-
     def rid_line(self, rid: bytes) -> bytes:
         """The request id's header line."""
         assert self.rid_name is not None
@@ -163,7 +160,7 @@ class ProxyState:
 
     def pick(self, hint: Any, tried: list[Backend], pool: str | None = None) -> Backend | None:
         """A backend of ``pool`` (--mount; None: the only pool) for a try."""
-        strategy = self.strategy_for(pool)
+        strategy = self.strategy if pool is None else self.strategy.pools[pool]
         backends = self.backends
         key = strategy.pick(hint)
         if key is not None and tried and backends[key] in tried:
