@@ -224,3 +224,14 @@ def test_without_mounts_nothing_changes(loop) -> None:
     proc = ProxyProcess(cfg, [], [], None, None, None, loop)
     assert proc.stats_doc()["pools"] is None and proc.pool_of(0) is None
     assert proc.proxy.mounts is None and proc.proxy.hints == {None: ""}
+
+
+def test_the_control_socket_drains_a_pools_worker_but_adds_no_remote_backend(loop) -> None:
+    from prefork_lb.proxy.operator import OperatorError, apply
+
+    rig = Rig(loop)
+    with pytest.raises(OperatorError, match="with --mount every backend is a pool's worker"):
+        apply(rig.proxy, {"op": "add", "name": "127.0.0.1:9999"})
+    doc = apply(rig.proxy, {"op": "drain", "name": rig.backends[0].key})
+    assert doc["backend"]["state"] == "draining"
+    assert rig.send(get("/api/x"))[0] is rig.backends[1]  # the drained one gets no new request
