@@ -68,16 +68,18 @@ def test_two_pools_route_report_and_reload_without_a_failed_request(pools: Proxy
     assert doc[1]["strategy"] == "round_robin" and len(doc[1]["backends"]) == 2
 
     with (
-        Load(p.port, threads=2, limit=400, seconds=8.0, target="/api/x") as a,
-        Load(p.port, threads=2, limit=400, seconds=8.0, target="/page") as w,
+        Load(p.port, threads=2, limit=3000, seconds=8.0, target="/api/x") as a,
+        Load(p.port, threads=2, limit=3000, seconds=8.0, target="/page") as w,
     ):
         a.wait_more(20)
         w.wait_more(20)
         assert p.proc is not None
         p.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "Reload finished" in p.text(), 15, "the reload's last line")
+        served = (a.ok, w.ok)
         a.wait_more(20)
         w.wait_more(20)
+    assert a.ok > served[0] + 20 and w.ok > served[1] + 20  # both loops ran past the reload's end
     assert a.failures == [] and w.failures == [], (a.failures[:5], w.failures[:5])
     assert "Reload finished: 3 workers replaced and the proxy" in p.text(), p.text()[-2000:]
     # The old workers drain (their idle keep-alive grace), then exit.
