@@ -25,6 +25,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -106,6 +107,7 @@ class ProxyProcess:
         self.stopped = asyncio.Event()
         self.graceful = True
         self.slot_seen: dict[int, float] = {}
+        self.slot_interface: dict[int, str] = {}  # what a slot's latest ready worker serves
         self.shed_written = 0  # proxy.shed as last written to our scoreboard entry
         self.tasks: list[asyncio.Task[Any]] = []
         for host, port, weight in parse_backends(cfg.backends or []):
@@ -126,6 +128,8 @@ class ProxyProcess:
             if slot < 0 or port <= 0:
                 continue
             ready = e.state in (sb.READY, sb.RETIRING)
+            if ready and e.interface:
+                self.slot_interface[slot] = sb.INTERFACES[e.interface]
             prev = ports.get(slot)
             ports[slot] = (port, ready or (prev is not None and prev[1]))
         proxy = self.proxy
@@ -297,6 +301,10 @@ class ProxyProcess:
                     "max_concurrency": m.max_concurrency,
                     "queue_size": m.queue_size,
                     "ready_workers": len(up),
+                    # what the pool's ready workers serve: {"asgi": 2} (auto shows what it learned)
+                    "serving": dict(
+                        Counter(self.slot_interface[b.slot] for b in up if b.slot in self.slot_interface)
+                    ),
                     "requests": sum(b.stats.requests for b in mine),
                     "backends": [b.key for b in mine],
                 }

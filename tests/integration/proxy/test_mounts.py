@@ -66,6 +66,7 @@ def test_two_pools_route_report_and_reload_without_a_failed_request(pools: Proxy
         ("/", "tests.apps:echo", "auto", 2, 2),
     ]
     assert doc[1]["strategy"] == "round_robin" and len(doc[1]["backends"]) == 2
+    assert [x["serving"] for x in doc] == [{"asgi": 1}, {"wsgi": 2}]  # / (auto) learned WSGI
 
     with (
         Load(p.port, threads=2, limit=3000, seconds=8.0, target="/api/x") as a,

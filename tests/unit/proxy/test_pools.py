@@ -180,6 +180,10 @@ def test_the_scoreboard_slots_become_pool_backends_and_lb_stats_shows_the_pools(
         e = board.allocate(100 + slot, slot)
         board.set_port(e, 9100 + slot)
         board.put(e, sb.STATE, sb.READY)
+        if slot < 2:
+            board.set_interface(e, "asgi")
+        elif slot == 2:
+            board.set_interface(e, "wsgi")  # slot 3's worker has not said (0)
     proc = ProxyProcess(cfg, [], [], board, None, None, loop)
     proc.sync()
     assert {b.key: b.pool for b in proc.proxy.backends.values()} == {
@@ -196,6 +200,7 @@ def test_the_scoreboard_slots_become_pool_backends_and_lb_stats_shows_the_pools(
         ("admin.example.com/", "c:app", 1, 1, "least_connections"),
     ]
     assert pools[0]["backends"] == ["127.0.0.1:9100", "127.0.0.1:9101"] and pools[0]["slots"] == [0, 1]
+    assert [p["serving"] for p in pools] == [{"asgi": 2}, {"wsgi": 1}, {}]
     assert pools[2]["host"] == "admin.example.com" and pools[2]["prefix"] == "/"
     assert {b["pool"] for b in doc["backends"]} == {"/api", "/", "admin.example.com/"}
     assert {b["pool"] for b in proc.health_doc()["backends"]} == {"/api", "/", "admin.example.com/"}
