@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 from prefork_lb.admin import totals as tt
-from prefork_lb.child import describe_exit, set_title
+from prefork_lb.child import describe_exit, set_title, title_label
 from prefork_lb.sockets import parse_address, sd_notify, systemd_listen_fds
 from prefork_lb.supervisor import (
     ABORT_GRACE,
@@ -121,7 +121,7 @@ class Arbiter(Supervisor):
         if self.cfg.pidfile:
             with open(self.cfg.pidfile, "w") as f:
                 f.write(f"{self.pid}\n")
-        set_title(f"prefork_lb: master [{self.cfg.proc_name or self.cfg.app_uri or 'proxy'}]")
+        set_title(f"prefork_lb: master [{title_label(self.cfg, 'proxy')}]")
 
     def _on_signal(self, signum: int, frame: Any) -> None:
         # Only record it: the loop does the work (the wakeup fd has already woken it).
@@ -273,8 +273,17 @@ class Arbiter(Supervisor):
         for w in self.workers.values():
             w.retry_at = 0.0  # an operator's HUP tries again now, whatever failed before
 
+    def fixed_pools(self, what: str) -> bool:
+        """--mount: each pool keeps the workers it was given (TTIN, TTOU and scale refused)."""
+        if self.cfg.mounts is None:
+            return False
+        log.warning("%s ignored: with --mount each pool has its workers= (change them and restart)", what)
+        return True
+
     def handle_ttin(self) -> None:
         target = self.totals.take_scale()  # `prefork_lb ctl scale N` wrote a count, then sent TTIN
+        if self.fixed_pools("Control socket: scale" if target > 0 else "SIGTTIN"):
+            return
         if target > 0:
             self.scale_to(target)
             return
@@ -288,6 +297,8 @@ class Arbiter(Supervisor):
         log.info("Control socket: scale to %d workers", self.num_workers)
 
     def handle_ttou(self) -> None:
+        if self.fixed_pools("SIGTTOU"):
+            return
         if self.num_workers > 1:
             self.num_workers -= 1
             self.resized()  # reuseport steers before the slot's worker drains: nothing new lands there

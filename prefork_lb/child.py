@@ -89,6 +89,14 @@ class ChildContext:
         call_hook(self.cfg, name, *args)
 
 
+def title_label(cfg: Any, default: str) -> str:
+    """What a process title shows in brackets: --proc-name, the app, the --mount routes."""
+    if cfg.proc_name or cfg.app_uri:
+        return str(cfg.proc_name or cfg.app_uri)
+    mounts = getattr(cfg, "mounts", None)
+    return "mount " + " ".join(m.route for m in mounts.mounts) if mounts is not None else default
+
+
 def call_hook(cfg: Any, name: str, *args: Any) -> None:
     """Call the config file's hook ``name``, if it has one; a hook that raises is logged, and
     never stops the process that calls it (the master or a child)."""
@@ -176,7 +184,7 @@ class ChildProcess:
             return 0
         if self.boot_mask is not None:
             signal.pthread_sigmask(signal.SIG_SETMASK, self.boot_mask)
-        set_title(f"prefork_lb: {self.title()} [{self.cfg.proc_name or self.cfg.app_uri or 'standalone'}]")
+        set_title(f"prefork_lb: {self.title()} [{title_label(self.cfg, 'standalone')}]")
         self.entry.beat()
         code = self.boot()
         if code:

@@ -233,7 +233,7 @@ def parse_command(
             discover=True,
             app_source=app_source,
         )
-        if not cfg.app_uri:
+        if not cfg.app_uri and not cfg.mount:
             raise ConfigError("no app given: pass MODULE:APP (for example prefork_lb.demo:app)")
     cfg.warnings[:0] = warnings
     check(cfg)

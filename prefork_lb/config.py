@@ -87,6 +87,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
     app_uri: str | None
     hooks: dict[str, Callable[..., Any]]
     app_object: Any  # prefork_lb.run(app): an app given as an object, not a path
+    mounts: Any  # --mount: the prefork_lb.mounts.MountTable the config checks build, else None
     local_workers: bool  # False only for the standalone proxy (see drop_local_workers)
     warnings: list[str]  # settings a config file or the environment gave that the command ignores
     sources: dict[str, str]  # setting -> where its value came from ("default" when not given)
@@ -104,6 +105,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
         d["hooks"] = {} if hooks is None else hooks
         d["app_object"] = app_object
         d["local_workers"] = True
+        d["mounts"] = None
         d["warnings"] = []
         d["sources"] = {}
 

@@ -30,6 +30,8 @@ def check(cfg: Config) -> None:
             resolve_max_rss(cfg.max_rss, max(cfg.workers, cfg.max_workers))
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
+    if cfg.mount:
+        check_mounts(cfg)
     if cfg.dispatch != "proxy":
         if cfg.strategy == "sticky":
             raise ConfigError("--strategy sticky needs --dispatch proxy (handoff sees no cookies)")
@@ -52,6 +54,34 @@ def check(cfg: Config) -> None:
             tls_context(cfg.certfile, cfg.keyfile)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"cannot use --certfile {cfg.certfile!r}: {exc}") from None
+
+
+def check_mounts(cfg: Config) -> None:
+    """--mount: the pools' table (cfg.mounts), and the settings it cannot go with. The server-wide
+    --workers becomes the pools' total (each pool's default is the --workers given)."""
+    from prefork_lb.mounts import MountError, parse_mounts
+    from prefork_lb.settings.base import STRATEGIES
+
+    if cfg.mounts is not None:
+        return  # checked already (the table has set --workers to the pools' total)
+    if cfg.dispatch != "proxy":
+        if cfg.source_of("dispatch") != "default":
+            raise ConfigError(f"--mount needs --dispatch proxy (this is --dispatch {cfg.dispatch})")
+        cfg.set("dispatch", "proxy", "--mount")
+    if cfg.app_uri:
+        raise ConfigError(f"with --mount the apps are in the mounts: drop {cfg.app_uri!r}")
+    if cfg.backends:
+        raise ConfigError("--mount and --backends do not go together (a remote backend is in no pool)")
+    if cfg.max_workers:
+        raise ConfigError("--max-workers (autoscaling) does not go with --mount: give each pool its workers")
+    defaults = {name: getattr(cfg, name) for name in ("workers", "interface", "strategy")}
+    defaults.update(max_concurrency=cfg.max_concurrency, queue_size=cfg.queue_size)
+    try:
+        table = parse_mounts(cfg.mount, defaults, STRATEGIES)
+    except MountError as exc:
+        raise ConfigError(f"--mount: {exc}") from None
+    cfg.set("workers", table.total_workers, "--mount (the pools' total)")
+    cfg.mounts = table
 
 
 def log_warnings(cfg: Config) -> None:

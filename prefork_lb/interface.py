@@ -48,6 +48,15 @@ class InterfaceChoice:
                 self.current = WSGI  # the worker says why in one line, as for a path
         self.flips = 0
 
+    def for_slot(self, slot: int) -> InterfaceChoice:
+        """The choice for a worker slot's process: this one (per pool with --mount:
+        prefork_lb.pools)."""
+        return self
+
+    def cfg_for(self, slot: int, cfg: Any) -> Any:
+        """The config a slot's worker gets: ``cfg`` (its pool's with --mount)."""
+        return cfg
+
     def child_class(self) -> type:
         """The class of the next worker (imported in the child, after the fork)."""
         if self.current == ASGI:
@@ -73,6 +82,10 @@ class InterfaceChoice:
             "The app is an %s application: starting %s workers", self.current.upper(), self.current.upper()
         )
         return True
+
+    def wrong_in(self, slot: int, started_as: str) -> bool:
+        """:meth:`wrong`, said by the worker of ``slot`` (its pool's choice with --mount)."""
+        return self.for_slot(slot).wrong(started_as)
 
     def ready(self, interface: str) -> None:
         """A worker of ``interface`` got ready: the flips so far were the app telling its shape."""

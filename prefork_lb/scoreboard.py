@@ -26,7 +26,7 @@ _WORDS = ENTRY_SIZE // 8
 # Layout of an entry: words 0-15 are the fields below (15: why the worker retires); bytes
 # 128-255 the current request line; words 32-100 counters that only grow (the master folds them
 # into its running totals, prefork_lb.admin.totals, when it reaps the process); words 101-102
-# more gauges (QUEUED, OFFLOAD_SIZE); 103-127 free. tests/unit/test_scoreboard.py checks that
+# more gauges (QUEUED, OFFLOAD_SIZE); 103 the worker's INTERFACE; 104-127 free. tests/unit/test_scoreboard.py checks that
 # no two of these overlap and that everything fits in ENTRY_SIZE.
 # word offsets inside an entry
 (
@@ -85,6 +85,9 @@ assert OFFLOAD_HISTOGRAM + len(DURATION_BUCKETS) + 1 == COUNTERS_END
 # as they change (off the hot path: only a full worker queues), and the offload pool's size.
 QUEUED = COUNTERS_END  # 101
 OFFLOAD_SIZE = QUEUED + 1  # 102
+# What the worker serves, once its app loaded: an index in INTERFACES (0: not known yet).
+INTERFACE = OFFLOAD_SIZE + 1  # 103
+INTERFACES = ("", "wsgi", "asgi")
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
@@ -127,6 +130,7 @@ class EntryState(NamedTuple):
     received: int  # connections taken from the handoff channel
     conns: int
     port: int  # --dispatch proxy: the slot's loopback port
+    interface: int = 0  # an index in INTERFACES
 
 
 class Scoreboard:
@@ -180,6 +184,10 @@ class Scoreboard:
     def set_port(self, i: int, port: int) -> None:
         """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""
         self.q[i * _WORDS + PORT] = port
+
+    def set_interface(self, i: int, name: str) -> None:
+        """What entry ``i``'s worker serves (INTERFACES), written once its app loaded."""
+        self.q[i * _WORDS + INTERFACE] = INTERFACES.index(name)
 
     def state(self, i: int) -> int:
         return self.q[i * _WORDS + STATE]
@@ -255,6 +263,7 @@ class Scoreboard:
                     q[base + RECEIVED],
                     q[base + CONNS],
                     q[base + PORT],
+                    q[base + INTERFACE],
                 )
             )
         return out

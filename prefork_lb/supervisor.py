@@ -31,7 +31,8 @@ from prefork_lb.admin import totals as tt
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
 from prefork_lb.dispatch.base import ADMIN_SLOT
-from prefork_lb.interface import EXIT_WRONG_INTERFACE, InterfaceChoice
+from prefork_lb.interface import EXIT_WRONG_INTERFACE
+from prefork_lb.pools import interfaces_for
 from prefork_lb.sockets import Address, sd_notify
 from prefork_lb.watchdog import ABORT_GRACE as ABORT_GRACE  # re-exported: the arbiter and tests
 from prefork_lb.watchdog import DISPATCHER_SLOT as DISPATCHER_SLOT
@@ -124,7 +125,7 @@ class Supervisor(Watchdog):
         self.totals.started(self.pid, time.time())
         self.spawn_reason: dict[int, str] = {}  # slot -> why its next process starts
         self.mode = dispatch.make(cfg)  # everything that differs between --dispatch modes
-        self.interface = InterfaceChoice(cfg)  # the worker class: WSGI or ASGI
+        self.interface = interfaces_for(cfg)  # the worker class: WSGI or ASGI (per --mount pool)
         self.stopping: str | None = None  # None | "graceful" | "fast"
         self.stop_signal = signal.SIGTERM
         self.stop_deadline = 0.0
@@ -177,7 +178,7 @@ class Supervisor(Watchdog):
         if port:
             self.board.set_port(entry, port)
         w = WorkerProc(0, slot, entry, self.clock(), replaces=replaces, reload_gen=self.generation)
-        w.interface = self.interface.current
+        w.interface = self.interface.for_slot(slot).current
         if not helper:
             self.hook("pre_fork", self, w)
         pid = self.fork_blocked()
@@ -217,7 +218,7 @@ class Supervisor(Watchdog):
         os.close(self._wake_w)
         ctx = ChildContext(
             slot=w.slot,
-            cfg=self.cfg,
+            cfg=self.interface.cfg_for(w.slot, self.cfg),
             board=self.board,
             entry=w.entry,
             master_pid=self.pid,
@@ -235,7 +236,7 @@ class Supervisor(Watchdog):
                 proc = self.mode.helper_process(ctx)
             else:
                 self.hook("post_fork", self, w)
-                proc = self.interface.child_class()(ctx)
+                proc = self.interface.for_slot(w.slot).child_class()(ctx)
         except BaseException:
             traceback.print_exc()
             os._exit(1)
@@ -294,7 +295,7 @@ class Supervisor(Watchdog):
         for w in self.workers.values():
             if not w.ready and self.board.state(w.entry) in (sb.READY, sb.RETIRING):
                 w.ready = True
-                self.interface.ready(w.interface)
+                self.interface.for_slot(w.slot).ready(w.interface)
 
     def fill_slots(self, slots: list[int], now: float) -> None:
         """Empty slots (and the helper's) get a process, unless their back-off is not over."""
@@ -457,7 +458,7 @@ class Supervisor(Watchdog):
             if w.term_at:
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
                 continue
-            if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong(w.interface):
+            if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong_in(w.slot, w.interface):
                 self.predecessor(w)  # --interface auto: the slot starts again with the other class
                 continue
             if code in (EXIT_APP_LOAD, EXIT_BOOT, EXIT_WRONG_INTERFACE) and not w.ready:

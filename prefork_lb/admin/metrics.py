@@ -442,6 +442,32 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
         )
         if isinstance(stats.get("cache"), dict):
             yield from cache_metrics(stats["cache"])
+        if stats.get("pools"):
+            yield from mount_metrics(stats["pools"])
+
+
+def mount_metrics(pools: list[dict[str, Any]]) -> Iterator[Metric]:
+    """--mount: each pool's workers, and which pool each backend serves (join on ``backend``)."""
+    workers = GaugeMetricFamily(
+        PREFIX + "mount_workers",
+        "Workers a --mount pool is given.",
+        labels=["mount", "app", "interface"],
+    )
+    ready = GaugeMetricFamily(
+        PREFIX + "mount_ready_workers", "Workers of a --mount pool the proxy sends to.", labels=["mount"]
+    )
+    member = GaugeMetricFamily(
+        PREFIX + "backend_mount",
+        "1 for the --mount pool a local backend serves.",
+        labels=["backend", "mount"],
+    )
+    for pool in pools:
+        route = str(pool["route"])
+        workers.add_metric([route, str(pool["app"]), str(pool["interface"])], pool["workers"])
+        ready.add_metric([route], pool["ready_workers"])
+        for key in pool["backends"]:
+            member.add_metric([str(key), route], 1)
+    yield from (workers, ready, member)
 
 
 CACHE_RESULTS = (("hit", "hits"), ("miss", "misses"), ("stale", "stale"), ("coalesced", "coalesced"))

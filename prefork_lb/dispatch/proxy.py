@@ -19,7 +19,7 @@ import os
 import socket
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prefork_lb.dispatch.base import DispatchMode
+from prefork_lb.dispatch.base import DispatchMode, log
 from prefork_lb.proxy.peers import TrustedPeers
 from prefork_lb.sockets import Address, listen, naming
 
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 
 JOURNAL_SIZE = 1 << 16  # bytes of control socket changes kept for the next proxy process
 WORKER_IDLE_GRACE = 1.0  # seconds a draining worker keeps idle keep-alive connections (see Server)
+
+
+def layout(mounts: Any) -> list[tuple[str, int]] | None:
+    """What a reload cannot change of --mount: each pool's route and worker count, in order."""
+    return None if mounts is None else [(m.route, m.workers) for m in mounts.mounts]
 
 
 class ProxyMode(DispatchMode):
@@ -105,7 +110,25 @@ class ProxyMode(DispatchMode):
         # would then differ on every response (the proxy's response memo keys on head bytes).
         options.request_id_echo = False
 
+    def reconfigure(self, cfg: Any) -> None:
+        """A reload's settings. The pools' layout (--mount routes, their order and worker counts)
+        stays: a worker slot's pool is its position (prefork_lb.mounts), which the running
+        workers and proxy were started with. A pool's app and other keys may change."""
+        old = self.cfg
+        if layout(cfg.mounts) != layout(old.mounts):
+            log.warning(
+                "SIGHUP: a change of the --mount routes or their workers needs a restart or USR2; "
+                "keeping the running mounts"
+            )
+            cfg.set("mount", old.mount, "SIGHUP reload")
+            cfg.set("workers", old.workers, "SIGHUP reload (--mount kept)")
+            cfg.mounts = old.mounts
+        super().reconfigure(cfg)
+
     def ready_message(self, num_workers: int) -> str:
         if not num_workers:
             return "Ready: proxy to " + ", ".join(self.cfg.backends or [])
+        if self.cfg.mounts is not None:
+            pools = (f"{m.route} -> {m.app} ({m.workers} {m.interface})" for m in self.cfg.mounts.mounts)
+            return "Ready: pools " + ", ".join(pools)
         return super().ready_message(num_workers)

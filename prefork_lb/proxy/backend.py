@@ -37,6 +37,7 @@ class Backend:
         "health",
         "ejector",
         "slot",
+        "pool",
         "ejected_until",
         "checking",
         "connecting",
@@ -47,7 +48,9 @@ class Backend:
         "tunnels",
     )
 
-    def __init__(self, host: str, port: int, weight: int = 1, slot: int | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, weight: int = 1, slot: int | None = None, pool: str | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.key = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -58,6 +61,7 @@ class Backend:
         self.health: Any = None  # HealthState for remote backends with active checks
         self.ejector = PassiveEjector()
         self.slot = slot  # a local worker slot, or None for a remote backend
+        self.pool = pool  # --mount: the route of the slot's pool (prefork_lb.mounts), else None
         self.ejected_until = 0.0
         self.checking = False
         self.connecting = 0

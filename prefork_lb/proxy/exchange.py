@@ -74,6 +74,7 @@ class Exchange(ExchangeFailures):
         self.request_id: bytes | None = None
         self.cache_body: tuple[int, list[tuple[bytes, bytes]], list[bytes]] | None = None
         self.cache_plan: Plan | None = None  # set by the client when the cache is on
+        self.pool: str | None = None  # --mount: the route of the pool this request goes to
 
     # -- request side -----------------------------------------------------------------------------
 
@@ -128,32 +129,53 @@ class Exchange(ExchangeFailures):
                 return
         self.route()
 
+    def hint(self) -> Any:
+        """What the pool's strategy keys on: the sticky cookie, the client address, or None."""
+        kind = self.proxy.hints[self.pool]
+        if kind == "sticky":
+            return cookie_value(self.req.headers, self.proxy.cookie_name)
+        return self.client.peer_ip if kind == "hash" else None
+
     def pick(self) -> Backend | None:
         """The backend for the next try (one not tried yet when there is one), or None."""
+        return self.proxy.pick(self.hint(), self.tried, self.pool)
+
+    def in_pool(self) -> tuple[str, Any, bool, Any] | None:
+        """--mount: the request's pool (found on its first try), that pool's strategy, whether
+        it is sticky, and the hint; None after answering 404 when no route matches."""
         proxy = self.proxy
-        hint: Any = None
-        if proxy.sticky:
-            hint = cookie_value(self.req.headers, proxy.cookie_name)
-        elif proxy.hashing:
-            hint = self.client.peer_ip
-        return proxy.pick(hint, self.tried)
+        pool = self.pool
+        if pool is None:
+            pool = self.pool = proxy.pool_for(self.req)
+            if pool is None:
+                self.fail(404, "no --mount route matches this request")
+                return None
+        return pool, proxy.strategy.pools[pool], proxy.hints[pool] == "sticky", self.hint()
 
     def route(self, backend: Backend | None = None) -> None:
         """Get a connection to ``backend``, or to the one picked here when none is given."""
         proxy = self.proxy
+        pool = self.pool
         hint: Any = None
-        strategy = proxy.strategy
-        if proxy.sticky:
-            hint = cookie_value(self.req.headers, proxy.cookie_name)
-        elif proxy.hashing:
-            hint = self.client.peer_ip
+        if proxy.mounts is None:  # the hot path without --mount: attributes, no lookups
+            strategy = proxy.strategy
+            sticky = proxy.sticky
+            if sticky:
+                hint = cookie_value(self.req.headers, proxy.cookie_name)
+            elif proxy.hashing:
+                hint = self.client.peer_ip
+        else:
+            routed = self.in_pool()
+            if routed is None:
+                return
+            pool, strategy, sticky, hint = routed
         if backend is None:
-            backend = proxy.pick(hint, self.tried)
+            backend = proxy.pick(hint, self.tried, pool)
             if backend is None:
                 self.fail(503, "no backend available", retry_after=True)
                 return
             if proxy.worker_limit and proxy.full(backend):
-                backend = proxy.with_room(self.tried)
+                backend = proxy.with_room(self.tried, pool)
                 if backend is None:  # every local worker is full: refused at once, here
                     proxy.shed += 1
                     self.fail(503, BUSY_DETAIL, retry_after=True)
@@ -162,7 +184,7 @@ class Exchange(ExchangeFailures):
         self.tries += 1
         self.tried.append(backend)
         strategy.on_start(backend.key)
-        if proxy.sticky and (hint is None or strategy.key_for(hint) != backend.key):
+        if sticky and (hint is None or strategy.key_for(hint) != backend.key):
             self.set_cookie = proxy.cookie_header(backend.key)
         backend.stats.requests += 1  # tries: a retried request counts at each backend it tried
         req = self.req
@@ -182,24 +204,26 @@ class Exchange(ExchangeFailures):
             if batch is not None and not batch.closed and len(batch.queue) < proxy.pipeline - 1:
                 self.attach(batch)
                 return
-        up = None
-        if not self.websocket:
-            idle = backend.idle
-            now = self.started
-            unsafe = self.req.method not in IDEMPOTENT
-            while idle:
-                cand = idle.pop()
-                if cand.closed:
-                    continue
-                if unsafe and now - cand.last_used > FRESH_FOR_UNSAFE:
-                    cand.close()  # may be closing on the backend's side: not for a POST
-                    continue
-                up = cand
-                break
+        up = None if self.websocket or not backend.idle else self.idle_connection(backend)
         if up is not None:
             self.attach(up)
         else:
             proxy.connect(backend, self)
+
+    def idle_connection(self, backend: Backend) -> Upstream | None:
+        """An idle keep-alive connection to ``backend`` this request may use, or None."""
+        idle = backend.idle
+        now = self.started
+        unsafe = self.req.method not in IDEMPOTENT
+        while idle:
+            cand = idle.pop()
+            if cand.closed:
+                continue
+            if unsafe and now - cand.last_used > FRESH_FOR_UNSAFE:
+                cand.close()  # may be closing on the backend's side: not for a POST
+                continue
+            return cand
+        return None
 
     def attach(self, up: Upstream) -> None:
         """``up`` is connected: send the head and what we have of the body."""

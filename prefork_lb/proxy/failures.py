@@ -68,6 +68,7 @@ class ExchangeFailures:
         "request_id",
         "cache_body",
         "cache_plan",
+        "pool",
     )
 
     client: ClientSide

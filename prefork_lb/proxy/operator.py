@@ -119,6 +119,8 @@ def cache_operation(proxy: Any, req: dict[str, Any]) -> dict[str, Any]:
 
 
 def add(proxy: Any, spec: str, health: tuple[int, int] | None) -> Backend:
+    if getattr(proxy, "mounts", None) is not None:
+        raise OperatorError("with --mount every backend is a pool's worker: no remote backend can be added")
     try:
         parsed = parse_backends([spec])
     except ValueError as exc:

@@ -25,6 +25,7 @@ import signal
 import socket
 import ssl
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -62,12 +63,21 @@ def tls_context(certfile: str, keyfile: str | None) -> ssl.SSLContext:
 
 
 def make_strategy(cfg: Any, secret: bytes | None) -> Any:
+    """--strategy's, or with --mount one per pool behind a PooledStrategy."""
     from prefork_lb.balance import make
 
-    options: dict[str, Any] = {"slow_start": cfg.slow_start}
-    if cfg.strategy == "sticky" and secret:
-        options["secret"] = secret
-    return make(cfg.strategy, **options)
+    def one(name: str) -> Any:
+        options: dict[str, Any] = {"slow_start": cfg.slow_start}
+        if name == "sticky" and secret:
+            options["secret"] = secret
+        return make(name, **options)
+
+    mounts = getattr(cfg, "mounts", None)
+    if mounts is None:
+        return one(cfg.strategy)
+    from prefork_lb.proxy.pools import PooledStrategy
+
+    return PooledStrategy(mounts, one)
 
 
 class ProxyProcess:
@@ -97,6 +107,7 @@ class ProxyProcess:
         self.stopped = asyncio.Event()
         self.graceful = True
         self.slot_seen: dict[int, float] = {}
+        self.slot_interface: dict[int, str] = {}  # what a slot's latest ready worker serves
         self.shed_written = 0  # proxy.shed as last written to our scoreboard entry
         self.tasks: list[asyncio.Task[Any]] = []
         for host, port, weight in parse_backends(cfg.backends or []):
@@ -117,6 +128,8 @@ class ProxyProcess:
             if slot < 0 or port <= 0:
                 continue
             ready = e.state in (sb.READY, sb.RETIRING)
+            if ready and e.interface:
+                self.slot_interface[slot] = sb.INTERFACES[e.interface]
             prev = ports.get(slot)
             ports[slot] = (port, ready or (prev is not None and prev[1]))
         proxy = self.proxy
@@ -126,7 +139,7 @@ class ProxyProcess:
             key = f"127.0.0.1:{port}"
             b = proxy.backends.get(key)
             if b is None:
-                b = Backend("127.0.0.1", port, 1, slot=slot)
+                b = Backend("127.0.0.1", port, 1, slot=slot, pool=self.pool_of(slot))
                 proxy.add_backend(b)
                 if not ready:
                     proxy.strategy.mark_down(key)
@@ -147,6 +160,11 @@ class ProxyProcess:
                     proxy.remove_backend(b.key)
                 elif proxy.strategy.members[b.key].up:
                     proxy.strategy.mark_down(b.key)
+
+    def pool_of(self, slot: int) -> str | None:
+        mounts = self.proxy.mounts
+        m = None if mounts is None else mounts.for_slot(slot)
+        return None if m is None else m.route
 
     async def ticker(self) -> None:
         proxy = self.proxy
@@ -223,6 +241,7 @@ class ProxyProcess:
                     "in_flight": m["in_flight"] if m else 0,
                     "latency_ms": None if lat is None else round(lat * 1000, 3),
                     **({"slot": b.slot} if b.slot is not None else {}),
+                    **({"pool": b.pool} if b.pool is not None else {}),
                     **({"reason": b.down_reason} if not up and b.down_reason else {}),
                 }
             )
@@ -247,12 +266,50 @@ class ProxyProcess:
                 1 for b in proxy.backends.values() if b.slot is not None and proxy.strategy.members[b.key].up
             ),
             "backends": [
-                {**b.stats.as_dict(b.key), "state": state_of(proxy, b), "weight": b.weight}
+                {
+                    **b.stats.as_dict(b.key),
+                    "state": state_of(proxy, b),
+                    "weight": b.weight,
+                    **({"pool": b.pool} if b.pool is not None else {}),
+                }
                 for b in proxy.backends.values()
             ],
             # --cache-size: the response cache's counts and memory; null when it is off
             "cache": proxy.cache.store.stats() if proxy.cache is not None else None,
+            # --mount: each pool's route, app, interface, workers, strategy and backends; else null
+            "pools": self.pools_doc(),
         }
+
+    def pools_doc(self) -> list[dict[str, Any]] | None:
+        proxy = self.proxy
+        if proxy.mounts is None:
+            return None
+        docs = []
+        for m in proxy.mounts.mounts:
+            mine = [b for b in proxy.backends.values() if b.pool == m.route]
+            up = [b for b in mine if proxy.strategy.members[b.key].up]
+            docs.append(
+                {
+                    "route": m.route,
+                    "host": m.host,
+                    "prefix": m.prefix,
+                    "app": m.app,
+                    "interface": m.interface,
+                    "workers": m.workers,
+                    "slots": [m.first_slot, m.first_slot + m.workers - 1],
+                    "strategy": m.strategy,
+                    "max_concurrency": m.max_concurrency,
+                    "queue_size": m.queue_size,
+                    "ready_workers": len(up),
+                    # what the pool's ready workers serve: {"asgi": 2} (auto shows what it learned)
+                    "serving": dict(
+                        Counter(self.slot_interface[b.slot] for b in up if b.slot in self.slot_interface)
+                    ),
+                    "requests": sum(b.stats.requests for b in mine),
+                    "backends": [b.key for b in mine],
+                }
+            )
+        return docs
 
     def document(self, what: str) -> dict[str, Any] | None:
         """What the admin process asked for over its channel (prefork_lb.admin.link)."""

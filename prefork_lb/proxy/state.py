@@ -22,6 +22,7 @@ from time import monotonic as _now
 from typing import Any, Protocol
 
 from prefork_lb.admission import limit
+from prefork_lb.mounts import request_host
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.cache import ProxyCache
 from prefork_lb.proxy.deadline import within
@@ -31,7 +32,15 @@ from prefork_lb.proxy.memo import ResponseMemos
 from prefork_lb.proxy.upstream import Upstream
 from prefork_lb.request_id import RequestIds
 
-__all__ = ["Connecting", "Flushable", "ProxyState"]
+__all__ = ["Connecting", "Flushable", "ProxyState", "hint_kind"]
+
+
+def hint_kind(strategy: Any) -> str:
+    """What a strategy keys on: "sticky" (the cookie), "hash" (the client address) or ""."""
+    if hasattr(strategy, "cookie_for") and getattr(strategy, "name", "") != "pooled":
+        return "sticky"
+    return "hash" if getattr(strategy, "name", "") == "hash" else ""
+
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -97,6 +106,21 @@ class ProxyState:
         # worker slot past which a request is answered 503 here (0: none); ``shed`` counts them.
         self.worker_limit = limit(getattr(cfg, "max_concurrency", 0), getattr(cfg, "queue_size", 0))
         self.shed = 0
+        # --mount: the pools (prefork_lb.mounts), each with its strategy (prefork_lb.proxy.pools)
+        # and limit; a request's pool is its route (None without --mount).
+        self.mounts: Any = getattr(cfg, "mounts", None)
+        self.pool_limits: dict[str | None, int] = {None: self.worker_limit}
+        self.hints: dict[str | None, str] = {None: hint_kind(strategy)}
+        if self.mounts is not None:
+            self.pool_limits = {m.route: limit(m.max_concurrency, m.queue_size) for m in self.mounts.mounts}
+            self.worker_limit = max(self.pool_limits.values())
+            self.hints = {route: hint_kind(s) for route, s in strategy.pools.items()}
+            self.sticky = "sticky" in self.hints.values()
+
+    def pool_for(self, req: Any) -> str | None:
+        """The route of the pool a request goes to (--mount), or None: no route matches."""
+        m = self.mounts.route(request_host(req.host), req.split_target()[0].decode("latin-1"))
+        return None if m is None else m.route
 
     def rid_line(self, rid: bytes) -> bytes:
         """The request id's header line."""
@@ -123,6 +147,8 @@ class ProxyState:
 
     def add_backend(self, backend: Backend) -> None:
         self.backends[backend.key] = backend
+        if backend.pool is not None:
+            self.strategy.place(backend.key, backend.pool)
         self.strategy.add(backend.key, backend.weight)
 
     def remove_backend(self, key: str) -> None:
@@ -132,22 +158,29 @@ class ProxyState:
             for up in list(backend.idle):
                 up.close()
 
-    def pick(self, hint: Any, tried: list[Backend]) -> Backend | None:
-        strategy = self.strategy
+    def pick(self, hint: Any, tried: list[Backend], pool: str | None = None) -> Backend | None:
+        """A backend of ``pool`` (--mount; None: the only pool) for a try."""
+        strategy = self.strategy if pool is None else self.strategy.pools[pool]
         backends = self.backends
         key = strategy.pick(hint)
         if key is not None and tried and backends[key] in tried:
             # A retry goes to a backend not tried yet, when one is eligible.
             members = strategy.members
             for b in backends.values():
-                if b not in tried and members[b.key].eligible:
+                if b not in tried and b.pool == pool and members[b.key].eligible:
                     key = b.key
                     break
         if key is None:
             # Local worker slots hold their port in the master: a slot whose worker is being
             # replaced still queues the connection, so use it rather than answer 503.
             for b in backends.values():
-                if b.slot is not None and b not in tried and not b.ejected_until and not b.admin_state:
+                if (
+                    b.slot is not None
+                    and b.pool == pool
+                    and b not in tried
+                    and not b.ejected_until
+                    and not b.admin_state
+                ):
                     return b
             return None
         return backends[key]
@@ -155,13 +188,15 @@ class ProxyState:
     def full(self, backend: Backend) -> bool:
         """A local worker with its --max-concurrency + --queue-size requests in flight through
         us: it would answer 503 itself, or not at all while a view blocks its loop."""
-        return backend.slot is not None and self.strategy.members[backend.key].in_flight >= self.worker_limit
+        cap = self.pool_limits.get(backend.pool, 0)
+        return backend.slot is not None and cap > 0 and self.strategy.members[backend.key].in_flight >= cap
 
-    def with_room(self, tried: list[Backend]) -> Backend | None:
-        """An eligible backend not tried yet that is not full (remote backends have no limit)."""
+    def with_room(self, tried: list[Backend], pool: str | None = None) -> Backend | None:
+        """An eligible backend of ``pool`` not tried yet that is not full (remote backends have
+        no limit)."""
         members = self.strategy.members
         for b in self.backends.values():
-            if b not in tried and members[b.key].eligible and not self.full(b):
+            if b not in tried and b.pool == pool and members[b.key].eligible and not self.full(b):
                 return b
         return None
 

@@ -31,6 +31,18 @@ PROXY = "proxy"
 COMMANDS = (SERVER, PROXY)
 COMMAND_LINES = {SERVER: "prefork_lb MODULE:APP", PROXY: "prefork_lb proxy"}
 
+# --strategy's names (prefork_lb.balance.registry), also a --mount key's values
+STRATEGIES = (
+    "round_robin",
+    "weighted_round_robin",
+    "least_connections",
+    "random",
+    "p2c",
+    "least_latency",
+    "hash",
+    "sticky",
+)
+
 T = TypeVar("T")
 
 

@@ -6,8 +6,12 @@ the environment variables and the docs follow their order in this class.
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from prefork_lb.settings.base import (
     SERVER,
+    STRATEGIES,
     Setting,
     boolean,
     comma_joined,
@@ -17,6 +21,23 @@ from prefork_lb.settings.base import (
     optional_str,
     positive_int,
 )
+
+
+def mount_list(value: Any) -> list[str]:
+    """--mount: repeated on the command line, a list in a config file, one per line (or ``|``)
+    in the environment; each checked for syntax here (prefork_lb.mounts), the table built by
+    the config checks, which know the server-wide defaults."""
+    from prefork_lb.mounts import parse_mount
+
+    if isinstance(value, str):
+        items = [v.strip() for v in re.split(r"[\n|]", value)]
+    else:
+        items = [str(v).strip() for v in value]
+    items = [v for v in items if v]
+    placeholder = {"workers": 1, "interface": "auto", "strategy": "", "max_concurrency": 0, "queue_size": 0}
+    for item in items:
+        parse_mount(item, placeholder, STRATEGIES)
+    return items
 
 
 class ProxySettings:
@@ -35,6 +56,22 @@ class ProxySettings:
         default_doc="none",
         common=True,
         summary="Remote backends of the proxy: HOST:PORT[=WEIGHT],...",
+    )
+
+    mount = Setting(
+        mount_list,
+        list,
+        "--dispatch proxy: one worker pool per mount, ROUTE=MODULE:APP[;key=value...], repeated. "
+        "ROUTE is [HOST]/PREFIX (/api, /, api.example.com/); a request goes to the mount of its Host, "
+        "else of no host, with the longest prefix matching its path on a segment boundary; none "
+        "matching: 404. Keys (default: the server-wide setting): workers, interface, strategy, "
+        "max-concurrency, queue-size. The apps are given here, not as MODULE:APP.",
+        flags=("--mount",),
+        section="Proxy",
+        metavar="ROUTE=APP[;KEY=VALUE...]",
+        append=True,
+        default_doc="none",
+        commands=(SERVER,),
     )
 
     worker_base_port = Setting(

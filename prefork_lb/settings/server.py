@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prefork_lb.settings.base import (
     SERVER,
+    STRATEGIES,
     Setting,
     bind_list,
     boolean,
@@ -110,16 +111,7 @@ class ServerSettings:
         "the proxy (which backend gets the next request). hash keys on the client address; "
         "sticky (proxy only) pins a client to a backend with a cookie.",
         flags=("--strategy",),
-        choices=(
-            "round_robin",
-            "weighted_round_robin",
-            "least_connections",
-            "random",
-            "p2c",
-            "least_latency",
-            "hash",
-            "sticky",
-        ),
+        choices=STRATEGIES,
         common=True,
         summary="Which worker (handoff) or backend (proxy) gets the next connection or request",
     )

@@ -149,6 +149,7 @@ class WorkerChild(ChildProcess):
             return None, EXIT_BOOT
         if found.interface != self.interface:
             return None, EXIT_WRONG_INTERFACE
+        self.ctx.board.set_interface(self.ctx.entry, self.interface)  # the proxy's /lb-stats pools
         if found.asgi_version == "2.0":
             from prefork_lb.asgi.detect import asgi2_adapter
 
