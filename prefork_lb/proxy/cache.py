@@ -10,11 +10,15 @@ The flow of a GET or HEAD that may use the cache:
   no request for the key is in flight, ONE background request revalidates it
   (``start_refresh``, set by the proxy process);
 * otherwise it is forwarded with a :class:`~prefork_lb.proxy.cache_plan.Plan`: a stale entry (or
-  one the request's directives refuse) with validators is revalidated (a conditional GET with
+  one the request's directives refuse) with validators is revalidated (a conditional request with
   the stored ``ETag``/``Last-Modified``): a 304 refreshes the stored fields and the client is
   answered from the entry (``fwd=stale; fwd-status=304``); any other answer replaces it when
-  storable. A backend that fails (no connection, a timeout, 500/502/503/504) within the entry's
-  ``stale-if-error`` window gets the stale entry served instead (``detail="stale-if-error"``).
+  storable. A HEAD (answered from the stored GET response, RFC 9111 4.3.5) revalidates with a
+  conditional HEAD, not a GET: a 304 refreshes the stored GET response all the same (it
+  validates the same representation, 4.3.4), and when the representation changed the backend
+  sends the new head without a body the HEAD client could not be given (the new response is
+  stored by the next GET). A backend that fails (no connection, a timeout, 500/502/503/504)
+  within the entry's ``stale-if-error`` window gets the stale entry served instead (``detail="stale-if-error"``).
 * **coalescing**: the first GET to miss on a key holds its lock; the next ones wait (at most
   ``--cache-lock-timeout``), then are answered from the new entry (counted as ``coalesced``),
   or go to the backend themselves when the response was not stored or the wait ran out.
@@ -121,7 +125,8 @@ class ProxyCache:
             counts.misses += 1
             fresh = usability([], found.headers, lifetime, age) is Use.FRESH
             plan = Plan(key, "request" if fresh else "stale", fields, found, lifetime)
-            plan.conditional = req.method == "GET" and _has_validator(found)
+            # A HEAD revalidates with a conditional HEAD (see the module docstring).
+            plan.conditional = req.method in ("GET", "HEAD") and _has_validator(found)
             return self._coalesce(req.method, plan)
         return _from_entry(req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close)
 
@@ -282,8 +287,8 @@ class ProxyCache:
         if self.store.holds(plan.key, entry):
             self.store.refresh(entry, headers, request_time, response_time)
             return entry
-        again = self.store.store(
-            req.method, plan.key, plan.fields, entry.status, headers, entry.body, request_time, response_time
+        again = self.store.store(  # (entries are GET responses, a HEAD's revalidation included)
+            "GET", plan.key, plan.fields, entry.status, headers, entry.body, request_time, response_time
         )
         return entry if again is None else again
 
