@@ -57,7 +57,7 @@ from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.cache_refresh import start_refresh
 from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
-from prefork_lb.proxy.exchange import Exchange
+from prefork_lb.proxy.exchange import Exchange, request_id_of
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
 from prefork_lb.request_id import ENVIRON_KEY
@@ -216,8 +216,12 @@ class ClientConn(asyncio.Protocol):
                 continue
             cache = proxy.cache
             plan = None
+            rid = None
             if cache is not None:
-                answer = cache.answer(req, self.scheme, proxy.stopping, self)
+                rid = request_id_of(proxy, req)
+                answer = cache.answer(
+                    req, self.scheme, proxy.stopping, self, b"" if rid is None else proxy.rid_line(rid)
+                )
                 if isinstance(answer, bytes):
                     parser.requests.popleft()
                     self.write(answer)
@@ -232,6 +236,7 @@ class ClientConn(asyncio.Protocol):
                 self.deadline_kind, self.deadline = D_BODY, _now() + proxy.body_timeout
             ex = self.ex = Exchange(self, req)
             ex.cache_plan = plan
+            ex.request_id = rid
             ex.start()
         if self.ex is None:
             self.after_exchanges()
