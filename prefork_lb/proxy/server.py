@@ -51,7 +51,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from prefork_lb.http.errors import HTTPError
-from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
+from prefork_lb.http.parser import Limits, Request, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.backend import Backend
@@ -219,12 +219,16 @@ class ClientConn(asyncio.Protocol):
             rid = None
             if cache is not None:
                 rid = request_id_of(proxy, req)
+                started = _now() if proxy.access is not None else 0.0
                 answer = cache.answer(
                     req, self.scheme, proxy.stopping, self, b"" if rid is None else proxy.rid_line(rid)
                 )
                 if isinstance(answer, bytes):
                     parser.requests.popleft()
                     self.write(answer)
+                    proxy.requests += 1  # counted and logged as a forwarded request is
+                    if proxy.access is not None:
+                        proxy.log_hit(self, req, answer, rid, started)
                     if not req.keep_alive:
                         self.keep_alive = False
                         break
@@ -509,9 +513,29 @@ class Proxy(ProxyState):
         names the backend, ``%(s)s`` is what the client got (502/503/504 included). A JSON
         line has the backend as ``prefork_lb.backend`` and, when the response said it (a
         Content-Length), the body's size."""
+        backend = ex.backend.key if ex.backend is not None else None
+        duration = _now() - ex.started
+        self._log(client, ex.req, ex.status, ex.length, duration, backend, ex.request_id)
+
+    def log_hit(
+        self, client: ClientConn, req: Request, answer: bytes, rid: bytes | None, started: float
+    ) -> None:
+        """The access-log line of an answer from the cache: its backend is ``cache``."""
+        body = len(answer) - answer.find(b"\r\n\r\n") - 4
+        self._log(client, req, int(answer[9:12]), body, _now() - started, "cache", rid)
+
+    def _log(
+        self,
+        client: ClientConn,
+        req: Request,
+        status: int,
+        length: int | None,
+        duration: float,
+        backend_key: str | None,
+        rid: bytes | None,
+    ) -> None:
         access = self.access
         assert access is not None
-        req = ex.req
         path, query = req.split_target()
         env: dict[str, Any] = {
             "REMOTE_ADDR": client.peer_ip,
@@ -523,19 +547,16 @@ class Proxy(ProxyState):
         }
         for lname, _, value in req.headers:
             env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
-        backend = ex.backend.key if ex.backend is not None else "-"
-        out_headers = [("X-Backend-Server", backend)]
-        if ex.request_id is not None:
-            env[ENVIRON_KEY] = ex.request_id.decode("latin-1")
+        out_headers = [("X-Backend-Server", backend_key or "-")]
+        if rid is not None:
+            env[ENVIRON_KEY] = rid.decode("latin-1")
         if access.json:
             env["wsgi.url_scheme"] = client.scheme
-            line = SimpleNamespace(
-                status=str(ex.status or "-"), bytes_sent=ex.length, out_headers=out_headers
-            )
-            access.log(env, line, _now() - ex.started, ex.backend.key if ex.backend is not None else None)
+            line = SimpleNamespace(status=str(status or "-"), bytes_sent=length, out_headers=out_headers)
+            access.log(env, line, duration, backend_key)
             return
-        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0, out_headers=out_headers)
-        access.log(env, line, _now() - ex.started)
+        line = SimpleNamespace(status=str(status or "-"), bytes_sent=0, out_headers=out_headers)
+        access.log(env, line, duration)
 
     # -- the sweep ----------------------------------------------------------------------------------
 
