@@ -123,7 +123,9 @@ class ProxyCache:
                 plan = Plan(key, "stale", fields, found, lifetime, conditional=_has_validator(found))
                 plan.lock = self.locks[key] = CacheLock(_now() + self.lock_timeout)
                 self.start_refresh(client, req, plan)
-            return _from_entry(req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close, extra)
+            return _from_entry(
+                req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close, extra
+            )
         else:
             counts.misses += 1
             fresh = usability([], found.headers, lifetime, age) is Use.FRESH

@@ -172,7 +172,9 @@ def test_integrated_mode_one_id_from_proxy_to_app(start_proxy, tmp_path: Path) -
     assert all(sorted(ids) == sorted(rid for rid, _ in rids) for ids in by_pid.values()), by_pid
 
 
-def test_answers_from_the_cache_carry_the_request_id_and_are_counted_and_logged(start_proxy, backends, tmp_path: Path) -> None:
+def test_answers_from_the_cache_carry_the_request_id_and_are_counted_and_logged(
+    start_proxy, backends, tmp_path: Path
+) -> None:
     b = backends(1)[0]
     log = tmp_path / "access.log"
     p = json_proxy(start_proxy, [b], log, "--request-id", "true", "--cache-size", "1")
@@ -193,4 +195,7 @@ def test_answers_from_the_cache_carry_the_request_id_and_are_counted_and_logged(
     assert [rec["http.request.id"] for rec in records] == [i[0] for i in ids]
     assert [rec["http.request.method"] for rec in records] == ["GET", "GET", "HEAD", "GET"]
     assert [rec["http.response.status_code"] for rec in records] == [200] * 4
-    assert records[1]["http.response.body.size"] == len(hits[0].body) and records[1]["url.path"] == "/with-headers"
+    assert (
+        records[1]["http.response.body.size"] == len(hits[0].body)
+        and records[1]["url.path"] == "/with-headers"
+    )

@@ -160,7 +160,9 @@ def test_extra_lines_such_as_the_request_id_are_in_both_paths_and_not_memoised()
     e = entry()
     rid = b"x-request-id: abc-1\r\n"
     fast = e.fresh_hit(T0, False, b"", rid)
-    general = cache_mod._response(Req(), e.status, e.headers, e.body, 6, cache_status(hit=True, ttl=54), False, rid)
+    general = cache_mod._response(
+        Req(), e.status, e.headers, e.body, 6, cache_status(hit=True, ttl=54), False, rid
+    )
     assert fast == general and fast is not None and fast.endswith(rid + b"\r\nok")
     assert e.fresh_hit(T0, False, b"", b"x-request-id: abc-2\r\n") != fast
     assert e.fresh_hit(T0, False, b"") == fast.replace(rid, b"")
