@@ -26,7 +26,7 @@ _WORDS = ENTRY_SIZE // 8
 # Layout of an entry: words 0-15 are the fields below (15: why the worker retires); bytes
 # 128-255 the current request line; words 32-100 counters that only grow (the master folds them
 # into its running totals, prefork_lb.admin.totals, when it reaps the process); words 101-102
-# more gauges (QUEUED, OFFLOAD_SIZE); 103-127 free. tests/unit/test_scoreboard.py checks that
+# more gauges (QUEUED, OFFLOAD_SIZE); 103 the grace of a ``ctl stop`` (STOP_GRACE); 104-127 free. tests/unit/test_scoreboard.py checks that
 # no two of these overlap and that everything fits in ENTRY_SIZE.
 # word offsets inside an entry
 (
@@ -85,6 +85,10 @@ assert OFFLOAD_HISTOGRAM + len(DURATION_BUCKETS) + 1 == COUNTERS_END
 # as they change (off the hot path: only a full worker queues), and the offload pool's size.
 QUEUED = COUNTERS_END  # 101
 OFFLOAD_SIZE = QUEUED + 1  # 102
+# Written by the master before a graceful stop's TERM when ``prefork_lb ctl stop
+# --graceful-timeout S`` asked for S (float, S + 1.0: 0.0 means none), read by the worker as it
+# begins to drain, so that it drains for S, and says so, rather than for --graceful-timeout.
+STOP_GRACE = OFFLOAD_SIZE + 1  # 103
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
@@ -175,6 +179,10 @@ class Scoreboard:
 
     def set_pid(self, i: int, pid: int) -> None:
         self.q[i * _WORDS + PID] = pid
+
+    def set_stop_grace(self, i: int, seconds: float) -> None:
+        """The master: entry ``i``'s worker drains for ``seconds`` on its next graceful stop."""
+        self.d[i * _WORDS + STOP_GRACE] = seconds + 1.0
 
     def set_port(self, i: int, port: int) -> None:
         """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""
@@ -340,6 +348,11 @@ class WorkerEntry:
 
     def set_state(self, state: int) -> None:
         self.q[self.base + STATE] = state
+
+    def stop_grace(self, default: float) -> float:
+        """How long to drain: what ``ctl stop --graceful-timeout`` asked for, else ``default``."""
+        grace = self.d[self.base + STOP_GRACE]
+        return grace - 1.0 if grace > 0 else default
 
     def beat(self) -> None:
         self.publish()

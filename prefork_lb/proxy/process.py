@@ -383,7 +383,8 @@ class ProxyProcess:
         proxy.stopping = True
         for srv in self.servers:
             srv.close()
-        deadline = time.monotonic() + (cfg.graceful_timeout if self.graceful else 0)
+        grace = cfg.graceful_timeout if self.child is None else self.child.graceful_timeout()
+        deadline = time.monotonic() + (grace if self.graceful else 0)
         while proxy.clients and time.monotonic() < deadline:
             proxy.close_idle(IDLE_BEFORE_CLOSE)
             await asyncio.sleep(0.05)

@@ -174,6 +174,9 @@ def test_stop_ends_the_server(server: ServerProcess, sock_path: Path) -> None:
     assert r.returncode == 0 and "stopped" in r.stdout, r
     assert server.proc is not None
     assert server.proc.wait(20) == 0
+    # The workers drained for the 5 s asked for, and said so (not the --graceful-timeout 30 s).
+    drains = [line for line in server.log_text().splitlines() if "Graceful stop: draining" in line]
+    assert len(drains) == 2 and all(line.endswith("up to 5 s") for line in drains), drains
     assert not sock_path.exists()
     r = ctl(sock_path, "status")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r
