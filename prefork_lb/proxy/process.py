@@ -173,10 +173,14 @@ class ProxyProcess:
         while b.key in proxy.backends:
             ok = await self.probe(b)
             health = b.health
+            first = health.checking
             if health.observe(ok):
                 if health.healthy:
                     b.ejected_until = 0.0
                     proxy.set_up(b)
+                elif first:
+                    log.warning("proxy: backend %s failed its first health check", b.key)
+                    b.down_reason = "health check"
                 else:
                     log.warning("proxy: backend %s failed %d health checks", b.key, cfg.health_check_fall)
                     b.down_reason = "health check"
