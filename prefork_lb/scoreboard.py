@@ -18,7 +18,7 @@ from __future__ import annotations
 import mmap
 import time
 from bisect import bisect_left
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import NamedTuple
 
 ENTRY_SIZE = 1024
@@ -180,9 +180,10 @@ class Scoreboard:
     def set_pid(self, i: int, pid: int) -> None:
         self.q[i * _WORDS + PID] = pid
 
-    def set_stop_grace(self, i: int, seconds: float) -> None:
-        """The master: entry ``i``'s worker drains for ``seconds`` on its next graceful stop."""
-        self.d[i * _WORDS + STOP_GRACE] = seconds + 1.0
+    def set_stop_grace(self, entries: Iterable[int], seconds: float) -> None:
+        """The master: these entries' workers drain for ``seconds`` on their graceful stop."""
+        for i in entries:
+            self.d[i * _WORDS + STOP_GRACE] = seconds + 1.0
 
     def set_port(self, i: int, port: int) -> None:
         """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""

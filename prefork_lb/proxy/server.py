@@ -477,6 +477,9 @@ class ClientConn(asyncio.Protocol):
                 self.flush()
 
 
+CACHE = SimpleNamespace(key="cache")  # the backend of an answer from the cache, in the access log
+
+
 class Proxy(ProxyState):
     """One proxy process: the shared state (:class:`~prefork_lb.proxy.state.ProxyState`) and
     the client side: admission under --max-connections, the deadline sweep, the access log."""
@@ -513,29 +516,9 @@ class Proxy(ProxyState):
         names the backend, ``%(s)s`` is what the client got (502/503/504 included). A JSON
         line has the backend as ``prefork_lb.backend`` and, when the response said it (a
         Content-Length), the body's size."""
-        backend = ex.backend.key if ex.backend is not None else None
-        duration = _now() - ex.started
-        self._log(client, ex.req, ex.status, ex.length, duration, backend, ex.request_id)
-
-    def log_hit(
-        self, client: ClientConn, req: Request, answer: bytes, rid: bytes | None, started: float
-    ) -> None:
-        """The access-log line of an answer from the cache: its backend is ``cache``."""
-        body = len(answer) - answer.find(b"\r\n\r\n") - 4
-        self._log(client, req, int(answer[9:12]), body, _now() - started, "cache", rid)
-
-    def _log(
-        self,
-        client: ClientConn,
-        req: Request,
-        status: int,
-        length: int | None,
-        duration: float,
-        backend_key: str | None,
-        rid: bytes | None,
-    ) -> None:
         access = self.access
         assert access is not None
+        req = ex.req
         path, query = req.split_target()
         env: dict[str, Any] = {
             "REMOTE_ADDR": client.peer_ip,
@@ -547,16 +530,28 @@ class Proxy(ProxyState):
         }
         for lname, _, value in req.headers:
             env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
-        out_headers = [("X-Backend-Server", backend_key or "-")]
-        if rid is not None:
-            env[ENVIRON_KEY] = rid.decode("latin-1")
+        backend = ex.backend.key if ex.backend is not None else "-"
+        out_headers = [("X-Backend-Server", backend)]
+        if ex.request_id is not None:
+            env[ENVIRON_KEY] = ex.request_id.decode("latin-1")
         if access.json:
             env["wsgi.url_scheme"] = client.scheme
-            line = SimpleNamespace(status=str(status or "-"), bytes_sent=length, out_headers=out_headers)
-            access.log(env, line, duration, backend_key)
+            line = SimpleNamespace(
+                status=str(ex.status or "-"), bytes_sent=ex.length, out_headers=out_headers
+            )
+            access.log(env, line, _now() - ex.started, ex.backend.key if ex.backend is not None else None)
             return
-        line = SimpleNamespace(status=str(status or "-"), bytes_sent=0, out_headers=out_headers)
-        access.log(env, line, duration)
+        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0, out_headers=out_headers)
+        access.log(env, line, _now() - ex.started)
+
+    def log_hit(
+        self, client: ClientConn, req: Request, answer: bytes, rid: bytes | None, started: float
+    ) -> None:
+        """The access-log line of an answer from the cache, as an exchange's (backend ``cache``)."""
+        body = len(answer) - answer.find(b"\r\n\r\n") - 4
+        hit = SimpleNamespace(req=req, backend=CACHE, request_id=rid, status=int(answer[9:12]), length=body)
+        hit.started = started
+        self.log_access(client, hit)  # type: ignore[arg-type]
 
     # -- the sweep ----------------------------------------------------------------------------------
 
