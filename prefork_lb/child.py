@@ -235,6 +235,11 @@ class ChildProcess:
     def stop(self, graceful: bool) -> None:
         raise NotImplementedError
 
+    def graceful_timeout(self) -> float:
+        """How long a graceful stop drains: --graceful-timeout, or what ``prefork_lb ctl stop
+        --graceful-timeout S`` asked the master for (scoreboard STOP_GRACE)."""
+        return self.entry.stop_grace(self.cfg.graceful_timeout)
+
     def reopen_logs(self) -> None:
         from prefork_lb.logs import setup_error_log
 

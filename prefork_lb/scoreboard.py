@@ -18,7 +18,7 @@ from __future__ import annotations
 import mmap
 import time
 from bisect import bisect_left
-from collections.abc import Container, Sequence
+from collections.abc import Container, Iterable, Sequence
 from typing import NamedTuple
 
 ENTRY_SIZE = 1024
@@ -26,7 +26,8 @@ _WORDS = ENTRY_SIZE // 8
 # Layout of an entry: words 0-15 are the fields below (15: why the worker retires); bytes
 # 128-255 the current request line; words 32-100 counters that only grow (the master folds them
 # into its running totals, prefork_lb.admin.totals, when it reaps the process); words 101-102
-# more gauges (QUEUED, OFFLOAD_SIZE); 103 the worker's INTERFACE; 104-127 free. tests/unit/test_scoreboard.py checks that
+# more gauges (QUEUED, OFFLOAD_SIZE); 103 the worker's INTERFACE; 104 the grace of a ``ctl stop``
+# (STOP_GRACE); 105-127 free. tests/unit/test_scoreboard.py checks that
 # no two of these overlap and that everything fits in ENTRY_SIZE.
 # word offsets inside an entry
 (
@@ -88,6 +89,10 @@ OFFLOAD_SIZE = QUEUED + 1  # 102
 # What the worker serves, once its app loaded: an index in INTERFACES (0: not known yet).
 INTERFACE = OFFLOAD_SIZE + 1  # 103
 INTERFACES = ("", "wsgi", "asgi")
+# Written by the master before a graceful stop's TERM when ``prefork_lb ctl stop
+# --graceful-timeout S`` asked for S (float, S + 1.0: 0.0 means none), read by the worker as it
+# begins to drain, so that it drains for S, and says so, rather than for --graceful-timeout.
+STOP_GRACE = INTERFACE + 1  # 104
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
@@ -180,6 +185,11 @@ class Scoreboard:
 
     def set_pid(self, i: int, pid: int) -> None:
         self.q[i * _WORDS + PID] = pid
+
+    def set_stop_grace(self, entries: Iterable[int], seconds: float) -> None:
+        """The master: these entries' workers drain for ``seconds`` on their graceful stop."""
+        for i in entries:
+            self.d[i * _WORDS + STOP_GRACE] = seconds + 1.0
 
     def set_port(self, i: int, port: int) -> None:
         """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""
@@ -364,6 +374,11 @@ class WorkerEntry:
 
     def set_state(self, state: int) -> None:
         self.q[self.base + STATE] = state
+
+    def stop_grace(self, default: float) -> float:
+        """How long to drain: what ``ctl stop --graceful-timeout`` asked for, else ``default``."""
+        grace = self.d[self.base + STOP_GRACE]
+        return grace - 1.0 if grace > 0 else default
 
     def beat(self) -> None:
         self.publish()

@@ -552,6 +552,8 @@ class Supervisor(Watchdog):
         self.totals.set_shutdown(tt.DRAINING)
         if grace is None:
             grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
+        elif how == "graceful":  # (the workers drain for it too, not for --graceful-timeout)
+            self.board.set_stop_grace([w.entry for w in self.workers.values()], grace)
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig

@@ -397,7 +397,8 @@ def backend_metrics(docs: dict[str, Any]) -> Iterator[Metric]:
     )
     state = GaugeMetricFamily(
         PREFIX + "backend_state",
-        "1 for the state the backend is in: up, down, or an operator's draining or disabled.",
+        "1 for the state the backend is in: up, down, checking (added, first health check pending), "
+        "or an operator's draining or disabled.",
         labels=["backend", "state"],
     )
     for b in stats.get("backends", []):

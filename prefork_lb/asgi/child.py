@@ -164,7 +164,7 @@ class AsgiWorkerChild(WorkerChild):
         self.stopping = self.loop.create_task(self.drain_and_finish(graceful))
 
     async def drain_and_finish(self, graceful: bool) -> None:
-        await stop_serving(self.server, self.lifespan, graceful, self.cfg.graceful_timeout)
+        await stop_serving(self.server, self.lifespan, graceful, self.graceful_timeout())
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 

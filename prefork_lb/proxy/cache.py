@@ -10,11 +10,15 @@ The flow of a GET or HEAD that may use the cache:
   no request for the key is in flight, ONE background request revalidates it
   (``start_refresh``, set by the proxy process);
 * otherwise it is forwarded with a :class:`~prefork_lb.proxy.cache_plan.Plan`: a stale entry (or
-  one the request's directives refuse) with validators is revalidated (a conditional GET with
+  one the request's directives refuse) with validators is revalidated (a conditional request with
   the stored ``ETag``/``Last-Modified``): a 304 refreshes the stored fields and the client is
   answered from the entry (``fwd=stale; fwd-status=304``); any other answer replaces it when
-  storable. A backend that fails (no connection, a timeout, 500/502/503/504) within the entry's
-  ``stale-if-error`` window gets the stale entry served instead (``detail="stale-if-error"``).
+  storable. A HEAD (answered from the stored GET response, RFC 9111 4.3.5) revalidates with a
+  conditional HEAD, not a GET: a 304 refreshes the stored GET response all the same (it
+  validates the same representation, 4.3.4), and when the representation changed the backend
+  sends the new head without a body the HEAD client could not be given (the new response is
+  stored by the next GET). A backend that fails (no connection, a timeout, 500/502/503/504)
+  within the entry's ``stale-if-error`` window gets the stale entry served instead (``detail="stale-if-error"``).
 * **coalescing**: the first GET to miss on a key holds its lock; the next ones wait (at most
   ``--cache-lock-timeout``), then are answered from the new entry (counted as ``coalesced``),
   or go to the backend themselves when the response was not stored or the wait ran out.
@@ -82,11 +86,14 @@ class ProxyCache:
             return None
         return self.store.primary_key(scheme, req.host.decode("latin-1"), req.target.decode("latin-1"))
 
-    def answer(self, req: Any, scheme: str, close: bool = False, client: Any = None) -> bytes | Plan:
+    def answer(
+        self, req: Any, scheme: str, close: bool = False, client: Any = None, extra: bytes = b""
+    ) -> bytes | Plan:
         """The whole response to ``req`` from the cache, or the :class:`Plan` it goes to a
         backend with. ``close``: the proxy closes the connection after it (it is draining);
-        ``client``: the client connection (for a background revalidation)."""
-        hit = self.fresh_answer(req, scheme, close)
+        ``client``: the client connection (for a background revalidation); ``extra``: header
+        lines for the answer (the request id's)."""
+        hit = self.fresh_answer(req, scheme, close, extra)
         if hit is not None:
             return hit
         fields = request_fields(req)
@@ -116,14 +123,17 @@ class ProxyCache:
                 plan = Plan(key, "stale", fields, found, lifetime, conditional=_has_validator(found))
                 plan.lock = self.locks[key] = CacheLock(_now() + self.lock_timeout)
                 self.start_refresh(client, req, plan)
-            return _from_entry(req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close)
+            return _from_entry(
+                req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close, extra
+            )
         else:
             counts.misses += 1
             fresh = usability([], found.headers, lifetime, age) is Use.FRESH
             plan = Plan(key, "request" if fresh else "stale", fields, found, lifetime)
-            plan.conditional = req.method == "GET" and _has_validator(found)
+            # A HEAD revalidates with a conditional HEAD (see the module docstring).
+            plan.conditional = req.method in ("GET", "HEAD") and _has_validator(found)
             return self._coalesce(req.method, plan)
-        return _from_entry(req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close)
+        return _from_entry(req, fields, found, age, cache_status(hit=True, ttl=lifetime - age), close, extra)
 
     def _coalesce(self, method: str, plan: Plan) -> Plan:
         """A GET takes the key's lock, or waits on it when another request holds it."""
@@ -198,7 +208,7 @@ class ProxyCache:
 
     # -- the response side -----------------------------------------------------------------------
 
-    def fresh_answer(self, req: Any, scheme: str, close: bool = False) -> bytes | None:
+    def fresh_answer(self, req: Any, scheme: str, close: bool = False, extra: bytes = b"") -> bytes | None:
         """The hot path of :meth:`answer`: a *plain* request (no directives, no preconditions,
         cache_store.plain_request) whose stored response is fresh, answered from what the entry
         memoises (cache_store.Entry.fresh_hit), and counted as a hit; None for anything else,
@@ -218,7 +228,7 @@ class ProxyCache:
         found = self.store.lookup(req.method, key, fields).entry
         if found is None:
             return None
-        hit = found.fresh_hit(_wall(), req.method == "HEAD", _connection(req, close))
+        hit = found.fresh_hit(_wall(), req.method == "HEAD", _connection(req, close), extra)
         if hit is not None:
             self.store.counts.hits += 1
         return hit
@@ -282,8 +292,8 @@ class ProxyCache:
         if self.store.holds(plan.key, entry):
             self.store.refresh(entry, headers, request_time, response_time)
             return entry
-        again = self.store.store(
-            req.method, plan.key, plan.fields, entry.status, headers, entry.body, request_time, response_time
+        again = self.store.store(  # (entries are GET responses, a HEAD's revalidation included)
+            "GET", plan.key, plan.fields, entry.status, headers, entry.body, request_time, response_time
         )
         return entry if again is None else again
 
@@ -339,10 +349,12 @@ class ProxyCache:
         ex.status = status or entry.status
         plan.stored = False
         value = forwarded_status(plan, ex.status)
+        rid = ex.request_id
+        extra = b"" if rid is None else ex.proxy.rid_line(rid)
         if status:
-            return _response(req, 304, not_modified_headers(entry.headers), b"", age, value, stopping)
+            return _response(req, 304, not_modified_headers(entry.headers), b"", age, value, stopping, extra)
         body = b"" if req.method == "HEAD" else entry.body
-        return _response(req, entry.status, entry.headers, body, age, value, stopping)
+        return _response(req, entry.status, entry.headers, body, age, value, stopping, extra)
 
     def invalidate_after(self, req: Any, scheme: str, headers: list[tuple[bytes, bytes]]) -> None:
         """A non-error response to an unsafe method: the URIs it may have changed are dropped."""
@@ -386,19 +398,27 @@ def response_fields(headers: list[tuple[bytes, bytes]]) -> Headers:
 
 
 def _from_entry(
-    req: Any, fields: Headers, found: Entry, age: float, status_value: bytes, close: bool
+    req: Any, fields: Headers, found: Entry, age: float, status_value: bytes, close: bool, extra: bytes
 ) -> bytes:
     """A hit's bytes: the stored response, or a 304 when the client's condition matches it."""
     if should_answer_not_modified(req.method, fields, found.status, found.headers):
-        return _response(req, 304, not_modified_headers(found.headers), b"", age, status_value, close)
+        return _response(req, 304, not_modified_headers(found.headers), b"", age, status_value, close, extra)
     body = b"" if req.method == "HEAD" else found.body
-    return _response(req, found.status, found.headers, body, age, status_value, close)
+    return _response(req, found.status, found.headers, body, age, status_value, close, extra)
 
 
 def _response(
-    req: Any, status: int, headers: Headers, body: bytes, age: float, status_value: bytes, close: bool
+    req: Any,
+    status: int,
+    headers: Headers,
+    body: bytes,
+    age: float,
+    status_value: bytes,
+    close: bool,
+    extra: bytes = b"",
 ) -> bytes:
-    """The bytes of a response from the cache: stored fields less ``Age`` (sent anew)."""
+    """The bytes of a response from the cache: stored fields less ``Age`` (sent anew), then
+    ``extra`` (whole header lines: the request id's)."""
     try:
         reason = HTTPStatus(status).phrase
     except ValueError:
@@ -411,6 +431,8 @@ def _response(
         lines.append(b"connection: close\r\n")
     elif req.version == "1.0":
         lines.append(b"connection: keep-alive\r\n")
+    if extra:
+        lines.append(extra)
     lines.append(b"\r\n")
     if body:
         lines.append(body)

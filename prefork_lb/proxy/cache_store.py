@@ -139,13 +139,15 @@ class Entry:
         )
         return m
 
-    def fresh_hit(self, now: float, head_only: bool, connection: bytes) -> bytes | None:
+    def fresh_hit(self, now: float, head_only: bool, connection: bytes, extra: bytes = b"") -> bytes | None:
         """The whole response to a *plain* request (:func:`plain_request`) when this entry is
         fresh at ``now``, else None (the caller's general path decides: stale, revalidate).
 
         The same bytes as prefork_lb.proxy.cache's general path: the stored head less ``Age``,
         then ``Age``, ``Cache-Status: prefork_lb; hit; ttl=N``, ``connection`` (a whole
-        ``Connection`` line, or b""), and the body unless ``head_only``.
+        ``Connection`` line, or b""), ``extra`` (whole lines: a request id's), and the body
+        unless ``head_only``. The bytes are memoised without ``extra`` only (an id differs per
+        request).
         """
         m = self._memo
         if m is None or m.headers is not self.headers or m.response_time != self.response_time:
@@ -154,6 +156,17 @@ class Entry:
         if m.no_cache or not m.lifetime > age:
             return None
         age_s, ttl = min(DELTA_MAX, max(0, int(age))), int(m.lifetime - age)
+        if extra:
+            return b"".join(
+                (
+                    m.head,
+                    b"age: %d\r\ncache-status: prefork_lb; hit; ttl=%d\r\n" % (age_s, ttl),
+                    connection,
+                    extra,
+                    b"\r\n",
+                    b"" if head_only else self.body,
+                )
+            )
         got = m.sent.get((connection, head_only))
         if got is not None and got[0] == age_s and got[1] == ttl:
             return got[2]

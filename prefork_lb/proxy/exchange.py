@@ -30,7 +30,7 @@ from prefork_lb.proxy.memo import ResponseMemo
 from prefork_lb.proxy.upstream import Upstream
 from prefork_lb.request_id import incoming_id
 
-__all__ = ["Exchange"]
+__all__ = ["Exchange", "request_id_of"]
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -39,6 +39,25 @@ FRESH_FOR_UNSAFE = 1.0  # a non-idempotent request reuses only connections used 
 PIPELINE_BODY_MAX = 64 * 1024  # a pipelined GET's last answer had at most this much body
 FAST = "fast"  # key in Request.memo: the last exchange with this head was that fast
 RID = "request id"  # key in Request.memo: the valid request id this head carries, or None
+
+
+def request_id_of(proxy: Any, req: Request) -> bytes | None:
+    """The id of ``req`` when request ids are on: the client's when valid (the same head
+    carries the same one: kept in its memo), or a new one with ``--request-id``; else None.
+    An answer from the cache carries it as a forwarded response does."""
+    lname = proxy.rid_lname
+    if lname is None:
+        return None
+    memo = req.memo
+    if memo is not None:
+        rid = memo.get(RID, False)
+        if rid is False:
+            rid = memo[RID] = incoming_id(req.headers, lname)
+    else:
+        rid = incoming_id(req.headers, lname)
+    if rid is None and proxy.rid_generate is not None:
+        rid = proxy.rid_generate()
+    return None if rid is None else rid.encode("latin-1")
 
 
 class Exchange(ExchangeFailures):
@@ -101,21 +120,12 @@ class Exchange(ExchangeFailures):
             self.head = proxy.request_rewriter.head(
                 req, client.peer_ip, client.scheme, self.websocket, authority
             )
-        lname = proxy.rid_lname
-        if lname is not None:
-            # The request id: the client's when valid (the same head carries the same one), or
-            # a new one. The rewriter dropped the client's line: the canonical id's goes in.
-            if memo is not None:
-                rid = memo.get(RID, False)
-                if rid is False:
-                    rid = memo[RID] = incoming_id(req.headers, lname)
-            else:
-                rid = incoming_id(req.headers, lname)
-            if rid is None and proxy.rid_generate is not None:
-                rid = proxy.rid_generate()
-            if rid is not None:
-                self.request_id = value = rid.encode("latin-1")
-                self.head = self.head[:-2] + proxy.rid_line(value) + b"\r\n"
+        value = self.request_id  # (set already when the cache looked at the request first)
+        if value is None:
+            value = self.request_id = request_id_of(proxy, req)
+        if value is not None:
+            # The rewriter dropped the client's line: the canonical id's goes in.
+            self.head = self.head[:-2] + proxy.rid_line(value) + b"\r\n"
         proxy.budget.on_request()
         proxy.requests += 1
         if req.expect_continue and not req.complete:

@@ -4,7 +4,7 @@ Everything that depends on time takes an injected ``clock`` (``time.monotonic`` 
 tests drive it with a fake one.
 
 * :func:`parse_backends` reads ``--backends`` (``HOST:PORT``, ``[IPV6]:PORT``, ``=WEIGHT``).
-* :class:`HealthState`: the active check's rise/fall hysteresis.
+* :class:`HealthState`: the active check's rise/fall hysteresis (and a backend not checked yet).
 * :class:`PassiveEjector`: takes a backend out after consecutive failures seen on real traffic,
   for longer each time it fails again straight after coming back.
 * :class:`RetryBudget`: retries are capped at a fraction of recent requests plus a small floor
@@ -89,11 +89,14 @@ def _parse_backend(item: str) -> tuple[str, int, int]:
 class HealthState:
     """Active-check hysteresis: ``rise`` consecutive passes bring a backend up, ``fall``
     consecutive failures take it down. A result agreeing with the current state resets the
-    count, so only an unbroken run flips it."""
+    count, so only an unbroken run flips it.
+
+    ``healthy`` None: not checked yet (a backend added at run time, shown as ``checking``, and
+    sent nothing): its first result decides, up or down, with no run needed."""
 
     __slots__ = ("rise", "fall", "healthy", "streak")
 
-    def __init__(self, rise: int, fall: int, healthy: bool = True) -> None:
+    def __init__(self, rise: int, fall: int, healthy: bool | None = True) -> None:
         if rise < 1 or fall < 1:
             raise ValueError("rise and fall must be >= 1")
         self.rise = rise
@@ -101,8 +104,17 @@ class HealthState:
         self.healthy = healthy
         self.streak = 0  # consecutive results contradicting ``healthy``
 
+    @property
+    def checking(self) -> bool:
+        """Not checked yet: no result has decided."""
+        return self.healthy is None
+
     def observe(self, ok: bool) -> bool:
         """Record one check result; True when ``healthy`` changed."""
+        if self.healthy is None:
+            self.healthy = ok
+            self.streak = 0
+            return True
         if ok == self.healthy:
             self.streak = 0
             return False

@@ -45,10 +45,16 @@ class OperatorError(ValueError):
     """A change the proxy refuses (an unknown backend, a local slot removed): one line."""
 
 
+CHECKING = "waiting for its first health check"
+
+
 def state_of(proxy: Any, b: Backend) -> str:
-    """``up``, ``down``, ``draining`` or ``disabled``, as /lb-stats and ctl show it."""
+    """``up``, ``down``, ``checking`` (added, its first health check not in yet), ``draining``
+    or ``disabled``, as /lb-stats and ctl show it."""
     if b.admin_state:
         return str(b.admin_state)
+    if b.health is not None and b.health.checking:
+        return "checking"
     m = proxy.strategy.members.get(b.key)
     return "up" if m is not None and m.up else "down"
 
@@ -132,8 +138,11 @@ def add(proxy: Any, spec: str, health: tuple[int, int] | None) -> Backend:
     if b.key in proxy.backends:
         raise OperatorError(f"{b.key} is a backend already")
     if health is not None:
-        b.health = HealthState(*health)
+        b.health = HealthState(*health, healthy=None)  # its first check decides: nothing till then
     proxy.add_backend(b)
+    if health is not None:
+        b.down_reason = CHECKING
+        proxy.strategy.mark_down(b.key)
     return b
 
 

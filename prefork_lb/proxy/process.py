@@ -191,10 +191,14 @@ class ProxyProcess:
         while b.key in proxy.backends:
             ok = await self.probe(b)
             health = b.health
+            first = health.checking
             if health.observe(ok):
                 if health.healthy:
                     b.ejected_until = 0.0
                     proxy.set_up(b)
+                elif first:
+                    log.warning("proxy: backend %s failed its first health check", b.key)
+                    b.down_reason = "health check"
                 else:
                     log.warning("proxy: backend %s failed %d health checks", b.key, cfg.health_check_fall)
                     b.down_reason = "health check"
@@ -440,7 +444,8 @@ class ProxyProcess:
         proxy.stopping = True
         for srv in self.servers:
             srv.close()
-        deadline = time.monotonic() + (cfg.graceful_timeout if self.graceful else 0)
+        grace = cfg.graceful_timeout if self.child is None else self.child.graceful_timeout()
+        deadline = time.monotonic() + (grace if self.graceful else 0)
         while proxy.clients and time.monotonic() < deadline:
             proxy.close_idle(IDLE_BEFORE_CLOSE)
             await asyncio.sleep(0.05)

@@ -51,13 +51,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from prefork_lb.http.errors import HTTPError
-from prefork_lb.http.parser import Limits, RequestMemo, RequestParser
+from prefork_lb.http.parser import Limits, Request, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.cache_refresh import start_refresh
 from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
-from prefork_lb.proxy.exchange import Exchange
+from prefork_lb.proxy.exchange import Exchange, request_id_of
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
 from prefork_lb.request_id import ENVIRON_KEY
@@ -216,11 +216,19 @@ class ClientConn(asyncio.Protocol):
                 continue
             cache = proxy.cache
             plan = None
+            rid = None
             if cache is not None:
-                answer = cache.answer(req, self.scheme, proxy.stopping, self)
+                rid = request_id_of(proxy, req)
+                started = _now() if proxy.access is not None else 0.0
+                answer = cache.answer(
+                    req, self.scheme, proxy.stopping, self, b"" if rid is None else proxy.rid_line(rid)
+                )
                 if isinstance(answer, bytes):
                     parser.requests.popleft()
                     self.write(answer)
+                    proxy.requests += 1  # counted and logged as a forwarded request is
+                    if proxy.access is not None:
+                        proxy.log_hit(self, req, answer, rid, started)
                     if not req.keep_alive:
                         self.keep_alive = False
                         break
@@ -232,6 +240,7 @@ class ClientConn(asyncio.Protocol):
                 self.deadline_kind, self.deadline = D_BODY, _now() + proxy.body_timeout
             ex = self.ex = Exchange(self, req)
             ex.cache_plan = plan
+            ex.request_id = rid
             ex.start()
         if self.ex is None:
             self.after_exchanges()
@@ -468,6 +477,9 @@ class ClientConn(asyncio.Protocol):
                 self.flush()
 
 
+CACHE = SimpleNamespace(key="cache")  # the backend of an answer from the cache, in the access log
+
+
 class Proxy(ProxyState):
     """One proxy process: the shared state (:class:`~prefork_lb.proxy.state.ProxyState`) and
     the client side: admission under --max-connections, the deadline sweep, the access log."""
@@ -531,6 +543,15 @@ class Proxy(ProxyState):
             return
         line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0, out_headers=out_headers)
         access.log(env, line, _now() - ex.started)
+
+    def log_hit(
+        self, client: ClientConn, req: Request, answer: bytes, rid: bytes | None, started: float
+    ) -> None:
+        """The access-log line of an answer from the cache, as an exchange's (backend ``cache``)."""
+        body = len(answer) - answer.find(b"\r\n\r\n") - 4
+        hit = SimpleNamespace(req=req, backend=CACHE, request_id=rid, status=int(answer[9:12]), length=body)
+        hit.started = started
+        self.log_access(client, hit)  # type: ignore[arg-type]
 
     # -- the sweep ----------------------------------------------------------------------------------
 

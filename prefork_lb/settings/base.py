@@ -18,6 +18,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar, overload
@@ -158,28 +159,80 @@ class Setting(Generic[T]):
         try:
             return self.converter(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError(f"{source}: invalid value {value!r} for {self.name}: {exc}") from None
+            raise ConfigError(
+                f"{source}: invalid value {value!r} for {self.name}: {plain_reason(exc)}"
+            ) from None
+
+
+# Python's own wording of a failed int()/float() ("invalid literal for int() with base 10: 'x'"),
+# and what a user reads instead (the value is already in the line: "invalid value 'x' for ...").
+_PYTHON_WORDING = (
+    (
+        re.compile(r"invalid literal for int\(\) with base \d+: .*|int\(\) argument must be .*"),
+        "expected a whole number",
+    ),
+    (re.compile(r"could not convert string to float: .*|float\(\) argument must be .*"), "expected a number"),
+)
+
+
+def plain_reason(exc: Exception) -> str:
+    """Why a converter refused a value, in the user's terms: Python's int()/float() wording
+    (from a converter that calls them) is replaced, anything else is kept."""
+    text = str(exc)
+    for pattern, plain in _PYTHON_WORDING:
+        text = pattern.sub(plain, text)
+    return text
 
 
 # -- converters: Any in (a string from argv or the environment, or a config file's object), T out
 
 
+def whole_number(value: Any) -> int:
+    """An int from text (``"8"``, argv and the environment) or a config file's int (or a float
+    with nothing after the point); never a float cut short (``1.5``) nor a bool."""
+    if isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    raise ValueError("expected a whole number")
+
+
+def finite_number(value: Any) -> float:
+    """A float from text or a config file's number; not a bool, not nan or inf."""
+    if not isinstance(value, bool) and isinstance(value, (int, float, str)):
+        try:
+            x = float(value)
+        except ValueError:
+            pass
+        else:
+            if math.isfinite(x):
+                return x
+    raise ValueError("expected a number")
+
+
 def positive_int(value: Any) -> int:
-    n = int(value)
+    n = whole_number(value)
     if n < 1:
         raise ValueError(f"must be at least 1, got {n}")
     return n
 
 
 def non_negative_int(value: Any) -> int:
-    n = int(value)
+    n = whole_number(value)
     if n < 0:
         raise ValueError(f"must be 0 or more, got {n}")
     return n
 
 
 def non_negative_float(value: Any) -> float:
-    x = float(value)
+    x = finite_number(value)
     if x < 0:
         raise ValueError(f"must be 0 or more, got {x}")
     return x
@@ -325,7 +378,12 @@ def rss_limit(value: Any) -> int | str:
         if pct is None:
             raise ValueError("a percentage must be above 0% and at most 100%")
         return f"{pct:g}%"
-    return non_negative_int(s)
+    try:
+        return non_negative_int(s)
+    except ValueError as exc:
+        if "whole number" in str(exc):
+            raise ValueError("expected MiB (a whole number) or a percentage such as 80%") from None
+        raise
 
 
 def flag_and_default(cfg: Any, name: str) -> str:

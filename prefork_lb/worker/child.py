@@ -189,7 +189,7 @@ class WorkerChild(ChildProcess):
         import gevent
 
         self.entry.set_state(sb.DRAINING)
-        gevent.spawn(stop_server, self.server, graceful, self.cfg.graceful_timeout)
+        gevent.spawn(stop_server, self.server, graceful, self.graceful_timeout())
 
     def reopen_logs(self) -> None:
         super().reopen_logs()

@@ -174,6 +174,9 @@ def test_stop_ends_the_server(server: ServerProcess, sock_path: Path) -> None:
     assert r.returncode == 0 and "stopped" in r.stdout, r
     assert server.proc is not None
     assert server.proc.wait(20) == 0
+    # The workers drained for the 5 s asked for, and said so (not the --graceful-timeout 30 s).
+    drains = [line for line in server.log_text().splitlines() if "Graceful stop: draining" in line]
+    assert len(drains) == 2 and all(line.endswith("up to 5 s") for line in drains), drains
     assert not sock_path.exists()
     r = ctl(sock_path, "status")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r
@@ -398,6 +401,40 @@ def test_standalone_proxy_reload_waits_for_the_new_proxy(proxy: Any, sock_path: 
     assert {r["pid"] for r in new} - {old}  # a new proxy is ready (the old one drains, then exits)
     r = ctl(sock_path, "scale", "+1")
     assert r.returncode == 2 and "no workers" in r.stderr, r
+
+
+def test_an_added_backend_is_checking_until_its_first_health_check(tmp_path: Path, sock_path: Path) -> None:
+    b0 = Backend(name="b0").start()
+    hang, good, bad = (
+        Backend(name="hang", mode="hang"),
+        Backend(name="good"),
+        Backend(name="bad", health_status=503),
+    )
+    for b in (hang, good, bad):
+        b.start()
+    args = ["proxy", "--backends", b0.addr, "--strategy", "round_robin", "--health-check-interval", "1"]
+    p = ProxyProcess(tmp_path, [*args, "--health-check-timeout", "30", "--control-socket", str(sock_path)])
+    try:
+        p.start()
+        for b in (hang, good, bad):
+            r = ctl(sock_path, "backend", "add", b.addr)
+            assert r.returncode == 0 and "added" in r.stdout, r
+        # The hanging one's first check never ends (within the test): it stays "checking", gets
+        # no traffic (a request sent to it would hang), and /lb-health says why it is not up.
+        wait_for(lambda: backend_doc(p, good.addr)["state"] == "up", 10, "the good backend up")
+        wait_for(lambda: backend_doc(p, bad.addr)["state"] == "down", 10, "the bad backend down")
+        assert backend_doc(p, hang.addr)["state"] == "checking"
+        listed = ctl(sock_path, "backend", "list")
+        assert listed.returncode == 0 and "checking" in listed.stdout, listed
+        (row,) = [b for b in p.health()[1]["backends"] if b["name"] == hang.addr]
+        assert not row["healthy"] and row["reason"] == "waiting for its first health check", row
+        send(p, 6)
+        served = {b.name: sum(r.target == "/" for r in b.requests) for b in (b0, good, bad)}
+        assert served == {"b0": 3, "good": 3, "bad": 0}, served  # (health checks are on /health)
+    finally:
+        p.stop()
+        for b in (b0, hang, good, bad):
+            b.stop()
 
 
 def test_backend_changes_outlive_a_reload_of_the_proxy(proxy: Any, sock_path: Path) -> None:

@@ -389,6 +389,8 @@ def test_term_with_a_control_socket_grace(fake: FakeOS) -> None:
     (pid,) = list(arb.workers)
     arb.totals.request_stop_grace(2)  # `prefork_lb ctl stop --graceful-timeout 2`
     arb.handle_term()
+    # The worker drains for 2 s too (the scoreboard tells it), not for --graceful-timeout.
+    assert arb.board.handle(arb.workers[pid].entry).stop_grace(30.0) == 2.0
     fake.now += 3
     assert not arb.step_stop()
     assert fake.signals_to(pid) == [signal.SIGTERM, signal.SIGKILL]
@@ -404,6 +406,16 @@ def test_a_control_socket_grace_holds_through_the_shutdown_delay(fake: FakeOS) -
     fake.now += 5
     arb.end_shutdown_delay()
     assert arb.stopping == "graceful" and fake.signals_to(pid) == [signal.SIGTERM]
+    assert arb.board.handle(arb.workers[pid].entry).stop_grace(30.0) == 2.0
     fake.now += 3
     assert not arb.step_stop()
     assert fake.signals_to(pid)[-1] == signal.SIGKILL
+
+
+def test_a_plain_term_leaves_the_workers_their_graceful_timeout(fake: FakeOS) -> None:
+    arb = make(fake, workers=1, graceful_timeout=30)
+    arb.manage()
+    (pid,) = list(arb.workers)
+    arb.handle_term()
+    assert fake.signals_to(pid) == [signal.SIGTERM]
+    assert arb.board.handle(arb.workers[pid].entry).stop_grace(30.0) == 30.0

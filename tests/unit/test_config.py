@@ -150,10 +150,10 @@ def test_bad_web_concurrency_names_the_variable() -> None:
     ("name", "value", "why"),
     [
         ("workers", "0", "must be at least 1"),
-        ("workers", "many", "invalid literal"),
+        ("workers", "many", "expected a whole number"),
         ("backlog", "-5", "must be at least 1"),
         ("keepalive", "-1", "must be 0 or more"),
-        ("keepalive", "soon", "could not convert"),
+        ("keepalive", "soon", "expected a number"),
         ("limit_request_line", "-1", "must be 0 or more"),
         ("require_host", "maybe", "not a boolean"),
         ("server_header", "2", "not a boolean"),
@@ -446,7 +446,7 @@ def test_set_converts_like_user_input() -> None:
     ("name", "value", "why"),
     [
         ("workers", 0, "must be at least 1, got 0"),
-        ("workers", "x", "invalid literal"),
+        ("workers", "x", "expected a whole number"),
         ("dispatch", "carrier-pigeon", "choose from reuseport, shared, handoff, proxy"),
         ("max_workers", -1, "must be 0 or more"),
     ],

@@ -51,6 +51,24 @@ def test_a_stale_entry_is_revalidated_and_a_304_answers_from_the_cache(cached) -
     assert third.header("x-request-seq") == "2" and len(b.seen("/validated")) == 2
 
 
+def test_a_head_is_revalidated_like_a_get_and_answered_without_a_body(cached) -> None:  # type: ignore[no-untyped-def]
+    p, b = cached
+    t = target("/validated", STALE_ETAG, REFRESHED)
+    assert http_request(p.port, target=t).status == 200  # stored, stale at once
+    head = http_request(p.port, method="HEAD", target=t)
+    assert head.status == 200 and head.body == b""
+    assert head.header("cache-status") == "prefork_lb; fwd=stale; fwd-status=304"
+    sent = b.seen("/validated")
+    assert [r.method for r in sent] == ["GET", "HEAD"] and sent[1].header("if-none-match") == '"v1"'
+    # The 304 refreshed the stored GET response: a GET and a HEAD are hits now.
+    get = http_request(p.port, target=t)
+    assert (get.header("cache-status") or "").startswith("prefork_lb; hit; ttl=")
+    assert get.header("x-request-seq") == "2" and get.body == b.name.encode()
+    again = http_request(p.port, method="HEAD", target=t)
+    assert (again.header("cache-status") or "").startswith("prefork_lb; hit; ttl=") and again.body == b""
+    assert len(b.seen("/validated")) == 2
+
+
 def test_the_clients_own_condition_is_answered_after_revalidation(cached) -> None:  # type: ignore[no-untyped-def]
     p, b = cached
     t = target("/validated", (*STALE_ETAG, "Cache-Control: max-age=0"))  # stays stale after a 304

@@ -170,3 +170,32 @@ def test_integrated_mode_one_id_from_proxy_to_app(start_proxy, tmp_path: Path) -
     # client got: the two lines of one request can be found together.
     assert set(by_pid) == {p.proxy_pid(), rids[0][1]}, by_pid
     assert all(sorted(ids) == sorted(rid for rid, _ in rids) for ids in by_pid.values()), by_pid
+
+
+def test_answers_from_the_cache_carry_the_request_id_and_are_counted_and_logged(
+    start_proxy, backends, tmp_path: Path
+) -> None:
+    b = backends(1)[0]
+    log = tmp_path / "access.log"
+    p = json_proxy(start_proxy, [b], log, "--request-id", "true", "--cache-size", "1")
+    t = "/with-headers?h=Cache-Control:%20max-age%3D60"
+    first = http_request(p.port, target=t)
+    assert first.header("cache-status") == "prefork_lb; fwd=uri-miss; stored"
+    hits = [http_request(p.port, target=t), http_request(p.port, method="HEAD", target=t)]
+    hits.append(http_request(p.port, target=t, headers=[("X-Request-ID", "client-id-7")]))
+    assert all((r.header("cache-status") or "").startswith("prefork_lb; hit;") for r in hits)
+    assert len(b.seen("/with-headers")) == 1
+    ids = [r.header_list("x-request-id") for r in [first, *hits]]
+    assert all(len(i) == 1 for i in ids) and ids[3] == ["client-id-7"], ids
+    assert all(GENERATED.fullmatch(i[0]) for i in ids[:3]) and len({i[0] for i in ids}) == 4, ids
+    # Counted as requests and logged as forwarded ones are, with "cache" for the backend.
+    assert p.stats()["requests"] == 4
+    records = log_records(log, 4)
+    assert [rec["prefork_lb.backend"] for rec in records] == [b.addr, "cache", "cache", "cache"]
+    assert [rec["http.request.id"] for rec in records] == [i[0] for i in ids]
+    assert [rec["http.request.method"] for rec in records] == ["GET", "GET", "HEAD", "GET"]
+    assert [rec["http.response.status_code"] for rec in records] == [200] * 4
+    assert (
+        records[1]["http.response.body.size"] == len(hits[0].body)
+        and records[1]["url.path"] == "/with-headers"
+    )

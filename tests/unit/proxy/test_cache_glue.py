@@ -105,3 +105,12 @@ def test_unknown_status_has_an_empty_reason() -> None:
     entry.request_time = entry.response_time = time()
     hit = cache.answer(Req(), "http")
     assert hit is not None and hit.startswith(b"HTTP/1.1 299 \r\n")
+
+
+def test_a_stale_head_with_a_validator_is_revalidated_conditionally() -> None:
+    old = format_http_date(time() - 120)
+    cache = filled([(b"Cache-Control", b"max-age=60"), (b"Date", old), (b"ETag", b'"v"')])
+    for method in ("GET", "HEAD"):
+        plan = cache.answer(Req(method=method), "http")
+        assert isinstance(plan, Plan) and plan.fwd == "stale" and plan.entry is not None
+        assert plan.conditional, method

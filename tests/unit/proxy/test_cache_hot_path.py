@@ -154,3 +154,15 @@ def test_the_general_path_gives_an_unknown_status_an_empty_reason() -> None:
     directed = Req(headers=[("cache-control", b"cache-control", b"max-stale")])
     got = cache.answer(directed, "http")
     assert got is not None and got.startswith(b"HTTP/1.1 299 \r\n")
+
+
+def test_extra_lines_such_as_the_request_id_are_in_both_paths_and_not_memoised() -> None:
+    e = entry()
+    rid = b"x-request-id: abc-1\r\n"
+    fast = e.fresh_hit(T0, False, b"", rid)
+    general = cache_mod._response(
+        Req(), e.status, e.headers, e.body, 6, cache_status(hit=True, ttl=54), False, rid
+    )
+    assert fast == general and fast is not None and fast.endswith(rid + b"\r\nok")
+    assert e.fresh_hit(T0, False, b"", b"x-request-id: abc-2\r\n") != fast
+    assert e.fresh_hit(T0, False, b"") == fast.replace(rid, b"")

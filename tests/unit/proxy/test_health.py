@@ -95,6 +95,17 @@ def test_health_rises_after_rise_consecutive_passes() -> None:
     assert h.observe(False) is True and not h.healthy  # fall=1
 
 
+def test_a_backend_not_checked_yet_is_decided_by_its_first_result() -> None:
+    for first in (True, False):
+        h = HealthState(rise=3, fall=3, healthy=None)
+        assert h.checking and not h.healthy
+        assert h.observe(first) is True and h.healthy is first and not h.checking
+        assert h.observe(first) is False  # agrees: nothing changes
+        assert [h.observe(not first) for _ in range(3)] == [False, False, True]  # hysteresis from now on
+        assert h.healthy is (not first)
+    assert not HealthState(rise=1, fall=1).checking
+
+
 def test_health_rejects_zero() -> None:
     with pytest.raises(ValueError):
         HealthState(rise=0, fall=1)

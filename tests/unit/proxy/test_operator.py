@@ -88,8 +88,17 @@ def test_weight() -> None:
 def test_add_and_remove_remote_backends() -> None:
     pool = Pool("10.0.0.1:80")
     got = apply(pool, {"op": "add", "name": "10.0.0.3:81=2"}, health=(2, 3))
-    assert got == {"backend": {"name": "10.0.0.3:81", "state": "up", "weight": 2}}
-    assert pool.backends["10.0.0.3:81"].health.rise == 2 and "10.0.0.3:81" in pool.picks()
+    # With active checks, nothing goes to it until its first check passes.
+    assert got == {"backend": {"name": "10.0.0.3:81", "state": "checking", "weight": 2}}
+    added = pool.backends["10.0.0.3:81"]
+    assert added.health.rise == 2 and "10.0.0.3:81" not in pool.picks()
+    assert added.down_reason == "waiting for its first health check"
+    assert added.health.observe(True) and added.health.healthy  # (one pass decides: no rise run)
+    pool.strategy.mark_up(added.key)  # as ProxyState.set_up does
+    assert state_of(pool, added) == "up" and "10.0.0.3:81" in pool.picks()
+    apply(pool, {"op": "add", "name": "10.0.0.9:1"})  # without checks: up at once
+    assert state_of(pool, pool.backends["10.0.0.9:1"]) == "up" and "10.0.0.9:1" in pool.picks()
+    apply(pool, {"op": "remove", "name": "10.0.0.9:1"})
     with pytest.raises(OperatorError, match="already"):
         apply(pool, {"op": "add", "name": "10.0.0.3:81"})
     with pytest.raises(OperatorError, match="invalid backend"):
