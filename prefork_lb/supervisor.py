@@ -22,7 +22,6 @@ import socket
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, ClassVar, NoReturn
 
 from prefork_lb import dispatch
@@ -30,6 +29,9 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.admin import totals as tt
 from prefork_lb.autoscale import Autoscaler
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, ChildContext, ChildProcess, call_hook, describe_exit
+from prefork_lb.child_records import BootError as BootError  # re-exported: the arbiter
+from prefork_lb.child_records import ReloadProgress as ReloadProgress
+from prefork_lb.child_records import WorkerProc as WorkerProc
 from prefork_lb.dispatch.base import ADMIN_SLOT
 from prefork_lb.interface import EXIT_WRONG_INTERFACE
 from prefork_lb.pools import interfaces_for
@@ -45,56 +47,6 @@ MAX_BACKOFF = 10.0
 # Signals the master handles: blocked across a fork, so a child never runs the master's handlers.
 SIGNALS = ("HUP", "QUIT", "INT", "TERM", "TTIN", "TTOU", "USR1", "USR2", "CHLD")
 _HANDLED = {getattr(signal, "SIG" + name) for name in SIGNALS}
-
-
-@dataclass
-class WorkerProc:
-    """The master's record of one child (worker or helper); config hooks receive it as ``worker``.
-    ``worker.log`` is the error log, as gunicorn's hooks have it (``worker.log.info(...)``)."""
-
-    log: ClassVar[logging.Logger] = log
-
-    pid: int
-    slot: int
-    entry: int
-    started: float
-    ready: bool = False
-    term_at: float = 0.0  # when we asked it to stop (0: never)
-    abort_at: float = 0.0  # when we sent SIGABRT for a missed heartbeat
-    replaced_by: int = 0  # pid of the worker taking over its slot
-    replaces: int = 0  # pid of the worker it takes over from
-    reload_gen: int = 0  # the reload generation it was started in
-    retry_at: float = 0.0  # its recycling replacement failed to boot: no new one before this
-    interface: str = ""  # a worker's: wsgi or asgi (prefork_lb.interface)
-
-
-@dataclass
-class ReloadProgress:
-    """One HUP's rolling replacement, counted for the line that says it finished."""
-
-    generation: int
-    replaced: int = 0  # workers whose successor took over their slot
-    failed: int = 0  # workers kept serving because their successor failed to boot
-    helper: bool = False  # the dispatcher or the proxy was replaced too
-
-    def summary(self, helper_name: str) -> str:
-        line = f"Reload finished: {self.replaced} worker{'' if self.replaced == 1 else 's'} replaced"
-        if self.helper:
-            line += f" and the {helper_name}"
-        if self.failed:
-            line += (
-                f"; {self.failed} kept the running code (the new one failed to boot; "
-                "fix it and send HUP again)"
-            )
-        return line
-
-
-class BootError(Exception):
-    """A worker could not load the app: the master stops with ``code`` (2 or 3) and one line."""
-
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class Supervisor(Watchdog):
