@@ -85,13 +85,15 @@ def kill_group(proc: subprocess.Popen[Any]) -> None:
         pass
 
 
-def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0, group: bool = True) -> int | None:
-    """SIGTERM the process group (``group=False``: its leader only, which stops its children
-    itself), wait up to ``timeout``, then SIGKILL whatever is left in the group. Returns the
-    leader's exit code."""
+def stop_process(
+    proc: subprocess.Popen[Any], timeout: float = 10.0, group: bool = True, sig: int = signal.SIGTERM
+) -> int | None:
+    """SIGTERM (or ``sig``) the process group (``group=False``: its leader only, which stops its
+    children itself), wait up to ``timeout``, then SIGKILL whatever is left in the group.
+    Returns the leader's exit code."""
     if proc.poll() is None:
         try:
-            (os.killpg if group else os.kill)(proc.pid, signal.SIGTERM)
+            (os.killpg if group else os.kill)(proc.pid, sig)
         except ProcessLookupError:
             pass
         try:
@@ -223,15 +225,17 @@ def owned_processes(make: Callable[..., Any]) -> Any:
 
 
 def stop_all(procs: Sequence[Any]) -> None:
-    """``proc.stop()`` for each of ``procs`` at once (one thread each): every server drains and
-    exits in parallel, so the end of a session with dozens of shared servers takes as long as
-    the slowest stop, not their sum. The first stop's exception, if any, is raised after all
+    """Stop each of ``procs`` at once (one thread each), so that the end of a session with
+    dozens of shared servers takes as long as the slowest stop, not their sum. A process that
+    has ``discard()`` (a stop nobody watches: no graceful drain, see ServerProcess.discard) is
+    stopped with it, else with ``stop()``. The first exception, if any, is raised after all
     have been stopped."""
-    if len(procs) <= 1:
-        for proc in procs:
-            proc.stop()
+    stops = [getattr(proc, "discard", proc.stop) for proc in procs]
+    if len(stops) <= 1:
+        for stop in stops:
+            stop()
         return
-    with concurrent.futures.ThreadPoolExecutor(len(procs)) as pool:
-        futures = [pool.submit(proc.stop) for proc in procs]
+    with concurrent.futures.ThreadPoolExecutor(len(stops)) as pool:
+        futures = [pool.submit(stop) for stop in stops]
     for future in futures:
         future.result()

@@ -98,6 +98,12 @@ class Master:
         stop_process(self.proc, 10, group=False)  # the master stops its children itself
         self._log_f.close()
 
+    def discard(self) -> None:
+        """The fixtures' stop after a test (see tests/server.py ServerProcess.discard): QUIT,
+        a fast stop with no drain to wait out."""
+        stop_process(self.proc, 10, group=False, sig=signal.SIGQUIT)
+        self._log_f.close()
+
 
 class Load:
     """Four client threads, each sending GET /json in a loop (new connection each, at most
