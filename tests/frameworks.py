@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import HOST, ROOT, server_env, spawn, start_on_free_port, stop_process
+from tests.helpers import HOST, ROOT, server_env, spawn, start_on_free_port, stop_all, stop_process
 
 APPS_DIR = ROOT / "tests" / "apps" / "asgi"
 APPS = {
@@ -154,5 +154,4 @@ def framework_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Star
     try:
         yield get
     finally:
-        for srv in servers.values():
-            srv.stop()
+        stop_all(list(servers.values()))

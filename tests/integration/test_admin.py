@@ -68,19 +68,13 @@ def answers(port: int, token: str | None = None) -> bool:
 
 # The worker rows over both interfaces: each app sleeps cooperatively on /sleep/S.
 APP_OF = {"wsgi": "tests.apps:overload", "asgi": "tests.apps_asgi_worker:app"}
-INTERFACES = pytest.mark.parametrize("interface", list(APP_OF))
 
 
 @pytest.fixture
 def admin_server(start_server: Any) -> Any:
-    def start(
-        *flags: str, env: dict[str, str] | None = None, interface: str = ""
-    ) -> tuple[ServerProcess, int]:
+    def start(*flags: str, env: dict[str, str] | None = None) -> tuple[ServerProcess, int]:
         port = free_port()
-        app = APP_OF[interface] if interface else "tests.apps:hello"
-        if interface:
-            flags = (*flags, "--interface", interface)
-        srv = start_server(app, "--stats-bind", f"{HOST}:{port}", *flags, env=env)
+        srv = start_server("tests.apps:hello", "--stats-bind", f"{HOST}:{port}", *flags, env=env)
         token = (env or {}).get("PREFORK_LB_STATS_TOKEN")
         wait_for(lambda: answers(port, token), 10, "the admin listener saying every worker is ready")
         return srv, port
@@ -88,10 +82,32 @@ def admin_server(start_server: Any) -> Any:
     return start
 
 
-@INTERFACES
-@pytest.mark.parametrize("mode", DISPATCH_MODES)
-def test_metrics_move_by_exactly_the_requests_sent(admin_server: Any, mode: str, interface: str) -> None:
-    srv, admin = admin_server("-w", "2", "--dispatch", mode, interface=interface)
+CASES = [(mode, interface) for interface in APP_OF for mode in DISPATCH_MODES]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[f"{m}-{i}" for m, i in CASES])
+def two_workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """(server, admin port, mode): one ``-w 2`` server per (mode, interface) that the tests
+    below share (pytest runs every test of one case before starting the next case's server);
+    none of them replaces a worker, and each counts from what it finds."""
+    mode, interface = request.param
+    port = free_port()
+    flags = ["--stats-bind", f"{HOST}:{port}", "-w", "2", "--dispatch", mode, "--interface", interface]
+    srv = ServerProcess(APP_OF[interface], flags, workdir=tmp_path_factory.mktemp("admin"))
+    try:
+        srv.start()
+        wait_for(lambda: answers(port), 10, "the admin listener saying every worker is ready")
+        yield srv, port, mode
+    finally:
+        srv.discard()
+
+
+def served(admin: int) -> int:
+    return sum(w["served"] for w in json.loads(ask(admin, "/lb-stats")[1])["workers"])
+
+
+def test_metrics_move_by_exactly_the_requests_sent(two_workers: Any) -> None:
+    srv, admin, mode = two_workers
     before = scrape(admin)
     n = 7
     for _ in range(n):
@@ -133,10 +149,9 @@ def _in_flight(admin: int) -> list[dict[str, Any]] | None:
     return stats["workers"] if series == 1 else None
 
 
-@INTERFACES
-@pytest.mark.parametrize("mode", DISPATCH_MODES)
-def test_lb_health_and_lb_stats_answer_in_every_mode(admin_server: Any, mode: str, interface: str) -> None:
-    srv, admin = admin_server("-w", "2", "--dispatch", mode, interface=interface)
+def test_lb_health_and_lb_stats_answer_in_every_mode(two_workers: Any) -> None:
+    srv, admin, mode = two_workers
+    before = served(admin) if mode != "proxy" else 0
     assert http_get(srv.port)[0] == 200
     if mode != "proxy":  # the worker rows: a request in flight, then the requests served
         slow = threading.Thread(target=http_get, args=(srv.port, "/sleep/1.5", 10))
@@ -146,11 +161,7 @@ def test_lb_health_and_lb_stats_answer_in_every_mode(admin_server: Any, mode: st
         finally:
             slow.join(timeout=15)
         assert [w["current_request"] for w in rows if w["in_flight"]] == ["GET /sleep/1.5"], rows
-        wait_for(
-            lambda: sum(w["served"] for w in json.loads(ask(admin, "/lb-stats")[1])["workers"]) == 2,
-            5,
-            "2 served",
-        )
+        wait_for(lambda: served(admin) == before + 2, 5, "2 more served")
     status, body = ask(admin, "/lb-health")
     health = json.loads(body)
     assert status == 200 and health["status"] == "ok" and health["healthy"] == 2 == health["total"], health

@@ -17,7 +17,7 @@ import pytest
 
 pytest.importorskip("gunicorn")
 
-from tests.helpers import free_port, spawn, stop_process, wait_for  # noqa: E402
+from tests.helpers import free_port, spawn, stop_all, stop_process, wait_for  # noqa: E402
 
 
 def get(port: int, path: str = "/", headers: dict[str, str] | None = None) -> tuple[int, bytes]:
@@ -92,8 +92,7 @@ def starter(tmp_path: Path, worker: str = "prefork_lb.gunicorn.Worker") -> Itera
         return g
 
     yield _start
-    for g in started:
-        g.stop()
+    stop_all(started)
 
 
 @pytest.fixture

@@ -3,6 +3,7 @@ queued connections surviving a worker's death, zero failures across a reload."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -26,6 +27,7 @@ from tests.helpers import (
     kill_group,
     listen_ports,
     spawn,
+    stop_all,
     stop_process,
     unread_requests,
     wait_for,
@@ -33,9 +35,6 @@ from tests.helpers import (
 
 MODES = DISPATCH_MODES
 # The same master tests over both interfaces (--interface auto): the ASGI app answers /json too.
-APPS = pytest.mark.parametrize(
-    "app", ["prefork_lb.demo:app", "tests.apps_asgi_worker:app"], ids=["wsgi", "asgi"]
-)
 HELPERS = (
     "prefork_lb: dispatcher",
     "prefork_lb: proxy",
@@ -97,6 +96,12 @@ class Master:
 
     def stop(self) -> None:
         stop_process(self.proc, 10, group=False)  # the master stops its children itself
+        self._log_f.close()
+
+    def discard(self) -> None:
+        """The fixtures' stop after a test (see tests/server.py ServerProcess.discard): QUIT,
+        a fast stop with no drain to wait out."""
+        stop_process(self.proc, 10, group=False, sig=signal.SIGQUIT)
         self._log_f.close()
 
 
@@ -162,8 +167,7 @@ def start_masters(
     try:
         yield _start
     finally:
-        for m in started:
-            m.stop()
+        stop_all(started)
 
 
 @pytest.fixture
@@ -171,25 +175,52 @@ def start(tmp_path: Path) -> Iterator:
     yield from start_masters(tmp_path)
 
 
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_killed_worker_is_replaced_and_serving_continues(start, mode: str, app: str) -> None:
-    m = start("-w", "2", "--dispatch", mode, app=app)
+MASTER_CASES = [(mode, app) for mode in MODES for app in ("wsgi", "asgi")]
+# The same master tests over both interfaces (--interface auto): the ASGI app answers /json too.
+APP_PATHS = {"wsgi": "prefork_lb.demo:app", "asgi": "tests.apps_asgi_worker:app"}
+
+
+@pytest.fixture(scope="module", params=MASTER_CASES, ids=[f"{m}-{a}" for m, a in MASTER_CASES])
+def two_workers(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """``get()``: one ``-w 2`` master per (mode, interface) that the mode x interface tests take
+    turns on (pytest runs every test of one case before starting the next case's master): each
+    leaves it with two workers; a test that ends it (TERM) or leaves it otherwise gets the next
+    test a fresh one. Starting a master per test cost ~2 s each, 40 times."""
+    mode, app = request.param
+    masters = contextlib.contextmanager(start_masters)
+    with masters(tmp_path_factory.mktemp("master"), APP_PATHS[app]) as starter:
+        current: list[Master] = []
+
+        def get() -> Master:
+            if current and current[0].proc.poll() is None:
+                try:
+                    wait_for(lambda: len(current[0].workers()) == 2, 5, "2 workers")
+                    return current[0]
+                except AssertionError:
+                    pass  # left in a bad state by a failed test: start another
+            # --graceful-timeout: test_reload_under_load_fails_no_request's old workers drain.
+            current[:] = [starter("-w", "2", "--dispatch", mode, "--graceful-timeout", "10")]
+            return current[0]
+
+        yield get
+
+
+def test_killed_worker_is_replaced_and_serving_continues(two_workers) -> None:
+    m = two_workers()
+    seen = len(m.text())
     first = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     os.kill(first[0], signal.SIGKILL)
     wait_for(lambda: len(m.workers()) == 2 and first[0] not in m.workers(), what="replacement")
     statuses = {get(m.port)[0] for _ in range(20)}
     assert statuses == {200}
-    assert "died unexpectedly: killed by SIGKILL" in m.text()
+    assert "died unexpectedly: killed by SIGKILL" in m.text()[seen:]
 
 
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_connections_queued_for_a_dead_worker_are_served(start, mode: str, app: str) -> None:
+def test_connections_queued_for_a_dead_worker_are_served(two_workers) -> None:
     """A stopped worker accepts nothing; connections wait in the kernel. When it is killed,
     its replacement (reuseport: same slot socket, kept by the master) or the other worker
     (shared) serves them: no request is lost."""
-    m = start("-w", "2", "--dispatch", mode, app=app)
+    m = two_workers()
     workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     victim = workers[0]
     os.kill(victim, signal.SIGSTOP)
@@ -232,10 +263,8 @@ def test_connections_queued_for_a_dead_worker_are_served(start, mode: str, app: 
     assert results.count(200) == 16, results
 
 
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_reload_under_load_fails_no_request(start, mode: str, app: str) -> None:
-    m = start("-w", "2", "--dispatch", mode, "--graceful-timeout", "10", app=app)
+def test_reload_under_load_fails_no_request(two_workers) -> None:
+    m = two_workers()
     old = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
     with Load(m.port) as load:
         load.wait_more()
@@ -248,33 +277,14 @@ def test_reload_under_load_fails_no_request(start, mode: str, app: str) -> None:
     assert load.failures == []
 
 
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_ttin_ttou(start, mode: str, app: str) -> None:
-    m = start("-w", "1", "--dispatch", mode, app=app)
-    wait_for(lambda: len(m.workers()) == 1, what="1 worker")
+def test_ttin_ttou(two_workers) -> None:
+    m = two_workers()
+    wait_for(lambda: len(m.workers()) == 2, what="2 workers")
     m.signal(signal.SIGTTIN)
-    wait_for(lambda: len(m.workers()) == 2, what="2 workers after TTIN")
+    wait_for(lambda: len(m.workers()) == 3, what="3 workers after TTIN")
     m.signal(signal.SIGTTOU)
-    wait_for(lambda: len(m.workers()) == 1, what="1 worker after TTOU")
+    wait_for(lambda: len(m.workers()) == 2, what="2 workers after TTOU")
     assert {get(m.port)[0] for _ in range(10)} == {200}
-
-
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_term_exits_zero_and_leaves_no_process(start, mode: str, app: str) -> None:
-    m = start("-w", "2", "--dispatch", mode, app=app)
-    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
-    m.signal(signal.SIGTERM)
-    assert m.proc.wait(timeout=15) == 0
-    wait_for(
-        lambda: (
-            not any(
-                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
-            )
-        ),
-        what="workers gone",
-    )
 
 
 def test_sigkill_of_the_master_takes_the_workers_down(start) -> None:
@@ -514,12 +524,11 @@ def test_run_api_refuses_an_asgi_app_under_interface_wsgi_with_one_line(tmp_path
     assert "Traceback" not in text
 
 
-@APPS
-@pytest.mark.parametrize("mode", MODES)
-def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str, app: str) -> None:
+def test_ttou_and_ttin_under_load_fail_no_request(two_workers) -> None:
     """Removing a worker slot drains it: in reuseport mode the master steers new connections
     away from the slot (BPF) and its worker accepts what was queued before closing."""
-    m = start("-w", "3", "--dispatch", mode, app=app)
+    m = two_workers()
+    m.signal(signal.SIGTTIN)
     wait_for(lambda: len(m.workers()) == 3, what="3 workers")
     with Load(m.port) as load:
         for n_after, sig in (
@@ -532,6 +541,24 @@ def test_ttou_and_ttin_under_load_fail_no_request(start, mode: str, app: str) ->
             wait_for(lambda n=n_after: len(m.workers()) == n, what=f"{n_after} workers")
             load.wait_more(30)
     assert load.failures == []
+    m.signal(signal.SIGTTIN)  # back to the two workers the next test takes
+    wait_for(lambda: len(m.workers()) == 2, what="2 workers again")
+
+
+def test_term_exits_zero_and_leaves_no_process(two_workers) -> None:
+    """Last of the mode x interface tests: it ends the case's master."""
+    m = two_workers()
+    workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
+    m.signal(signal.SIGTERM)
+    assert m.proc.wait(timeout=15) == 0
+    wait_for(
+        lambda: (
+            not any(
+                psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in workers
+            )
+        ),
+        what="workers gone",
+    )
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ stack of its greenlet in the log (tests/apps.py: deadlines)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,6 +22,23 @@ def start(start_server: StartServer, mode: str) -> ServerProcess:
     return start_server(APP, "--request-timeout", "1", "--dispatch", mode, *extra)
 
 
+@pytest.fixture(scope="module", params=DISPATCH_MODES)
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[ServerProcess, str]]:
+    """(server, mode): one server per mode that the mode-parametrized tests share (pytest runs
+    both tests of one mode before the next mode's server); each reads the log from where it
+    began."""
+    mode = request.param
+    extra = ("--stats-bind", "off") if mode == "proxy" else ()
+    flags = ("--request-timeout", "1", "--dispatch", mode, *extra)
+    srv = ServerProcess(APP, flags, workdir=tmp_path_factory.mktemp("server"))
+    try:
+        yield srv.start(), mode
+    finally:
+        srv.discard()
+
+
 def worker_pid(srv: ServerProcess) -> int:
     """The pid of the worker that serves (once one does: the proxy says 503 meanwhile)."""
 
@@ -34,11 +52,11 @@ def worker_pid(srv: ServerProcess) -> int:
     return wait_for(pid, what="a worker serving /pid")
 
 
-@pytest.mark.parametrize("mode", DISPATCH_MODES)
 def test_a_view_blocking_the_loop_past_request_timeout_gets_its_worker_aborted(
-    start_server: StartServer, mode: str
+    server: tuple[ServerProcess, str],
 ) -> None:
-    srv = start(start_server, mode)
+    srv, mode = server
+    seen = len(srv.log_text())
     first = worker_pid(srv)
     try:
         status: int | None = http_get(srv.port, "/burn/5", timeout=20)[0]
@@ -49,7 +67,7 @@ def test_a_view_blocking_the_loop_past_request_timeout_gets_its_worker_aborted(
     else:
         assert status is None  # (the app would have answered 200 after 5 s)
     log = wait_for(
-        lambda: "in burn_cpu" in srv.log_text() and srv.log_text(),
+        lambda: "in burn_cpu" in srv.log_text()[seen:] and srv.log_text()[seen:],
         what="the blocked worker's stack (faulthandler) in the error log",
     )
     assert re.search(r"aborted: GET /burn/5 over --request-timeout 1s \(\d+\.\d s", log), log
@@ -71,15 +89,15 @@ def test_a_c_call_holding_the_gil_past_request_timeout_gets_its_worker_aborted(
     assert worker_pid(srv) != first
 
 
-@pytest.mark.parametrize("mode", DISPATCH_MODES)
 def test_a_cooperative_wait_past_request_timeout_gets_504_and_its_greenlet_stack_logged(
-    start_server: StartServer, mode: str
+    server: tuple[ServerProcess, str],
 ) -> None:
-    srv = start(start_server, mode)
+    srv, _mode = server
+    seen = len(srv.log_text())
     first = worker_pid(srv)
     status, body = http_get(srv.port, "/sleep/5", timeout=20)
     assert status == 504 and b"too long" in body
-    log = srv.wait_log("Request past --request-timeout: GET /sleep/5")
+    log = srv.wait_log("Request past --request-timeout: GET /sleep/5")[seen:]
     assert re.search(r"GET /sleep/5 \(\d+\.\d s over 1s\)", log), log
     assert "in wait_cooperatively" in log  # where the greenlet was waiting
     assert worker_pid(srv) == first and "aborted" not in log  # its loop ran: no abort

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import stop_all
 from tests.integration.proxy.backends import Backend
 from tests.integration.proxy.driver import ProxyProcess
 
@@ -50,8 +51,7 @@ def start_proxy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
     try:
         yield start
     finally:
-        for p in started:
-            p.stop()
+        stop_all(started)
 
 
 @pytest.fixture
