@@ -68,9 +68,11 @@ def test_two_pools_route_report_and_reload_without_a_failed_request(pools: Proxy
     assert doc[1]["strategy"] == "round_robin" and len(doc[1]["backends"]) == 2
     assert [x["serving"] for x in doc] == [{"asgi": 1}, {"wsgi": 2}]  # / (auto) learned WSGI
 
+    # Bounds well past the reload (a fast machine served 3000 per thread before it ended): the
+    # loops stop when the block ends.
     with (
-        Load(p.port, threads=2, limit=3000, seconds=8.0, target="/api/x") as a,
-        Load(p.port, threads=2, limit=3000, seconds=8.0, target="/page") as w,
+        Load(p.port, threads=2, limit=50_000, seconds=30.0, target="/api/x") as a,
+        Load(p.port, threads=2, limit=50_000, seconds=30.0, target="/page") as w,
     ):
         a.wait_more(20)
         w.wait_more(20)
