@@ -65,7 +65,7 @@ def test_integrated_requests_reach_both_workers(integrated: ProxyProcess) -> Non
 def test_integrated_worker_killed_under_load(integrated: ProxyProcess) -> None:
     p = integrated
     victim = p.worker_pids()[0]
-    with Load(p.port, threads=3, limit=500, seconds=4.0, target="/json") as load:
+    with Load(p.port, threads=3, limit=5000, seconds=8.0, target="/json") as load:
         load.wait_more(60)
         os.kill(victim, signal.SIGKILL)
         load.wait_more(120)
@@ -138,7 +138,7 @@ def test_integrated_worker_recycling_fails_no_request(start_proxy) -> None:
     )
     wait_for(lambda: p.health()[1]["healthy"] == 2, 10, "2 healthy local backends")
     first = set(p.worker_pids())
-    with Load(p.port, threads=3, limit=1000, seconds=10.0, target="/json") as load:
+    with Load(p.port, threads=3, limit=10_000, seconds=10.0, target="/json") as load:
         # the workers notice their count on their heartbeat (about once a second)
         wait_for(lambda: not first & set(p.worker_pids()), 8, "both workers recycled")
         load.wait_more(30)
