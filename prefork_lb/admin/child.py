@@ -212,6 +212,7 @@ class AdminChild(ChildProcess):
                 self.link,
                 self.cfg.graceful_timeout,
                 shutdown_delay=self.cfg.shutdown_delay,
+                mounts=bool(self.cfg.mount),
             )
             self.control_server = ControlServer(self.control, actions.handle)
         return 0

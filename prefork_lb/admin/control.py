@@ -70,6 +70,7 @@ class ControlActions:
         kill: Callable[[int, int], None] = os.kill,
         shutdown_delay: float = 0.0,
         process_info: Callable[[int], tuple[float, float] | None] = psutil_info,
+        mounts: bool = False,
     ) -> None:
         self.board = board
         self.totals = totals
@@ -79,6 +80,7 @@ class ControlActions:
         self.shutdown_delay = shutdown_delay  # --shutdown-delay: a TERM serves this long first
         self.kill = kill
         self.process_info = process_info
+        self.mounts = mounts  # --mount: each pool has its own workers=, which scale cannot change
 
     @property
     def master_pid(self) -> int:
@@ -165,6 +167,8 @@ class ControlActions:
         current = int(self.totals.header()["target"])
         if current == 0:
             raise p.CommandError("scale: the standalone proxy has no workers (see backend add/remove)")
+        if self.mounts:
+            raise p.CommandError("scale: with --mount each pool has its workers= (change them and restart)")
         target = p.scale_target(req["workers"], current, self.max_workers())
         send = self.signal_master(signal.SIGTTIN)
         totals = self.totals

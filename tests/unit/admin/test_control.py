@@ -68,6 +68,14 @@ def test_scale_writes_the_target_then_sends_ttin(actions: Any) -> None:
         run(acts, cmd="scale", workers="-2")
 
 
+def test_scale_is_refused_up_front_under_mount(actions: Any) -> None:
+    acts, sent = actions
+    acts.mounts = True
+    with pytest.raises(p.CommandError, match="with --mount each pool has its workers=") as exc:
+        run(acts, cmd="scale", workers="+1")
+    assert exc.value.code == p.EXIT_USAGE and not sent and acts.totals.take_scale() == 0
+
+
 def test_reload_lists_the_workers_before_the_hup(actions: Any) -> None:
     acts, sent = actions
     doc = run(acts, cmd="reload")
