@@ -72,6 +72,8 @@ class ProxySettings:
         append=True,
         default_doc="none",
         commands=(SERVER,),
+        common=True,
+        summary="One worker pool per app: ROUTE=MODULE:APP[;workers=N;interface=...], repeated",
     )
 
     worker_base_port = Setting(
