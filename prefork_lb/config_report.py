@@ -54,12 +54,13 @@ def check_app(cfg: Config) -> str | None:
     """Import the app as a worker would: None when it loads and is an app of --interface,
     else the one line that says why not."""
     if cfg.mounts is not None:  # --mount: each pool's app, as its workers import it
+        from prefork_lb.mounts import boot_line
         from prefork_lb.pools import pool_config
 
         for m in cfg.mounts.mounts:
             why = check_app(pool_config(cfg, m))
             if why is not None:
-                return f"--mount {m.route}: {why}"
+                return boot_line(m.route, why)
         return None
     if not cfg.local_workers or cfg.app_uri is None:
         return None  # the standalone proxy has no app

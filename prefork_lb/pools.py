@@ -26,6 +26,7 @@ def pool_config(cfg: Any, mount: Mount) -> Any:
     mine.__dict__["warnings"] = list(cfg.warnings)
     mine.app_uri = mount.app
     mine.mounts = None  # a worker serves one app: its own
+    mine.mount_route = mount.route  # (its boot error names the mount: prefork_lb.mounts.boot_line)
     source = f"--mount {mount.route}"
     mine.set("interface", mount.interface, source)
     mine.set("strategy", mount.strategy, source)

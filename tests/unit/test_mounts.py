@@ -7,7 +7,15 @@ import pytest
 
 from prefork_lb.cli import parse
 from prefork_lb.config import ConfigError
-from prefork_lb.mounts import MountError, MountTable, parse_mount, parse_mounts, parse_route, request_host
+from prefork_lb.mounts import (
+    MountError,
+    MountTable,
+    boot_line,
+    parse_mount,
+    parse_mounts,
+    parse_route,
+    request_host,
+)
 from prefork_lb.pools import MountedInterfaces, interfaces_for, pool_config
 from prefork_lb.settings.base import STRATEGIES
 
@@ -371,3 +379,47 @@ def test_process_titles_name_the_app_or_the_routes() -> None:
         title_label(parse(["proxy", "--backends", "127.0.0.1:9"], environ={}), "standalone") == "standalone"
     )
     assert title_label(parse([*ARGS, "--name", "shop"], environ={}), "x") == "shop"
+
+
+# -- a pool's boot error names its mount -----------------------------------------------------------
+
+
+def test_boot_line_names_the_mount_and_the_fix_in_it() -> None:
+    wrong = "app 'mysite:wsgi_app' is a WSGI application (x), not an ASGI one: start it with --interface wsgi (or auto)"
+    assert boot_line("/", wrong) == (
+        "--mount /: app 'mysite:wsgi_app' is a WSGI application (x), not an ASGI one: "
+        "use interface=wsgi (or auto) in its --mount"
+    )
+    assert (
+        boot_line("/api", "module 'myapi' has no attribute 'x'")
+        == "--mount /api: module 'myapi' has no attribute 'x'"
+    )
+    assert boot_line(None, wrong) == wrong
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("/=tests.apps:echo;interface=asgi", "use interface=wsgi (or auto) in its --mount"),
+        ("/=tests.apps:nosuchattr", "has no attribute 'nosuchattr'"),
+    ],
+)
+def test_a_pools_worker_says_its_mount_on_the_boot_pipe(spec: str, want: str) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from prefork_lb.child import EXIT_APP_LOAD
+    from prefork_lb.worker.child import WorkerChild
+
+    cfg = parse(["--mount", spec], environ={})
+    mine = pool_config(cfg, cfg.mounts.mounts[0])
+    r, w = os.pipe()
+    try:
+        me = SimpleNamespace(cfg=mine, ctx=SimpleNamespace(boot_fd=w), interface="wsgi")
+        assert WorkerChild.load_app(me) == (None, EXIT_APP_LOAD)  # type: ignore[arg-type]
+        line = os.read(r, 65536).decode().strip()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert line.startswith("--mount /: app 'tests.apps:") or line.startswith("--mount /: module"), line
+    assert want in line and "--interface" not in line
