@@ -53,10 +53,14 @@ class MountedInterfaces(InterfaceChoice):
             choice = learned.get(m.route)
             if choice is None:
                 choice = InterfaceChoice(mine)
+                choice.route = m.route
             else:
                 choice.reconfigure(mine)  # auto keeps what this pool's workers told
             pools.append((m, mine, choice))
         self.pools = pools
+
+    def learned(self) -> dict[str, str]:
+        return {m.route: choice.current for m, _, choice in self.pools}
 
     def _pool(self, slot: int) -> tuple[Mount, Any, InterfaceChoice] | None:
         for pool in self.pools:

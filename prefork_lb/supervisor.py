@@ -375,7 +375,7 @@ class Supervisor(Watchdog):
             where = s.getsockname()
             at = f"unix:{where}" if isinstance(where, str) else f"http://{where[0]}:{where[1]}"
             log.info("Admin endpoints /lb-health, /lb-stats, /metrics, /livez and /readyz at %s", at)
-        log.info(self.mode.ready_message(self.num_workers))
+        log.info(self.mode.ready_message(self.num_workers, self.interface.learned()))
         self.hook("when_ready", self)
         sd_notify(f"READY=1\nMAINPID={self.pid}")
         if self.old_master:

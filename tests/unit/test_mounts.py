@@ -3,6 +3,8 @@ config and interface choice in the master (prefork_lb.pools); the config checks.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from prefork_lb.cli import parse
@@ -280,21 +282,26 @@ def test_pool_config_is_a_copy_with_the_pools_settings() -> None:
     assert (cfg.app_uri, cfg.interface, cfg.source_of("interface")) == (None, "auto", "default")
 
 
-def test_interfaces_per_pool() -> None:
+def test_interfaces_per_pool(caplog: pytest.LogCaptureFixture) -> None:
     cfg = parse(ARGS, environ={})
     choice = interfaces_for(cfg)
+    assert choice.learned() == {"/api": "asgi", "/": "wsgi"}
     assert isinstance(choice, MountedInterfaces)
     assert [choice.for_slot(s).current for s in range(4)] == ["asgi", "asgi", "wsgi", "wsgi"]
     assert choice.for_slot(-1) is choice and choice.cfg_for(-1, cfg) is cfg
     assert choice.cfg_for(2, cfg).app_uri == "tests.apps:echo"
     # auto is learned per pool: the / pool's worker found an ASGI app
-    assert choice.wrong_in(2, "wsgi") is True
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        assert choice.wrong_in(2, "wsgi") is True
+    assert "The app of --mount / is an ASGI application: starting ASGI workers" in caplog.text
+    assert choice.learned() == {"/api": "asgi", "/": "asgi"}
     assert [choice.for_slot(s).current for s in range(4)] == ["asgi", "asgi", "asgi", "asgi"]
     site = choice.for_slot(2)
     choice.reconfigure(parse(ARGS, environ={}))  # a HUP keeps what the pool learned
     assert choice.for_slot(2) is site and site.current == "asgi"
     plain = interfaces_for(parse(["tests.apps:echo"], environ={}))
     assert not isinstance(plain, MountedInterfaces) and plain.for_slot(0) is plain
+    assert plain.learned() == {}
 
 
 # -- the master with pools: fake fork, real loopback listeners --------------------------------------
@@ -328,8 +335,8 @@ def test_the_master_starts_each_pools_workers_with_its_interface(master) -> None
     master.manage()
     workers = sorted((w.slot, w.interface) for w in master.workers.values() if w.slot >= 0)
     assert workers == [(0, "asgi"), (1, "asgi"), (2, "wsgi")]  # /api: 2 asgi; /: --workers (1) auto
-    assert master.num_workers == 3 and master.mode.ready_message(3) == (
-        "Ready: pools /api -> tests.apps_asgi:echo (2 asgi), / -> tests.apps:echo (1 auto)"
+    assert master.num_workers == 3 and master.mode.ready_message(3, master.interface.learned()) == (
+        "Ready: pools /api -> tests.apps_asgi:echo (2 asgi), / -> tests.apps:echo (1 wsgi)"
     )
     assert master.mode.slot_port(2) > 0
 
