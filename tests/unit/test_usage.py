@@ -74,5 +74,7 @@ def test_help_all_says_wsgi_or_asgi() -> None:
     from prefork_lb.cli import make_parser
 
     text = make_parser(SERVER).format_help()
-    assert "WSGI and ASGI server" in text and "the WSGI or ASGI app, as MODULE:ATTRIBUTE" in " ".join(text.split())
+    assert "WSGI and ASGI server" in text and "the WSGI or ASGI app, as MODULE:ATTRIBUTE" in " ".join(
+        text.split()
+    )
     assert "prefork_lb --mount ROUTE=MODULE:APP" in text
