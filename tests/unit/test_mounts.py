@@ -257,6 +257,14 @@ def test_config_refusals(args: list[str], why: str) -> None:
         parse([*ARGS, *args], environ={})
 
 
+def test_a_bad_mount_is_quoted_as_the_user_wrote_it() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(["--mount", "api=myapi:app"], environ={})
+    assert str(exc.value).startswith("--mount api=myapi:app: route 'api': must be [HOST]/PREFIX")
+    with pytest.raises(ConfigError, match=r"^--mount /=x:y;port=1: unknown key 'port'"):
+        parse([], environ={"PREFORK_LB_MOUNT": "/a=x:y|/=x:y;port=1"})
+
+
 def test_check_twice_keeps_the_table() -> None:
     from prefork_lb.config_check import check
 
