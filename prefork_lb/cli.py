@@ -318,7 +318,9 @@ def report(cfg: Config, args: argparse.Namespace) -> int:
         for line in cfg.warnings:
             sys.stderr.write(f"prefork_lb: warning: {line}\n")
     if args.check_config:
-        why = config_report.check_app(cfg)
+        found: dict[str, str] = {}
+        why = config_report.check_app(cfg, found)
         if why is not None:
             fail(why)
+        sys.stdout.write(config_report.ok_line(cfg, found) + "\n")
     return 0
