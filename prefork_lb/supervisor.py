@@ -580,13 +580,8 @@ class Supervisor(Watchdog):
                     self.stop_worker(w, self.stop_signal)
         self.stop_admin_last()
         if self.clock() >= self.stop_deadline:
-            # A start that failed: its one line says why; killing what is still starting is no news.
-            quiet = self.boot_error is not None and not self.ready_announced
             for w in list(self.workers.values()):
-                (log.debug if quiet else log.warning)(
-                    "Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid
-                )
-                self.signal_pid(w.pid, signal.SIGKILL)
+                self.kill_late(w)
             self.stop_deadline = self.clock() + 5
         return False
 
