@@ -438,3 +438,10 @@ def test_a_pools_worker_says_its_mount_on_the_boot_pipe(spec: str, want: str) ->
         os.close(w)
     assert line.startswith("--mount /: app 'tests.apps:") or line.startswith("--mount /: module"), line
     assert want in line and "--interface" not in line
+
+
+def test_the_admin_process_knows_each_slots_pool() -> None:
+    from prefork_lb.admin.child import pools_by_slot
+
+    assert pools_by_slot(parse([*ARGS, "--workers", "1"], environ={})) == {0: "/api", 1: "/api", 2: "/"}
+    assert pools_by_slot(parse(["tests.apps:echo"], environ={})) is None
