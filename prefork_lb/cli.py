@@ -66,12 +66,16 @@ def make_parser(command: str = SERVER) -> argparse.ArgumentParser:
     else:
         parser = _Parser(
             prog="prefork_lb",
-            usage=f"{COMMAND_LINES[SERVER]} [options]\n       {COMMAND_LINES[PROXY]} --backends LIST [options]",
-            description="A prefork WSGI server and load balancer. `prefork_lb proxy --help-all`: "
-            "the standalone proxy's options.",
+            usage=f"{COMMAND_LINES[SERVER]} [options]\n       {usage.MOUNT_LINE} [options]"
+            f"\n       {COMMAND_LINES[PROXY]} --backends LIST [options]",
+            description=f"{usage.DESCRIPTION} `prefork_lb proxy --help-all`: the standalone proxy's options.",
             add_help=False,
         )
-        parser.add_argument("app", nargs="?", help="the WSGI app, as MODULE:ATTRIBUTE (e.g. myapp:app)")
+        parser.add_argument(
+            "app",
+            nargs="?",
+            help="the WSGI or ASGI app, as MODULE:ATTRIBUTE (e.g. myapp:app); none with --mount",
+        )
     parser.epilog = f"Environment variables and config file names of every option: {usage.DOCS}"
     parser.add_argument(
         "-h",
@@ -314,7 +318,9 @@ def report(cfg: Config, args: argparse.Namespace) -> int:
         for line in cfg.warnings:
             sys.stderr.write(f"prefork_lb: warning: {line}\n")
     if args.check_config:
-        why = config_report.check_app(cfg)
+        found: dict[str, str] = {}
+        why = config_report.check_app(cfg, found)
         if why is not None:
             fail(why)
+        sys.stdout.write(config_report.ok_line(cfg, found) + "\n")
     return 0

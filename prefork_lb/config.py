@@ -88,6 +88,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
     hooks: dict[str, Callable[..., Any]]
     app_object: Any  # prefork_lb.run(app): an app given as an object, not a path
     mounts: Any  # --mount: the prefork_lb.mounts.MountTable the config checks build, else None
+    mount_route: str | None  # a pool's copy (prefork_lb.pools.pool_config): its mount's route
     local_workers: bool  # False only for the standalone proxy (see drop_local_workers)
     warnings: list[str]  # settings a config file or the environment gave that the command ignores
     sources: dict[str, str]  # setting -> where its value came from ("default" when not given)
@@ -106,6 +107,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
         d["app_object"] = app_object
         d["local_workers"] = True
         d["mounts"] = None
+        d["mount_route"] = None
         d["warnings"] = []
         d["sources"] = {}
 

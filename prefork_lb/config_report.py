@@ -50,16 +50,18 @@ def render_json(cfg: Config) -> str:
     return json.dumps(doc, indent=2, default=str) + "\n"
 
 
-def check_app(cfg: Config) -> str | None:
+def check_app(cfg: Config, found: dict[str, str] | None = None) -> str | None:
     """Import the app as a worker would: None when it loads and is an app of --interface,
-    else the one line that says why not."""
+    else the one line that says why not. ``found`` gets the interface each app is served as,
+    by its mount's route ("" without --mount)."""
     if cfg.mounts is not None:  # --mount: each pool's app, as its workers import it
+        from prefork_lb.mounts import boot_line
         from prefork_lb.pools import pool_config
 
         for m in cfg.mounts.mounts:
-            why = check_app(pool_config(cfg, m))
+            why = check_app(pool_config(cfg, m), found)
             if why is not None:
-                return f"--mount {m.route}: {why}"
+                return boot_line(m.route, why)
         return None
     if not cfg.local_workers or cfg.app_uri is None:
         return None  # the standalone proxy has no app
@@ -70,9 +72,25 @@ def check_app(cfg: Config) -> str | None:
     if cfg.interface != "asgi":
         patch()
     try:
-        resolve(load_object(cfg.app_uri, cfg.chdir), cfg.app_uri, cfg.interface)
+        detected = resolve(load_object(cfg.app_uri, cfg.chdir), cfg.app_uri, cfg.interface)
     except AppLoadError as exc:
         return str(exc)
     except BaseException as exc:  # the app raised on import: its one line, no traceback
         return f"the app failed to import: {type(exc).__name__}: {exc}"
+    if found is not None:
+        found[cfg.mount_route or ""] = detected.interface
     return None
+
+
+def ok_line(cfg: Config, found: dict[str, str]) -> str:
+    """--check-config's line when all is well: what would be served, by how many workers, where."""
+    where = f"{cfg.dispatch} on {', '.join(cfg.bind)}"
+    if not cfg.local_workers:
+        return f"config OK: proxy to {', '.join(cfg.backends or [])} on {', '.join(cfg.bind)}"
+    if cfg.mounts is not None:
+        pools = (f"{m.route} -> {m.app} ({found.get(m.route, m.interface)})" for m in cfg.mounts.mounts)
+        what = "pools " + ", ".join(pools)
+    else:
+        what = f"{cfg.app_uri} ({found.get('', cfg.interface)})"
+    n = cfg.workers
+    return f"config OK: {what}, {n} worker{'' if n == 1 else 's'}, {where}"

@@ -351,11 +351,22 @@ def format_workers(workers: Sequence[Mapping[str, Any]]) -> list[str]:
         rows.append(
             [w["slot"], w["pid"], w["state"], w["in_flight"], w["served"], _size(w.get("rss")), current]
         )
-    return table(["SLOT", "PID", "STATE", "IN FLIGHT", "SERVED", "RSS", "CURRENT REQUEST"], rows)
+    header = ["SLOT", "PID", "STATE", "IN FLIGHT", "SERVED", "RSS", "CURRENT REQUEST"]
+    return table(*with_pool_column(header, rows, workers, 1))
+
+
+def with_pool_column(
+    header: list[str], rows: list[list[Any]], docs: Sequence[Mapping[str, Any]], at: int
+) -> tuple[list[str], list[list[Any]]]:
+    """--mount: a POOL column (each row's route) at ``at``, when a row has a pool."""
+    if not any(d.get("pool") for d in docs):
+        return header, rows
+    header = [*header[:at], "POOL", *header[at:]]
+    return header, [[*r[:at], d.get("pool") or "-", *r[at:]] for r, d in zip(rows, docs, strict=True)]
 
 
 def format_backends(backends: Sequence[Mapping[str, Any]]) -> list[str]:
-    rows = [
+    rows: list[list[Any]] = [
         [
             b["name"],
             b["state"] + (f" ({b['reason']})" if b.get("reason") and b["state"] == "down" else ""),
@@ -368,7 +379,8 @@ def format_backends(backends: Sequence[Mapping[str, Any]]) -> list[str]:
         ]
         for b in backends
     ]
-    return table(["BACKEND", "STATE", "WEIGHT", "IN FLIGHT", "REQUESTS", "ERRORS", "P50", "P99"], rows)
+    header = ["BACKEND", "STATE", "WEIGHT", "IN FLIGHT", "REQUESTS", "ERRORS", "P50", "P99"]
+    return table(*with_pool_column(header, rows, backends, 1))
 
 
 def format_status(doc: Mapping[str, Any], workers_only: bool = False) -> str:

@@ -345,6 +345,9 @@ class AsgiWorker(_PreforkWorker):
             root_path=(getattr(cfg, "root_path", "") or "").rstrip("/"),  # gunicorn 24+
             # forwarded_allow_ips: X-Forwarded-Proto, then Forwarded proto=, set the scheme
             trusted_peers=TrustedPeers(cfg.forwarded_allow_ips or []),
+            app_name=str(
+                getattr(getattr(self, "app", None), "app_uri", None) or getattr(cfg, "wsgi_app", None) or ""
+            ),
         )
 
     def beat(self) -> None:

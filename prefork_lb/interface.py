@@ -33,6 +33,7 @@ class InterfaceChoice:
         self.setting = "auto"
         self.current = WSGI
         self.flips = 0
+        self.route: str | None = None  # the pool's mount (prefork_lb.pools), named in the log
         self.reconfigure(cfg)
 
     def reconfigure(self, cfg: Any) -> None:
@@ -74,14 +75,26 @@ class InterfaceChoice:
         if started_as != self.current:
             return True
         if self.flips >= MAX_FLIPS:
-            log.error("The app's interface changes from one import to the next; set --interface")
+            if self.route is None:
+                log.error("The app's interface changes from one import to the next; set --interface")
+            else:
+                log.error(
+                    "The app of --mount %s changes its interface from one import to the next; "
+                    "set interface= in its --mount",
+                    self.route,
+                )
             return False
         self.flips += 1
         self.current = ASGI if started_as == WSGI else WSGI
+        whose = "The app" if self.route is None else f"The app of --mount {self.route}"
         log.info(
-            "The app is an %s application: starting %s workers", self.current.upper(), self.current.upper()
+            "%s is an %s application: starting %s workers", whose, self.current.upper(), self.current.upper()
         )
         return True
+
+    def learned(self) -> dict[str, str]:
+        """Each pool's route and the interface its workers are started with ({} without --mount)."""
+        return {}
 
     def wrong_in(self, slot: int, started_as: str) -> bool:
         """:meth:`wrong`, said by the worker of ``slot`` (its pool's choice with --mount)."""

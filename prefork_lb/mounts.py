@@ -23,7 +23,16 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["KEYS", "Mount", "MountError", "MountTable", "parse_mount", "parse_mounts", "request_host"]
+__all__ = [
+    "KEYS",
+    "Mount",
+    "MountError",
+    "MountTable",
+    "boot_line",
+    "parse_mount",
+    "parse_mounts",
+    "request_host",
+]
 
 INTERFACES = ("auto", "wsgi", "asgi")
 _HOST = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
@@ -192,3 +201,14 @@ def request_host(value: bytes | None) -> str | None:
         end = text.find("]")
         return text[: end + 1] if end != -1 else text
     return text.partition(":")[0]
+
+
+_INTERFACE_FIX = re.compile(r"start it with --interface (\w+) \(or auto\)")
+
+
+def boot_line(route: str | None, message: str) -> str:
+    """A pool's worker's boot error (``route``: its mount's; None without --mount) as the user
+    reads it: the mount named first, and a wrong interface fixed in the mount, not by a flag."""
+    if route is None:
+        return message
+    return f"--mount {route}: " + _INTERFACE_FIX.sub(r"use interface=\1 (or auto) in its --mount", message)

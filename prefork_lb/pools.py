@@ -26,6 +26,7 @@ def pool_config(cfg: Any, mount: Mount) -> Any:
     mine.__dict__["warnings"] = list(cfg.warnings)
     mine.app_uri = mount.app
     mine.mounts = None  # a worker serves one app: its own
+    mine.mount_route = mount.route  # (its boot error names the mount: prefork_lb.mounts.boot_line)
     source = f"--mount {mount.route}"
     mine.set("interface", mount.interface, source)
     mine.set("strategy", mount.strategy, source)
@@ -52,10 +53,14 @@ class MountedInterfaces(InterfaceChoice):
             choice = learned.get(m.route)
             if choice is None:
                 choice = InterfaceChoice(mine)
+                choice.route = m.route
             else:
                 choice.reconfigure(mine)  # auto keeps what this pool's workers told
             pools.append((m, mine, choice))
         self.pools = pools
+
+    def learned(self) -> dict[str, str]:
+        return {m.route: choice.current for m, _, choice in self.pools}
 
     def _pool(self, slot: int) -> tuple[Mount, Any, InterfaceChoice] | None:
         for pool in self.pools:

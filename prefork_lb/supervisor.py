@@ -327,7 +327,7 @@ class Supervisor(Watchdog):
             where = s.getsockname()
             at = f"unix:{where}" if isinstance(where, str) else f"http://{where[0]}:{where[1]}"
             log.info("Admin endpoints /lb-health, /lb-stats, /metrics, /livez and /readyz at %s", at)
-        log.info(self.mode.ready_message(self.num_workers))
+        log.info(self.mode.ready_message(self.num_workers, self.interface.learned()))
         self.hook("when_ready", self)
         sd_notify(f"READY=1\nMAINPID={self.pid}")
         if self.old_master:
@@ -535,8 +535,7 @@ class Supervisor(Watchdog):
         self.stop_admin_last()
         if self.clock() >= self.stop_deadline:
             for w in list(self.workers.values()):
-                log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
-                self.signal_pid(w.pid, signal.SIGKILL)
+                self.kill_late(w)
             self.stop_deadline = self.clock() + 5
         return False
 

@@ -30,6 +30,8 @@ DOCS = "docs/reference/settings.md"
 WIDTH = 100  # the short help's lines fit this many columns
 FLAG_COLUMN = 30
 
+DESCRIPTION = "A prefork WSGI and ASGI server and load balancer."
+MOUNT_LINE = "prefork_lb --mount ROUTE=MODULE:APP [--mount ...]"  # one pool per app, no MODULE:APP
 _NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
@@ -123,10 +125,11 @@ def short_help(settings: Iterable[Setting[Any]], command: str) -> str:
     else:
         lines = [
             f"usage: {COMMAND_LINES[SERVER]} [options]",
+            f"       {MOUNT_LINE} [options]",
             f"       {COMMAND_LINES[PROXY]} --backends HOST:PORT[,...] [options]",
             "",
-            "A prefork WSGI server and load balancer. Commands:",
-            *_entry("MODULE:APP", "serve the WSGI app (e.g. prefork_lb.demo:app) from worker processes"),
+            f"{DESCRIPTION} Commands:",
+            *_entry("MODULE:APP", "serve a WSGI or ASGI app (e.g. myapp:app) from worker processes"),
             *_entry("proxy", "the standalone load balancer in front of --backends (see proxy --help)"),
             *_entry("ctl COMMAND", "talk to a running server: status, reload, scale, stop (see ctl --help)"),
         ]

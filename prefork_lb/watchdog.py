@@ -32,6 +32,8 @@ class Watchdog:
     workers: dict[int, Any]  # pid -> prefork_lb.supervisor.WorkerProc
     board: sb.Scoreboard
     totals: tt.Totals
+    boot_error: Any  # prefork_lb.supervisor.BootError once a worker failed to boot, else None
+    ready_announced: bool
 
     def signal_pid(self, pid: int, sig: int) -> None: ...
 
@@ -81,3 +83,12 @@ class Watchdog:
         if not req:
             return "outside any request"
         return f"while serving {req} (for {time.monotonic() - self.board.request_start(w.entry):.1f} s)"
+
+    def kill_late(self, w: Any) -> None:
+        """SIGKILL for a process still there at the stop's deadline; a warning, except when a
+        failed start stops what was still starting (its one error line says why)."""
+        quiet = self.boot_error is not None and not self.ready_announced
+        (log.debug if quiet else log.warning)(
+            "Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid
+        )
+        self.signal_pid(w.pid, signal.SIGKILL)

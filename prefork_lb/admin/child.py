@@ -212,6 +212,7 @@ class AdminChild(ChildProcess):
                 self.link,
                 self.cfg.graceful_timeout,
                 shutdown_delay=self.cfg.shutdown_delay,
+                pools=pools_by_slot(self.cfg),
             )
             self.control_server = ControlServer(self.control, actions.handle)
         return 0
@@ -247,3 +248,11 @@ class AdminChild(ChildProcess):
             os.write(self._wake_w, b"x")
         except OSError:
             pass
+
+
+def pools_by_slot(cfg: Any) -> dict[int, str] | None:
+    """--mount: each worker slot's pool (its route), for ``ctl status``; None without."""
+    if not cfg.mount:
+        return None
+    table = getattr(cfg, "mounts", None)
+    return {} if table is None else {slot: m.route for m in table.mounts for slot in m.slots}

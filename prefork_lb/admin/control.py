@@ -36,7 +36,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prefork_lb import scoreboard as sb
@@ -70,6 +70,7 @@ class ControlActions:
         kill: Callable[[int, int], None] = os.kill,
         shutdown_delay: float = 0.0,
         process_info: Callable[[int], tuple[float, float] | None] = psutil_info,
+        pools: Mapping[int, str] | None = None,
     ) -> None:
         self.board = board
         self.totals = totals
@@ -79,6 +80,9 @@ class ControlActions:
         self.shutdown_delay = shutdown_delay  # --shutdown-delay: a TERM serves this long first
         self.kill = kill
         self.process_info = process_info
+        # --mount: each worker slot's pool (its route); each pool has its own workers=, which
+        # scale cannot change. None without --mount.
+        self.pools = pools
 
     @property
     def master_pid(self) -> int:
@@ -113,7 +117,7 @@ class ControlActions:
             "health": doc["health"],
             "master": master,
             "processes": self.processes(),
-            "workers": doc["workers"],
+            "workers": self.with_pools(doc["workers"]),
             "in_flight": sum(w["in_flight"] for w in doc["workers"]),
             "served": sum(int(w["served"]) for w in doc["workers"]),
         }
@@ -124,6 +128,13 @@ class ControlActions:
             elif not doc["workers"] and docs.get("health"):  # the standalone proxy: its backends'
                 out["health"] = docs["health"].get("status", out["health"])
         return out
+
+    def with_pools(self, workers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """--mount: each worker's row says its pool (the route)."""
+        pools = self.pools
+        if pools is None:
+            return workers
+        return [{**w, "pool": pools[w["slot"]]} if w["slot"] in pools else w for w in workers]
 
     def processes(self) -> list[dict[str, Any]]:
         """The helper (the proxy, the handoff dispatcher) and the admin processes."""
@@ -165,6 +176,8 @@ class ControlActions:
         current = int(self.totals.header()["target"])
         if current == 0:
             raise p.CommandError("scale: the standalone proxy has no workers (see backend add/remove)")
+        if self.pools is not None:
+            raise p.CommandError("scale: with --mount each pool has its workers= (change them and restart)")
         target = p.scale_target(req["workers"], current, self.max_workers())
         send = self.signal_master(signal.SIGTTIN)
         totals = self.totals
@@ -248,6 +261,7 @@ def backend_list(docs: dict[str, Any] | None) -> list[dict[str, Any]]:
                 "p50_ms": lat.get("p50"),
                 "p99_ms": lat.get("p99"),
                 **({"slot": h["slot"]} if "slot" in h else {}),
+                **({"pool": b["pool"]} if b.get("pool") else {}),
                 **({"reason": h["reason"]} if h.get("reason") else {}),
             }
         )

@@ -35,6 +35,9 @@ class AsgiOptions:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     ws_per_message_deflate: bool = True
+    # How error lines name the app: the MODULE:APP the user gave (cfg.app_uri, a mount's app);
+    # "": asgi.server.app_name(app), the object's module:qualname (in-process use).
+    app_name: str = ""
 
     @classmethod
     def from_config(cls, cfg: Any) -> AsgiOptions:
@@ -53,4 +56,5 @@ class AsgiOptions:
             ws_ping_interval=cfg.ws_ping_interval,
             ws_ping_timeout=cfg.ws_ping_timeout,
             ws_per_message_deflate=cfg.ws_per_message_deflate,
+            app_name=getattr(cfg, "app_uri", None) or "",
         )

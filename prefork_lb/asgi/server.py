@@ -72,8 +72,8 @@ class AsgiServer:
         state: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
-        self.app_name = app_name(app)
         self.options = options or AsgiOptions()
+        self.app_name = self.options.app_name or app_name(app)
         # How long a kept-alive connection waits for its next request (read once per request).
         self.idle_timeout = self.options.keepalive or self.options.header_timeout
         self.loop = loop or asyncio.get_event_loop()

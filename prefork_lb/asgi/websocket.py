@@ -513,10 +513,11 @@ class WebSocketProtocol(asyncio.Protocol):
     def _app_failed(self, what: str, exc_info: bool = False) -> None:
         """One log line naming the app and what it did; 500 before accept, 1011 after."""
         path = self.scope.get("path", "")
+        name = self.settings.app_name or app_name(self.app)  # as the user gave it, else the object's
         if exc_info:
-            log.exception("websocket app %s %s (websocket %s)", app_name(self.app), what, path)
+            log.exception("websocket app %s %s (websocket %s)", name, what, path)
         else:
-            log.error("websocket app %s %s (websocket %s)", app_name(self.app), what, path)
+            log.error("websocket app %s %s (websocket %s)", name, what, path)
         if self.conn is None:
             if self.status == 0 and not self._lost:
                 self._respond(

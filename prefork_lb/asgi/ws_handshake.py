@@ -67,6 +67,7 @@ class WsSettings:
     per_message_deflate: bool = True  # accept permessage-deflate when the client offers it
     close_timeout: float = 5.0  # seconds to wait for the peer's close frame after ours
     server_header: bool = True
+    app_name: str = ""  # the MODULE:APP the user gave, for error lines ("": the object's name)
 
     @classmethod
     def from_options(cls, options: Any) -> WsSettings:
@@ -79,6 +80,7 @@ class WsSettings:
             per_message_deflate=bool(getattr(options, "ws_per_message_deflate", d.per_message_deflate)),
             close_timeout=float(getattr(options, "ws_close_timeout", d.close_timeout)),
             server_header=bool(getattr(options, "server_header", d.server_header)),
+            app_name=str(getattr(options, "app_name", "") or ""),
         )
 
 

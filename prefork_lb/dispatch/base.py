@@ -246,5 +246,7 @@ class DispatchMode:
 
     # -- messages -------------------------------------------------------------------------------
 
-    def ready_message(self, num_workers: int) -> str:
+    def ready_message(self, num_workers: int, interfaces: dict[str, str] | None = None) -> str:
+        """The "Ready" line; ``interfaces``: each --mount pool's route and what its workers are
+        (learned under interface=auto: prefork_lb.pools.MountedInterfaces.learned)."""
         return f"Ready: {num_workers} worker{'' if num_workers == 1 else 's'} serving"

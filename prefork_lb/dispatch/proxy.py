@@ -125,10 +125,14 @@ class ProxyMode(DispatchMode):
             cfg.mounts = old.mounts
         super().reconfigure(cfg)
 
-    def ready_message(self, num_workers: int) -> str:
+    def ready_message(self, num_workers: int, interfaces: dict[str, str] | None = None) -> str:
         if not num_workers:
             return "Ready: proxy to " + ", ".join(self.cfg.backends or [])
         if self.cfg.mounts is not None:
-            pools = (f"{m.route} -> {m.app} ({m.workers} {m.interface})" for m in self.cfg.mounts.mounts)
+            served = interfaces or {}
+            pools = (
+                f"{m.route} -> {m.app} ({m.workers} {served.get(m.route, m.interface)})"
+                for m in self.cfg.mounts.mounts
+            )
             return "Ready: pools " + ", ".join(pools)
         return super().ready_message(num_workers)

@@ -12,6 +12,7 @@ from typing import Any
 from prefork_lb.settings.base import (
     SERVER,
     STRATEGIES,
+    ConfigError,
     Setting,
     boolean,
     comma_joined,
@@ -26,8 +27,9 @@ from prefork_lb.settings.base import (
 def mount_list(value: Any) -> list[str]:
     """--mount: repeated on the command line, a list in a config file, one per line (or ``|``)
     in the environment; each checked for syntax here (prefork_lb.mounts), the table built by
-    the config checks, which know the server-wide defaults."""
-    from prefork_lb.mounts import parse_mount
+    the config checks, which know the server-wide defaults. A bad one is one line that quotes
+    it as the user wrote it (not the list the command line collects)."""
+    from prefork_lb.mounts import MountError, parse_mount
 
     if isinstance(value, str):
         items = [v.strip() for v in re.split(r"[\n|]", value)]
@@ -36,7 +38,10 @@ def mount_list(value: Any) -> list[str]:
     items = [v for v in items if v]
     placeholder = {"workers": 1, "interface": "auto", "strategy": "", "max_concurrency": 0, "queue_size": 0}
     for item in items:
-        parse_mount(item, placeholder, STRATEGIES)
+        try:
+            parse_mount(item, placeholder, STRATEGIES)
+        except MountError as exc:
+            raise ConfigError(f"--mount {item}: {str(exc).removeprefix(f'{item!r}: ')}") from None
     return items
 
 
@@ -72,6 +77,8 @@ class ProxySettings:
         append=True,
         default_doc="none",
         commands=(SERVER,),
+        common=True,
+        summary="One worker pool per app: ROUTE=MODULE:APP[;workers=N;interface=...], repeated",
     )
 
     worker_base_port = Setting(

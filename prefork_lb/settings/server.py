@@ -101,6 +101,7 @@ class ServerSettings:
         flags=("--lifespan",),
         choices=("auto", "on", "off"),
         commands=(SERVER,),
+        common=True,
         summary="The ASGI lifespan protocol: auto, on or off",
     )
 

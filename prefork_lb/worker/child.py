@@ -133,6 +133,7 @@ class WorkerChild(ChildProcess):
         EXIT_WRONG_INTERFACE (nothing on the pipe) for an app of the other interface."""
         from prefork_lb.app import AppLoadError, load_object
         from prefork_lb.asgi.detect import resolve
+        from prefork_lb.mounts import boot_line
 
         cfg, fd = self.cfg, self.ctx.boot_fd
         try:
@@ -141,11 +142,12 @@ class WorkerChild(ChildProcess):
                 app = load_object(cfg.app_uri, cfg.chdir)
             found = resolve(app, cfg.app_uri, cfg.interface)
         except AppLoadError as exc:
-            os.write(fd, (str(exc) + "\n").encode())
+            os.write(fd, (boot_line(cfg.mount_route, str(exc)) + "\n").encode())
             return None, EXIT_APP_LOAD
         except BaseException as exc:
             traceback.print_exc()
-            os.write(fd, f"the app failed to import: {type(exc).__name__}: {exc}\n".encode())
+            line = f"the app failed to import: {type(exc).__name__}: {exc}"
+            os.write(fd, (boot_line(cfg.mount_route, line) + "\n").encode())
             return None, EXIT_BOOT
         if found.interface != self.interface:
             return None, EXIT_WRONG_INTERFACE

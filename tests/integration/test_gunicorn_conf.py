@@ -144,7 +144,8 @@ def run_cli(
 def test_check_config_exits_0_or_2_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "gunicorn.conf.py").write_text("workers = 2\n")
     ok = run_cli(["tests.apps:echo", "--check-config"], tmp_path)
-    assert (ok.returncode, ok.stdout, ok.stderr) == (0, "", "")
+    assert (ok.returncode, ok.stderr) == (0, "")
+    assert ok.stdout == "config OK: tests.apps:echo (wsgi), 2 workers, reuseport on 127.0.0.1:8000\n"
     for args, conf, why in (
         (["tests.apps:no_such_app"], "workers = 2\n", "no_such_app"),
         (["tests.apps:echo"], "workers = 'many'\n", "invalid value 'many' for workers"),

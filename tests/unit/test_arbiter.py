@@ -222,6 +222,19 @@ def test_graceful_stop_waits_then_kills_stragglers(fake: FakeOS) -> None:
     assert arb.step_stop()
 
 
+def test_a_failed_start_kills_what_is_left_without_a_warning(fake: FakeOS, caplog) -> None:
+    arb = make(fake)
+    arb.manage()
+    first, second = list(arb.workers.values())
+    fake.exit(first.pid, code=child.EXIT_APP_LOAD)
+    arb.reap()
+    fake.now = arb.stop_deadline
+    with caplog.at_level(logging.WARNING, "prefork_lb.error"):
+        assert not arb.step_stop()
+    assert fake.signals_to(second.pid)[-1] == signal.SIGKILL
+    assert "did not stop in time" not in caplog.text
+
+
 def test_fast_stop_sends_quit(fake: FakeOS) -> None:
     arb = make(fake, workers=1)
     arb.manage()

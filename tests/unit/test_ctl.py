@@ -170,6 +170,34 @@ def test_status_for_a_person() -> None:
     )
 
 
+def test_status_under_mount_has_a_pool_column() -> None:
+    worker = {"pid": 101, "state": "ready", "in_flight": 0, "served": 3, "rss": None}
+    backend = {
+        "state": "up",
+        "weight": 1,
+        "in_flight": 0,
+        "requests": 3,
+        "errors": 0,
+        "p50_ms": None,
+        "p99_ms": None,
+    }
+    doc = {
+        "mode": "proxy",
+        "health": "ok",
+        "master": {"pid": 100, "uptime": 1.0, "version": "1.0", "workers_target": 2},
+        "in_flight": 0,
+        "served": 3,
+        "workers": [{**worker, "slot": 0, "pool": "/api"}, {**worker, "slot": 1, "pool": "/"}],
+        "backends": [{**backend, "name": "127.0.0.1:9001", "slot": 0, "pool": "/api"}],
+    }
+    lines = ctl.format_status(doc).splitlines()
+    assert lines[2].split()[:3] == ["SLOT", "POOL", "PID"]
+    assert lines[3].split()[:3] == ["0", "/api", "101"] and lines[4].split()[:3] == ["1", "/", "101"]
+    backends = lines[lines.index("backends: 1") + 1 :]
+    assert backends[0].split()[:3] == ["BACKEND", "POOL", "STATE"]
+    assert backends[1].split()[:3] == ["127.0.0.1:9001", "/api", "up"]
+
+
 def test_backend_changes_for_a_person() -> None:
     req = {"cmd": "backend", "op": "disable", "name": "a:1"}
     assert ctl.format_backend_change(req, {"backend": {"name": "a:1", "state": "disabled", "weight": 1}}) == (

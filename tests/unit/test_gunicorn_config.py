@@ -323,6 +323,34 @@ def test_print_and_check_config_exit_without_serving(capsys: pytest.CaptureFixtu
     assert err.count("\n") == 1 and "no_such_app" in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["tests.apps:echo", "-w", "2"],
+            "config OK: tests.apps:echo (wsgi), 2 workers, reuseport on 127.0.0.1:8000",
+        ),
+        (
+            ["tests.apps_asgi:echo", "-w", "1", "--dispatch", "shared", "-b", "127.0.0.1:8123"],
+            "config OK: tests.apps_asgi:echo (asgi), 1 worker, shared on 127.0.0.1:8123",
+        ),
+        (
+            ["--mount", "/api=tests.apps_asgi:echo;workers=2", "--mount", "/=tests.apps:echo", "-w", "1"],
+            "config OK: pools /api -> tests.apps_asgi:echo (asgi), / -> tests.apps:echo (wsgi), 3 workers, "
+            "proxy on 127.0.0.1:8000",
+        ),
+        (["proxy", "--backends", "127.0.0.1:9001"], "config OK: proxy to 127.0.0.1:9001 on 127.0.0.1:8000"),
+    ],
+)
+def test_check_config_says_ok_in_one_line(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([*argv, "--check-config"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out == line + "\n"
+
+
 def test_json_needs_print_config() -> None:
     with pytest.raises(ConfigError, match="--json goes with --print-config"):
         cli.parse([APP, "--json"], environ={})

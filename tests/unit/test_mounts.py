@@ -3,11 +3,21 @@ config and interface choice in the master (prefork_lb.pools); the config checks.
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 from prefork_lb.cli import parse
 from prefork_lb.config import ConfigError
-from prefork_lb.mounts import MountError, MountTable, parse_mount, parse_mounts, parse_route, request_host
+from prefork_lb.mounts import (
+    MountError,
+    MountTable,
+    boot_line,
+    parse_mount,
+    parse_mounts,
+    parse_route,
+    request_host,
+)
 from prefork_lb.pools import MountedInterfaces, interfaces_for, pool_config
 from prefork_lb.settings.base import STRATEGIES
 
@@ -247,6 +257,14 @@ def test_config_refusals(args: list[str], why: str) -> None:
         parse([*ARGS, *args], environ={})
 
 
+def test_a_bad_mount_is_quoted_as_the_user_wrote_it() -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse(["--mount", "api=myapi:app"], environ={})
+    assert str(exc.value).startswith("--mount api=myapi:app: route 'api': must be [HOST]/PREFIX")
+    with pytest.raises(ConfigError, match=r"^--mount /=x:y;port=1: unknown key 'port'"):
+        parse([], environ={"PREFORK_LB_MOUNT": "/a=x:y|/=x:y;port=1"})
+
+
 def test_check_twice_keeps_the_table() -> None:
     from prefork_lb.config_check import check
 
@@ -272,21 +290,26 @@ def test_pool_config_is_a_copy_with_the_pools_settings() -> None:
     assert (cfg.app_uri, cfg.interface, cfg.source_of("interface")) == (None, "auto", "default")
 
 
-def test_interfaces_per_pool() -> None:
+def test_interfaces_per_pool(caplog: pytest.LogCaptureFixture) -> None:
     cfg = parse(ARGS, environ={})
     choice = interfaces_for(cfg)
+    assert choice.learned() == {"/api": "asgi", "/": "wsgi"}
     assert isinstance(choice, MountedInterfaces)
     assert [choice.for_slot(s).current for s in range(4)] == ["asgi", "asgi", "wsgi", "wsgi"]
     assert choice.for_slot(-1) is choice and choice.cfg_for(-1, cfg) is cfg
     assert choice.cfg_for(2, cfg).app_uri == "tests.apps:echo"
     # auto is learned per pool: the / pool's worker found an ASGI app
-    assert choice.wrong_in(2, "wsgi") is True
+    with caplog.at_level(logging.INFO, "prefork_lb.error"):
+        assert choice.wrong_in(2, "wsgi") is True
+    assert "The app of --mount / is an ASGI application: starting ASGI workers" in caplog.text
+    assert choice.learned() == {"/api": "asgi", "/": "asgi"}
     assert [choice.for_slot(s).current for s in range(4)] == ["asgi", "asgi", "asgi", "asgi"]
     site = choice.for_slot(2)
     choice.reconfigure(parse(ARGS, environ={}))  # a HUP keeps what the pool learned
     assert choice.for_slot(2) is site and site.current == "asgi"
     plain = interfaces_for(parse(["tests.apps:echo"], environ={}))
     assert not isinstance(plain, MountedInterfaces) and plain.for_slot(0) is plain
+    assert plain.learned() == {}
 
 
 # -- the master with pools: fake fork, real loopback listeners --------------------------------------
@@ -320,8 +343,8 @@ def test_the_master_starts_each_pools_workers_with_its_interface(master) -> None
     master.manage()
     workers = sorted((w.slot, w.interface) for w in master.workers.values() if w.slot >= 0)
     assert workers == [(0, "asgi"), (1, "asgi"), (2, "wsgi")]  # /api: 2 asgi; /: --workers (1) auto
-    assert master.num_workers == 3 and master.mode.ready_message(3) == (
-        "Ready: pools /api -> tests.apps_asgi:echo (2 asgi), / -> tests.apps:echo (1 auto)"
+    assert master.num_workers == 3 and master.mode.ready_message(3, master.interface.learned()) == (
+        "Ready: pools /api -> tests.apps_asgi:echo (2 asgi), / -> tests.apps:echo (1 wsgi)"
     )
     assert master.mode.slot_port(2) > 0
 
@@ -371,3 +394,54 @@ def test_process_titles_name_the_app_or_the_routes() -> None:
         title_label(parse(["proxy", "--backends", "127.0.0.1:9"], environ={}), "standalone") == "standalone"
     )
     assert title_label(parse([*ARGS, "--name", "shop"], environ={}), "x") == "shop"
+
+
+# -- a pool's boot error names its mount -----------------------------------------------------------
+
+
+def test_boot_line_names_the_mount_and_the_fix_in_it() -> None:
+    wrong = "app 'mysite:wsgi_app' is a WSGI application (x), not an ASGI one: start it with --interface wsgi (or auto)"
+    assert boot_line("/", wrong) == (
+        "--mount /: app 'mysite:wsgi_app' is a WSGI application (x), not an ASGI one: "
+        "use interface=wsgi (or auto) in its --mount"
+    )
+    assert (
+        boot_line("/api", "module 'myapi' has no attribute 'x'")
+        == "--mount /api: module 'myapi' has no attribute 'x'"
+    )
+    assert boot_line(None, wrong) == wrong
+
+
+@pytest.mark.parametrize(
+    ("spec", "want"),
+    [
+        ("/=tests.apps:echo;interface=asgi", "use interface=wsgi (or auto) in its --mount"),
+        ("/=tests.apps:nosuchattr", "has no attribute 'nosuchattr'"),
+    ],
+)
+def test_a_pools_worker_says_its_mount_on_the_boot_pipe(spec: str, want: str) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from prefork_lb.child import EXIT_APP_LOAD
+    from prefork_lb.worker.child import WorkerChild
+
+    cfg = parse(["--mount", spec], environ={})
+    mine = pool_config(cfg, cfg.mounts.mounts[0])
+    r, w = os.pipe()
+    try:
+        me = SimpleNamespace(cfg=mine, ctx=SimpleNamespace(boot_fd=w), interface="wsgi")
+        assert WorkerChild.load_app(me) == (None, EXIT_APP_LOAD)  # type: ignore[arg-type]
+        line = os.read(r, 65536).decode().strip()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert line.startswith("--mount /: app 'tests.apps:") or line.startswith("--mount /: module"), line
+    assert want in line and "--interface" not in line
+
+
+def test_the_admin_process_knows_each_slots_pool() -> None:
+    from prefork_lb.admin.child import pools_by_slot
+
+    assert pools_by_slot(parse([*ARGS, "--workers", "1"], environ={})) == {0: "/api", 1: "/api", 2: "/"}
+    assert pools_by_slot(parse(["tests.apps:echo"], environ={})) is None

@@ -60,3 +60,21 @@ def test_short_help_shows_each_common_flag_of_the_command_with_its_default(comma
     for word in text.split():
         if word.startswith("--") and word.rstrip(",.)") not in flags:
             pytest.fail(f"{word} is no flag of {command}")
+
+
+def test_short_help_says_wsgi_and_asgi_and_shows_the_mount_form() -> None:
+    text = usage.short_help(SETTINGS, SERVER)
+    assert "WSGI and ASGI server" in text and "WSGI server and load balancer" not in text
+    assert "       prefork_lb --mount ROUTE=MODULE:APP [--mount ...] [options]" in text.splitlines()
+    for flag in ("--interface", "--lifespan", "--mount"):
+        assert f"\n  {flag} " in text, flag
+
+
+def test_help_all_says_wsgi_or_asgi() -> None:
+    from prefork_lb.cli import make_parser
+
+    text = make_parser(SERVER).format_help()
+    assert "WSGI and ASGI server" in text and "the WSGI or ASGI app, as MODULE:ATTRIBUTE" in " ".join(
+        text.split()
+    )
+    assert "prefork_lb --mount ROUTE=MODULE:APP" in text

@@ -68,6 +68,15 @@ def test_scale_writes_the_target_then_sends_ttin(actions: Any) -> None:
         run(acts, cmd="scale", workers="-2")
 
 
+def test_scale_is_refused_up_front_under_mount(actions: Any) -> None:
+    acts, sent = actions
+    acts.pools = {0: "/api", 1: "/"}
+    assert [(w["slot"], w["pool"]) for w in run(acts, cmd="status")["workers"]] == [(0, "/api"), (1, "/")]
+    with pytest.raises(p.CommandError, match="with --mount each pool has its workers=") as exc:
+        run(acts, cmd="scale", workers="+1")
+    assert exc.value.code == p.EXIT_USAGE and not sent and acts.totals.take_scale() == 0
+
+
 def test_reload_lists_the_workers_before_the_hup(actions: Any) -> None:
     acts, sent = actions
     doc = run(acts, cmd="reload")
@@ -244,3 +253,8 @@ def test_a_client_accepted_before_shutdown_still_gets_its_answer(tmp_path: Any) 
     client.join(5)
     assert not stopper.is_alive() and got and got[0][0]["cmd"] == "status"
     lst.close()
+
+
+def test_backend_rows_keep_the_pool() -> None:
+    docs = {"stats": {"backends": [{"name": "a:1", "pool": "/api"}, {"name": "b:2"}]}, "health": {}}
+    assert [b.get("pool") for b in control.backend_list(docs)] == ["/api", None]

@@ -16,6 +16,7 @@ import pytest
 
 from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.asgi.server import TICK, AsgiServer, app_name
+from prefork_lb.config import build
 from prefork_lb.http.parser import Limits
 from prefork_lb.sockets import handoff_message
 from tests.server import parse_responses
@@ -100,6 +101,18 @@ def test_app_name() -> None:
         async def __call__(self, scope: Any, receive: Any, send: Any) -> None: ...
 
     assert app_name(Callable_()).endswith("test_app_name.<locals>.Callable_")
+
+
+def test_error_lines_name_the_app_as_the_user_gave_it(caplog: pytest.LogCaptureFixture) -> None:
+    class Framework:  # an instance, as FastAPI's app: its class is no name the user gave
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            raise ValueError("boom")
+
+    with caplog.at_level(logging.ERROR, "prefork_lb.error"):
+        exchange(Framework(), GET, app_name="myapi:app")
+    assert "ASGI app myapi:app, GET /" in caplog.text and "Framework" not in caplog.text
+    options = AsgiOptions.from_config(build({}, environ={}, app_uri="myapi:app"))
+    assert options.app_name == "myapi:app"
 
 
 def test_announced_length_sent_short_closes_and_too_much_is_clipped() -> None:

@@ -15,6 +15,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Ping, Pong, Tex
 from wsproto.extensions import PerMessageDeflate
 
 from prefork_lb.asgi import websocket as ws
+from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.asgi.websocket import (
     HandshakeRefused,
     WebSocketDisconnected,
@@ -321,6 +322,24 @@ def test_what_an_app_leaves_behind(caplog, body, status, line):
         assert messages == []
     else:
         assert messages == [f"websocket app {app_name(app)} {line} (websocket /p)"]
+
+
+def test_the_error_line_names_the_app_as_the_user_gave_it(caplog):
+    class Framework:
+        async def __call__(self, scope, receive, send):
+            await receive()
+            raise ValueError("bad")
+
+    async def main():
+        make(Framework(), app_name="myapi:app")
+        await settle()
+
+    with caplog.at_level(logging.ERROR, "prefork_lb.error"):
+        run(main)
+    assert [r.getMessage() for r in caplog.records] == [
+        "websocket app myapi:app raised ValueError: bad (websocket /p)"
+    ]
+    assert WsSettings.from_options(AsgiOptions(app_name="myapi:app")).app_name == "myapi:app"
 
 
 def test_server_close_for_a_drain_and_the_close_timeout():

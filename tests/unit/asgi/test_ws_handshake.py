@@ -190,4 +190,6 @@ def test_settings_from_the_command_line():
         3.0,
         False,
     )
-    assert WsSettings.from_options(AsgiOptions.from_config(parse(["app:app"], environ={}))) == WsSettings()
+    assert WsSettings.from_options(AsgiOptions.from_config(parse(["app:app"], environ={}))) == WsSettings(
+        app_name="app:app"
+    )
