@@ -458,6 +458,11 @@ class Supervisor(Watchdog):
             if w.term_at:
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
                 continue
+            if self.stopping:  # not replaced: the master stops
+                log.warning(
+                    "%s (pid %d) exited during the stop: %s", self.slot_name(w.slot), pid, describe_exit(code)
+                )
+                continue
             if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong_in(w.slot, w.interface):
                 self.predecessor(w)  # --interface auto: the slot starts again with the other class
                 continue
@@ -574,7 +579,7 @@ class Supervisor(Watchdog):
         """True once every worker is gone."""
         if not self.workers:
             return True
-        if not any(w.slot == DISPATCHER_SLOT for w in self.workers.values()):
+        if self.helper_done():
             for w in list(self.workers.values()):
                 if not w.term_at and w.slot != ADMIN_SLOT:
                     self.stop_worker(w, self.stop_signal)
@@ -582,9 +587,19 @@ class Supervisor(Watchdog):
         if self.clock() >= self.stop_deadline:
             for w in list(self.workers.values()):
                 log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
+                w.term_at = w.term_at or self.clock()  # asked: its exit is no crash (reap)
                 self.signal_pid(w.pid, signal.SIGKILL)
             self.stop_deadline = self.clock() + 5
         return False
+
+    def helper_done(self) -> bool:
+        """Whether the workers may stop: the helper has exited, or (the proxy) only has
+        websockets left, which the workers' drain closes with 1001 through it."""
+        return all(
+            self.board.state(w.entry) == sb.DRAINING
+            for w in self.workers.values()
+            if w.slot == DISPATCHER_SLOT
+        )
 
     def stop_admin_last(self) -> None:
         """The admin process gets the stop signal once it is the only process left."""
