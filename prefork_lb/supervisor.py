@@ -455,13 +455,8 @@ class Supervisor(Watchdog):
             self.hook("child_exit", self, w)
             if w.abort_at and not self.live_for_slot(w.slot):
                 self.spawn_reason[w.slot] = "timeout"
-            if w.term_at:
+            if w.term_at or self.stopping:  # asked to stop, or the master stops: never replaced
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
-                continue
-            if self.stopping:  # not replaced: the master stops
-                log.warning(
-                    "%s (pid %d) exited during the stop: %s", self.slot_name(w.slot), pid, describe_exit(code)
-                )
                 continue
             if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong_in(w.slot, w.interface):
                 self.predecessor(w)  # --interface auto: the slot starts again with the other class
@@ -560,8 +555,8 @@ class Supervisor(Watchdog):
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig
-        # The helper stops first (handoff: the dispatcher). Workers drain once it has exited, so nothing is
-        # passed to a worker after it has emptied its channel for the last time. On a graceful
+        # The helper stops first. Workers drain once it has exited (so the dispatcher passes them nothing
+        # more), or once the proxy has only websockets left (their 1001 passes through it). On a graceful
         # stop the admin process stops last, so that /readyz says 503 until the end; not after
         # USR2, when the new master's admin process answers on the same listener.
         dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
@@ -579,7 +574,8 @@ class Supervisor(Watchdog):
         """True once every worker is gone."""
         if not self.workers:
             return True
-        if self.helper_done():
+        helpers = (w for w in self.workers.values() if w.slot == DISPATCHER_SLOT)
+        if all(self.board.state(w.entry) == sb.DRAINING for w in helpers):  # gone, or websockets only
             for w in list(self.workers.values()):
                 if not w.term_at and w.slot != ADMIN_SLOT:
                     self.stop_worker(w, self.stop_signal)
@@ -587,19 +583,9 @@ class Supervisor(Watchdog):
         if self.clock() >= self.stop_deadline:
             for w in list(self.workers.values()):
                 log.warning("Worker %d (pid %d) did not stop in time: SIGKILL", w.slot, w.pid)
-                w.term_at = w.term_at or self.clock()  # asked: its exit is no crash (reap)
                 self.signal_pid(w.pid, signal.SIGKILL)
             self.stop_deadline = self.clock() + 5
         return False
-
-    def helper_done(self) -> bool:
-        """Whether the workers may stop: the helper has exited, or (the proxy) only has
-        websockets left, which the workers' drain closes with 1001 through it."""
-        return all(
-            self.board.state(w.entry) == sb.DRAINING
-            for w in self.workers.values()
-            if w.slot == DISPATCHER_SLOT
-        )
 
     def stop_admin_last(self) -> None:
         """The admin process gets the stop signal once it is the only process left."""
