@@ -407,7 +407,7 @@ class Supervisor(Watchdog):
             self.hook("child_exit", self, w)
             if w.abort_at and not self.live_for_slot(w.slot):
                 self.spawn_reason[w.slot] = "timeout"
-            if w.term_at:
+            if w.term_at or self.stopping:  # asked to stop, or the master stops: never replaced
                 log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
                 continue
             if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong_in(w.slot, w.interface):
@@ -509,8 +509,8 @@ class Supervisor(Watchdog):
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig
-        # The helper stops first (handoff: the dispatcher). Workers drain once it has exited, so nothing is
-        # passed to a worker after it has emptied its channel for the last time. On a graceful
+        # The helper stops first. Workers drain once it has exited (so the dispatcher passes them nothing
+        # more), or once the proxy has only websockets left (their 1001 passes through it). On a graceful
         # stop the admin process stops last, so that /readyz says 503 until the end; not after
         # USR2, when the new master's admin process answers on the same listener.
         dispatchers = [w for w in self.workers.values() if w.slot == DISPATCHER_SLOT]
@@ -528,7 +528,8 @@ class Supervisor(Watchdog):
         """True once every worker is gone."""
         if not self.workers:
             return True
-        if not any(w.slot == DISPATCHER_SLOT for w in self.workers.values()):
+        helpers = (w for w in self.workers.values() if w.slot == DISPATCHER_SLOT)
+        if all(self.board.state(w.entry) == sb.DRAINING for w in helpers):  # gone, or websockets only
             for w in list(self.workers.values()):
                 if not w.term_at and w.slot != ADMIN_SLOT:
                     self.stop_worker(w, self.stop_signal)

@@ -60,7 +60,10 @@ async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: floa
     try:
         if graceful:
             log.info(
-                "Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout
+                "Graceful stop: draining %d connection(s) and %d websocket(s), up to %.0f s",
+                len(server.connections),
+                len(server.websockets),
+                timeout,
             )
             if not await server.drain(timeout):
                 log.warning("Graceful timeout: closed the connections still busy")

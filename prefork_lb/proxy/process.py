@@ -446,6 +446,14 @@ class ProxyProcess:
             srv.close()
         grace = cfg.graceful_timeout if self.child is None else self.child.graceful_timeout()
         deadline = time.monotonic() + (grace if self.graceful else 0)
+        while not proxy.tunnels_only() and time.monotonic() < deadline:
+            proxy.close_idle(IDLE_BEFORE_CLOSE)
+            await asyncio.sleep(0.05)
+        # Only websockets are left: the master may stop the workers now (it waits for this
+        # state, prefork_lb.supervisor.step_stop); their drain's close frames 1001 go through
+        # the tunnels, which close as the workers do.
+        if self.child is not None:
+            self.child.entry.set_state(sb.DRAINING)
         while proxy.clients and time.monotonic() < deadline:
             proxy.close_idle(IDLE_BEFORE_CLOSE)
             await asyncio.sleep(0.05)

@@ -428,6 +428,11 @@ class ClientConn(asyncio.Protocol):
         # A half-closed client may still want its response (HTTP/1.0 style): keep writing, and
         # close once what it sent is answered.
         self.eof = True
+        if self.tunnel is not None:
+            # A websocket's client went without a close frame (its process killed, say): close
+            # the tunnel (connection_lost closes the backend side), so that the app hears of it
+            # (1006) as it would straight from its worker.
+            return False
         return self.ex is not None or bool(self.parser.requests)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -581,6 +586,11 @@ class Proxy(ProxyState):
     def busy(self) -> int:
         """Exchanges in progress (for a graceful stop)."""
         return sum(1 for c in self.clients if c.ex is not None or c.tunnel is not None)
+
+    def tunnels_only(self) -> bool:
+        """True when every client connection left is a tunnel (a websocket), or none is left:
+        what a graceful stop waits for before the workers are told to stop."""
+        return all(c.tunnel is not None for c in self.clients)
 
     def close_idle(self, min_idle: float = 0.0) -> None:
         """Close keep-alive connections idle for at least ``min_idle`` seconds. A client that

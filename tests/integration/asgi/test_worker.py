@@ -6,9 +6,11 @@ test_admission.py and test_admin.py."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from websockets.exceptions import ConnectionClosedOK
+from websockets.exceptions import ConnectionClosed, ConnectionClosedOK
 from websockets.sync.client import connect as ws_connect
 
 from tests.helpers import (
@@ -278,13 +280,16 @@ def test_concurrent_requests_on_one_worker_are_served_at_once(start) -> None:
     assert results == [200] * 8
 
 
+@pytest.mark.parametrize("mode", ["reuseport", "proxy"])
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["term", "reload"])
 def test_a_graceful_stop_closes_websockets_1001_and_awaits_their_app(
-    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sig: signal.Signals, mode: str
 ) -> None:
+    """Behind the proxy too: it lets the workers' close frames through its tunnels (it waits
+    for its HTTP exchanges only before the workers are told to stop), and all exit promptly."""
     calls = tmp_path / "calls.txt"
     monkeypatch.setenv("PREFORK_LB_TEST_CALLS", str(calls))
-    m = start("-w", "1", "--interface", "asgi", "--graceful-timeout", "10")
+    m = start("-w", "1", "--interface", "asgi", "--graceful-timeout", "10", "--dispatch", mode)
     (old,) = wait_for(lambda: m.workers(), what="worker")
     with ws_connect(f"ws://127.0.0.1:{m.port}/ws", open_timeout=10) as ws:
         ws.send("hi")
@@ -298,7 +303,45 @@ def test_a_graceful_stop_closes_websockets_1001_and_awaits_their_app(
         assert m.proc.wait(timeout=20) == 0
         text = calls.read_text()
         assert text.index("ws disconnect") < text.index("lifespan shutdown"), "awaited before the shutdown"
+        log = m.text()
+        assert "draining 0 connection(s) and 1 websocket(s)" in log, log
+        assert "SIGKILL" not in log and "replacing it" not in log, log
     else:
         wait_for(lambda: m.workers() and old not in m.workers(), what="the reload's new worker")
         assert json_get(m.port)["path"] == "/json"
     assert "Traceback" not in m.text()
+
+
+def test_proxy_tunnel_closes_when_either_end_goes_without_a_close_frame(
+    start, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that vanishes (its socket closed, no close frame): the app behind the proxy hears
+    1006 as it would straight from its worker. A worker that vanishes: the client's connection
+    closes."""
+    calls = tmp_path / "calls.txt"
+    monkeypatch.setenv("PREFORK_LB_TEST_CALLS", str(calls))
+    m = start("-w", "1", "--interface", "asgi", "--dispatch", "proxy")
+    (worker,) = wait_for(lambda: m.workers(), what="worker")
+    sock = socket.create_connection(("127.0.0.1", m.port), timeout=10)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    sock.close()
+    wait_for(
+        lambda: calls.exists() and f"ws disconnect 1006 {worker}" in calls.read_text(),
+        what="the app's disconnect 1006",
+    )
+    with ws_connect(f"ws://127.0.0.1:{m.port}/ws", open_timeout=10) as ws:
+        ws.send("hi")
+        assert ws.recv(timeout=10) == "hi"
+        os.kill(worker, signal.SIGKILL)
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
