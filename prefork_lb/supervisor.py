@@ -408,7 +408,12 @@ class Supervisor(Watchdog):
             if w.abort_at and not self.live_for_slot(w.slot):
                 self.spawn_reason[w.slot] = "timeout"
             if w.term_at or self.stopping:  # asked to stop, or the master stops: never replaced
-                log.debug("Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code))
+                # A crash of its own while the master stops is still worth a warning; an exit 0
+                # or the deadline's SIGKILL (already warned of) is not.
+                calm = w.term_at or code in (0, -signal.SIGKILL, -signal.SIGTERM)
+                (log.debug if calm else log.warning)(
+                    "Worker %d (pid %d) exited: %s", w.slot, pid, describe_exit(code)
+                )
                 continue
             if code == EXIT_WRONG_INTERFACE and not w.ready and self.interface.wrong_in(w.slot, w.interface):
                 self.predecessor(w)  # --interface auto: the slot starts again with the other class

@@ -47,20 +47,19 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from time import monotonic as _now
-from types import SimpleNamespace
 from typing import Any
 
 from prefork_lb.http.errors import HTTPError
 from prefork_lb.http.parser import Limits, Request, RequestMemo, RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.logs import AccessLog
+from prefork_lb.proxy.access_lines import exchange_line, hit_line
 from prefork_lb.proxy.backend import Backend
 from prefork_lb.proxy.cache_refresh import start_refresh
 from prefork_lb.proxy.client_side import D_BODY, D_HEAD, D_IDLE, D_NONE, D_QUEUE, D_UPSTREAM
 from prefork_lb.proxy.exchange import Exchange, request_id_of
 from prefork_lb.proxy.state import ProxyState
 from prefork_lb.proxy.upstream import HIGH_WATER, Upstream
-from prefork_lb.request_id import ENVIRON_KEY
 
 __all__ = ["SWEEP", "Backend", "ClientConn", "Exchange", "Proxy", "Upstream"]
 
@@ -482,9 +481,6 @@ class ClientConn(asyncio.Protocol):
                 self.flush()
 
 
-CACHE = SimpleNamespace(key="cache")  # the backend of an answer from the cache, in the access log
-
-
 class Proxy(ProxyState):
     """One proxy process: the shared state (:class:`~prefork_lb.proxy.state.ProxyState`) and
     the client side: admission under --max-connections, the deadline sweep, the access log."""
@@ -517,46 +513,14 @@ class Proxy(ProxyState):
             self.access = AccessLog(cfg.access_log_format, cfg.access_logfile, cfg.request_id_header)
 
     def log_access(self, client: ClientConn, ex: Exchange) -> None:
-        """One access-log line per exchange, with the workers' atoms; ``%({x-backend-server}o)s``
-        names the backend, ``%(s)s`` is what the client got (502/503/504 included). A JSON
-        line has the backend as ``prefork_lb.backend`` and, when the response said it (a
-        Content-Length), the body's size."""
-        access = self.access
-        assert access is not None
-        req = ex.req
-        path, query = req.split_target()
-        env: dict[str, Any] = {
-            "REMOTE_ADDR": client.peer_ip,
-            "REQUEST_METHOD": req.method,
-            "RAW_URI": req.target.decode("latin-1"),
-            "PATH_INFO": path.decode("latin-1"),
-            "QUERY_STRING": query.decode("latin-1"),
-            "SERVER_PROTOCOL": req.version,
-        }
-        for lname, _, value in req.headers:
-            env.setdefault("HTTP_" + lname.upper().replace("-", "_"), value.decode("latin-1"))
-        backend = ex.backend.key if ex.backend is not None else "-"
-        out_headers = [("X-Backend-Server", backend)]
-        if ex.request_id is not None:
-            env[ENVIRON_KEY] = ex.request_id.decode("latin-1")
-        if access.json:
-            env["wsgi.url_scheme"] = client.scheme
-            line = SimpleNamespace(
-                status=str(ex.status or "-"), bytes_sent=ex.length, out_headers=out_headers
-            )
-            access.log(env, line, _now() - ex.started, ex.backend.key if ex.backend is not None else None)
-            return
-        line = SimpleNamespace(status=str(ex.status or "-"), bytes_sent=0, out_headers=out_headers)
-        access.log(env, line, _now() - ex.started)
+        assert self.access is not None
+        exchange_line(self.access, client, ex)
 
     def log_hit(
         self, client: ClientConn, req: Request, answer: bytes, rid: bytes | None, started: float
     ) -> None:
-        """The access-log line of an answer from the cache, as an exchange's (backend ``cache``)."""
-        body = len(answer) - answer.find(b"\r\n\r\n") - 4
-        hit = SimpleNamespace(req=req, backend=CACHE, request_id=rid, status=int(answer[9:12]), length=body)
-        hit.started = started
-        self.log_access(client, hit)  # type: ignore[arg-type]
+        assert self.access is not None
+        hit_line(self.access, client, req, answer, rid, started)
 
     # -- the sweep ----------------------------------------------------------------------------------
 

@@ -312,3 +312,20 @@ def test_a_partly_failed_reload_says_so_when_it_finished(
         mark_ready(arb, good)
         arb.manage()
     assert "Reload finished: 1 worker replaced; 1 kept the running code" in caplog.text
+
+
+def test_while_the_master_stops_a_crash_is_a_warning_and_a_calm_exit_is_not(
+    fake: FakeOS, caplog: pytest.LogCaptureFixture
+) -> None:
+    arb = make(fake, workers=3)
+    arb.manage()
+    crashed, calm, killed = sorted(arb.workers)
+    arb.stopping = "graceful"  # before any TERM went out: no worker has term_at yet
+    fake.exit(crashed, signum=signal.SIGSEGV)
+    fake.exit(calm, code=0)
+    fake.exit(killed, signum=signal.SIGKILL)  # the deadline's SIGKILL, warned of when sent
+    with caplog.at_level(logging.WARNING, "prefork_lb.error"):
+        arb.reap()
+    assert not arb.workers  # none replaced
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [f"Worker 0 (pid {crashed}) exited: killed by SIGSEGV"], warned

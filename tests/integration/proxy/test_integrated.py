@@ -237,12 +237,14 @@ def test_access_log_names_the_backend_and_the_status(start_proxy, backends, tmp_
         "--access-logfile",
         str(log),
         "--access-logformat",
-        '%(h)s "%(r)s" %(s)s %({x-backend-server}o)s %({user-agent}i)s',
+        '%(h)s "%(r)s" %(s)s %(b)s %({x-backend-server}o)s %({user-agent}i)s',
     )
-    assert http_request(p.port, target="/logged?q=1", headers=[("User-Agent", "probe/1")]).status == 200
+    r = http_request(p.port, target="/logged?q=1", headers=[("User-Agent", "probe/1")])
+    assert r.status == 200 and r.body
     wait_for(lambda: log.exists() and "/logged" in log.read_text(), 5.0, "access log line")
     line = [ln for ln in log.read_text().splitlines() if "/logged" in ln][0]
-    assert line == f'127.0.0.1 "GET /logged?q=1 HTTP/1.1" 200 {b.addr} probe/1', line
+    # %(b)s is the response's Content-Length, as in the JSON line's body size.
+    assert line == f'127.0.0.1 "GET /logged?q=1 HTTP/1.1" 200 {len(r.body)} {b.addr} probe/1', line
 
 
 def upload_and_read(port: int, path: str, size: int) -> Response:
