@@ -129,7 +129,9 @@ class RequestCycle:
                 log.exception("the request_started hook failed")
         timeout = server.options.request_timeout
         if timeout:
-            self.deadline = server.now + timeout
+            # From the clock, not the ticker's ``now`` (up to TICK old): the deadline must never
+            # come before --request-timeout has passed; the ticker fires it within TICK after.
+            self.deadline = (t0 or time.monotonic()) + timeout
         server.in_flight += 1
         try:
             await server.app(scope, self.receive, self.send)

@@ -608,3 +608,25 @@ def test_memoised_heads_follow_the_date_and_draining(monkeypatch: pytest.MonkeyP
     assert [r.header("connection") for r in first] == [None, None]
     assert dated[0].header("date") == "Thu, 01 Jan 2026 00:00:00 GMT"
     assert drained[0].header("connection") == "close"
+
+
+def test_the_request_timeout_never_fires_before_it_has_passed() -> None:
+    """The ticker's ``now`` may be up to TICK old when a request starts: a deadline taken from
+    it fired early (0.84 s for --request-timeout 1). Here ``now`` is made 10 s stale: a request
+    well inside its timeout must still get its 200."""
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        await asyncio.sleep(2 * TICK)  # at least one tick runs while the app works
+        await send(START)
+        await send(body(b"in time"))
+
+    async def go() -> bytes:
+        server = AsgiServer(slow, AsgiOptions(request_timeout=5.0), asyncio.get_running_loop())
+        server.now -= 10.0
+        try:
+            return await talk(server, GET)
+        finally:
+            server.close()
+
+    (r,) = responses(asyncio.run(go()))
+    assert r.status == 200 and r.body == b"in time", r
