@@ -89,6 +89,9 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
     app_object: Any  # prefork_lb.run(app): an app given as an object, not a path
     mounts: Any  # --mount: the prefork_lb.mounts.MountTable the config checks build, else None
     mount_route: str | None  # a pool's copy (prefork_lb.pools.pool_config): its mount's route
+    # A pool's copy: the whole server's worker count (its ``workers`` is the pool's). What
+    # shares the memory limit and the CPUs is every worker: see server_workers().
+    server_workers: int | None
     local_workers: bool  # False only for the standalone proxy (see drop_local_workers)
     warnings: list[str]  # settings a config file or the environment gave that the command ignores
     sources: dict[str, str]  # setting -> where its value came from ("default" when not given)
@@ -108,6 +111,7 @@ class Config(ServerSettings, ProxySettings, AdminSettings, HttpSettings, LogSett
         d["local_workers"] = True
         d["mounts"] = None
         d["mount_route"] = None
+        d["server_workers"] = None
         d["warnings"] = []
         d["sources"] = {}
 

@@ -32,6 +32,7 @@ def pool_config(cfg: Any, mount: Mount) -> Any:
     mine.set("strategy", mount.strategy, source)
     mine.set("max_concurrency", mount.max_concurrency, source)
     mine.set("queue_size", mount.queue_size, source)
+    mine.server_workers = cfg.workers  # --max-rss N% and the offload pools divide by all of them
     mine.set("workers", mount.workers, source)
     return mine
 

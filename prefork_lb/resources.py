@@ -31,6 +31,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 UNLIMITED_BYTES = 1 << 60  # v1 writes 9223372036854771712 (page-rounded LONG_MAX) for "none"
 
@@ -196,6 +197,12 @@ def parse_percent(value: str) -> float | None:
     except ValueError:
         return None
     return pct if 0 < pct <= 100 else None
+
+
+def server_workers(cfg: Any) -> int:
+    """The workers of the whole server, which share its cgroup memory limit and its CPUs: a
+    --mount pool's config (prefork_lb.pools.pool_config) has the pool's count in ``workers``."""
+    return int(getattr(cfg, "server_workers", None) or cfg.workers)
 
 
 def max_rss_mib(percent: float, memory_limit: int, workers: int) -> int:

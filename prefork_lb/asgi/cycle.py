@@ -142,6 +142,12 @@ class RequestCycle:
             self._late()
         except ClientDisconnected:
             self.keep = False  # the client left: nothing to log, nothing to answer
+        except Exception as exc:
+            self.keep = False
+            if self.gone:  # a framework's own exception for our OSError (Starlette's ClientDisconnect)
+                log.debug("ASGI app %s: raised %r after the client left", server.app_name, exc)
+            else:
+                self._app_failed(exc)
         except BaseException as exc:  # noqa: BLE001 - the app's error is logged, the server goes on
             self.keep = False
             self._app_failed(exc)

@@ -47,9 +47,9 @@ class WorkerOffload:
         """Size this process's pool from ``cfg`` (exported for the default pool to read)."""
         n = cfg.offload_processes
         if n < 0:
-            from prefork_lb.resources import cpu_count
+            from prefork_lb.resources import cpu_count, server_workers
 
-            n = max(1, cpu_count() // max(1, cfg.workers))
+            n = max(1, cpu_count() // max(1, server_workers(cfg)))
         if n:
             os.environ[ENV_PROCESSES] = str(n)
         return cls(n, cfg.offload_executor)

@@ -143,7 +143,7 @@ class Exchange(ExchangeFailures):
         """What the pool's strategy keys on: the sticky cookie, the client address, or None."""
         kind = self.proxy.hints[self.pool]
         if kind == "sticky":
-            return cookie_value(self.req.headers, self.proxy.cookie_name)
+            return cookie_value(self.req.headers, self.proxy.cookie_names[self.pool])
         return self.client.peer_ip if kind == "hash" else None
 
     def pick(self) -> Backend | None:
@@ -195,7 +195,7 @@ class Exchange(ExchangeFailures):
         self.tried.append(backend)
         strategy.on_start(backend.key)
         if sticky and (hint is None or strategy.key_for(hint) != backend.key):
-            self.set_cookie = proxy.cookie_header(backend.key)
+            self.set_cookie = proxy.cookie_header(backend.key, pool)
         backend.stats.requests += 1  # tries: a retried request counts at each backend it tried
         req = self.req
         memo = req.memo

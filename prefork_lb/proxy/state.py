@@ -111,11 +111,20 @@ class ProxyState:
         self.mounts: Any = getattr(cfg, "mounts", None)
         self.pool_limits: dict[str | None, int] = {None: self.worker_limit}
         self.hints: dict[str | None, str] = {None: hint_kind(strategy)}
+        # The sticky cookie's name per pool: each pool pins a client to its own backend, so two
+        # sticky pools must not overwrite each other's cookie (Path=/ sends both everywhere).
+        # The first sticky pool has --sticky-cookie's name, a later one NAME-<its position>.
+        self.cookie_names: dict[str | None, str] = {None: self.cookie_name}
         if self.mounts is not None:
             self.pool_limits = {m.route: limit(m.max_concurrency, m.queue_size) for m in self.mounts.mounts}
             self.worker_limit = max(self.pool_limits.values())
             self.hints = {route: hint_kind(s) for route, s in strategy.pools.items()}
             self.sticky = "sticky" in self.hints.values()
+            sticky = [i for i, m in enumerate(self.mounts.mounts) if self.hints[m.route] == "sticky"]
+            self.cookie_names = {
+                m.route: self.cookie_name if not sticky or i == sticky[0] else f"{self.cookie_name}-{i}"
+                for i, m in enumerate(self.mounts.mounts)
+            }
 
     def pool_for(self, req: Any) -> str | None:
         """The route of the pool a request goes to (--mount), or None: no route matches."""
@@ -200,8 +209,9 @@ class ProxyState:
                 return b
         return None
 
-    def cookie_header(self, key: str) -> bytes:
-        return f"{self.cookie_name}={self.strategy.cookie_for(key)}; Path=/; HttpOnly".encode("latin-1")
+    def cookie_header(self, key: str, pool: str | None = None) -> bytes:
+        name = self.cookie_names[pool]
+        return f"{name}={self.strategy.cookie_for(key)}; Path=/; HttpOnly".encode("latin-1")
 
     # -- connecting -------------------------------------------------------------------------------
 

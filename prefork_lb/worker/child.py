@@ -267,10 +267,10 @@ class WorkerChild(ChildProcess):
 def max_rss(cfg: Any) -> int:
     """--max-rss in MiB for this worker; a percentage is resolved against the cgroup memory
     limit (the CLI refused N% without one at start; prefork_lb.run() did not check: 0, off)."""
-    from prefork_lb.resources import resolve_max_rss
+    from prefork_lb.resources import resolve_max_rss, server_workers
 
     try:
-        return resolve_max_rss(cfg.max_rss, max(cfg.workers, cfg.max_workers))
+        return resolve_max_rss(cfg.max_rss, max(server_workers(cfg), cfg.max_workers))
     except ValueError as exc:
         log.error("Worker %d: %s", os.getpid(), exc)
         return 0

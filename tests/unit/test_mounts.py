@@ -445,3 +445,24 @@ def test_the_admin_process_knows_each_slots_pool() -> None:
 
     assert pools_by_slot(parse([*ARGS, "--workers", "1"], environ={})) == {0: "/api", 1: "/api", 2: "/"}
     assert pools_by_slot(parse(["tests.apps:echo"], environ={})) is None
+
+
+def test_a_pools_workers_divide_memory_and_cpus_by_the_whole_servers_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--max-rss N% and the offload pools' size share out what every worker shares: with pools
+    of 1 and 7 workers under an 8 GiB limit, 80% is 6553 MiB in all, not 6553 for the one and
+    936 for each of the seven (13 GiB: the container would be OOM-killed first)."""
+    from prefork_lb import resources
+    from prefork_lb.offload.lifecycle import WorkerOffload
+    from prefork_lb.worker.child import max_rss
+
+    monkeypatch.setattr(resources, "memory_limit", lambda root="/": 8 << 30)
+    monkeypatch.setattr(resources, "cpu_count", lambda: 16)
+    monkeypatch.setenv("PREFORK_LB_OFFLOAD_PROCESSES", "")  # from_config exports the size: undone
+    args = ["--mount", "/a=tests.apps:echo;workers=1", "--mount", "/=tests.apps:echo;workers=7"]
+    cfg = parse([*args, "--max-rss", "80%"], environ={})
+    one, seven = (pool_config(cfg, m) for m in cfg.mounts.mounts)
+    assert (one.workers, seven.workers, resources.server_workers(one)) == (1, 7, 8)
+    assert max_rss(one) == max_rss(seven) == (8 << 30) * 80 // 100 // 8 >> 20
+    assert WorkerOffload.from_config(one).processes == WorkerOffload.from_config(seven).processes == 2

@@ -531,8 +531,13 @@ def test_drain_cancels_a_websocket_app_that_does_not_return() -> None:
     assert done is False and cancelled == [True]
 
 
-@pytest.mark.parametrize("catch", [False, True], ids=["raised", "caught"])
-def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytest.LogCaptureFixture) -> None:
+class FrameworkDisconnect(Exception):
+    """What Starlette's StreamingResponse raises (ClientDisconnect) on our OSError: a plain
+    Exception."""
+
+
+@pytest.mark.parametrize("catch", ["raised", "caught", "converted"])
+def test_send_after_the_client_left_raises_an_oserror(catch: str, caplog: pytest.LogCaptureFixture) -> None:
     from prefork_lb.asgi.cycle import ClientDisconnected
 
     raised: list[BaseException] = []
@@ -548,8 +553,10 @@ def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytes
                     await send(event)
                 except OSError as exc:
                     raised.append(exc)
-                    if not catch:
+                    if catch == "raised":
                         raise
+                    if catch == "converted":
+                        raise FrameworkDisconnect() from exc
         finally:
             finished.set()
 
@@ -575,7 +582,7 @@ def test_send_after_the_client_left_raises_an_oserror(catch: bool, caplog: pytes
     with caplog.at_level(logging.INFO, logger="prefork_lb.error"):
         server = asyncio.run(go())
     assert all(isinstance(e, ClientDisconnected) for e in raised)
-    assert len(raised) == (2 if catch else 1)
+    assert len(raised) == (2 if catch == "caught" else 1)
     assert "http.response.start not sent" in str(raised[0])
     assert caplog.records == [], "the client leaving is not the app's error"
     assert server.served == 0

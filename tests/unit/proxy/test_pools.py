@@ -240,3 +240,24 @@ def test_the_control_socket_drains_a_pools_worker_but_adds_no_remote_backend(loo
     doc = apply(rig.proxy, {"op": "drain", "name": rig.backends[0].key})
     assert doc["backend"]["state"] == "draining"
     assert rig.send(get("/api/x"))[0] is rig.backends[1]  # the drained one gets no new request
+
+
+def test_two_sticky_pools_keep_their_own_cookies(loop) -> None:
+    """A client of two sticky pools keeps both pins: each pool sets and reads its own cookie
+    (both have Path=/, so one shared name would be overwritten by the other pool)."""
+    rig = Rig(loop, "--mount", "/s=d:app;workers=2;strategy=sticky")
+    pins = {}
+    for path in ("/page", "/s/x"):
+        c, _ = rig.client()
+        c.data_received(get(path))
+        b, ex = rig.connects.pop()
+        assert ex.set_cookie is not None
+        name, _, value = ex.set_cookie.decode().split(";")[0].partition("=")
+        pins[path] = (name, value, b.key)
+    assert pins["/page"][0] == "lb" and pins["/s/x"][0] == "lb-3"  # the first sticky pool, then by position
+    both = "; ".join(f"{n}={v}" for n, v, _ in pins.values())
+    for path, (_, _, key) in pins.items():
+        c, _ = rig.client()
+        c.data_received(f"GET {path} HTTP/1.1\r\nHost: x\r\nCookie: {both}\r\n\r\n".encode())
+        b, ex = rig.connects.pop()
+        assert b.key == key and ex.set_cookie is None, path  # pinned, and nothing to set again
