@@ -325,6 +325,7 @@ class AsgiWorker(_PreforkWorker):
         )
         for sig, graceful in ((signal.SIGTERM, True), (signal.SIGINT, False), (signal.SIGQUIT, False)):
             loop.add_signal_handler(sig, self.stop, graceful)
+        server.drain_takes_listener_queue = False  # gunicorn's arbiter keeps them for the next worker
         for sock in self.sockets:
             server.add_listener(sock.sock)
         self.done = loop.create_future()

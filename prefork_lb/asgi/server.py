@@ -105,6 +105,10 @@ class AsgiServer:
         self.waiters: deque[asyncio.Future[None]] = deque()
         self.refused = 0  # requests answered 503 by admission
         self.listeners: list[socket.socket] = []
+        # Whether a drain accepts what is queued on the listeners: under our master a removed
+        # reuseport slot's queue dies with its listener; gunicorn's arbiter keeps its listeners
+        # for the next worker (prefork_lb.gunicorn turns this off). Handoff channels: always.
+        self.drain_takes_listener_queue = True
         self.channels: list[socket.socket] = []
         self._accepting = False  # the listeners' readers are installed
         self._stopped = False
@@ -184,12 +188,15 @@ class AsgiServer:
                     self._pause_accepting()
                     self.loop.call_later(0.5, self._resume_accepting)
                 return
-            if is_tcp:
-                try:
-                    csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                except OSError:
-                    pass
-            self.add_connection(csock, time.monotonic())
+            self._take_accepted(csock, is_tcp)
+
+    def _take_accepted(self, csock: socket.socket, is_tcp: bool) -> None:
+        if is_tcp:
+            try:
+                csock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.add_connection(csock, time.monotonic())
 
     def add_connection(self, sock: socket.socket, accepted_at: float = 0.0) -> None:
         """Serve an already-accepted connection; ``accepted_at``: when (CLOCK_MONOTONIC; 0: now)."""
@@ -324,6 +331,32 @@ class AsgiServer:
         for ch in list(self.channels):
             self.loop.remove_reader(ch.fileno())
 
+    async def _take_queued(self) -> None:
+        """Serve what is already queued for this worker, on its listeners and its handoff
+        channels, in this drain (Connection: close): a slot being removed (TTOU, a smaller
+        autoscale) has no successor to take it, and leaving it would fail those clients."""
+        if not (self.channels or (self.listeners and self.drain_takes_listener_queue)):
+            return
+        await asyncio.sleep(0.05)  # handshakes and handoffs in flight arrive
+        for lsock in self.listeners if self.drain_takes_listener_queue else ():
+            is_tcp = lsock.family in (socket.AF_INET, socket.AF_INET6)
+            for _ in range(100_000):
+                try:
+                    csock, _addr = lsock.accept()
+                except OSError:
+                    break
+                self._take_accepted(csock, is_tcp)
+        for ch in list(self.channels):
+            for _ in range(10_000):
+                try:
+                    msg, fds, _, _ = socket.recv_fds(ch, handoff_data_size(HANDOFF_BATCH), HANDOFF_BATCH)
+                except OSError:
+                    break
+                if not fds:
+                    break
+                for fd, t in zip(fds, accept_times(msg, len(fds)), strict=True):
+                    self.add_connection(socket.socket(fileno=fd), t)
+
     async def drain(self, timeout: float) -> bool:
         """Stop accepting; busy connections finish their request (its response says
         Connection: close); idle kept-alive ones are closed; websockets are closed 1001 and
@@ -334,6 +367,7 @@ class AsgiServer:
         if grace > 0:
             await asyncio.sleep(grace)
         self.stop_accepting()
+        await self._take_queued()
         for conn in list(self.connections):
             if conn.idle:
                 conn.close()

@@ -637,3 +637,38 @@ def test_the_request_timeout_never_fires_before_it_has_passed() -> None:
 
     (r,) = responses(asyncio.run(go()))
     assert r.status == 200 and r.body == b"in time", r
+
+
+def test_a_drain_serves_what_was_queued_for_this_worker() -> None:
+    """A slot being removed (TTOU) has no successor: a connection the dispatcher already
+    handed over, or one queued on the worker's listener, is served by the drain (with
+    Connection: close), not left to time out (CI saw one in handoff mode under TTOU)."""
+    app = sender(START, body(b"served"))
+
+    async def go() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        server = AsgiServer(app, AsgiOptions(idle_grace=0.0), loop)
+        ours, theirs = socket.socketpair()
+        server.add_handoff_channel(ours)
+        lsock = socket.create_server(("127.0.0.1", 0))
+        server.add_listener(lsock)
+        # Both arrive before the loop runs again: only the drain can take them.
+        a, handed = socket.socketpair()
+        socket.send_fds(theirs, [handoff_message([0.0])], [a.fileno()])
+        a.close()
+        queued = socket.create_connection(lsock.getsockname())
+        for c in (handed, queued):
+            c.sendall(GET)
+            c.shutdown(socket.SHUT_WR)
+            c.setblocking(False)
+        assert await server.drain(5.0)
+        try:
+            return [await read_all(handed), await read_all(queued)]
+        finally:
+            for s in (handed, queued, theirs, ours, lsock):
+                s.close()
+            server.close()
+
+    for out in asyncio.run(go()):
+        (r,) = responses(out)
+        assert r.status == 200 and r.body == b"served", r
