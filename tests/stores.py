@@ -14,6 +14,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.helpers import HOST, free_port, spawn, stop_process, wait_for
@@ -78,6 +79,14 @@ class StoreProcess:
         """SIGSTOP: it keeps its port (connections are accepted by the kernel) but never answers."""
         assert self.proc is not None
         os.kill(self.proc.pid, signal.SIGSTOP)
+        # kill() returns once the signal is sent; a thread running on another CPU can still
+        # answer a request until every thread has stopped (CI saw memcached answer one).
+        proc = psutil.Process(self.proc.pid)
+
+        def stopped() -> bool:  # every thread (Linux: /proc/TID reads as a process)
+            return all(psutil.Process(t.id).status() == psutil.STATUS_STOPPED for t in proc.threads())
+
+        wait_for(stopped, 10, "every thread of the store stopped")
 
     def resume(self) -> None:
         assert self.proc is not None
