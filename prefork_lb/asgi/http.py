@@ -69,6 +69,10 @@ class HttpConnection(asyncio.Protocol):
         self.forwarded = False
         self.base: dict[str, Any] = {}
         self.scope_key: tuple[str, str, bool] | None = None
+        # A cycle started eagerly may end within _start: cycle_done then leaves the next
+        # request to _after's loop (``again``) instead of nesting one call per request.
+        self.starting = False
+        self.again = False
 
     # -- asyncio callbacks --------------------------------------------------------------------
 
@@ -167,9 +171,15 @@ class HttpConnection(asyncio.Protocol):
     def _after(self) -> None:
         """Between requests: start the next one parsed, or wait for one (keep-alive)."""
         parser = self.parser
-        if parser.requests:
-            self._start(parser.requests[0])
-            return
+        while parser.requests:
+            self.starting = True
+            try:
+                self._start(parser.requests[0])
+            finally:
+                self.starting = False
+            if not self.again:
+                return
+            self.again = False  # that request's app finished within _start: on to the next
         if parser.stopped and parser.error is not None:
             self._refuse(parser.error)
             return
@@ -205,7 +215,7 @@ class HttpConnection(asyncio.Protocol):
         cycle = self.cycle = RequestCycle(self, req, scope)
         if len(self.parser.requests) > 1:
             self.pause()
-        cycle.task = server.loop.create_task(cycle.run())
+        cycle.task = server.spawn(cycle.run(), context=server.context.copy())
 
     def _upgrade(self, req: Request) -> None:
         server = self.server
@@ -219,7 +229,8 @@ class HttpConnection(asyncio.Protocol):
         )
         server.upgraded(self, proto)
         transport.set_protocol(proto)
-        proto.connection_made(transport)
+        # (Its app's task is made there: in a fresh context, as a request's; see AsgiServer.)
+        server.context.copy().run(proto.connection_made, transport)
 
     def cycle_done(self, cycle: RequestCycle, keep: bool) -> None:
         """The cycle's app returned (or was given up on); ``keep``: the connection may serve
@@ -245,7 +256,10 @@ class HttpConnection(asyncio.Protocol):
             self.wait_until = self.server.now + self.server.options.header_timeout
             self.resume()
             return
-        self._after()
+        if self.starting:
+            self.again = True
+        else:
+            self._after()
 
     def will_drain(self, req: Request, continue_sent: bool) -> bool:
         """Will the rest of an unread body be read and dropped (True), or the connection closed?"""

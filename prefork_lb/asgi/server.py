@@ -21,9 +21,12 @@ Invariants:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
+import functools
 import logging
 import socket
+import sys
 import time
 from collections import deque
 from typing import Any
@@ -77,6 +80,20 @@ class AsgiServer:
         # How long a kept-alive connection waits for its next request (read once per request).
         self.idle_timeout = self.options.keepalive or self.options.header_timeout
         self.loop = loop or asyncio.get_event_loop()
+        # Every request's task starts in a fresh copy of this context (the one the server was
+        # made in), never in the context of the request before it on the connection (whose
+        # task's end starts the next): a contextvar one request sets stays in that request.
+        self.context = contextvars.copy_context()
+        # How a request's task starts (prefork_lb.asgi.http), given that copy. Eager on 3.12+:
+        # the app runs at once, in the read callback, up to its first real wait, so a response
+        # sent without waiting skips the loop's ready queue; it still is a Task of its own
+        # (current_task() as usual).
+        if sys.version_info >= (3, 12):
+            self.spawn: Any = functools.partial(asyncio.Task, loop=self.loop, eager_start=True)
+        elif sys.version_info >= (3, 11):
+            self.spawn = self.loop.create_task
+        else:  # (3.10: create_task takes no context; the task copies the one it is made in)
+            self.spawn = lambda coro, context: context.run(self.loop.create_task, coro)
         self.hooks = hooks
         self.hook_started = getattr(hooks, "request_started", None)
         self.hook_finished = getattr(hooks, "request_finished", None)

@@ -222,12 +222,19 @@ class RequestParser:
         """Parse ``data``. Raises HTTPError for a malformed request, unless requests that came
         before it are still queued: those are served first, and the error waits in
         ``self.error`` for the caller to answer once the queue is empty."""
+        memos = self.memos
+        if memos is not None and self._cur is None and not memos.rest and not self.stopped:
+            # The usual read: exactly one head accepted before (a memo key is one whole head).
+            known = memos.get(data)
+            if known is not None and self._ubody is None:
+                memos.misses = 0
+                self.requests.append(known)
+                return
         if self.stopped:
             return
         if self._ubody is not None:
             self._upgrade_body(data)
             return
-        memos = self.memos
         if memos is not None and (self._cur is not None or memos.rest):
             if self._cur is None:
                 memos.rest -= 1
