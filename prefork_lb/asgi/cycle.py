@@ -25,6 +25,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from prefork_lb.asgi.events import AppEventError, body_of, response_head, trailer_lines
+from prefork_lb.http.errors import ClientDisconnected as ClientDisconnected  # re-exported: docs/asgi.md
 from prefork_lb.http.framing import CHUNKED, LENGTH, response_framing
 from prefork_lb.http.parser import Request
 from prefork_lb.http.response import CONTINUE, simple_response
@@ -40,10 +41,6 @@ HEADS_MAX = 256  # response heads a server memoises (see RequestCycle._head_byte
 _KNOWN = frozenset(
     {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
 )
-
-
-class ClientDisconnected(OSError):
-    """``send`` after the client went away (the ASGI spec asks for an OSError subclass)."""
 
 
 class RequestCycle:

@@ -1,4 +1,8 @@
-"""Errors a client can cause. Each carries the status it is answered with; the connection is closed."""
+"""Errors a client can cause.
+
+Each HTTPError carries the status it is answered with; the connection is closed.
+ClientDisconnected is not answered at all: the client is gone.
+"""
 
 from __future__ import annotations
 
@@ -42,3 +46,12 @@ class NotImplementedCoding(HTTPError):
 
 class ServiceUnavailable(HTTPError):
     status, reason = 503, "Service Unavailable"
+
+
+class ClientDisconnected(OSError):
+    """The client went away (EOF, reset or read timeout) while the server needed it.
+
+    Raised by the WSGI worker's ``wsgi.input`` when the request body ends early, and by the
+    ASGI worker's ``send()`` after the client has gone: the ASGI spec asks for a
+    server-specific subclass of OSError.
+    """

@@ -33,7 +33,7 @@ import gevent.lock
 import gevent.socket
 
 from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
-from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
+from prefork_lb.http.errors import ClientDisconnected, HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
@@ -43,7 +43,6 @@ from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
     ENV_KEYS,
     BodySource,
-    ClientDisconnected,
     FileWrapper,
     Input,
     base_environ,

@@ -13,10 +13,6 @@ if TYPE_CHECKING:
     from prefork_lb.http.parser import Request
 
 
-class ClientDisconnected(OSError):
-    """The client went away (EOF or reset) while we needed more of its request."""
-
-
 class BodySource:
     """What Input pulls from: the connection implements ``pull(request)``."""
 

@@ -538,7 +538,7 @@ class FrameworkDisconnect(Exception):
 
 @pytest.mark.parametrize("catch", ["raised", "caught", "converted"])
 def test_send_after_the_client_left_raises_an_oserror(catch: str, caplog: pytest.LogCaptureFixture) -> None:
-    from prefork_lb.asgi.cycle import ClientDisconnected
+    from prefork_lb.http.errors import ClientDisconnected
 
     raised: list[BaseException] = []
     finished: asyncio.Event | None = None

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from prefork_lb.http.errors import ClientDisconnected
 from prefork_lb.http.parser import Request
-from prefork_lb.worker.wsgi import ClientDisconnected, Input
+from prefork_lb.worker.wsgi import Input
 
 
 class Source:
