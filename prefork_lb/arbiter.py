@@ -152,8 +152,10 @@ class Arbiter(Supervisor):
         finally:
             self.cleanup()
         if self.boot_error is not None:
-            if self.ready_announced:  # at start-up, the one line below says it all
+            if self.ready_announced:  # logged with its traceback; at start-up, the lines below say it all
                 log.info("Master (pid %d) exiting: exit code %d", self.pid, self.boot_error.code)
+            else:
+                sys.stderr.write(self.boot_error.detail)  # the app's traceback, once
             sys.stderr.write(f"prefork_lb: error: {self.boot_error}\n")
             return self.boot_error.code
         self.hook("on_exit", self)

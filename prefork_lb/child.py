@@ -77,7 +77,7 @@ class ChildContext:
     board: sb.Scoreboard
     entry: int  # its scoreboard entry
     master_pid: int
-    boot_fd: int  # write end of the boot-message pipe (one line on a failed boot)
+    boot_fd: int  # write end of the boot-message pipe (prefork_lb.boot_message, on a failed boot)
     sockets: list[socket.socket]  # what it serves: listeners or handoff channels
     mode: WorkerSetup  # the dispatch mode, for what differs between modes inside a worker
     # For the config file's hooks only (gunicorn's signatures): the master's record of this

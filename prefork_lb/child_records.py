@@ -53,8 +53,10 @@ class ReloadProgress:
 
 
 class BootError(Exception):
-    """A worker could not load the app: the master stops with ``code`` (2 or 3) and one line."""
+    """A worker could not load the app: the master stops with ``code`` (2 or 3) and one line,
+    after ``detail`` (the app's traceback, when it raised on import)."""
 
-    def __init__(self, message: str, code: int) -> None:
+    def __init__(self, message: str, code: int, detail: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.detail = detail

@@ -24,7 +24,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn
 
-from prefork_lb import dispatch
+from prefork_lb import boot_message, dispatch
 from prefork_lb import scoreboard as sb
 from prefork_lb.admin import totals as tt
 from prefork_lb.autoscale import Autoscaler
@@ -429,7 +429,9 @@ class Supervisor(Watchdog):
         """A worker that could not import the app: stop the master (exit code 2 or 3), unless
         it was a reload's or a recycle's replacement, which leaves the old worker serving."""
         self.totals.count(tt.BOOT_FAILED)
-        message = self.read_boot_message() or f"worker failed to boot ({describe_exit(code)})"
+        line, detail = self.read_boot_message()
+        message = line or f"worker failed to boot ({describe_exit(code)})"
+        traceback_after = "\n" + detail.rstrip("\n") if detail else ""  # for a log line
         old = self.predecessor(w)
         if old is not None:
             # The old worker serves on, with the code it has. It is not replaced again for
@@ -440,12 +442,15 @@ class Supervisor(Watchdog):
             old.reload_gen = self.generation
             old.retry_at = self.back_off(w.slot)
             log.error(
-                "Replacement for worker %d failed to boot: %s; the old worker keeps serving", w.slot, message
+                "Replacement for worker %d failed to boot: %s; the old worker keeps serving%s",
+                w.slot,
+                message,
+                traceback_after,
             )
             return
-        self.boot_error = BootError(message, 2 if code == EXIT_APP_LOAD else 3)
-        if self.ready_announced:  # at start-up, run() prints the one line alone
-            log.error("Worker failed to boot: %s; stopping", message)
+        self.boot_error = BootError(message, 2 if code == EXIT_APP_LOAD else 3, detail)
+        if self.ready_announced:  # at start-up, run() prints the traceback and the one line
+            log.error("Worker failed to boot: %s; stopping%s", message, traceback_after)
         self.begin_stop("fast")
 
     def died(self, w: WorkerProc, code: int) -> None:
@@ -491,12 +496,13 @@ class Supervisor(Watchdog):
         self.backoff[slot] = delay
         return self.clock() + delay
 
-    def read_boot_message(self) -> str:
+    def read_boot_message(self) -> tuple[str, str]:
+        """The first message on the boot pipe: (its line, its traceback), or ("", "")."""
         try:
             data = os.read(self._boot_r, 65536)
-        except (BlockingIOError, OSError):
-            return ""
-        return data.decode("utf-8", "replace").strip().splitlines()[0] if data.strip() else ""
+        except OSError:  # BlockingIOError included: nothing was written
+            return "", ""
+        return boot_message.first(data)
 
     # -- stopping -----------------------------------------------------------------------------
 

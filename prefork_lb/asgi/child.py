@@ -32,6 +32,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from prefork_lb import boot_message
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT
 from prefork_lb.worker.child import WorkerChild
@@ -122,7 +123,7 @@ class AsgiWorkerChild(WorkerChild):
             self.loop.run_until_complete(self.lifespan.startup())
         except LifespanFailed as exc:
             line = failure_line(exc)
-            os.write(self.ctx.boot_fd, (line + "\n").encode())
+            boot_message.write(self.ctx.boot_fd, line)
             return EXIT_BOOT
         return 0
 

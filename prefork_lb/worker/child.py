@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any, ClassVar
 
+from prefork_lb import boot_message
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, EXIT_WRONG_INTERFACE, ChildProcess
 
@@ -95,7 +96,7 @@ class WorkerChild(ChildProcess):
         try:
             switch(identity(self.cfg.user, self.cfg.group))
         except (OSError, KeyError) as exc:
-            os.write(self.ctx.boot_fd, f"cannot switch to --user/--group: {exc}\n".encode())
+            boot_message.write(self.ctx.boot_fd, f"cannot switch to --user/--group: {exc}")
             return False
         return True
 
@@ -125,7 +126,7 @@ class WorkerChild(ChildProcess):
         error = self.offload.start_executor()
         if error is None:
             return 0
-        os.write(self.ctx.boot_fd, (error + "\n").encode())
+        boot_message.write(self.ctx.boot_fd, error)
         return EXIT_APP_LOAD  # a user error, as a wrong app path is: one line, exit 2
 
     def load_app(self) -> tuple[Any, int]:
@@ -142,12 +143,12 @@ class WorkerChild(ChildProcess):
                 app = load_object(cfg.app_uri, cfg.chdir)
             found = resolve(app, cfg.app_uri, cfg.interface)
         except AppLoadError as exc:
-            os.write(fd, (boot_line(cfg.mount_route, str(exc)) + "\n").encode())
+            boot_message.write(fd, boot_line(cfg.mount_route, str(exc)))
             return None, EXIT_APP_LOAD
         except BaseException as exc:
-            traceback.print_exc()
+            # The master prints the traceback, once, however many workers fail alike.
             line = f"the app failed to import: {type(exc).__name__}: {exc}"
-            os.write(fd, (boot_line(cfg.mount_route, line) + "\n").encode())
+            boot_message.write(fd, boot_line(cfg.mount_route, line), traceback.format_exc())
             return None, EXIT_BOOT
         if found.interface != self.interface:
             return None, EXIT_WRONG_INTERFACE

@@ -119,6 +119,46 @@ def test_user_error_is_one_line(name: str, tmp_path: Path) -> None:
     assert out == ""
 
 
+# An app whose import raises, in every worker at the same moment: each waits until all have
+# started importing it, as the workers of a real app that fails do when they boot together.
+FAILING_APP = """\
+import os, time
+os.makedirs({barrier!r}, exist_ok=True)
+open(os.path.join({barrier!r}, str(os.getpid())), "w").close()
+deadline = time.monotonic() + 10
+while len(os.listdir({barrier!r})) < {workers} and time.monotonic() < deadline:
+    time.sleep(0.002)
+{failure}
+app = None
+"""
+IMPORT_FAILURES = {
+    "raises": ("1 / 0", "ZeroDivisionError: division by zero"),
+    "missing_dependency": (
+        "import a_missing_dependency_9f2e",
+        "ModuleNotFoundError: No module named 'a_missing_dependency_9f2e'",
+    ),
+}
+
+
+@pytest.mark.parametrize("interface", ["wsgi", "asgi", "auto"])
+@pytest.mark.parametrize("failure", list(IMPORT_FAILURES))
+def test_an_app_that_fails_to_import_shows_its_traceback_once_and_exits_3(
+    failure: str, interface: str, tmp_path: Path
+) -> None:
+    workers = 4
+    statement, last_line = IMPORT_FAILURES[failure]
+    source = FAILING_APP.format(barrier=str(tmp_path / "barrier"), workers=workers, failure=statement)
+    (tmp_path / "failing_app.py").write_text(source)
+    args = ["failing_app:app", "--chdir", str(tmp_path), "--interface", interface, "-w", str(workers)]
+    code, out, err = run_cli(*args, "-b", f"{HOST}:{free_port()}")
+    assert code == 3, err
+    lines = err.splitlines()
+    assert lines.count("Traceback (most recent call last):") == 1, err
+    assert lines.count(last_line) == 1, err
+    assert lines[-1] == f"prefork_lb: error: the app failed to import: {last_line}", err
+    assert out == ""
+
+
 def test_sigterm_lets_the_request_in_flight_finish(start_server) -> None:
     srv = start_server("tests.apps:slow_stream")
     with connect(srv.port, timeout=10) as sock:
