@@ -85,6 +85,21 @@ def test_request_timeout_answers_504_and_the_worker_serves_on(start) -> None:
     assert json_get(m.port)["path"] == "/json"
 
 
+def test_a_loop_blocked_past_request_timeout_is_aborted_by_the_master_and_its_connection_closed(
+    start,
+) -> None:
+    """Sync code in an async view stops the loop, so the task's deadline cannot fire: the
+    master aborts the worker (the request named, the stack from faulthandler), no response."""
+    m = start("-w", "1", "--request-timeout", "1", "--interface", "asgi")
+    first = json_get(m.port)["pid"]
+    with pytest.raises(OSError):
+        http_get(m.port, "/block?10", timeout=20)  # the app would answer 200 after 10 s
+    log = wait_for(lambda: "apps_asgi_worker.py" in m.text() and m.text(), what="the blocked worker's stack")
+    assert "aborted: GET /block?10 over --request-timeout 1s" in log, log
+    assert "its event loop blocked for" in log and "WORKER TIMEOUT" not in log, log
+    assert wait_for(lambda: (_json_or_none(m.port) or {}).get("pid"), what="a new worker") != first
+
+
 @pytest.mark.parametrize("interface", ["asgi", "auto"])
 def test_a_failed_lifespan_startup_is_one_line_and_exit_3_without_respawning(start, interface: str) -> None:
     m = start("-w", "2", "--interface", interface, ready=False, app="tests.apps_asgi_worker:lifespan_fails")
