@@ -41,6 +41,7 @@ __all__ = ["AsgiWorkerChild", "new_loop", "stop_serving"]
 log = logging.getLogger("prefork_lb.error")
 
 FAST_STOP = 1.0  # seconds INT/QUIT gives connections to close before the loop stops
+CUT_NAMED = 5  # requests the graceful timeout's line names at most
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -53,10 +54,14 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: float) -> None:
-    """Graceful: drain within ``timeout`` (requests in flight finish with Connection: close),
-    then the lifespan shutdown; fast: close what is open at once. Never raises but
-    CancelledError, when a fast stop takes over a graceful one (it finishes)."""
+async def stop_serving(
+    server: Any, lifespan: Any, graceful: bool, timeout: float, reserve: float = 0.0
+) -> None:
+    """Graceful: drain within ``timeout`` less ``reserve`` (requests in flight finish with
+    Connection: close; the reserve leaves time for the lines and the lifespan shutdown before a
+    master that kills at ``timeout``), then the lifespan shutdown; fast: close what is open at
+    once. Never raises but CancelledError, when a fast stop takes over a graceful one (it
+    finishes)."""
     try:
         if graceful:
             log.info(
@@ -65,8 +70,8 @@ async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: floa
                 len(server.websockets),
                 timeout,
             )
-            if not await server.drain(timeout):
-                log.warning("Graceful timeout: closed the connections still busy")
+            if not await server.drain(max(0.0, timeout - reserve)):
+                graceful_timeout_line(server.cut_requests, timeout)
             await lifespan.shutdown()
         else:
             await asyncio.wait_for(server.drain(0), FAST_STOP)
@@ -75,6 +80,16 @@ async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: floa
             raise
     except (asyncio.TimeoutError, Exception):
         log.exception("Worker %d: error while stopping", os.getpid())
+
+
+def graceful_timeout_line(cut: list[str], timeout: float) -> None:
+    """The drain's timeout came: one error line naming the requests it cut (the access log has
+    no status for those that got none), else a warning for the idle or websocket ones."""
+    if not cut:
+        log.warning("Graceful timeout: closed the connections still busy")
+        return
+    names = ", ".join(cut[:CUT_NAMED]) + (f" and {len(cut) - CUT_NAMED} more" if len(cut) > CUT_NAMED else "")
+    log.error("Graceful timeout (%g s): cut %d request(s) still running: %s", timeout, len(cut), names)
 
 
 class AsgiWorkerChild(WorkerChild):

@@ -482,6 +482,7 @@ def test_drain_gives_up_on_a_stuck_app() -> None:
             await asyncio.sleep(0.01)
         done = await server.drain(TICK)
         assert await read_all(b) == b""
+        assert server.cut_requests == ["GET / (no response sent)"]  # the stop's error line names it
         b.close()
         return done
 
