@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT
-from prefork_lb.worker.child import WorkerChild
+from prefork_lb.worker.child import WorkerChild, idle_grace_note
 
 __all__ = ["AsgiWorkerChild", "new_loop", "stop_serving"]
 
@@ -65,10 +65,11 @@ async def stop_serving(
     try:
         if graceful:
             log.info(
-                "Graceful stop: draining %d connection(s) and %d websocket(s), up to %.0f s",
+                "Graceful stop: draining %d connection(s) and %d websocket(s), up to %.0f s%s",
                 len(server.connections),
                 len(server.websockets),
                 timeout,
+                idle_grace_note(server.options.idle_grace, timeout),
             )
             if not await server.drain(max(0.0, timeout - reserve)):
                 graceful_timeout_line(server.cut_requests, timeout)
@@ -174,6 +175,7 @@ class AsgiWorkerChild(WorkerChild):
         """Graceful: drain, then the lifespan shutdown; fast (or a fast stop during a graceful
         one): close what is open and end the loop."""
         self.entry.set_state(sb.DRAINING)
+        self.no_idle_grace_when_all_stop()
         if self.stopping is not None:
             if graceful:
                 return  # already draining
