@@ -273,8 +273,11 @@ class _AsgiHooks(_AccessLog):
     def request_finished(
         self, conn_info: Any, scope: dict[str, Any], status: int, sent_bytes: int, seconds: float
     ) -> None:
-        if self.glog.access_log_enabled:
-            resp = GunicornResponse(str(status) if status else None, [], sent_bytes)
+        # No line for a request that got no status line (cut at the graceful timeout, or its
+        # client left first): gunicorn's own workers write none either, and a status would be
+        # one the client never got (the error line names a cut request).
+        if status and self.glog.access_log_enabled:
+            resp = GunicornResponse(str(status), [], sent_bytes)
             self.log_access(resp, None, access_environ(scope), seconds)
         worker = self.worker
         if worker.server is not None and worker.retire_due(worker.server.served):
@@ -372,7 +375,10 @@ class AsgiWorker(_PreforkWorker):
         self.stopping = self.loop.create_task(self.finish(graceful))
 
     async def finish(self, graceful: bool) -> None:
-        await stop_serving(self.server, self.lifespan, graceful, self.cfg.graceful_timeout)
+        timeout = self.cfg.graceful_timeout
+        # gunicorn's master kills its workers at graceful_timeout: cut what still runs a little
+        # before, so the error line naming it and the lifespan shutdown come before the kill.
+        await stop_serving(self.server, self.lifespan, graceful, timeout, reserve=min(1.0, timeout / 4))
         if self.done is not None and not self.done.done():
             self.done.set_result(None)
 

@@ -27,7 +27,7 @@ _WORDS = ENTRY_SIZE // 8
 # 128-255 the current request line; words 32-100 counters that only grow (the master folds them
 # into its running totals, prefork_lb.admin.totals, when it reaps the process); words 101-102
 # more gauges (QUEUED, OFFLOAD_SIZE); 103 the worker's INTERFACE; 104 the grace of a ``ctl stop``
-# (STOP_GRACE); 105-127 free. tests/unit/test_scoreboard.py checks that
+# (STOP_GRACE); 105 whether the whole server stops (SERVER_STOP); 106-127 free. tests/unit/test_scoreboard.py checks that
 # no two of these overlap and that everything fits in ENTRY_SIZE.
 # word offsets inside an entry
 (
@@ -93,6 +93,11 @@ INTERFACES = ("", "wsgi", "asgi")
 # --graceful-timeout S`` asked for S (float, S + 1.0: 0.0 means none), read by the worker as it
 # begins to drain, so that it drains for S, and says so, rather than for --graceful-timeout.
 STOP_GRACE = INTERFACE + 1  # 104
+# Written by the master (1) before a stop's signal when the whole server stops (TERM, INT,
+# QUIT), not a reload, a smaller pool or a recycle: nothing goes on serving after this worker,
+# so its drain needs no idle grace (ServerOptions.idle_grace: the proxy, which the master
+# stopped first, sends it nothing more).
+SERVER_STOP = STOP_GRACE + 1  # 105
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
@@ -190,6 +195,11 @@ class Scoreboard:
         """The master: these entries' workers drain for ``seconds`` on their graceful stop."""
         for i in entries:
             self.d[i * _WORDS + STOP_GRACE] = seconds + 1.0
+
+    def set_server_stop(self, entries: Iterable[int]) -> None:
+        """The master: these entries' workers stop with the whole server (SERVER_STOP)."""
+        for i in entries:
+            self.q[i * _WORDS + SERVER_STOP] = 1
 
     def set_port(self, i: int, port: int) -> None:
         """--dispatch proxy: the loopback port the proxy reaches entry ``i``'s worker on."""
@@ -379,6 +389,10 @@ class WorkerEntry:
         """How long to drain: what ``ctl stop --graceful-timeout`` asked for, else ``default``."""
         grace = self.d[self.base + STOP_GRACE]
         return grace - 1.0 if grace > 0 else default
+
+    def server_stopping(self) -> bool:
+        """Whether this worker's stop is the whole server's (SERVER_STOP), not a reload's."""
+        return self.q[self.base + SERVER_STOP] == 1
 
     def beat(self) -> None:
         self.publish()

@@ -517,6 +517,8 @@ class Supervisor(Watchdog):
             grace = self.cfg.graceful_timeout if how == "graceful" else FAST_STOP_GRACE
         elif how == "graceful":  # (the workers drain for it too, not for --graceful-timeout)
             self.board.set_stop_grace([w.entry for w in self.workers.values()], grace)
+        # Nothing serves after them: their drain skips the idle grace (scoreboard SERVER_STOP).
+        self.board.set_server_stop(w.entry for w in self.workers.values())
         self.stop_deadline = self.clock() + grace + 0.5
         sig = signal.SIGTERM if how == "graceful" else signal.SIGQUIT
         self.stop_signal = sig

@@ -134,6 +134,7 @@ def dashboard_doc(
                 "slot": e.slot,
                 "pid": e.pid,
                 "state": sb.STATE_NAMES.get(e.state, "unknown"),
+                "interface": sb.INTERFACES[e.interface] if 0 <= e.interface < len(sb.INTERFACES) else "",
                 "in_flight": e.in_flight,
                 "served": snap["served"],
                 "rss": None if info is None else int(info[0]),

@@ -35,13 +35,14 @@ from typing import Any, ClassVar
 from prefork_lb import boot_message
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT
-from prefork_lb.worker.child import WorkerChild
+from prefork_lb.worker.child import WorkerChild, idle_grace_note
 
 __all__ = ["AsgiWorkerChild", "new_loop", "stop_serving"]
 
 log = logging.getLogger("prefork_lb.error")
 
 FAST_STOP = 1.0  # seconds INT/QUIT gives connections to close before the loop stops
+CUT_NAMED = 5  # requests the graceful timeout's line names at most
 
 
 def new_loop() -> asyncio.AbstractEventLoop:
@@ -54,20 +55,25 @@ def new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: float) -> None:
-    """Graceful: drain within ``timeout`` (requests in flight finish with Connection: close),
-    then the lifespan shutdown; fast: close what is open at once. Never raises but
-    CancelledError, when a fast stop takes over a graceful one (it finishes)."""
+async def stop_serving(
+    server: Any, lifespan: Any, graceful: bool, timeout: float, reserve: float = 0.0
+) -> None:
+    """Graceful: drain within ``timeout`` less ``reserve`` (requests in flight finish with
+    Connection: close; the reserve leaves time for the lines and the lifespan shutdown before a
+    master that kills at ``timeout``), then the lifespan shutdown; fast: close what is open at
+    once. Never raises but CancelledError, when a fast stop takes over a graceful one (it
+    finishes)."""
     try:
         if graceful:
             log.info(
-                "Graceful stop: draining %d connection(s) and %d websocket(s), up to %.0f s",
+                "Graceful stop: draining %d connection(s) and %d websocket(s), up to %.0f s%s",
                 len(server.connections),
                 len(server.websockets),
                 timeout,
+                idle_grace_note(server.options.idle_grace, timeout),
             )
-            if not await server.drain(timeout):
-                log.warning("Graceful timeout: closed the connections still busy")
+            if not await server.drain(max(0.0, timeout - reserve)):
+                graceful_timeout_line(server.cut_requests, timeout)
             await lifespan.shutdown()
         else:
             await asyncio.wait_for(server.drain(0), FAST_STOP)
@@ -76,6 +82,16 @@ async def stop_serving(server: Any, lifespan: Any, graceful: bool, timeout: floa
             raise
     except (asyncio.TimeoutError, Exception):
         log.exception("Worker %d: error while stopping", os.getpid())
+
+
+def graceful_timeout_line(cut: list[str], timeout: float) -> None:
+    """The drain's timeout came: one error line naming the requests it cut (the access log has
+    no status for those that got none), else a warning for the idle or websocket ones."""
+    if not cut:
+        log.warning("Graceful timeout: closed the connections still busy")
+        return
+    names = ", ".join(cut[:CUT_NAMED]) + (f" and {len(cut) - CUT_NAMED} more" if len(cut) > CUT_NAMED else "")
+    log.error("Graceful timeout (%g s): cut %d request(s) still running: %s", timeout, len(cut), names)
 
 
 class AsgiWorkerChild(WorkerChild):
@@ -160,6 +176,7 @@ class AsgiWorkerChild(WorkerChild):
         """Graceful: drain, then the lifespan shutdown; fast (or a fast stop during a graceful
         one): close what is open and end the loop."""
         self.entry.set_state(sb.DRAINING)
+        self.no_idle_grace_when_all_stop()
         if self.stopping is not None:
             if graceful:
                 return  # already draining

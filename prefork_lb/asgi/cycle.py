@@ -72,6 +72,7 @@ class RequestCycle:
         "abandoned",
         "is_head",
         "trailer_block",
+        "answered",
     )
 
     def __init__(self, conn: Any, req: Request, scope: dict[str, Any]) -> None:
@@ -101,6 +102,8 @@ class RequestCycle:
         self.abandoned = False  # the server answered for it (a bad body): its sends are dropped
         self.is_head = req.method == "HEAD"
         self.trailer_block = b""  # trailer lines of http.response.trailers with more_trailers
+        # The status of a response the server sent for the app (500, 504, a bad body's 4xx): 0, none.
+        self.answered = 0
 
     # -- the app's task -----------------------------------------------------------------------
 
@@ -164,7 +167,9 @@ class RequestCycle:
         if self.complete:
             server.served += 1
         if finished is not None:
-            code = self.head.code if self.head is not None and self.head_sent else 0
+            # The status the client got: the server's own answer, else the app's head once it
+            # went out; 0: none (the client got no status line).
+            code = self.answered or (self.head.code if self.head is not None and self.head_sent else 0)
             took = time.monotonic() - t0 if t0 else 0.0
             try:
                 finished(self.conn, self.scope, code, self.sent, took)
@@ -216,6 +221,7 @@ class RequestCycle:
     def _answer_500(self) -> None:
         if not self.head_sent and not self.abandoned:
             self.head_sent = True
+            self.answered = 500
             self.conn.write(simple_response(500))
 
     def _late(self) -> None:
@@ -230,6 +236,7 @@ class RequestCycle:
         )
         if not self.head_sent and not self.abandoned:
             self.head_sent = True
+            self.answered = 504
             self.conn.write(simple_response(504, "the request took too long"))
 
     def cancel_late(self) -> None:

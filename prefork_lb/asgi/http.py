@@ -277,6 +277,7 @@ class HttpConnection(asyncio.Protocol):
             if cycle.head_sent:
                 self.close()
                 return
+            cycle.answered = exc.status
         self.write(simple_response(exc.status, exc.detail, extra=extra))
         self.close()
 

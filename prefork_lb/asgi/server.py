@@ -31,6 +31,7 @@ import time
 from collections import deque
 from typing import Any
 
+from prefork_lb.asgi.accounting import request_target
 from prefork_lb.asgi.http import HttpConnection
 from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.http.parser import RequestMemo
@@ -52,6 +53,14 @@ def _websocket_upgrade() -> Any:
     except ImportError:
         return None
     return getattr(websocket, "upgrade", None)
+
+
+def cut_request(cycle: Any) -> str:
+    """How the graceful timeout's line names a request it cut: its method and target, and
+    whether the client got a status line."""
+    code = cycle.answered or (cycle.head.code if cycle.head is not None and cycle.head_sent else 0)
+    got = f"cut after its {code} head" if code else "no response sent"
+    return f"{cycle.req.method} {request_target(cycle.scope).decode('latin-1')} ({got})"
 
 
 def app_name(app: Any) -> str:
@@ -132,6 +141,8 @@ class AsgiServer:
         self._pending = 0  # accepted connections whose transport is being made
         self._ticker: asyncio.TimerHandle | None = None
         self._empty: asyncio.Future[None] | None = None
+        # The requests the last drain cut at its timeout, as cut_request names them.
+        self.cut_requests: list[str] = []
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -403,6 +414,7 @@ class AsgiServer:
             for conn in list(self.connections):
                 cycle = conn.cycle
                 if cycle is not None and cycle.task is not None:
+                    self.cut_requests.append(cut_request(cycle))
                     cycle.task.cancel()
                 if conn.transport is not None:
                     conn.transport.abort()

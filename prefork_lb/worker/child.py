@@ -29,7 +29,7 @@ from prefork_lb import boot_message
 from prefork_lb import scoreboard as sb
 from prefork_lb.child import EXIT_APP_LOAD, EXIT_BOOT, EXIT_WRONG_INTERFACE, ChildProcess
 
-__all__ = ["EXIT_APP_LOAD", "EXIT_BOOT", "WorkerChild", "patch", "stop_server"]
+__all__ = ["EXIT_APP_LOAD", "EXIT_BOOT", "WorkerChild", "idle_grace_note", "patch", "stop_server"]
 
 log = logging.getLogger("prefork_lb.error")
 _fault_file: Any = None
@@ -43,9 +43,20 @@ def patch() -> None:
         monkey.patch_all()
 
 
+def idle_grace_note(idle_grace: float, timeout: float) -> str:
+    """What the drain line adds when the drain first keeps serving (--dispatch proxy's reloads)."""
+    grace = min(idle_grace, timeout)
+    return f" (serving {grace:g} s more first, while the proxy learns of it)" if grace > 0 else ""
+
+
 def stop_server(server: Any, graceful: bool, timeout: float) -> None:
     if graceful:
-        log.info("Graceful stop: draining %d connection(s), up to %.0f s", len(server.connections), timeout)
+        log.info(
+            "Graceful stop: draining %d connection(s), up to %.0f s%s",
+            len(server.connections),
+            timeout,
+            idle_grace_note(server.options.idle_grace, timeout),
+        )
         if not server.drain(timeout):
             log.warning("Graceful timeout: closed %d connection(s) still busy", server.cut)
     else:
@@ -192,7 +203,15 @@ class WorkerChild(ChildProcess):
         import gevent
 
         self.entry.set_state(sb.DRAINING)
+        self.no_idle_grace_when_all_stop()
         gevent.spawn(stop_server, self.server, graceful, self.graceful_timeout())
+
+    def no_idle_grace_when_all_stop(self) -> None:
+        """The idle grace (--dispatch proxy) keeps idle connections open a moment while the
+        proxy, still serving, learns that this worker drains. When the whole server stops the
+        master stopped the proxy first (it sends nothing more): the drain goes on at once."""
+        if self.entry.server_stopping() and self.server is not None:
+            self.server.options.idle_grace = 0.0
 
     def reopen_logs(self) -> None:
         super().reopen_logs()

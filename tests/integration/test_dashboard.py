@@ -1,5 +1,6 @@
 """The live dashboard in a real headless Chromium (Debian's chromium and chromium-driver, driven
-by Selenium): the worker rows show the real worker pids, a killed worker's row is replaced by
+by Selenium), with WSGI and with ASGI workers: the worker rows show the real worker pids, their
+interface and the requests each served, a killed worker's row is replaced by
 its successor's without a reload, the charts fill, and a screenshot is saved (docs/images/
 dashboard.png is one, written with PREFORK_LB_SCREENSHOT=docs/images/dashboard.png)."""
 
@@ -36,8 +37,9 @@ def worker_pids(srv: ServerProcess) -> set[int]:
     return set(srv.children_titled("worker"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Any:
+    """One Chromium for the module's tests (each opens its own page, which starts afresh)."""
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -94,19 +96,42 @@ def rows(driver: Any) -> set[int]:
     return set(pids)
 
 
+def cells(driver: Any) -> list[dict[str, Any]]:
+    """Each worker row's pid, interface and served count, as the page shows them."""
+    return list(
+        driver.execute_script(
+            "return [...document.querySelectorAll('#workers tbody tr')].map((tr) => ({pid: Number(tr.dataset.pid),"
+            " interface: tr.querySelector('.interface').textContent,"
+            " served: Number(tr.querySelector('.served').textContent)}))"
+        )
+    )
+
+
 def points(driver: Any) -> int:
     return int(driver.find_element("tag name", "body").get_attribute("data-points") or 0)
 
 
+@pytest.mark.parametrize(
+    ("app", "interface"),
+    [("tests.apps:hello", "wsgi"), ("tests.apps_asgi:behave", "asgi")],
+    ids=["wsgi", "asgi"],
+)
 def test_the_dashboard_shows_the_workers_and_follows_a_replacement(
-    start_server, browser, tmp_path: Path
+    start_server, browser, tmp_path: Path, app: str, interface: str
 ) -> None:
     admin = free_port()
-    srv = start_server("tests.apps:hello", "-w", "2", "--stats-bind", f"{HOST}:{admin}")
+    srv = start_server(app, "-w", "2", "--interface", interface, "--stats-bind", f"{HOST}:{admin}")
     pids = wait_for(lambda: len(worker_pids(srv)) == 2 and worker_pids(srv), 15, "two workers")
     with Traffic(srv.port):
         browser.get(f"http://{HOST}:{admin}/")
         wait_for(lambda: rows(browser) == pids, 15, f"rows for the worker pids {pids}")
+        # Each row says what its worker serves, and counts the requests it served (the kernel
+        # spreads the trickle's fresh connections over both reuseport listeners).
+        wait_for(
+            lambda: all(c["interface"] == interface and c["served"] > 0 for c in cells(browser)),
+            15,
+            f"rows of {interface} workers that served requests: {cells(browser)}",
+        )
         header = browser.find_element("id", "m-pid").text
         assert header == str(srv.pid)
         assert browser.find_element("id", "m-mode").text == "reuseport"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,3 +157,34 @@ def test_a_failed_lifespan_startup_stops_gunicorn_with_one_line(tmp_path: Path) 
     ), text
     assert "Traceback" not in text and "Worker failed to boot." in text
     assert text.count("Booting worker") == 1, text  # no respawn loop
+
+
+def test_a_request_cut_at_the_graceful_timeout_is_one_error_line_not_a_500(gunicorn) -> None:
+    """TERM while a request runs past graceful_timeout: its client's connection is cut (no
+    response), so the access log has no line for it (as gunicorn's own workers) and one error
+    line names it, written before gunicorn's master kills the worker at the timeout."""
+    g = gunicorn(APP, "-w", "1", "--graceful-timeout", "1", "--access-logfile", "-")
+    outcome: list[object] = []
+
+    def slow() -> None:
+        try:
+            outcome.append(fresh_get(g.port, "/sleep", params={"s": 30}).status_code)
+        except httpx.TransportError as exc:
+            outcome.append(exc)
+
+    client = threading.Thread(target=slow)
+    client.start()
+    try:
+        wait_for(lambda: "/sleep" in fresh_get(g.port, "/seen").json(), what="the slow request in the app")
+        g.proc.send_signal(signal.SIGTERM)
+        assert g.proc.wait(timeout=20) == 0
+    finally:
+        client.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], httpx.TransportError), outcome
+    text = g.text()
+    cut = [line for line in text.splitlines() if "Graceful timeout" in line]
+    assert cut == [cut[0]] and cut[0].endswith(
+        "[ERROR] Graceful timeout (1 s): cut 1 request(s) still running: GET /sleep?s=30 (no response sent)"
+    ), text
+    assert '"GET /sleep?s=30 ' not in text, text  # no access line with a status it never got
+    assert '"GET /seen HTTP/1.1" 200' in text and "Worker exiting" in text, text

@@ -156,6 +156,26 @@ def test_hup_starts_new_workers_before_draining_old(fake: FakeOS) -> None:
     assert all(fake.signals_to(p) == [signal.SIGTERM] for p in old)
 
 
+def test_only_a_stop_of_the_server_tells_the_workers_nothing_serves_after_them(fake: FakeOS) -> None:
+    """A reload's old workers keep their idle grace (the proxy still serves); the workers of a
+    server that stops skip it (scoreboard SERVER_STOP, read as they begin to drain)."""
+    arb = make(fake, workers=1)
+    arb.manage()
+    (old,) = list(arb.workers)
+    mark_ready(arb, old)
+    old_entry = arb.board.handle(arb.workers[old].entry)
+    arb.handle_hup()
+    arb.manage()
+    (new,) = set(arb.workers) - {old}
+    mark_ready(arb, new)
+    arb.manage()
+    assert fake.signals_to(old) == [signal.SIGTERM] and not old_entry.server_stopping()
+    new_entry = arb.board.handle(arb.workers[new].entry)
+    assert not new_entry.server_stopping()
+    arb.handle_term()
+    assert fake.signals_to(new) == [signal.SIGTERM] and new_entry.server_stopping()
+
+
 def test_failed_replacement_keeps_the_old_worker(fake: FakeOS) -> None:
     arb = make(fake, workers=1)
     arb.manage()

@@ -285,3 +285,35 @@ def test_an_upload_the_app_does_not_read_gets_the_apps_early_answer(
         assert r.status == status and r.body.startswith(b"too large" if status == 413 else b"see"), r
     r = upload_and_read(p.port, "/read", size)
     assert r.status == 200 and r.body == str(size).encode(), r
+
+
+def drain_line(p: ProxyProcess, pid: int) -> str | None:
+    """The graceful stop's line of worker ``pid``, once it wrote it."""
+    lines = [line for line in p.text().splitlines() if f"[{pid}] [INFO] Graceful stop: draining" in line]
+    return lines[0] if lines else None
+
+
+@pytest.mark.parametrize(
+    ("app", "interface"),
+    [("prefork_lb.demo:app", "wsgi"), ("tests.apps_asgi:behave", "asgi")],
+    ids=["wsgi", "asgi"],
+)
+def test_integrated_a_reload_keeps_the_idle_grace_a_stop_skips(start_proxy, app: str, interface: str) -> None:
+    """A reload's old worker keeps serving a moment while the proxy learns that it drains (its
+    drain line says so); a stop of the whole server stops the proxy first, so the last
+    worker's drain closes its idle connections at once (no such words in its line)."""
+    p = start_proxy(None, "--dispatch", "proxy", "--workers", "1", "--interface", interface, app=app)
+    wait_for(lambda: p.health()[1]["healthy"] == 1, 10, "a healthy local backend")
+    (old,) = p.worker_pids()
+    os.kill(p.pid, signal.SIGHUP)
+    reload_line = wait_for(lambda: drain_line(p, old), 15, "the reload's drain line")
+    assert reload_line.endswith("(serving 1 s more first, while the proxy learns of it)"), reload_line
+    (new,) = wait_for(
+        lambda: (pids := p.worker_pids()) == [pids[0]] and old not in pids and pids, 15, "the new worker"
+    )
+    wait_for(lambda: p.health()[1]["healthy"] == 1, 10, "the new worker healthy")
+    os.kill(p.pid, signal.SIGTERM)
+    assert p.proc is not None and p.proc.wait(15) == 0, p.text()
+    stop_line = drain_line(p, new)
+    assert stop_line is not None and "more first" not in stop_line, p.text()
+    assert "Traceback" not in p.text(), p.text()

@@ -33,6 +33,7 @@ def test_the_document_has_the_master_the_workers_and_growing_totals() -> None:
     board.putf(b, sb.REQ_START, 50.0)
     board.putf(a, sb.HEARTBEAT, 59.5)
     board.putf(b, sb.HEARTBEAT, 59.0)
+    board.set_interface(b, "asgi")  # a's app has not said yet (--interface auto, still loading)
     rss = {101: (50.0 * 2**20, 1.0), 102: (60.0 * 2**20, 2.0)}
     doc = dashboard_doc(board, totals, "handoff", rss.get, clock=lambda: 60.0, wall=lambda: 1100.0)
     assert doc["master"] == {
@@ -58,6 +59,7 @@ def test_the_document_has_the_master_the_workers_and_growing_totals() -> None:
         "POST /slow?q=1",
         10.0,
     )
+    assert (w0["interface"], w1["interface"]) == ("", "asgi")
     assert doc["totals"]["requests"] == 3 and doc["totals"]["errors"] == 1
     assert sum(doc["totals"]["histogram"]) == 3
     assert len(doc["totals"]["histogram"]) == len(doc["totals"]["bounds"]) + 1

@@ -262,6 +262,42 @@ def test_hooks(fail: bool, caplog: pytest.LogCaptureFixture) -> None:
     assert ("hook failed" in caplog.text) is fail
 
 
+async def _raises(scope: Any, receive: Any, send: Any) -> None:
+    raise RuntimeError("boom")
+
+
+async def _start_then_raise(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 201, "headers": []})
+    raise RuntimeError("boom")
+
+
+async def _too_slow(scope: Any, receive: Any, send: Any) -> None:
+    await asyncio.sleep(30)
+
+
+@pytest.mark.parametrize(
+    ("app", "opts", "status"),
+    [(_raises, {}, 500), (_start_then_raise, {}, 500), (_too_slow, {"request_timeout": TICK}, 504)],
+)
+def test_the_finished_hook_gets_the_status_the_server_answered_for_the_app(
+    app: App, opts: dict[str, Any], status: int
+) -> None:
+    """A 500/504 the server wrote for the app is what the access log and the metrics count,
+    not 0 ("no response") nor the status of a head the app began and never sent."""
+    hooks = Hooks()
+
+    async def go() -> bytes:
+        server = AsgiServer(app, AsgiOptions(**opts), asyncio.get_running_loop(), hooks=hooks)
+        try:
+            return await talk(server, GET, eof=False)
+        finally:
+            server.close()
+
+    (r,) = responses(asyncio.run(go()))
+    assert r.status == status
+    assert [row[:3] for row in hooks.rows] == [("started", "/"), ("finished", "/", status)]
+
+
 HEAD_CHUNKED = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"
 
 
@@ -446,6 +482,7 @@ def test_drain_gives_up_on_a_stuck_app() -> None:
             await asyncio.sleep(0.01)
         done = await server.drain(TICK)
         assert await read_all(b) == b""
+        assert server.cut_requests == ["GET / (no response sent)"]  # the stop's error line names it
         b.close()
         return done
 
