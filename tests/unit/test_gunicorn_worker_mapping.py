@@ -103,10 +103,9 @@ def test_access_line_in_gunicorns_format_and_atoms() -> None:
     fmt = "%(h)s %(r)s %(s)s %(b)s %(m)s %(U)s %(q)s %(a)s %({x-test}i)s %(H)s"
     hooks, lines, stops = asgi_hooks("--access-logfile", "-", "--access-logformat", fmt)
     hooks.request_finished(None, SCOPE, 201, 42, 0.01)
-    hooks.request_finished(None, SCOPE, 0, 0, 0.01)  # no response head went out
+    hooks.request_finished(None, SCOPE, 0, 0, 0.01)  # no status line went out: no access line
     assert lines == [
         "192.0.2.7 POST /items?a=1 HTTP/1.1 201 42 POST /items a=1 tester/1 abc HTTP/1.1",
-        "192.0.2.7 POST /items?a=1 HTTP/1.1 500 0 POST /items a=1 tester/1 abc HTTP/1.1",
     ]
     assert stops == []
 
