@@ -19,6 +19,7 @@ import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+from prefork_lb.http.errors import AppEventError
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.framing import bodiless_status
 from prefork_lb.http.parser import Request
@@ -56,10 +57,6 @@ HOP_BY_HOP = frozenset(
         b"upgrade",
     }
 )
-
-
-class AppEventError(RuntimeError):
-    """The app sent an event it may not send now (or a malformed one)."""
 
 
 def connection_scope(client: Any, server: Any, root_path: str, scheme: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
 from prefork_lb.asgi.cycle import RequestCycle
 from prefork_lb.asgi.events import connection_scope, request_scope, scope_memo_key
-from prefork_lb.http.errors import HTTPError, RequestTimeout
+from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import simple_response
 
@@ -291,7 +291,7 @@ class HttpConnection(asyncio.Protocol):
 
     def busy(self) -> None:
         """Refused by admission (the queue is full): 503, then close."""
-        self._refuse(_Busy(BUSY_DETAIL), extra=f"Retry-After: {RETRY_AFTER}\r\n")
+        self._refuse(ServiceUnavailable(BUSY_DETAIL), extra=f"Retry-After: {RETRY_AFTER}\r\n")
 
     def write(self, data: bytes) -> None:
         transport = self.transport
@@ -307,10 +307,6 @@ class HttpConnection(asyncio.Protocol):
     def idle(self) -> bool:
         """Between requests on a kept-alive connection, no byte of the next one here yet."""
         return self.cycle is None and not self.partial and self.skipping is None and self.had_request
-
-
-class _Busy(HTTPError):
-    status, reason = 503, "Service Unavailable"
 
 
 def _is_websocket(req: Request) -> bool:

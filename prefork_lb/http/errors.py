@@ -48,6 +48,13 @@ class ServiceUnavailable(HTTPError):
     status, reason = 503, "Service Unavailable"
 
 
+class AppEventError(RuntimeError):
+    """An ASGI app sent an event it may not send now (or a malformed one).
+
+    Here, not in prefork_lb.asgi.events, because a class that subclasses a built-in exception
+    cannot be compiled by mypyc (prefork_lb/compiled.py) and this module is not."""
+
+
 class ClientDisconnected(OSError):
     """The client went away (EOF, reset or read timeout) while the server needed it.
 

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -636,10 +637,10 @@ def test_memoised_heads_follow_the_date_and_draining(monkeypatch: pytest.MonkeyP
         try:
             out.append(await talk(server, GET + GET))
             assert server.heads, "the usual head is memoised"
-            monkeypatch.setattr(
-                "prefork_lb.asgi.server.refresh_date", lambda: "Date: Thu, 01 Jan 2026 00:00:00 GMT\r\n"
-            )
-            server._tick()  # a new second: a new Date line
+            # A new second: a new Date line (the clock, not refresh_date: a compiled module calls
+            # that directly, past a patched module attribute).
+            monkeypatch.setattr(time, "time", lambda: 1767225600.0)  # 2026-01-01 00:00:00 UTC
+            server._tick()
             out.append(await talk(server, GET))
             server.draining = True
             out.append(await talk(server, GET))
