@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefork_lb import compiled as _compiled
+
+_compiled.apply_environment()  # PREFORK_LB_PURE_PYTHON=1: the compiled modules from their source
+
 __version__ = "0.1.0"
 __all__ = ["OffloadPool", "__version__", "offload", "offload_async", "run"]
 

@@ -88,6 +88,7 @@ def test_pool_process_imports_only_the_offload_package() -> None:
     assert "gevent" not in modules
     assert set(modules) <= {
         "prefork_lb",
+        "prefork_lb.compiled",  # the package's __init__: PREFORK_LB_PURE_PYTHON
         "prefork_lb.offload",
         "prefork_lb.offload.child",
         "prefork_lb.offload.counters",
