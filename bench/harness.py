@@ -189,13 +189,29 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _version(cmd: Sequence[str]) -> str:
+def _version(cmd: Sequence[str], cwd: Path | None = None) -> str:
     try:
-        p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10, check=False)
+        p = subprocess.run(list(cmd), capture_output=True, text=True, timeout=10, check=False, cwd=cwd)
     except (OSError, subprocess.TimeoutExpired):
         return "not found"
     lines = (p.stdout + p.stderr).strip().splitlines()
     return lines[0].strip() if lines else "unknown"
+
+
+def _build_kind(repo: Path) -> str:
+    """Whether the servers run prefork_lb's per-request modules compiled (prefork_lb/compiled.py)."""
+    probe = (
+        "import importlib, prefork_lb.compiled as c\n"
+        "for n in c.MODULES: importlib.import_module(n)\n"
+        "print(len(c.compiled_modules()), len(c.MODULES))"
+    )
+    got = _version([sys.executable, "-c", probe], cwd=repo).split()
+    if len(got) != 2:
+        return "unknown"
+    done, listed = got
+    if done == "0":
+        return "pure Python (no mypyc extension modules, or PREFORK_LB_PURE_PYTHON set)"
+    return f"mypyc: {done} of {listed} per-request modules compiled"
 
 
 def machine_info() -> dict[str, Any]:
@@ -223,6 +239,7 @@ def machine_info() -> dict[str, Any]:
         "kernel": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()} ({sys.executable})",
         "packages": pkgs,
+        "prefork_lb_build": _build_kind(repo),
         "wrk": _version(["wrk", "--version"]).split(" Copyright")[0],
         "git_commit": commit + ("-dirty" if dirty not in ("", "unknown") else ""),
     }
@@ -264,6 +281,7 @@ def report_markdown(meta: Mapping[str, Any], table: str) -> str:
         f"{m['kernel']}, host `{m['hostname']}`",
         f"- python: {m['python']}",
         "- packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"- prefork_lb build: {m.get('prefork_lb_build', 'unknown')}",
         f"- load generator: {m['wrk']}",
         f"- git commit: {m['git_commit']}",
     ]

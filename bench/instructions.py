@@ -13,7 +13,11 @@ is what one request costs there: start-up, imports and warm-up cancel out.
 
 - ``worker``: ``python -m prefork_lb bench.apps:hello --workers 1``, counted in the worker;
 - ``proxy``: ``python -m prefork_lb proxy`` in front of 2 backends (the same app, not under
-  valgrind, started once), counted in the proxy process.
+  valgrind, started once), counted in the proxy process;
+- ``asgi``: ``python -m prefork_lb bench.asgi_apps:app --interface asgi --workers 1``, counted in
+  the worker;
+- ``gunicorn-uvicorn``: the peer for ``asgi``, ``gunicorn -k uvicorn_worker.UvicornWorker -w 1``
+  with the same app, counted in its worker; not a prefork_lb tree, so measured once per round.
 
 ``--stats off,on`` measures each tree twice, interleaved: with ``--stats-bind off`` (no admin
 process) and with an admin process on a free port that is scraped (``GET /metrics``) once after
@@ -46,6 +50,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 from bench import harness  # noqa: E402
 
 APP = "bench.apps:hello"
+ASGI_APP = "bench.asgi_apps:app"
+TARGETS = ("worker", "proxy", "asgi", "gunicorn-uvicorn")
+PEERS = ("gunicorn-uvicorn",)  # targets that run no prefork_lb tree
 PY = sys.executable
 CONNECTIONS = 8
 
@@ -111,6 +118,13 @@ def count(tree: Path, target: str, requests: int, backends: Sequence[int], stats
     cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.%p", PY, "-m", "prefork_lb"]
     if target == "worker":
         cmd += [APP, "-b", f"{harness.HOST}:{port}", "--workers", "1", "--offload-processes", "0"]
+    elif target == "asgi":
+        cmd += [ASGI_APP, "--interface", "asgi", "-b", f"{harness.HOST}:{port}", "--workers", "1"]
+        cmd += ["--control-socket", "off"]
+    elif target == "gunicorn-uvicorn":
+        cmd[-2:] = ["-m", "gunicorn", "-k", "uvicorn_worker.UvicornWorker", "-w", "1"]
+        cmd += ["-b", f"{harness.HOST}:{port}", "--log-level", "warning", ASGI_APP]
+        stats = "peer"
     else:
         upstreams = ",".join(f"{harness.HOST}:{b}" for b in backends)
         cmd += ["proxy", "-b", f"{harness.HOST}:{port}", "--backends", upstreams]
@@ -161,8 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown := [v for v in variants if v not in ("default", "off", "on")]:
         ap.error(f"unknown --stats {unknown} (default, off, on)")
     for t in targets:
-        if t not in ("worker", "proxy"):
-            ap.error(f"unknown target {t!r} (worker, proxy)")
+        if t not in TARGETS:
+            ap.error(f"unknown target {t!r} ({', '.join(TARGETS)})")
     backends = [harness.free_port(), harness.free_port()]
     backend_procs = []
     rows: list[dict[str, Any]] = []
@@ -175,8 +189,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 harness.wait_http(b, proc=p)
         for rnd in range(1, args.rounds + 1):
             for target in targets:
-                for tree in trees:
-                    for stats in variants:
+                for tree in trees[:1] if target in PEERS else trees:
+                    for stats in variants[:1] if target in PEERS else variants:
                         small = count(tree, target, args.small, backends, stats)
                         large = count(tree, target, args.large, backends, stats)
                         per = (large - small) / (args.large - args.small)
@@ -184,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "round": rnd,
                             "target": target,
                             "tree": str(tree),
-                            "commit": commit(tree),
+                            "commit": "-" if target in PEERS else commit(tree),
                             "stats": stats,
                             "instructions/request": round(per),
                         }
