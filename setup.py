@@ -2,8 +2,8 @@
 per-request path (the list and why: prefork_lb/compiled.py).
 
 No extension modules, the same program as Python, when PREFORK_LB_PURE_PYTHON=1 is set at build
-time, when mypyc is not in the build environment, or when the C compiler fails (a warning says
-so). An editable install (pip install -e .) builds them in place, next to their sources: after
+time, when mypyc is not in the build environment, or when the C compiler fails (the build log
+says why: pip install -v). An editable install (pip install -e .) builds them in place, next to their sources: after
 editing one of those sources, install again (or set PREFORK_LB_PURE_PYTHON=1 when running);
 tests/unit/test_compiled.py fails while an extension module is older than its source.
 """
@@ -46,7 +46,7 @@ class OptionalBuildExt(build_ext):
 
 def ext_modules() -> list[Any]:
     listed = _compiled_list()
-    if os.environ.get(listed["PURE_ENV"], "") not in ("", "0"):
+    if listed["pure_requested"](os.environ):
         return []
     try:
         from mypyc.build import mypycify

@@ -79,6 +79,11 @@ def use_source() -> None:
         sys.meta_path.insert(0, _SourceFinder())
 
 
+def pure_requested(environ: Any = os.environ) -> bool:
+    """PREFORK_LB_PURE_PYTHON set to anything but "" or "0" (read at install and when running)."""
+    return environ.get(PURE_ENV, "") not in ("", "0")
+
+
 def apply_environment(environ: Any = os.environ) -> None:
-    if environ.get(PURE_ENV, "") not in ("", "0"):
+    if pure_requested(environ):
         use_source()
