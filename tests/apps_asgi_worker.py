@@ -2,7 +2,7 @@
 
 ``app`` answers as prefork_lb.demo:app does on /json (so the master's tests run unchanged over
 both interfaces), sleeps cooperatively on /sleep?S and /sleep/S, blocks the loop on /block?S (time.sleep in
-an async def: the heartbeat stops), says its lifespan state on /state and its root_path on
+an async def: the heartbeat stops), waits on /hold until the file PREFORK_LB_TEST_GATE names exists, says its lifespan state on /state and its root_path on
 /root, echoes websockets (noting the code of their websocket.disconnect in the file named by
 PREFORK_LB_TEST_CALLS, as its lifespan shutdown). ``lifespan_fails`` refuses its startup;
 ``no_lifespan`` raises on the lifespan scope; ``asgi2`` is an ASGI 2 class; ``not_an_app`` and
@@ -79,6 +79,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await asyncio.sleep(float(path[len("/sleep/") :]))
     elif path == "/block":
         time.sleep(float(qs or "1"))  # blocks the loop: what the heartbeat watchdog is for
+    elif path == "/hold":  # (as tests.apps:overload's /hold: until the gate file exists, 30 s at most)
+        gate, deadline = os.environ["PREFORK_LB_TEST_GATE"], time.monotonic() + 30
+        while not os.path.exists(gate) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
     if path == "/state":
         body = json.dumps(dict(scope.get("state", {}))).encode()
     elif path.endswith("/root"):

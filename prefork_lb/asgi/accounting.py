@@ -19,6 +19,7 @@ log's environ is built only when there is an access log.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 # The scope keys an access log reads, as WSGI environ names.
@@ -82,16 +83,27 @@ class WorkerHooks:
         self._finished = entry.request_finished
 
     def request_started(self, conn_info: Any, scope: dict[str, Any]) -> None:
-        arrived = 0.0  # later requests of a connection waited for nothing of ours
-        if getattr(conn_info, "lb_fresh", False):
-            conn_info.lb_fresh = False
-            self.entry.first_request()
-            arrived = getattr(conn_info, "accepted_at", 0.0)  # the queue wait: since the accept
+        # The queue wait: since the accept for a connection's first request, since the start of
+        # its wait for a place for a later one that waited; other requests waited for nothing.
+        # It stops counting as fresh or as queued only after it counts as in flight: the load
+        # never misses it in between.
+        waited = 0.0
+        fresh = getattr(conn_info, "lb_fresh", False)
+        if fresh:
+            arrived = getattr(conn_info, "accepted_at", 0.0)
+        else:
+            arrived = waited = getattr(conn_info, "lb_waited", 0.0)
         qs = scope.get("query_string")
         raw = scope.get("raw_path")
         if qs or not raw:
             raw = request_target(scope)
         self._started(scope.get("method", "GET"), raw, arrived)
+        if fresh:
+            conn_info.lb_fresh = False
+            self.entry.first_request()
+        elif waited:
+            conn_info.lb_waited = 0.0
+            self.entry.queued(-1)
 
     def request_finished(
         self, conn_info: Any, scope: dict[str, Any], status: int, sent_bytes: int, seconds: float
@@ -113,8 +125,21 @@ class WorkerHooks:
     def received(self, n: int) -> None:
         self.entry.received(n)
 
-    def queued(self, n: int) -> None:
-        self.entry.queued(n)
+    def request_queued(self, conn_info: Any, n: int) -> None:
+        """A request of ``conn_info`` waits for a place (``n`` = 1) or stops waiting without one
+        (-1; one that got its place is counted out by request_started). Waiting, it counts as
+        queued, no longer as fresh: once, not twice (a fresh connection's request stops counting
+        as fresh only after it counts as queued)."""
+        entry = self.entry
+        entry.queued(n)
+        if n < 0:
+            conn_info.lb_waited = 0.0
+        elif getattr(conn_info, "lb_fresh", False):
+            conn_info.lb_fresh = False
+            entry.first_request()
+            conn_info.lb_waited = getattr(conn_info, "accepted_at", 0.0) or time.monotonic()
+        else:
+            conn_info.lb_waited = time.monotonic()
 
     def shed(self, n: int = 1) -> None:
         self.entry.shed(n)

@@ -37,6 +37,10 @@ log = logging.getLogger("prefork_lb.error")
 
 FILE_CHUNK = 1 << 16  # bytes of a file read at a time when the socket does not take sendfile
 DISCONNECT = {"type": "http.disconnect"}
+# AsgiServer.admit's answers: no place (503), a place at once, a place after a wait in the queue.
+REFUSED = 0
+ADMITTED = 1
+QUEUED = 2
 HEADS_MAX = 256  # response heads a server memoises (see RequestCycle._head_bytes)
 _KNOWN = frozenset(
     {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
@@ -113,7 +117,7 @@ class RequestCycle:
         scope = self.scope
         admitted = False
         if server.admission_limit:
-            if not await server.admit():
+            if await server.admit(conn) == REFUSED:
                 conn.busy()
                 conn.cycle_done(self, False)
                 return

@@ -32,6 +32,7 @@ from collections import deque
 from typing import Any
 
 from prefork_lb.asgi.accounting import request_target
+from prefork_lb.asgi.cycle import ADMITTED, QUEUED, REFUSED
 from prefork_lb.asgi.http import HttpConnection
 from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.http.parser import RequestMemo
@@ -113,6 +114,8 @@ class AsgiServer:
         self.hook_opened = getattr(hooks, "connection_opened", None)
         self.hook_closed = getattr(hooks, "connection_closed", None)
         self.hook_received = getattr(hooks, "received", None)
+        self.hook_queued = getattr(hooks, "request_queued", None)
+        self.hook_shed = getattr(hooks, "shed", None)
         self.state = state if state is not None else {}
         self.connections: set[HttpConnection] = set()
         self.websockets: set[Any] = set()  # prefork_lb.asgi.websocket protocols, until finished
@@ -317,19 +320,33 @@ class AsgiServer:
 
     # -- admission ----------------------------------------------------------------------------
 
-    async def admit(self) -> bool:
-        """A place in the app (waiting in the queue if there is room there); False: 503."""
+    async def admit(self, conn: Any = None) -> int:
+        """A place in the app for a request of ``conn``: ADMITTED, QUEUED (it got one after
+        waiting in the queue) or REFUSED (no room in the queue either: 503).
+
+        The hooks hear of the queue: ``request_queued(conn, 1)`` when the request starts to
+        wait, ``request_queued(conn, -1)`` if it stops waiting without a place; one that got its
+        place is counted out of the queue by the request_started hook that follows (after it
+        counts as in flight: the worker's load never misses it in between). ``shed()`` for a
+        refusal."""
         if self.admitted < self.admission_limit:
             self.admitted += 1
-            return True
+            return ADMITTED
         if len(self.waiters) >= self.options.queue_size:
             self.refused += 1
-            return False
+            if self.hook_shed is not None:
+                self.hook_shed()
+            return REFUSED
         fut = self.loop.create_future()
         self.waiters.append(fut)
+        queued = self.hook_queued
+        if queued is not None:
+            queued(conn, 1)
         try:
             await fut
         except asyncio.CancelledError:
+            if queued is not None:
+                queued(conn, -1)
             if fut.done() and not fut.cancelled():
                 self.release()  # the place came with the cancellation: pass it on
             else:
@@ -338,7 +355,7 @@ class AsgiServer:
                 except ValueError:
                     pass
             raise
-        return True
+        return QUEUED
 
     def release(self) -> None:
         """A request left the app: its place goes to the first one waiting."""

@@ -32,12 +32,12 @@ import gevent
 import gevent.lock
 import gevent.socket
 
-from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
-from prefork_lb.http.errors import ClientDisconnected, HTTPError, RequestTimeout, ServiceUnavailable
+from prefork_lb.http.errors import ClientDisconnected, HTTPError, RequestTimeout
 from prefork_lb.http.forwarded import forwarded_scheme
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import CONTINUE, simple_response
 from prefork_lb.request_id import ENVIRON_KEY, valid_request_id
+from prefork_lb.worker.admit import AdmissionPlace
 from prefork_lb.worker.response import LISTED, YIELDED, BodyNotBytes, ResponseWriter, is_bytes
 from prefork_lb.worker.wsgi import (
     EMPTY_INPUT,
@@ -80,7 +80,7 @@ def _decode_path(path: bytes) -> str:
     return path.decode("latin-1")
 
 
-class Connection(ResponseWriter, BodySource):
+class Connection(ResponseWriter, BodySource, AdmissionPlace):
     """One client connection: reads requests, runs the app, sends responses in order."""
 
     __slots__ = (
@@ -99,6 +99,7 @@ class Connection(ResponseWriter, BodySource):
         "read_event",
         "hub",
         "had_request",
+        "counted_fresh",
         "cork",
         "forwarded",
         "env_memo",
@@ -118,6 +119,10 @@ class Connection(ResponseWriter, BodySource):
         self.wait_until = 0.0
         self.idle = False  # True only between requests on a kept-alive connection
         self.had_request = False
+        # Whether the scoreboard still counts this connection as fresh (connection_opened): it
+        # stops only once its first request counts as in flight, queued or refused, so the
+        # handoff dispatcher's load never misses it in between (see _unfresh).
+        self.counted_fresh = True
         self.partial = False
         self.cork: list[bytes] = []  # whole responses held to go out with the next one (_reply)
         # The per-request path calls the underlying socket directly and waits on gevent's own
@@ -214,9 +219,6 @@ class Connection(ResponseWriter, BodySource):
                     arrived = self.arrived or batch
                     fresh = False
                     self.had_request = True
-                    board = self.server.board
-                    if board is not None:
-                        board.first_request()
                 if not self._handle_request(req, arrived):
                     return
                 requests.popleft()
@@ -419,6 +421,7 @@ class Connection(ResponseWriter, BodySource):
         access = server.access_log
         t0 = time.time() if access is not None else 0.0
         admission = server.admission
+        waited = 0.0
         if admission is not None:
             waited = self._admit(admission)
             if waited < 0:
@@ -427,6 +430,10 @@ class Connection(ResponseWriter, BodySource):
         board = server.board
         if board is not None:
             board.request_started(req.method, req.target, arrived)
+            if self.counted_fresh:
+                self._unfresh()
+            if waited:
+                board.queued(-1)  # after it counts as in flight: never counted as neither
         result: Any = None
         failed = 0  # the status class of an error response we sent (for the metrics)
         deadline = None
@@ -567,29 +574,13 @@ class Connection(ResponseWriter, BodySource):
                 self.out_headers = []
                 access.log(env, self, time.time() - t0)
 
-    def _admit(self, admission: gevent.lock.BoundedSemaphore) -> float:
-        """Take a place in the app, waiting in the queue if there is room there; else 503.
-        When it waited since (CLOCK_MONOTONIC), 0.0 when it did not, -1 when it refused."""
-        if admission.acquire(blocking=False):
-            return 0.0
-        server = self.server
-        board = server.board
-        if server.waiting >= server.options.queue_size:
-            if board is not None:
-                board.shed()
-            self._send_error(ServiceUnavailable(BUSY_DETAIL), retry_after=RETRY_AFTER)
-            return -1.0
-        since = time.monotonic()
-        server.waiting += 1
+    def _unfresh(self) -> None:
+        """The connection's first request counts as in flight or queued now: it stops counting
+        as fresh (always after that other count went up: see prefork_lb.worker.admit)."""
+        self.counted_fresh = False
+        board = self.server.board
         if board is not None:
-            board.queued(1)  # the dispatcher's load: a queued request is not in flight yet
-        try:
-            admission.acquire()
-        finally:
-            server.waiting -= 1
-            if board is not None:
-                board.queued(-1)
-        return since
+            board.first_request()
 
     def _send_error(self, exc: HTTPError, retry_after: int = 0) -> None:
         extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""

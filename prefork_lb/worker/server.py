@@ -272,7 +272,7 @@ class Server:
         finally:
             self.connections.discard(conn)
             if board is not None:
-                board.connection_closed(conn.had_request)
+                board.connection_closed(not conn.counted_fresh)
             try:
                 sock.close()
             except OSError:

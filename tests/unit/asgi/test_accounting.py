@@ -4,6 +4,7 @@ the WSGI worker writes them (prefork_lb.asgi.accounting)."""
 from __future__ import annotations
 
 import io
+import time
 from types import SimpleNamespace
 from typing import Any
 
@@ -96,8 +97,21 @@ def test_load_counters_go_to_the_entry() -> None:
     hooks.connection_closed(silent)
     assert (q[base + sb.CONNS], q[base + sb.FRESH]) == (0, 0)
     hooks.received(3)
-    hooks.queued(2)
-    hooks.queued(-2)
+    waiting = SimpleNamespace(accepted_at=time.monotonic() - 1.0)
+    hooks.connection_opened(waiting)
+    hooks.request_queued(waiting, 1)  # it counts as queued, no longer as fresh: once
+    assert (q[base + sb.FRESH], q[base + sb.QUEUED]) == (1, 1)
+    hooks.request_started(waiting, SCOPE)  # it got its place: out of the queue
+    assert (q[base + sb.IN_FLIGHT], q[base + sb.FRESH], q[base + sb.QUEUED]) == (1, 0, 0)
+    assert entry.wait_s >= 1.0, "its queue wait counts from the accept"
+    hooks.request_finished(waiting, SCOPE, 200, 1, 0.0)
+    hooks.connection_closed(waiting)
+    left = SimpleNamespace(accepted_at=0.0)  # its client left while it waited
+    hooks.connection_opened(left)
+    hooks.request_queued(left, 1)
+    hooks.request_queued(left, -1)
+    hooks.connection_closed(left)
+    assert (q[base + sb.FRESH], q[base + sb.QUEUED], left.lb_waited) == (0, 0, 0.0)
     hooks.shed()
     hooks.deadline_passed()
     assert (q[base + sb.RECEIVED], q[base + sb.SHED], q[base + sb.DEADLINES]) == (3, 1, 1)
