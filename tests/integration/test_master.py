@@ -105,20 +105,34 @@ class Master:
         self._log_f.close()
 
 
-class Load:
-    """Four client threads, each sending GET /json in a loop (new connection each, at most
-    30 s), counting answers and failures, until the block ends."""
+LOAD_SECONDS = 150.0
+LOAD_REQUESTS = 20_000
 
-    def __init__(self, port: int) -> None:
+
+class Load:
+    """Four client threads, each sending GET /json in a loop (new connection each), counting
+    answers and failures, until the block ends. Bounded: LOAD_SECONDS and LOAD_REQUESTS per
+    thread, more than a test's own waits add up to on a slow machine (a load that ended by
+    itself first would read as a server that stopped answering)."""
+
+    def __init__(self, port: int, log: Path | None = None) -> None:
         self.port = port
+        self.log = log  # the master's log, quoted when a wait fails
         self.ok = [0]
         self.failures: list[str] = []
         self.stop = threading.Event()
         self.threads = [threading.Thread(target=self._client) for _ in range(4)]
+        self.started = time.monotonic()
+        self.ended: list[str] = []  # why each thread stopped
 
     def _client(self) -> None:
-        deadline = time.monotonic() + 30
-        while not self.stop.is_set() and time.monotonic() < deadline:
+        deadline = time.monotonic() + LOAD_SECONDS
+        for _ in range(LOAD_REQUESTS):
+            if self.stop.is_set():
+                break
+            if time.monotonic() >= deadline:
+                self.ended.append("time")
+                return
             try:
                 status, _ = get(self.port)
                 if status == 200:
@@ -127,13 +141,25 @@ class Load:
                     self.failures.append(str(status))
             except OSError as exc:
                 self.failures.append(repr(exc))
+        else:
+            self.ended.append("count")
+            return
+        self.ended.append("stopped")
 
     def served(self) -> int:
         return self.ok[0]
 
     def wait_more(self, n: int = 50) -> None:
         seen = self.served()
-        wait_for(lambda: self.served() > seen + n, what=f"{n} more requests served")
+        try:
+            wait_for(lambda: self.served() > seen + n, what=f"{n} more requests served")
+        except AssertionError as exc:
+            tail = self.log.read_text(errors="replace")[-3000:] if self.log is not None else ""
+            raise AssertionError(
+                f"{exc}: {self.served() - seen} in the wait, {self.served()} in all, "
+                f"{time.monotonic() - self.started:.1f} s into the load, threads ended: {self.ended}, "
+                f"failures: {self.failures[-8:]}; the master's log ends:\n{tail}"
+            ) from None
 
     def __enter__(self) -> Load:
         for t in self.threads:
@@ -266,7 +292,7 @@ def test_connections_queued_for_a_dead_worker_are_served(two_workers) -> None:
 def test_reload_under_load_fails_no_request(two_workers) -> None:
     m = two_workers()
     old = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
-    with Load(m.port) as load:
+    with Load(m.port, m.log) as load:
         load.wait_more()
         m.signal(signal.SIGHUP)
         wait_for(
@@ -334,7 +360,7 @@ def test_usr2_binary_upgrade_under_load(start, tmp_path: Path, mode: str) -> Non
     pidfile = tmp_path / "master.pid"
     m = start("-w", "2", "--dispatch", mode, "-p", str(pidfile))
     old_workers = wait_for(lambda: len(m.workers()) == 2 and m.workers(), what="2 workers")
-    with Load(m.port) as load:
+    with Load(m.port, m.log) as load:
         load.wait_more()
         m.signal(signal.SIGUSR2)
         # The old master exits (0) once the new one is ready and has asked it to drain.
@@ -530,7 +556,7 @@ def test_ttou_and_ttin_under_load_fail_no_request(two_workers) -> None:
     m = two_workers()
     m.signal(signal.SIGTTIN)
     wait_for(lambda: len(m.workers()) == 3, what="3 workers")
-    with Load(m.port) as load:
+    with Load(m.port, m.log) as load:
         for n_after, sig in (
             (2, signal.SIGTTOU),
             (1, signal.SIGTTOU),
