@@ -118,7 +118,7 @@ class Upstream(asyncio.Protocol):
         self.tunnel_to: Peer | None = None
         self.reason = b""
         self.midmsg = False  # a response is partly parsed
-        self.raw_head: bytes | None = None  # the head of the response being parsed, when whole
+        self.raw_head: bytes | None = None  # the head of the next response parsed, when whole
         self.queue: deque[Responder] = deque()  # sent after ``ex``, answered after it
         self.out: list[bytes] = []  # to write at the end of this pass of the loop
         self.tunneled = False  # upgraded to a tunnel (counted in backend.tunnels until lost)
@@ -250,6 +250,9 @@ class Upstream(asyncio.Protocol):
         ex = self.ex
         if ex is not None:
             ex.response_head(self, self.parser.get_status_code(), self.headers)
+        # The raw head was this response's only: one parsed after it in the same read (pipelined,
+        # or the final one after a 100) must not be kept in the memo under it.
+        self.raw_head = None
 
     def on_body(self, body: bytes) -> None:
         ex = self.ex

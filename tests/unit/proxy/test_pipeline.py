@@ -147,3 +147,55 @@ def test_gets_queued_behind_a_dead_connection_are_sent_again(loop) -> None:
         got = b"".join(ct.data)
         assert got.count(b"HTTP/1.1 200 OK") == 1 and b"502" not in got
     assert up.backend.stats.retries == 2
+
+
+def test_responses_parsed_in_one_read_are_not_kept_under_the_first_ones_head(loop) -> None:
+    """Pipelined answers parsed in one read: only the first one's raw head is known, so only it
+    may be kept in the response memo. A later answer kept under that head (the backend's
+    counter went from 9 to 10 and the body grew by a byte) made the next response with that
+    head go out with the other's Content-Length: a client waiting for a byte that never came."""
+    short = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    long_ = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes"
+    rig = Rig(loop)
+    rig.warm()
+    up, _ = rig.ups[0]
+    c, t = rig.client()
+    c.data_received(GET)
+    rig.proxy.end_of_pass()
+    up.data_received(short)  # seen once: kept the next time it comes
+    rig.proxy.end_of_pass()
+    clients = [rig.client() for _ in range(2)]
+    for cl, _ in clients:
+        cl.data_received(GET)
+    rig.proxy.end_of_pass()
+    assert len(up.queue) == 1
+    up.data_received(short + long_)  # both answers in one read: the first is parsed, so both
+    rig.proxy.end_of_pass()
+    assert b"".join(clients[0][1].data).endswith(b"Content-Length: 2\r\n\r\nok")
+    assert b"".join(clients[1][1].data).endswith(b"Content-Length: 3\r\n\r\nyes")
+    d, dt = rig.client()
+    d.data_received(GET)
+    rig.proxy.end_of_pass()
+    up.data_received(short)  # its head is in the memo now: relayed from it
+    rig.proxy.end_of_pass()
+    got = b"".join(dt.data)
+    assert b"Content-Length: 2\r\n" in got and got.endswith(b"\r\n\r\nok"), got
+    assert up.ex is None and up in up.backend.idle
+
+
+def test_an_interim_response_and_the_final_one_in_one_read_are_not_kept(loop) -> None:
+    """A 100 Continue and the final answer in one read: the raw head seen first is the 100's.
+    Kept as the head of the final answer, the next read that starts with a 100 went out as a
+    200 whose body was the start of the real response's head."""
+    rig = Rig(loop)
+    rig.warm()
+    up, _ = rig.ups[0]
+    for _ in range(3):
+        c, t = rig.client()
+        c.data_received(GET)
+        rig.proxy.end_of_pass()
+        up.data_received(b"HTTP/1.1 100 Continue\r\n\r\n" + SLOW_OK)
+        rig.proxy.end_of_pass()
+        got = b"".join(t.data)
+        assert got.count(b"HTTP/1.1 200 OK") == 1 and got.endswith(b"\r\n\r\nok"), got
+    assert b"HTTP/1.1 100 Continue" not in rig.proxy.response_memo
