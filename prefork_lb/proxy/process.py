@@ -35,6 +35,7 @@ from prefork_lb.http.parser import RequestParser
 from prefork_lb.http.response import simple_response
 from prefork_lb.proxy.deadline import within
 from prefork_lb.proxy.health import HealthState, parse_backends
+from prefork_lb.proxy.listening import stop_accepting
 from prefork_lb.proxy.operator import (
     Journal,
     OperatorError,
@@ -442,8 +443,7 @@ class ProxyProcess:
         self.answer_admin(False)
         # Stop accepting; let exchanges in flight finish (graceful) within the deadline.
         proxy.stopping = True
-        for srv in self.servers:
-            srv.close()
+        await stop_accepting(loop, self.servers)  # (those accepted so far are in proxy.clients)
         grace = cfg.graceful_timeout if self.child is None else self.child.graceful_timeout()
         deadline = time.monotonic() + (grace if self.graceful else 0)
         while not proxy.tunnels_only() and time.monotonic() < deadline:
