@@ -248,14 +248,20 @@ class Scoreboard:
             slot = q[base + SLOT]
             if slot < 0 or slot not in slots:
                 continue
-            in_flight = q[base + IN_FLIGHT] + max(0, q[base + FRESH])
+            # Read in this order: a worker counts a connection or request into its next count
+            # before out of the last (received after fresh, fresh down after in flight up), so a
+            # read racing with it may count it twice for an instant, never not at all.
+            received = q[base + RECEIVED]
+            fresh = max(0, q[base + FRESH])
+            in_flight = q[base + IN_FLIGHT]
+            load = in_flight + fresh
             latency = q[base + LATENCY]
-            if q[base + IN_FLIGHT]:
+            if in_flight:
                 latency = max(latency, int((now - d[base + REQ_START]) * 1e6))
             prev = ready.get(slot, (0, 0, 0, 0))
             ready[slot] = (
-                prev[0] + in_flight,
-                prev[1] + q[base + RECEIVED],
+                prev[0] + load,
+                prev[1] + received,
                 max(prev[2], latency),
                 prev[3] + q[base + CONNS],
             )

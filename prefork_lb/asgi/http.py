@@ -48,10 +48,12 @@ def _addr(value: Any) -> tuple[str, int] | None:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one cycle at a time, keeps it alive."""
 
-    def __init__(self, server: Any, accepted_at: float = 0.0) -> None:
+    def __init__(self, server: Any, accepted_at: float = 0.0, handed: bool = False) -> None:
         # server: the AsgiServer (not imported: prefork_lb.asgi.server imports this module)
         self.server = server
         self.accepted_at = accepted_at or time.monotonic()
+        # Passed over a handoff channel: counted as received once it counts as open (below).
+        self.handed = handed
         self.parser = RequestParser(server.options.limits, server.request_memo)
         self.transport: asyncio.Transport | None = None
         self.cycle: RequestCycle | None = None
@@ -89,6 +91,12 @@ class HttpConnection(asyncio.Protocol):
         server.connections.add(self)
         if server.hook_opened is not None:
             server.hook_opened(self)
+        if self.handed:
+            # Only now, after it counts as open: until then the handoff dispatcher counts it
+            # as sent and not received, so its load never misses it in between.
+            self.handed = False
+            if server.hook_received is not None:
+                server.hook_received(1)
         self.wait_until = server.now + opts.header_timeout
 
     def connection_lost(self, exc: Exception | None) -> None:

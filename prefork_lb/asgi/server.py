@@ -229,20 +229,24 @@ class AsgiServer:
                 pass
         self.add_connection(csock, time.monotonic())
 
-    def add_connection(self, sock: socket.socket, accepted_at: float = 0.0) -> None:
-        """Serve an already-accepted connection; ``accepted_at``: when (CLOCK_MONOTONIC; 0: now)."""
+    def add_connection(self, sock: socket.socket, accepted_at: float = 0.0, handed: bool = False) -> None:
+        """Serve an already-accepted connection; ``accepted_at``: when (CLOCK_MONOTONIC; 0: now);
+        ``handed``: it came over a handoff channel (the received hook hears of it once it counts
+        as open, or once it failed to)."""
         self._ensure_ticker()
         sock.setblocking(False)
         at = accepted_at or time.monotonic()
         self._pending += 1
         task = self.loop.create_task(
-            self.loop.connect_accepted_socket(lambda: HttpConnection(self, at), sock)
+            self.loop.connect_accepted_socket(lambda: HttpConnection(self, at, handed), sock)
         )
-        task.add_done_callback(lambda t: self._made(t, sock))
+        task.add_done_callback(lambda t: self._made(t, sock, handed))
 
-    def _made(self, task: asyncio.Task[Any], sock: socket.socket) -> None:
+    def _made(self, task: asyncio.Task[Any], sock: socket.socket, handed: bool = False) -> None:
         self._pending -= 1
         if task.cancelled() or task.exception() is not None:
+            if handed and self.hook_received is not None:
+                self.hook_received(1)  # (never opened: it is no load any more)
             exc = None if task.cancelled() else task.exception()
             if exc is not None and not isinstance(exc, OSError):
                 log.error("connection setup failed: %s", exc)
@@ -274,9 +278,7 @@ class AsgiServer:
             self._drop_channel(ch)  # the channel was closed
             return
         for fd, t in zip(fds, accept_times(msg, len(fds)), strict=True):
-            self.add_connection(socket.socket(fileno=fd), t)
-        if self.hook_received is not None:
-            self.hook_received(len(fds))
+            self.add_connection(socket.socket(fileno=fd), t, handed=True)
 
     def _drop_channel(self, ch: socket.socket) -> None:
         if ch in self.channels:
@@ -400,7 +402,7 @@ class AsgiServer:
                 if not fds:
                     break
                 for fd, t in zip(fds, accept_times(msg, len(fds)), strict=True):
-                    self.add_connection(socket.socket(fileno=fd), t)
+                    self.add_connection(socket.socket(fileno=fd), t, handed=True)
 
     async def drain(self, timeout: float) -> bool:
         """Stop accepting; busy connections finish their request (its response says

@@ -29,9 +29,12 @@ from prefork_lb import scoreboard as sb
 from prefork_lb.asgi.accounting import WorkerHooks
 from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.asgi.server import AsgiServer
+from prefork_lb.sockets import handoff_message
 from prefork_lb.worker.server import Server, ServerOptions
 
-LEVELS = {"connection_opened", "request_finished", "connection_closed"}
+LEVELS = frozenset({"connection_opened", "request_finished", "connection_closed"})
+# With handoff a connection arrives when the dispatcher sends it: opening it is a move.
+HANDOFF_LEVELS = frozenset({"sent", "request_finished", "connection_closed"})
 
 
 class LoadTrace:
@@ -42,9 +45,12 @@ class LoadTrace:
         self.entry = self.board.handle(self.board.allocate(1234, 0))
         self.entry.set_state(sb.READY)
         self.trace: list[tuple[str, int]] = []
+        self.sent = 0  # connections the test passed over a handoff channel, as a dispatcher counts
 
     def load(self) -> int:
-        return self.board.ready_load({0}, 0.0)[0][0]
+        """The dispatcher's view: in flight + fresh, and what was sent but not received."""
+        load, received, _, _ = self.board.ready_load({0}, 0.0)[0]
+        return load + max(0, self.sent - received)
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self.entry, name)
@@ -58,13 +64,13 @@ class LoadTrace:
 
         return call
 
-    def dips(self) -> list[tuple[str, int, int]]:
+    def dips(self, levels: frozenset[str] = LEVELS) -> list[tuple[str, int, int]]:
         """Each write that took the load below where the last arrival or departure (a
-        connection opened, a request finished, a connection closed) left it: a request moved
-        from one count to the next and was, for that instant, in neither."""
+        connection opened, a request finished, a connection closed: ``levels``) left it: a
+        request moved from one count to the next and was, for that instant, in neither."""
         out, floor = [], 0
         for name, load in self.trace:
-            if name in LEVELS:
+            if name in levels:
                 floor = load
             elif load < floor:
                 out.append((name, floor, load))
@@ -185,4 +191,50 @@ def test_asgi_worker_counts_a_request_in_before_it_counts_it_out(keep_alive: boo
     names = [name for name, _ in t.trace]
     assert "queued" in names and "shed" in names, t.trace  # each path was taken
     assert t.dips() == [], t.trace
+    assert t.load() == 0
+
+
+def test_asgi_worker_counts_a_handed_connection_open_before_received() -> None:
+    """A connection from the handoff channel is counted as received (no longer the dispatcher's
+    'sent, not received') only once it counts as open: its connection_made comes a loop pass
+    or more after the read of the channel."""
+    t = LoadTrace()
+
+    async def go() -> bytes:
+        loop = asyncio.get_running_loop()
+
+        async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        server = AsgiServer(app, AsgiOptions(), loop, hooks=WorkerHooks(t))
+        ours, theirs = socket.socketpair()
+        server.add_handoff_channel(ours)
+        a, b = socket.socketpair()
+        t.sent = 1
+        t.trace.append(("sent", t.load()))
+        socket.send_fds(theirs, [handoff_message([0.0])], [a.fileno()])
+        a.close()
+        b.setblocking(False)
+        try:
+            await loop.sock_sendall(b, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            out = b""
+            while True:
+                chunk = await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
+                if not chunk:
+                    break
+                out += chunk
+            for _ in range(50):
+                await asyncio.sleep(0)
+            return out
+        finally:
+            b.close()
+            theirs.close()
+            server.close()
+            ours.close()
+
+    assert asyncio.run(go()).startswith(b"HTTP/1.1 200 ")
+    names = [name for name, _ in t.trace]
+    assert names.index("connection_opened") < names.index("received"), t.trace
+    assert t.dips(HANDOFF_LEVELS) == [], t.trace
     assert t.load() == 0

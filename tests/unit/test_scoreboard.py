@@ -167,3 +167,28 @@ def test_the_request_line_follows_each_request_even_when_it_repeats() -> None:
     e.request_finished("POST", 2)
     e.request_started("GET", path)
     assert board.current_request(i) == "GET /same" and e.served == 4
+
+
+def test_the_dispatchers_read_takes_received_then_fresh_then_in_flight() -> None:
+    """The order the workers' counts are read in (prefork_lb.worker.admit): a worker moves a
+    connection into its next count before out of the last, so a read in this order may count
+    it twice for an instant, never not at all."""
+    board = sb.Scoreboard(2)
+    i = board.allocate(7, 0)
+    board.handle(i).set_state(sb.READY)
+    words = {sb.RECEIVED: "received", sb.FRESH: "fresh", sb.IN_FLIGHT: "in flight"}
+    read: list[str] = []
+
+    class Recording:
+        def __init__(self, q: memoryview) -> None:
+            self.q = q
+
+        def __getitem__(self, k: int) -> int:
+            word = words.get(k - i * sb._WORDS)
+            if word is not None:
+                read.append(word)
+            return int(self.q[k])
+
+    board.q = Recording(board.q)  # type: ignore[assignment]
+    board.ready_load({0}, 0.0)
+    assert read[:3] == ["received", "fresh", "in flight"], read
