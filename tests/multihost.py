@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -177,16 +178,29 @@ class Sample:
     error: str = ""
 
 
+async def _read_to_end(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := await loop.sock_recv(sock, 65536):
+        data += chunk
+    return data
+
+
 async def _one(port: int, path: str, at: float, timeout: float) -> Sample:
+    # A socket of our own, closed here whatever happens: a connection asyncio's streams left
+    # to the loop to close could be collected unclosed (a ResourceWarning, an error here).
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setblocking(False)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
-        try:
-            writer.write(f"GET {path} HTTP/1.1\r\nHost: rig\r\nConnection: close\r\n\r\n".encode())
-            data = await asyncio.wait_for(reader.read(), timeout)
-        finally:
-            writer.close()
+        await asyncio.wait_for(loop.sock_connect(sock, ("127.0.0.1", port)), timeout)
+        await loop.sock_sendall(
+            sock, f"GET {path} HTTP/1.1\r\nHost: rig\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = await asyncio.wait_for(_read_to_end(loop, sock), timeout)
     except (OSError, asyncio.TimeoutError) as exc:
         return Sample(at, 0, time.monotonic() - at, None, repr(exc))
+    finally:
+        sock.close()
     head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
     try:
         status = int(head[0].split()[1])
