@@ -134,6 +134,13 @@ def test_wsgi_worker_counts_a_request_in_before_it_counts_it_out() -> None:
 # -- the ASGI engine (prefork_lb.asgi) --------------------------------------------------------
 
 
+async def read_to_end(sock: socket.socket) -> bytes:
+    loop, data = asyncio.get_running_loop(), b""
+    while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 5):
+        data += chunk
+    return data
+
+
 @pytest.mark.parametrize("keep_alive", [False, True], ids=["fresh", "kept-alive"])
 def test_asgi_worker_counts_a_request_in_before_it_counts_it_out(keep_alive: bool) -> None:
     """Also on a kept-alive connection, whose later request is not fresh: it still counts
@@ -173,12 +180,7 @@ def test_asgi_worker_counts_a_request_in_before_it_counts_it_out(keep_alive: boo
             for i, b in enumerate(reversed(socks)):
                 if i == 1:
                     release.set()
-                data = b""
-                while True:
-                    chunk = await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
-                    if not chunk:
-                        break
-                    data += chunk
+                data = await read_to_end(b)
                 statuses.append(int(data.split(b" ", 2)[1]))
                 b.close()
             for _ in range(50):
@@ -218,12 +220,7 @@ def test_asgi_worker_counts_a_handed_connection_open_before_received() -> None:
         b.setblocking(False)
         try:
             await loop.sock_sendall(b, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            out = b""
-            while True:
-                chunk = await asyncio.wait_for(loop.sock_recv(b, 65536), 5)
-                if not chunk:
-                    break
-                out += chunk
+            out = await read_to_end(b)
             for _ in range(50):
                 await asyncio.sleep(0)
             return out
