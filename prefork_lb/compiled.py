@@ -39,6 +39,7 @@ MODULES = (
     "prefork_lb.http.parser",
     "prefork_lb.http.request",
     "prefork_lb.http.response",
+    "prefork_lb.scoreboard",
 )
 GROUP = "prefork_lb._native"  # the shared library's module: prefork_lb/_native__mypyc
 PURE_ENV = "PREFORK_LB_PURE_PYTHON"
