@@ -75,6 +75,11 @@ class HttpConnection(asyncio.Protocol):
         # request to _after's loop (``again``) instead of nesting one call per request.
         self.starting = False
         self.again = False
+        # prefork_lb.asgi.accounting's marks (a connection that has sent no request yet; when a
+        # request began to wait for a place), set here so that its reads never miss: a missing
+        # attribute costs an AttributeError per request.
+        self.lb_fresh = False
+        self.lb_waited = 0.0
 
     # -- asyncio callbacks --------------------------------------------------------------------
 

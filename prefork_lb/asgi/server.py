@@ -46,6 +46,7 @@ log = logging.getLogger("prefork_lb.error")
 TICK = 0.25
 ACCEPT_BATCH = 64  # connections accepted per readiness callback at most
 HANDOFF_BATCH = 64  # descriptors per handoff message (as prefork_lb.worker.server)
+TASK_NAME = "prefork_lb request"  # every request's task (asyncio.Task.get_name())
 
 
 def _websocket_upgrade() -> Any:
@@ -97,11 +98,14 @@ class AsgiServer:
         # How a request's task starts (prefork_lb.asgi.http), given that copy. Eager on 3.12+:
         # the app runs at once, in the read callback, up to its first real wait, so a response
         # sent without waiting skips the loop's ready queue; it still is a Task of its own
-        # (current_task() as usual).
+        # (current_task() as usual). Named (TASK_NAME): a task made without a name formats
+        # "Task-<n>" for itself, a string per request that nothing reads.
         if sys.version_info >= (3, 12):
-            self.spawn: Any = functools.partial(asyncio.Task, loop=self.loop, eager_start=True)
+            self.spawn: Any = functools.partial(
+                asyncio.Task, loop=self.loop, eager_start=True, name=TASK_NAME
+            )
         elif sys.version_info >= (3, 11):
-            self.spawn = self.loop.create_task
+            self.spawn = functools.partial(asyncio.Task, loop=self.loop, name=TASK_NAME)
         else:  # (3.10: create_task takes no context; the task copies the one it is made in)
             self.spawn = lambda coro, context: context.run(self.loop.create_task, coro)
         self.hooks = hooks

@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from prefork_lb.asgi.options import AsgiOptions
-from prefork_lb.asgi.server import AsgiServer
+from prefork_lb.asgi.server import TASK_NAME, AsgiServer
 from tests.server import parse_responses
 from tests.unit.asgi.test_server_inprocess import responses, talk
 
@@ -68,6 +68,8 @@ def test_each_request_has_its_own_task_and_context() -> None:
     out, _server = run(app, data)
     assert [r.body for r in responses(out)] == [b"fresh", b"fresh"]
     assert len(tasks) == 2 and None not in tasks and tasks[0] is not tasks[1]
+    # Named by the server (a task without a name formats one for itself per request).
+    assert [t.get_name() for t in tasks if t is not None] == [TASK_NAME] * 2 == ["prefork_lb request"] * 2
 
 
 def test_an_app_that_waits_mid_request_still_answers_in_order() -> None:
