@@ -1,11 +1,12 @@
 """The modules that setup.py compiles to C with mypyc, and the switch back to their source.
 
 The per-request path of the HTTP engine (the parser, the response framing, the ASGI connection,
-its request cycle and server) is compiled at install time when mypyc is in the build
-environment (pyproject.toml asks for it): one extension module per source file, next to it,
-and one shared library, ``prefork_lb/_native__mypyc.*.so``. The source files stay installed
-and are the same program: a build without a C compiler, or with ``PREFORK_LB_PURE_PYTHON=1``
-set at install, has no extension modules and runs them as Python.
+its request cycle and server, and the scoreboard entry every request writes) is compiled at
+install time when mypyc is in the build environment (pyproject.toml asks for it): one
+extension module per source file, next to it, and one shared library,
+``prefork_lb/_native__mypyc.*.so``. The source files stay installed and are the same program:
+a build without a C compiler, or with ``PREFORK_LB_PURE_PYTHON=1`` set at install, has no
+extension modules and runs them as Python.
 
 ``PREFORK_LB_PURE_PYTHON=1`` in the environment of a running server makes it import the
 source of these modules even where the extension modules exist (for a debugger, a profiler
