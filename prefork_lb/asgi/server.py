@@ -106,8 +106,8 @@ class AsgiServer:
             )
         elif sys.version_info >= (3, 11):
             self.spawn = functools.partial(asyncio.Task, loop=self.loop, name=TASK_NAME)
-        else:  # (3.10: create_task takes no context; the task copies the one it is made in)
-            self.spawn = lambda coro, context: context.run(self.loop.create_task, coro)
+        else:  # (3.10: a task takes no context; it copies the one it is made in)
+            self.spawn = lambda coro, context: context.run(asyncio.Task, coro, loop=self.loop, name=TASK_NAME)
         self.hooks = hooks
         self.hook_started = getattr(hooks, "request_started", None)
         self.hook_finished = getattr(hooks, "request_finished", None)
