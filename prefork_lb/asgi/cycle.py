@@ -32,6 +32,7 @@ from prefork_lb.http.response import CONTINUE, simple_response
 
 if TYPE_CHECKING:
     from prefork_lb.asgi.events import AsgiHead
+    from prefork_lb.asgi.server import AsgiServer
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -52,6 +53,7 @@ class RequestCycle:
 
     __slots__ = (
         "conn",
+        "server",
         "req",
         "scope",
         "task",
@@ -82,6 +84,8 @@ class RequestCycle:
     def __init__(self, conn: Any, req: Request, scope: dict[str, Any]) -> None:
         # conn: the HttpConnection (not imported: prefork_lb.asgi.http imports this module)
         self.conn = conn
+        # Its server, typed (compiled: its attributes are read without a lookup by name).
+        self.server: AsgiServer = conn.server
         self.req = req
         self.scope = scope
         self.task: asyncio.Task[None] | None = None
@@ -113,7 +117,7 @@ class RequestCycle:
 
     async def run(self) -> None:
         conn = self.conn
-        server = conn.server
+        server = self.server
         scope = self.scope
         admitted = False
         if server.admission_limit:
@@ -166,7 +170,7 @@ class RequestCycle:
 
     def _finish(self, finished: Any, t0: float) -> None:
         """The app is done: count it, call the finished hook, hand the connection back."""
-        server = self.conn.server
+        server = self.server
         self.deadline = 0.0
         if self.complete:
             server.served += 1
@@ -204,7 +208,7 @@ class RequestCycle:
         """The one error line of an app's mistake: the app, the request, what it did."""
         req = self.req
         log.error(
-            "ASGI app %s, %s %s: %s", self.conn.server.app_name, req.method, self.scope.get("path", ""), what
+            "ASGI app %s, %s %s: %s", self.server.app_name, req.method, self.scope.get("path", ""), what
         )
 
     def _app_failed(self, exc: BaseException) -> None:
@@ -214,7 +218,7 @@ class RequestCycle:
             req = self.req
             log.error(
                 "ASGI app %s, %s %s: raised %s",
-                self.conn.server.app_name,
+                self.server.app_name,
                 req.method,
                 self.scope.get("path", ""),
                 type(exc).__name__,
@@ -233,10 +237,10 @@ class RequestCycle:
         req = self.req
         log.error(
             "ASGI app %s, %s %s: past --request-timeout (%gs), cancelled",
-            self.conn.server.app_name,
+            self.server.app_name,
             req.method,
             self.scope.get("path", ""),
-            self.conn.server.options.request_timeout,
+            self.server.options.request_timeout,
         )
         if not self.head_sent and not self.abandoned:
             self.head_sent = True
@@ -289,10 +293,10 @@ class RequestCycle:
                 if req.expect_continue and not self.continue_sent and not self.head_sent:
                     self.continue_sent = True
                     conn.write(CONTINUE)
-                conn.wait_until = conn.server.now + conn.server.options.header_timeout
+                conn.wait_until = self.server.now + self.server.options.header_timeout
                 if len(conn.parser.requests) <= 1:
                     conn.resume()
-            waiter = self.waiter = conn.server.loop.create_future()
+            waiter = self.waiter = self.server.loop.create_future()
             try:
                 await waiter
             finally:
@@ -385,8 +389,7 @@ class RequestCycle:
         """Serialise the response head; the framing of the body is response_framing's."""
         ah = self.head
         assert ah is not None
-        conn = self.conn
-        server = conn.server
+        server = self.server
         req = self.req
         # The usual response (a whole kept-alive HTTP/1.1 request, not HEAD, no trailers, not
         # draining) has the same head bytes for the same AsgiHead and body length until the
@@ -416,7 +419,7 @@ class RequestCycle:
 
     def _new_head(self, ah: AsgiHead, known_length: int | None) -> bytes:
         conn = self.conn
-        server = conn.server
+        server = self.server
         req = self.req
         length = ah.length
         out = ah.prefix

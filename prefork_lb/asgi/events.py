@@ -123,6 +123,39 @@ def scope_memo_key(root_path: str, forwarded: bool) -> tuple[str, str, bool]:
     return (SCOPE_MEMO, root_path, forwarded)
 
 
+def scope_part(
+    req: Request, root_path: str, forwarded: bool, key: tuple[str, str, bool] | None = None
+) -> dict[str, Any]:
+    """The scope keys of ``req`` itself (memoised on its head when it has a memo); ``key``:
+    scope_memo_key's. Shared: read it, never change it."""
+    memo = req.memo
+    if memo is None:
+        return _request_part(req, root_path, forwarded)
+    if key is None:
+        key = (SCOPE_MEMO, root_path, forwarded)
+    part = memo.get(key)
+    if part is None:
+        part = memo[key] = _request_part(req, root_path, forwarded)
+    return part
+
+
+def merged_scope(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """A connection's keys and a request's: the template scope_of copies."""
+    merged = base.copy()
+    merged.update(part)
+    return merged
+
+
+def scope_of(merged: dict[str, Any], part: dict[str, Any], state: dict[str, Any] | None) -> dict[str, Any]:
+    """The app's own scope from merged_scope(base, part): its own header list (the app may
+    change it, never the memo's) and, with a lifespan ``state``, a shallow copy of that."""
+    scope = merged.copy()
+    scope["headers"] = list(part["headers"])
+    if state is not None:
+        scope["state"] = state.copy()
+    return scope
+
+
 def request_scope(
     base: dict[str, Any],
     req: Request,
@@ -133,22 +166,8 @@ def request_scope(
 ) -> dict[str, Any]:
     """The scope of ``req`` on a connection whose shared keys are ``base``; ``state``: the
     lifespan state, of which the scope gets a shallow copy; ``key``: scope_memo_key's."""
-    memo = req.memo
-    part = None
-    if memo is not None:
-        if key is None:
-            key = (SCOPE_MEMO, root_path, forwarded)
-        part = memo.get(key)
-        if part is None:
-            part = memo[key] = _request_part(req, root_path, forwarded)
-    else:
-        part = _request_part(req, root_path, forwarded)
-    scope = base.copy()
-    scope.update(part)
-    scope["headers"] = list(part["headers"])  # the app may change its list, never the memo's
-    if state is not None:
-        scope["state"] = state.copy()
-    return scope
+    part = scope_part(req, root_path, forwarded, key)
+    return scope_of(merged_scope(base, part), part, state)
 
 
 class AsgiHead:

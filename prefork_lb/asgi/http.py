@@ -24,14 +24,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
 from prefork_lb.asgi.cycle import RequestCycle
-from prefork_lb.asgi.events import connection_scope, request_scope, scope_memo_key
+from prefork_lb.asgi.events import (
+    connection_scope,
+    merged_scope,
+    request_scope,
+    scope_memo_key,
+    scope_of,
+    scope_part,
+)
 from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import simple_response
+
+if TYPE_CHECKING:
+    from prefork_lb.asgi.server import AsgiServer
 
 log = logging.getLogger("prefork_lb.error")
 
@@ -48,9 +58,9 @@ def _addr(value: Any) -> tuple[str, int] | None:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one cycle at a time, keeps it alive."""
 
-    def __init__(self, server: Any, accepted_at: float = 0.0, handed: bool = False) -> None:
-        # server: the AsgiServer (not imported: prefork_lb.asgi.server imports this module)
-        self.server = server
+    def __init__(self, server: AsgiServer, accepted_at: float = 0.0, handed: bool = False) -> None:
+        # (Typed: compiled, its attributes are read without a lookup by name.)
+        self.server: AsgiServer = server
         self.accepted_at = accepted_at or time.monotonic()
         # Passed over a handoff channel: counted as received once it counts as open (below).
         self.handed = handed
@@ -71,6 +81,10 @@ class HttpConnection(asyncio.Protocol):
         self.forwarded = False
         self.base: dict[str, Any] = {}
         self.scope_key: tuple[str, str, bool] | None = None
+        # The scope template of the latest request's memoised part (events.merged_scope): the
+        # next request with the same head copies it instead of merging again.
+        self.last_part: dict[str, Any] | None = None
+        self.last_merged: dict[str, Any] = {}
         # A cycle started eagerly may end within _start: cycle_done then leaves the next
         # request to _after's loop (``again``) instead of nesting one call per request.
         self.starting = False
@@ -224,7 +238,11 @@ class HttpConnection(asyncio.Protocol):
         if req.upgrade and req.method == "GET" and server.websocket is not None and _is_websocket(req):
             self._upgrade(req)
             return
-        scope = request_scope(self.base, req, opts.root_path, self.forwarded, server.state, self.scope_key)
+        part = scope_part(req, opts.root_path, self.forwarded, self.scope_key)
+        if part is not self.last_part:
+            self.last_part = part
+            self.last_merged = merged_scope(self.base, part)
+        scope = scope_of(self.last_merged, part, server.state)
         cycle = self.cycle = RequestCycle(self, req, scope)
         if len(self.parser.requests) > 1:
             self.pause()
