@@ -29,6 +29,7 @@ from typing import Any
 
 MODULES = (
     "prefork_lb.asgi.accounting",
+    "prefork_lb.asgi.core",
     "prefork_lb.asgi.cycle",
     "prefork_lb.asgi.events",
     "prefork_lb.asgi.http",

@@ -19,7 +19,7 @@ import mmap
 import time
 from bisect import bisect_left
 from collections.abc import Container, Iterable, Sequence
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 ENTRY_SIZE = 1024
 _WORDS = ENTRY_SIZE // 8
@@ -49,7 +49,7 @@ _WORDS = ENTRY_SIZE // 8
     RETIRE_REASON,
 ) = range(16)  # PORT: --dispatch proxy, the slot's loopback port; RETIRE_REASON: RETIRE_REASONS
 _TEXT_OFFSET = 128  # byte offset of the current request line, "METHOD target" (TEXT_LEN bytes)
-_TEXT_MAX = 128
+_TEXT_MAX: Final = 128
 COUNTERS = 32  # the first counter word: 503s shed by admission control
 COUNTERS_END = 101  # one past the last counter word (what the master folds)
 # The metrics' counters (prefork_lb.admin.metrics reads them), written by request_finished:
@@ -101,26 +101,26 @@ SERVER_STOP = STOP_GRACE + 1  # 105
 RETIRE_REASONS = ("recycle", "max_requests", "max_rss")
 _METHOD_WORD = {m: BY_METHOD + i for i, m in enumerate(METHODS)}
 _OTHER_METHOD = BY_METHOD + len(METHODS) - 1
-_BUCKETS_US = tuple(b * 1e6 for b in DURATION_BUCKETS)
-_FIRST_US = _BUCKETS_US[0]
-_QUEUE_FIRST = QUEUE_BUCKETS[0]
+_BUCKETS_US: Final = tuple(b * 1e6 for b in DURATION_BUCKETS)
+_FIRST_US: Final = _BUCKETS_US[0]
+_QUEUE_FIRST: Final = QUEUE_BUCKETS[0]
 # A worker counts into memory of its own and publishes into its entry at each heartbeat and when
 # it exits (WorkerEntry.publish): a write to the shared mapping costs several times a list
 # increment. Per request it bumps one cell of a table by (status class, method, duration bucket)
 # and adds the duration; publish() sums the table into the words above. Published with the
 # status classes last, so that a reader who sees a request there sees it everywhere else too.
 _NBUCKETS = len(DURATION_BUCKETS) + 1
-_CELL_METHOD = {m: i * _NBUCKETS for i, m in enumerate(METHODS)}
-_CELL_OTHER = (len(METHODS) - 1) * _NBUCKETS
-_CELL_STATUS = tuple(k * len(METHODS) * _NBUCKETS for k in range(len(STATUS_CLASSES)))
+_CELL_METHOD: Final = {m: i * _NBUCKETS for i, m in enumerate(METHODS)}
+_CELL_OTHER: Final = (len(METHODS) - 1) * _NBUCKETS
+_CELL_STATUS: Final = tuple(k * len(METHODS) * _NBUCKETS for k in range(len(STATUS_CLASSES)))
 _NCELLS = len(STATUS_CLASSES) * len(METHODS) * _NBUCKETS
 SHED = COUNTERS  # 503s for a full server (--max-concurrency + --queue-size), by this process
 # Weight of a new sample in the worker's latency EWMA. Slow on purpose: workers serving the same
 # mix should show similar estimates, so that for least_latency the in-flight term decides; with
 # 0.2 one 50 ms request among 1 ms ones made a worker look ten times slower than its twin.
-LATENCY_ALPHA = 0.05
-_monotonic = time.monotonic  # (a global: one lookup less per request)
-_METHOD_BYTES: dict[str, bytes] = {}
+LATENCY_ALPHA: Final = 0.05
+_monotonic: Final = time.monotonic  # (a global: one lookup less per request)
+_METHOD_BYTES: Final[dict[str, bytes]] = {}
 
 EMPTY, BOOTING, READY, RETIRING, DRAINING = 0, 1, 2, 3, 4
 STATE_NAMES = {EMPTY: "empty", BOOTING: "booting", READY: "ready", RETIRING: "retiring", DRAINING: "draining"}

@@ -22,6 +22,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from prefork_lb.scoreboard import WorkerEntry
+
 # The scope keys an access log reads, as WSGI environ names.
 _PROTOCOLS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0", "2": "HTTP/2"}
 
@@ -81,6 +83,9 @@ class WorkerHooks:
         self.timed = access_log is not None
         self._started = entry.request_started
         self._finished = entry.request_finished
+        # The entry itself when it is a scoreboard entry (compiled: a direct call per request,
+        # no arguments parsed); else (a wrapper, as the load tests trace calls) its bound methods.
+        self.native: WorkerEntry | None = entry if isinstance(entry, WorkerEntry) else None
 
     def request_started(self, conn_info: Any, scope: dict[str, Any]) -> None:
         # The queue wait: since the accept for a connection's first request, since the start of
@@ -97,7 +102,11 @@ class WorkerHooks:
         raw = scope.get("raw_path")
         if qs or not raw:
             raw = request_target(scope)
-        self._started(scope.get("method", "GET"), raw, arrived)
+        native = self.native
+        if native is not None:
+            native.request_started(scope.get("method", "GET"), raw, arrived)
+        else:
+            self._started(scope.get("method", "GET"), raw, arrived)
         if fresh:
             conn_info.lb_fresh = False
             self.entry.first_request()
@@ -108,7 +117,13 @@ class WorkerHooks:
     def request_finished(
         self, conn_info: Any, scope: dict[str, Any], status: int, sent_bytes: int, seconds: float
     ) -> None:
-        self._finished(scope.get("method", "GET"), status // 100 if 100 <= status < 600 else 0)
+        method = scope.get("method", "GET")
+        status_class = status // 100 if 100 <= status < 600 else 0
+        native = self.native
+        if native is not None:
+            native.request_finished(method, status_class)
+        else:
+            self._finished(method, status_class)
         access = self.access_log
         if access is not None:
             access.log(access_environ(scope), Sent(status, sent_bytes), seconds)

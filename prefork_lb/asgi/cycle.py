@@ -22,8 +22,9 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from prefork_lb.asgi.core import ServerCore
 from prefork_lb.asgi.events import AppEventError, body_of, response_head, trailer_lines
 from prefork_lb.http.errors import ClientDisconnected as ClientDisconnected  # re-exported: docs/asgi.md
 from prefork_lb.http.framing import CHUNKED, LENGTH, response_framing
@@ -32,18 +33,17 @@ from prefork_lb.http.response import CONTINUE, simple_response
 
 if TYPE_CHECKING:
     from prefork_lb.asgi.events import AsgiHead
-    from prefork_lb.asgi.server import AsgiServer
 
 log = logging.getLogger("prefork_lb.error")
 
-FILE_CHUNK = 1 << 16  # bytes of a file read at a time when the socket does not take sendfile
-DISCONNECT = {"type": "http.disconnect"}
+FILE_CHUNK: Final = 1 << 16  # bytes of a file read at a time when the socket does not take sendfile
+DISCONNECT: Final = {"type": "http.disconnect"}
 # AsgiServer.admit's answers: no place (503), a place at once, a place after a wait in the queue.
-REFUSED = 0
-ADMITTED = 1
-QUEUED = 2
-HEADS_MAX = 256  # response heads a server memoises (see RequestCycle._head_bytes)
-_KNOWN = frozenset(
+REFUSED: Final = 0
+ADMITTED: Final = 1
+QUEUED: Final = 2
+HEADS_MAX: Final = 256  # response heads a server memoises (see RequestCycle._head_bytes)
+_KNOWN: Final = frozenset(
     {"http.response.start", "http.response.body", "http.response.trailers", "http.response.pathsend"}
 )
 
@@ -85,7 +85,7 @@ class RequestCycle:
         # conn: the HttpConnection (not imported: prefork_lb.asgi.http imports this module)
         self.conn = conn
         # Its server, typed (compiled: its attributes are read without a lookup by name).
-        self.server: AsgiServer = conn.server
+        self.server: ServerCore = conn.server
         self.req = req
         self.scope = scope
         self.task: asyncio.Task[None] | None = None

@@ -16,7 +16,7 @@ Invariants:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from prefork_lb.http.errors import AppEventError
@@ -38,14 +38,14 @@ __all__ = [
     "trailer_lines",
 ]
 
-ASGI = {"version": "3.0", "spec_version": "2.4"}
-EXTENSIONS: dict[str, dict[str, Any]] = {"http.response.trailers": {}, "http.response.pathsend": {}}
-HTTP_VERSIONS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
-SCOPE_MEMO = "asgi scope"  # the key of a memoised request's scope entries in Request.memo
+ASGI: Final = {"version": "3.0", "spec_version": "2.4"}
+EXTENSIONS: Final[dict[str, dict[str, Any]]] = {"http.response.trailers": {}, "http.response.pathsend": {}}
+HTTP_VERSIONS: Final = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
+SCOPE_MEMO: Final = "asgi scope"  # the key of a memoised request's scope entries in Request.memo
 
-_TOKEN_RE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-HOP_BY_HOP = frozenset(
+_TOKEN_RE: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE: Final = re.compile(rb"[\x00\r\n]")
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -187,9 +187,9 @@ class AsgiHead:
         self.bodiless = bodiless_status(code)
 
 
-_HEADS: dict[Any, AsgiHead] = {}
+_HEADS: Final[dict[Any, AsgiHead]] = {}
 _HEADS_MAX = 512
-_STATUS: dict[int, bytes] = {}
+_STATUS: Final[dict[int, bytes]] = {}
 
 
 def _status_line(status: Any) -> bytes:

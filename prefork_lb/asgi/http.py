@@ -24,9 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 from prefork_lb.admission import BUSY_DETAIL, RETRY_AFTER
+from prefork_lb.asgi.core import ServerCore
 from prefork_lb.asgi.cycle import RequestCycle
 from prefork_lb.asgi.events import (
     connection_scope,
@@ -40,13 +41,10 @@ from prefork_lb.http.errors import HTTPError, RequestTimeout, ServiceUnavailable
 from prefork_lb.http.parser import Request, RequestParser
 from prefork_lb.http.response import simple_response
 
-if TYPE_CHECKING:
-    from prefork_lb.asgi.server import AsgiServer
-
 log = logging.getLogger("prefork_lb.error")
 
-BODY_HIGH = 1 << 18  # request body bytes buffered for the app before reading pauses
-MAX_DRAIN = 1 << 20  # unread request body we read and drop to keep a connection alive
+BODY_HIGH: Final = 1 << 18  # request body bytes buffered for the app before reading pauses
+MAX_DRAIN: Final = 1 << 20  # unread request body we read and drop to keep a connection alive
 
 
 def _addr(value: Any) -> tuple[str, int] | None:
@@ -58,9 +56,9 @@ def _addr(value: Any) -> tuple[str, int] | None:
 class HttpConnection(asyncio.Protocol):
     """One client connection: parses requests, runs one cycle at a time, keeps it alive."""
 
-    def __init__(self, server: AsgiServer, accepted_at: float = 0.0, handed: bool = False) -> None:
+    def __init__(self, server: ServerCore, accepted_at: float = 0.0, handed: bool = False) -> None:
         # (Typed: compiled, its attributes are read without a lookup by name.)
-        self.server: AsgiServer = server
+        self.server: ServerCore = server
         self.accepted_at = accepted_at or time.monotonic()
         # Passed over a handoff channel: counted as received once it counts as open (below).
         self.handed = handed
@@ -246,7 +244,7 @@ class HttpConnection(asyncio.Protocol):
         cycle = self.cycle = RequestCycle(self, req, scope)
         if len(self.parser.requests) > 1:
             self.pause()
-        cycle.task = server.spawn(cycle.run(), context=server.context.copy())
+        cycle.task = server.spawn(cycle.run(), server.context.copy())
 
     def _upgrade(self, req: Request) -> None:
         server = self.server

@@ -23,15 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import errno
-import functools
 import logging
 import socket
-import sys
 import time
 from collections import deque
 from typing import Any
 
 from prefork_lb.asgi.accounting import request_target
+from prefork_lb.asgi.core import ServerCore
 from prefork_lb.asgi.cycle import ADMITTED, QUEUED, REFUSED
 from prefork_lb.asgi.http import HttpConnection
 from prefork_lb.asgi.options import AsgiOptions
@@ -46,7 +45,6 @@ log = logging.getLogger("prefork_lb.error")
 TICK = 0.25
 ACCEPT_BATCH = 64  # connections accepted per readiness callback at most
 HANDOFF_BATCH = 64  # descriptors per handoff message (as prefork_lb.worker.server)
-TASK_NAME = "prefork_lb request"  # every request's task (asyncio.Task.get_name())
 
 
 def _websocket_upgrade() -> Any:
@@ -73,8 +71,9 @@ def app_name(app: Any) -> str:
     return f"{module}:{name}" if module else str(name)
 
 
-class AsgiServer:
-    """Serves one ASGI app on listening sockets and/or connections handed to it."""
+class AsgiServer(ServerCore):
+    """Serves one ASGI app on listening sockets and/or connections handed to it (the fields its
+    connections read per request are ServerCore's)."""
 
     def __init__(
         self,
@@ -95,19 +94,6 @@ class AsgiServer:
         # made in), never in the context of the request before it on the connection (whose
         # task's end starts the next): a contextvar one request sets stays in that request.
         self.context = contextvars.copy_context()
-        # How a request's task starts (prefork_lb.asgi.http), given that copy. Eager on 3.12+:
-        # the app runs at once, in the read callback, up to its first real wait, so a response
-        # sent without waiting skips the loop's ready queue; it still is a Task of its own
-        # (current_task() as usual). Named (TASK_NAME): a task made without a name formats
-        # "Task-<n>" for itself, a string per request that nothing reads.
-        if sys.version_info >= (3, 12):
-            self.spawn: Any = functools.partial(
-                asyncio.Task, loop=self.loop, eager_start=True, name=TASK_NAME
-            )
-        elif sys.version_info >= (3, 11):
-            self.spawn = functools.partial(asyncio.Task, loop=self.loop, name=TASK_NAME)
-        else:  # (3.10: a task takes no context; it copies the one it is made in)
-            self.spawn = lambda coro, context: context.run(asyncio.Task, coro, loop=self.loop, name=TASK_NAME)
         self.hooks = hooks
         self.hook_started = getattr(hooks, "request_started", None)
         self.hook_finished = getattr(hooks, "request_finished", None)
@@ -289,7 +275,7 @@ class AsgiServer:
             self.channels.remove(ch)
             self.loop.remove_reader(ch.fileno())
 
-    def connection_closed(self, conn: HttpConnection) -> None:
+    def connection_closed(self, conn: Any) -> None:
         self.connections.discard(conn)
         self._gone(conn)
 
@@ -301,14 +287,13 @@ class AsgiServer:
             self._resume_accepting()
         self._check_empty()
 
-    def upgraded(self, conn: HttpConnection, proto: Any) -> None:
+    def upgraded(self, conn: Any, proto: Any) -> None:
         """``conn`` became the websocket ``proto`` (before its connection_made): it is tracked
         until it finished, and keeps what the hooks noted of the connection."""
         self.connections.discard(conn)
         self.websockets.add(proto)
         proto.accepted_at = conn.accepted_at
-        if hasattr(conn, "lb_fresh"):  # (prefork_lb.asgi.accounting's mark of a fresh connection)
-            proto.lb_fresh = conn.lb_fresh
+        proto.lb_fresh = conn.lb_fresh  # (prefork_lb.asgi.accounting's mark of a fresh connection)
         proto.on_finished = self._websocket_finished
 
     def _websocket_finished(self, proto: Any) -> None:

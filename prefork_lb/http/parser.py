@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -64,9 +64,9 @@ __all__ = [
     "seen_before",
 ]
 
-MISS_RUN = 256  # lookups in a row that find nothing before a RequestMemo rests,
-MISS_REST = 4096  # for this many requests (traffic whose heads do not repeat pays nothing)
-MEMO_HEAD_MAX = 2048  # the longest head worth keeping
+MISS_RUN: Final = 256  # lookups in a row that find nothing before a RequestMemo rests,
+MISS_REST: Final = 4096  # for this many requests (traffic whose heads do not repeat pays nothing)
+MEMO_HEAD_MAX: Final = 2048  # the longest head worth keeping
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Limits:
 
 # Lower-cased names of fields with framing, routing or authentication meaning: never allowed in
 # a trailer section (RFC 9110 section 6.5.1).
-FORBIDDEN_TRAILERS = frozenset(
+FORBIDDEN_TRAILERS: Final = frozenset(
     {
         "host",
         "content-length",
@@ -114,13 +114,13 @@ FORBIDDEN_TRAILERS = frozenset(
     }
 )
 
-KNOWN_CODINGS = frozenset(
+KNOWN_CODINGS: Final = frozenset(
     {b"chunked", b"identity", b"gzip", b"x-gzip", b"deflate", b"compress", b"x-compress"}
 )
 
 # absolute-form: scheme "://" authority [ path-abempty [ "?" query ] ]; the authority is a
 # reg-name / IPv4 or an IP-literal, optional userinfo and port. llhttp has checked the rest.
-_ABSOLUTE = re.compile(
+_ABSOLUTE: Final = re.compile(
     rb"[A-Za-z][A-Za-z0-9+.\-]*://"
     rb"(?:[A-Za-z0-9\-._~%!$&'()*+,;=:]*@)?"
     rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)"
@@ -128,14 +128,14 @@ _ABSOLUTE = re.compile(
     rb"(?:[/?#].*)?",
     re.S,
 )
-_AUTHORITY = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+):[0-9]+")
+_AUTHORITY: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]+):[0-9]+")
 
-_METHODS: dict[bytes, str] = {}
+_METHODS: Final[dict[bytes, str]] = {}
 
 # Memoised lower-casing of header names: clients send the same few names over and over.
-_LOWER: dict[bytes, str] = {}
-_LOWER_MAX = 512
-_GOOD_HOSTS: set[bytes] = set()  # Host values that passed valid_host (bounded by _LOWER_MAX)
+_LOWER: Final[dict[bytes, str]] = {}
+_LOWER_MAX: Final = 512
+_GOOD_HOSTS: Final[set[bytes]] = set()  # Host values that passed valid_host (bounded by _LOWER_MAX)
 
 
 def lower_name(name: bytes) -> str:

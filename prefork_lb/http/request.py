@@ -9,11 +9,11 @@ object is handed out again for the same bytes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 __all__ = ["MEMO_MAX", "Request", "RequestMemo", "seen_before"]
 
-MEMO_MAX = 256  # request (and response) heads a memo keeps before it starts over
+MEMO_MAX: Final = 256  # request (and response) heads a memo keeps before it starts over
 
 
 class Request:

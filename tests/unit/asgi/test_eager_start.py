@@ -1,4 +1,4 @@
-"""How a request's task starts (AsgiServer.spawn): eager on Python 3.12+, where the app runs in
+"""How a request's task starts (ServerCore.spawn): eager on Python 3.12+, where the app runs in
 the read callback up to its first wait. Whatever the Python, pipelined requests that the app
 answers without waiting are all answered in order (no call nesting per request), each request
 runs in a task of its own with its own context, and an app that waits mid-request still
@@ -12,7 +12,8 @@ import sys
 from typing import Any
 
 from prefork_lb.asgi.options import AsgiOptions
-from prefork_lb.asgi.server import TASK_NAME, AsgiServer
+from prefork_lb.asgi.core import TASK_NAME
+from prefork_lb.asgi.server import AsgiServer
 from tests.server import parse_responses
 from tests.unit.asgi.test_server_inprocess import responses, talk
 
@@ -92,7 +93,7 @@ def test_eager_only_where_asyncio_has_it() -> None:
             nonlocal ran
             ran = True
 
-        task = server.spawn(probe(), context=server.context.copy())
+        task = server.spawn(probe(), server.context.copy())
         eager = ran  # True only if the coroutine ran inside spawn()
         await task
         server.close()
