@@ -4,7 +4,7 @@
 Usage: python bench/asgi.py [--duration 10] [--warmup 2] [--rounds 3] [--connections 64]
                             [--servers prefork_lb,uvicorn,granian,gunicorn-uvicorn]
                             [--parts memory,http,ws] [--ws-clients 64] [--ws-size 64]
-                            [--output STEM] [--no-save]
+                            [--pin] [--output STEM] [--no-save]
 
 Every server runs 1 worker serving the raw ASGI app bench.asgi_apps:app on a free 127.0.0.1
 port. Per round, each server in turn is started once and measured in three parts:
@@ -14,6 +14,10 @@ port. Per round, each server in turn is started once and measured in three parts
 - http: wrk keep-alive GET / (``-t1 -c64``, warm-up then measured run), req/s, p50/p99, CPU;
 - ws: bench/ws_client.py in its own process: ``--ws-clients`` WebSocket connections each doing
   bounded ping-pong (send a message, wait for the echo) for ``--duration`` seconds; messages/s.
+
+With ``--pin`` each server (all its processes) runs on the first usable CPU and wrk and the
+WebSocket client on the others (taskset), so that no server shares its CPU with the load
+generator: a per-core comparison that the scheduler's placement does not move.
 
 Rounds are interleaved (all servers once, then again), ratios are taken within a round, and the
 summary gives prefork_lb's median ratio against each peer next to the goal. Results go to
@@ -87,8 +91,10 @@ SERVERS: dict[str, Callable[[int], list[str]]] = {
 }
 GOALS = {"uvicorn": 1.5, "granian": 1.2, "gunicorn-uvicorn": 2.0}  # prefork_lb req/s over theirs
 NOTES = [
-    "wrk and the WebSocket client run on the same machine as the server and compete with it for "
-    "CPU (no pinning); compare servers within this report, not across machines.",
+    "wrk and the WebSocket client run on the same machine as the server; compare servers within "
+    "this report, not across machines. pinned (see the parameters): no: the scheduler places "
+    "them and they compete for every CPU; yes: each server (all its processes) runs on one CPU "
+    "and the load generator on the others (taskset), one CPU each for the server's work.",
     "Every server runs 1 worker process; access logs are off (uvicorn --no-access-log, the "
     "others' default); prefork_lb runs without its admin process (--stats-bind off).",
     "uvicorn: --http httptools --loop uvloop --ws wsproto (the WebSocket library the ws part "
@@ -203,10 +209,12 @@ class Window:
         self.other_cpu_pct = round(100 * max(0.0, other) / wall, 1)
 
 
-def run_ws_client(port: int, clients: int, duration: float, size: int) -> dict[str, Any]:
+def run_ws_client(
+    port: int, clients: int, duration: float, size: int, cpus: list[int] | None = None
+) -> dict[str, Any]:
     """bench/ws_client.py in its own process group, bounded (killed ``duration`` + 60 s in)."""
     cmd = [PY, "-m", "bench.ws_client", "--port", str(port), "--clients", str(clients)]
-    cmd += ["--duration", str(duration), "--size", str(size)]
+    cmd = harness.pinned([*cmd, "--duration", str(duration), "--size", str(size)], cpus)
     proc = subprocess.Popen(
         cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -226,7 +234,9 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path, rnd: int) -> di
     cmd = SERVERS[name](port)
     row: dict[str, Any] = {"server": name, "round": rnd, "command": " ".join(cmd), "status": "ok"}
     log = logdir / f"{name}-{rnd}.log"
-    proc = harness.start_server(cmd, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"}, log_path=log)
+    server_cpus, load_cpus = args.cpus or (None, None)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = harness.start_server(cmd, cwd=REPO, env=env, log_path=log, cpus=server_cpus)
     try:
         harness.wait_http(port, deadline=20.0, proc=proc)
         if "memory" in args.parts:
@@ -234,9 +244,9 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path, rnd: int) -> di
         url = f"http://{HOST}:{port}/"
         if "http" in args.parts:
             if args.warmup > 0:
-                harness.run_wrk(url, args.connections, args.warmup)
+                harness.run_wrk(url, args.connections, args.warmup, cpus=load_cpus)
             with Window(name, proc.pid) as win:
-                res = harness.run_wrk(url, args.connections, args.duration)
+                res = harness.run_wrk(url, args.connections, args.duration, cpus=load_cpus)
             n = max(1, res["requests"] or 0)
             row["http"] = {
                 "rps": res["rps"],
@@ -254,9 +264,9 @@ def bench_one(name: str, args: argparse.Namespace, logdir: Path, rnd: int) -> di
             }
         if "ws" in args.parts:
             if args.warmup > 0:
-                run_ws_client(port, args.ws_clients, min(args.warmup, 2), args.ws_size)
+                run_ws_client(port, args.ws_clients, min(args.warmup, 2), args.ws_size, load_cpus)
             with Window(name, proc.pid) as win:
-                ws = run_ws_client(port, args.ws_clients, args.duration, args.ws_size)
+                ws = run_ws_client(port, args.ws_clients, args.duration, args.ws_size, load_cpus)
             ws["worker_cpu_ms_per_1k"] = round(1e6 * win.worker_s / max(1, ws["round_trips"]), 2)
             ws["other_cpu_pct"] = win.other_cpu_pct
             row["ws"] = ws
@@ -481,6 +491,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", default="memory,http,ws", help="any of memory,http,ws")
     ap.add_argument("--ws-clients", type=int, default=64, help="concurrent WebSocket clients")
     ap.add_argument("--ws-size", type=int, default=64, help="bytes per WebSocket message")
+    ap.add_argument(
+        "--pin", action="store_true", help="the server on the first CPU, the load generator on the others"
+    )
     ap.add_argument("--output", help="result file stem in bench/results/ (default: <date>-asgi-<machine>)")
     ap.add_argument("--no-save", action="store_true", help="print the tables only")
     args = ap.parse_args(argv)
@@ -495,6 +508,9 @@ def main(argv: list[str] | None = None) -> int:
         or args.warmup < 0
     ):
         ap.error("--duration, --connections, --rounds, --ws-clients and --ws-size must be >= 1")
+    args.cpus = harness.split_cpus() if args.pin else None
+    if args.pin and args.cpus is None:
+        ap.error("--pin needs 2 usable CPUs or more")
     if args.output and (os.sep in args.output or args.output.startswith(".")):
         ap.error("--output is a file stem in bench/results/, without a directory")
 
@@ -524,6 +540,9 @@ def main(argv: list[str] | None = None) -> int:
         "parts": ",".join(args.parts),
         "ws_clients": args.ws_clients,
         "ws_message_bytes": args.ws_size,
+        "pinned": (
+            f"yes: servers on CPU {args.cpus[0]}, load generator on CPU {args.cpus[1]}" if args.cpus else "no"
+        ),
         "app": APP,
         "workers": 1,
     }

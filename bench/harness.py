@@ -45,12 +45,14 @@ def start_server(
     cwd: str | Path,
     env: Mapping[str, str] | None = None,
     log_path: str | Path | None = None,
+    cpus: Sequence[int] | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` in a new session; stdout+stderr go to ``log_path`` (or are discarded)."""
+    """Start ``cmd`` in a new session; stdout+stderr go to ``log_path`` (or are discarded);
+    ``cpus``: the CPUs it (and every process it forks) may run on (default: any)."""
     out: Any = open(log_path, "wb") if log_path is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen(
-            list(cmd),
+            pinned(cmd, cpus),
             cwd=cwd,
             env=dict(env) if env is not None else None,
             stdin=subprocess.DEVNULL,
@@ -61,6 +63,23 @@ def start_server(
     finally:
         if out is not subprocess.DEVNULL:
             out.close()  # the child holds its own copy of the descriptor
+
+
+def pinned(cmd: Sequence[str], cpus: Sequence[int] | None) -> list[str]:
+    """``cmd`` run on ``cpus`` only (util-linux taskset; the affinity is inherited by what it
+    forks and execs), or as it is with ``cpus`` None."""
+    if cpus is None:
+        return list(cmd)
+    return ["taskset", "--cpu-list", ",".join(str(c) for c in sorted(cpus)), *cmd]
+
+
+def split_cpus(n_server: int = 1) -> tuple[list[int], list[int]] | None:
+    """The usable CPUs split into the server's (the first ``n_server``) and the load
+    generator's (the rest); None with fewer than ``n_server`` + 1."""
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if len(usable) <= n_server:
+        return None
+    return usable[:n_server], usable[n_server:]
 
 
 def wait_http(
@@ -164,12 +183,18 @@ def wrk_command(
 
 
 def run_wrk(
-    url: str, connections: int = 64, duration: int = 10, threads: int = 1, new_connection: bool = False
+    url: str,
+    connections: int = 64,
+    duration: int = 10,
+    threads: int = 1,
+    new_connection: bool = False,
+    cpus: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Run wrk (bounded: killed ``duration`` + 30 s in) and return parse_wrk's dict plus the command."""
+    """Run wrk (bounded: killed ``duration`` + 30 s in; on ``cpus`` only when given) and return
+    parse_wrk's dict plus the command."""
     if not url.startswith(f"http://{HOST}:"):
         raise ValueError(f"refusing to load anything but {HOST}: {url}")
-    cmd = wrk_command(url, connections, duration, threads, new_connection)
+    cmd = pinned(wrk_command(url, connections, duration, threads, new_connection), cpus)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited {proc.returncode}: {proc.stderr.strip() or proc.stdout.strip()}")
