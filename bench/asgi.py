@@ -524,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         "title": "ASGI: hello world, WebSocket echo, memory (bench/asgi.py)",
         "machine": info,
     }
+    pinned = (
+        f"yes: servers on CPU {args.cpus[0]}, load generator on CPU {args.cpus[1]}" if args.cpus else "no"
+    )
+    print(f"pinned: {pinned}", file=sys.stderr)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="prefork_lb-asgi-bench-") as logdir:
         for rnd in range(1, args.rounds + 1):
@@ -540,9 +544,7 @@ def main(argv: list[str] | None = None) -> int:
         "parts": ",".join(args.parts),
         "ws_clients": args.ws_clients,
         "ws_message_bytes": args.ws_size,
-        "pinned": (
-            f"yes: servers on CPU {args.cpus[0]}, load generator on CPU {args.cpus[1]}" if args.cpus else "no"
-        ),
+        "pinned": pinned,
         "app": APP,
         "workers": 1,
     }

@@ -83,8 +83,8 @@ class ServerCore:
         "Task-<n>" for itself, a string per request that nothing reads. (A method, not a
         functools.partial: compiled, a direct call, without merging keyword dicts per request.)"""
         if _EAGER:
-            return asyncio.Task(coro, loop=self.loop, eager_start=True, name=TASK_NAME, context=context)  # type: ignore[call-arg]
+            return asyncio.Task(coro, loop=self.loop, eager_start=True, name=TASK_NAME, context=context)  # type: ignore[call-arg,unused-ignore]
         if _CONTEXT:
-            return asyncio.Task(coro, loop=self.loop, name=TASK_NAME, context=context)
+            return asyncio.Task(coro, loop=self.loop, name=TASK_NAME, context=context)  # type: ignore[call-arg,unused-ignore]
         # (3.10: a task takes no context; it copies the one it is made in)
         return context.run(asyncio.Task, coro, loop=self.loop, name=TASK_NAME)
