@@ -11,8 +11,8 @@ import contextvars
 import sys
 from typing import Any
 
-from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.asgi.core import TASK_NAME
+from prefork_lb.asgi.options import AsgiOptions
 from prefork_lb.asgi.server import AsgiServer
 from tests.server import parse_responses
 from tests.unit.asgi.test_server_inprocess import responses, talk
