@@ -4,7 +4,9 @@ A message is one line, what the master prints as its error (``prefork_lb: error:
 then its detail, a traceback, each of its lines after a tab. The master prints the detail
 above the line, once: every worker imports the same app at start-up and fails alike, and the
 first failure stops the master (prefork_lb.supervisor), which kills the rest, so a worker that
-printed its own traceback could be cut off halfway or print it a second time.
+printed its own traceback could be cut off halfway or print it a second time. The replacements
+of a reload that fail (the app on disk fails) are not fatal: the master logs each with its own
+message, taken in the order they came.
 
 Invariants: a message is written with one ``os.write`` of at most PIPE_BUF bytes, which POSIX
 makes atomic, so the messages of workers that fail at once never interleave (a traceback too
@@ -42,17 +44,20 @@ def write(fd: int, line: str, detail: str = "") -> None:
     os.write(fd, encode(line, detail))
 
 
+def messages(data: bytes) -> list[tuple[str, str]]:
+    """Every message in what the boot pipe held, in order: (its line, its detail). The detail
+    is the traceback as Python printed it, ending in a newline."""
+    out: list[tuple[str, str]] = []
+    for text in data.decode("utf-8", "replace").split("\n"):
+        if text.startswith(DETAIL):
+            if out:  # (a detail line before any line: the rest of a message cut short)
+                out[-1] = (out[-1][0], out[-1][1] + text[len(DETAIL) :] + "\n")
+        elif text.strip():
+            out.append((text.strip(), ""))
+    return out
+
+
 def first(data: bytes) -> tuple[str, str]:
-    """The first message in what the boot pipe held: (its line, its detail); ("", "") for none.
-    The detail is the traceback as Python printed it, ending in a newline."""
-    lines = data.decode("utf-8", "replace").split("\n")
-    starts = [i for i, text in enumerate(lines) if text.strip() and not text.startswith(DETAIL)]
-    if not starts:
-        return "", ""
-    i = starts[0]
-    detail: list[str] = []
-    for text in lines[i + 1 :]:
-        if not text.startswith(DETAIL):
-            break
-        detail.append(text[len(DETAIL) :] + "\n")
-    return lines[i].strip(), "".join(detail)
+    """The first message in what the boot pipe held: (its line, its detail); ("", "") for none."""
+    found = messages(data)
+    return found[0] if found else ("", "")

@@ -21,6 +21,7 @@ import signal
 import socket
 import time
 import traceback
+from collections import deque
 from collections.abc import Callable
 from typing import Any, ClassVar, NoReturn
 
@@ -96,6 +97,8 @@ class Supervisor(Watchdog):
         # message's write end.
         self._wake_r = self._wake_w = -1
         self._boot_r = self._boot_w = -1
+        # Messages read from the boot pipe that no failed worker took yet (read_boot_message).
+        self._boot_messages: deque[tuple[str, str]] = deque()
 
     @property
     def addresses(self) -> list[Address]:
@@ -497,12 +500,15 @@ class Supervisor(Watchdog):
         return self.clock() + delay
 
     def read_boot_message(self) -> tuple[str, str]:
-        """The first message on the boot pipe: (its line, its traceback), or ("", "")."""
+        """The next message on the boot pipe: (its line, its traceback), or ("", ""). One read
+        may bring the messages of several workers that failed at once (a reload's
+        replacements): each is kept for the next failure reaped, in the order they came."""
         try:
             data = os.read(self._boot_r, 65536)
-        except OSError:  # BlockingIOError included: nothing was written
-            return "", ""
-        return boot_message.first(data)
+        except OSError:  # BlockingIOError included: nothing more was written
+            data = b""
+        self._boot_messages.extend(boot_message.messages(data))
+        return self._boot_messages.popleft() if self._boot_messages else ("", "")
 
     # -- stopping -----------------------------------------------------------------------------
 

@@ -136,6 +136,30 @@ def test_a_failed_reload_leaves_the_next_reload_and_recycling_working(start, tmp
     assert f"Master (pid {m.pid}) exiting: exit code 0" in m.text()
 
 
+def test_each_failed_replacement_of_a_reload_is_logged_with_its_own_traceback(start, tmp_path: Path) -> None:
+    # The replacements start together and fail together: their messages come on the boot pipe
+    # in one read, and each failure still gets its line and its traceback.
+    appdir = tmp_path / "app"
+    appdir.mkdir()
+    source = appdir / "reloadapp.py"
+    source.write_text(APP.format(version="v1"))
+    m = start("reloadapp:app", "-w", "3", "--chdir", str(appdir), env={"PYTHONDONTWRITEBYTECODE": "1"})
+    assert answer(m.port)[0] == "v1"
+
+    source.write_text(BROKEN)
+    m.signal(signal.SIGHUP)
+    for slot in range(3):
+        m.wait_log(f"Replacement for worker {slot} failed to boot")
+    records = m.text().split("Replacement for worker ")[1:]
+    assert len(records) == 3, m.text()
+    for record in records:
+        line, _, rest = record.partition("\n")
+        assert "a half-written deploy" in line and "the old worker keeps serving" in line, record
+        assert rest.startswith("Traceback (most recent call last):"), record
+        assert "RuntimeError: a half-written deploy" in rest.split("\n[")[0], record
+    assert answer(m.port)[0] == "v1", "the old workers keep serving"
+
+
 def children(m: Master) -> set[int]:
     """The master's live children."""
     pids = set()

@@ -69,3 +69,14 @@ def test_write_puts_one_message_on_the_pipe() -> None:
         os.close(r)
         os.close(w)
     assert first(data) == ("the app failed to import: ZeroDivisionError", TRACEBACK)
+
+
+def test_messages_gives_every_worker_its_own_message_in_order() -> None:
+    other = "Traceback (most recent call last):\nX\n"
+    data = encode("first line", TRACEBACK) + encode("second line", other) + encode("third line")
+    assert boot_message.messages(data) == [
+        ("first line", TRACEBACK),
+        ("second line", other),
+        ("third line", ""),
+    ]
+    assert boot_message.messages(b"") == []
