@@ -107,7 +107,7 @@ class Master:
 
 LOAD_SECONDS = 150.0
 # Per thread. The time bound is the one that ends a load in practice: a fast client used up
-# 20,000 in 20 s while a drain took its 10 s (CI, Python 3.12), and the test then read the
+# 20,000 in under 40 s while a drain took its 10 s (CI, Python 3.12), and the test read the
 # load's end as a server that stopped answering.
 LOAD_REQUESTS = 200_000
 
