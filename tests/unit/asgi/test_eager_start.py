@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import socket
 import sys
 from typing import Any
 
@@ -100,3 +101,37 @@ def test_eager_only_where_asyncio_has_it() -> None:
         return eager
 
     assert asyncio.run(go()) is (sys.version_info >= (3, 12))
+
+
+def test_a_scope_the_app_changes_does_not_reach_the_next_request_with_the_same_head() -> None:
+    # The same head twice on one connection: the second scope is copied from the connection's
+    # template (prefork_lb.asgi.events.merged_scope), never from the first request's scope.
+    seen: list[tuple[str, int, bool]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append((scope["path"], len(scope["headers"]), "mine" in scope))
+        scope["path"] = "/changed"
+        scope["headers"].append((b"x-added", b"1"))
+        scope["mine"] = True
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async def go() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        server = AsgiServer(app, AsgiOptions(), loop)
+        a, b = socket.socketpair()
+        b.setblocking(False)
+        got = []
+        try:
+            with b:
+                server.add_connection(a)
+                for _ in range(3):  # one request per read, each after the last answer
+                    await loop.sock_sendall(b, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+                    got.append(await asyncio.wait_for(loop.sock_recv(b, 65536), 5))
+        finally:
+            server.close()
+        return got
+
+    answers = asyncio.run(go())
+    assert [r.split(b"\r\n", 1)[0] for r in answers] == [b"HTTP/1.1 200 OK"] * 3
+    assert seen == [("/a", 1, False)] * 3
